@@ -1,0 +1,190 @@
+//! The runtime's open connection as a driver sees it: a byte stream with a bounded receive
+//! buffer, frame reads with a deadline, and (for devices that close the socket after every
+//! reply) a fresh connection per exchange.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+
+use super::DriverError;
+use crate::codec::ProtocolError;
+use crate::transport::{LinkSpec, Stream, TransportError};
+
+/// Bytes we keep at most while waiting for a frame end; a device that streams more without a
+/// terminator is sending garbage, and the decoder is told to resynchronise.
+pub const DEFAULT_MAX_BUFFER: usize = 16 * 1024;
+
+pub struct Link {
+    spec: LinkSpec,
+    stream: Option<Stream>,
+    rx: BytesMut,
+    /// A fresh connection per exchange (PJLink projectors that hang up after each reply).
+    per_exchange: bool,
+    /// True right after a new connection was made, until the driver calls [`Link::take_fresh`].
+    fresh: bool,
+    max_buffer: usize,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Link {
+    pub fn new(spec: LinkSpec) -> Self {
+        let per_exchange = matches!(&spec, LinkSpec::Tcp(t) if t.connect_per_command);
+        Self {
+            spec,
+            stream: None,
+            rx: BytesMut::with_capacity(512),
+            per_exchange,
+            fresh: false,
+            max_buffer: DEFAULT_MAX_BUFFER,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// A link over an already connected stream (unit tests with `tokio::io::duplex`).
+    pub fn from_stream(stream: Stream) -> Self {
+        let mut link = Self::new(LinkSpec::Tcp(crate::transport::tcp::TcpSpec::new(
+            stream.peer().to_owned(),
+            0,
+        )));
+        link.stream = Some(stream);
+        link.fresh = true;
+        link
+    }
+
+    pub fn spec(&self) -> &LinkSpec {
+        &self.spec
+    }
+
+    pub fn is_per_exchange(&self) -> bool {
+        self.per_exchange
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Open the link (no-op when open). In per-exchange mode this connects lazily.
+    pub async fn connect(&mut self) -> Result<(), TransportError> {
+        if self.stream.is_none() {
+            let s = self.spec.open_stream().await?;
+            self.stream = Some(s);
+            self.rx.clear();
+            self.fresh = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the current connection is new since the last call (a greeting is due).
+    pub fn take_fresh(&mut self) -> bool {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Drop the connection. Per-exchange drivers call this after every reply.
+    pub fn disconnect(&mut self) {
+        self.stream = None;
+        self.rx.clear();
+        self.fresh = false;
+    }
+
+    pub fn set_max_buffer(&mut self, max: usize) {
+        self.max_buffer = max.max(64);
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        self.connect().await?;
+        let stream = self.stream.as_mut().ok_or(TransportError::Closed)?;
+        let res = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        }
+        .await;
+        if let Err(e) = res {
+            self.disconnect();
+            return Err(TransportError::Io(e).into());
+        }
+        self.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Read one frame, waiting at most `timeout` in total. Cancel-safe: bytes already read stay
+    /// in the link's buffer for the next call.
+    ///
+    /// When the buffer exceeds the limit without a complete frame, the decoder's
+    /// `decode_eof`-free resync is forced by discarding the buffer and a
+    /// [`ProtocolError::Oversized`] is returned; the link stays usable.
+    pub async fn read_frame<D>(
+        &mut self,
+        decoder: &mut D,
+        timeout: Duration,
+    ) -> Result<D::Item, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(frame) = decoder.decode(&mut self.rx)? {
+                return Ok(frame);
+            }
+            if self.rx.len() > self.max_buffer {
+                let n = self.rx.len();
+                self.rx.clear();
+                return Err(ProtocolError::Oversized {
+                    limit: self.max_buffer,
+                    got: n,
+                }
+                .into());
+            }
+            let stream = self.stream.as_mut().ok_or(TransportError::Closed)?;
+            self.rx.reserve(512);
+            let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut self.rx)).await;
+            match read {
+                Err(_) => {
+                    return Err(DriverError::Timeout {
+                        waited_ms: timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Ok(0)) => {
+                    // Peer closed. A decoder may still hold a final frame without terminator.
+                    if let Some(frame) = decoder.decode_eof(&mut self.rx)? {
+                        self.stream = None;
+                        return Ok(frame);
+                    }
+                    self.disconnect();
+                    return Err(TransportError::Closed.into());
+                }
+                Ok(Ok(n)) => self.bytes_in += n as u64,
+                Ok(Err(e)) => {
+                    self.disconnect();
+                    return Err(TransportError::Io(e).into());
+                }
+            }
+        }
+    }
+
+    /// Discard buffered input (after a timeout, so a late reply is not taken for the next one).
+    pub fn discard_input(&mut self) -> usize {
+        let n = self.rx.len();
+        self.rx.clear();
+        n
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("spec", &self.spec.describe())
+            .field("open", &self.stream.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,111 @@
+//! Drivers turn frames into readings, faults and identity, and capability commands into frames,
+//! for one protocol family each, parameterised by a device profile.
+//!
+//! A driver never knows whether its bytes travel over RS-232 or TCP: the runtime hands it a
+//! [`Link`] that is already open, and an [`Observer`] through which it reports what it learnt.
+//! Vendor vocabulary stops here: what leaves a driver is readings, faults and capabilities.
+
+pub mod link;
+pub mod observer;
+pub mod projector;
+
+use async_trait::async_trait;
+
+use crate::codec::ProtocolError;
+use crate::model::DeviceCommand;
+use crate::profile::Profile;
+use crate::transport::TransportError;
+
+pub use link::Link;
+pub use observer::{Observation, Observer};
+
+/// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
+/// whether the link is gone ("could not talk to the device") or the device merely said no.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("no reply within {waited_ms} ms")]
+    Timeout { waited_ms: u64 },
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The device refused a command (PJLink ERR2, Shure `REP ERR`, Modbus exception …).
+    #[error("device refused {command}: {reason}")]
+    Refused { command: String, reason: String },
+    /// The device cannot do it now (PJLink ERR3 during warm-up): retry later, not a failure.
+    #[error("device busy, {command} not accepted now: {reason}")]
+    Busy { command: String, reason: String },
+    #[error("{driver} driver does not support {command}")]
+    Unsupported {
+        driver: &'static str,
+        command: &'static str,
+    },
+    #[error("device unreachable")]
+    Unreachable,
+}
+
+impl DriverError {
+    /// Errors after which the session must be torn down and the link reopened.
+    pub fn is_link_failure(&self) -> bool {
+        matches!(
+            self,
+            DriverError::Transport(_) | DriverError::Auth(_) | DriverError::Unreachable
+        )
+    }
+}
+
+/// One protocol family's behaviour. The runtime calls these in order: [`Driver::open`] on a
+/// fresh link, [`Driver::read_all`] before reporting the device `ok`, then [`Driver::poll`] on
+/// the profile's interval and [`Driver::execute`] for commands, while [`Driver::listen`] waits
+/// for anything the device pushes unasked.
+///
+/// `listen` must be cancel-safe: the runtime drops it whenever a poll or a command is due, so
+/// partial frames must live in the [`Link`]'s buffer, not on the future's stack.
+#[async_trait]
+pub trait Driver: Send {
+    /// Protocol family name (`pjlink`, `escvp21`), for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Start a session on a freshly opened link: greeting, authentication, negotiation,
+    /// subscriptions. Called after every (re)connect.
+    async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError>;
+
+    /// Read the device's full state. Called after every (re)connect, before `ok`.
+    async fn read_all(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError>;
+
+    /// One poll cycle. Defaults to a full read.
+    async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        self.read_all(link, obs).await
+    }
+
+    /// Carry out one command.
+    async fn execute(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        command: &DeviceCommand,
+    ) -> Result<(), DriverError>;
+
+    /// Wait for one unsolicited message and apply it. Protocols that never push keep the
+    /// default, which waits forever.
+    async fn listen(&mut self, _link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
+        std::future::pending().await
+    }
+
+    /// Orderly end of a session (switch metering off, unsubscribe). Best effort.
+    async fn close(&mut self, _link: &mut Link, _obs: &mut Observer) {}
+}
+
+/// Build the driver a profile names. A profile cannot add a protocol; this match can.
+pub fn for_profile(
+    profile: &Profile,
+    secret: Option<String>,
+) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
+    use crate::profile::DriverKind;
+    Ok(match profile.driver {
+        DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
+        DriverKind::Escvp21 => Box::new(projector::escvp21::Escvp21Driver::new(profile)?),
+    })
+}

@@ -1,0 +1,264 @@
+//! The driver's window onto its device's published state.
+//!
+//! Drivers report readings, fault sets, busy/idle and identity through an [`Observer`]; each
+//! call updates the `watch` state at once (so a 40-second lamp ignition shows `busy` while it
+//! lasts) and emits the matching typed events. Health is recomputed here, in one place.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::codec::ProtocolError;
+use crate::events::{EventBus, EventKind};
+use crate::model::{ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Unit, Value};
+
+/// One thing a driver learnt, for drivers that prefer to collect before applying.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    Reading {
+        key: String,
+        value: Value,
+        unit: Option<Unit>,
+    },
+    Faults {
+        source: String,
+        faults: Vec<Fault>,
+    },
+    Busy(bool),
+}
+
+pub struct Observer {
+    clock: Clock,
+    device: DeviceId,
+    room: RoomId,
+    state: Arc<watch::Sender<DeviceState>>,
+    events: EventBus,
+    /// Active faults by the source that reported them (`erst`, `lamp`, `auth`, `link`): each
+    /// source replaces its own set, so one poll's ERST answer cannot clear an auth fault.
+    sources: BTreeMap<String, Vec<Fault>>,
+    /// Bad input is logged once per burst: set on the first bad frame, cleared by a good one.
+    bad_input_reported: bool,
+}
+
+impl Observer {
+    pub fn new(
+        clock: Clock,
+        state: Arc<watch::Sender<DeviceState>>,
+        events: EventBus,
+    ) -> Self {
+        let (device, room) = {
+            let s = state.borrow();
+            (s.id.clone(), s.room.clone())
+        };
+        Self {
+            clock,
+            device,
+            room,
+            state,
+            events,
+            sources: BTreeMap::new(),
+            bad_input_reported: false,
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// A snapshot of the current state.
+    pub fn snapshot(&self) -> DeviceState {
+        self.state.borrow().clone()
+    }
+
+    /// The device answered: mark contact (a good frame also ends a bad-input burst).
+    pub fn contact(&mut self) {
+        let now = self.now();
+        self.bad_input_reported = false;
+        self.update(|s| {
+            s.last_contact = Some(now);
+            s.contacted = true;
+        });
+    }
+
+    pub fn reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
+        let now = self.now();
+        let key = key.into();
+        self.update(|s| {
+            s.last_contact = Some(now);
+            s.contacted = true;
+            s.readings.insert(
+                key.clone(),
+                Reading {
+                    key,
+                    value,
+                    unit,
+                    observed_at: now,
+                },
+            );
+        });
+    }
+
+    pub fn apply(&mut self, obs: Observation) {
+        match obs {
+            Observation::Reading { key, value, unit } => self.reading(key, value, unit),
+            Observation::Faults { source, faults } => self.faults(&source, faults),
+            Observation::Busy(b) => self.busy(b),
+        }
+    }
+
+    /// Forget a reading that no longer exists (a lamp the projector stopped reporting).
+    pub fn remove_reading(&mut self, key: &str) {
+        self.update(|s| {
+            s.readings.remove(key);
+        });
+    }
+
+    pub fn busy(&mut self, busy: bool) {
+        self.update(|s| s.busy = busy);
+    }
+
+    /// Replace the set of active faults reported by `source`.
+    pub fn faults(&mut self, source: &str, faults: Vec<Fault>) {
+        let old = self.sources.insert(source.to_owned(), faults.clone()).unwrap_or_default();
+        let now = self.now();
+        let raised: Vec<Fault> = faults
+            .iter()
+            .filter(|f| !old.iter().any(|o| o.identity() == f.identity()))
+            .cloned()
+            .collect();
+        let cleared: Vec<Fault> = old
+            .iter()
+            .filter(|o| !faults.iter().any(|f| f.identity() == o.identity()))
+            .cloned()
+            .collect();
+        let changed_in_place = !raised.is_empty() || !cleared.is_empty() || old != faults;
+        if !changed_in_place {
+            return;
+        }
+        let all: Vec<Fault> = self.sources.values().flatten().cloned().collect();
+        self.update(|s| {
+            let mut next = Vec::with_capacity(all.len());
+            for f in all {
+                let since = s
+                    .faults
+                    .iter()
+                    .find(|a| a.fault.identity() == f.identity())
+                    .map_or(now, |a| a.since);
+                next.push(ActiveFault { fault: f, since });
+            }
+            s.faults = next;
+        });
+        for fault in raised {
+            self.emit(EventKind::FaultRaised {
+                device: self.device.clone(),
+                room: self.room.clone(),
+                fault,
+            });
+        }
+        for fault in cleared {
+            self.emit(EventKind::FaultCleared {
+                device: self.device.clone(),
+                room: self.room.clone(),
+                fault,
+            });
+        }
+    }
+
+    /// Merge identity fields the device reported; emits an event when anything changed.
+    pub fn identity(&mut self, f: impl FnOnce(&mut Identity)) {
+        let mut next = self.state.borrow().identity.clone();
+        f(&mut next);
+        if next != self.state.borrow().identity {
+            let id = next.clone();
+            self.update(|s| s.identity = next);
+            self.emit(EventKind::IdentityReported {
+                device: self.device.clone(),
+                room: self.room.clone(),
+                identity: id,
+            });
+        }
+    }
+
+    /// A metered level in dBFS: stored as reading `meter.<channel>` and emitted as an event.
+    pub fn meter(&mut self, channel: impl Into<String>, dbfs: f64) {
+        let channel = channel.into();
+        self.reading(format!("meter.{channel}"), Value::Float(dbfs), Some(Unit::Dbfs));
+        self.emit(EventKind::Meter {
+            device: self.device.clone(),
+            room: self.room.clone(),
+            channel,
+            dbfs,
+        });
+    }
+
+    /// Count undecodable input; the first of a burst is logged, the rest only counted.
+    pub fn bad_input(&mut self, err: &ProtocolError) {
+        let oversized = matches!(err, ProtocolError::Oversized { .. });
+        self.update(|s| {
+            if oversized {
+                s.counters.oversized_frames += 1;
+            } else {
+                s.counters.bad_frames += 1;
+            }
+        });
+        self.events
+            .metrics()
+            .inc_labeled("avwarden_bad_frames_total", "device", self.device.as_str());
+        if !self.bad_input_reported {
+            self.bad_input_reported = true;
+            let count = {
+                let s = self.state.borrow();
+                s.counters.bad_frames + s.counters.oversized_frames
+            };
+            self.emit(EventKind::BadInput {
+                device: self.device.clone(),
+                room: self.room.clone(),
+                detail: err.to_string(),
+                count,
+            });
+        }
+    }
+
+    pub fn emit(&self, kind: EventKind) {
+        self.events.emit(self.now(), kind);
+    }
+
+    /// Apply a change to the published state and recompute health (emitting the change).
+    pub fn update(&mut self, f: impl FnOnce(&mut DeviceState)) {
+        let now = self.now();
+        let mut changed = None;
+        self.state.send_modify(|s| {
+            f(s);
+            if let Some(prev) = s.refresh_health(now) {
+                changed = Some((prev, s.health));
+            }
+        });
+        if let Some((from, to)) = changed {
+            self.emit(EventKind::HealthChanged {
+                device: self.device.clone(),
+                room: self.room.clone(),
+                from,
+                to,
+            });
+        }
+    }
+}

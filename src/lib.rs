@@ -1,0 +1,21 @@
+//! avwarden keeps meeting rooms working: it talks to projectors, wireless microphone
+//! receivers, mixers/DSPs and HVAC, tests rooms before bookings, protects loudspeakers, runs the
+//! contingency playbook and keeps the equipment archive and maintenance logbook.
+//!
+//! Layers, each knowing only the ones before it:
+//! `model` ← `codec` ← `driver` ← `runtime` ← (`api`, …) ← `app`.
+//! `transport` carries bytes for `runtime`; `clock` is the only reader of the wall clock.
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod events;
+pub mod metrics;
+pub mod model;
+pub mod profile;
+pub mod runtime;
+pub mod sim;
+pub mod transport;

@@ -1,0 +1,528 @@
+//! Domain vocabulary shared by every layer: ids, capabilities, readings with units and the
+//! instant they were observed, health, faults.
+//!
+//! This module owns plain data only. It must not do I/O or use tokio, so that every other layer
+//! (and every pure decision core) can depend on it freely.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A device as named in the site config (`devices[].id`).
+    DeviceId
+);
+id_newtype!(
+    /// A room as named in the site config (`rooms[].id`).
+    RoomId
+);
+id_newtype!(
+    /// A device profile, kebab-case (`epson-escvp21`).
+    ProfileId
+);
+
+/// What a device can do, independent of its make. Rules, self-tests and the API speak these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Power,
+    Lamp,
+    Filter,
+    Input,
+    AvMute,
+    Battery,
+    TxPresent,
+    Rf,
+    Audio,
+    Gain,
+    Mute,
+    Level,
+    Meter,
+    Temperature,
+    Setpoint,
+    HvacMode,
+    HvacRunning,
+    Identity,
+}
+
+impl Capability {
+    pub const ALL: &'static [Capability] = &[
+        Capability::Power,
+        Capability::Lamp,
+        Capability::Filter,
+        Capability::Input,
+        Capability::AvMute,
+        Capability::Battery,
+        Capability::TxPresent,
+        Capability::Rf,
+        Capability::Audio,
+        Capability::Gain,
+        Capability::Mute,
+        Capability::Level,
+        Capability::Meter,
+        Capability::Temperature,
+        Capability::Setpoint,
+        Capability::HvacMode,
+        Capability::HvacRunning,
+        Capability::Identity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Power => "power",
+            Capability::Lamp => "lamp",
+            Capability::Filter => "filter",
+            Capability::Input => "input",
+            Capability::AvMute => "av_mute",
+            Capability::Battery => "battery",
+            Capability::TxPresent => "tx_present",
+            Capability::Rf => "rf",
+            Capability::Audio => "audio",
+            Capability::Gain => "gain",
+            Capability::Mute => "mute",
+            Capability::Level => "level",
+            Capability::Meter => "meter",
+            Capability::Temperature => "temperature",
+            Capability::Setpoint => "setpoint",
+            Capability::HvacMode => "hvac_mode",
+            Capability::HvacRunning => "hvac_running",
+            Capability::Identity => "identity",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Power as the room sees it. `Unknown` is what a device that never answered has; a device that
+/// stopped answering keeps its last value, marked stale, and never turns into `Off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    Off,
+    On,
+    WarmingUp,
+    CoolingDown,
+    /// The device reports an abnormal standby (ESC/VP21 `05`).
+    Abnormal,
+}
+
+impl PowerState {
+    pub fn is_transitional(self) -> bool {
+        matches!(self, PowerState::WarmingUp | PowerState::CoolingDown)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Hours,
+    Minutes,
+    Seconds,
+    Percent,
+    Dbm,
+    Dbfs,
+    Db,
+    Celsius,
+    Count,
+}
+
+/// A reading's value. `Unknown` is a value in its own right: device sentinels (Shure 255,
+/// 65535, `UNKN`) become `Unknown`, never a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Power(PowerState),
+    Unknown,
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_power(&self) -> Option<PowerState> {
+        match self {
+            Value::Power(p) => Some(*p),
+            _ => None,
+        }
+    }
+}
+
+/// One observed value, keyed by a dotted name (`power`, `lamp.1.hours`, `ch.2.battery_minutes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub key: String,
+    pub value: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
+    /// The instant the device told us this value (not the instant we show it).
+    pub observed_at: DateTime<Utc>,
+}
+
+/// How urgent a fault is for the room: a warning degrades, a fault makes the function unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Fault,
+}
+
+/// A condition the device reports (or we infer) that needs attention. A fault is data, not an
+/// error: a lamp failure is a `Fault`, never an `Err`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fault {
+    /// Stable machine code, e.g. `lamp`, `filter`, `temperature`, `auth_failed`, `abnormal_state`.
+    pub code: String,
+    pub severity: Severity,
+    /// The component it concerns (`lamp 1`, `channel 2`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// One line for the technician.
+    pub message: String,
+}
+
+impl Fault {
+    pub fn new(code: impl Into<String>, severity: Severity, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            severity,
+            component: None,
+            message: message.into(),
+        }
+    }
+    pub fn on(mut self, component: impl Into<String>) -> Self {
+        self.component = Some(component.into());
+        self
+    }
+    /// Faults are identified by code and component: the message may change between polls.
+    pub fn identity(&self) -> (String, Option<String>) {
+        (self.code.clone(), self.component.clone())
+    }
+}
+
+/// The honest status of a device (DESIGN.md "Honest status").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Never contacted yet.
+    Unknown,
+    Ok,
+    /// Warming up or cooling down: answering, but not accepting every command.
+    Busy,
+    /// Working, with warnings.
+    Degraded,
+    /// A fault makes (part of) the device unusable.
+    Faulted,
+    /// Link down, or no reply for N polls. Never shown as "off".
+    Unreachable,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Ok => "ok",
+            Health::Busy => "busy",
+            Health::Degraded => "degraded",
+            Health::Faulted => "faulted",
+            Health::Unreachable => "unreachable",
+        }
+    }
+
+    /// Derive health from what is known about a device. Pure, so the rule is in one place.
+    pub fn derive(contacted: bool, reachable: bool, busy: bool, faults: &[Fault]) -> Health {
+        if !contacted {
+            return if reachable {
+                Health::Unknown
+            } else {
+                Health::Unreachable
+            };
+        }
+        if !reachable {
+            return Health::Unreachable;
+        }
+        if faults.iter().any(|f| f.severity == Severity::Fault) {
+            Health::Faulted
+        } else if busy {
+            Health::Busy
+        } else if !faults.is_empty() {
+            Health::Degraded
+        } else {
+            Health::Ok
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a device says about itself; feeds the equipment archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// Anything else the protocol reports (PJLink class, replacement lamp model, …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Identity {
+    pub fn is_empty(&self) -> bool {
+        *self == Identity::default()
+    }
+}
+
+/// A command any layer may send to a device, in capability terms. Drivers map them to the wire;
+/// a driver that cannot do one answers `DriverError::Unsupported`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum DeviceCommand {
+    /// Switch power on or off.
+    Power { on: bool },
+    /// Select an input by the device's own code (PJLink `31`, ESC/VP21 `30`).
+    SelectInput { input: String },
+    /// Picture and sound mute on a display.
+    AvMute { on: bool },
+    /// Gain of a channel in dB (mic receiver channel, DSP input).
+    SetGain { channel: u16, db: f64 },
+    /// Mute of a channel.
+    SetMute { channel: u16, on: bool },
+    /// Output level of a named zone in dB (DSP).
+    SetLevel { zone: String, db: f64 },
+    /// Mute of a named zone.
+    SetZoneMute { zone: String, on: bool },
+    /// HVAC setpoint in °C.
+    SetSetpoint { celsius: f64 },
+    /// HVAC mode (`off`, `heat`, `cool`, `auto`, `fan`).
+    SetHvacMode { mode: String },
+    /// Re-read everything now (technician's "refresh").
+    Refresh,
+}
+
+impl DeviceCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeviceCommand::Power { .. } => "power",
+            DeviceCommand::SelectInput { .. } => "select_input",
+            DeviceCommand::AvMute { .. } => "av_mute",
+            DeviceCommand::SetGain { .. } => "set_gain",
+            DeviceCommand::SetMute { .. } => "set_mute",
+            DeviceCommand::SetLevel { .. } => "set_level",
+            DeviceCommand::SetZoneMute { .. } => "set_zone_mute",
+            DeviceCommand::SetSetpoint { .. } => "set_setpoint",
+            DeviceCommand::SetHvacMode { .. } => "set_hvac_mode",
+            DeviceCommand::Refresh => "refresh",
+        }
+    }
+}
+
+/// A fault with the instant it was first seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveFault {
+    #[serde(flatten)]
+    pub fault: Fault,
+    pub since: DateTime<Utc>,
+}
+
+/// Link status as the technician sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub up: bool,
+    /// When the link last went up or down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed connection attempts since the link was last up.
+    pub reconnect_attempts: u32,
+    /// Human description of the link (`tcp 10.0.0.5:4352`, `serial /dev/ttyUSB0 9600 8N1`).
+    pub describe: String,
+}
+
+/// Counters of bad input and missed replies; bounded input, counted, logged once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    pub bad_frames: u64,
+    pub oversized_frames: u64,
+    pub timeouts: u64,
+    pub reconnects: u64,
+    pub commands_ok: u64,
+    pub commands_failed: u64,
+}
+
+/// Everything known about one device right now. Published by its actor on a `watch` channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub id: DeviceId,
+    pub room: RoomId,
+    pub profile: ProfileId,
+    pub health: Health,
+    pub health_since: DateTime<Utc>,
+    /// True once the device has answered at least once since the daemon started.
+    pub contacted: bool,
+    /// Link up and answering.
+    pub reachable: bool,
+    /// Warming up / cooling down.
+    pub busy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<DateTime<Utc>>,
+    pub readings: BTreeMap<String, Reading>,
+    pub faults: Vec<ActiveFault>,
+    pub identity: Identity,
+    pub link: LinkStatus,
+    pub counters: LinkCounters,
+}
+
+impl DeviceState {
+    pub fn new(
+        id: DeviceId,
+        room: RoomId,
+        profile: ProfileId,
+        link: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            room,
+            profile,
+            health: Health::Unknown,
+            health_since: now,
+            contacted: false,
+            reachable: false,
+            busy: false,
+            last_contact: None,
+            readings: BTreeMap::new(),
+            faults: Vec::new(),
+            identity: Identity::default(),
+            link: LinkStatus {
+                up: false,
+                since: None,
+                last_error: None,
+                reconnect_attempts: 0,
+                describe: link,
+            },
+            counters: LinkCounters::default(),
+        }
+    }
+
+    pub fn reading(&self, key: &str) -> Option<&Reading> {
+        self.readings.get(key)
+    }
+
+    /// Readings are stale while the device is unreachable: they are the last known values, not
+    /// the present ones.
+    pub fn readings_stale(&self) -> bool {
+        !self.reachable
+    }
+
+    /// Recompute health from the facts; returns the previous health when it changed.
+    pub fn refresh_health(&mut self, now: DateTime<Utc>) -> Option<Health> {
+        let faults: Vec<Fault> = self.faults.iter().map(|a| a.fault.clone()).collect();
+        let h = Health::derive(self.contacted, self.reachable, self.busy, &faults);
+        if h != self.health {
+            let prev = self.health;
+            self.health = h;
+            self.health_since = now;
+            Some(prev)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(sev: Severity) -> Fault {
+        Fault::new("x", sev, "x")
+    }
+
+    #[test]
+    fn health_rules() {
+        assert_eq!(Health::derive(false, true, false, &[]), Health::Unknown);
+        assert_eq!(Health::derive(false, false, false, &[]), Health::Unreachable);
+        assert_eq!(Health::derive(true, false, false, &[]), Health::Unreachable);
+        assert_eq!(Health::derive(true, true, false, &[]), Health::Ok);
+        assert_eq!(Health::derive(true, true, true, &[]), Health::Busy);
+        assert_eq!(
+            Health::derive(true, true, false, &[fault(Severity::Warning)]),
+            Health::Degraded
+        );
+        assert_eq!(
+            Health::derive(true, true, true, &[fault(Severity::Fault)]),
+            Health::Faulted
+        );
+        // Unreachable beats everything: a stale fault does not make an unreachable device "faulted".
+        assert_eq!(
+            Health::derive(true, false, false, &[fault(Severity::Fault)]),
+            Health::Unreachable
+        );
+    }
+}

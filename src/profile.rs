@@ -1,0 +1,416 @@
+//! Device profiles: data files that describe one model family on top of a driver.
+//!
+//! A profile (`devices/<kind>/<vendor>-<family>.toml`) picks a driver, gives transport
+//! defaults, poll interval, pacing, warm-up/cool-down times, capabilities, lamp life and a
+//! driver-specific `[options]` table that only its driver reads. A profile cannot add a
+//! protocol; that takes a driver in Rust. The profiles shipped in `devices/` are embedded in the
+//! binary; a site may add or override them from a directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use include_dir::{include_dir, Dir};
+use serde::Deserialize;
+
+use crate::model::{Capability, ProfileId};
+
+static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/devices");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("profile {profile}: option {key}: {message}")]
+    Option {
+        profile: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The protocol families avwarden speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriverKind {
+    Pjlink,
+    Escvp21,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Pjlink => "pjlink",
+            DriverKind::Escvp21 => "escvp21",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Projector,
+    Display,
+    Mic,
+    Dsp,
+    Hvac,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Projector => "projector",
+            DeviceKind::Display => "display",
+            DeviceKind::Mic => "mic",
+            DeviceKind::Dsp => "dsp",
+            DeviceKind::Hvac => "hvac",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    Tcp,
+    Serial,
+    Udp,
+    Mqtt,
+}
+
+/// Link defaults a site config may override per device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDefaults {
+    pub kind: LinkKind,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub baud: Option<u32>,
+    #[serde(default)]
+    pub data_bits: Option<u8>,
+    #[serde(default)]
+    pub parity: Option<String>,
+    #[serde(default)]
+    pub stop_bits: Option<u8>,
+    /// Open a new TCP connection for every exchange (projectors that hang up after a reply).
+    #[serde(default)]
+    pub connect_per_command: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiming {
+    poll_interval_secs: f64,
+    #[serde(default = "default_reply_timeout_ms")]
+    reply_timeout_ms: u64,
+    #[serde(default = "default_command_gap_ms")]
+    command_gap_ms: u64,
+    #[serde(default)]
+    warm_up_secs: u64,
+    #[serde(default)]
+    cool_down_secs: u64,
+    #[serde(default = "default_unreachable_after")]
+    unreachable_after_polls: u32,
+}
+
+fn default_reply_timeout_ms() -> u64 {
+    2000
+}
+fn default_command_gap_ms() -> u64 {
+    100
+}
+fn default_unreachable_after() -> u32 {
+    2
+}
+
+/// Polling and pacing, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub poll_interval: Duration,
+    pub reply_timeout: Duration,
+    /// Minimum gap between two commands to the device (many projectors drop commands sent
+    /// back to back).
+    pub command_gap: Duration,
+    pub warm_up: Duration,
+    pub cool_down: Duration,
+    /// Polls without a reply before the device is `unreachable`.
+    pub unreachable_after_polls: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LampSpec {
+    /// Rated lamp life in hours.
+    pub life_hours: u32,
+    /// Warn at this many hours (defaults to 90 % of life).
+    #[serde(default)]
+    pub warn_hours: Option<u32>,
+}
+
+impl LampSpec {
+    pub fn warn_at(&self) -> u32 {
+        self.warn_hours.unwrap_or(self.life_hours / 10 * 9)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    id: String,
+    kind: DeviceKind,
+    vendor: String,
+    family: String,
+    #[serde(default)]
+    models: Vec<String>,
+    driver: DriverKind,
+    capabilities: Vec<Capability>,
+    link: LinkDefaults,
+    timing: RawTiming,
+    #[serde(default)]
+    lamp: Option<LampSpec>,
+    #[serde(default)]
+    filter_life_hours: Option<u32>,
+    /// Driver-specific settings, read only by the driver.
+    #[serde(default)]
+    options: toml::Table,
+    #[serde(default)]
+    notes: Option<String>,
+}
+
+/// A validated device profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub id: ProfileId,
+    pub kind: DeviceKind,
+    pub vendor: String,
+    pub family: String,
+    pub models: Vec<String>,
+    pub driver: DriverKind,
+    pub capabilities: Vec<Capability>,
+    pub link: LinkDefaults,
+    pub timing: Timing,
+    pub lamp: Option<LampSpec>,
+    pub filter_life_hours: Option<u32>,
+    pub options: toml::Table,
+    pub notes: Option<String>,
+    /// Where it came from (`embedded:projector/epson-escvp21.toml` or a path).
+    pub source: String,
+}
+
+impl Profile {
+    pub fn parse(text: &str, source: &str) -> Result<Profile, ProfileError> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| ProfileError::Invalid {
+            file: source.to_owned(),
+            message: e.message().to_owned()
+                + &e.span()
+                    .map(|s| format!(" (at {})", line_col(text, s.start)))
+                    .unwrap_or_default(),
+        })?;
+        let invalid = |m: String| ProfileError::Invalid {
+            file: source.to_owned(),
+            message: m,
+        };
+        if !is_kebab(&raw.id) {
+            return Err(invalid(format!("id: {:?} is not kebab-case", raw.id)));
+        }
+        if !(raw.timing.poll_interval_secs.is_finite() && raw.timing.poll_interval_secs >= 0.1) {
+            return Err(invalid(
+                "timing.poll_interval_secs: must be at least 0.1".to_owned(),
+            ));
+        }
+        if raw.timing.unreachable_after_polls == 0 {
+            return Err(invalid(
+                "timing.unreachable_after_polls: must be at least 1".to_owned(),
+            ));
+        }
+        Ok(Profile {
+            id: ProfileId::new(raw.id),
+            kind: raw.kind,
+            vendor: raw.vendor,
+            family: raw.family,
+            models: raw.models,
+            driver: raw.driver,
+            capabilities: raw.capabilities,
+            link: raw.link,
+            timing: Timing {
+                poll_interval: Duration::from_secs_f64(raw.timing.poll_interval_secs),
+                reply_timeout: Duration::from_millis(raw.timing.reply_timeout_ms),
+                command_gap: Duration::from_millis(raw.timing.command_gap_ms),
+                warm_up: Duration::from_secs(raw.timing.warm_up_secs),
+                cool_down: Duration::from_secs(raw.timing.cool_down_secs),
+                unreachable_after_polls: raw.timing.unreachable_after_polls,
+            },
+            lamp: raw.lamp,
+            filter_life_hours: raw.filter_life_hours,
+            options: raw.options,
+            notes: raw.notes,
+            source: source.to_owned(),
+        })
+    }
+
+    pub fn has(&self, cap: Capability) -> bool {
+        self.capabilities.contains(&cap)
+    }
+
+    /// Read a typed driver option, with a default when absent.
+    pub fn option<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        default: T,
+    ) -> Result<T, ProfileError> {
+        match self.options.get(key) {
+            None => Ok(default),
+            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| ProfileError::Option {
+                profile: self.id.to_string(),
+                key: key.to_owned(),
+                message: e.message().to_owned(),
+            }),
+        }
+    }
+}
+
+fn is_kebab(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// 1-based `line:column` of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> String {
+    let (l, c) = line_col_pair(text, offset);
+    format!("{l}:{c}")
+}
+
+pub fn line_col_pair(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
+    (line, col)
+}
+
+/// All profiles known to a daemon, by id.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSet {
+    profiles: BTreeMap<ProfileId, Profile>,
+}
+
+impl ProfileSet {
+    /// The profiles shipped inside the binary.
+    pub fn embedded() -> Result<ProfileSet, Vec<ProfileError>> {
+        let mut set = ProfileSet::default();
+        let mut errors = Vec::new();
+        let mut files = Vec::new();
+        collect_embedded(&EMBEDDED, &mut files);
+        for (path, text) in files {
+            match Profile::parse(text, &format!("devices/{path}")) {
+                Ok(p) => {
+                    set.profiles.insert(p.id.clone(), p);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Add (or override) profiles from `dir/**/*.toml`.
+    pub fn load_dir(&mut self, dir: &Path) -> Vec<ProfileError> {
+        let mut errors = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        let mut files: Vec<PathBuf> = Vec::new();
+        while let Some(d) = stack.pop() {
+            match std::fs::read_dir(&d) {
+                Ok(rd) => {
+                    for e in rd.flatten() {
+                        let p = e.path();
+                        if p.is_dir() {
+                            stack.push(p);
+                        } else if p.extension().is_some_and(|x| x == "toml") {
+                            files.push(p);
+                        }
+                    }
+                }
+                Err(source) => errors.push(ProfileError::Read {
+                    file: d.display().to_string(),
+                    source,
+                }),
+            }
+        }
+        files.sort();
+        for f in files {
+            let name = f.display().to_string();
+            match std::fs::read_to_string(&f) {
+                Ok(text) => match Profile::parse(&text, &name) {
+                    Ok(p) => {
+                        self.profiles.insert(p.id.clone(), p);
+                    }
+                    Err(e) => errors.push(e),
+                },
+                Err(source) => errors.push(ProfileError::Read { file: name, source }),
+            }
+        }
+        errors
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Profile> {
+        self.profiles.get(&ProfileId::new(id))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.values()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(|k| k.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    pub fn insert(&mut self, p: Profile) {
+        self.profiles.insert(p.id.clone(), p);
+    }
+}
+
+fn collect_embedded<'a>(dir: &'a Dir<'a>, out: &mut Vec<(String, &'a str)>) {
+    for f in dir.files() {
+        if f.path().extension().is_some_and(|x| x == "toml") {
+            if let Some(text) = f.contents_utf8() {
+                out.push((f.path().display().to_string(), text));
+            }
+        }
+    }
+    for d in dir.dirs() {
+        collect_embedded(d, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), "1:1");
+        assert_eq!(line_col("ab\ncd", 4), "2:2");
+    }
+}

@@ -1,0 +1,293 @@
+//! The device actor: reconnect state machine, polling, paced commands, unsolicited input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::events::{EventBus, EventKind};
+use crate::model::{DeviceCommand, DeviceState, Fault, Severity};
+use crate::transport::{Backoff, LinkSpec, TransportError};
+
+/// A command and the place to put its outcome.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub command: DeviceCommand,
+    pub reply: oneshot::Sender<Result<(), DriverError>>,
+}
+
+/// Everything an actor needs besides its driver.
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    pub link: LinkSpec,
+    pub poll_interval: Duration,
+    pub command_gap: Duration,
+    pub unreachable_after_polls: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Reconnect is a state, not a loop (STYLE.md §4).
+#[derive(Debug)]
+enum Conn {
+    Disconnected { retry_at: Instant },
+    Connected,
+}
+
+pub(super) struct Actor {
+    pub cfg: ActorConfig,
+    pub driver: Box<dyn Driver>,
+    pub obs: Observer,
+    pub commands: Arc<Mutex<mpsc::Receiver<CommandRequest>>>,
+    pub cancel: CancellationToken,
+}
+
+impl Actor {
+    pub(super) fn new(
+        cfg: ActorConfig,
+        driver: Box<dyn Driver>,
+        state: Arc<watch::Sender<DeviceState>>,
+        events: EventBus,
+        commands: Arc<Mutex<mpsc::Receiver<CommandRequest>>>,
+        cancel: CancellationToken,
+        clock: Clock,
+    ) -> Self {
+        let obs = Observer::new(clock, state, events);
+        Self {
+            cfg,
+            driver,
+            obs,
+            commands,
+            cancel,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        // The command queue outlives a crashed actor: the supervisor's next actor takes it over.
+        let commands = self.commands.clone();
+        let mut commands = commands.lock().await;
+        let mut link = Link::new(self.cfg.link.clone());
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
+        let mut conn = Conn::Disconnected {
+            retry_at: Instant::now(),
+        };
+        let mut last_command = Instant::now() - self.cfg.command_gap;
+
+        loop {
+            match conn {
+                Conn::Disconnected { retry_at } => {
+                    tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => break,
+                        req = commands.recv() => match req {
+                            Some(req) => { let _ = req.reply.send(Err(DriverError::Unreachable)); }
+                            None => break,
+                        },
+                        _ = tokio::time::sleep_until(retry_at) => {
+                            conn = match self.connect(&mut link).await {
+                                Ok(()) => {
+                                    backoff.reset();
+                                    Conn::Connected
+                                }
+                                Err(e) => self.link_down(&mut link, &mut backoff, &e),
+                            };
+                        }
+                    }
+                }
+                Conn::Connected => {
+                    conn = self
+                        .connected(&mut link, &mut backoff, &mut commands, &mut last_command)
+                        .await;
+                    if self.cancel.is_cancelled() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Orderly end: let the driver switch off metering / unsubscribe, then drop the link.
+        if link.is_open() {
+            let close = self.driver.close(&mut link, &mut self.obs);
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        }
+        link.disconnect();
+    }
+
+    /// Open the link, start a session and read everything before reporting the device up.
+    async fn connect(&mut self, link: &mut Link) -> Result<(), DriverError> {
+        link.connect().await?;
+        self.driver.open(link, &mut self.obs).await?;
+        self.driver.read_all(link, &mut self.obs).await?;
+        let now = self.obs.now();
+        let peer = link.spec().describe();
+        self.obs.faults("link", Vec::new());
+        self.obs.update(|s| {
+            s.reachable = true;
+            s.contacted = true;
+            s.last_contact = Some(now);
+            s.link.up = true;
+            s.link.since = Some(now);
+            s.link.last_error = None;
+            s.link.reconnect_attempts = 0;
+        });
+        self.obs.emit(EventKind::LinkUp {
+            device: self.obs.device().clone(),
+            room: self.obs.room().clone(),
+            peer,
+        });
+        Ok(())
+    }
+
+    fn link_down(&mut self, link: &mut Link, backoff: &mut Backoff, err: &DriverError) -> Conn {
+        link.disconnect();
+        let delay = backoff.next_delay();
+        let was_up = self.obs.snapshot().link.up;
+        let attempts = backoff.attempts();
+        let now = self.obs.now();
+        let reason = err.to_string();
+        if let DriverError::Auth(msg) = err {
+            self.obs.faults(
+                "link",
+                vec![Fault::new(
+                    "auth_failed",
+                    Severity::Fault,
+                    format!("authentication refused: {msg}; check the device password"),
+                )],
+            );
+        }
+        self.obs.update(|s| {
+            if s.link.up || s.link.since.is_none() {
+                s.link.since = Some(now);
+            }
+            s.reachable = false;
+            s.busy = false;
+            s.link.up = false;
+            s.link.last_error = Some(reason.clone());
+            s.link.reconnect_attempts = attempts;
+            if was_up {
+                s.counters.reconnects += 1;
+            }
+        });
+        // Logged once per transition, not once per retry.
+        if was_up || attempts == 1 {
+            self.obs.emit(EventKind::LinkDown {
+                device: self.obs.device().clone(),
+                room: self.obs.room().clone(),
+                reason,
+                retry_in_ms: delay.as_millis() as u64,
+            });
+        }
+        Conn::Disconnected {
+            retry_at: Instant::now() + delay,
+        }
+    }
+
+    async fn connected(
+        &mut self,
+        link: &mut Link,
+        backoff: &mut Backoff,
+        commands: &mut mpsc::Receiver<CommandRequest>,
+        last_command: &mut Instant,
+    ) -> Conn {
+        let mut ticker = tokio::time::interval_at(
+            Instant::now() + self.cfg.poll_interval,
+            self.cfg.poll_interval,
+        );
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut missed: u32 = 0;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Conn::Connected,
+                _ = ticker.tick() => {
+                    self.driver.poll(link, &mut self.obs).await
+                }
+                req = commands.recv() => {
+                    let Some(req) = req else { return Conn::Connected };
+                    // Pacing: many devices drop commands that arrive back to back.
+                    let ready = *last_command + self.cfg.command_gap;
+                    tokio::time::sleep_until(ready).await;
+                    let res = self.driver.execute(link, &mut self.obs, &req.command).await;
+                    *last_command = Instant::now();
+                    self.report_command(&req.command, &res);
+                    let outcome = match &res {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout{..}) => {
+                            Err(DriverError::Unreachable)
+                        }
+                        Err(e) => Err(clone_refusal(e)),
+                    };
+                    let _ = req.reply.send(outcome);
+                    res.map(|_| ())
+                }
+                r = self.driver.listen(link, &mut self.obs) => r,
+            };
+            match step {
+                Ok(()) => {
+                    missed = 0;
+                }
+                Err(e) if e.is_link_failure() => return self.link_down(link, backoff, &e),
+                Err(DriverError::Timeout { .. }) => {
+                    missed += 1;
+                    self.obs.update(|s| s.counters.timeouts += 1);
+                    link.discard_input();
+                    if missed >= self.cfg.unreachable_after_polls {
+                        let e = DriverError::Transport(TransportError::NoReply { polls: missed });
+                        return self.link_down(link, backoff, &e);
+                    }
+                }
+                Err(DriverError::Protocol(p)) => {
+                    self.obs.bad_input(&p);
+                }
+                Err(_) => {
+                    // Refusals and busy answers are the device talking: it is reachable.
+                    missed = 0;
+                }
+            }
+        }
+    }
+
+    fn report_command(&mut self, command: &DeviceCommand, res: &Result<(), DriverError>) {
+        let ok = res.is_ok();
+        self.obs.update(|s| {
+            if ok {
+                s.counters.commands_ok += 1
+            } else {
+                s.counters.commands_failed += 1
+            }
+        });
+        self.obs.emit(EventKind::CommandExecuted {
+            device: self.obs.device().clone(),
+            room: self.obs.room().clone(),
+            command: command.name().to_owned(),
+            outcome: match res {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            ok,
+        });
+    }
+}
+
+/// Errors are not `Clone` (they carry `io::Error`); the caller gets an equivalent refusal.
+fn clone_refusal(e: &DriverError) -> DriverError {
+    match e {
+        DriverError::Refused { command, reason } => DriverError::Refused {
+            command: command.clone(),
+            reason: reason.clone(),
+        },
+        DriverError::Busy { command, reason } => DriverError::Busy {
+            command: command.clone(),
+            reason: reason.clone(),
+        },
+        DriverError::Unsupported { driver, command } => DriverError::Unsupported { driver, command },
+        DriverError::Protocol(p) => DriverError::Protocol(p.clone()),
+        other => DriverError::Refused {
+            command: "command".to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,313 @@
+//! The supervisor: starts one actor per device under the shutdown tree, restarts an actor that
+//! crashed (panicked) within a restart budget, and hands out [`DeviceHandle`]s.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{Actor, ActorConfig, CommandRequest};
+use super::CommandError;
+use crate::clock::Clock;
+use crate::driver::Driver;
+use crate::events::{EventBus, EventKind};
+use crate::model::{DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
+use crate::profile::{Profile, ProfileError};
+use crate::transport::LinkSpec;
+
+/// How many crashes an actor may have within `window` before the supervisor gives up on it
+/// (the device then shows `faulted` with an `actor_crashed` fault; the daemon keeps running).
+#[derive(Debug, Clone, Copy)]
+pub struct RestartBudget {
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub delay: Duration,
+}
+
+impl Default for RestartBudget {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window: Duration::from_secs(600),
+            delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the rest of the daemon holds of a device: its state and its command queue.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    pub id: DeviceId,
+    state: watch::Receiver<DeviceState>,
+    commands: mpsc::Sender<CommandRequest>,
+}
+
+impl DeviceHandle {
+    pub fn state(&self) -> DeviceState {
+        self.state.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<DeviceState> {
+        self.state.clone()
+    }
+
+    /// Queue a command and wait for its outcome.
+    pub async fn command(&self, command: DeviceCommand) -> Result<(), CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .try_send(CommandRequest { command, reply: tx })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CommandError::QueueFull(self.id.to_string()),
+                mpsc::error::TrySendError::Closed(_) => CommandError::Stopped(self.id.to_string()),
+            })?;
+        match rx.await {
+            Ok(r) => r.map_err(CommandError::from),
+            Err(_) => Err(CommandError::Stopped(self.id.to_string())),
+        }
+    }
+}
+
+/// What the supervisor needs to run one configured device.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub id: DeviceId,
+    pub room: RoomId,
+    pub profile: Arc<Profile>,
+    pub link: LinkSpec,
+    /// Password or key, resolved from the environment or a file; never inline in config.
+    pub secret: Option<String>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub queue_depth: usize,
+}
+
+impl DeviceSpec {
+    pub fn new(id: &str, room: &str, profile: Arc<Profile>, link: LinkSpec) -> Self {
+        Self {
+            id: DeviceId::new(id),
+            room: RoomId::new(room),
+            profile,
+            link,
+            secret: None,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            queue_depth: 16,
+        }
+    }
+}
+
+/// Builds a device's driver afresh (after a crash the old one is gone with its task).
+pub type DriverFactory = Box<dyn Fn() -> Box<dyn Driver> + Send + Sync>;
+
+/// All device actors of the daemon.
+pub struct Fleet {
+    handles: BTreeMap<DeviceId, DeviceHandle>,
+    events: EventBus,
+    clock: Clock,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    budget: RestartBudget,
+}
+
+impl Fleet {
+    pub fn new(
+        events: EventBus,
+        clock: Clock,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            handles: BTreeMap::new(),
+            events,
+            clock,
+            tracker,
+            cancel,
+            budget: RestartBudget::default(),
+        }
+    }
+
+    pub fn with_budget(mut self, budget: RestartBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Start a device actor under supervision.
+    pub fn spawn(
+        &mut self,
+        initial: DeviceState,
+        cfg: ActorConfig,
+        make_driver: DriverFactory,
+        queue_depth: usize,
+    ) -> DeviceHandle {
+        let id = initial.id.clone();
+        let (state_tx, state_rx) = watch::channel(initial);
+        let state_tx = Arc::new(state_tx);
+        let (cmd_tx, cmd_rx) = mpsc::channel(queue_depth.max(1));
+        let cmd_rx = Arc::new(Mutex::new(cmd_rx));
+        let handle = DeviceHandle {
+            id: id.clone(),
+            state: state_rx,
+            commands: cmd_tx,
+        };
+        self.handles.insert(id.clone(), handle.clone());
+
+        let events = self.events.clone();
+        let clock = self.clock;
+        let cancel = self.cancel.clone();
+        let budget = self.budget;
+        let tracker = self.tracker.clone();
+        self.tracker.spawn(async move {
+            let mut crashes: Vec<Instant> = Vec::new();
+            loop {
+                let actor = Actor::new(
+                    cfg.clone(),
+                    make_driver(),
+                    state_tx.clone(),
+                    events.clone(),
+                    cmd_rx.clone(),
+                    cancel.child_token(),
+                    clock,
+                );
+                // The actor runs as its own task so that a panic is caught here as a JoinError.
+                let res = tracker.spawn(actor.run()).await;
+                let reason = match res {
+                    Ok(()) => break, // cancelled: orderly stop
+                    Err(e) if e.is_panic() => panic_message(e.into_panic()),
+                    Err(e) => e.to_string(),
+                };
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let now = Instant::now();
+                crashes.retain(|t| now.duration_since(*t) < budget.window);
+                crashes.push(now);
+                let (dev, room) = {
+                    let s = state_tx.borrow();
+                    (s.id.clone(), s.room.clone())
+                };
+                let restarts = crashes.len() as u32;
+                // Whatever the crashed actor knew is no longer being kept up to date.
+                state_tx.send_modify(|s| {
+                    s.reachable = false;
+                    s.link.up = false;
+                    s.link.last_error = Some(format!("actor crashed: {reason}"));
+                    s.refresh_health(clock.now());
+                });
+                if restarts > budget.max_restarts {
+                    events.emit(
+                        clock.now(),
+                        EventKind::ActorGaveUp {
+                            device: dev,
+                            room,
+                            restarts: restarts - 1,
+                        },
+                    );
+                    let now = clock.now();
+                    state_tx.send_modify(|s| {
+                        s.faults.push(crate::model::ActiveFault {
+                            fault: Fault::new(
+                                "actor_crashed",
+                                Severity::Fault,
+                                format!("device handler keeps crashing ({reason}); restart the daemon after fixing"),
+                            ),
+                            since: now,
+                        });
+                        s.refresh_health(now);
+                    });
+                    // Keep refusing commands so callers do not hang.
+                    let mut rx = cmd_rx.lock().await;
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            r = rx.recv() => match r {
+                                Some(req) => { let _ = req.reply.send(Err(crate::driver::DriverError::Unreachable)); }
+                                None => break,
+                            }
+                        }
+                    }
+                    break;
+                }
+                events.emit(
+                    clock.now(),
+                    EventKind::ActorRestarted {
+                        device: dev,
+                        room,
+                        restarts,
+                        reason,
+                    },
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(budget.delay) => {}
+                }
+            }
+        });
+        handle
+    }
+
+    /// Start a device from its profile: the driver the profile names, the profile's timing.
+    pub fn spawn_device(&mut self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
+        // Build once now so a bad profile option is reported before anything runs.
+        drop(crate::driver::for_profile(&spec.profile, spec.secret.clone())?);
+        let profile = spec.profile.clone();
+        let secret = spec.secret.clone();
+        let factory: DriverFactory = Box::new(move || {
+            crate::driver::for_profile(&profile, secret.clone())
+                .expect("profile options were validated when the device was spawned")
+        });
+        let t = &spec.profile.timing;
+        let cfg = ActorConfig {
+            link: spec.link.clone(),
+            poll_interval: t.poll_interval,
+            command_gap: t.command_gap,
+            unreachable_after_polls: t.unreachable_after_polls,
+            backoff_min: spec.backoff_min,
+            backoff_max: spec.backoff_max,
+        };
+        let initial = DeviceState::new(
+            spec.id,
+            spec.room,
+            spec.profile.id.clone(),
+            spec.link.describe(),
+            self.clock.now(),
+        );
+        Ok(self.spawn(initial, cfg, factory, spec.queue_depth))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&DeviceHandle> {
+        self.handles.get(&DeviceId::new(id))
+    }
+
+    pub fn handles(&self) -> impl Iterator<Item = &DeviceHandle> {
+        self.handles.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub async fn command(&self, id: &str, cmd: DeviceCommand) -> Result<(), CommandError> {
+        let h = self
+            .get(id)
+            .ok_or_else(|| CommandError::UnknownDevice(id.to_owned()))?;
+        h.command(cmd).await
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
