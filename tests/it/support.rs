@@ -44,8 +44,12 @@ pub async fn wait_state(
     what: &str,
     pred: impl FnMut(&DeviceState) -> bool,
 ) -> DeviceState {
-    match tokio::time::timeout(limit, rx.wait_for(pred)).await {
-        Ok(Ok(s)) => s.clone(),
+    let res = tokio::time::timeout(limit, async {
+        rx.wait_for(pred).await.map(|s| s.clone())
+    })
+    .await;
+    match res {
+        Ok(Ok(s)) => s,
         Ok(Err(_)) => panic!("state channel closed while waiting for {what}"),
         Err(_) => panic!(
             "timed out waiting for {what}; last state: {:#?}",
