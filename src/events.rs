@@ -282,10 +282,11 @@ fn log_event(kind: &EventKind) {
             ..
         }
         | EventKind::FaultRaised {
-            fault: Fault {
-                severity: Severity::Fault,
-                ..
-            },
+            fault:
+                Fault {
+                    severity: Severity::Fault,
+                    ..
+                },
             ..
         }
         | EventKind::ActorGaveUp { .. } => tracing::error!(event = kind.name(), "{line}"),

@@ -507,7 +507,10 @@ mod tests {
     #[test]
     fn health_rules() {
         assert_eq!(Health::derive(false, true, false, &[]), Health::Unknown);
-        assert_eq!(Health::derive(false, false, false, &[]), Health::Unreachable);
+        assert_eq!(
+            Health::derive(false, false, false, &[]),
+            Health::Unreachable
+        );
         assert_eq!(Health::derive(true, false, false, &[]), Health::Unreachable);
         assert_eq!(Health::derive(true, true, false, &[]), Health::Ok);
         assert_eq!(Health::derive(true, true, true, &[]), Health::Busy);

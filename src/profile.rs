@@ -265,11 +265,14 @@ impl Profile {
     ) -> Result<T, ProfileError> {
         match self.options.get(key) {
             None => Ok(default),
-            Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| ProfileError::Option {
-                profile: self.id.to_string(),
-                key: key.to_owned(),
-                message: e.message().to_owned(),
-            }),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ProfileError::Option {
+                    profile: self.id.to_string(),
+                    key: key.to_owned(),
+                    message: e.message().to_owned(),
+                }),
         }
     }
 }

@@ -99,10 +99,16 @@ pub trait Driver: Send {
 }
 
 /// Build the driver a profile names. A profile cannot add a protocol; this match can.
+///
+/// `secret` is the device's password or key (resolved from the environment or a file by the
+/// config layer); `settings` is the device's `[devices.settings]` table from the site config
+/// (per-installation facts such as DSP instance tags), read only by the driver.
 pub fn for_profile(
     profile: &Profile,
     secret: Option<String>,
+    settings: &toml::Table,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
+    let _ = settings;
     use crate::profile::DriverKind;
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::codec::ProtocolError;
 use crate::events::{EventBus, EventKind};
-use crate::model::{ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Unit, Value};
+use crate::model::{
+    ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Unit, Value,
+};
 
 /// One thing a driver learnt, for drivers that prefer to collect before applying.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,11 +46,7 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(
-        clock: Clock,
-        state: Arc<watch::Sender<DeviceState>>,
-        events: EventBus,
-    ) -> Self {
+    pub fn new(clock: Clock, state: Arc<watch::Sender<DeviceState>>, events: EventBus) -> Self {
         let (device, room) = {
             let s = state.borrow();
             (s.id.clone(), s.room.clone())
@@ -138,7 +136,10 @@ impl Observer {
 
     /// Replace the set of active faults reported by `source`.
     pub fn faults(&mut self, source: &str, faults: Vec<Fault>) {
-        let old = self.sources.insert(source.to_owned(), faults.clone()).unwrap_or_default();
+        let old = self
+            .sources
+            .insert(source.to_owned(), faults.clone())
+            .unwrap_or_default();
         let now = self.now();
         let raised: Vec<Fault> = faults
             .iter()
@@ -201,7 +202,11 @@ impl Observer {
     /// A metered level in dBFS: stored as reading `meter.<channel>` and emitted as an event.
     pub fn meter(&mut self, channel: impl Into<String>, dbfs: f64) {
         let channel = channel.into();
-        self.reading(format!("meter.{channel}"), Value::Float(dbfs), Some(Unit::Dbfs));
+        self.reading(
+            format!("meter.{channel}"),
+            Value::Float(dbfs),
+            Some(Unit::Dbfs),
+        );
         self.emit(EventKind::Meter {
             device: self.device.clone(),
             room: self.room.clone(),
@@ -220,9 +225,11 @@ impl Observer {
                 s.counters.bad_frames += 1;
             }
         });
-        self.events
-            .metrics()
-            .inc_labeled("avwarden_bad_frames_total", "device", self.device.as_str());
+        self.events.metrics().inc_labeled(
+            "avwarden_bad_frames_total",
+            "device",
+            self.device.as_str(),
+        );
         if !self.bad_input_reported {
             self.bad_input_reported = true;
             let count = {

@@ -283,7 +283,9 @@ fn clone_refusal(e: &DriverError) -> DriverError {
             command: command.clone(),
             reason: reason.clone(),
         },
-        DriverError::Unsupported { driver, command } => DriverError::Unsupported { driver, command },
+        DriverError::Unsupported { driver, command } => {
+            DriverError::Unsupported { driver, command }
+        }
         DriverError::Protocol(p) => DriverError::Protocol(p.clone()),
         other => DriverError::Refused {
             command: "command".to_owned(),

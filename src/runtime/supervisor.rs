@@ -80,6 +80,8 @@ pub struct DeviceSpec {
     pub link: LinkSpec,
     /// Password or key, resolved from the environment or a file; never inline in config.
     pub secret: Option<String>,
+    /// The device's `[devices.settings]` table from the site config, read by its driver.
+    pub settings: toml::Table,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub queue_depth: usize,
@@ -93,6 +95,7 @@ impl DeviceSpec {
             profile,
             link,
             secret: None,
+            settings: toml::Table::new(),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             queue_depth: 16,
@@ -252,11 +255,16 @@ impl Fleet {
     /// Start a device from its profile: the driver the profile names, the profile's timing.
     pub fn spawn_device(&mut self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
         // Build once now so a bad profile option is reported before anything runs.
-        drop(crate::driver::for_profile(&spec.profile, spec.secret.clone())?);
+        drop(crate::driver::for_profile(
+            &spec.profile,
+            spec.secret.clone(),
+            &spec.settings,
+        )?);
         let profile = spec.profile.clone();
         let secret = spec.secret.clone();
+        let settings = spec.settings.clone();
         let factory: DriverFactory = Box::new(move || {
-            crate::driver::for_profile(&profile, secret.clone())
+            crate::driver::for_profile(&profile, secret.clone(), &settings)
                 .expect("profile options were validated when the device was spawned")
         });
         let t = &spec.profile.timing;

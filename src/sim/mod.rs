@@ -25,7 +25,11 @@ pub enum SimBind {
     /// config can name a stable path.
     Pty { link: Option<PathBuf> },
     /// An MQTT device attached to a broker.
-    Mqtt { host: String, port: u16, topic: String },
+    Mqtt {
+        host: String,
+        port: u16,
+        topic: String,
+    },
 }
 
 /// Where a running simulator can be reached.

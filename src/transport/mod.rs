@@ -95,9 +95,14 @@ pub enum LinkSpec {
     Serial(serial::SerialSpec),
     Tcp(tcp::TcpSpec),
     /// One UDP peer (Sennheiser SSC).
-    Udp { host: String, port: u16 },
+    Udp {
+        host: String,
+        port: u16,
+    },
     /// The device is reached through the daemon's MQTT client (zigbee2mqtt and the like).
-    Mqtt { topic: String },
+    Mqtt {
+        topic: String,
+    },
 }
 
 impl LinkSpec {

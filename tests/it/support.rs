@@ -44,10 +44,8 @@ pub async fn wait_state(
     what: &str,
     pred: impl FnMut(&DeviceState) -> bool,
 ) -> DeviceState {
-    let res = tokio::time::timeout(limit, async {
-        rx.wait_for(pred).await.map(|s| s.clone())
-    })
-    .await;
+    let res =
+        tokio::time::timeout(limit, async { rx.wait_for(pred).await.map(|s| s.clone()) }).await;
     match res {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => panic!("state channel closed while waiting for {what}"),
