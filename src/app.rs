@@ -1,1 +1,313 @@
-pub fn placeholder() {}
+//! Builds the daemon from a validated config and runs it: simulators (for simulated devices),
+//! device actors under the supervisor, the API server, signals, sd_notify, and one shutdown
+//! tree with a deadline.
+//!
+//! This is the only layer that may use `anyhow`: it reports, it does not decide.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::clock::Clock;
+use crate::config::{DeviceConfig, SiteConfig};
+use crate::events::{EventBus, EventKind};
+use crate::metrics::Metrics;
+use crate::model::DeviceId;
+use crate::profile::{LinkKind, Profile};
+use crate::runtime::{DeviceSpec, Fleet};
+use crate::sim::{SimBind, SimEndpoint};
+use crate::transport::serial::{Parity, SerialSpec};
+use crate::transport::tcp::TcpSpec;
+use crate::transport::LinkSpec;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How to start.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Run the simulator of every `simulated = true` device inside this process.
+    pub with_simulators: bool,
+    /// Override the API bind address (tests use port 0).
+    pub api_bind: Option<SocketAddr>,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub api_addr: SocketAddr,
+    pub fleet: Arc<Fleet>,
+    pub events: EventBus,
+    pub clock: Clock,
+    pub simulators: Vec<(DeviceId, SimEndpoint)>,
+    site: String,
+    cancel: CancellationToken,
+    sim_cancel: CancellationToken,
+    tracker: TaskTracker,
+    sim_tracker: TaskTracker,
+    deadline: Duration,
+}
+
+/// How the shutdown went.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownReport {
+    pub within_deadline: bool,
+    pub elapsed: Duration,
+}
+
+impl Daemon {
+    pub async fn start(
+        cfg: SiteConfig,
+        opts: StartOptions,
+        clock: Clock,
+    ) -> anyhow::Result<Daemon> {
+        let metrics = Metrics::new();
+        let events = EventBus::new(metrics.clone());
+        let cancel = CancellationToken::new();
+        let sim_cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let sim_tracker = TaskTracker::new();
+
+        // Simulators first, so the devices can connect to them.
+        let mut simulators = Vec::new();
+        let mut devices: Vec<DeviceConfig> = Vec::new();
+        for d in &cfg.devices {
+            let mut d = d.clone();
+            if d.simulated && opts.with_simulators {
+                let bind = sim_bind_for(&d)?;
+                let endpoint = crate::sim::spawn(
+                    &d.profile,
+                    &d.simulator,
+                    bind,
+                    clock,
+                    sim_cancel.child_token(),
+                )
+                .await
+                .with_context(|| format!("start simulator for device {}", d.id))?;
+                d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
+                simulators.push((d.id.clone(), endpoint));
+            }
+            devices.push(d);
+        }
+
+        let mut fleet = Fleet::new(events.clone(), clock, tracker.clone(), cancel.clone());
+        for d in &devices {
+            let Some(link) = d.link.clone() else {
+                anyhow::bail!(
+                    "device {} is simulated without a fixed address; run it with the demo or give it a link",
+                    d.id
+                );
+            };
+            let mut spec = DeviceSpec::new(d.id.as_str(), d.room.as_str(), d.profile.clone(), link);
+            spec.secret = d.secret.as_ref().map(|s| s.expose().to_owned());
+            spec.settings = d.settings.clone();
+            spec.backoff_min = cfg.links.backoff_min;
+            spec.backoff_max = cfg.links.backoff_max;
+            fleet
+                .spawn_device(spec)
+                .with_context(|| format!("start device {}", d.id))?;
+        }
+        let fleet = Arc::new(fleet);
+
+        let bind = opts.api_bind.unwrap_or(cfg.api.bind);
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("bind the API to {bind}"))?;
+        let api_addr = listener.local_addr()?;
+        let state = ApiState {
+            site: cfg.site.name.clone(),
+            version: VERSION,
+            clock,
+            started: clock.now(),
+            fleet: fleet.clone(),
+            metrics,
+        };
+        let app = api::router(state);
+        let api_cancel = cancel.clone();
+        tracker.spawn(async move {
+            let res = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "api server failed");
+            }
+        });
+
+        events.emit(
+            clock.now(),
+            EventKind::DaemonStarted {
+                version: VERSION.to_owned(),
+                site: cfg.site.name.clone(),
+            },
+        );
+        Ok(Daemon {
+            api_addr,
+            fleet,
+            events,
+            clock,
+            simulators,
+            site: cfg.site.name.clone(),
+            cancel,
+            sim_cancel,
+            tracker,
+            sim_tracker,
+            deadline: cfg.shutdown_deadline,
+        })
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// The root of the shutdown tree.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Cancel everything and wait for the tasks to finish their step (close ports, switch off
+    /// metering, flush), at most until the deadline. Simulators stop last.
+    pub async fn shutdown(self, reason: &str) -> ShutdownReport {
+        let start = tokio::time::Instant::now();
+        self.events.emit(
+            self.clock.now(),
+            EventKind::DaemonStopping {
+                reason: reason.to_owned(),
+            },
+        );
+        self.cancel.cancel();
+        self.tracker.close();
+        let within = tokio::time::timeout(self.deadline, self.tracker.wait())
+            .await
+            .is_ok();
+        if !within {
+            tracing::error!(
+                deadline_ms = self.deadline.as_millis() as u64,
+                "shutdown deadline passed; exiting with tasks still running"
+            );
+        }
+        self.sim_cancel.cancel();
+        self.sim_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.sim_tracker.wait()).await;
+        ShutdownReport {
+            within_deadline: within,
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+fn sim_bind_for(d: &DeviceConfig) -> anyhow::Result<SimBind> {
+    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    Ok(match (&d.link, d.profile.link.kind) {
+        (Some(LinkSpec::Tcp(t)), _) => SimBind::Tcp(resolve_local(&t.host, t.port)?),
+        (Some(LinkSpec::Udp { host, port }), _) => SimBind::Udp(resolve_local(host, *port)?),
+        (Some(LinkSpec::Serial(s)), _) => SimBind::Pty {
+            link: Some(s.path.clone().into()),
+        },
+        (Some(LinkSpec::Mqtt { topic }), _) => SimBind::Mqtt {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            topic: topic.clone(),
+        },
+        (None, LinkKind::Tcp) => SimBind::Tcp(loopback(0)),
+        (None, LinkKind::Udp) => SimBind::Udp(loopback(0)),
+        (None, LinkKind::Serial) => SimBind::Pty { link: None },
+        (None, LinkKind::Mqtt) => anyhow::bail!("simulated MQTT device {} needs link.topic", d.id),
+    })
+}
+
+fn resolve_local(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolve {host}"))?
+        .next()
+        .with_context(|| format!("no address for {host}"))
+}
+
+/// The link a device uses to reach its simulator.
+fn link_for_endpoint(
+    profile: &Profile,
+    ep: &SimEndpoint,
+    configured: Option<&LinkSpec>,
+) -> LinkSpec {
+    match ep {
+        SimEndpoint::Tcp(addr) => {
+            let mut t = match configured {
+                Some(LinkSpec::Tcp(t)) => t.clone(),
+                _ => {
+                    let mut t = TcpSpec::new(addr.ip().to_string(), addr.port());
+                    t.connect_per_command = profile.link.connect_per_command;
+                    t
+                }
+            };
+            t.host = addr.ip().to_string();
+            t.port = addr.port();
+            LinkSpec::Tcp(t)
+        }
+        SimEndpoint::Udp(addr) => LinkSpec::Udp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        SimEndpoint::Pty(path) => {
+            let mut s = match configured {
+                Some(LinkSpec::Serial(s)) => s.clone(),
+                _ => SerialSpec {
+                    path: String::new(),
+                    baud: profile.link.baud.unwrap_or(9600),
+                    data_bits: profile.link.data_bits.unwrap_or(8),
+                    // A pseudo-terminal carries no parity (protocols.md 5.1).
+                    parity: Parity::None,
+                    stop_bits: profile.link.stop_bits.unwrap_or(1),
+                },
+            };
+            s.path = path.display().to_string();
+            LinkSpec::Serial(s)
+        }
+        SimEndpoint::Mqtt { topic } => LinkSpec::Mqtt {
+            topic: topic.clone(),
+        },
+    }
+}
+
+/// Tell systemd we are ready, and keep its watchdog fed while the daemon runs.
+pub fn notify_ready(tracker: &TaskTracker, cancel: CancellationToken) {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let every = Duration::from_micros(usec / 2);
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+                }
+            }
+        });
+    }
+}
+
+impl Daemon {
+    /// Start the systemd watchdog pings under this daemon's shutdown tree.
+    pub fn notify_systemd(&self) {
+        notify_ready(&self.tracker, self.cancel.clone());
+    }
+}
+
+/// Run until SIGTERM or SIGINT, then shut down within the deadline.
+pub async fn run_until_signal(daemon: Daemon) -> anyhow::Result<ShutdownReport> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    daemon.notify_systemd();
+    let reason = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!(signal = reason, "shutting down");
+    Ok(daemon.shutdown(reason).await)
+}

@@ -1,1 +1,282 @@
-fn main() {}
+//! The `avwarden` command: a thin shell over the library. Parses arguments, sets up logging,
+//! and hands over to `app`. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use avwarden::app::{self, Daemon, StartOptions};
+use avwarden::clock::Clock;
+use avwarden::config::{parse_site, Env, SiteConfig};
+use avwarden::profile::ProfileSet;
+
+/// The demo site, embedded so `avwarden demo` works from any directory.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+#[derive(Parser)]
+#[command(name = "avwarden", version, about = "Keeps meeting rooms working")]
+struct Cli {
+    /// Log filter (overrides RUST_LOG), e.g. "info" or "avwarden=debug".
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon for a site.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also run the simulator of every `simulated = true` device in this process.
+        #[arg(long)]
+        with_simulators: bool,
+    },
+    /// Run the demo: the embedded demo site with every device simulated.
+    Demo {
+        /// API address (default 127.0.0.1:8080, or a free port if that is taken).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Validate a site config: every problem with file, line and key path; exit 2 on any.
+    CheckConfig { file: PathBuf },
+    /// List the device profiles known (embedded, plus a directory) and what each supports.
+    Profiles {
+        /// Extra profiles directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Start a simulator for every simulated device of a site, at the addresses its config
+    /// names, until interrupted.
+    Simulate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Profiles { dir } => profiles(dir.as_deref()),
+        Command::Run {
+            config,
+            with_simulators,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_daemon(
+                cfg,
+                StartOptions {
+                    with_simulators,
+                    api_bind: None,
+                },
+            )
+        }
+        Command::Demo { bind } => {
+            let dir = std::env::temp_dir().join("avwarden-demo");
+            let _ = std::fs::create_dir_all(&dir);
+            let cfg = match parse_site(
+                DEMO_CONFIG,
+                "config/demo.toml",
+                &dir,
+                &Env::fixed(&[("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo")]),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let bind = bind.unwrap_or_else(|| {
+                let preferred = cfg.api.bind;
+                if std::net::TcpListener::bind(preferred).is_ok() {
+                    preferred
+                } else {
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            });
+            run_daemon(
+                cfg,
+                StartOptions {
+                    with_simulators: true,
+                    api_bind: Some(bind),
+                },
+            )
+        }
+        Command::Simulate { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime_block_on(simulate(cfg))
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(path: &Path) -> Result<SiteConfig, ExitCode> {
+    SiteConfig::load(path).map_err(|e| {
+        eprintln!("{e}");
+        eprintln!(
+            "{}: {} problem(s); nothing was started",
+            path.display(),
+            e.problems.len()
+        );
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(cfg) => {
+            print!("{}", cfg.summary());
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn profiles(dir: Option<&Path>) -> ExitCode {
+    let mut set = match ProfileSet::embedded() {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(d) = dir {
+        let errs = set.load_dir(d);
+        if !errs.is_empty() {
+            for e in errs {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    }
+    println!(
+        "{:<26} {:<10} {:<9} {:<8} {:<32} capabilities",
+        "profile", "kind", "driver", "link", "vendor / family"
+    );
+    for p in set.iter() {
+        let caps: Vec<&str> = p.capabilities.iter().map(|c| c.as_str()).collect();
+        println!(
+            "{:<26} {:<10} {:<9} {:<8} {:<32} {}",
+            p.id,
+            p.kind.as_str(),
+            p.driver.as_str(),
+            format!("{:?}", p.link.kind).to_lowercase(),
+            format!("{} {}", p.vendor, p.family),
+            caps.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn runtime_block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
+    runtime_block_on(async move {
+        let clock = Clock::system();
+        let daemon = Daemon::start(cfg, opts, clock).await?;
+        println!(
+            "avwarden {} running for site {:?}",
+            app::VERSION,
+            daemon.site()
+        );
+        for (id, ep) in &daemon.simulators {
+            println!("  simulator for {id}: {ep}");
+        }
+        println!("status: http://{}/api/v1/health", daemon.api_addr);
+        println!("devices: http://{}/api/v1/devices", daemon.api_addr);
+        let report = app::run_until_signal(daemon).await?;
+        if !report.within_deadline {
+            anyhow::bail!("shutdown did not finish within the deadline");
+        }
+        Ok(())
+    })
+}
+
+async fn simulate(cfg: SiteConfig) -> anyhow::Result<()> {
+    use tokio_util::sync::CancellationToken;
+    let clock = Clock::system();
+    let cancel = CancellationToken::new();
+    let mut n = 0;
+    for d in cfg.devices.iter().filter(|d| d.simulated) {
+        let link = d
+            .link
+            .as_ref()
+            .with_context(|| format!("device {}: simulate needs a fixed link address", d.id))?;
+        let bind = match link {
+            avwarden::transport::LinkSpec::Tcp(t) => avwarden::sim::SimBind::Tcp(
+                format!("{}:{}", t.host, t.port)
+                    .parse()
+                    .with_context(|| format!("device {}: host must be an IP address", d.id))?,
+            ),
+            avwarden::transport::LinkSpec::Udp { host, port } => avwarden::sim::SimBind::Udp(
+                format!("{host}:{port}")
+                    .parse()
+                    .with_context(|| format!("device {}: host must be an IP address", d.id))?,
+            ),
+            avwarden::transport::LinkSpec::Serial(s) => avwarden::sim::SimBind::Pty {
+                link: Some(s.path.clone().into()),
+            },
+            avwarden::transport::LinkSpec::Mqtt { topic } => avwarden::sim::SimBind::Mqtt {
+                host: "127.0.0.1".to_owned(),
+                port: 1883,
+                topic: topic.clone(),
+            },
+        };
+        let ep = avwarden::sim::spawn(&d.profile, &d.simulator, bind, clock, cancel.child_token())
+            .await
+            .with_context(|| format!("device {}", d.id))?;
+        println!("{}: {} simulator at {ep}", d.id, d.profile.id);
+        n += 1;
+    }
+    if n == 0 {
+        anyhow::bail!("no device has simulated = true");
+    }
+    println!("{n} simulator(s) running; Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    cancel.cancel();
+    Ok(())
+}

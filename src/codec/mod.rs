@@ -18,6 +18,17 @@ pub enum ProtocolError {
     Unexpected { expected: String, got: String },
     #[error("skipped {skipped} bytes of garbage before a frame")]
     Garbage { skipped: usize },
+    /// Only to satisfy `tokio_util`'s `Decoder` bound: codecs themselves do no I/O.
+    #[error("i/o error: {detail}")]
+    Io { detail: String },
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io {
+            detail: e.to_string(),
+        }
+    }
 }
 
 impl ProtocolError {

@@ -1,0 +1,181 @@
+//! The status API: axum REST under `/api/v1`, plus `/metrics` in Prometheus text format.
+//!
+//! Handlers are thin: they read device state from the runtime's `watch` channels and queue
+//! commands on device handles; no business logic lives here. Every error is a 4xx/5xx with a
+//! JSON body `{"error": {"code", "message"}}`, including malformed paths and bodies.
+
+mod error;
+mod views;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::model::{DeviceCommand, Health};
+use crate::runtime::{CommandError, Fleet};
+
+pub use error::ApiError;
+pub use views::{DeviceDetail, DeviceSummary, ReadingView};
+
+/// Largest request body accepted (commands are tiny).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub site: String,
+    pub version: &'static str,
+    pub clock: Clock,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Metrics,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{id}", get(device))
+        .route("/api/v1/devices/{id}/commands", post(command))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Through the extractor, so an oversized body is a JSON 413 like every other error.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    version: &'static str,
+    site: String,
+    now: chrono::DateTime<chrono::Utc>,
+    uptime_secs: i64,
+    devices: std::collections::BTreeMap<&'static str, usize>,
+}
+
+async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
+    let now = st.clock.now();
+    let mut counts = std::collections::BTreeMap::new();
+    for h in st.fleet.handles() {
+        *counts.entry(h.state().health.as_str()).or_insert(0) += 1;
+    }
+    Json(HealthBody {
+        status: "ok",
+        version: st.version,
+        site: st.site.clone(),
+        now,
+        uptime_secs: (now - st.started).num_seconds(),
+        devices: counts,
+    })
+}
+
+async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
+    let now = st.clock.now();
+    Json(
+        st.fleet
+            .handles()
+            .map(|h| DeviceSummary::from_state(&h.state(), now))
+            .collect(),
+    )
+}
+
+async fn device(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    let h = st
+        .fleet
+        .get(&id)
+        .ok_or_else(|| ApiError::unknown_device(&id))?;
+    Ok(Json(DeviceDetail::from_state(&h.state(), st.clock.now())))
+}
+
+#[derive(Serialize)]
+struct CommandAccepted {
+    device: String,
+    command: &'static str,
+    result: &'static str,
+}
+
+async fn command(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<DeviceCommand>, JsonRejection>,
+) -> Result<Json<CommandAccepted>, ApiError> {
+    let Json(cmd) = body.map_err(ApiError::from_json_rejection)?;
+    let h = st
+        .fleet
+        .get(&id)
+        .ok_or_else(|| ApiError::unknown_device(&id))?;
+    let name = cmd.name();
+    h.command(cmd).await.map_err(|e| match e {
+        CommandError::QueueFull(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
+        }
+        CommandError::Driver(crate::driver::DriverError::Unsupported { .. }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported",
+            e.to_string(),
+        ),
+        CommandError::Driver(crate::driver::DriverError::Busy { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "device_busy", e.to_string())
+        }
+        CommandError::Driver(crate::driver::DriverError::Refused { .. }) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
+        }
+        CommandError::Driver(crate::driver::DriverError::Unreachable) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "device_unreachable",
+            e.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "command_failed", e.to_string()),
+    })?;
+    Ok(Json(CommandAccepted {
+        device: id,
+        command: name,
+        result: "ok",
+    }))
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    // Health gauges are computed on scrape from the live state.
+    for h in [
+        Health::Unknown,
+        Health::Ok,
+        Health::Busy,
+        Health::Degraded,
+        Health::Faulted,
+        Health::Unreachable,
+    ] {
+        let n = st.fleet.handles().filter(|d| d.state().health == h).count();
+        st.metrics
+            .set_gauge("avwarden_devices", Some(("health", h.as_str())), n as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

@@ -1,0 +1,103 @@
+//! JSON views of device state: readings with their age and staleness.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{
+    ActiveFault, DeviceState, Health, Identity, LinkCounters, LinkStatus, Unit, Value,
+};
+
+#[derive(Debug, Serialize)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub room: String,
+    pub profile: String,
+    pub health: Health,
+    pub health_since: DateTime<Utc>,
+    pub faults: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<DateTime<Utc>>,
+}
+
+impl DeviceSummary {
+    pub fn from_state(s: &DeviceState, _now: DateTime<Utc>) -> Self {
+        Self {
+            id: s.id.to_string(),
+            room: s.room.to_string(),
+            profile: s.profile.to_string(),
+            health: s.health,
+            health_since: s.health_since,
+            faults: s.faults.len(),
+            last_contact: s.last_contact,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadingView {
+    #[serde(flatten)]
+    pub value: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
+    pub observed_at: DateTime<Utc>,
+    pub age_secs: f64,
+    /// The device is unreachable: this is the last known value, not the present one.
+    pub stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceDetail {
+    pub id: String,
+    pub room: String,
+    pub profile: String,
+    pub health: Health,
+    pub health_since: DateTime<Utc>,
+    pub reachable: bool,
+    pub busy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<DateTime<Utc>>,
+    pub readings: BTreeMap<String, ReadingView>,
+    pub faults: Vec<ActiveFault>,
+    pub identity: Identity,
+    pub link: LinkStatus,
+    pub counters: LinkCounters,
+}
+
+impl DeviceDetail {
+    pub fn from_state(s: &DeviceState, now: DateTime<Utc>) -> Self {
+        let stale = s.readings_stale();
+        Self {
+            id: s.id.to_string(),
+            room: s.room.to_string(),
+            profile: s.profile.to_string(),
+            health: s.health,
+            health_since: s.health_since,
+            reachable: s.reachable,
+            busy: s.busy,
+            last_contact: s.last_contact,
+            readings: s
+                .readings
+                .iter()
+                .map(|(k, r)| {
+                    (
+                        k.clone(),
+                        ReadingView {
+                            value: r.value.clone(),
+                            unit: r.unit,
+                            observed_at: r.observed_at,
+                            age_secs: (now - r.observed_at).num_milliseconds().max(0) as f64
+                                / 1000.0,
+                            stale,
+                        },
+                    )
+                })
+                .collect(),
+            faults: s.faults.clone(),
+            identity: s.identity.clone(),
+            link: s.link.clone(),
+            counters: s.counters.clone(),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Site configuration: raw serde structs for the TOML a technician writes, and the validated
+//! types the daemon runs on.
+//!
+//! Validation collects **every** problem, each with file, line and column, and key path, and
+//! suggests near names (`did you mean "epson-escvp21"?`). `check-config` prints them and exits 2.
+//! Unknown keys are collected with `serde_ignored` rather than rejected by
+//! `deny_unknown_fields`, which would stop at the first one.
+
+mod locate;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{DeviceId, RoomId};
+use crate::profile::{Profile, ProfileSet};
+use crate::transport::LinkSpec;
+
+pub use validate::{parse_site, Env};
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: String,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub at: Option<(usize, usize)>,
+    /// Key path such as `devices[2].link.port`; empty for whole-file problems.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((l, c)) = self.at {
+            write!(f, ":{l}:{c}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a config, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A secret such as a PJLink password, read from the environment or a file at load time.
+/// Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub time_zone: chrono_tz::Tz,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+}
+
+/// Reconnect policy shared by all links.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkPolicy {
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub id: RoomId,
+    pub name: String,
+    pub building: Option<String>,
+    pub floor: Option<i32>,
+    pub capacity: u32,
+    pub equipment: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    pub id: DeviceId,
+    pub room: RoomId,
+    pub name: Option<String>,
+    pub profile: Arc<Profile>,
+    /// `None` only for simulated devices without a fixed address: the demo assigns one.
+    pub link: Option<LinkSpec>,
+    pub secret: Option<Secret>,
+    /// Run this device's simulator inside the daemon (demo) or under `avwarden simulate`.
+    pub simulated: bool,
+    pub simulator: toml::Table,
+    pub settings: toml::Table,
+}
+
+/// A validated site configuration.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub file: PathBuf,
+    pub site: Site,
+    pub api: ApiConfig,
+    pub storage: StorageConfig,
+    pub links: LinkPolicy,
+    pub shutdown_deadline: Duration,
+    pub rooms: Vec<Room>,
+    pub devices: Vec<DeviceConfig>,
+    pub profiles: ProfileSet,
+    /// The `[mqtt]` table, validated by the MQTT transport.
+    pub mqtt: Option<toml::Table>,
+}
+
+impl SiteConfig {
+    /// Read and validate a site config file. Relative paths inside it (storage, profiles dir,
+    /// secret files) are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![ConfigProblem {
+                file: label.clone(),
+                at: None,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        parse_site(&text, &label, base, &Env::process())
+    }
+
+    pub fn room(&self, id: &RoomId) -> Option<&Room> {
+        self.rooms.iter().find(|r| &r.id == id)
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.id.as_str() == id)
+    }
+
+    /// A one-screen summary for `check-config`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "site {:?} ({}), {} rooms, {} devices, {} profiles",
+            self.site.name,
+            self.site.time_zone,
+            self.rooms.len(),
+            self.devices.len(),
+            self.profiles.len()
+        );
+        let _ = writeln!(s, "api     http://{}", self.api.bind);
+        let _ = writeln!(s, "storage {}", self.storage.path.display());
+        for room in &self.rooms {
+            let _ = writeln!(
+                s,
+                "room {:<12} {:<24} capacity {}",
+                room.id, room.name, room.capacity
+            );
+            for d in self.devices.iter().filter(|d| d.room == room.id) {
+                let link = match (&d.link, d.simulated) {
+                    (Some(l), false) => l.describe(),
+                    (Some(l), true) => format!("simulated at {}", l.describe()),
+                    (None, _) => "simulated".to_owned(),
+                };
+                let _ = writeln!(s, "  {:<20} {:<22} {}", d.id, d.profile.id, link);
+            }
+        }
+        s
+    }
+}

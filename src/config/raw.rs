@@ -1,0 +1,94 @@
+//! The TOML a technician writes, as serde sees it. Everything is optional here so that a
+//! missing key becomes a located problem in validation instead of stopping the parse; integers
+//! are `i64` so out-of-range values get our message, not serde's.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSite {
+    pub site: Option<RawSiteInfo>,
+    pub api: Option<RawApi>,
+    pub storage: Option<RawStorage>,
+    pub profiles: Option<RawProfiles>,
+    pub links: Option<RawLinks>,
+    pub shutdown: Option<RawShutdown>,
+    /// Validated by the MQTT transport, which owns its settings.
+    pub mqtt: Option<toml::Table>,
+    #[serde(default)]
+    pub rooms: Vec<RawRoom>,
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSiteInfo {
+    pub name: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawApi {
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStorage {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawProfiles {
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLinks {
+    pub backoff_min_ms: Option<i64>,
+    pub backoff_max_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawShutdown {
+    pub deadline_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoom {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub building: Option<String>,
+    pub floor: Option<i64>,
+    pub capacity: Option<i64>,
+    pub equipment: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDevice {
+    pub id: Option<String>,
+    pub room: Option<String>,
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub link: Option<RawLink>,
+    /// Name of an environment variable holding the device password.
+    pub password_env: Option<String>,
+    /// Path of a file holding the device password (first line).
+    pub password_file: Option<String>,
+    pub simulated: Option<bool>,
+    pub simulator: Option<toml::Table>,
+    pub settings: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLink {
+    pub kind: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub path: Option<String>,
+    pub baud: Option<i64>,
+    pub data_bits: Option<i64>,
+    pub parity: Option<String>,
+    pub stop_bits: Option<i64>,
+    pub connect_per_command: Option<bool>,
+    pub connect_timeout_ms: Option<i64>,
+    pub topic: Option<String>,
+}

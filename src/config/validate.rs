@@ -1,0 +1,826 @@
+//! Raw → validated, collecting every problem with its place in the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml_edit::ImDocument;
+
+use super::locate::{self, Seg};
+use super::raw::{RawDevice, RawLink, RawSite};
+use super::{
+    ApiConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room, Secret, Site,
+    SiteConfig, StorageConfig,
+};
+use crate::model::{DeviceId, RoomId};
+use crate::profile::{LinkKind, Profile, ProfileSet};
+use crate::transport::serial::{Parity, SerialSpec};
+use crate::transport::tcp::TcpSpec;
+use crate::transport::LinkSpec;
+
+/// Where secrets come from. Tests pass their own variables instead of the process environment.
+pub struct Env {
+    vars: Option<BTreeMap<String, String>>,
+}
+
+impl Env {
+    pub fn process() -> Self {
+        Self { vars: None }
+    }
+    pub fn fixed(vars: &[(&str, &str)]) -> Self {
+        Self {
+            vars: Some(
+                vars.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+        }
+    }
+    fn get(&self, name: &str) -> Option<String> {
+        match &self.vars {
+            Some(m) => m.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        }
+    }
+}
+
+struct Problems<'a> {
+    file: &'a str,
+    text: &'a str,
+    doc: Option<&'a ImDocument<String>>,
+    list: Vec<(usize, ConfigProblem)>,
+}
+
+impl<'a> Problems<'a> {
+    fn at_path(&mut self, path: &[Seg], message: impl Into<String>) {
+        let span = self.doc.and_then(|d| locate::locate(d, path));
+        let offset = span.as_ref().map(|r| r.start);
+        self.push(offset, locate::render(path), message.into());
+    }
+
+    fn push(&mut self, offset: Option<usize>, path: String, message: String) {
+        let at = offset.map(|o| crate::profile::line_col_pair(self.text, o));
+        self.list.push((
+            offset.unwrap_or(usize::MAX),
+            ConfigProblem {
+                file: self.file.to_owned(),
+                at,
+                path,
+                message,
+            },
+        ));
+    }
+
+    fn into_error(mut self) -> ConfigError {
+        // File order; problems without a place last, in the order found.
+        self.list.sort_by_key(|(o, _)| *o);
+        ConfigError {
+            problems: self.list.into_iter().map(|(_, p)| p).collect(),
+        }
+    }
+}
+
+fn k(s: &str) -> Seg {
+    Seg::Key(s.to_owned())
+}
+
+fn p(segs: &[Seg], more: &[Seg]) -> Vec<Seg> {
+    let mut v = segs.to_vec();
+    v.extend_from_slice(more);
+    v
+}
+
+/// The closest candidate by edit distance, when close enough to be a typo.
+pub fn suggest<'c>(given: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(given, c), c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 4) && *d > 0)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn did_you_mean(s: Option<&str>) -> String {
+    s.map(|c| format!(" (did you mean \"{c}\"?)"))
+        .unwrap_or_default()
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Parse and validate a site config from text. `file` labels messages; `base` resolves
+/// relative paths.
+pub fn parse_site(
+    text: &str,
+    file: &str,
+    base: &Path,
+    env: &Env,
+) -> Result<SiteConfig, ConfigError> {
+    let doc = match ImDocument::parse(text.to_owned()) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut pr = Problems {
+                file,
+                text,
+                doc: None,
+                list: Vec::new(),
+            };
+            let offset = e.span().map(|s| s.start);
+            pr.push(offset, String::new(), first_line(e.message()));
+            return Err(pr.into_error());
+        }
+    };
+    let mut pr = Problems {
+        file,
+        text,
+        doc: Some(&doc),
+        list: Vec::new(),
+    };
+
+    // Pass 1: structure. Unknown keys are all collected; a type error stops serde, and is
+    // reported with its place.
+    let mut unknown: Vec<Vec<Seg>> = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let raw: Result<RawSite, _> = serde_ignored::deserialize(de, |path| {
+        let mut segs = Vec::new();
+        locate::from_ignored(&path, &mut segs);
+        unknown.push(segs);
+    });
+    for path in &unknown {
+        let last = match path.last() {
+            Some(Seg::Key(k)) => k.clone(),
+            _ => String::new(),
+        };
+        let parent = &path[..path.len().saturating_sub(1)];
+        let hint = did_you_mean(suggest(&last, known_keys(parent)));
+        pr.at_path(path, format!("unknown key{hint}"));
+    }
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start);
+            let path = offset
+                .map(|o| locate::render(&locate::path_at(&doc, o)))
+                .unwrap_or_default();
+            pr.push(offset, path, first_line(e.message()));
+            return Err(pr.into_error());
+        }
+    };
+
+    // Pass 2: meaning.
+    let site = validate_site(&raw, &mut pr);
+    let api = {
+        let bind = raw
+            .api
+            .as_ref()
+            .and_then(|a| a.bind.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        match bind.parse::<SocketAddr>() {
+            Ok(b) => Some(ApiConfig { bind: b }),
+            Err(_) => {
+                pr.at_path(
+                    &[k("api"), k("bind")],
+                    format!("{bind:?} is not an address:port such as \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    };
+    let storage_path = raw
+        .storage
+        .as_ref()
+        .and_then(|s| s.path.clone())
+        .unwrap_or_else(|| "avwarden.db".to_owned());
+    let storage = StorageConfig {
+        path: resolve(base, &storage_path),
+    };
+
+    let links = {
+        let l = raw.links.as_ref();
+        let min = l.and_then(|l| l.backoff_min_ms).unwrap_or(1000);
+        let max = l.and_then(|l| l.backoff_max_ms).unwrap_or(60_000);
+        if !(10..=3_600_000).contains(&min) {
+            pr.at_path(
+                &[k("links"), k("backoff_min_ms")],
+                "must be between 10 and 3600000",
+            );
+        }
+        if !(10..=3_600_000).contains(&max) {
+            pr.at_path(
+                &[k("links"), k("backoff_max_ms")],
+                "must be between 10 and 3600000",
+            );
+        } else if max < min {
+            pr.at_path(
+                &[k("links"), k("backoff_max_ms")],
+                format!("must not be below backoff_min_ms ({min})"),
+            );
+        }
+        LinkPolicy {
+            backoff_min: Duration::from_millis(min.max(0) as u64),
+            backoff_max: Duration::from_millis(max.max(min).max(0) as u64),
+        }
+    };
+
+    let shutdown_deadline = {
+        let secs = raw
+            .shutdown
+            .as_ref()
+            .and_then(|s| s.deadline_secs)
+            .unwrap_or(10.0);
+        if !(secs.is_finite() && (0.1..=300.0).contains(&secs)) {
+            pr.at_path(
+                &[k("shutdown"), k("deadline_secs")],
+                "must be between 0.1 and 300 seconds",
+            );
+        }
+        Duration::from_secs_f64(secs.clamp(0.1, 300.0))
+    };
+
+    // Profiles: embedded, plus the site's directory.
+    let mut profiles = match ProfileSet::embedded() {
+        Ok(p) => p,
+        Err(errs) => {
+            for e in errs {
+                pr.push(None, String::new(), format!("embedded profile: {e}"));
+            }
+            ProfileSet::default()
+        }
+    };
+    if let Some(dir) = raw.profiles.as_ref().and_then(|p| p.dir.as_ref()) {
+        let dir = resolve(base, dir);
+        if !dir.is_dir() {
+            pr.at_path(
+                &[k("profiles"), k("dir")],
+                format!("{} is not a directory", dir.display()),
+            );
+        } else {
+            for e in profiles.load_dir(&dir) {
+                pr.at_path(&[k("profiles"), k("dir")], e.to_string());
+            }
+        }
+    }
+
+    let rooms = validate_rooms(&raw, &mut pr);
+    let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
+    let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
+
+    if pr.list.is_empty() {
+        Ok(SiteConfig {
+            file: PathBuf::from(file),
+            site: site.expect("site validated"),
+            api: api.expect("api validated"),
+            storage,
+            links,
+            shutdown_deadline,
+            rooms,
+            devices,
+            profiles,
+            mqtt: raw.mqtt,
+        })
+    } else {
+        Err(pr.into_error())
+    }
+}
+
+fn first_line(s: &str) -> String {
+    // serde speaks Rust types; the technician reads TOML.
+    s.lines()
+        .next()
+        .unwrap_or(s)
+        .trim()
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// The keys each table accepts, for "did you mean" on unknown keys.
+fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
+    let names: Vec<&str> = parent
+        .iter()
+        .filter_map(|s| match s {
+            Seg::Key(k) => Some(k.as_str()),
+            Seg::Index(_) => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [] => vec![
+            "site", "api", "storage", "profiles", "links", "shutdown", "mqtt", "rooms", "devices",
+        ],
+        ["site"] => vec!["name", "time_zone"],
+        ["api"] => vec!["bind"],
+        ["storage"] => vec!["path"],
+        ["profiles"] => vec!["dir"],
+        ["links"] => vec!["backoff_min_ms", "backoff_max_ms"],
+        ["shutdown"] => vec!["deadline_secs"],
+        ["rooms"] => vec!["id", "name", "building", "floor", "capacity", "equipment"],
+        ["devices"] => vec![
+            "id",
+            "room",
+            "name",
+            "profile",
+            "link",
+            "password_env",
+            "password_file",
+            "simulated",
+            "simulator",
+            "settings",
+        ],
+        ["devices", "link"] => vec![
+            "kind",
+            "host",
+            "port",
+            "path",
+            "baud",
+            "data_bits",
+            "parity",
+            "stop_bits",
+            "connect_per_command",
+            "connect_timeout_ms",
+            "topic",
+        ],
+        _ => vec![],
+    }
+}
+
+fn validate_site(raw: &RawSite, pr: &mut Problems<'_>) -> Option<Site> {
+    let Some(s) = &raw.site else {
+        pr.at_path(&[k("site")], "missing table [site] (name, time_zone)");
+        return None;
+    };
+    let name = match &s.name {
+        Some(n) if !n.trim().is_empty() => Some(n.clone()),
+        Some(_) => {
+            pr.at_path(&[k("site"), k("name")], "must not be empty");
+            None
+        }
+        None => {
+            pr.at_path(&[k("site"), k("name")], "missing key");
+            None
+        }
+    };
+    let tz = match &s.time_zone {
+        Some(z) => match z.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                let hint =
+                    did_you_mean(suggest(z, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name())));
+                pr.at_path(
+                    &[k("site"), k("time_zone")],
+                    format!("unknown IANA time zone {z:?}{hint}"),
+                );
+                None
+            }
+        },
+        None => {
+            pr.at_path(
+                &[k("site"), k("time_zone")],
+                "missing key (an IANA zone such as \"Europe/Berlin\")",
+            );
+            None
+        }
+    };
+    Some(Site {
+        name: name?,
+        time_zone: tz?,
+    })
+}
+
+fn validate_rooms(raw: &RawSite, pr: &mut Problems<'_>) -> Vec<Room> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, r) in raw.rooms.iter().enumerate() {
+        let at = [k("rooms"), Seg::Index(i)];
+        let id = match &r.id {
+            Some(id) if is_id(id) => {
+                if !seen.insert(id.clone()) {
+                    pr.at_path(&p(&at, &[k("id")]), format!("duplicate room id {id:?}"));
+                }
+                Some(id.clone())
+            }
+            Some(id) => {
+                pr.at_path(
+                    &p(&at, &[k("id")]),
+                    format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
+                );
+                None
+            }
+            None => {
+                pr.at_path(&at, "missing key id");
+                None
+            }
+        };
+        let capacity = match r.capacity {
+            Some(c) if (1..=100_000).contains(&c) => c as u32,
+            Some(_) => {
+                pr.at_path(&p(&at, &[k("capacity")]), "must be between 1 and 100000");
+                0
+            }
+            None => {
+                pr.at_path(&at, "missing key capacity (number of seats)");
+                0
+            }
+        };
+        let floor = match r.floor {
+            Some(f) if (-50..=300).contains(&f) => Some(f as i32),
+            Some(_) => {
+                pr.at_path(&p(&at, &[k("floor")]), "must be between -50 and 300");
+                None
+            }
+            None => None,
+        };
+        if let Some(id) = id {
+            out.push(Room {
+                name: r.name.clone().unwrap_or_else(|| id.clone()),
+                id: RoomId::new(id),
+                building: r.building.clone(),
+                floor,
+                capacity,
+                equipment: r.equipment.clone().unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn validate_devices(
+    raw: &RawSite,
+    rooms: &[String],
+    profiles: &ProfileSet,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Vec<DeviceConfig> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, d) in raw.devices.iter().enumerate() {
+        let at = [k("devices"), Seg::Index(i)];
+        let id = match &d.id {
+            Some(id) if is_id(id) => {
+                if !seen.insert(id.clone()) {
+                    pr.at_path(&p(&at, &[k("id")]), format!("duplicate device id {id:?}"));
+                }
+                Some(id.clone())
+            }
+            Some(id) => {
+                pr.at_path(
+                    &p(&at, &[k("id")]),
+                    format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
+                );
+                None
+            }
+            None => {
+                pr.at_path(&at, "missing key id");
+                None
+            }
+        };
+        let room = match &d.room {
+            Some(r) if rooms.iter().any(|x| x == r) => Some(r.clone()),
+            Some(r) => {
+                let hint = did_you_mean(suggest(r, rooms.iter().map(|s| s.as_str())));
+                pr.at_path(&p(&at, &[k("room")]), format!("unknown room {r:?}{hint}"));
+                None
+            }
+            None => {
+                pr.at_path(&at, "missing key room");
+                None
+            }
+        };
+        let profile = match &d.profile {
+            Some(name) => match profiles.get(name) {
+                Some(p) => Some(Arc::new(p.clone())),
+                None => {
+                    let hint = did_you_mean(suggest(name, profiles.ids()));
+                    pr.at_path(
+                        &p(&at, &[k("profile")]),
+                        format!("unknown profile {name:?}{hint}"),
+                    );
+                    None
+                }
+            },
+            None => {
+                pr.at_path(&at, "missing key profile");
+                None
+            }
+        };
+        let simulated = d.simulated.unwrap_or(false);
+        let link = match (&profile, &d.link) {
+            (Some(prof), Some(l)) => validate_link(prof, l, &p(&at, &[k("link")]), pr),
+            (Some(_), None) if !simulated => {
+                pr.at_path(&at, "missing table link (where the device is connected)");
+                None
+            }
+            _ => None,
+        };
+        let secret = validate_secret(d, &at, base, env, pr);
+        if let (Some(prof), Some(settings)) = (&profile, &d.settings) {
+            // Let the driver check its own settings now, so a bad tag stops the start.
+            if let Err(e) = crate::driver::for_profile(
+                prof,
+                secret.as_ref().map(|s| s.expose().to_owned()),
+                settings,
+            ) {
+                pr.at_path(&p(&at, &[k("settings")]), e.to_string());
+            }
+        }
+        if let (Some(id), Some(room), Some(profile)) = (id, room, profile) {
+            out.push(DeviceConfig {
+                id: DeviceId::new(id),
+                room: RoomId::new(room),
+                name: d.name.clone(),
+                profile,
+                link,
+                secret,
+                simulated,
+                simulator: d.simulator.clone().unwrap_or_default(),
+                settings: d.settings.clone().unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn validate_secret(
+    d: &RawDevice,
+    at: &[Seg],
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Option<Secret> {
+    match (&d.password_env, &d.password_file) {
+        (Some(_), Some(_)) => {
+            pr.at_path(
+                &p(at, &[k("password_file")]),
+                "give either password_env or password_file, not both",
+            );
+            None
+        }
+        (Some(var), None) => match env.get(var) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                pr.at_path(
+                    &p(at, &[k("password_env")]),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(file)) => {
+            let path = resolve(base, file);
+            match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s.lines().next().unwrap_or("").to_owned())),
+                Err(e) => {
+                    pr.at_path(
+                        &p(at, &[k("password_file")]),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    }
+}
+
+fn validate_link(
+    profile: &Profile,
+    l: &RawLink,
+    at: &[Seg],
+    pr: &mut Problems<'_>,
+) -> Option<LinkSpec> {
+    let defaults = &profile.link;
+    let kind = match l.kind.as_deref() {
+        None => defaults.kind,
+        Some("tcp") => LinkKind::Tcp,
+        Some("serial") => LinkKind::Serial,
+        Some("udp") => LinkKind::Udp,
+        Some("mqtt") => LinkKind::Mqtt,
+        Some(other) => {
+            let hint = did_you_mean(suggest(other, ["tcp", "serial", "udp", "mqtt"]));
+            pr.at_path(
+                &p(at, &[k("kind")]),
+                format!("unknown link kind {other:?}{hint}"),
+            );
+            return None;
+        }
+    };
+    if kind != defaults.kind {
+        pr.at_path(
+            &p(at, &[k("kind")]),
+            format!(
+                "profile {} speaks over {:?}, not {:?}",
+                profile.id, defaults.kind, kind
+            )
+            .to_lowercase(),
+        );
+        return None;
+    }
+    // Keys that belong to another kind of link are mistakes, not options.
+    let stray: &[(&str, bool)] = match kind {
+        LinkKind::Tcp | LinkKind::Udp => &[
+            ("path", l.path.is_some()),
+            ("baud", l.baud.is_some()),
+            ("data_bits", l.data_bits.is_some()),
+            ("parity", l.parity.is_some()),
+            ("stop_bits", l.stop_bits.is_some()),
+            ("topic", l.topic.is_some()),
+        ],
+        LinkKind::Serial => &[
+            ("host", l.host.is_some()),
+            ("port", l.port.is_some()),
+            ("connect_per_command", l.connect_per_command.is_some()),
+            ("connect_timeout_ms", l.connect_timeout_ms.is_some()),
+            ("topic", l.topic.is_some()),
+        ],
+        LinkKind::Mqtt => &[
+            ("host", l.host.is_some()),
+            ("port", l.port.is_some()),
+            ("path", l.path.is_some()),
+            ("baud", l.baud.is_some()),
+        ],
+    };
+    let mut ok = true;
+    for (key, present) in stray {
+        if *present {
+            pr.at_path(
+                &p(at, &[k(key)]),
+                format!(
+                    "not a setting of a {} link",
+                    format!("{kind:?}").to_lowercase()
+                ),
+            );
+            ok = false;
+        }
+    }
+    match kind {
+        LinkKind::Tcp | LinkKind::Udp => {
+            let host = match &l.host {
+                Some(h) if !h.trim().is_empty() => Some(h.clone()),
+                Some(_) => {
+                    pr.at_path(&p(at, &[k("host")]), "must not be empty");
+                    None
+                }
+                None => {
+                    pr.at_path(at, "missing key host");
+                    None
+                }
+            };
+            let port = match l.port.or(defaults.port.map(i64::from)) {
+                Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+                Some(n) => {
+                    pr.at_path(&p(at, &[k("port")]), format!("{n} is not a port (1-65535)"));
+                    None
+                }
+                None => {
+                    pr.at_path(at, "missing key port");
+                    None
+                }
+            };
+            let timeout = match l.connect_timeout_ms {
+                Some(n) if (10..=120_000).contains(&n) => Duration::from_millis(n as u64),
+                Some(_) => {
+                    pr.at_path(
+                        &p(at, &[k("connect_timeout_ms")]),
+                        "must be between 10 and 120000",
+                    );
+                    ok = false;
+                    Duration::from_secs(5)
+                }
+                None => Duration::from_secs(5),
+            };
+            let (host, port) = (host?, port?);
+            if !ok {
+                return None;
+            }
+            if kind == LinkKind::Udp {
+                return Some(LinkSpec::Udp { host, port });
+            }
+            let mut t = TcpSpec::new(host, port);
+            t.connect_timeout = timeout;
+            t.connect_per_command = l
+                .connect_per_command
+                .unwrap_or(defaults.connect_per_command);
+            Some(LinkSpec::Tcp(t))
+        }
+        LinkKind::Serial => {
+            let path = match &l.path {
+                Some(p) if !p.trim().is_empty() => Some(p.clone()),
+                Some(_) => {
+                    pr.at_path(&p(at, &[k("path")]), "must not be empty");
+                    None
+                }
+                None => {
+                    pr.at_path(at, "missing key path (e.g. \"/dev/ttyUSB0\")");
+                    None
+                }
+            };
+            const BAUDS: &[i64] = &[
+                300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400,
+            ];
+            let baud = match l.baud.or(defaults.baud.map(i64::from)) {
+                Some(b) if BAUDS.contains(&b) => Some(b as u32),
+                Some(b) => {
+                    pr.at_path(
+                        &p(at, &[k("baud")]),
+                        format!("{b} is not a standard baud rate (9600, 19200, 38400, 57600, 115200, …)"),
+                    );
+                    None
+                }
+                None => Some(9600),
+            };
+            let data_bits = match l.data_bits.or(defaults.data_bits.map(i64::from)) {
+                Some(n @ 5..=8) => Some(n as u8),
+                Some(n) => {
+                    pr.at_path(
+                        &p(at, &[k("data_bits")]),
+                        format!("{n} is not 5, 6, 7 or 8"),
+                    );
+                    None
+                }
+                None => Some(8),
+            };
+            let stop_bits = match l.stop_bits.or(defaults.stop_bits.map(i64::from)) {
+                Some(n @ 1..=2) => Some(n as u8),
+                Some(n) => {
+                    pr.at_path(&p(at, &[k("stop_bits")]), format!("{n} is not 1 or 2"));
+                    None
+                }
+                None => Some(1),
+            };
+            let parity_s = l
+                .parity
+                .clone()
+                .or(defaults.parity.clone())
+                .unwrap_or_else(|| "none".to_owned());
+            let parity = match parity_s.to_ascii_lowercase().as_str() {
+                "none" | "n" => Some(Parity::None),
+                "even" | "e" => Some(Parity::Even),
+                "odd" | "o" => Some(Parity::Odd),
+                other => {
+                    let hint = did_you_mean(suggest(other, ["none", "even", "odd"]));
+                    pr.at_path(
+                        &p(at, &[k("parity")]),
+                        format!("{other:?} is not none, even or odd{hint}"),
+                    );
+                    None
+                }
+            };
+            if !ok {
+                return None;
+            }
+            Some(LinkSpec::Serial(SerialSpec {
+                path: path?,
+                baud: baud?,
+                data_bits: data_bits?,
+                parity: parity?,
+                stop_bits: stop_bits?,
+            }))
+        }
+        LinkKind::Mqtt => match &l.topic {
+            Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
+                ok.then(|| LinkSpec::Mqtt { topic: t.clone() })
+            }
+            Some(_) => {
+                pr.at_path(
+                    &p(at, &[k("topic")]),
+                    "must be a concrete topic (no wildcards)",
+                );
+                None
+            }
+            None => {
+                pr.at_path(at, "missing key topic");
+                None
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_names() {
+        assert_eq!(
+            suggest("epson-escvp2", ["epson-escvp21", "generic-pjlink"]),
+            Some("epson-escvp21")
+        );
+        assert_eq!(suggest("zzzzzzzz", ["epson-escvp21"]), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Site config validation: golden files of located errors, the good config's resolved values,
+//! and the `check-config` command's exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use avwarden::config::{parse_site, Env};
+use avwarden::transport::serial::Parity;
+use avwarden::transport::LinkSpec;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config")
+}
+
+/// Each `bad/NAME.toml` must fail with exactly the problems in `bad/NAME.expected`. Run with
+/// `AVWARDEN_BLESS=1` to rewrite the expected files after an intended change.
+#[test]
+fn broken_configs_give_every_located_error() {
+    let dir = data().join("bad");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "golden set is missing files");
+    let bless = std::env::var_os("AVWARDEN_BLESS").is_some();
+    let mut failures = Vec::new();
+    for f in files {
+        let label = format!(
+            "tests/data/config/bad/{}",
+            f.file_name().unwrap().to_string_lossy()
+        );
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Relative base (tests run in the package root) keeps paths in messages portable.
+        let base = Path::new("tests/data/config/bad");
+        let err = parse_site(&text, &label, base, &Env::fixed(&[]))
+            .expect_err(&format!("{label} must not validate"));
+        let got = format!("{err}\n");
+        let expected_path = f.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
+        if got != expected {
+            failures.push(format!("{label}\n--- expected\n{expected}--- got\n{got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn good_config_resolves_defaults_and_secrets() {
+    let dir = data();
+    let text = std::fs::read_to_string(dir.join("good.toml")).unwrap();
+    let cfg = parse_site(
+        &text,
+        "good.toml",
+        &dir,
+        &Env::fixed(&[("TEST_PJLINK_PASSWORD", "s3cret")]),
+    )
+    .expect("good config validates");
+    assert_eq!(cfg.site.time_zone, chrono_tz::Asia::Shanghai);
+    assert_eq!(cfg.api.bind.to_string(), "127.0.0.1:8080");
+    let p1 = cfg.device("p1").unwrap();
+    match p1.link.as_ref().unwrap() {
+        LinkSpec::Tcp(t) => {
+            assert_eq!(
+                (t.host.as_str(), t.port),
+                ("10.0.0.5", 4352),
+                "port from profile"
+            );
+        }
+        other => panic!("expected tcp, got {other:?}"),
+    }
+    assert_eq!(p1.secret.as_ref().unwrap().expose(), "s3cret");
+    assert!(!format!("{p1:?}").contains("s3cret"), "secrets never print");
+    match cfg.device("p2").unwrap().link.as_ref().unwrap() {
+        LinkSpec::Serial(s) => {
+            assert_eq!(s.path, "/dev/ttyUSB0");
+            assert_eq!(
+                (s.baud, s.data_bits, s.parity, s.stop_bits),
+                (9600, 8, Parity::None, 1)
+            );
+        }
+        other => panic!("expected serial, got {other:?}"),
+    }
+}
+
+#[test]
+fn check_config_exits_2_on_errors_and_0_with_a_summary() {
+    let bin = env!("CARGO_BIN_EXE_avwarden");
+    let bad = Command::new(bin)
+        .arg("check-config")
+        .arg(data().join("bad/references.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("did you mean \"test-escvp21\"?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("6 problem(s)"), "{stderr}");
+
+    let good = Command::new(bin)
+        .arg("check-config")
+        .arg(data().join("good.toml"))
+        .env("TEST_PJLINK_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(stdout.contains("1 rooms, 2 devices"), "{stdout}");
+    assert!(stdout.contains("tcp 10.0.0.5:4352"), "{stdout}");
+
+    let missing = Command::new(bin)
+        .arg("check-config")
+        .arg(data().join("does-not-exist.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}

@@ -1,0 +1,365 @@
+//! The device runtime and the API over it, with a minimal line protocol ("PING" → "PONG n")
+//! served on a real TCP socket. Protocol drivers have their own tests; these are about the
+//! actor, the supervisor and the HTTP surface.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use avwarden::api::{self, ApiState};
+use avwarden::codec::ProtocolError;
+use avwarden::driver::{Driver, DriverError, Link, Observer};
+use avwarden::model::{DeviceCommand, DeviceState, Health, ProfileId, Value};
+use avwarden::runtime::{ActorConfig, Fleet, RestartBudget};
+use avwarden::transport::tcp::TcpSpec;
+use avwarden::transport::LinkSpec;
+use bytes::BytesMut;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::support::{bus, clock, wait_state};
+
+struct Lines;
+impl Decoder for Lines {
+    type Item = String;
+    type Error = ProtocolError;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<String>, ProtocolError> {
+        match src.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let line = src.split_to(i + 1);
+                Ok(Some(String::from_utf8_lossy(&line[..i]).into_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Polls with PING; panics on `Refresh` while `panic_on_refresh` is set (to test the
+/// supervisor), reports `pongs` as a reading.
+struct PingDriver {
+    panic_on_refresh: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl Driver for PingDriver {
+    fn name(&self) -> &'static str {
+        "ping"
+    }
+    async fn open(&mut self, _l: &mut Link, _o: &mut Observer) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn read_all(&mut self, l: &mut Link, o: &mut Observer) -> Result<(), DriverError> {
+        l.send(b"PING\n").await?;
+        let line = l.read_frame(&mut Lines, Duration::from_secs(1)).await?;
+        let n: i64 = line
+            .strip_prefix("PONG ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ProtocolError::malformed(line.clone()))?;
+        o.reading("pongs", Value::Int(n), None);
+        Ok(())
+    }
+    async fn execute(
+        &mut self,
+        l: &mut Link,
+        o: &mut Observer,
+        c: &DeviceCommand,
+    ) -> Result<(), DriverError> {
+        match c {
+            DeviceCommand::Refresh => {
+                if self.panic_on_refresh.load(Ordering::SeqCst) > 0 {
+                    self.panic_on_refresh.fetch_sub(1, Ordering::SeqCst);
+                    panic!("driver bug triggered by test");
+                }
+                self.read_all(l, o).await
+            }
+            _ => Err(DriverError::Unsupported {
+                driver: "ping",
+                command: c.name(),
+            }),
+        }
+    }
+}
+
+/// A device answering PING with a counter; stops answering when `cancel` fires.
+async fn ping_server(cancel: CancellationToken) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let (sock, _) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => r.unwrap(),
+            };
+            let (r, mut w) = sock.into_split();
+            let mut lines = BufReader::new(r).lines();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    l = lines.next_line() => match l {
+                        Ok(Some(_)) => { n += 1; if w.write_all(format!("PONG {n}\n").as_bytes()).await.is_err() { break } }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+fn spawn_ping(fleet: &mut Fleet, addr: std::net::SocketAddr, panics: Arc<AtomicU32>) {
+    let initial = DeviceState::new(
+        "dev1".into(),
+        "r1".into(),
+        ProfileId::new("ping"),
+        "tcp".into(),
+        clock().now(),
+    );
+    let cfg = ActorConfig {
+        link: LinkSpec::Tcp(TcpSpec::new("127.0.0.1", addr.port())),
+        poll_interval: Duration::from_secs(5),
+        command_gap: Duration::from_millis(100),
+        unreachable_after_polls: 2,
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
+    };
+    fleet.spawn(
+        initial,
+        cfg,
+        Box::new(move || {
+            Box::new(PingDriver {
+                panic_on_refresh: panics.clone(),
+            })
+        }),
+        4,
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn supervisor_restarts_a_crashed_actor_then_gives_up_past_its_budget() {
+    let server_stop = CancellationToken::new();
+    let addr = ping_server(server_stop.clone()).await;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let events = bus();
+    let mut ev = events.subscribe();
+    let mut fleet = Fleet::new(events.clone(), clock(), tracker.clone(), cancel.clone())
+        .with_budget(RestartBudget {
+            max_restarts: 2,
+            window: Duration::from_secs(600),
+            delay: Duration::from_millis(500),
+        });
+    let panics = Arc::new(AtomicU32::new(1));
+    spawn_ping(&mut fleet, addr, panics.clone());
+    let h = fleet.get("dev1").unwrap().clone();
+    let mut rx = h.watch();
+    wait_state(&mut rx, Duration::from_secs(30), "ok", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+
+    // One panic: the command fails (its reply channel is dropped), the actor is restarted and
+    // the device comes back by itself.
+    assert!(h.command(DeviceCommand::Refresh).await.is_err());
+    wait_state(
+        &mut rx,
+        Duration::from_secs(30),
+        "unreachable after crash",
+        |s| s.health == Health::Unreachable,
+    )
+    .await;
+    wait_state(&mut rx, Duration::from_secs(30), "ok after restart", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+    assert!(
+        h.command(DeviceCommand::Refresh).await.is_ok(),
+        "the queue survived the crash"
+    );
+
+    // Past the budget: faulted with actor_crashed, and commands are refused, not hung.
+    panics.store(10, Ordering::SeqCst);
+    for _ in 0..3 {
+        let _ = h.command(DeviceCommand::Refresh).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|s| s.health == Health::Ok),
+        )
+        .await;
+    }
+    let s = wait_state(&mut rx, Duration::from_secs(30), "gave up", |s| {
+        s.faults.iter().any(|f| f.fault.code == "actor_crashed")
+    })
+    .await;
+    // Nobody is talking to the device any more: unreachable, with the reason as a fault.
+    assert_eq!(s.health, Health::Unreachable);
+    let refused = tokio::time::timeout(Duration::from_secs(5), h.command(DeviceCommand::Refresh))
+        .await
+        .expect("refused at once, not hung");
+    assert!(refused.is_err());
+    let mut names = Vec::new();
+    while let Ok(e) = ev.try_recv() {
+        names.push(e.kind.name());
+    }
+    assert!(names.contains(&"actor_restarted"), "{names:?}");
+    assert!(names.contains(&"actor_gave_up"), "{names:?}");
+
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    server_stop.cancel();
+}
+
+async fn api_with_one_device() -> (String, CancellationToken, TaskTracker) {
+    let addr = ping_server(CancellationToken::new()).await;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let events = bus();
+    let mut fleet = Fleet::new(events.clone(), clock(), tracker.clone(), cancel.clone());
+    spawn_ping(&mut fleet, addr, Arc::new(AtomicU32::new(0)));
+    let mut rx = fleet.get("dev1").unwrap().watch();
+    wait_state(&mut rx, Duration::from_secs(10), "ok", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+    let state = ApiState {
+        site: "test".into(),
+        version: "test",
+        clock: clock(),
+        started: clock().now(),
+        fleet: Arc::new(fleet),
+        metrics: events.metrics().clone(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let c = cancel.clone();
+    tracker.spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (base, cancel, tracker)
+}
+
+#[tokio::test]
+async fn api_reports_devices_with_reading_ages() {
+    let (base, cancel, _t) = api_with_one_device().await;
+    let c = reqwest::Client::new();
+    let health: serde_json::Value = c
+        .get(format!("{base}/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["devices"]["ok"], 1);
+    let list: serde_json::Value = c
+        .get(format!("{base}/api/v1/devices"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["id"], "dev1");
+    assert_eq!(list[0]["health"], "ok");
+    let d: serde_json::Value = c
+        .get(format!("{base}/api/v1/devices/dev1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["reachable"], true);
+    assert_eq!(d["readings"]["pongs"]["type"], "int");
+    assert_eq!(d["readings"]["pongs"]["stale"], false);
+    assert!(d["readings"]["pongs"]["age_secs"].as_f64().unwrap() >= 0.0);
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("avwarden_devices{health=\"ok\"} 1"), "{m}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn api_errors_are_json_with_4xx() {
+    let (base, cancel, _t) = api_with_one_device().await;
+    let c = reqwest::Client::new();
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            c.get(format!("{base}/api/v1/devices/nope")),
+            404,
+            "unknown_device",
+        ),
+        (c.get(format!("{base}/api/v2/whatever")), 404, "not_found"),
+        (
+            c.delete(format!("{base}/api/v1/devices")),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "malformed_json",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .header("content-type", "application/json")
+                .body(r#"{"command":"self_destruct"}"#),
+            422,
+            "invalid_body",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .body("power on"),
+            415,
+            "expected_json",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 200 * 1024]),
+            413,
+            "bad_body",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .json(&serde_json::json!({"command":"power","on":true})),
+            422,
+            "unsupported",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "for {code}");
+        let body: serde_json::Value = r.json().await.expect("json body");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // A good command goes through.
+    let ok = c
+        .post(format!("{base}/api/v1/devices/dev1/commands"))
+        .json(&serde_json::json!({"command":"refresh"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    cancel.cancel();
+}
