@@ -62,6 +62,9 @@ pub struct SimConfig {
     /// Initial filter hours; `None` = no filter (`FILT` answers ERR1).
     pub filter_hours: Option<u32>,
     pub close_after_reply: bool,
+    /// Close a session after this long without a request (projectors do after ~30 s,
+    /// protocols.md §1.1). `None` keeps sessions open.
+    pub idle_timeout: Option<Duration>,
     pub lower_case: bool,
     pub clss_quirk: ClssQuirk,
     pub manufacturer: String,
@@ -89,6 +92,7 @@ impl Default for SimConfig {
             lamp_hours: vec![1200],
             filter_hours: Some(800),
             close_after_reply: false,
+            idle_timeout: None,
             lower_case: false,
             clss_quirk: ClssQuirk::Plain,
             manufacturer: "AVWARDEN".into(),
@@ -120,6 +124,7 @@ struct RawOptions {
     lamp_hours: Option<Vec<u32>>,
     filter_hours: Option<u32>,
     close_after_reply: Option<bool>,
+    idle_timeout_secs: Option<f64>,
     lower_case: Option<bool>,
     clss_quirk: Option<ClssQuirk>,
     manufacturer: Option<String>,
@@ -166,6 +171,13 @@ impl SimConfig {
         };
         c.warm_up = secs("warm_up_secs", raw.warm_up_secs, c.warm_up)?;
         c.cool_down = secs("cool_down_secs", raw.cool_down_secs, c.cool_down)?;
+        if raw.idle_timeout_secs.is_some() {
+            c.idle_timeout = Some(secs(
+                "idle_timeout_secs",
+                raw.idle_timeout_secs,
+                Duration::ZERO,
+            )?);
+        }
         if let Some(l) = raw.lamp_hours {
             if l.len() > crate::codec::pjlink::MAX_LAMPS {
                 return Err(option_err("lamp_hours", "at most 8 lamps"));
@@ -648,6 +660,11 @@ impl PjlinkSim {
         self.state().cfg.close_after_reply = on;
     }
 
+    /// Close sessions idle for `d` (applies to sessions opened afterwards).
+    pub fn set_idle_timeout(&self, d: Option<Duration>) {
+        self.state().cfg.idle_timeout = d;
+    }
+
     pub fn set_clss_quirk(&self, q: ClssQuirk) {
         self.state().cfg.clss_quirk = q;
     }
@@ -716,6 +733,12 @@ impl PjlinkSim {
             return;
         }
         let mut authed = expect.is_none();
+        // Far in the future when sessions never time out.
+        let idle = self
+            .state()
+            .cfg
+            .idle_timeout
+            .unwrap_or(Duration::from_secs(86_400 * 365));
         let mut decoder = LineDecoder::requests();
         let mut buf = BytesMut::with_capacity(256);
         loop {
@@ -729,6 +752,10 @@ impl PjlinkSim {
                 buf.reserve(256);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(idle) => {
+                        tracing::debug!("pjlink sim: idle session closed");
+                        return;
+                    }
                     r = stream.read_buf(&mut buf) => match r {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
