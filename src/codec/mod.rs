@@ -39,6 +39,8 @@ impl ProtocolError {
     }
 }
 
+/// `tokio_util`'s `Decoder` requires it; a sans-io decoder never performs I/O, so this only
+/// exists to satisfy the trait bound.
 /// Render bytes for a log line or error: printable ASCII as is, the rest escaped, truncated.
 pub fn printable(bytes: &[u8], max: usize) -> String {
     let mut s = String::new();

@@ -5,6 +5,8 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod pjlink;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -75,7 +77,7 @@ pub async fn spawn(
 ) -> Result<SimEndpoint, SimError> {
     let _ = (options, &bind, clock, &cancel);
     match profile.driver {
-        DriverKind::Pjlink => Err(SimError::Unsupported("pjlink")),
+        DriverKind::Pjlink => pjlink::spawn_from_config(options, bind, clock, cancel).await,
         DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
     }
 }

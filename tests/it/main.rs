@@ -2,5 +2,6 @@
 //! paused tokio time where the test is about time.
 
 mod config;
+mod pjlink;
 mod runtime;
 mod support;
