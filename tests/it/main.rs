@@ -2,6 +2,7 @@
 //! paused tokio time where the test is about time.
 
 mod config;
+mod daemon;
 mod pjlink;
 mod runtime;
 mod support;

@@ -1,0 +1,136 @@
+//! The whole daemon from a site config: simulated devices, supervised actors, the API, and the
+//! shutdown tree with its deadline.
+
+use std::time::Duration;
+
+use avwarden::app::{Daemon, StartOptions};
+use avwarden::config::{parse_site, Env};
+use avwarden::model::Health;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{clock, spawn_settle_pump, wait_state};
+
+const SITE: &str = r#"
+[site]
+name = "Shutdown test"
+time_zone = "Europe/Berlin"
+
+[shutdown]
+deadline_secs = 5
+
+[[rooms]]
+id = "r1"
+capacity = 10
+
+[[devices]]
+id = "p1"
+room = "r1"
+profile = "generic-pjlink"
+simulated = true
+[devices.simulator]
+power_on = true
+
+[[devices]]
+id = "p2"
+room = "r1"
+profile = "panasonic-pjlink"
+simulated = true
+password_env = "P2_PASSWORD"
+[devices.simulator]
+password = "letmein"
+power_on = true
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let cfg = parse_site(
+        SITE,
+        "site.toml",
+        std::path::Path::new("."),
+        &Env::fixed(&[("P2_PASSWORD", "letmein")]),
+    )
+    .expect("config validates");
+    let daemon = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: true,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts");
+    assert_eq!(daemon.simulators.len(), 2);
+    for h in daemon.fleet.handles() {
+        let mut rx = h.watch();
+        wait_state(&mut rx, Duration::from_secs(60), "device ok", |s| {
+            s.health == Health::Ok
+        })
+        .await;
+    }
+    // The API answers while devices are connected.
+    let url = format!("http://{}/api/v1/health", daemon.api_addr);
+    let body =
+        tokio::spawn(async move { reqwest::get(url).await?.json::<serde_json::Value>().await });
+    let body = body.await.unwrap().expect("api answers");
+    assert_eq!(body["devices"]["ok"], 2, "{body}");
+
+    let fleet = daemon.fleet.clone();
+    let report = daemon.shutdown("test").await;
+    assert!(report.within_deadline, "{report:?}");
+    assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
+    // Every actor has ended: commands are refused at once.
+    for h in fleet.handles() {
+        assert!(h
+            .command(avwarden::model::DeviceCommand::Refresh)
+            .await
+            .is_err());
+    }
+    pump.cancel();
+}
+
+/// The real binary: `run --with-simulators` prints its status URL, serves it, and exits 0
+/// on SIGTERM after an orderly shutdown.
+#[test]
+fn sigterm_stops_the_binary_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("site.toml");
+    let text = SITE.replace("[shutdown]", "[api]\nbind = \"127.0.0.1:0\"\n\n[shutdown]");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["run", "--with-simulators", "--config"])
+        .arg(&cfg)
+        .env("P2_PASSWORD", "letmein")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut url = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("status: ") {
+            url = Some(u.to_owned());
+            break;
+        }
+    }
+    let url = url.expect("the daemon prints its status URL");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body: serde_json::Value = rt
+        .block_on(async { reqwest::get(&url).await?.json().await })
+        .expect("status answers");
+    assert_eq!(body["status"], "ok");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "orderly exit after SIGTERM");
+}
