@@ -6,6 +6,8 @@
 
 pub mod escvp21;
 pub mod pjlink;
+pub mod shure;
+pub mod ssc;
 
 /// Input that does not follow the protocol. Counted and logged once per burst; never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +27,14 @@ impl ProtocolError {
         ProtocolError::Malformed {
             detail: detail.into(),
         }
+    }
+}
+
+/// `tokio_util`'s `Decoder` requires it; a sans-io decoder never performs I/O, so this only
+/// exists to satisfy the trait bound.
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::malformed(e.to_string())
     }
 }
 
