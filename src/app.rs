@@ -297,15 +297,32 @@ impl Daemon {
     }
 }
 
+/// SIGTERM and SIGINT, installed before anything is announced so a signal sent right after
+/// the status URL appears is never lost to the default handler.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
+    }
+}
+
 /// Run until SIGTERM or SIGINT, then shut down within the deadline.
-pub async fn run_until_signal(daemon: Daemon) -> anyhow::Result<ShutdownReport> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+pub async fn run_until_signal(
+    daemon: Daemon,
+    mut signals: Signals,
+) -> anyhow::Result<ShutdownReport> {
     daemon.notify_systemd();
     let reason = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        _ = signals.term.recv() => "SIGTERM",
+        _ = signals.int.recv() => "SIGINT",
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!(signal = reason, "shutting down");

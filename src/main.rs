@@ -216,6 +216,7 @@ fn runtime_block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) 
 
 fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
     runtime_block_on(async move {
+        let signals = app::Signals::install()?;
         let clock = Clock::system();
         let daemon = Daemon::start(cfg, opts, clock).await?;
         println!(
@@ -228,7 +229,7 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
         }
         println!("status: http://{}/api/v1/health", daemon.api_addr);
         println!("devices: http://{}/api/v1/devices", daemon.api_addr);
-        let report = app::run_until_signal(daemon).await?;
+        let report = app::run_until_signal(daemon, signals).await?;
         if !report.within_deadline {
             anyhow::bail!("shutdown did not finish within the deadline");
         }

@@ -285,16 +285,24 @@ impl Health {
     }
 
     /// Derive health from what is known about a device. Pure, so the rule is in one place.
-    pub fn derive(contacted: bool, reachable: bool, busy: bool, faults: &[Fault]) -> Health {
-        if !contacted {
-            return if reachable {
-                Health::Unknown
-            } else {
-                Health::Unreachable
-            };
-        }
+    ///
+    /// `contacted`: the device has answered since the daemon started; `reachable`: its session
+    /// is up and it answers now; `link_failed`: the last attempt to reach it failed.
+    pub fn derive(
+        contacted: bool,
+        reachable: bool,
+        link_failed: bool,
+        busy: bool,
+        faults: &[Fault],
+    ) -> Health {
         if !reachable {
-            return Health::Unreachable;
+            // Before the first session completes the device is unknown, not unreachable,
+            // unless an attempt to reach it has already failed.
+            return if contacted || link_failed {
+                Health::Unreachable
+            } else {
+                Health::Unknown
+            };
         }
         if faults.iter().any(|f| f.severity == Severity::Fault) {
             Health::Faulted
@@ -484,7 +492,14 @@ impl DeviceState {
     /// Recompute health from the facts; returns the previous health when it changed.
     pub fn refresh_health(&mut self, now: DateTime<Utc>) -> Option<Health> {
         let faults: Vec<Fault> = self.faults.iter().map(|a| a.fault.clone()).collect();
-        let h = Health::derive(self.contacted, self.reachable, self.busy, &faults);
+        let link_failed = !self.link.up && self.link.last_error.is_some();
+        let h = Health::derive(
+            self.contacted,
+            self.reachable,
+            link_failed,
+            self.busy,
+            &faults,
+        );
         if h != self.health {
             let prev = self.health;
             self.health = h;
@@ -506,25 +521,32 @@ mod tests {
 
     #[test]
     fn health_rules() {
-        assert_eq!(Health::derive(false, true, false, &[]), Health::Unknown);
+        let w = [fault(Severity::Warning)];
+        let f = [fault(Severity::Fault)];
+        // (contacted, reachable, link_failed, busy, faults) -> health
         assert_eq!(
-            Health::derive(false, false, false, &[]),
+            Health::derive(false, false, false, false, &[]),
+            Health::Unknown
+        );
+        assert_eq!(
+            Health::derive(false, false, true, false, &[]),
             Health::Unreachable
         );
-        assert_eq!(Health::derive(true, false, false, &[]), Health::Unreachable);
-        assert_eq!(Health::derive(true, true, false, &[]), Health::Ok);
-        assert_eq!(Health::derive(true, true, true, &[]), Health::Busy);
         assert_eq!(
-            Health::derive(true, true, false, &[fault(Severity::Warning)]),
+            Health::derive(true, false, false, false, &[]),
+            Health::Unreachable
+        );
+        assert_eq!(Health::derive(true, true, false, false, &[]), Health::Ok);
+        assert_eq!(Health::derive(true, true, false, true, &[]), Health::Busy);
+        assert_eq!(
+            Health::derive(true, true, false, false, &w),
             Health::Degraded
         );
+        assert_eq!(Health::derive(true, true, false, true, &f), Health::Faulted);
+        // Unreachable beats everything: a stale fault does not make an unreachable device
+        // "faulted", and a stale "busy" does not make it "warming up".
         assert_eq!(
-            Health::derive(true, true, true, &[fault(Severity::Fault)]),
-            Health::Faulted
-        );
-        // Unreachable beats everything: a stale fault does not make an unreachable device "faulted".
-        assert_eq!(
-            Health::derive(true, false, false, &[fault(Severity::Fault)]),
+            Health::derive(true, false, true, true, &f),
             Health::Unreachable
         );
     }

@@ -40,6 +40,10 @@ pub enum ProfileError {
 pub enum DriverKind {
     Pjlink,
     Escvp21,
+    /// Shure wireless receivers, command strings over TCP 2202 (protocols.md §2).
+    Shure,
+    /// Sennheiser Sound Control Protocol over UDP 45 (protocols.md §3).
+    Ssc,
 }
 
 impl DriverKind {
@@ -47,6 +51,8 @@ impl DriverKind {
         match self {
             DriverKind::Pjlink => "pjlink",
             DriverKind::Escvp21 => "escvp21",
+            DriverKind::Shure => "shure",
+            DriverKind::Ssc => "ssc",
         }
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod escvp21;
 pub mod pjlink;
+pub mod shure;
+pub mod ssc;
 
 /// Input that does not follow the protocol. Counted and logged once per burst; never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! The runtime's open connection as a driver sees it: a byte stream with a bounded receive
 //! buffer, frame reads with a deadline, and (for devices that close the socket after every
 //! reply) a fresh connection per exchange.
+//! UDP devices (Sennheiser SSC) get a connected datagram socket instead of a stream:
+//! [`Link::send_datagram`] / [`Link::recv_datagram`].
 
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ pub struct Link {
     max_buffer: usize,
     bytes_in: u64,
     bytes_out: u64,
+    /// The connected datagram socket of a [`LinkSpec::Udp`] link.
+    udp: Option<tokio::net::UdpSocket>,
 }
 
 impl Link {
@@ -41,6 +45,7 @@ impl Link {
             max_buffer: DEFAULT_MAX_BUFFER,
             bytes_in: 0,
             bytes_out: 0,
+            udp: None,
         }
     }
 
@@ -64,11 +69,18 @@ impl Link {
     }
 
     pub fn is_open(&self) -> bool {
-        self.stream.is_some()
+        self.stream.is_some() || self.udp.is_some()
     }
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
     pub async fn connect(&mut self) -> Result<(), TransportError> {
+        if let LinkSpec::Udp { host, port } = &self.spec {
+            if self.udp.is_none() {
+                self.udp = Some(udp_connect(host, *port).await?);
+                self.fresh = true;
+            }
+            return Ok(());
+        }
         if self.stream.is_none() {
             let s = self.spec.open_stream().await?;
             self.stream = Some(s);
@@ -86,6 +98,7 @@ impl Link {
     /// Drop the connection. Per-exchange drivers call this after every reply.
     pub fn disconnect(&mut self) {
         self.stream = None;
+        self.udp = None;
         self.rx.clear();
         self.fresh = false;
     }
@@ -178,6 +191,80 @@ impl Link {
         self.rx.clear();
         n
     }
+}
+
+impl Link {
+    /// Send one datagram on a UDP link (connecting first if needed).
+    pub async fn send_datagram(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        self.connect().await?;
+        let sock = self.udp.as_ref().ok_or(TransportError::Closed)?;
+        if let Err(e) = sock.send(bytes).await {
+            self.disconnect();
+            return Err(TransportError::Io(e).into());
+        }
+        self.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Receive one datagram, waiting at most `timeout`. Cancel-safe (a datagram is either
+    /// taken whole or left queued). A datagram longer than the buffer limit is reported as
+    /// [`ProtocolError::Oversized`] and dropped; the link stays usable. An ICMP "port
+    /// unreachable" from the peer surfaces here as an I/O error and drops the link.
+    pub async fn recv_datagram(&mut self, timeout: Duration) -> Result<Vec<u8>, DriverError> {
+        let sock = self.udp.as_ref().ok_or(TransportError::Closed)?;
+        let mut buf = vec![0u8; self.max_buffer + 1];
+        match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+            Err(_) => Err(DriverError::Timeout {
+                waited_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) => {
+                self.disconnect();
+                Err(TransportError::Io(e).into())
+            }
+            Ok(Ok(n)) => {
+                self.bytes_in += n as u64;
+                if n > self.max_buffer {
+                    return Err(ProtocolError::Oversized {
+                        limit: self.max_buffer,
+                        got: n,
+                    }
+                    .into());
+                }
+                buf.truncate(n);
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// A UDP socket bound to an ephemeral port and connected to the peer, so that only the peer's
+/// datagrams are received and ICMP errors are reported.
+async fn udp_connect(host: &str, port: u16) -> Result<tokio::net::UdpSocket, TransportError> {
+    let target = format!("{host}:{port}");
+    let connect_err = |source: std::io::Error| TransportError::Connect {
+        target: target.clone(),
+        source,
+    };
+    let peer = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(connect_err)?
+        .next()
+        .ok_or_else(|| {
+            connect_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host has no address",
+            ))
+        })?;
+    let local: std::net::SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(connect_err)?;
+    sock.connect(peer).await.map_err(connect_err)?;
+    Ok(sock)
 }
 
 impl std::fmt::Debug for Link {

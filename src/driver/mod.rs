@@ -6,6 +6,7 @@
 //! Vendor vocabulary stops here: what leaves a driver is readings, faults and capabilities.
 
 pub mod link;
+pub mod mic;
 pub mod observer;
 pub mod projector;
 
@@ -113,5 +114,7 @@ pub fn for_profile(
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
         DriverKind::Escvp21 => Box::new(projector::escvp21::Escvp21Driver::new(profile)?),
+        DriverKind::Shure => Box::new(mic::shure::ShureDriver::new(profile, settings)?),
+        DriverKind::Ssc => Box::new(mic::ssc::SscDriver::new(profile, settings)?),
     })
 }

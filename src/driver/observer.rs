@@ -141,9 +141,14 @@ impl Observer {
             .insert(source.to_owned(), faults.clone())
             .unwrap_or_default();
         let now = self.now();
+        // New faults, and faults whose severity changed (a low battery turning critical is
+        // raised again so alerts escalate; its `since` stays the first sighting).
         let raised: Vec<Fault> = faults
             .iter()
-            .filter(|f| !old.iter().any(|o| o.identity() == f.identity()))
+            .filter(|f| {
+                !old.iter()
+                    .any(|o| o.identity() == f.identity() && o.severity == f.severity)
+            })
             .cloned()
             .collect();
         let cleared: Vec<Fault> = old
@@ -188,7 +193,8 @@ impl Observer {
     pub fn identity(&mut self, f: impl FnOnce(&mut Identity)) {
         let mut next = self.state.borrow().identity.clone();
         f(&mut next);
-        if next != self.state.borrow().identity {
+        // An identity being rebuilt (empty) is not news; the filled one is.
+        if next != self.state.borrow().identity && !next.is_empty() {
             let id = next.clone();
             self.update(|s| s.identity = next);
             self.emit(EventKind::IdentityReported {
@@ -267,5 +273,69 @@ impl Observer {
                 to,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::model::{ProfileId, Severity};
+
+    fn observer() -> (
+        Observer,
+        tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+    ) {
+        let clock = Clock::starting_at(chrono::DateTime::UNIX_EPOCH);
+        let state = DeviceState::new(
+            "d".into(),
+            "r".into(),
+            ProfileId::new("p"),
+            "test".into(),
+            clock.now(),
+        );
+        let (tx, _rx) = watch::channel(state);
+        let bus = EventBus::new(Metrics::new());
+        let events = bus.subscribe();
+        (Observer::new(clock, Arc::new(tx), bus), events)
+    }
+
+    fn names(rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            match &e.kind {
+                EventKind::FaultRaised { fault, .. } => {
+                    v.push(format!("raised {} {:?}", fault.code, fault.severity))
+                }
+                EventKind::FaultCleared { fault, .. } => v.push(format!("cleared {}", fault.code)),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn fault_sets_per_source_raise_escalate_and_clear() {
+        let (mut o, mut rx) = observer();
+        o.update(|s| s.reachable = true);
+        o.contact();
+        let low = |sev| Fault::new("battery_low", sev, "low").on("channel 1");
+        o.faults("battery", vec![low(Severity::Warning)]);
+        o.faults("link", vec![]);
+        assert_eq!(names(&mut rx), ["raised battery_low Warning"]);
+        // Same fault, same severity: nothing new.
+        o.faults("battery", vec![low(Severity::Warning)]);
+        assert!(names(&mut rx).is_empty());
+        // Escalation is raised again; the first sighting is kept.
+        let since = o.snapshot().faults[0].since;
+        o.faults("battery", vec![low(Severity::Fault)]);
+        assert_eq!(names(&mut rx), ["raised battery_low Fault"]);
+        assert_eq!(o.snapshot().faults[0].since, since);
+        assert_eq!(o.snapshot().health, crate::model::Health::Faulted);
+        // Another source cannot clear it.
+        o.faults("erst", vec![]);
+        assert_eq!(o.snapshot().faults.len(), 1);
+        o.faults("battery", vec![]);
+        assert_eq!(names(&mut rx), ["cleared battery_low"]);
     }
 }

@@ -88,7 +88,14 @@ impl Actor {
                             None => break,
                         },
                         _ = tokio::time::sleep_until(retry_at) => {
-                            conn = match self.connect(&mut link).await {
+                            // A session start can take seconds (per-exchange projectors,
+                            // lamp ignition): shutdown must not wait for it.
+                            let cancel = self.cancel.clone();
+                            let res = tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                r = self.connect(&mut link) => r,
+                            };
+                            conn = match res {
                                 Ok(()) => {
                                     backoff.reset();
                                     Conn::Connected

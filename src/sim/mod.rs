@@ -5,7 +5,10 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod mic;
 pub mod pjlink;
+pub mod shure;
+pub mod ssc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,5 +82,10 @@ pub async fn spawn(
     match profile.driver {
         DriverKind::Pjlink => pjlink::spawn_from_config(options, bind, clock, cancel).await,
         DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
+        DriverKind::Shure => {
+            let options = shure::options_for(&profile.family, options);
+            shure::spawn_from_config(&options, bind, clock, cancel).await
+        }
+        DriverKind::Ssc => ssc::spawn_from_config(options, bind, clock, cancel).await,
     }
 }

@@ -5,4 +5,6 @@ mod config;
 mod daemon;
 mod pjlink;
 mod runtime;
+mod shure;
+mod ssc;
 mod support;

@@ -1,0 +1,479 @@
+//! Wireless microphone receivers: Shure command strings ([`shure`]) and Sennheiser SSC
+//! ([`ssc`]).
+//!
+//! This module owns what both vendors share once vendor vocabulary is gone: the per-channel
+//! state in neutral terms ([`Channel`]), the readings it publishes (`ch.N.battery_minutes`, …,
+//! the keys self-tests and the playbook use), the fault policy (low battery, interference,
+//! encryption mismatch, absent transmitter) and how profile options are overridden by a
+//! device's site settings. It must not know any wire format.
+
+pub mod shure;
+pub mod ssc;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::de::DeserializeOwned;
+
+use super::Observer;
+use crate::model::{Fault, Reading, Severity, Unit, Value};
+use crate::profile::{Profile, ProfileError};
+
+/// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
+/// it: no reading is published then).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Known<T> {
+    #[default]
+    NotReported,
+    Unknown,
+    Value(T),
+}
+
+impl<T> Known<T> {
+    pub fn from_option(v: Option<T>) -> Self {
+        v.map_or(Known::Unknown, Known::Value)
+    }
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Known::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn is_reported(&self) -> bool {
+        !matches!(self, Known::NotReported)
+    }
+}
+
+/// One receiver channel in vendor-neutral terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Channel {
+    /// `None` until the receiver said anything that tells.
+    pub tx_present: Option<bool>,
+    pub tx_model: Known<String>,
+    pub tx_muted: Known<bool>,
+    pub battery_bars: Known<u8>,
+    pub battery_percent: Known<u8>,
+    /// Always minutes, whatever unit the wire used.
+    pub battery_minutes: Known<u32>,
+    pub battery_type: Known<String>,
+    pub battery_cycles: Known<u32>,
+    /// The receiver cannot talk to the battery (Shure 65533): a warning, not a value.
+    pub battery_comm_warning: bool,
+    /// The receiver itself flags a low battery (SSC `LowBattery` / `Low Bat`).
+    pub device_low_battery: bool,
+    pub gain_db: Known<f64>,
+    pub muted: Known<bool>,
+    pub interference: Known<bool>,
+    pub encryption_ok: Known<bool>,
+    pub name: Known<String>,
+    /// Carrier frequency, MHz (what the technician compares with the frequency plan).
+    pub frequency_mhz: Known<f64>,
+}
+
+fn known<T: Clone>(k: &Known<T>, f: impl Fn(T) -> Value) -> Option<Value> {
+    match k {
+        Known::NotReported => None,
+        Known::Unknown => Some(Value::Unknown),
+        Known::Value(v) => Some(f(v.clone())),
+    }
+}
+
+pub fn key(n: u8, name: &str) -> String {
+    format!("ch.{n}.{name}")
+}
+
+impl Channel {
+    /// Whether a transmitter is on air now (unknown counts as absent for battery purposes).
+    pub fn present(&self) -> bool {
+        self.tx_present == Some(true)
+    }
+
+    /// The readings this channel publishes. A transmitter that is gone makes its battery and
+    /// transmitter readings `unknown` (never 0), whatever stale values the receiver still holds.
+    pub fn readings(&self, n: u8) -> Vec<(String, Value, Option<Unit>)> {
+        let mut out = Vec::new();
+        let mut push = |name: &str, v: Option<Value>, unit: Option<Unit>| {
+            if let Some(v) = v {
+                out.push((key(n, name), v, unit));
+            }
+        };
+        let gone = self.tx_present == Some(false);
+        let tx = |v: Option<Value>| if gone { v.map(|_| Value::Unknown) } else { v };
+        push("tx_present", self.tx_present.map(Value::Bool), None);
+        push("tx_model", tx(known(&self.tx_model, Value::Text)), None);
+        push("tx_muted", tx(known(&self.tx_muted, Value::Bool)), None);
+        push(
+            "battery_bars",
+            tx(known(&self.battery_bars, |b| Value::Int(b.into()))),
+            Some(Unit::Count),
+        );
+        push(
+            "battery_percent",
+            tx(known(&self.battery_percent, |p| Value::Int(p.into()))),
+            Some(Unit::Percent),
+        );
+        push(
+            "battery_minutes",
+            tx(known(&self.battery_minutes, |m| Value::Int(m.into()))),
+            Some(Unit::Minutes),
+        );
+        push(
+            "battery_type",
+            tx(known(&self.battery_type, Value::Text)),
+            None,
+        );
+        push(
+            "battery_cycles",
+            tx(known(&self.battery_cycles, |c| Value::Int(c.into()))),
+            Some(Unit::Count),
+        );
+        push(
+            "gain_db",
+            known(&self.gain_db, Value::Float),
+            Some(Unit::Db),
+        );
+        push("muted", known(&self.muted, Value::Bool), None);
+        push("interference", known(&self.interference, Value::Bool), None);
+        push(
+            "encryption_ok",
+            tx(known(&self.encryption_ok, Value::Bool)),
+            None,
+        );
+        push("name", known(&self.name, Value::Text), None);
+        push(
+            "frequency_mhz",
+            known(&self.frequency_mhz, Value::Float),
+            None,
+        );
+        out
+    }
+}
+
+/// Fault thresholds and expectations, from profile options overridden by device settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultPolicy {
+    /// Warning at or below this many minutes.
+    pub battery_low_minutes: u32,
+    /// Fault at or below this many minutes.
+    pub battery_critical_minutes: u32,
+    /// When minutes are unknown (alkaline cells report bars only): warning at or below.
+    pub battery_low_bars: u8,
+    pub battery_critical_bars: u8,
+    /// Channels whose transmitter must be on air; absence is a fault only there.
+    pub expected_channels: BTreeSet<u8>,
+}
+
+impl FaultPolicy {
+    pub fn from_options(o: &Options<'_>) -> Result<Self, ProfileError> {
+        let p = FaultPolicy {
+            battery_low_minutes: o.get("battery_low_minutes", 60u32)?,
+            battery_critical_minutes: o.get("battery_critical_minutes", 20u32)?,
+            battery_low_bars: o.get("battery_low_bars", 2u8)?,
+            battery_critical_bars: o.get("battery_critical_bars", 1u8)?,
+            expected_channels: o
+                .get("expected_channels", Vec::<u8>::new())?
+                .into_iter()
+                .collect(),
+        };
+        if p.battery_critical_minutes > p.battery_low_minutes {
+            return Err(o.error(
+                "battery_critical_minutes",
+                "must not exceed battery_low_minutes",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// The faults of one channel (pure: a function of what is known and the policy).
+pub fn channel_faults(n: u8, ch: &Channel, policy: &FaultPolicy) -> Vec<Fault> {
+    let component = format!("channel {n}");
+    let mut out = Vec::new();
+    let mut add = |code: &str, sev: Severity, msg: String| {
+        out.push(Fault::new(code, sev, msg).on(component.clone()));
+    };
+    if ch.present() {
+        let low = match (&ch.battery_minutes, ch.battery_bars.value()) {
+            (Known::Value(m), _) if *m <= policy.battery_critical_minutes => Some((
+                Severity::Fault,
+                format!("{m} min of battery left on channel {n}; change it now"),
+            )),
+            (Known::Value(m), _) if *m <= policy.battery_low_minutes => Some((
+                Severity::Warning,
+                format!(
+                    "{m} min of battery left on channel {n}; change it before the next meeting"
+                ),
+            )),
+            (Known::Value(_), _) => None,
+            (_, Some(b)) if *b <= policy.battery_critical_bars => Some((
+                Severity::Fault,
+                format!("battery on channel {n} at {b} of 5 bars; change it now"),
+            )),
+            (_, Some(b)) if *b <= policy.battery_low_bars => Some((
+                Severity::Warning,
+                format!("battery on channel {n} at {b} of 5 bars"),
+            )),
+            _ => None,
+        };
+        match low {
+            Some((sev, msg)) => add("battery_low", sev, msg),
+            None if ch.device_low_battery => add(
+                "battery_low",
+                Severity::Warning,
+                format!("receiver reports a low battery on channel {n}"),
+            ),
+            None => {}
+        }
+        if ch.battery_comm_warning {
+            add(
+                "battery_comm",
+                Severity::Warning,
+                format!(
+                    "receiver cannot read the battery on channel {n}; check the battery contacts"
+                ),
+            );
+        }
+        if ch.encryption_ok == Known::Value(false) {
+            add(
+                "encryption_mismatch",
+                Severity::Fault,
+                format!("transmitter on channel {n} does not match the receiver's encryption; re-sync it (IR)"),
+            );
+        }
+    } else if ch.tx_present == Some(false) && policy.expected_channels.contains(&n) {
+        add(
+            "tx_absent",
+            Severity::Warning,
+            format!("no transmitter on air on channel {n}; switch it on or fit batteries"),
+        );
+    }
+    if ch.interference == Known::Value(true) {
+        add(
+            "interference",
+            Severity::Warning,
+            format!("RF interference on channel {n}; consider another frequency"),
+        );
+    }
+    out
+}
+
+/// Profile options with a device's site settings taking precedence (per-installation facts
+/// such as channel count or expected transmitters).
+pub struct Options<'a> {
+    pub profile: &'a Profile,
+    pub settings: &'a toml::Table,
+}
+
+impl<'a> Options<'a> {
+    pub fn new(profile: &'a Profile, settings: &'a toml::Table) -> Self {
+        Self { profile, settings }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T, ProfileError> {
+        match self.settings.get(key) {
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ProfileError::Option {
+                    profile: format!("{} (device settings)", self.profile.id),
+                    key: key.to_owned(),
+                    message: e.message().to_owned(),
+                }),
+            None => self.profile.option(key, default),
+        }
+    }
+
+    pub fn error(&self, key: &str, message: &str) -> ProfileError {
+        ProfileError::Option {
+            profile: self.profile.id.to_string(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Channels of a model from the profile's `model_channels` table: the longest key the model
+/// name contains wins (`SLXD4D` beats `SLXD4` for `SLXD4D+`).
+pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u8> {
+    let m = model.to_ascii_uppercase();
+    table
+        .iter()
+        .filter(|(k, _)| m.contains(&k.to_ascii_uppercase()))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(_, n)| *n)
+}
+
+/// Writes readings to the device state, skipping derived values that did not change so that a
+/// reading's instant stays the instant the receiver told us, and faults per channel.
+#[derive(Debug, Default)]
+pub struct Publisher {
+    last: HashMap<String, Value>,
+}
+
+impl Publisher {
+    /// Forget what was published (after a reconnect everything is re-stamped).
+    pub fn reset(&mut self) {
+        self.last.clear();
+    }
+
+    /// Publish a channel's readings and faults. `touched` are the reading names the receiver
+    /// just reported: they are re-stamped even when unchanged.
+    pub fn channel(
+        &mut self,
+        obs: &mut Observer,
+        n: u8,
+        ch: &Channel,
+        policy: &FaultPolicy,
+        touched: &[&str],
+    ) {
+        let readings: Vec<_> = ch
+            .readings(n)
+            .into_iter()
+            .filter(|(k, v, _)| {
+                let name = k.rsplit('.').next().unwrap_or("");
+                touched.contains(&name) || self.last.get(k) != Some(v)
+            })
+            .collect();
+        self.write(obs, readings);
+        obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
+    }
+
+    /// Write readings in one state update.
+    pub fn write(&mut self, obs: &mut Observer, readings: Vec<(String, Value, Option<Unit>)>) {
+        if readings.is_empty() {
+            return;
+        }
+        for (k, v, _) in &readings {
+            self.last.insert(k.clone(), v.clone());
+        }
+        let now = obs.now();
+        obs.update(|s| {
+            s.last_contact = Some(now);
+            s.contacted = true;
+            for (key, value, unit) in readings {
+                s.readings.insert(
+                    key.clone(),
+                    Reading {
+                        key,
+                        value,
+                        unit,
+                        observed_at: now,
+                    },
+                );
+            }
+        });
+    }
+
+    /// Meter levels of one sample: readings `ch.N.rf_dbm` / `ch.N.audio_dbfs` and the
+    /// `ch.N.audio` meter event the level watch consumes.
+    pub fn meters(
+        &mut self,
+        obs: &mut Observer,
+        n: u8,
+        rf_dbm: Option<f64>,
+        audio_dbfs: Option<f64>,
+    ) {
+        let mut r = Vec::new();
+        if let Some(rf) = rf_dbm {
+            r.push((key(n, "rf_dbm"), Value::Float(rf), Some(Unit::Dbm)));
+        }
+        if let Some(a) = audio_dbfs {
+            r.push((key(n, "audio_dbfs"), Value::Float(a), Some(Unit::Dbfs)));
+        }
+        self.write(obs, r);
+        if let Some(a) = audio_dbfs {
+            obs.meter(key(n, "audio"), a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> FaultPolicy {
+        FaultPolicy {
+            battery_low_minutes: 60,
+            battery_critical_minutes: 20,
+            battery_low_bars: 2,
+            battery_critical_bars: 1,
+            expected_channels: [1].into_iter().collect(),
+        }
+    }
+
+    fn codes(f: &[Fault]) -> Vec<(&str, Severity)> {
+        f.iter().map(|f| (f.code.as_str(), f.severity)).collect()
+    }
+
+    #[test]
+    fn battery_thresholds_are_inclusive_and_escalate() {
+        let mut ch = Channel {
+            tx_present: Some(true),
+            battery_minutes: Known::Value(61),
+            battery_bars: Known::Value(1),
+            ..Default::default()
+        };
+        assert!(
+            channel_faults(1, &ch, &policy()).is_empty(),
+            "minutes beat bars"
+        );
+        ch.battery_minutes = Known::Value(60);
+        assert_eq!(
+            codes(&channel_faults(1, &ch, &policy())),
+            vec![("battery_low", Severity::Warning)]
+        );
+        ch.battery_minutes = Known::Value(20);
+        assert_eq!(
+            codes(&channel_faults(1, &ch, &policy())),
+            vec![("battery_low", Severity::Fault)]
+        );
+        // Alkaline cells: no minutes, bars decide.
+        ch.battery_minutes = Known::Unknown;
+        ch.battery_bars = Known::Value(2);
+        assert_eq!(
+            codes(&channel_faults(1, &ch, &policy())),
+            vec![("battery_low", Severity::Warning)]
+        );
+        ch.battery_bars = Known::Value(3);
+        assert!(channel_faults(1, &ch, &policy()).is_empty());
+    }
+
+    #[test]
+    fn absent_transmitter_is_unknown_not_zero_and_a_fault_only_when_expected() {
+        let ch = Channel {
+            tx_present: Some(false),
+            battery_minutes: Known::Value(0),
+            battery_bars: Known::Value(0),
+            battery_comm_warning: true,
+            tx_model: Known::Value("ULXD2".into()),
+            ..Default::default()
+        };
+        let r = ch.readings(2);
+        let get = |k: &str| r.iter().find(|(key, _, _)| key == k).map(|(_, v, _)| v);
+        assert_eq!(get("ch.2.battery_minutes"), Some(&Value::Unknown));
+        assert_eq!(get("ch.2.battery_bars"), Some(&Value::Unknown));
+        assert_eq!(get("ch.2.tx_model"), Some(&Value::Unknown));
+        assert_eq!(get("ch.2.tx_present"), Some(&Value::Bool(false)));
+        assert_eq!(
+            get("ch.2.battery_percent"),
+            None,
+            "never reported: no reading"
+        );
+        assert!(channel_faults(2, &ch, &policy()).is_empty());
+        assert_eq!(
+            codes(&channel_faults(1, &ch, &policy())),
+            vec![("tx_absent", Severity::Warning)]
+        );
+    }
+
+    #[test]
+    fn model_table_longest_match() {
+        let t: BTreeMap<String, u8> = [("SLXD4", 1), ("SLXD4D", 2), ("SLXD4Q", 4)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(channels_for_model(&t, "SLXD4D+"), Some(2));
+        assert_eq!(channels_for_model(&t, "SLXD4"), Some(1));
+        assert_eq!(channels_for_model(&t, "slxd4q+"), Some(4));
+        assert_eq!(channels_for_model(&t, "AD4Q"), None);
+    }
+}

@@ -1,0 +1,862 @@
+//! Shure driver + device runtime against the Shure simulator over real loopback TCP, in paused
+//! tokio time: full state per family, unsolicited updates, sentinels, transmitters leaving and
+//! arriving, metering rate, heartbeat and silence, shutdown, battery drain, bad input, commands.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use avwarden::driver::DriverError;
+use avwarden::events::{EventBus, EventKind};
+use avwarden::model::{DeviceCommand, DeviceState, Fault, Health, Severity, Value};
+use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
+use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
+use avwarden::sim::{SimBind, SimEndpoint};
+use avwarden::transport::tcp::TcpSpec;
+use avwarden::transport::LinkSpec;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::support::{self, wait_state};
+
+struct Rig {
+    handle: DeviceHandle,
+    rx: watch::Receiver<DeviceState>,
+    bus: EventBus,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    _fleet: Fleet,
+}
+
+impl Rig {
+    fn start(profile: &str, addr: SocketAddr, settings: &str) -> Rig {
+        let bus = support::bus();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut fleet = Fleet::new(
+            bus.clone(),
+            support::clock(),
+            tracker.clone(),
+            cancel.clone(),
+        );
+        let link = LinkSpec::Tcp(TcpSpec::new(addr.ip().to_string(), addr.port()));
+        let mut spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
+        spec.settings = toml::from_str(settings).expect("settings");
+        let handle = fleet.spawn_device(spec).expect("device spawns");
+        Rig {
+            rx: handle.watch(),
+            handle,
+            bus,
+            cancel,
+            tracker,
+            _fleet: fleet,
+        }
+    }
+
+    async fn up(&mut self) -> DeviceState {
+        wait_state(&mut self.rx, Duration::from_secs(30), "link up", |s| {
+            s.reachable
+        })
+        .await
+    }
+
+    async fn until(&mut self, what: &str, pred: impl FnMut(&DeviceState) -> bool) -> DeviceState {
+        wait_state(&mut self.rx, Duration::from_secs(30), what, pred).await
+    }
+
+    async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn start_sim(config: ShureSimConfig) -> (ShureSim, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let sim = ShureSim::start(config, "127.0.0.1:0".parse().unwrap(), cancel.clone())
+        .await
+        .expect("simulator starts");
+    (sim, cancel)
+}
+
+fn val<'a>(s: &'a DeviceState, key: &str) -> Option<&'a Value> {
+    s.reading(key).map(|r| &r.value)
+}
+
+fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Fault> {
+    let comp = format!("channel {channel}");
+    s.faults
+        .iter()
+        .map(|a| &a.fault)
+        .find(|f| f.code == code && f.component.as_deref() == Some(comp.as_str()))
+}
+
+fn int(v: i64) -> Option<Value> {
+    Some(Value::Int(v))
+}
+
+/// Every family, with its own names and SAMPLE layout: after connect the device shows every
+/// channel's transmitter, battery, gain, name, status and meters, and identity.
+#[tokio::test(start_paused = true)]
+async fn full_state_after_connect_for_every_family() {
+    // (profile, family, channels, has rx mute, has interference+encryption, has percent)
+    let cases = [
+        ("shure-ulxd", Family::Ulxd, 2, true, true, true),
+        ("shure-qlxd", Family::Qlxd, 1, false, false, true),
+        ("shure-slxd", Family::Slxd, 2, false, false, false),
+        ("shure-slxd", Family::SlxdPlus, 2, false, true, false),
+        ("shure-axient", Family::Axient, 4, true, true, true),
+    ];
+    for (profile, family, channels, rx_mute, rf_status, percent) in cases {
+        let what = format!("{profile} as {family:?}");
+        let mut cfg = ShureSimConfig::new(family, channels, 300);
+        for t in cfg.transmitters.iter_mut() {
+            t.minutes = 300 + u32::from(t.channel);
+        }
+        let (sim, sim_cancel) = start_sim(cfg).await;
+        let mut rig = Rig::start(profile, sim.addr(), "");
+        let s0 = rig.up().await;
+        let s = &s0;
+        assert_eq!(s.health, Health::Ok, "{what}: {:?}", s.faults);
+        assert_eq!(s.identity.manufacturer.as_deref(), Some("Shure"), "{what}");
+        assert_eq!(s.identity.firmware.as_deref(), Some("2.4.11.0"), "{what}");
+        assert_eq!(s.identity.name.as_deref(), Some("RACK-A"), "{what}");
+        assert_eq!(
+            s.identity.extra.get("channels").map(String::as_str),
+            Some(channels.to_string().as_str()),
+            "{what}: channel count from model or probing"
+        );
+        if matches!(family, Family::Axient | Family::Slxd | Family::SlxdPlus) {
+            assert_eq!(
+                s.identity.model.as_deref(),
+                Some(family.default_model(channels)),
+                "{what}"
+            );
+        }
+        // Meters arrive at the metering rate.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let s = rig.rx.borrow().clone();
+        for n in 1..=channels {
+            let k = |name: &str| format!("ch.{n}.{name}");
+            assert_eq!(
+                val(&s, &k("tx_present")),
+                Some(&Value::Bool(true)),
+                "{what} ch{n}"
+            );
+            assert_eq!(
+                val(&s0, &k("battery_minutes")),
+                int(300 + i64::from(n)).as_ref(),
+                "{what} ch{n}: as connected (it drains while we wait for meters)"
+            );
+            assert_eq!(
+                val(&s, &k("battery_bars")),
+                int(3).as_ref(),
+                "{what} ch{n}: 46 % is 3 bars"
+            );
+            assert_eq!(
+                val(&s, &k("battery_percent")).is_some(),
+                percent,
+                "{what} ch{n}: percent only where the family reports it"
+            );
+            assert_eq!(
+                val(&s, &k("gain_db")),
+                Some(&Value::Float(0.0)),
+                "{what} ch{n}"
+            );
+            assert_eq!(
+                val(&s, &k("name")),
+                Some(&Value::Text(format!("MIC {n}"))),
+                "{what} ch{n}"
+            );
+            assert!(
+                matches!(val(&s, &k("tx_model")), Some(Value::Text(_))),
+                "{what} ch{n}"
+            );
+            assert_eq!(
+                val(&s, &k("muted")),
+                rx_mute.then_some(&Value::Bool(false)),
+                "{what} ch{n}: receiver mute only on ULX-D and AD"
+            );
+            assert_eq!(
+                val(&s, &k("interference")),
+                rf_status.then_some(&Value::Bool(false)),
+                "{what} ch{n}"
+            );
+            assert_eq!(
+                val(&s, &k("encryption_ok")),
+                (rf_status || family == Family::Qlxd).then_some(&Value::Bool(true)),
+                "{what} ch{n}"
+            );
+            let mhz = val(&s, &k("frequency_mhz")).and_then(Value::as_f64);
+            let want = 578.35 + f64::from(n);
+            assert!(
+                mhz.is_some_and(|f| (f - want).abs() < 1e-6),
+                "{what} ch{n}: {mhz:?} MHz"
+            );
+            let rf = val(&s, &k("rf_dbm")).and_then(Value::as_f64).expect("rf");
+            let af = val(&s, &k("audio_dbfs"))
+                .and_then(Value::as_f64)
+                .expect("audio");
+            assert!((-60.0..=-30.0).contains(&rf), "{what} ch{n}: rf {rf}");
+            assert!((-40.0..=-10.0).contains(&af), "{what} ch{n}: audio {af}");
+            assert!(
+                s.reading(&format!("meter.ch.{n}.audio")).is_some(),
+                "{what}"
+            );
+        }
+        assert!(
+            s.reading(&format!("ch.{}.tx_present", channels + 1))
+                .is_none(),
+            "{what}: no phantom channel"
+        );
+        rig.shutdown().await;
+        sim_cancel.cancel();
+    }
+}
+
+/// The `avwarden simulate` entry point builds the same receiver from a settings table.
+#[tokio::test(start_paused = true)]
+async fn simulator_from_config_through_sim_spawn() {
+    let options: toml::Table = toml::from_str(
+        r#"
+        channels = 4
+        [[transmitters]]
+        channel = 1
+        minutes = 90
+        [[transmitters]]
+        channel = 3
+        battery = "alkaline"
+        "#,
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let ep = avwarden::sim::spawn(
+        &support::profile("shure-ulxd"),
+        &options,
+        SimBind::Tcp("127.0.0.1:0".parse().unwrap()),
+        support::clock(),
+        cancel.clone(),
+    )
+    .await
+    .expect("simulator");
+    let SimEndpoint::Tcp(addr) = ep else {
+        panic!("tcp endpoint expected")
+    };
+    let mut rig = Rig::start("shure-ulxd", addr, "");
+    let s = rig.up().await;
+    assert_eq!(
+        s.identity.extra.get("channels").map(String::as_str),
+        Some("4")
+    );
+    assert_eq!(val(&s, "ch.1.battery_minutes"), int(90).as_ref());
+    assert_eq!(val(&s, "ch.2.tx_present"), Some(&Value::Bool(false)));
+    // AA cells: bars only; minutes, percent and cycles are the receiver's "unknown".
+    assert_eq!(val(&s, "ch.3.tx_present"), Some(&Value::Bool(true)));
+    assert!(matches!(val(&s, "ch.3.battery_bars"), Some(Value::Int(_))));
+    assert_eq!(val(&s, "ch.3.battery_minutes"), Some(&Value::Unknown));
+    assert_eq!(val(&s, "ch.3.battery_percent"), Some(&Value::Unknown));
+    assert_eq!(val(&s, "ch.3.battery_cycles"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, "ch.3.battery_type"),
+        Some(&Value::Text("ALKA".into()))
+    );
+    assert!(fault(&s, "battery_low", 1).is_none(), "90 min is enough");
+    rig.shutdown().await;
+    cancel.cancel();
+}
+
+/// A REP the receiver pushes on its own updates the state at once, not at the next poll.
+#[tokio::test(start_paused = true)]
+async fn unsolicited_reports_update_state_at_once() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "");
+    rig.up().await;
+
+    let t = Instant::now();
+    sim.set_interference(2, true);
+    let s = rig
+        .until("interference fault", |s| {
+            fault(s, "interference", 2).is_some()
+        })
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(val(&s, "ch.2.interference"), Some(&Value::Bool(true)));
+    assert_eq!(s.health, Health::Degraded);
+
+    let t = Instant::now();
+    sim.set_encryption_mismatch(1, true);
+    let s = rig
+        .until("encryption fault", |s| {
+            fault(s, "encryption_mismatch", 1).is_some()
+        })
+        .await;
+    assert!(t.elapsed() < Duration::from_millis(100));
+    assert_eq!(val(&s, "ch.1.encryption_ok"), Some(&Value::Bool(false)));
+    assert_eq!(
+        s.health,
+        Health::Faulted,
+        "a mismatched transmitter is muted"
+    );
+
+    sim.set_tx_muted(1, true);
+    rig.until("tx muted", |s| {
+        val(s, "ch.1.tx_muted") == Some(&Value::Bool(true))
+    })
+    .await;
+    sim.set_interference(2, false);
+    sim.set_encryption_mismatch(1, false);
+    let s = rig.until("faults clear", |s| s.faults.is_empty()).await;
+    assert_eq!(s.health, Health::Ok);
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// 255, 65535, 65534, 65533 and UNKN become `unknown` (65533 also a warning), never numbers.
+#[tokio::test(start_paused = true)]
+async fn sentinels_become_unknown() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Axient, 2, 300)).await;
+    let mut rig = Rig::start("shure-axient", sim.addr(), "");
+    rig.up().await;
+
+    sim.set_battery_state(1, BatteryState::Calculating);
+    let s = rig
+        .until("65534", |s| {
+            val(s, "ch.1.battery_minutes") == Some(&Value::Unknown)
+        })
+        .await;
+    assert_eq!(val(&s, "ch.1.tx_present"), Some(&Value::Bool(true)));
+    assert!(
+        fault(&s, "battery_low", 1).is_none(),
+        "calculating is not low"
+    );
+    assert!(fault(&s, "battery_comm", 1).is_none());
+
+    sim.set_battery_state(1, BatteryState::CommWarning);
+    let s = rig
+        .until("65533 warning", |s| fault(s, "battery_comm", 1).is_some())
+        .await;
+    assert_eq!(
+        fault(&s, "battery_comm", 1).map(|f| f.severity),
+        Some(Severity::Warning)
+    );
+    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, "ch.1.battery_bars"),
+        Some(&Value::Unknown),
+        "bars 255"
+    );
+    assert_eq!(
+        val(&s, "ch.1.tx_present"),
+        Some(&Value::Bool(true)),
+        "a battery it cannot read still sits in a transmitter on air"
+    );
+
+    sim.set_battery_state(1, BatteryState::Normal);
+    let s = rig
+        .until("back to minutes", |s| {
+            matches!(val(s, "ch.1.battery_minutes"), Some(Value::Int(_)))
+        })
+        .await;
+    assert!(fault(&s, "battery_comm", 1).is_none());
+
+    // Switched off: model UNKNOWN, bars 255, minutes 65535, percent 255, cycles 65535.
+    sim.set_tx_on(2, false);
+    let s = rig
+        .until("tx off", |s| {
+            val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+        })
+        .await;
+    for k in [
+        "tx_model",
+        "battery_bars",
+        "battery_minutes",
+        "battery_percent",
+        "battery_cycles",
+        "battery_type",
+        "tx_muted",
+    ] {
+        assert_eq!(val(&s, &format!("ch.2.{k}")), Some(&Value::Unknown), "{k}");
+    }
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// A transmitter taken away shows unknown battery readings (not 0) and no battery fault; a
+/// different one arriving shows its own readings. Absence is a fault only where expected.
+#[tokio::test(start_paused = true)]
+async fn transmitter_removed_and_replaced() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 45)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "expected_channels = [2]");
+    let s = rig.up().await;
+    assert_eq!(
+        fault(&s, "battery_low", 2).map(|f| f.severity),
+        Some(Severity::Warning),
+        "45 min is below the 60 min warning"
+    );
+
+    sim.remove_tx(2);
+    let s = rig
+        .until("tx gone", |s| {
+            val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+        })
+        .await;
+    assert_eq!(val(&s, "ch.2.battery_minutes"), Some(&Value::Unknown));
+    assert_eq!(val(&s, "ch.2.battery_bars"), Some(&Value::Unknown));
+    assert_eq!(val(&s, "ch.2.tx_model"), Some(&Value::Unknown));
+    assert!(
+        fault(&s, "battery_low", 2).is_none(),
+        "no battery, no battery fault"
+    );
+    assert_eq!(
+        fault(&s, "tx_absent", 2).map(|f| f.severity),
+        Some(Severity::Warning),
+        "channel 2 is expected to have a transmitter"
+    );
+
+    sim.remove_tx(1);
+    let s = rig
+        .until("tx1 gone", |s| {
+            val(s, "ch.1.tx_present") == Some(&Value::Bool(false))
+        })
+        .await;
+    assert!(
+        fault(&s, "tx_absent", 1).is_none(),
+        "channel 1 is not expected"
+    );
+
+    let mut spec = TxSpec::new(2, 420);
+    spec.model = Some("ULXD1".into());
+    sim.insert_tx(spec);
+    let s = rig
+        .until("new tx", |s| {
+            val(s, "ch.2.tx_present") == Some(&Value::Bool(true))
+        })
+        .await;
+    let s = if val(&s, "ch.2.battery_minutes") == int(420).as_ref() {
+        s
+    } else {
+        rig.until("new minutes", |s| {
+            val(s, "ch.2.battery_minutes") == int(420).as_ref()
+        })
+        .await
+    };
+    assert_eq!(val(&s, "ch.2.tx_model"), Some(&Value::Text("ULXD1".into())));
+    assert!(fault(&s, "tx_absent", 2).is_none());
+    assert!(
+        fault(&s, "battery_low", 2).is_none(),
+        "the new battery is full enough"
+    );
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+async fn count_meters(bus: &EventBus, channel: &str, over: Duration) -> usize {
+    let mut rx = bus.subscribe();
+    let end = Instant::now() + over;
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout_at(end, rx.recv()).await {
+            Err(_) => return n,
+            Ok(Ok(e)) => {
+                if matches!(&e.kind, EventKind::Meter { channel: c, .. } if c == channel) {
+                    n += 1;
+                }
+            }
+            Ok(Err(e)) => panic!("event bus: {e}"),
+        }
+    }
+}
+
+/// SAMPLE metering runs at the profile's rate (or the site's), counted over paused time; a
+/// rate below 100 ms is refused before anything runs.
+#[tokio::test(start_paused = true)]
+async fn metering_rate_is_honoured() {
+    for (settings, rate, per_10s) in [("", 1000u32, 10usize), ("meter_rate_ms = 250", 250, 40)] {
+        let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
+        let mut rig = Rig::start("shure-ulxd", sim.addr(), settings);
+        rig.up().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sim.meter_rates(), vec![rate]);
+        let (a, b) = tokio::join!(
+            count_meters(&rig.bus, "ch.1.audio", Duration::from_secs(10)),
+            count_meters(&rig.bus, "ch.2.audio", Duration::from_secs(10))
+        );
+        for (ch, got) in [(1, a), (2, b)] {
+            assert!(
+                (per_10s - 1..=per_10s + 1).contains(&got),
+                "rate {rate} ms: channel {ch} got {got} samples in 10 s, expected {per_10s}"
+            );
+        }
+        rig.shutdown().await;
+        sc.cancel();
+    }
+    let settings: toml::Table = toml::from_str("meter_rate_ms = 50").unwrap();
+    let err = avwarden::driver::for_profile(&support::profile("shure-ulxd"), None, &settings)
+        .err()
+        .expect("50 ms is refused");
+    assert!(err.to_string().contains("meter_rate_ms"), "{err}");
+}
+
+/// A `GET` goes out every 30 s; 60 s without a byte from the receiver drops and reopens the
+/// link (and a receiver that then accepts but answers nothing is reported as such).
+#[tokio::test(start_paused = true)]
+async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "channels = 1");
+    rig.up().await;
+    tokio::time::sleep(Duration::from_secs(125)).await;
+    let beats = sim.stats().heartbeats;
+    assert!(beats.len() >= 4, "{} heartbeats in 125 s", beats.len());
+    for w in beats.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_secs(30) && gap <= Duration::from_secs(40),
+            "heartbeat gap {gap:?}"
+        );
+    }
+    assert_eq!(sim.stats().connections, 1, "metering keeps the link alive");
+
+    sim.set_silent(true);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(58)).await;
+    assert!(
+        rig.rx.borrow().reachable,
+        "still trusted before 60 s of silence"
+    );
+    let s = wait_state(&mut rig.rx, Duration::from_secs(10), "silence drop", |s| {
+        !s.reachable
+    })
+    .await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(59) && waited <= Duration::from_secs(61),
+        "dropped after {waited:?}"
+    );
+    assert!(s
+        .link
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("nothing for 60 s"));
+    let s = rig
+        .until("silent receiver reported", |s| {
+            s.faults
+                .iter()
+                .any(|a| a.fault.code == "controller_access_disabled")
+        })
+        .await;
+    assert!(sim.stats().connections >= 2, "reconnected");
+    assert_eq!(s.health, Health::Unreachable, "unreachable, never 'off'");
+
+    sim.set_silent(false);
+    let s = wait_state(&mut rig.rx, Duration::from_secs(120), "back", |s| {
+        s.reachable
+    })
+    .await;
+    assert!(s.faults.is_empty(), "{:?}", s.faults);
+    assert_eq!(s.counters.reconnects, 1);
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// SLX-D+ with Controller Access off accepts TCP and ignores everything: its own fault, with
+/// the menu path that fixes it.
+#[tokio::test(start_paused = true)]
+async fn controller_access_disabled_is_its_own_fault() {
+    let mut cfg = ShureSimConfig::new(Family::SlxdPlus, 2, 300);
+    cfg.silent = true;
+    let (sim, sc) = start_sim(cfg).await;
+    let mut rig = Rig::start("shure-slxd", sim.addr(), "");
+    let s = rig
+        .until("access fault", |s| {
+            s.faults
+                .iter()
+                .any(|a| a.fault.code == "controller_access_disabled")
+        })
+        .await;
+    let f = &s.faults[0].fault;
+    assert!(f.message.contains("Controller Access"), "{}", f.message);
+    assert_eq!(s.health, Health::Unreachable);
+    assert!(!s.contacted);
+
+    sim.set_silent(false);
+    let s = wait_state(&mut rig.rx, Duration::from_secs(120), "allowed", |s| {
+        s.reachable
+    })
+    .await;
+    assert!(s.faults.is_empty());
+    assert_eq!(s.health, Health::Ok);
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// Orderly shutdown sends `METER_RATE 00000` before the connection closes.
+#[tokio::test(start_paused = true)]
+async fn shutdown_switches_metering_off() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Axient, 4, 300)).await;
+    let mut rig = Rig::start("shure-axient", sim.addr(), "");
+    rig.up().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.stats().meter_rate_sets, vec![1000]);
+    let before = sim.stats().samples;
+    rig.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let st = sim.stats();
+    assert_eq!(st.meter_rate_sets, vec![1000, 0], "metering switched off");
+    assert_eq!(st.open_connections, 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        sim.stats().samples - before <= 16,
+        "no samples after shutdown"
+    );
+    sc.cancel();
+}
+
+/// A battery draining in simulated time: minutes go down one by one, a warning at the
+/// profile's 60 min and a fault at 20 min.
+#[tokio::test(start_paused = true)]
+async fn battery_drain_raises_low_battery_at_the_thresholds() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Qlxd, 1, 63)).await;
+    let mut rig = Rig::start("shure-qlxd", sim.addr(), "meter_rate_ms = 0");
+    rig.up().await;
+    let t0 = Instant::now();
+    let mut seen: Vec<i64> = Vec::new();
+    let mut warned_at = None;
+    let mut faulted_at = None;
+    while faulted_at.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3 * 3600),
+            "drain stalled at {seen:?}"
+        );
+        let s = rig.rx.borrow_and_update().clone();
+        if let Some(Value::Int(m)) = val(&s, "ch.1.battery_minutes") {
+            if seen.last() != Some(m) {
+                seen.push(*m);
+            }
+            match fault(&s, "battery_low", 1).map(|f| f.severity) {
+                Some(Severity::Warning) if warned_at.is_none() => warned_at = Some(*m),
+                Some(Severity::Fault) => faulted_at = Some(*m),
+                _ => {}
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3600), rig.rx.changed()).await;
+    }
+    let expected: Vec<i64> = (20..=63).rev().collect();
+    assert_eq!(seen, expected, "one minute at a time, never up");
+    assert_eq!(warned_at, Some(60));
+    assert_eq!(faulted_at, Some(20));
+    let drained = t0.elapsed().as_secs_f64() / 60.0;
+    assert!(
+        (42.0..=44.0).contains(&drained),
+        "43 minutes of battery took {drained} min"
+    );
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// Garbage, a frame split across reads and a 20 kB frame: counted, bounded, no reconnect, and
+/// the next good frames still land.
+#[tokio::test(start_paused = true)]
+async fn garbage_split_and_oversized_frames() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
+    rig.up().await;
+
+    sim.inject(b"\x00\xff\x7fgarbage");
+    sim.inject(b"< REP 1 BATT_");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sim.inject(b"BARS 002 >");
+    let s = rig
+        .until("split frame", |s| {
+            val(s, "ch.1.battery_bars") == int(2).as_ref()
+        })
+        .await;
+    assert!(s.counters.bad_frames >= 1, "garbage counted");
+
+    let mut monster = b"< REP 1 CHAN_NAME {".to_vec();
+    monster.extend(std::iter::repeat_n(b'A', 20_000));
+    monster.extend(b"} >");
+    sim.inject(&monster);
+    sim.inject(b"< REP 1 CHAN_NAME {After                          } >");
+    let s = rig
+        .until("good frame after monster", |s| {
+            val(s, "ch.1.name") == Some(&Value::Text("After".into()))
+        })
+        .await;
+    assert_eq!(s.counters.oversized_frames, 1);
+    assert!(s.link.up);
+    assert_eq!(s.counters.reconnects, 0);
+    assert_eq!(sim.stats().connections, 1);
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// `set_gain` / `set_mute` reach the receiver and come back as readings; out-of-range gain and
+/// receiver mute on a family without it are refused, not sent.
+#[tokio::test(start_paused = true)]
+async fn gain_and_mute_commands() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "");
+    rig.up().await;
+    rig.handle
+        .command(DeviceCommand::SetGain {
+            channel: 2,
+            db: 12.0,
+        })
+        .await
+        .expect("gain set");
+    assert_eq!(sim.gain_db(2), Some(12));
+    assert_eq!(
+        val(&rig.rx.borrow(), "ch.2.gain_db"),
+        Some(&Value::Float(12.0))
+    );
+    let err = rig
+        .handle
+        .command(DeviceCommand::SetGain {
+            channel: 2,
+            db: 50.0,
+        })
+        .await
+        .expect_err("beyond +42 dB");
+    assert!(
+        matches!(err, CommandError::Driver(DriverError::Refused { .. })),
+        "{err}"
+    );
+    assert_eq!(sim.gain_db(2), Some(12));
+    let err = rig
+        .handle
+        .command(DeviceCommand::SetGain {
+            channel: 3,
+            db: 0.0,
+        })
+        .await
+        .expect_err("no channel 3");
+    assert!(matches!(
+        err,
+        CommandError::Driver(DriverError::Refused { .. })
+    ));
+    rig.handle
+        .command(DeviceCommand::SetMute {
+            channel: 1,
+            on: true,
+        })
+        .await
+        .expect("muted");
+    assert_eq!(sim.rx_muted(1), Some(true));
+    assert_eq!(
+        val(&rig.rx.borrow(), "ch.1.muted"),
+        Some(&Value::Bool(true))
+    );
+    rig.shutdown().await;
+    sc.cancel();
+
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Qlxd, 1, 300)).await;
+    let mut rig = Rig::start("shure-qlxd", sim.addr(), "");
+    rig.up().await;
+    let err = rig
+        .handle
+        .command(DeviceCommand::SetMute {
+            channel: 1,
+            on: true,
+        })
+        .await
+        .expect_err("QLX-D has no receiver mute");
+    assert!(matches!(
+        err,
+        CommandError::Driver(DriverError::Unsupported { .. })
+    ));
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// Alkaline cells report no minutes: bars decide the low-battery warning.
+#[tokio::test(start_paused = true)]
+async fn alkaline_batteries_warn_by_bars() {
+    let mut cfg = ShureSimConfig::new(Family::Ulxd, 1, 100);
+    cfg.transmitters[0].battery = BatteryKind::Alkaline;
+    cfg.transmitters[0].full_minutes = 480;
+    let (sim, sc) = start_sim(cfg).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "channels = 1");
+    let s = rig.up().await;
+    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, "ch.1.battery_bars"),
+        int(2).as_ref(),
+        "100/480 = 21 % = 2 bars"
+    );
+    assert_eq!(
+        fault(&s, "battery_low", 1).map(|f| f.severity),
+        Some(Severity::Warning)
+    );
+    sim.set_battery_minutes(1, 40.0);
+    let s = rig
+        .until("1 bar", |s| val(s, "ch.1.battery_bars") == int(1).as_ref())
+        .await;
+    assert_eq!(
+        fault(&s, "battery_low", 1).map(|f| f.severity),
+        Some(Severity::Fault)
+    );
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// A receiver that only says "model unknown" when a transmitter leaves, and only model and
+/// bars when the next one arrives: the old battery's minutes must not resurface as the new
+/// one's.
+#[tokio::test(start_paused = true)]
+async fn a_new_transmitter_never_inherits_the_old_batterys_readings() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 45)).await;
+    let mut rig = Rig::start("shure-ulxd", sim.addr(), "meter_rate_ms = 0");
+    let s = rig.up().await;
+    assert_eq!(val(&s, "ch.2.battery_minutes"), int(45).as_ref());
+    sim.inject(b"< REP 2 TX_TYPE UNKN >");
+    rig.until("gone", |s| {
+        val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+    })
+    .await;
+    sim.inject(b"< REP 2 TX_TYPE ULXD1 >< REP 2 BATT_BARS 005 >");
+    let s = rig
+        .until("back", |s| {
+            val(s, "ch.2.tx_present") == Some(&Value::Bool(true))
+        })
+        .await;
+    assert_eq!(val(&s, "ch.2.battery_bars"), int(5).as_ref());
+    assert_eq!(
+        val(&s, "ch.2.battery_minutes"),
+        Some(&Value::Unknown),
+        "not the 45 min of the battery that left"
+    );
+    assert!(
+        fault(&s, "battery_low", 2).is_none(),
+        "no stale low-battery warning"
+    );
+    rig.shutdown().await;
+    sc.cancel();
+}
+
+/// SLX-D+ marks a failed power-on self-test with a `*` after the firmware version: reported as
+/// a warning, and the version itself stays clean.
+#[tokio::test(start_paused = true)]
+async fn failed_self_test_marker_is_a_warning() {
+    let mut cfg = ShureSimConfig::new(Family::SlxdPlus, 2, 300);
+    cfg.firmware = "2.0.15.2*".into();
+    let (sim, sc) = start_sim(cfg).await;
+    let mut rig = Rig::start("shure-slxd", sim.addr(), "");
+    let s = rig.up().await;
+    assert_eq!(s.identity.firmware.as_deref(), Some("2.0.15.2"));
+    let f = s
+        .faults
+        .iter()
+        .find(|a| a.fault.code == "self_test_failed")
+        .expect("self-test fault");
+    assert_eq!(f.fault.severity, Severity::Warning);
+    assert_eq!(s.health, Health::Degraded);
+    rig.shutdown().await;
+    sc.cancel();
+}
