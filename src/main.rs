@@ -219,16 +219,24 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
         let signals = app::Signals::install()?;
         let clock = Clock::system();
         let daemon = Daemon::start(cfg, opts, clock).await?;
-        println!(
-            "avwarden {} running for site {:?}",
+        // A closed stdout (the reader went away) must not take the daemon down: these lines
+        // are a courtesy, the daemon is the point.
+        let mut banner = format!(
+            "avwarden {} running for site {:?}\n",
             app::VERSION,
             daemon.site()
         );
         for (id, ep) in &daemon.simulators {
-            println!("  simulator for {id}: {ep}");
+            banner += &format!("  simulator for {id}: {ep}\n");
         }
-        println!("status: http://{}/api/v1/health", daemon.api_addr);
-        println!("devices: http://{}/api/v1/devices", daemon.api_addr);
+        banner += &format!("status: http://{}/api/v1/health\n", daemon.api_addr);
+        banner += &format!("devices: http://{}/api/v1/devices\n", daemon.api_addr);
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(banner.as_bytes());
+            let _ = out.flush();
+        }
         let report = app::run_until_signal(daemon, signals).await?;
         if !report.within_deadline {
             anyhow::bail!("shutdown did not finish within the deadline");
