@@ -20,6 +20,13 @@ pub enum ProtocolError {
     Garbage { skipped: usize },
 }
 
+/// Required by `tokio_util::codec::Decoder`; codecs do no I/O, so this only meets the bound.
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::malformed(format!("i/o error inside a codec: {e}"))
+    }
+}
+
 impl ProtocolError {
     pub fn malformed(detail: impl Into<String>) -> Self {
         ProtocolError::Malformed {
