@@ -5,6 +5,8 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod escvp21;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -76,6 +78,6 @@ pub async fn spawn(
     let _ = (options, &bind, clock, &cancel);
     match profile.driver {
         DriverKind::Pjlink => Err(SimError::Unsupported("pjlink")),
-        DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
+        DriverKind::Escvp21 => escvp21::spawn_from_config(options, bind, clock, cancel).await,
     }
 }
