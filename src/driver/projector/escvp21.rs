@@ -433,20 +433,14 @@ impl Escvp21Driver {
         Ok(())
     }
 
-    async fn read_state(
-        &mut self,
-        link: &mut Link,
-        obs: &mut Observer,
-        full: bool,
-    ) -> Result<(), DriverError> {
+    async fn read_state(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         self.read_power(link, obs).await?;
         self.read_lamp(link, obs).await?;
         self.read_error(link, obs).await?;
         self.read_picture(link, obs).await?;
-        if full {
-            self.read_identity(link, obs).await?;
-        }
-        Ok(())
+        // SNO? every time: on RS-232 a projector can be swapped without the port noticing, and
+        // the equipment archive should learn the new serial number.
+        self.read_identity(link, obs).await
     }
 
     /// While silent, one null command decides whether the projector is back.
@@ -663,24 +657,13 @@ impl Driver for Escvp21Driver {
         })
     }
 
+    /// Also every poll (the trait's default): a full read is six short exchanges. While the
+    /// projector is silent, one null command decides whether it is back before anything else.
     async fn read_all(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         if self.still_silent(link, obs).await? {
             return Ok(());
         }
-        let r = self.read_state(link, obs, true).await;
-        self.absorb_silence(obs, r)
-    }
-
-    async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        if self.silent {
-            if self.still_silent(link, obs).await? {
-                return Ok(());
-            }
-            // Back from silence: anything may have changed.
-            let r = self.read_state(link, obs, true).await;
-            return self.absorb_silence(obs, r);
-        }
-        let r = self.read_state(link, obs, false).await;
+        let r = self.read_state(link, obs).await;
         self.absorb_silence(obs, r)
     }
 
@@ -1134,6 +1117,9 @@ mod tests {
         r.poll().await.unwrap();
         let s = r.state();
         assert!(s.faults[0].fault.message.contains("past its rated"));
+        // Warnings do not stop commands.
+        r.exec(DeviceCommand::AvMute { on: true }).await.unwrap();
+        assert!(r.sim.status().mute);
     }
 
     #[tokio::test(start_paused = true)]
