@@ -107,7 +107,11 @@ const OPTION_KEYS: &[&str] = &[
 ];
 
 impl SimConfig {
-    /// Read the simulator options of a site config; unknown keys and bad values are errors.
+    /// Read the simulator options of a site config (`[devices.simulator]`); unknown keys and
+    /// bad values are errors. Keys: `warm_up_secs`, `cool_down_secs`, `ignition_secs`,
+    /// `ignition_timeout_secs` / `ignition_retry_secs` (the attempt windows, 40/30),
+    /// `failed_ignitions`, `lamp_hours`, `serial`, `power_on`, `error_code` (0–255 or two hex
+    /// digits), `source` (two hex digits), `source_settle_secs`. Seconds may be fractional.
     pub fn from_options(options: &toml::Table) -> Result<SimConfig, SimError> {
         let mut cfg = SimConfig::default();
         for (key, value) in options {
@@ -956,10 +960,8 @@ impl SimTask {
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
                     for line in self.lines.feed(&buf[..n]) {
-                        let out = match line {
-                            Some(l) => self.projector.on_line(&l, now),
-                            None => self.projector.on_line("\u{1}overlong", now),
-                        };
+                        // An overlong line is no command the projector knows: it answers ERR.
+                        let out = self.projector.on_line(line.as_deref().unwrap_or("?"), now);
                         self.send(&out).await;
                     }
                 }
@@ -1347,5 +1349,76 @@ mod tests {
         assert!(sim.status().connected);
         assert_ne!(std::fs::read_link(&link).unwrap(), first);
         cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn simulate_entry_serves_a_pty_from_site_options() {
+        use crate::transport::serial::{open, SerialSpec};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let profile = crate::profile::ProfileSet::embedded()
+            .unwrap()
+            .get("epson-escvp21")
+            .unwrap()
+            .clone();
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ttyEPSON");
+        let options: toml::Table = toml::from_str("lamp_hours = 777\nserial = \"SIM1\"").unwrap();
+        let cancel = CancellationToken::new();
+        let clock = Clock::system();
+        let ep = super::super::spawn(
+            &profile,
+            &options,
+            SimBind::Pty {
+                link: Some(link.clone()),
+            },
+            clock,
+            cancel.clone(),
+        )
+        .await
+        .expect("simulator starts");
+        assert_eq!(ep, SimEndpoint::Pty(link.clone()));
+        let mut port = open(&SerialSpec::new(link.display().to_string(), 9600)).unwrap();
+        port.write_all(b"LAMP?\r").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        // Real pty I/O: bound only against a hang.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !got.ends_with(b":") {
+                let n = port.read(&mut buf).await.unwrap();
+                assert!(n > 0, "eof");
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("reply in time");
+        assert_eq!(got, b"LAMP=777\r:");
+        // Cancelling stops the simulator and removes its symlink.
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while std::fs::symlink_metadata(&link).is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("symlink removed on cancel");
+
+        let tcp = super::super::spawn(
+            &profile,
+            &toml::Table::new(),
+            SimBind::Tcp("127.0.0.1:0".parse().unwrap()),
+            clock,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(tcp, Err(SimError::Option { .. })), "{tcp:?}");
+        let bad: toml::Table = toml::from_str("warm_up = 3").unwrap();
+        let res = spawn_from_config(
+            &bad,
+            SimBind::Pty { link: None },
+            clock,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(res, Err(SimError::Option { .. })), "{res:?}");
     }
 }
