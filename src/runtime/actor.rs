@@ -206,12 +206,11 @@ impl Actor {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut missed: u32 = 0;
         loop {
+            // Order matters: commands before the poll tick, or a device whose polls take longer
+            // than the interval (a silent projector) would never get a command through.
             let step = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Conn::Connected,
-                _ = ticker.tick() => {
-                    self.driver.poll(link, &mut self.obs).await
-                }
                 req = commands.recv() => {
                     let Some(req) = req else { return Conn::Connected };
                     // Pacing: many devices drop commands that arrive back to back.
@@ -229,6 +228,9 @@ impl Actor {
                     };
                     let _ = req.reply.send(outcome);
                     res.map(|_| ())
+                }
+                _ = ticker.tick() => {
+                    self.driver.poll(link, &mut self.obs).await
                 }
                 r = self.driver.listen(link, &mut self.obs) => r,
             };

@@ -5,6 +5,7 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod escvp21;
 pub mod mic;
 pub mod pjlink;
 pub mod shure;
@@ -81,11 +82,11 @@ pub async fn spawn(
     let _ = (options, &bind, clock, &cancel);
     match profile.driver {
         DriverKind::Pjlink => pjlink::spawn_from_config(options, bind, clock, cancel).await,
-        DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
         DriverKind::Shure => {
             let options = shure::options_for(&profile.family, options);
             shure::spawn_from_config(&options, bind, clock, cancel).await
         }
         DriverKind::Ssc => ssc::spawn_from_config(options, bind, clock, cancel).await,
+        DriverKind::Escvp21 => escvp21::spawn_from_config(options, bind, clock, cancel).await,
     }
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod daemon;
+mod escvp21;
 mod pjlink;
 mod runtime;
 mod shure;

@@ -86,6 +86,11 @@ impl Driver for PingDriver {
 
 /// A device answering PING with a counter; stops answering when `cancel` fires.
 async fn ping_server(cancel: CancellationToken) -> std::net::SocketAddr {
+    ping_server_slow(cancel, Duration::ZERO).await
+}
+
+/// The same, taking `delay` to answer each PING.
+async fn ping_server_slow(cancel: CancellationToken, delay: Duration) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -101,7 +106,7 @@ async fn ping_server(cancel: CancellationToken) -> std::net::SocketAddr {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     l = lines.next_line() => match l {
-                        Ok(Some(_)) => { n += 1; if w.write_all(format!("PONG {n}\n").as_bytes()).await.is_err() { break } }
+                        Ok(Some(_)) => { n += 1; tokio::time::sleep(delay).await; if w.write_all(format!("PONG {n}\n").as_bytes()).await.is_err() { break } }
                         _ => break,
                     }
                 }
@@ -112,6 +117,15 @@ async fn ping_server(cancel: CancellationToken) -> std::net::SocketAddr {
 }
 
 fn spawn_ping(fleet: &mut Fleet, addr: std::net::SocketAddr, panics: Arc<AtomicU32>) {
+    spawn_ping_every(fleet, addr, panics, Duration::from_secs(5));
+}
+
+fn spawn_ping_every(
+    fleet: &mut Fleet,
+    addr: std::net::SocketAddr,
+    panics: Arc<AtomicU32>,
+    poll_interval: Duration,
+) {
     let initial = DeviceState::new(
         "dev1".into(),
         "r1".into(),
@@ -121,7 +135,7 @@ fn spawn_ping(fleet: &mut Fleet, addr: std::net::SocketAddr, panics: Arc<AtomicU
     );
     let cfg = ActorConfig {
         link: LinkSpec::Tcp(TcpSpec::new("127.0.0.1", addr.port())),
-        poll_interval: Duration::from_secs(5),
+        poll_interval,
         command_gap: Duration::from_millis(100),
         unreachable_after_polls: 2,
         backoff_min: Duration::from_millis(200),
@@ -362,4 +376,32 @@ async fn api_errors_are_json_with_4xx() {
         .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
     cancel.cancel();
+}
+
+/// Regression (found in the ESC/VP21 work): with the poll tick served before the command
+/// queue, a device whose polls take longer than the poll interval never ran a command.
+#[tokio::test(start_paused = true)]
+async fn commands_get_through_when_polls_take_longer_than_the_interval() {
+    let stop = CancellationToken::new();
+    let addr = ping_server_slow(stop.clone(), Duration::from_millis(900)).await;
+    let cancel = CancellationToken::new();
+    let mut fleet = Fleet::new(bus(), clock(), TaskTracker::new(), cancel.clone());
+    spawn_ping_every(
+        &mut fleet,
+        addr,
+        Arc::new(AtomicU32::new(0)),
+        Duration::from_millis(300),
+    );
+    let h = fleet.get("dev1").unwrap().clone();
+    let mut rx = h.watch();
+    // Let polls run back to back first: the tick is then always overdue.
+    wait_state(&mut rx, Duration::from_secs(30), "polling", |s| {
+        s.reading("pongs").and_then(|r| r.value.as_f64()) >= Some(3.0)
+    })
+    .await;
+    let done =
+        tokio::time::timeout(Duration::from_secs(10), h.command(DeviceCommand::Refresh)).await;
+    assert!(matches!(done, Ok(Ok(()))), "command starved: {done:?}");
+    cancel.cancel();
+    stop.cancel();
 }
