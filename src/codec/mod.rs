@@ -4,7 +4,11 @@
 //! clocks, and no panics on any input (each decoder has a fuzz target). Vendor vocabulary lives
 //! here and in the drivers; nothing above the driver layer sees it.
 
+pub mod climate_json;
 pub mod escvp21;
+pub mod ha_discovery;
+pub mod modbus;
+pub mod modbus_map;
 pub mod pjlink;
 
 /// Input that does not follow the protocol. Counted and logged once per burst; never a panic.
@@ -18,6 +22,17 @@ pub enum ProtocolError {
     Unexpected { expected: String, got: String },
     #[error("skipped {skipped} bytes of garbage before a frame")]
     Garbage { skipped: usize },
+    /// Only to satisfy `tokio_util`'s `Decoder` bound: codecs themselves do no I/O.
+    #[error("i/o error: {detail}")]
+    Io { detail: String },
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io {
+            detail: e.to_string(),
+        }
+    }
 }
 
 impl ProtocolError {
@@ -28,6 +43,8 @@ impl ProtocolError {
     }
 }
 
+/// `tokio_util`'s `Decoder` requires it; a sans-io decoder never performs I/O, so this only
+/// exists to satisfy the trait bound.
 /// Render bytes for a log line or error: printable ASCII as is, the rest escaped, truncated.
 pub fn printable(bytes: &[u8], max: usize) -> String {
     let mut s = String::new();

@@ -27,6 +27,8 @@ pub struct Link {
     max_buffer: usize,
     bytes_in: u64,
     bytes_out: u64,
+    /// An MQTT device's session is up (it has no stream; see [`Link::connect_mqtt`]).
+    mqtt_session: bool,
 }
 
 impl Link {
@@ -41,6 +43,7 @@ impl Link {
             max_buffer: DEFAULT_MAX_BUFFER,
             bytes_in: 0,
             bytes_out: 0,
+            mqtt_session: false,
         }
     }
 
@@ -64,11 +67,14 @@ impl Link {
     }
 
     pub fn is_open(&self) -> bool {
-        self.stream.is_some()
+        self.stream.is_some() || self.mqtt_session
     }
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
     pub async fn connect(&mut self) -> Result<(), TransportError> {
+        if matches!(self.spec, LinkSpec::Mqtt { .. }) {
+            return self.connect_mqtt();
+        }
         if self.stream.is_none() {
             let s = self.spec.open_stream().await?;
             self.stream = Some(s);
@@ -85,6 +91,7 @@ impl Link {
 
     /// Drop the connection. Per-exchange drivers call this after every reply.
     pub fn disconnect(&mut self) {
+        self.mqtt_session = false;
         self.stream = None;
         self.rx.clear();
         self.fresh = false;
@@ -177,6 +184,33 @@ impl Link {
         let n = self.rx.len();
         self.rx.clear();
         n
+    }
+}
+
+/// Links whose bytes a protocol library carries itself.
+impl Link {
+    /// MQTT devices travel over the daemon's one MQTT client, which their driver holds: there
+    /// is no connection of their own to open, so the session starts fresh at once.
+    fn connect_mqtt(&mut self) -> Result<(), TransportError> {
+        if !self.mqtt_session {
+            self.mqtt_session = true;
+            self.fresh = true;
+        }
+        Ok(())
+    }
+
+    /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
+    /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
+    pub fn take_stream(&mut self) -> Option<Stream> {
+        self.rx.clear();
+        self.stream.take()
+    }
+
+    /// Return a lent stream, counting the bytes that moved while it was away.
+    pub fn restore_stream(&mut self, stream: Stream, bytes_in: u64, bytes_out: u64) {
+        self.stream = Some(stream);
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
     }
 }
 

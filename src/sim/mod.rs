@@ -5,6 +5,10 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod modbus;
+pub mod thermal;
+pub mod thermostat;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -77,5 +81,11 @@ pub async fn spawn(
     match profile.driver {
         DriverKind::Pjlink => Err(SimError::Unsupported("pjlink")),
         DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
+        DriverKind::Modbus => modbus::spawn_from_config(profile, options, bind, clock, cancel)
+            .await
+            .map(|(ep, _)| ep),
+        DriverKind::Mqtt => thermostat::spawn_from_config(profile, options, bind, clock, cancel)
+            .await
+            .map(|(ep, _)| ep),
     }
 }
