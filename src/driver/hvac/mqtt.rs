@@ -127,16 +127,25 @@ impl MqttClimateDriver {
         Ok(applied.fields)
     }
 
-    /// Wait until a state message carrying one of `fields` (any field when empty) arrives.
-    async fn wait_for_state(
+    /// Wait until a state message arrives for which `done` holds. A device that keeps
+    /// answering with something else has refused; one that says nothing has timed out.
+    async fn wait_until(
         &mut self,
         obs: &mut Observer,
-        fields: &[&str],
+        command: &str,
+        done: impl Fn(&ClimateState, &ClimateMap) -> bool,
     ) -> Result<(), DriverError> {
         let deadline = Instant::now() + self.reply_timeout;
+        let mut answered = false;
         loop {
             let sub = self.sub.as_mut().ok_or(DriverError::Unreachable)?;
             let msg = match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Err(_) if answered => {
+                    return Err(DriverError::Refused {
+                        command: command.to_owned(),
+                        reason: "the device kept reporting its previous state".to_owned(),
+                    })
+                }
                 Err(_) => {
                     return Err(DriverError::Timeout {
                         waited_ms: self.reply_timeout.as_millis() as u64,
@@ -146,11 +155,11 @@ impl MqttClimateDriver {
                 Ok(Some(m)) => m,
             };
             match self.handle(obs, &msg) {
-                Ok(got)
-                    if !got.is_empty()
-                        && (fields.is_empty() || got.iter().any(|f| fields.contains(f))) =>
-                {
-                    return Ok(())
+                Ok(got) if !got.is_empty() => {
+                    answered = true;
+                    if done(&self.state, &self.map) {
+                        return Ok(());
+                    }
                 }
                 Ok(_) => {}
                 Err(DriverError::Protocol(e)) => obs.bad_input(&e),
@@ -164,7 +173,6 @@ impl MqttClimateDriver {
         obs: &mut Observer,
         command: &'static str,
         set: ClimateSet,
-        confirm: &[&str],
     ) -> Result<(), DriverError> {
         let out = encode_set(&self.map, &self.topic, &set, &self.state).map_err(|e| {
             DriverError::Refused {
@@ -175,7 +183,25 @@ impl MqttClimateDriver {
         for o in &out {
             self.publish(o)?;
         }
-        self.wait_for_state(obs, confirm).await
+        let precision = self.map.precision;
+        // Confirmed by the state the device reports back, not by any state that happens by.
+        self.wait_until(obs, command, move |st, map| match &set {
+            ClimateSet::Setpoint { celsius, cooling } => {
+                let want = (celsius / precision).round() * precision;
+                let got = if *cooling && map.fields.cooling_setpoint.is_some() {
+                    st.cooling_setpoint.flatten()
+                } else if map.fields.setpoint.is_some() {
+                    st.heating_setpoint.flatten()
+                } else {
+                    st.cooling_setpoint.flatten()
+                };
+                got.is_some_and(|g| (g - want).abs() <= precision / 2.0)
+            }
+            ClimateSet::Mode(m) => st.effective_mode(map).flatten().as_deref() == Some(m.as_str()),
+            ClimateSet::Power(on) => st.power_on(map) == Some(*on),
+            ClimateSet::Fan(f) => st.fan.clone().flatten().as_deref() == Some(f.as_str()),
+        })
+        .await
     }
 }
 
@@ -228,7 +254,7 @@ impl crate::driver::Driver for MqttClimateDriver {
     async fn read_all(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         let _ = link;
         self.request_state()?;
-        self.wait_for_state(obs, &[]).await
+        self.wait_until(obs, "read", |_, _| true).await
     }
 
     async fn poll(&mut self, _link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
@@ -263,7 +289,6 @@ impl crate::driver::Driver for MqttClimateDriver {
                         celsius: *celsius,
                         cooling,
                     },
-                    &["setpoint", "cooling_setpoint"],
                 )
                 .await
             }
@@ -274,22 +299,14 @@ impl crate::driver::Driver for MqttClimateDriver {
                         reason: format!("{mode:?} is not one of {}", MODES.join(" ")),
                     });
                 }
-                self.set(
-                    obs,
-                    "set_hvac_mode",
-                    ClimateSet::Mode(mode.clone()),
-                    &["mode", "power"],
-                )
-                .await
-            }
-            DeviceCommand::Power { on } => {
-                self.set(obs, "power", ClimateSet::Power(*on), &["mode", "power"])
+                self.set(obs, "set_hvac_mode", ClimateSet::Mode(mode.clone()))
                     .await
             }
+            DeviceCommand::Power { on } => self.set(obs, "power", ClimateSet::Power(*on)).await,
             DeviceCommand::Refresh => {
                 self.request_state()?;
                 if self.map.get_topic.is_some() {
-                    self.wait_for_state(obs, &[]).await
+                    self.wait_until(obs, "refresh", |_, _| true).await
                 } else {
                     Ok(())
                 }
