@@ -214,12 +214,28 @@ fn float(s: &DeviceState, key: &str) -> Option<f64> {
     }
 }
 
-async fn next_payload(sub: &mut Subscription) -> String {
-    let m = tokio::time::timeout(LIMIT, sub.recv())
+/// Subscribe and wait until the broker has the subscription in place, shown by the first
+/// retained message under the filter (the device's retained state or availability).
+async fn live_subscription(mqtt: &MqttHandle, filter: &str) -> Subscription {
+    let mut sub = mqtt.subscribe(filter, 1024).unwrap();
+    tokio::time::timeout(LIMIT, sub.recv())
         .await
-        .expect("a message")
+        .expect("a retained message")
         .expect("open");
-    String::from_utf8_lossy(&m.payload).into_owned()
+    sub
+}
+
+/// The payload of the next message on `topic`, skipping the others.
+async fn next_payload(sub: &mut Subscription, topic: &str) -> String {
+    loop {
+        let m = tokio::time::timeout(LIMIT, sub.recv())
+            .await
+            .expect("a message")
+            .expect("open");
+        if m.topic == topic {
+            return String::from_utf8_lossy(&m.payload).into_owned();
+        }
+    }
 }
 
 /// State in, setpoint out (the protocols.md 5.2 bytes on the wire), and the broker killed and
@@ -248,15 +264,14 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     assert_eq!(value(&s, "hvac_running"), Some(Value::Text("heat".into())));
     assert_eq!(value(&s, "power"), Some(Value::Bool(true)));
 
-    let mut wire = rig.mqtt.subscribe(&format!("{Z2M_TOPIC}/set"), 8).unwrap();
-    // Let the SUBSCRIBE reach the broker before the command goes out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut wire = live_subscription(&rig.mqtt, &format!("{Z2M_TOPIC}/#")).await;
+    let set_topic = format!("{Z2M_TOPIC}/set");
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 21.0 })
         .await
         .unwrap();
     assert_eq!(
-        next_payload(&mut wire).await,
+        next_payload(&mut wire, &set_topic).await,
         r#"{"occupied_heating_setpoint":21}"#
     );
     assert_eq!(rig.sim.controls().setpoint_c, 21.0);
@@ -304,7 +319,10 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         .unwrap();
     assert_eq!(rig.sim.controls().mode, Mode::Cool);
     // The subscription made before the restart was renewed too.
-    assert_eq!(next_payload(&mut wire).await, r#"{"system_mode":"cool"}"#);
+    assert_eq!(
+        next_payload(&mut wire, &set_topic).await,
+        r#"{"system_mode":"cool"}"#
+    );
     rig.stop().await;
     broker.stop().await;
 }
@@ -404,13 +422,15 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
         .await;
     assert_eq!(value(&s, "setpoint"), Some(Value::Float(21.0)));
     assert_eq!(value(&s, "hvac_mode"), Some(Value::Text("heat".into())));
-    let mut wire = rig.mqtt.subscribe("cmnd/room101/+", 8).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut wire = live_subscription(&rig.mqtt, "+/room101/#").await;
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 22.5 })
         .await
         .unwrap();
-    assert_eq!(next_payload(&mut wire).await, "22.5");
+    assert_eq!(
+        next_payload(&mut wire, "cmnd/room101/TempTargetSet").await,
+        "22.5"
+    );
     assert_eq!(rig.sim.controls().setpoint_c, 22.5);
     rig.device
         .command(DeviceCommand::SetHvacMode {
@@ -418,13 +438,19 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
         })
         .await
         .unwrap();
-    assert_eq!(next_payload(&mut wire).await, "1");
+    assert_eq!(
+        next_payload(&mut wire, "cmnd/room101/ClimateModeSet").await,
+        "1"
+    );
     assert_eq!(rig.sim.controls().mode, Mode::Cool);
     rig.device
         .command(DeviceCommand::Power { on: false })
         .await
         .unwrap();
-    assert_eq!(next_payload(&mut wire).await, "0");
+    assert_eq!(
+        next_payload(&mut wire, "cmnd/room101/ThermostatModeSet").await,
+        "0"
+    );
     assert!(!rig.sim.controls().power);
     rig.wait("off", |s| {
         value(s, "hvac_mode") == Some(Value::Text("off".into()))
