@@ -496,7 +496,7 @@ impl ModbusDriver {
                         expected: format!("echo of {expected:?}"),
                         got: format!("{resp:?}"),
                     };
-                    obs.bad_input(&e);
+                    // Counted by the runtime, which sees the protocol error.
                     return Err(DriverError::Protocol(e));
                 }
                 self.reset_run();
