@@ -44,6 +44,8 @@ pub enum DriverKind {
     Shure,
     /// Sennheiser Sound Control Protocol over UDP 45 (protocols.md §3).
     Ssc,
+    Modbus,
+    Mqtt,
 }
 
 impl DriverKind {
@@ -53,6 +55,8 @@ impl DriverKind {
             DriverKind::Escvp21 => "escvp21",
             DriverKind::Shure => "shure",
             DriverKind::Ssc => "ssc",
+            DriverKind::Modbus => "modbus",
+            DriverKind::Mqtt => "mqtt",
         }
     }
 }

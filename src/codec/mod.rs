@@ -4,7 +4,11 @@
 //! clocks, and no panics on any input (each decoder has a fuzz target). Vendor vocabulary lives
 //! here and in the drivers; nothing above the driver layer sees it.
 
+pub mod climate_json;
 pub mod escvp21;
+pub mod ha_discovery;
+pub mod modbus;
+pub mod modbus_map;
 pub mod pjlink;
 pub mod shure;
 pub mod ssc;

@@ -31,6 +31,8 @@ pub struct Link {
     bytes_out: u64,
     /// The connected datagram socket of a [`LinkSpec::Udp`] link.
     udp: Option<tokio::net::UdpSocket>,
+    /// An MQTT device's session is up (it has no stream; see [`Link::connect_mqtt`]).
+    mqtt_session: bool,
 }
 
 impl Link {
@@ -46,6 +48,7 @@ impl Link {
             bytes_in: 0,
             bytes_out: 0,
             udp: None,
+            mqtt_session: false,
         }
     }
 
@@ -69,7 +72,7 @@ impl Link {
     }
 
     pub fn is_open(&self) -> bool {
-        self.stream.is_some() || self.udp.is_some()
+        self.stream.is_some() || self.udp.is_some() || self.mqtt_session
     }
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
@@ -80,6 +83,9 @@ impl Link {
                 self.fresh = true;
             }
             return Ok(());
+        }
+        if matches!(self.spec, LinkSpec::Mqtt { .. }) {
+            return self.connect_mqtt();
         }
         if self.stream.is_none() {
             let s = self.spec.open_stream().await?;
@@ -97,6 +103,7 @@ impl Link {
 
     /// Drop the connection. Per-exchange drivers call this after every reply.
     pub fn disconnect(&mut self) {
+        self.mqtt_session = false;
         self.stream = None;
         self.udp = None;
         self.rx.clear();
@@ -265,6 +272,33 @@ async fn udp_connect(host: &str, port: u16) -> Result<tokio::net::UdpSocket, Tra
         .map_err(connect_err)?;
     sock.connect(peer).await.map_err(connect_err)?;
     Ok(sock)
+}
+
+/// Links whose bytes a protocol library carries itself.
+impl Link {
+    /// MQTT devices travel over the daemon's one MQTT client, which their driver holds: there
+    /// is no connection of their own to open, so the session starts fresh at once.
+    fn connect_mqtt(&mut self) -> Result<(), TransportError> {
+        if !self.mqtt_session {
+            self.mqtt_session = true;
+            self.fresh = true;
+        }
+        Ok(())
+    }
+
+    /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
+    /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
+    pub fn take_stream(&mut self) -> Option<Stream> {
+        self.rx.clear();
+        self.stream.take()
+    }
+
+    /// Return a lent stream, counting the bytes that moved while it was away.
+    pub fn restore_stream(&mut self, stream: Stream, bytes_in: u64, bytes_out: u64) {
+        self.stream = Some(stream);
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+    }
 }
 
 impl std::fmt::Debug for Link {

@@ -5,6 +5,7 @@
 //! [`Link`] that is already open, and an [`Observer`] through which it reports what it learnt.
 //! Vendor vocabulary stops here: what leaves a driver is readings, faults and capabilities.
 
+pub mod hvac;
 pub mod link;
 pub mod mic;
 pub mod observer;
@@ -109,6 +110,17 @@ pub fn for_profile(
     secret: Option<String>,
     settings: &toml::Table,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
+    for_device(profile, secret, settings, None)
+}
+
+/// [`for_profile`] for a running device: MQTT drivers also get the daemon's MQTT client
+/// (without one they build, so config validation can check their options, but cannot open).
+pub fn for_device(
+    profile: &Profile,
+    secret: Option<String>,
+    settings: &toml::Table,
+    mqtt: Option<&crate::transport::mqtt::MqttHandle>,
+) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
     let _ = settings;
     use crate::profile::DriverKind;
     Ok(match profile.driver {
@@ -116,5 +128,11 @@ pub fn for_profile(
         DriverKind::Escvp21 => Box::new(projector::escvp21::Escvp21Driver::new(profile)?),
         DriverKind::Shure => Box::new(mic::shure::ShureDriver::new(profile, settings)?),
         DriverKind::Ssc => Box::new(mic::ssc::SscDriver::new(profile, settings)?),
+        DriverKind::Modbus => Box::new(hvac::modbus::ModbusDriver::new(profile, settings)?),
+        DriverKind::Mqtt => Box::new(hvac::mqtt::MqttClimateDriver::new(
+            profile,
+            settings,
+            mqtt.cloned(),
+        )?),
     })
 }

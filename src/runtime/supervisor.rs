@@ -85,6 +85,8 @@ pub struct DeviceSpec {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub queue_depth: usize,
+    /// The daemon's MQTT client, for devices reached over MQTT (their driver holds it).
+    pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
 }
 
 impl DeviceSpec {
@@ -99,6 +101,7 @@ impl DeviceSpec {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             queue_depth: 16,
+            mqtt: None,
         }
     }
 }
@@ -255,16 +258,18 @@ impl Fleet {
     /// Start a device from its profile: the driver the profile names, the profile's timing.
     pub fn spawn_device(&mut self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
         // Build once now so a bad profile option is reported before anything runs.
-        drop(crate::driver::for_profile(
+        drop(crate::driver::for_device(
             &spec.profile,
             spec.secret.clone(),
             &spec.settings,
+            spec.mqtt.as_ref(),
         )?);
         let profile = spec.profile.clone();
         let secret = spec.secret.clone();
         let settings = spec.settings.clone();
+        let mqtt = spec.mqtt.clone();
         let factory: DriverFactory = Box::new(move || {
-            crate::driver::for_profile(&profile, secret.clone(), &settings)
+            crate::driver::for_device(&profile, secret.clone(), &settings, mqtt.as_ref())
                 .expect("profile options were validated when the device was spawned")
         });
         let t = &spec.profile.timing;

@@ -7,9 +7,12 @@
 
 pub mod escvp21;
 pub mod mic;
+pub mod modbus;
 pub mod pjlink;
 pub mod shure;
 pub mod ssc;
+pub mod thermal;
+pub mod thermostat;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -88,5 +91,11 @@ pub async fn spawn(
         }
         DriverKind::Ssc => ssc::spawn_from_config(options, bind, clock, cancel).await,
         DriverKind::Escvp21 => escvp21::spawn_from_config(options, bind, clock, cancel).await,
+        DriverKind::Modbus => modbus::spawn_from_config(profile, options, bind, clock, cancel)
+            .await
+            .map(|(ep, _)| ep),
+        DriverKind::Mqtt => thermostat::spawn_from_config(profile, options, bind, clock, cancel)
+            .await
+            .map(|(ep, _)| ep),
     }
 }

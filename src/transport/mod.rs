@@ -5,6 +5,7 @@
 //! to the runtime, which hands them to drivers.
 
 pub mod backoff;
+pub mod mqtt;
 pub mod serial;
 pub mod tcp;
 

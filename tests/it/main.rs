@@ -4,8 +4,10 @@
 mod config;
 mod daemon;
 mod escvp21;
+mod modbus;
 mod pjlink;
 mod runtime;
 mod shure;
 mod ssc;
 mod support;
+mod thermostat;

@@ -1,0 +1,705 @@
+//! A Modbus RTU room controller: answers on a pseudo-terminal (or a TCP socket, as behind a
+//! serial-to-Ethernet gateway) with the register map of any HVAC profile, over the shared room
+//! thermal model, with scriptable faults (silence, CRC errors, truncated replies, garbage,
+//! exception replies, alarm bits).
+//!
+//! It parses requests with our sans-io RTU decoder and behaves like a device on an RS-485 bus:
+//! frames for other unit addresses, frames with a bad CRC and frames cut short by a silence are
+//! dropped without a word (and counted); broadcasts are executed without a reply. It must not
+//! depend on the driver: interop with a third-party master (pymodbus) is part of its tests.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use serde::Deserialize;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::thermal::{Controls, Mode, Running, SimRoom, ThermalParams};
+use super::{SimBind, SimEndpoint, SimError};
+use crate::clock::Clock;
+use crate::codec::modbus::{
+    scan_request, ExceptionCode, Request, RequestPdu, Response, ResponsePdu, Scan,
+};
+use crate::codec::modbus_map::{Point, RegisterMap, Table};
+use crate::profile::Profile;
+
+/// `[devices.simulator]` options of a Modbus room controller.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusSimOptions {
+    /// Unit address it answers to (default: the map's).
+    #[serde(default)]
+    pub slave: Option<u8>,
+    #[serde(default = "default_temp")]
+    pub temperature_c: f64,
+    #[serde(default = "default_setpoint")]
+    pub setpoint_c: f64,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub power: bool,
+    #[serde(default = "default_fan")]
+    pub fan: String,
+    #[serde(default)]
+    pub ambient_c: Option<f64>,
+    #[serde(default)]
+    pub rate_c_per_min: Option<f64>,
+    /// Silence that ends a partial frame (ms); a real line's t1.5 is far shorter, but a
+    /// pseudo-terminal has no timing of its own.
+    #[serde(default = "default_gap_ms")]
+    pub frame_gap_ms: u64,
+}
+
+fn default_temp() -> f64 {
+    28.0
+}
+fn default_setpoint() -> f64 {
+    22.0
+}
+fn default_mode() -> String {
+    "cool".to_owned()
+}
+fn default_fan() -> String {
+    "auto".to_owned()
+}
+fn default_gap_ms() -> u64 {
+    50
+}
+
+impl Default for ModbusSimOptions {
+    fn default() -> Self {
+        Self {
+            slave: None,
+            temperature_c: default_temp(),
+            setpoint_c: default_setpoint(),
+            mode: default_mode(),
+            power: false,
+            fan: default_fan(),
+            ambient_c: None,
+            rate_c_per_min: None,
+            frame_gap_ms: default_gap_ms(),
+        }
+    }
+}
+
+/// Faults a test or the demo can switch on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SimFaults {
+    /// Answer nothing (unit unpowered, cable cut).
+    pub silent: bool,
+    /// Corrupt the CRC of the next N replies.
+    pub bad_crc: u32,
+    /// Send only the first half of the next N replies.
+    pub truncate: u32,
+    /// Answer the next N requests with bytes that are not Modbus.
+    pub garbage: u32,
+    /// Answer reads of this PDU address with this exception code.
+    pub exception_at: Option<(u16, u8)>,
+    /// Alarm names (from the map's alarm bits) the unit reports.
+    pub alarms: Vec<String>,
+}
+
+/// What the simulator has seen, for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    pub requests: u64,
+    pub replies: u64,
+    pub exceptions: u64,
+    /// Frames dropped: bad CRC, unknown function, malformed.
+    pub rejected: u64,
+    /// Partial frames ended by silence.
+    pub truncated: u64,
+    /// Requests addressed to another unit.
+    pub other_unit: u64,
+}
+
+struct State {
+    map: RegisterMap,
+    slave: u8,
+    room: SimRoom,
+    fan: String,
+    faults: SimFaults,
+    counters: SimCounters,
+}
+
+/// The simulated controller: its room and its faults, shared with whoever serves it.
+#[derive(Clone)]
+pub struct RoomController {
+    inner: Arc<Mutex<State>>,
+    frame_gap: Duration,
+}
+
+impl std::fmt::Debug for RoomController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomController").finish_non_exhaustive()
+    }
+}
+
+impl RoomController {
+    pub fn new(map: RegisterMap, options: &ModbusSimOptions) -> Result<Self, SimError> {
+        let opt_err = |key: &str, message: String| SimError::Option {
+            key: key.to_owned(),
+            message,
+        };
+        let mode = Mode::parse(&options.mode)
+            .ok_or_else(|| opt_err("mode", format!("{:?} is not a mode", options.mode)))?;
+        let mut params = ThermalParams::default();
+        if let Some(a) = options.ambient_c {
+            params.ambient_c = a;
+        }
+        if let Some(r) = options.rate_c_per_min {
+            params.rate_c_per_min = r;
+        }
+        params.check().map_err(|m| opt_err("thermal", m))?;
+        let slave = options.slave.unwrap_or(map.slave);
+        if !(1..=247).contains(&slave) {
+            return Err(opt_err(
+                "slave",
+                format!("{slave} is not a unit address 1–247"),
+            ));
+        }
+        let controls = Controls {
+            power: options.power,
+            mode,
+            setpoint_c: options.setpoint_c,
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(State {
+                map,
+                slave,
+                room: SimRoom::new(params, options.temperature_c, controls),
+                fan: options.fan.clone(),
+                faults: SimFaults::default(),
+                counters: SimCounters::default(),
+            })),
+            frame_gap: Duration::from_millis(options.frame_gap_ms.max(1)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn temperature(&self) -> f64 {
+        self.lock().room.room().temp_c
+    }
+    pub fn running(&self) -> Running {
+        self.lock().room.room().running
+    }
+    pub fn controls(&self) -> Controls {
+        self.lock().room.controls()
+    }
+    pub fn params(&self) -> ThermalParams {
+        self.lock().room.params
+    }
+    pub fn fan(&self) -> String {
+        self.lock().fan.clone()
+    }
+    pub fn set_temperature(&self, c: f64) {
+        self.lock().room.set_temperature(c);
+    }
+    pub fn set_controls(&self, f: impl FnOnce(&mut Controls)) {
+        self.lock().room.set_controls(f);
+    }
+    pub fn faults(&self, f: impl FnOnce(&mut SimFaults)) {
+        f(&mut self.lock().faults);
+    }
+    pub fn counters(&self) -> SimCounters {
+        self.lock().counters
+    }
+
+    /// Serve one byte stream until it closes or `cancel` fires.
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut io: S,
+        cancel: CancellationToken,
+    ) -> io::Result<()> {
+        let mut buf = BytesMut::with_capacity(512);
+        loop {
+            let read = if buf.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = io.read_buf(&mut buf) => Some(r),
+                }
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = tokio::time::timeout(self.frame_gap, io.read_buf(&mut buf)) => r.ok(),
+                }
+            };
+            match read {
+                // A partial frame followed by silence is void (protocols.md 5.1).
+                None => {
+                    self.lock().counters.truncated += 1;
+                    buf.clear();
+                    continue;
+                }
+                Some(Ok(0)) => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+            }
+            loop {
+                match scan_request(&buf) {
+                    Scan::Incomplete { .. } => break,
+                    Scan::Invalid(_) => {
+                        // A corrupt frame is dropped whole; the next one starts after silence.
+                        self.lock().counters.rejected += 1;
+                        buf.clear();
+                        break;
+                    }
+                    Scan::Frame { len, frame } => {
+                        buf.advance(len);
+                        if let Some(reply) = self.handle(&frame) {
+                            io.write_all(&reply).await?;
+                            io.flush().await?;
+                        }
+                    }
+                }
+            }
+            if buf.len() > 2 * crate::codec::modbus::MAX_ADU {
+                self.lock().counters.rejected += 1;
+                buf.clear();
+            }
+        }
+    }
+
+    /// The bytes to send for one request, if any.
+    fn handle(&self, req: &Request) -> Option<Vec<u8>> {
+        let mut st = self.lock();
+        st.counters.requests += 1;
+        if req.slave != st.slave && req.slave != 0 {
+            st.counters.other_unit += 1;
+            return None;
+        }
+        let pdu = st.answer(&req.pdu);
+        if req.slave == 0 || st.faults.silent {
+            return None;
+        }
+        if matches!(pdu, ResponsePdu::Exception { .. }) {
+            st.counters.exceptions += 1;
+        }
+        st.counters.replies += 1;
+        let mut bytes = Response {
+            slave: st.slave,
+            pdu,
+        }
+        .encode();
+        let f = &mut st.faults;
+        if f.garbage > 0 {
+            f.garbage -= 1;
+            return Some(b"\x7f\xfe garbage \xff".to_vec());
+        }
+        if f.bad_crc > 0 {
+            f.bad_crc -= 1;
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0x5A;
+            }
+        }
+        if f.truncate > 0 {
+            f.truncate -= 1;
+            bytes.truncate(bytes.len() / 2);
+        }
+        Some(bytes)
+    }
+}
+
+fn exception(function: u8, code: ExceptionCode) -> ResponsePdu {
+    ResponsePdu::Exception { function, code }
+}
+
+impl State {
+    fn answer(&mut self, pdu: &RequestPdu) -> ResponsePdu {
+        let fc = pdu.function_code();
+        let read = |st: &mut State,
+                    table: Table,
+                    address: u16,
+                    count: u16|
+         -> Result<Vec<u16>, ExceptionCode> {
+            (0..count)
+                .map(|i| {
+                    let a = address
+                        .checked_add(i)
+                        .ok_or(ExceptionCode::IllegalDataAddress)?;
+                    if let Some((at, code)) = st.faults.exception_at {
+                        if at == a {
+                            return Err(ExceptionCode::from_u8(code));
+                        }
+                    }
+                    st.read_word(table, a)
+                        .ok_or(ExceptionCode::IllegalDataAddress)
+                })
+                .collect()
+        };
+        let result = match pdu {
+            RequestPdu::ReadCoils { address, count } => read(self, Table::Coil, *address, *count)
+                .map(|w| ResponsePdu::Bits {
+                    function: fc,
+                    bits: w.into_iter().map(|x| x != 0).collect(),
+                }),
+            RequestPdu::ReadDiscreteInputs { address, count } => {
+                read(self, Table::Discrete, *address, *count).map(|w| ResponsePdu::Bits {
+                    function: fc,
+                    bits: w.into_iter().map(|x| x != 0).collect(),
+                })
+            }
+            RequestPdu::ReadHoldingRegisters { address, count } => {
+                read(self, Table::Holding, *address, *count).map(|values| ResponsePdu::Registers {
+                    function: fc,
+                    values,
+                })
+            }
+            RequestPdu::ReadInputRegisters { address, count } => {
+                read(self, Table::Input, *address, *count).map(|values| ResponsePdu::Registers {
+                    function: fc,
+                    values,
+                })
+            }
+            RequestPdu::WriteSingleCoil { address, on } => self
+                .write_word(Table::Coil, *address, u16::from(*on))
+                .map(|()| ResponsePdu::WriteSingleCoil {
+                    address: *address,
+                    on: *on,
+                }),
+            RequestPdu::WriteSingleRegister { address, value } => self
+                .write_word(Table::Holding, *address, *value)
+                .map(|()| ResponsePdu::WriteSingleRegister {
+                    address: *address,
+                    value: *value,
+                }),
+            RequestPdu::WriteMultipleCoils { address, values } => values
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| {
+                    self.write_word(Table::Coil, address.wrapping_add(i as u16), u16::from(*v))
+                })
+                .map(|()| ResponsePdu::WriteMultiple {
+                    function: fc,
+                    address: *address,
+                    count: values.len() as u16,
+                }),
+            RequestPdu::WriteMultipleRegisters { address, values } => values
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| {
+                    self.write_word(Table::Holding, address.wrapping_add(i as u16), *v)
+                })
+                .map(|()| ResponsePdu::WriteMultiple {
+                    function: fc,
+                    address: *address,
+                    count: values.len() as u16,
+                }),
+        };
+        result.unwrap_or_else(|code| exception(fc, code))
+    }
+
+    fn point_at(&self, table: Table, address: u16, write: bool) -> Option<(&'static str, Point)> {
+        self.map
+            .all_points()
+            .into_iter()
+            .find(|(_, p)| {
+                p.table == table
+                    && if write {
+                        self.map.write_address(p) == address
+                    } else {
+                        self.map.read_address(p) == address
+                    }
+            })
+            .map(|(n, p)| (n, p.clone()))
+    }
+
+    /// What the unit would show at a read address.
+    fn read_word(&mut self, table: Table, address: u16) -> Option<u16> {
+        let (name, p) = self.point_at(table, address, false)?;
+        let room = self.room.room();
+        let c = self.room.controls();
+        let power_via_mode = self.map.power_via_mode();
+        let on = c.power && c.mode != Mode::Off;
+        let enum_or_zero =
+            |p: &Point, v: &str| p.encode_enum(name, v).map(|w| w & !p.write_or).unwrap_or(0);
+        Some(match name {
+            "temperature" => p.encode_number(name, room.temp_c).unwrap_or(0),
+            "setpoint" => p.encode_number(name, c.setpoint_c).unwrap_or(0),
+            "mode" => {
+                let m = if power_via_mode && !on {
+                    "off"
+                } else {
+                    c.mode.as_str()
+                };
+                enum_or_zero(&p, m)
+            }
+            "fan" => enum_or_zero(&p, &self.fan),
+            "power" if p.table.is_bit() => u16::from(c.power),
+            "power" => enum_or_zero(&p, if c.power { "on" } else { "off" }),
+            "running" => {
+                let r = room.running.as_str();
+                if !p.bits.is_empty() {
+                    p.encode_bits(&[r])
+                } else if p.table.is_bit() {
+                    u16::from(matches!(room.running, Running::Heating | Running::Cooling))
+                } else {
+                    p.encode_enum(name, r)
+                        .or_else(|_| p.encode_enum(name, "idle"))
+                        .unwrap_or(0)
+                }
+            }
+            "alarms" => {
+                let names: Vec<&str> = self.faults.alarms.iter().map(String::as_str).collect();
+                p.encode_bits(&names)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Apply a write as the unit would; out-of-range values are refused with exception 03
+    /// (as the Mundoclima manual documents, protocols.md 5.1).
+    fn write_word(&mut self, table: Table, address: u16, raw: u16) -> Result<(), ExceptionCode> {
+        let (name, p) = self
+            .point_at(table, address, true)
+            .ok_or(ExceptionCode::IllegalDataAddress)?;
+        let value = raw & !p.write_or;
+        match name {
+            "setpoint" => {
+                let c = p
+                    .decode_number(value)
+                    .ok_or(ExceptionCode::IllegalDataValue)?;
+                if p.min.is_some_and(|m| c < m) || p.max.is_some_and(|m| c > m) {
+                    return Err(ExceptionCode::IllegalDataValue);
+                }
+                self.room.set_controls(|x| x.setpoint_c = c);
+            }
+            "mode" => {
+                let m = p
+                    .decode_enum(value)
+                    .and_then(Mode::parse)
+                    .ok_or(ExceptionCode::IllegalDataValue)?;
+                let via_mode = self.map.power_via_mode();
+                self.room.set_controls(|x| {
+                    x.mode = m;
+                    if via_mode {
+                        x.power = m != Mode::Off;
+                    }
+                });
+            }
+            "fan" => {
+                let f = p
+                    .decode_enum(value)
+                    .ok_or(ExceptionCode::IllegalDataValue)?
+                    .to_owned();
+                self.fan = f;
+            }
+            "power" => {
+                let on = if p.table.is_bit() {
+                    value != 0
+                } else {
+                    p.decode_enum(value)
+                        .ok_or(ExceptionCode::IllegalDataValue)?
+                        == "on"
+                };
+                self.room.set_controls(|x| x.power = on);
+            }
+            _ => return Err(ExceptionCode::IllegalDataAddress),
+        }
+        Ok(())
+    }
+}
+
+/// The master end of a pseudo-terminal as an async byte stream. While no one has the slave
+/// open the kernel answers EIO: that is "nobody on the line yet", so reads wait and retry and
+/// writes are dropped, as a UART transmits whether anyone listens or not.
+#[derive(Debug)]
+pub struct PtyEnd {
+    fd: AsyncFd<File>,
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+fn is_eio(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(nix::errno::Errno::EIO as i32)
+}
+
+impl PtyEnd {
+    fn new(file: File) -> io::Result<Self> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+        // `AsyncFd::new` is deprecated because it cannot check, for any `T`, that the
+        // descriptor stays open and unchanged while registered; its replacement `register` is
+        // `unsafe`, which this crate forbids. The condition holds: the `File` owns the
+        // descriptor and the `AsyncFd` owns the `File` until both are dropped.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(file)?;
+        Ok(Self { fd, retry: None })
+    }
+}
+
+impl AsyncRead for PtyEnd {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(sleep) = self.retry.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.retry = None;
+            }
+            let mut guard = match self.fd.poll_read_ready(cx) {
+                Poll::Ready(g) => g?,
+                Poll::Pending => return Poll::Pending,
+            };
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|inner| inner.get_ref().read(unfilled)) {
+                Ok(Ok(n)) if n > 0 => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Ok(_)) => guard.clear_ready(),
+                Ok(Err(e)) if is_eio(&e) => guard.clear_ready(),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+            // Nobody on the other end: look again shortly.
+            self.retry = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+        }
+    }
+}
+
+impl AsyncWrite for PtyEnd {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = match self.fd.poll_write_ready(cx) {
+                Poll::Ready(g) => g?,
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|inner| inner.get_ref().write(data)) {
+                Ok(Err(e)) if is_eio(&e) => return Poll::Ready(Ok(data.len())),
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A pseudo-terminal: the master as a stream, the slave path for the other side. The slave is
+/// put in raw mode (no echo, no newline translation) and closed: the other side opens it,
+/// exclusively, as it would open a USB adapter.
+#[derive(Debug)]
+pub struct Pty {
+    pub master: PtyEnd,
+    pub path: PathBuf,
+}
+
+impl Pty {
+    pub fn open() -> Result<Pty, SimError> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let err = |what: &str, e: nix::Error| SimError::Pty(format!("{what}: {e}"));
+        let pair = nix::pty::openpty(None, None).map_err(|e| err("openpty", e))?;
+        let mut t = tcgetattr(&pair.slave).map_err(|e| err("tcgetattr", e))?;
+        cfmakeraw(&mut t);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &t).map_err(|e| err("tcsetattr", e))?;
+        let path = nix::unistd::ttyname(&pair.slave).map_err(|e| err("ttyname", e))?;
+        drop(pair.slave);
+        let master = PtyEnd::new(File::from(pair.master))?;
+        Ok(Pty { master, path })
+    }
+}
+
+/// Start a controller for `profile`'s register map (`[devices.simulator]` options on top).
+pub async fn spawn_from_config(
+    profile: &Profile,
+    options: &toml::Table,
+    bind: SimBind,
+    clock: Clock,
+    cancel: CancellationToken,
+) -> Result<(SimEndpoint, RoomController), SimError> {
+    let _ = clock;
+    let map = RegisterMap::from_table(&profile.options).map_err(|m| SimError::Option {
+        key: format!("profile {} options", profile.id),
+        message: m,
+    })?;
+    let opts: ModbusSimOptions =
+        toml::Value::Table(options.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| SimError::Option {
+                key: "simulator".to_owned(),
+                message: e.message().to_owned(),
+            })?;
+    let ctl = RoomController::new(map, &opts)?;
+    let ep = serve_on(ctl.clone(), bind, cancel).await?;
+    Ok((ep, ctl))
+}
+
+/// Serve a controller on a pseudo-terminal or TCP listener.
+pub async fn serve_on(
+    ctl: RoomController,
+    bind: SimBind,
+    cancel: CancellationToken,
+) -> Result<SimEndpoint, SimError> {
+    match bind {
+        SimBind::Pty { link } => {
+            let pty = Pty::open()?;
+            let path = pty.path.clone();
+            let shown = match &link {
+                Some(l) => {
+                    let _ = std::fs::remove_file(l);
+                    std::os::unix::fs::symlink(&path, l)?;
+                    l.clone()
+                }
+                None => path.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = ctl.serve(pty.master, cancel).await {
+                    tracing::warn!(error = %e, "modbus simulator pty closed");
+                }
+                if let Some(l) = link {
+                    let _ = std::fs::remove_file(l);
+                }
+            });
+            Ok(SimEndpoint::Pty(shown))
+        }
+        SimBind::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        a = listener.accept() => a,
+                    };
+                    let Ok((sock, _)) = accepted else { continue };
+                    let ctl = ctl.clone();
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        let _ = ctl.serve(sock, cancel).await;
+                    });
+                }
+            });
+            Ok(SimEndpoint::Tcp(local))
+        }
+        SimBind::Udp(_) | SimBind::Mqtt { .. } => {
+            Err(SimError::Unsupported("modbus over udp or mqtt"))
+        }
+    }
+}
