@@ -6,6 +6,9 @@
 
 pub mod escvp21;
 pub mod pjlink;
+pub mod qrc;
+pub mod telnet;
+pub mod tesira;
 
 /// Input that does not follow the protocol. Counted and logged once per burst; never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +28,14 @@ impl ProtocolError {
         ProtocolError::Malformed {
             detail: detail.into(),
         }
+    }
+}
+
+/// `tokio_util`'s `Decoder` requires an error convertible from I/O errors. Codecs do no I/O, so
+/// this only appears when a codec is driven by `FramedRead`; it is reported as malformed input.
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::malformed(format!("i/o while decoding: {e}"))
     }
 }
 
