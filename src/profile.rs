@@ -40,6 +40,8 @@ pub enum ProfileError {
 pub enum DriverKind {
     Pjlink,
     Escvp21,
+    Tesira,
+    Qsys,
 }
 
 impl DriverKind {
@@ -47,6 +49,8 @@ impl DriverKind {
         match self {
             DriverKind::Pjlink => "pjlink",
             DriverKind::Escvp21 => "escvp21",
+            DriverKind::Tesira => "tesira",
+            DriverKind::Qsys => "qsys",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`Link`] that is already open, and an [`Observer`] through which it reports what it learnt.
 //! Vendor vocabulary stops here: what leaves a driver is readings, faults and capabilities.
 
+pub mod dsp;
 pub mod link;
 pub mod observer;
 pub mod projector;
@@ -113,5 +114,7 @@ pub fn for_profile(
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
         DriverKind::Escvp21 => Box::new(projector::escvp21::Escvp21Driver::new(profile)?),
+        DriverKind::Tesira => Box::new(dsp::tesira::TesiraDriver::new(profile, settings)?),
+        DriverKind::Qsys => Box::new(dsp::qsys::QsysDriver::new(profile, secret, settings)?),
     })
 }

@@ -5,6 +5,11 @@
 //! uniform [`spawn`] entry used by the demo and `avwarden simulate`, which reads the
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
+pub mod meter_script;
+pub mod pty;
+pub mod qsys;
+pub mod tesira;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -77,5 +82,7 @@ pub async fn spawn(
     match profile.driver {
         DriverKind::Pjlink => Err(SimError::Unsupported("pjlink")),
         DriverKind::Escvp21 => Err(SimError::Unsupported("escvp21")),
+        DriverKind::Tesira => tesira::spawn_from_config(options, bind, clock, cancel).await,
+        DriverKind::Qsys => qsys::spawn_from_config(options, bind, clock, cancel).await,
     }
 }
