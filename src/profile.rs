@@ -46,6 +46,8 @@ pub enum DriverKind {
     Ssc,
     Modbus,
     Mqtt,
+    Tesira,
+    Qsys,
 }
 
 impl DriverKind {
@@ -57,6 +59,8 @@ impl DriverKind {
             DriverKind::Ssc => "ssc",
             DriverKind::Modbus => "modbus",
             DriverKind::Mqtt => "mqtt",
+            DriverKind::Tesira => "tesira",
+            DriverKind::Qsys => "qsys",
         }
     }
 }

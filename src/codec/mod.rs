@@ -10,8 +10,11 @@ pub mod ha_discovery;
 pub mod modbus;
 pub mod modbus_map;
 pub mod pjlink;
+pub mod qrc;
 pub mod shure;
 pub mod ssc;
+pub mod telnet;
+pub mod tesira;
 
 /// Input that does not follow the protocol. Counted and logged once per burst; never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

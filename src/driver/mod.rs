@@ -5,6 +5,7 @@
 //! [`Link`] that is already open, and an [`Observer`] through which it reports what it learnt.
 //! Vendor vocabulary stops here: what leaves a driver is readings, faults and capabilities.
 
+pub mod dsp;
 pub mod hvac;
 pub mod link;
 pub mod mic;
@@ -134,5 +135,7 @@ pub fn for_device(
             settings,
             mqtt.cloned(),
         )?),
+        DriverKind::Tesira => Box::new(dsp::tesira::TesiraDriver::new(profile, settings)?),
+        DriverKind::Qsys => Box::new(dsp::qsys::QsysDriver::new(profile, secret, settings)?),
     })
 }

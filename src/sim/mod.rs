@@ -6,11 +6,15 @@
 //! simulator's settings from the device's `[devices.simulator]` table in the site config.
 
 pub mod escvp21;
+pub mod meter_script;
 pub mod mic;
 pub mod modbus;
 pub mod pjlink;
+pub mod pty;
+pub mod qsys;
 pub mod shure;
 pub mod ssc;
+pub mod tesira;
 pub mod thermal;
 pub mod thermostat;
 
@@ -97,5 +101,7 @@ pub async fn spawn(
         DriverKind::Mqtt => thermostat::spawn_from_config(profile, options, bind, clock, cancel)
             .await
             .map(|(ep, _)| ep),
+        DriverKind::Tesira => tesira::spawn_from_config(options, bind, clock, cancel).await,
+        DriverKind::Qsys => qsys::spawn_from_config(options, bind, clock, cancel).await,
     }
 }

@@ -1,0 +1,780 @@
+//! Biamp Tesira driver: TTP sessions over RS-232 or Telnet (protocols.md §4.1), parameterised
+//! by the profile (`telnet`, `meter_rate_ms`, `meter_alignment`) and by the site's map of
+//! instance tags to zones and mics.
+//!
+//! This module owns the session: Telnet refusals and the banner wait, skipping the command
+//! echo, matching `+OK`/`-ERR` to requests in order (TTP replies carry no id), routing
+//! `! "publishToken"` lines to meter channels, re-subscribing after every connect and whenever
+//! a banner shows the DSP started a new session. It must not know the transport beyond the
+//! profile's `telnet` flag, and it never leaves vendor words in readings.
+//!
+//! Settings (`[devices.settings]` of the site config):
+//!
+//! ```toml
+//! meter_rate_ms = 100                      # optional, overrides the profile
+//! meter_alignment = { kind = "dbu", zero_dbfs_at_dbu = 24.0 }   # optional, overrides the profile
+//! [[zones]]
+//! id = "main"                              # a-z 0-9 _ ; readings zone.main.level_db / .muted
+//! level_tag = "Level1"                     # instance tag of the level control
+//! level_attribute = "level"                # default "level"
+//! index = 1                                # channel index in the block, default 1
+//! mute_tag = "Level1"                      # default: level_tag
+//! mute_attribute = "mute"                  # default "mute"
+//! mute_index = 1                           # default: index
+//! meter_tag = "OutMeter"                   # meter block; no meter when absent
+//! meter_attribute = "level"                # default "level"
+//! meter_index = 1                          # default: index
+//! min_db = -100                            # levels outside are refused (default -100…12)
+//! max_db = 0
+//! [[mics]]
+//! id = "lectern"                           # readings mic.lectern.level_db / .muted
+//! channel = 1                              # SetGain/SetMute channel; default: position from 1
+//! level_tag = "MicGain"                    # same keys as zones
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::zones::{
+    check_level, lookup, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
+    SettingsError, Target, MAPPING_SOURCE,
+};
+use crate::codec::telnet::{refusal, TelnetCommand};
+use crate::codec::tesira::{
+    self as ttp, parse_line, InstanceTag, TtpArg, TtpDecoder, TtpFrame, TtpLine, TtpValue,
+};
+use crate::codec::ProtocolError;
+use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::meter::Alignment;
+use crate::model::{DeviceCommand, Unit, Value};
+use crate::profile::{Profile, ProfileError};
+
+/// Tesira Level blocks span −100…+12 dB; the site may narrow it per zone.
+const TESIRA_RANGE: LevelRange = LevelRange {
+    min_db: -100.0,
+    max_db: 12.0,
+};
+
+/// How long `listen` waits in one read before looping; it is cancelled long before this.
+const LISTEN_SLICE: Duration = Duration::from_secs(3600);
+
+/// A control in the design: instance tag, attribute, channel index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtpAddr {
+    pub tag: InstanceTag,
+    pub attribute: String,
+    pub index: u32,
+}
+
+/// How the DSP answered one command.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Ok(Option<TtpValue>),
+    Err(String),
+}
+
+pub struct TesiraDriver {
+    map: DspMap<TtpAddr>,
+    telnet: bool,
+    banner_timeout: Duration,
+    reply_timeout: Duration,
+    meter_rate_ms: u32,
+    alignment: Alignment,
+    dec: TtpDecoder,
+    /// Commands sent whose `+OK`/`-ERR` has not been read yet. Replies come in order, so when a
+    /// cancelled `listen` left some behind, the next exchange skips that many first.
+    outstanding: usize,
+    /// Subscriptions are due: after connect, after a banner, or when meters went silent.
+    resubscribe: bool,
+    /// Publish token → channel index.
+    tokens: HashMap<String, usize>,
+    last_publish: Option<Instant>,
+    subscribed_at: Option<Instant>,
+    mapping: MappingFaults,
+}
+
+fn addr_keys(
+    e: &mut Entry<'_>,
+    tag_key: &'static str,
+    attr_key: &'static str,
+    attr_default: &str,
+    index_key: Option<&'static str>,
+    index_default: u32,
+    tag_default: Option<InstanceTag>,
+) -> Result<Option<TtpAddr>, SettingsError> {
+    let tag = match e.string(tag_key)? {
+        Some(t) => Some(InstanceTag::new(&t).map_err(|m| e.err(tag_key, m))?),
+        None => tag_default,
+    };
+    let attribute = e
+        .string(attr_key)?
+        .unwrap_or_else(|| attr_default.to_owned());
+    ttp::valid_word(&attribute).map_err(|m| e.err(attr_key, m))?;
+    let index = match index_key {
+        Some(k) => e.integer(k, 1..=65535)?.map_or(index_default, |i| i as u32),
+        None => index_default,
+    };
+    Ok(tag.map(|tag| TtpAddr {
+        tag,
+        attribute,
+        index,
+    }))
+}
+
+impl TesiraDriver {
+    pub fn new(profile: &Profile, settings: &toml::Table) -> Result<Self, ProfileError> {
+        let pid = profile.id.to_string();
+        let telnet = profile.option("telnet", false)?;
+        let banner_timeout_ms: u64 = profile.option("banner_timeout_ms", 5000)?;
+        let profile_rate: u32 = profile.option("meter_rate_ms", 100)?;
+        let mut top = Entry::new(settings, "");
+        let alignment = super::alignment(
+            profile,
+            &mut top,
+            Alignment::Dbu {
+                zero_dbfs_at_dbu: 24.0,
+            },
+        )?;
+        let site = |e: SettingsError| e.into_profile_error(&pid);
+        let meter_rate_ms = top
+            .integer("meter_rate_ms", 20..=60_000)
+            .map_err(site)?
+            .map_or(profile_rate, |r| r as u32);
+        if !(20..=60_000).contains(&meter_rate_ms) {
+            return Err(ProfileError::Option {
+                profile: pid,
+                key: "meter_rate_ms".into(),
+                message: format!("must be between 20 and 60000, got {meter_rate_ms}"),
+            });
+        }
+        let map = DspMap::parse(&mut top, TESIRA_RANGE, |e, _role| {
+            let index = e.integer("index", 1..=65535)?.map_or(1, |i| i as u32);
+            let level = addr_keys(
+                e,
+                "level_tag",
+                "level_attribute",
+                "level",
+                None,
+                index,
+                None,
+            )?;
+            let mute = addr_keys(
+                e,
+                "mute_tag",
+                "mute_attribute",
+                "mute",
+                Some("mute_index"),
+                index,
+                level.as_ref().map(|a| a.tag.clone()),
+            )?;
+            let meter = addr_keys(
+                e,
+                "meter_tag",
+                "meter_attribute",
+                "level",
+                Some("meter_index"),
+                index,
+                None,
+            )?;
+            Ok(Addresses { level, mute, meter })
+        })
+        .map_err(site)?;
+        top.finish().map_err(site)?;
+        Ok(Self {
+            map,
+            telnet,
+            banner_timeout: Duration::from_millis(banner_timeout_ms),
+            reply_timeout: profile.timing.reply_timeout,
+            meter_rate_ms,
+            alignment,
+            dec: TtpDecoder::new(telnet),
+            outstanding: 0,
+            resubscribe: true,
+            tokens: HashMap::new(),
+            last_publish: None,
+            subscribed_at: None,
+            mapping: MappingFaults::default(),
+        })
+    }
+
+    fn token(&self, idx: usize) -> String {
+        let ch = &self.map.channels[idx];
+        format!("{}-{}", ch.role.prefix(), ch.id)
+    }
+
+    async fn answer_telnet(&self, link: &mut Link, cmd: TelnetCommand) -> Result<(), DriverError> {
+        if let Some(bytes) = refusal(cmd) {
+            link.send(&bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// A meter value arrived.
+    fn publish(&mut self, obs: &mut Observer, token: &str, value: &TtpValue) {
+        let Some(&idx) = self.tokens.get(token) else {
+            tracing::debug!(device = %obs.device(), token, "publish for a token we did not subscribe");
+            return;
+        };
+        self.last_publish = Some(Instant::now());
+        let ch = &self.map.channels[idx];
+        // A multi-channel subscription publishes a list; we subscribe per channel, so take the
+        // first element if a design answers that way.
+        let reading = match value {
+            TtpValue::List(items) => items.first().and_then(TtpValue::as_f64),
+            v => v.as_f64(),
+        };
+        match reading.and_then(|r| self.alignment.to_dbfs(r)) {
+            Some(dbfs) => obs.meter(ch.meter_channel(), dbfs),
+            None => obs.bad_input(&ProtocolError::malformed(format!(
+                "meter {token}: value is a {}, not a level",
+                value.type_name()
+            ))),
+        }
+    }
+
+    /// Send one command and wait for its `+OK`/`-ERR`, handling everything else that arrives
+    /// meanwhile (negotiation, echo, publishes, a banner).
+    async fn exchange(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        cmd: &str,
+    ) -> Result<Answer, DriverError> {
+        self.outstanding += 1;
+        link.send(cmd.as_bytes()).await?;
+        let echo = cmd.trim_end();
+        let deadline = Instant::now() + self.reply_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = match link.read_frame(&mut self.dec, left).await {
+                Ok(f) => f,
+                Err(DriverError::Timeout { .. }) => {
+                    // A reply that never came must not be taken for the next command's.
+                    self.outstanding = 0;
+                    return Err(DriverError::Timeout {
+                        waited_ms: self.reply_timeout.as_millis() as u64,
+                    });
+                }
+                Err(DriverError::Protocol(p)) => {
+                    obs.bad_input(&p);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let line = match frame {
+                TtpFrame::Telnet(c) => {
+                    self.answer_telnet(link, c).await?;
+                    continue;
+                }
+                TtpFrame::Line(l) => l,
+            };
+            let answer = match parse_line(&line) {
+                Ok(TtpLine::Ok(v)) => Answer::Ok(v),
+                Ok(TtpLine::Err(e)) => Answer::Err(e),
+                Ok(TtpLine::Publish { token, value }) => {
+                    self.publish(obs, &token, &value);
+                    continue;
+                }
+                Ok(TtpLine::Banner) => {
+                    // The DSP started a new session under us (reboot, config push): the command
+                    // is lost and so are our subscriptions.
+                    self.session_restarted(obs);
+                    return Err(DriverError::Busy {
+                        command: echo.to_owned(),
+                        reason: "the DSP restarted its control session".to_owned(),
+                    });
+                }
+                Ok(TtpLine::Text(t)) => {
+                    if t != echo {
+                        tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+                    }
+                    continue;
+                }
+                Err(p) => {
+                    obs.bad_input(&p);
+                    if !line.starts_with('+') {
+                        continue;
+                    }
+                    // A broken reply is still a reply: it answers the oldest command.
+                    if self.outstanding > 1 {
+                        self.outstanding -= 1;
+                        continue;
+                    }
+                    self.outstanding = 0;
+                    return Err(DriverError::Protocol(p));
+                }
+            };
+            if self.outstanding > 1 {
+                // The answer to a command a cancelled listen sent; ours is still to come.
+                self.outstanding -= 1;
+                continue;
+            }
+            self.outstanding = 0;
+            obs.contact();
+            return Ok(answer);
+        }
+    }
+
+    fn session_restarted(&mut self, obs: &Observer) {
+        tracing::info!(device = %obs.device(), "TTP banner: new session, re-subscribing");
+        self.outstanding = 0;
+        self.resubscribe = true;
+        self.tokens.clear();
+    }
+
+    /// Subscribe every mapped meter at the configured rate.
+    async fn subscribe_all(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
+        self.tokens.clear();
+        for idx in 0..self.map.channels.len() {
+            let Some(a) = self.map.channels[idx].meter.clone() else {
+                continue;
+            };
+            let token = self.token(idx);
+            let cmd = ttp::subscribe(&a.tag, &a.attribute, &[a.index], &token, self.meter_rate_ms);
+            match self.exchange(link, obs, &cmd).await? {
+                Answer::Ok(_) => {
+                    self.mapping.ok(&self.map.channels[idx], Function::Meter);
+                    self.tokens.insert(token, idx);
+                }
+                // Repeating an identical subscription is reported to answer this (UNCONFIRMED,
+                // protocols.md §4.1): the subscription stands.
+                Answer::Err(e) if e.contains("ALREADY_SUBSCRIBED") => {
+                    self.mapping.ok(&self.map.channels[idx], Function::Meter);
+                    self.tokens.insert(token, idx);
+                }
+                Answer::Err(e) => {
+                    self.mapping
+                        .failed(&self.map.channels[idx], Function::Meter, &e);
+                }
+            }
+        }
+        self.resubscribe = false;
+        self.subscribed_at = Some(Instant::now());
+        obs.faults(MAPPING_SOURCE, self.mapping.current());
+        Ok(())
+    }
+
+    /// Meters should publish at their rate; silence for much longer means the DSP lost our
+    /// subscriptions without telling us (a design push without a new banner).
+    fn meters_stale(&self) -> bool {
+        if self.tokens.is_empty() {
+            return false;
+        }
+        let limit =
+            Duration::from_millis(u64::from(self.meter_rate_ms) * 50).max(Duration::from_secs(5));
+        let since = match (self.last_publish, self.subscribed_at) {
+            (Some(p), Some(s)) => p.max(s),
+            (None, Some(s)) => s,
+            _ => return false,
+        };
+        since.elapsed() > limit
+    }
+
+    async fn read_value(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        idx: usize,
+        f: Function,
+    ) -> Result<(), DriverError> {
+        let Some(a) = self.map.channels[idx].address(f).cloned() else {
+            return Ok(());
+        };
+        let answer = self
+            .exchange(link, obs, &ttp::get(&a.tag, &a.attribute, &[a.index]))
+            .await?;
+        let ch = &self.map.channels[idx];
+        match answer {
+            Answer::Ok(Some(v)) => {
+                let value = match f {
+                    Function::Level => v
+                        .as_f64()
+                        .map(|db| (ch.level_key(), Value::Float(db), Some(Unit::Db))),
+                    Function::Mute => v.as_bool().map(|m| (ch.muted_key(), Value::Bool(m), None)),
+                    Function::Meter => None,
+                };
+                match value {
+                    Some((key, value, unit)) => {
+                        self.mapping.ok(ch, f);
+                        obs.reading(key, value, unit);
+                    }
+                    None => obs.bad_input(&ProtocolError::Unexpected {
+                        expected: format!("{} of {}", f.as_str(), ch.component()),
+                        got: format!("a {}", v.type_name()),
+                    }),
+                }
+            }
+            Answer::Ok(None) => obs.bad_input(&ProtocolError::Unexpected {
+                expected: format!("{} of {}", f.as_str(), ch.component()),
+                got: "+OK without a value".to_owned(),
+            }),
+            Answer::Err(e) => {
+                self.mapping.failed(ch, f, &e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_levels(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
+        for idx in 0..self.map.channels.len() {
+            self.read_value(link, obs, idx, Function::Level).await?;
+            self.read_value(link, obs, idx, Function::Mute).await?;
+        }
+        obs.faults(MAPPING_SOURCE, self.mapping.current());
+        Ok(())
+    }
+
+    async fn read_identity(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
+        // `DEVICE get version` / `serialNumber` are not in protocols.md (UNCONFIRMED): a -ERR is
+        // tolerated and simply leaves the field empty.
+        let mut found = Vec::new();
+        for attr in ["version", "serialNumber"] {
+            if let Answer::Ok(Some(v)) = self
+                .exchange(link, obs, &ttp::special(&["DEVICE", "get", attr]))
+                .await?
+            {
+                if let Some(s) = v.as_text() {
+                    found.push((attr, s.to_owned()));
+                }
+            }
+        }
+        obs.identity(|id| {
+            id.manufacturer = Some("Biamp".to_owned());
+            for (attr, v) in found {
+                match attr {
+                    "version" => id.firmware = Some(v),
+                    _ => id.serial = Some(v),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn set_and_read(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        command: &DeviceCommand,
+        target: Target<'_>,
+        f: Function,
+        arg: TtpArg,
+    ) -> Result<(), DriverError> {
+        let refuse = |reason: String| DriverError::Refused {
+            command: command.name().to_owned(),
+            reason,
+        };
+        let (idx, a) = lookup(&self.map, target, f).map_err(refuse)?;
+        let a = a.clone();
+        if let (Function::Level, TtpArg::Number(db)) = (f, arg) {
+            check_level(&self.map.channels[idx], db).map_err(refuse)?;
+        }
+        match self
+            .exchange(link, obs, &ttp::set(&a.tag, &a.attribute, &[a.index], arg))
+            .await?
+        {
+            Answer::Ok(_) => {}
+            Answer::Err(e) => return Err(refuse(e)),
+        }
+        // Read back: the DSP may have clamped the value.
+        self.read_value(link, obs, idx, f).await?;
+        obs.faults(MAPPING_SOURCE, self.mapping.current());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Driver for TesiraDriver {
+    fn name(&self) -> &'static str {
+        "tesira"
+    }
+
+    async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        link.take_fresh();
+        self.dec.reset();
+        self.outstanding = 0;
+        self.tokens.clear();
+        self.last_publish = None;
+        if self.telnet {
+            // Refuse whatever the server offers, then wait for the banner: anything sent
+            // before it is lost (protocols.md §4.1).
+            let deadline = Instant::now() + self.banner_timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match link.read_frame(&mut self.dec, left).await {
+                    Ok(TtpFrame::Telnet(c)) => self.answer_telnet(link, c).await?,
+                    Ok(TtpFrame::Line(l)) => {
+                        if matches!(parse_line(&l), Ok(TtpLine::Banner)) {
+                            obs.contact();
+                            break;
+                        }
+                        // Preamble (`No entry for terminal type …`).
+                        tracing::debug!(device = %obs.device(), line = %l, "before TTP banner");
+                    }
+                    Err(DriverError::Timeout { .. }) => {
+                        return Err(DriverError::Timeout {
+                            waited_ms: self.banner_timeout.as_millis() as u64,
+                        })
+                    }
+                    Err(DriverError::Protocol(p)) => obs.bad_input(&p),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // A serial session outlives our connection; make sure replies are verbose.
+        if let Answer::Err(e) = self
+            .exchange(
+                link,
+                obs,
+                &ttp::special(&["SESSION", "set", "verbose", "true"]),
+            )
+            .await?
+        {
+            tracing::warn!(device = %obs.device(), error = %e, "SESSION set verbose refused");
+        }
+        self.subscribe_all(link, obs).await
+    }
+
+    async fn read_all(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        self.read_identity(link, obs).await?;
+        self.read_levels(link, obs).await
+    }
+
+    async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        if self.meters_stale() {
+            tracing::debug!(device = %obs.device(), "meters silent, re-subscribing");
+            self.resubscribe = true;
+        }
+        if self.resubscribe {
+            self.subscribe_all(link, obs).await?;
+        }
+        self.read_levels(link, obs).await
+    }
+
+    async fn execute(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        command: &DeviceCommand,
+    ) -> Result<(), DriverError> {
+        match command {
+            DeviceCommand::SetLevel { zone, db } => {
+                self.set_and_read(
+                    link,
+                    obs,
+                    command,
+                    Target::Zone(zone),
+                    Function::Level,
+                    TtpArg::Number(*db),
+                )
+                .await
+            }
+            DeviceCommand::SetZoneMute { zone, on } => {
+                self.set_and_read(
+                    link,
+                    obs,
+                    command,
+                    Target::Zone(zone),
+                    Function::Mute,
+                    TtpArg::Bool(*on),
+                )
+                .await
+            }
+            DeviceCommand::SetGain { channel, db } => {
+                self.set_and_read(
+                    link,
+                    obs,
+                    command,
+                    Target::Mic(*channel),
+                    Function::Level,
+                    TtpArg::Number(*db),
+                )
+                .await
+            }
+            DeviceCommand::SetMute { channel, on } => {
+                self.set_and_read(
+                    link,
+                    obs,
+                    command,
+                    Target::Mic(*channel),
+                    Function::Mute,
+                    TtpArg::Bool(*on),
+                )
+                .await
+            }
+            DeviceCommand::Refresh => {
+                if self.resubscribe {
+                    self.subscribe_all(link, obs).await?;
+                }
+                self.read_all(link, obs).await
+            }
+            other => Err(DriverError::Unsupported {
+                driver: "tesira",
+                command: other.name(),
+            }),
+        }
+    }
+
+    async fn listen(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        loop {
+            if self.resubscribe {
+                self.subscribe_all(link, obs).await?;
+            }
+            let frame = match link.read_frame(&mut self.dec, LISTEN_SLICE).await {
+                Err(DriverError::Timeout { .. }) => continue,
+                other => other?,
+            };
+            let line = match frame {
+                TtpFrame::Telnet(c) => {
+                    self.answer_telnet(link, c).await?;
+                    return Ok(());
+                }
+                TtpFrame::Line(l) => l,
+            };
+            let parsed = match parse_line(&line) {
+                Ok(p) => p,
+                Err(p) => {
+                    if line.starts_with('+') {
+                        self.outstanding = self.outstanding.saturating_sub(1);
+                    }
+                    return Err(p.into());
+                }
+            };
+            match parsed {
+                TtpLine::Publish { token, value } => self.publish(obs, &token, &value),
+                TtpLine::Banner => {
+                    self.session_restarted(obs);
+                    continue;
+                }
+                TtpLine::Ok(_) | TtpLine::Err(_) => {
+                    // The late answer to a command whose exchange was cancelled.
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                TtpLine::Text(t) => {
+                    tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    async fn close(&mut self, link: &mut Link, obs: &mut Observer) {
+        // Best effort: a serial session outlives us, so leave it without our subscriptions.
+        let mut subs: Vec<(usize, String)> =
+            self.tokens.iter().map(|(t, i)| (*i, t.clone())).collect();
+        subs.sort();
+        for (idx, token) in subs {
+            if let Some(a) = self.map.channels[idx].meter.clone() {
+                let cmd = ttp::unsubscribe(&a.tag, &a.attribute, &[a.index], &token);
+                if self.exchange(link, obs, &cmd).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.tokens.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(telnet: bool) -> Profile {
+        Profile::parse(
+            &format!(
+                "id = \"t\"\nkind = \"dsp\"\nvendor = \"Biamp\"\nfamily = \"Tesira\"\ndriver = \"tesira\"\ncapabilities = [\"level\"]\n[link]\nkind = \"tcp\"\nport = 23\n[timing]\npoll_interval_secs = 10\n[options]\ntelnet = {telnet}\nmeter_alignment = {{ kind = \"dbu\", zero_dbfs_at_dbu = 24.0 }}\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn settings(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_level_block() {
+        let d = TesiraDriver::new(
+            &profile(true),
+            &settings("[[zones]]\nid = \"main\"\nlevel_tag = \"Level1\"\nindex = 2\nmeter_tag = \"OutMeter\"\n"),
+        )
+        .unwrap();
+        let z = &d.map.channels[0];
+        let mute = z.mute.as_ref().unwrap();
+        assert_eq!(
+            (mute.tag.as_str(), mute.attribute.as_str(), mute.index),
+            ("Level1", "mute", 2)
+        );
+        let meter = z.meter.as_ref().unwrap();
+        assert_eq!(
+            (meter.tag.as_str(), meter.attribute.as_str(), meter.index),
+            ("OutMeter", "level", 2)
+        );
+        assert_eq!(d.meter_rate_ms, 100);
+        assert_eq!(d.token(0), "zone-main");
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        let cases = [
+            (
+                "[[zones]]\nid = \"main\"\nlevel_tag = \"Lev\\\"el\"\n",
+                "settings.zones[0].level_tag",
+            ),
+            (
+                "[[zones]]\nid = \"main\"\nlevel_tag = \"L\"\nmeter_attribute = \"two words\"\n",
+                "settings.zones[0].meter_attribute",
+            ),
+            (
+                "[[zones]]\nid = \"main\"\nlevel_tag = \"L\"\nindex = 0\n",
+                "settings.zones[0].index",
+            ),
+            (
+                "[[mics]]\nid = \"m\"\nlevel_tag = \"L\"\nlevel_control = \"x\"\n",
+                "settings.mics[0].level_control",
+            ),
+            ("meter_rate_ms = 5\n", "settings.meter_rate_ms"),
+            (
+                "meter_alignment = { kind = \"dbu\" }\n",
+                "settings.meter_alignment",
+            ),
+        ];
+        for (text, key) in cases {
+            match TesiraDriver::new(&profile(false), &settings(text)) {
+                Err(ProfileError::Option { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                Err(e) => panic!("{text}: {e}"),
+                Ok(_) => panic!("{text}: accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn site_alignment_overrides_the_profile() {
+        let d = TesiraDriver::new(
+            &profile(false),
+            &settings("meter_alignment = { kind = \"dbu\", zero_dbfs_at_dbu = 18.0 }\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            d.alignment,
+            Alignment::Dbu {
+                zero_dbfs_at_dbu: 18.0
+            }
+        );
+    }
+}

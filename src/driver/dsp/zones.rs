@@ -1,0 +1,560 @@
+//! The per-installation map from a DSP design's controls to the room's speaker zones and mic
+//! inputs, read from the device's `[devices.settings]` table in the site config.
+//!
+//! This module owns the vendor-neutral half of that schema (`[[zones]]` / `[[mics]]` entries with
+//! `id`, `channel`, `min_db`, `max_db`), strict reading of TOML with key paths for every error,
+//! the reading keys and meter channel names that leave the driver, and the bookkeeping of
+//! mapping faults (a configured tag the design does not have). How a control is addressed
+//! (Tesira instance tag + index, Q-SYS control name) is parsed by each driver through
+//! [`Entry`]. It must not do I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::meter::Alignment;
+use crate::model::{Fault, Severity};
+use crate::profile::ProfileError;
+
+/// A settings problem with the key path inside `[devices.settings]`, e.g. `zones[0].level_tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// As the error `driver::for_profile` returns: the key path is prefixed with `settings.` so
+    /// it reads as written under the device in the site config.
+    pub fn into_profile_error(self, profile: &str) -> ProfileError {
+        ProfileError::Option {
+            profile: profile.to_owned(),
+            key: format!("settings.{}", self.key),
+            message: self.message,
+        }
+    }
+}
+
+/// Strict reader over one TOML table: typed getters that name the key path, and a final check
+/// that refuses keys nobody asked for (a misspelt `mute_tg` must not be silently ignored).
+pub struct Entry<'a> {
+    table: &'a toml::Table,
+    path: String,
+    used: BTreeSet<&'static str>,
+}
+
+impl<'a> Entry<'a> {
+    pub fn new(table: &'a toml::Table, path: impl Into<String>) -> Self {
+        Self {
+            table,
+            path: path.into(),
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// The key path of `key` in this table.
+    pub fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn err(&self, key: &str, message: impl Into<String>) -> SettingsError {
+        SettingsError::new(self.key(key), message)
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a toml::Value> {
+        self.used.insert(key);
+        self.table.get(key)
+    }
+
+    pub fn string(&mut self, key: &'static str) -> Result<Option<String>, SettingsError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.err(key, format!("expected a string, got {}", v.type_str()))),
+        }
+    }
+
+    pub fn integer(
+        &mut self,
+        key: &'static str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<Option<i64>, SettingsError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(i)) if range.contains(i) => Ok(Some(*i)),
+            Some(toml::Value::Integer(i)) => Err(self.err(
+                key,
+                format!(
+                    "must be between {} and {}, got {i}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            Some(v) => Err(self.err(key, format!("expected an integer, got {}", v.type_str()))),
+        }
+    }
+
+    /// A number (integer or float) within `range`.
+    pub fn number(
+        &mut self,
+        key: &'static str,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> Result<Option<f64>, SettingsError> {
+        let n = match self.get(key) {
+            None => return Ok(None),
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(toml::Value::Float(f)) => *f,
+            Some(v) => {
+                return Err(self.err(key, format!("expected a number, got {}", v.type_str())))
+            }
+        };
+        if n.is_finite() && range.contains(&n) {
+            Ok(Some(n))
+        } else {
+            Err(self.err(
+                key,
+                format!(
+                    "must be between {} and {}, got {n}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    }
+
+    pub fn alignment(&mut self, key: &'static str) -> Result<Option<Alignment>, SettingsError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => Alignment::from_toml(v)
+                .map(Some)
+                .map_err(|e| self.err(key, e.0)),
+        }
+    }
+
+    /// An array of tables (`[[zones]]`).
+    pub fn tables(&mut self, key: &'static str) -> Result<Vec<&'a toml::Table>, SettingsError> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    toml::Value::Table(t) => Ok(t),
+                    other => Err(SettingsError::new(
+                        format!("{}[{i}]", self.key(key)),
+                        format!("expected a table, got {}", other.type_str()),
+                    )),
+                })
+                .collect(),
+            Some(v) => Err(self.err(
+                key,
+                format!("expected an array of tables, got {}", v.type_str()),
+            )),
+        }
+    }
+
+    /// Refuse keys that no getter asked for.
+    pub fn finish(self) -> Result<(), SettingsError> {
+        for k in self.table.keys() {
+            if !self.used.contains(k.as_str()) {
+                let expected: Vec<&str> = self.used.iter().copied().collect();
+                return Err(SettingsError::new(
+                    self.key(k),
+                    format!("unknown key; expected one of: {}", expected.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a mapped channel is a loudspeaker zone (output) or a microphone input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Zone,
+    Mic,
+}
+
+impl Role {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Role::Zone => "zone",
+            Role::Mic => "mic",
+        }
+    }
+    pub fn list_key(self) -> &'static str {
+        match self {
+            Role::Zone => "zones",
+            Role::Mic => "mics",
+        }
+    }
+}
+
+/// What a control does for a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Function {
+    Level,
+    Mute,
+    Meter,
+}
+
+impl Function {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Function::Level => "level",
+            Function::Mute => "mute",
+            Function::Meter => "meter",
+        }
+    }
+}
+
+/// One zone or mic input and the controls that serve it (`A`: the vendor's address).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Channel<A> {
+    pub role: Role,
+    pub id: String,
+    /// Mic inputs: the channel number `SetGain`/`SetMute` address. Zones: position, from 1.
+    pub number: u16,
+    pub level: Option<A>,
+    pub mute: Option<A>,
+    pub meter: Option<A>,
+    /// Levels outside this range are refused before they reach the DSP (an integrator's
+    /// guard against a typo or a runaway controller driving a zone into its amplifier's clip).
+    pub min_db: f64,
+    pub max_db: f64,
+}
+
+impl<A> Channel<A> {
+    /// `zone.main.level_db`, Unit::Db.
+    pub fn level_key(&self) -> String {
+        format!("{}.{}.level_db", self.role.prefix(), self.id)
+    }
+    /// `zone.main.muted`, a boolean.
+    pub fn muted_key(&self) -> String {
+        format!("{}.{}.muted", self.role.prefix(), self.id)
+    }
+    /// `zone.main`: the channel name given to `Observer::meter`.
+    pub fn meter_channel(&self) -> String {
+        format!("{}.{}", self.role.prefix(), self.id)
+    }
+    /// `zone main`: the component named in faults.
+    pub fn component(&self) -> String {
+        format!("{} {}", self.role.prefix(), self.id)
+    }
+    pub fn address(&self, f: Function) -> Option<&A> {
+        match f {
+            Function::Level => self.level.as_ref(),
+            Function::Mute => self.mute.as_ref(),
+            Function::Meter => self.meter.as_ref(),
+        }
+    }
+}
+
+/// Controls of one channel as a driver parsed them.
+pub struct Addresses<A> {
+    pub level: Option<A>,
+    pub mute: Option<A>,
+    pub meter: Option<A>,
+}
+
+/// All zones and mics of one DSP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DspMap<A> {
+    pub channels: Vec<Channel<A>>,
+}
+
+/// The level range a driver allows when the site sets none (the DSP's own range).
+#[derive(Debug, Clone, Copy)]
+pub struct LevelRange {
+    pub min_db: f64,
+    pub max_db: f64,
+}
+
+impl<A> DspMap<A> {
+    /// Parse `[[zones]]` and `[[mics]]` from the settings table; `addr` reads the vendor keys of
+    /// one entry. Keys other than the common ones and those `addr` reads are refused.
+    pub fn parse(
+        settings: &mut Entry<'_>,
+        range: LevelRange,
+        mut addr: impl FnMut(&mut Entry<'_>, Role) -> Result<Addresses<A>, SettingsError>,
+    ) -> Result<DspMap<A>, SettingsError> {
+        let mut channels = Vec::new();
+        for role in [Role::Zone, Role::Mic] {
+            let list_key = role.list_key();
+            let tables = settings.tables(list_key)?;
+            let mut ids = BTreeSet::new();
+            let mut numbers = BTreeSet::new();
+            for (i, t) in tables.into_iter().enumerate() {
+                let mut e = Entry::new(t, format!("{}[{i}]", settings.key(list_key)));
+                let id = e
+                    .string("id")?
+                    .ok_or_else(|| e.err("id", "missing; every entry needs an id"))?;
+                if id.is_empty()
+                    || id.len() > 32
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    return Err(e.err(
+                        "id",
+                        format!("{id:?} must be 1 to 32 characters of a-z, 0-9 and _"),
+                    ));
+                }
+                if !ids.insert(id.clone()) {
+                    return Err(e.err("id", format!("{id:?} is used twice in {list_key}")));
+                }
+                let number = match role {
+                    Role::Mic => e.integer("channel", 1..=999)?.unwrap_or(i as i64 + 1) as u16,
+                    Role::Zone => i as u16 + 1,
+                };
+                if !numbers.insert(number) {
+                    return Err(e.err(
+                        "channel",
+                        format!("channel {number} is used twice in {list_key}"),
+                    ));
+                }
+                let min_db = e.number("min_db", -140.0..=40.0)?.unwrap_or(range.min_db);
+                let max_db = e.number("max_db", -140.0..=40.0)?.unwrap_or(range.max_db);
+                if min_db >= max_db {
+                    return Err(e.err(
+                        "max_db",
+                        format!("must be above min_db ({min_db}), got {max_db}"),
+                    ));
+                }
+                let a = addr(&mut e, role)?;
+                let path = e.path.clone();
+                e.finish()?;
+                if a.level.is_none() && a.mute.is_none() && a.meter.is_none() {
+                    return Err(SettingsError::new(
+                        path,
+                        "maps no control; give at least a level, mute or meter control",
+                    ));
+                }
+                channels.push(Channel {
+                    role,
+                    id,
+                    number,
+                    level: a.level,
+                    mute: a.mute,
+                    meter: a.meter,
+                    min_db,
+                    max_db,
+                });
+            }
+        }
+        Ok(DspMap { channels })
+    }
+
+    pub fn zone(&self, id: &str) -> Option<&Channel<A>> {
+        self.channels
+            .iter()
+            .find(|c| c.role == Role::Zone && c.id == id)
+    }
+
+    pub fn mic(&self, number: u16) -> Option<&Channel<A>> {
+        self.channels
+            .iter()
+            .find(|c| c.role == Role::Mic && c.number == number)
+    }
+}
+
+/// Where a channel is, for commands: refuses unknown zones/mics and unmapped functions with a
+/// message a technician can act on.
+pub fn lookup<'m, A>(
+    map: &'m DspMap<A>,
+    target: Target<'_>,
+    f: Function,
+) -> Result<(usize, &'m A), String> {
+    let idx = match target {
+        Target::Zone(z) => map
+            .channels
+            .iter()
+            .position(|c| c.role == Role::Zone && c.id == z)
+            .ok_or_else(|| format!("no zone {z:?} is mapped on this DSP"))?,
+        Target::Mic(n) => map
+            .channels
+            .iter()
+            .position(|c| c.role == Role::Mic && c.number == n)
+            .ok_or_else(|| format!("no mic channel {n} is mapped on this DSP"))?,
+    };
+    let ch = &map.channels[idx];
+    let a = ch
+        .address(f)
+        .ok_or_else(|| format!("{} has no {} control mapped", ch.component(), f.as_str()))?;
+    Ok((idx, a))
+}
+
+/// A command's target.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Zone(&'a str),
+    Mic(u16),
+}
+
+/// Check a commanded level against the channel's range.
+pub fn check_level<A>(ch: &Channel<A>, db: f64) -> Result<(), String> {
+    if !db.is_finite() {
+        return Err(format!("level {db} is not a number"));
+    }
+    if db < ch.min_db || db > ch.max_db {
+        return Err(format!(
+            "{db} dB is outside {}'s range {} to {} dB",
+            ch.component(),
+            ch.min_db,
+            ch.max_db
+        ));
+    }
+    Ok(())
+}
+
+/// Faults about the mapping itself: a configured control the DSP design does not have. Kept
+/// per (channel, function) so a later success clears exactly that fault.
+#[derive(Debug, Clone, Default)]
+pub struct MappingFaults {
+    faults: BTreeMap<(String, Function), Fault>,
+}
+
+/// The fault source name used with `Observer::faults`.
+pub const MAPPING_SOURCE: &str = "mapping";
+
+impl MappingFaults {
+    pub fn failed<A>(&mut self, ch: &Channel<A>, f: Function, detail: &str) {
+        let component = format!("{} {}", ch.component(), f.as_str());
+        let fault = Fault::new(
+            "dsp_mapping",
+            Severity::Warning,
+            format!(
+                "{} control of {} was refused by the DSP ({detail}); check the site settings against the DSP design",
+                f.as_str(),
+                ch.component()
+            ),
+        )
+        .on(component.clone());
+        self.faults.insert((component, f), fault);
+    }
+
+    pub fn ok<A>(&mut self, ch: &Channel<A>, f: Function) {
+        self.faults
+            .remove(&(format!("{} {}", ch.component(), f.as_str()), f));
+    }
+
+    pub fn is_failed<A>(&self, ch: &Channel<A>, f: Function) -> bool {
+        self.faults
+            .contains_key(&(format!("{} {}", ch.component(), f.as_str()), f))
+    }
+
+    pub fn current(&self) -> Vec<Fault> {
+        self.faults.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DspMap<String>, SettingsError> {
+        let t: toml::Table = toml::from_str(text).unwrap();
+        let mut e = Entry::new(&t, "");
+        let map = DspMap::parse(
+            &mut e,
+            LevelRange {
+                min_db: -100.0,
+                max_db: 12.0,
+            },
+            |e, _| {
+                Ok(Addresses {
+                    level: e.string("level")?,
+                    mute: e.string("mute")?,
+                    meter: e.string("meter")?,
+                })
+            },
+        )?;
+        e.finish()?;
+        Ok(map)
+    }
+
+    #[test]
+    fn parses_zones_and_mics_with_defaults() {
+        let m = parse(
+            "[[zones]]\nid = \"main\"\nlevel = \"L\"\nmax_db = 0\n[[mics]]\nid = \"lectern\"\nmeter = \"M\"\n[[mics]]\nid = \"ceiling\"\nchannel = 5\nmute = \"X\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.channels.len(), 3);
+        let z = m.zone("main").unwrap();
+        assert_eq!((z.min_db, z.max_db), (-100.0, 0.0));
+        assert_eq!(z.level_key(), "zone.main.level_db");
+        assert_eq!(m.mic(1).unwrap().id, "lectern");
+        assert_eq!(m.mic(5).unwrap().muted_key(), "mic.ceiling.muted");
+        assert_eq!(m.mic(5).unwrap().meter_channel(), "mic.ceiling");
+        assert!(check_level(z, 0.5).is_err());
+        assert!(check_level(z, f64::NAN).is_err());
+        assert!(check_level(z, -10.0).is_ok());
+        assert!(lookup(&m, Target::Zone("main"), Function::Meter)
+            .unwrap_err()
+            .contains("no meter control"));
+        assert!(lookup(&m, Target::Zone("foyer"), Function::Level)
+            .unwrap_err()
+            .contains("no zone \"foyer\""));
+        assert_eq!(lookup(&m, Target::Mic(1), Function::Meter).unwrap().0, 1);
+    }
+
+    #[test]
+    fn every_problem_names_its_key_path() {
+        let cases = [
+            ("[[zones]]\nlevel = \"L\"\n", "zones[0].id"),
+            ("[[zones]]\nid = \"Main Hall\"\nlevel = \"L\"\n", "zones[0].id"),
+            (
+                "[[zones]]\nid = \"a\"\nlevel = \"L\"\n[[zones]]\nid = \"a\"\nlevel = \"L\"\n",
+                "zones[1].id",
+            ),
+            ("[[zones]]\nid = \"a\"\nlevel = 3\n", "zones[0].level"),
+            ("[[zones]]\nid = \"a\"\nlevel = \"L\"\nlevle = 1\n", "zones[0].levle"),
+            ("[[zones]]\nid = \"a\"\n", "zones[0]"),
+            ("[[zones]]\nid = \"a\"\nlevel = \"L\"\nmin_db = 5\nmax_db = 0\n", "zones[0].max_db"),
+            ("[[mics]]\nid = \"a\"\nmute = \"M\"\nchannel = 0\n", "mics[0].channel"),
+            (
+                "[[mics]]\nid = \"a\"\nmute = \"M\"\nchannel = 2\n[[mics]]\nid = \"b\"\nmute = \"M\"\n",
+                "mics[1].channel",
+            ),
+            ("zones = 3\n", "zones"),
+            ("zones = [1]\n", "zones[0]"),
+            ("speakers = []\n", "speakers"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e:?}");
+        }
+        let pe = parse("[[zones]]\nlevel = \"L\"\n")
+            .unwrap_err()
+            .into_profile_error("biamp-tesira-telnet");
+        assert_eq!(
+            pe.to_string(),
+            "profile biamp-tesira-telnet: option settings.zones[0].id: missing; every entry needs an id"
+        );
+    }
+
+    #[test]
+    fn mapping_faults_clear_individually() {
+        let m = parse("[[zones]]\nid = \"main\"\nlevel = \"L\"\nmeter = \"M\"\n").unwrap();
+        let z = &m.channels[0];
+        let mut f = MappingFaults::default();
+        f.failed(z, Function::Level, "address not found");
+        f.failed(z, Function::Meter, "address not found");
+        assert_eq!(f.current().len(), 2);
+        assert!(f.is_failed(z, Function::Meter));
+        f.ok(z, Function::Level);
+        let left = f.current();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].component.as_deref(), Some("zone main meter"));
+        assert_eq!(left[0].severity, Severity::Warning);
+    }
+}
