@@ -43,6 +43,10 @@ pub struct Daemon {
     pub events: EventBus,
     pub clock: Clock,
     pub simulators: Vec<(DeviceId, SimEndpoint)>,
+    /// The daemon's one MQTT client, when the site has `[mqtt]`.
+    pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
+    /// Kept for the daemon's lifetime (rumqttd runs until the process exits).
+    _broker: Option<crate::transport::mqtt::EmbeddedBroker>,
     site: String,
     cancel: CancellationToken,
     sim_cancel: CancellationToken,
@@ -71,13 +75,61 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let sim_tracker = TaskTracker::new();
 
+        // The broker (embedded, when the site has none) and the daemon's one MQTT client come
+        // before devices and simulators, which both use them.
+        let mut mqtt = None;
+        let mut broker = None;
+        if let Some(m) = &cfg.mqtt {
+            if let Some(e) = &m.settings.embedded {
+                let b = crate::transport::mqtt::spawn_embedded_broker(e)
+                    .await
+                    .context("start the embedded MQTT broker")?;
+                tracing::info!(addr = %b.addr, "embedded mqtt broker listening");
+                broker = Some(b);
+            }
+            let will = crate::transport::mqtt::Will {
+                topic: format!("avwarden/{}/daemon", site_slug(&cfg.site.name)),
+                payload: b"offline".to_vec(),
+                retain: true,
+            };
+            let handle = crate::transport::mqtt::start(
+                &m.settings,
+                m.password.as_ref().map(|p| p.expose().to_owned()),
+                Some(will),
+                &tracker,
+                cancel.clone(),
+            );
+            // Announce `online` (retained) on every connect; the will says `offline`.
+            let online = handle.clone();
+            let topic = format!("avwarden/{}/daemon", site_slug(&cfg.site.name));
+            let stop = cancel.clone();
+            tracker.spawn(async move {
+                let mut connected = online.connected();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = connected.wait_for(|c| *c) => if r.is_err() { break },
+                    }
+                    if let Err(e) = online.publish(&topic, "online", true) {
+                        tracing::warn!(error = %e, "could not announce the daemon online");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = connected.wait_for(|c| !*c) => if r.is_err() { break },
+                    }
+                }
+            });
+            mqtt = Some(handle);
+        }
+        let broker_addr = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
+
         // Simulators first, so the devices can connect to them.
         let mut simulators = Vec::new();
         let mut devices: Vec<DeviceConfig> = Vec::new();
         for d in &cfg.devices {
             let mut d = d.clone();
             if d.simulated && opts.with_simulators {
-                let bind = sim_bind_for(&d)?;
+                let bind = sim_bind_for(&d, broker_addr.as_ref())?;
                 let endpoint = crate::sim::spawn(
                     &d.profile,
                     &d.simulator,
@@ -106,6 +158,9 @@ impl Daemon {
             spec.settings = d.settings.clone();
             spec.backoff_min = cfg.links.backoff_min;
             spec.backoff_max = cfg.links.backoff_max;
+            if matches!(spec.link, LinkSpec::Mqtt { .. }) {
+                spec.mqtt = mqtt.clone();
+            }
             fleet
                 .spawn_device(spec)
                 .with_context(|| format!("start device {}", d.id))?;
@@ -149,6 +204,8 @@ impl Daemon {
             events,
             clock,
             simulators,
+            mqtt,
+            _broker: broker,
             site: cfg.site.name.clone(),
             cancel,
             sim_cancel,
@@ -198,7 +255,25 @@ impl Daemon {
     }
 }
 
-fn sim_bind_for(d: &DeviceConfig) -> anyhow::Result<SimBind> {
+/// `Building A / 2nd floor` → `building-a-2nd-floor`: safe in MQTT topics and ids.
+pub fn site_slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let trimmed = out.trim_end_matches('-');
+    if trimmed.is_empty() {
+        "site".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+fn sim_bind_for(d: &DeviceConfig, broker: Option<&(String, u16)>) -> anyhow::Result<SimBind> {
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     Ok(match (&d.link, d.profile.link.kind) {
         (Some(LinkSpec::Tcp(t)), _) => SimBind::Tcp(resolve_local(&t.host, t.port)?),
@@ -206,11 +281,16 @@ fn sim_bind_for(d: &DeviceConfig) -> anyhow::Result<SimBind> {
         (Some(LinkSpec::Serial(s)), _) => SimBind::Pty {
             link: Some(s.path.clone().into()),
         },
-        (Some(LinkSpec::Mqtt { topic }), _) => SimBind::Mqtt {
-            host: "127.0.0.1".to_owned(),
-            port: 1883,
-            topic: topic.clone(),
-        },
+        (Some(LinkSpec::Mqtt { topic }), _) => {
+            let (host, port) = broker
+                .cloned()
+                .context("a simulated MQTT device needs the site's [mqtt] broker")?;
+            SimBind::Mqtt {
+                host,
+                port,
+                topic: topic.clone(),
+            }
+        }
         (None, LinkKind::Tcp) => SimBind::Tcp(loopback(0)),
         (None, LinkKind::Udp) => SimBind::Udp(loopback(0)),
         (None, LinkKind::Serial) => SimBind::Pty { link: None },

@@ -95,6 +95,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // The demo must start on any machine: a taken broker port moves to a free one.
+            let mut cfg = cfg;
+            if let Some(e) = cfg.mqtt.as_mut().and_then(|m| m.settings.embedded.as_mut()) {
+                if std::net::TcpListener::bind(e.bind).is_err() {
+                    if let Ok(free) =
+                        std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())
+                    {
+                        e.bind = free;
+                    }
+                }
+            }
             let bind = bind.unwrap_or_else(|| {
                 let preferred = cfg.api.bind;
                 if std::net::TcpListener::bind(preferred).is_ok() {
@@ -125,7 +136,10 @@ fn init_logging(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // rumqttd logs every probe or client hang-up of the embedded broker as an error.
+            EnvFilter::new("info,rumqttd::server::broker=off")
+        }),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -269,11 +283,18 @@ async fn simulate(cfg: SiteConfig) -> anyhow::Result<()> {
             avwarden::transport::LinkSpec::Serial(s) => avwarden::sim::SimBind::Pty {
                 link: Some(s.path.clone().into()),
             },
-            avwarden::transport::LinkSpec::Mqtt { topic } => avwarden::sim::SimBind::Mqtt {
-                host: "127.0.0.1".to_owned(),
-                port: 1883,
-                topic: topic.clone(),
-            },
+            avwarden::transport::LinkSpec::Mqtt { topic } => {
+                let (host, port) = cfg
+                    .mqtt
+                    .as_ref()
+                    .map(|m| m.settings.broker_address())
+                    .with_context(|| format!("device {}: needs the site's [mqtt] broker", d.id))?;
+                avwarden::sim::SimBind::Mqtt {
+                    host,
+                    port,
+                    topic: topic.clone(),
+                }
+            }
         };
         let ep = avwarden::sim::spawn(&d.profile, &d.simulator, bind, clock, cancel.child_token())
             .await

@@ -132,6 +132,14 @@ pub struct DeviceConfig {
     pub settings: toml::Table,
 }
 
+/// `[mqtt]`, validated by the MQTT transport's own rules (including every value that would
+/// make rumqttc panic), with its password resolved.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub settings: crate::transport::mqtt::MqttSettings,
+    pub password: Option<Secret>,
+}
+
 /// A validated site configuration.
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
@@ -144,8 +152,8 @@ pub struct SiteConfig {
     pub rooms: Vec<Room>,
     pub devices: Vec<DeviceConfig>,
     pub profiles: ProfileSet,
-    /// The `[mqtt]` table, validated by the MQTT transport.
-    pub mqtt: Option<toml::Table>,
+    /// The daemon's one MQTT client (and embedded broker), when the site has `[mqtt]`.
+    pub mqtt: Option<MqttConfig>,
 }
 
 impl SiteConfig {

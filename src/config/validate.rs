@@ -267,6 +267,23 @@ pub fn parse_site(
         }
     }
 
+    let mqtt = validate_mqtt(&raw, base, env, &mut pr);
+    if raw.mqtt.is_none() {
+        for (i, d) in raw.devices.iter().enumerate() {
+            let is_mqtt = d
+                .profile
+                .as_deref()
+                .and_then(|p| profiles.get(p))
+                .is_some_and(|p| p.link.kind == LinkKind::Mqtt);
+            if is_mqtt {
+                pr.at_path(
+                    &[k("devices"), Seg::Index(i), k("profile")],
+                    "an MQTT device needs an [mqtt] section (a broker, or embedded = { bind = \"127.0.0.1:1883\" })",
+                );
+            }
+        }
+    }
+
     let rooms = validate_rooms(&raw, &mut pr);
     let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
     let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
@@ -282,7 +299,7 @@ pub fn parse_site(
             rooms,
             devices,
             profiles,
-            mqtt: raw.mqtt,
+            mqtt,
         })
     } else {
         Err(pr.into_error())
@@ -400,6 +417,57 @@ fn validate_site(raw: &RawSite, pr: &mut Problems<'_>) -> Option<Site> {
         name: name?,
         time_zone: tz?,
     })
+}
+
+fn validate_mqtt(
+    raw: &RawSite,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Option<super::MqttConfig> {
+    use crate::transport::mqtt::MqttSettings;
+    let table = raw.mqtt.as_ref()?;
+    let settings = match MqttSettings::from_table(table) {
+        Ok(s) => s,
+        Err(problems) => {
+            for (path, message) in problems {
+                let segs: Vec<Seg> = path
+                    .split('.')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Seg::Key(s.to_owned()))
+                    .collect();
+                pr.at_path(&segs, message);
+            }
+            return None;
+        }
+    };
+    let password = match (&settings.password_env, &settings.password_file) {
+        (Some(var), _) => match env.get(var) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                pr.at_path(
+                    &[k("mqtt"), k("password_env")],
+                    format!("environment variable {var} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some(file)) => {
+            let path = resolve(base, &file.display().to_string());
+            match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s.lines().next().unwrap_or("").to_owned())),
+                Err(e) => {
+                    pr.at_path(
+                        &[k("mqtt"), k("password_file")],
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    Some(super::MqttConfig { settings, password })
 }
 
 fn validate_rooms(raw: &RawSite, pr: &mut Problems<'_>) -> Vec<Room> {

@@ -87,13 +87,13 @@ impl Observer {
         self.state.borrow().clone()
     }
 
-    /// The device answered: mark contact (a good frame also ends a bad-input burst).
+    /// The device answered: note the time (a good frame also ends a bad-input burst). Whether
+    /// the device counts as *contacted* is the runtime's call, once a whole session is up.
     pub fn contact(&mut self) {
         let now = self.now();
         self.bad_input_reported = false;
         self.update(|s| {
             s.last_contact = Some(now);
-            s.contacted = true;
         });
     }
 
@@ -102,7 +102,6 @@ impl Observer {
         let key = key.into();
         self.update(|s| {
             s.last_contact = Some(now);
-            s.contacted = true;
             s.readings.insert(
                 key.clone(),
                 Reading {

@@ -779,7 +779,7 @@ pub struct EmbeddedBroker {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("embedded mqtt broker cannot listen on {addr}: {source}")]
+    #[error("embedded mqtt broker cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

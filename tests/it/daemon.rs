@@ -134,3 +134,77 @@ fn sigterm_stops_the_binary_cleanly() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "orderly exit after SIGTERM");
 }
+
+/// A site without a broker: the daemon starts the embedded one, its MQTT client connects, and
+/// a simulated zigbee2mqtt thermostat on it reports and takes a setpoint.
+#[tokio::test]
+async fn embedded_broker_carries_a_simulated_thermostat() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let site = format!(
+        r#"
+[site]
+name = "MQTT test"
+time_zone = "UTC"
+
+[mqtt]
+embedded = {{ bind = "127.0.0.1:{port}" }}
+
+[[rooms]]
+id = "r1"
+capacity = 10
+
+[[devices]]
+id = "t1"
+room = "r1"
+profile = "zigbee2mqtt-thermostat"
+simulated = true
+link = {{ topic = "zigbee2mqtt/r1_thermostat" }}
+[devices.simulator]
+temperature_c = 26.0
+setpoint_c = 23.0
+mode = "cool"
+"#
+    );
+    let cfg = parse_site(
+        &site,
+        "site.toml",
+        std::path::Path::new("."),
+        &Env::fixed(&[]),
+    )
+    .expect("config validates");
+    let daemon = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: true,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        avwarden::clock::Clock::system(),
+    )
+    .await
+    .expect("daemon starts");
+    let mqtt = daemon.mqtt.clone().expect("the daemon has an MQTT client");
+    assert!(mqtt.wait_connected(Duration::from_secs(20)).await);
+    let h = daemon.fleet.get("t1").unwrap().clone();
+    let mut rx = h.watch();
+    let s = wait_state(&mut rx, Duration::from_secs(30), "thermostat ok", |s| {
+        s.health == Health::Ok && s.reading("temperature").is_some()
+    })
+    .await;
+    assert!(s.reading("temperature").unwrap().value.as_f64().unwrap() > 20.0);
+    h.command(avwarden::model::DeviceCommand::SetSetpoint { celsius: 22.5 })
+        .await
+        .expect("setpoint accepted");
+    wait_state(
+        &mut rx,
+        Duration::from_secs(30),
+        "setpoint read back",
+        |s| s.reading("setpoint").and_then(|r| r.value.as_f64()) == Some(22.5),
+    )
+    .await;
+    let report = daemon.shutdown("test").await;
+    assert!(report.within_deadline);
+}

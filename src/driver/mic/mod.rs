@@ -348,7 +348,6 @@ impl Publisher {
         let now = obs.now();
         obs.update(|s| {
             s.last_contact = Some(now);
-            s.contacted = true;
             for (key, value, unit) in readings {
                 s.readings.insert(
                     key.clone(),
