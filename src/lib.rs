@@ -16,6 +16,7 @@ pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod profile;
+pub mod records;
 pub mod runtime;
 pub mod sim;
 pub mod transport;
