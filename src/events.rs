@@ -131,6 +131,17 @@ pub enum EventKind {
         written: u64,
         dropped: u64,
     },
+    /// A booking's meeting window began in a room (the schedule decides when; domain.md gives
+    /// faults "in meeting" priority from T-20). Logbook entries of the room carry the booking
+    /// until it ends.
+    BookingStarted {
+        room: RoomId,
+        booking: String,
+    },
+    BookingEnded {
+        room: RoomId,
+        booking: String,
+    },
 }
 
 impl EventKind {
@@ -156,6 +167,8 @@ impl EventKind {
             EventKind::DeviceSwapped { .. } => "device_swapped",
             EventKind::StoreFailed { .. } => "store_failed",
             EventKind::StoreRecovered { .. } => "store_recovered",
+            EventKind::BookingStarted { .. } => "booking_started",
+            EventKind::BookingEnded { .. } => "booking_ended",
         }
     }
 
@@ -179,7 +192,9 @@ impl EventKind {
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
             | EventKind::StoreFailed { .. }
-            | EventKind::StoreRecovered { .. } => None,
+            | EventKind::StoreRecovered { .. }
+            | EventKind::BookingStarted { .. }
+            | EventKind::BookingEnded { .. } => None,
         }
     }
 
@@ -197,7 +212,9 @@ impl EventKind {
             | EventKind::ActorRestarted { room, .. }
             | EventKind::ActorGaveUp { room, .. }
             | EventKind::FaultAcknowledged { room, .. }
-            | EventKind::DeviceSwapped { room, .. } => Some(room),
+            | EventKind::DeviceSwapped { room, .. }
+            | EventKind::BookingStarted { room, .. }
+            | EventKind::BookingEnded { room, .. } => Some(room),
             EventKind::MaintenanceRecorded { room, .. } => room.as_ref(),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
@@ -208,14 +225,16 @@ impl EventKind {
     }
 
     /// Whether the maintenance logbook records this kind (meters and per-command chatter are
-    /// counted in metrics only; maintenance and swaps are written by the records writer itself
-    /// before it emits them).
+    /// counted in metrics only; maintenance, swaps and store outages are written by the records
+    /// writer itself, so they are not routed back to it).
     pub fn is_logbook_worthy(&self) -> bool {
         !matches!(
             self,
             EventKind::Meter { .. }
                 | EventKind::MaintenanceRecorded { .. }
                 | EventKind::DeviceSwapped { .. }
+                | EventKind::StoreFailed { .. }
+                | EventKind::StoreRecovered { .. }
         )
     }
 
@@ -303,6 +322,10 @@ impl EventKind {
             EventKind::StoreRecovered { written, dropped } => format!(
                 "logbook store writes again: {written} waiting entries written, {dropped} lost"
             ),
+            EventKind::BookingStarted { room, booking } => {
+                format!("{room}: booking {booking} started")
+            }
+            EventKind::BookingEnded { room, booking } => format!("{room}: booking {booking} ended"),
         }
     }
 }

@@ -468,7 +468,7 @@ pub(crate) fn register(
     };
     let mut entry = entry.device(device).room(seed.room.as_str());
     entry.booking = booking.map(str::to_owned);
-    let seq = logbook::insert(conn, head, &entry)?;
+    let seq = logbook::insert(conn, head, &entry, None)?;
     Ok(Applied {
         seqs: vec![seq],
         emit: Vec::new(),
@@ -505,7 +505,7 @@ pub(crate) fn set_fields(
     .device(device.as_str())
     .data(json!({ "changes": Json::Object(ch.0) }));
     entry.room = row.get("room").map(str::to_owned);
-    let seq = logbook::insert(conn, head, &entry)?;
+    let seq = logbook::insert(conn, head, &entry, None)?;
     Ok(Applied {
         seqs: vec![seq],
         emit: Vec::new(),
@@ -616,7 +616,7 @@ pub(crate) fn apply_identity(
                     "counters_before": Json::Object(counters_before),
                 })),
             );
-            out.seqs.push(logbook::insert(conn, head, &entry)?);
+            out.seqs.push(logbook::insert(conn, head, &entry, None)?);
             out.emit.push(EventKind::DeviceSwapped {
                 device: device.clone(),
                 room: room.clone(),
@@ -640,7 +640,7 @@ pub(crate) fn apply_identity(
         )
         .data(json!({ "identity": identity, "changes": Json::Object(ch.0) })),
     );
-    out.seqs.push(logbook::insert(conn, head, &entry)?);
+    out.seqs.push(logbook::insert(conn, head, &entry, None)?);
     Ok(out)
 }
 

@@ -283,9 +283,12 @@ impl LogbookCommand {
                     ExportFormat::Jsonl => export::Format::Jsonl,
                 };
                 let conn = store::open_reader(db)?;
-                with_output(a.out.as_deref(), out, |w| {
+                let n = with_output(a.out.as_deref(), out, |w| {
                     Ok(export::export(&conn, &filter, format, a.bom, w)?)
                 })?;
+                if let Some(p) = &a.out {
+                    writeln!(out, "exported {n} entries to {}", p.display())?;
+                }
                 Ok(Status::Success)
             }
             LogbookCommand::Add(a) => {

@@ -128,31 +128,40 @@ pub fn export(
         Format::Jsonl => {
             while let Some(row) = rows.next()? {
                 let e = Entry::from_row(row)?;
-                // A stored text that is not JSON (only possible after tampering) is exported
-                // as a string rather than dropped.
-                let data = serde_json::from_str::<serde_json::Value>(&e.data)
-                    .unwrap_or_else(|_| serde_json::Value::String(e.data.clone()));
-                let line = serde_json::json!({
-                    "seq": e.seq,
-                    "at": format_time(e.at()),
-                    "kind": e.kind,
-                    "room": e.room,
-                    "device": e.device,
-                    "booking": e.booking,
-                    "actor": e.actor,
-                    "message": e.message,
-                    "data": data,
-                    "prev_hash": hex::encode(&e.prev_hash),
-                    "hash": hex::encode(&e.hash),
-                });
-                serde_json::to_writer(&mut out, &line).map_err(io::Error::from)?;
-                out.write_all(b"\n")?;
+                write_json_line(&mut out, &e)?;
                 n += 1;
             }
         }
     }
     out.flush()?;
     Ok(n)
+}
+
+/// One JSON object per line, written field by field. `data` is the stored canonical JSON text
+/// itself (checked to be JSON first; text that is not — only possible after tampering — is
+/// exported as a string rather than dropped).
+fn write_json_line(out: &mut impl Write, e: &Entry) -> io::Result<()> {
+    fn field(out: &mut impl Write, name: &str, v: &impl serde::Serialize) -> io::Result<()> {
+        write!(out, ",\"{name}\":")?;
+        serde_json::to_writer(&mut *out, v).map_err(io::Error::from)
+    }
+    write!(out, "{{\"seq\":{}", e.seq)?;
+    field(out, "at", &format_time(e.at()))?;
+    field(out, "kind", &e.kind)?;
+    field(out, "room", &e.room)?;
+    field(out, "device", &e.device)?;
+    field(out, "booking", &e.booking)?;
+    field(out, "actor", &e.actor)?;
+    field(out, "message", &e.message)?;
+    if serde_json::from_str::<serde::de::IgnoredAny>(&e.data).is_ok() {
+        out.write_all(b",\"data\":")?;
+        out.write_all(e.data.as_bytes())?;
+    } else {
+        field(out, "data", &e.data)?;
+    }
+    field(out, "prev_hash", &hex::encode(&e.prev_hash))?;
+    field(out, "hash", &hex::encode(&e.hash))?;
+    out.write_all(b"}\n")
 }
 
 fn query(f: &Filter) -> (String, Vec<Box<dyn ToSql>>) {

@@ -204,6 +204,19 @@ impl EntryFields<'_> {
 /// JSON with object keys sorted at every level and no whitespace: one text per value, whatever
 /// map type serde_json was built with.
 pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn is_sorted(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.keys().zip(m.keys().skip(1)).all(|(a, b)| a < b) && m.values().all(is_sorted)
+            }
+            serde_json::Value::Array(a) => a.iter().all(is_sorted),
+            _ => true,
+        }
+    }
+    // serde_json's default map is already sorted; rebuild only when it is not.
+    if is_sorted(v) {
+        return v.to_string();
+    }
     fn sorted(v: &serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(m) => {
@@ -255,8 +268,14 @@ impl Head {
     }
 }
 
-/// Append one entry after `head` and advance it. The caller owns the transaction.
-pub fn insert(conn: &Connection, head: &mut Head, e: &NewEntry) -> Result<u64, StoreError> {
+/// Append one entry after `head` and advance it (only once the row is in). The caller owns
+/// the transaction. `default_booking` is stamped when the entry names no booking.
+pub fn insert(
+    conn: &Connection,
+    head: &mut Head,
+    e: &NewEntry,
+    default_booking: Option<&str>,
+) -> Result<u64, StoreError> {
     let data = canonical_json(&e.data);
     let actor = e.actor.to_string();
     let fields = EntryFields {
@@ -265,7 +284,7 @@ pub fn insert(conn: &Connection, head: &mut Head, e: &NewEntry) -> Result<u64, S
         kind: &e.kind,
         room: e.room.as_deref(),
         device: e.device.as_deref(),
-        booking: e.booking.as_deref(),
+        booking: e.booking.as_deref().or(default_booking),
         actor: &actor,
         message: &e.message,
         data: &data,

@@ -212,7 +212,7 @@ pub(crate) fn apply(
         .data(serde_json::Value::Object(data));
     entry.booking = booking_for(room.as_deref());
     entry.room = room.clone();
-    let seq = logbook::insert(conn, head, &entry)?;
+    let seq = logbook::insert(conn, head, &entry, None)?;
     Ok(Applied {
         seqs: vec![seq],
         emit: vec![EventKind::MaintenanceRecorded {

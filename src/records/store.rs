@@ -58,12 +58,13 @@ pub enum Op {
     /// An entry of any kind (self-test verdicts, playbook steps, …).
     Append(NewEntry),
     Maintenance(Maintenance),
-    /// A device from the site config, with what its profile says.
-    Register(EquipmentSeed),
+    /// A device from the site config, with what its profile says. (Boxed: the rare large
+    /// ops must not make every queued entry as big as they are.)
+    Register(Box<EquipmentSeed>),
     /// Fields a technician set (site config or API).
     SetFields {
         device: DeviceId,
-        fields: ArchiveFields,
+        fields: Box<ArchiveFields>,
         actor: Actor,
         at: chrono::DateTime<chrono::Utc>,
     },
@@ -72,14 +73,9 @@ pub enum Op {
         at: chrono::DateTime<chrono::Utc>,
         updates: Vec<CounterUpdate>,
     },
-    /// The booking now in progress in a room (`None` when it ended): stamped on the room's
-    /// entries so that the report knows which faults happened during a meeting.
-    Booking {
-        room: RoomId,
-        booking: Option<String>,
-    },
-    /// Change the size limit (config reload).
-    SetMaxSize(Option<u64>),
+    /// Writes nothing: a barrier whose acknowledgement means everything before it is
+    /// committed.
+    Flush,
 }
 
 /// What one op wrote: the sequence numbers of its entries, and events to emit once the batch
@@ -177,24 +173,34 @@ impl Store {
         let mut head = Head::read(&tx)?;
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            if let Op::Booking { room, booking } = op {
-                match booking {
-                    Some(b) => bookings.insert(room.to_string(), b.clone()),
-                    None => bookings.remove(room.as_str()),
-                };
-                results.push(Ok(Applied::default()));
-                continue;
-            }
-            let sp = tx.savepoint()?;
-            let before = head;
-            match apply_op(&sp, &mut head, &bookings, op) {
-                Ok(a) => {
-                    sp.commit()?;
-                    results.push(Ok(a));
+            // The booking context travels in the event stream, so it applies in event order:
+            // a booking's own start and end entries carry it, entries after the end do not.
+            if let Op::Event(ev) = op {
+                if let EventKind::BookingStarted { room, booking } = &ev.kind {
+                    bookings.insert(room.to_string(), booking.clone());
                 }
+            }
+            let before = head;
+            let res = if single_statement(op) {
+                // SQLite undoes a failed statement by itself; a savepoint would only cost.
+                apply_op(&tx, &mut head, &bookings, op)
+            } else {
+                let sp = tx.savepoint()?;
+                let res = apply_op(&sp, &mut head, &bookings, op);
+                if res.is_ok() {
+                    sp.commit()?;
+                }
+                res
+            };
+            if let Op::Event(ev) = op {
+                if let EventKind::BookingEnded { room, .. } = &ev.kind {
+                    bookings.remove(room.as_str());
+                }
+            }
+            match res {
+                Ok(a) => results.push(Ok(a)),
                 Err(e) if e.is_store_failure() => return Err(e),
                 Err(e) => {
-                    drop(sp);
                     head = before;
                     results.push(Err(e));
                 }
@@ -202,12 +208,6 @@ impl Store {
         }
         tx.commit()?;
         self.bookings = bookings;
-        // The size limit is a connection setting, not part of the transaction.
-        for op in ops {
-            if let Op::SetMaxSize(bytes) = op {
-                self.set_max_size(*bytes)?;
-            }
-        }
         Ok(results)
     }
 }
@@ -291,6 +291,15 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Ops that write one logbook row and nothing else.
+fn single_statement(op: &Op) -> bool {
+    match op {
+        Op::Append(_) => true,
+        Op::Event(ev) => !matches!(ev.kind, EventKind::IdentityReported { .. }),
+        _ => false,
+    }
+}
+
 fn booking_for<'a>(bookings: &'a BTreeMap<String, String>, room: Option<&str>) -> Option<&'a str> {
     room.and_then(|r| bookings.get(r)).map(String::as_str)
 }
@@ -304,11 +313,8 @@ fn apply_op(
     match op {
         Op::Event(ev) => apply_event(conn, head, bookings, ev),
         Op::Append(e) => {
-            let mut e = e.clone();
-            if e.booking.is_none() {
-                e.booking = booking_for(bookings, e.room.as_deref()).map(str::to_owned);
-            }
-            let seq = logbook::insert(conn, head, &e)?;
+            let booking = booking_for(bookings, e.room.as_deref());
+            let seq = logbook::insert(conn, head, e, booking)?;
             Ok(Applied {
                 seqs: vec![seq],
                 emit: Vec::new(),
@@ -334,7 +340,7 @@ fn apply_op(
             at,
             updates,
         } => archive::apply_counters(conn, device, *at, updates),
-        Op::Booking { .. } | Op::SetMaxSize(_) => Ok(Applied::default()),
+        Op::Flush => Ok(Applied::default()),
     }
 }
 
@@ -362,7 +368,7 @@ fn apply_event(
             m.insert("class".into(), class.as_str().into());
         }
     }
-    let seq = logbook::insert(conn, head, &entry)?;
+    let seq = logbook::insert(conn, head, &entry, None)?;
     Ok(Applied {
         seqs: vec![seq],
         emit: Vec::new(),
@@ -492,31 +498,36 @@ mod tests {
     fn bookings_stamp_room_entries() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("r.db"), &StoreOptions::default()).unwrap();
+        let ev = |kind| Op::Event(Arc::new(Event { at: at(), kind }));
+        let note =
+            |room: &str| Op::Append(NewEntry::new(at(), "note", Actor::System, "n").room(room));
+        let r301 = RoomId::new("r-301");
         s.apply(&[
-            Op::Booking {
-                room: RoomId::new("r-301"),
-                booking: Some("bk-7".into()),
-            },
-            Op::Append(NewEntry::new(at(), "note", Actor::System, "a").room("r-301")),
+            note("r-301"),
+            ev(EventKind::BookingStarted {
+                room: r301.clone(),
+                booking: "bk-7".into(),
+            }),
+            note("r-301"),
         ])
         .unwrap();
         s.apply(&[
-            Op::Append(NewEntry::new(at(), "note", Actor::System, "b").room("r-301")),
-            Op::Append(NewEntry::new(at(), "note", Actor::System, "c").room("r-302")),
-            Op::Booking {
-                room: RoomId::new("r-301"),
-                booking: None,
-            },
+            note("r-301"),
+            note("r-302"),
+            ev(EventKind::BookingEnded {
+                room: r301.clone(),
+                booking: "bk-7".into(),
+            }),
+            note("r-301"),
         ])
-        .unwrap();
-        s.apply(&[Op::Append(
-            NewEntry::new(at(), "note", Actor::System, "d").room("r-301"),
-        )])
         .unwrap();
         let b = |seq| logbook::get(s.connection(), seq).unwrap().unwrap().booking;
-        assert_eq!(b(1).as_deref(), Some("bk-7"));
-        assert_eq!(b(2).as_deref(), Some("bk-7"));
-        assert_eq!(b(3), None, "another room");
-        assert_eq!(b(4), None, "the booking ended");
+        assert_eq!(b(1), None, "before the booking");
+        assert_eq!(b(2).as_deref(), Some("bk-7"), "the start itself");
+        assert_eq!(b(3).as_deref(), Some("bk-7"));
+        assert_eq!(b(4).as_deref(), Some("bk-7"), "across batches");
+        assert_eq!(b(5), None, "another room");
+        assert_eq!(b(6).as_deref(), Some("bk-7"), "the end itself");
+        assert_eq!(b(7), None, "after the end");
     }
 }

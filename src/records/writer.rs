@@ -37,7 +37,7 @@ use super::store::{Applied, Op, Store, StoreOptions};
 use super::{Actor, StoreError};
 use crate::clock::Clock;
 use crate::events::{Event, EventBus, EventKind};
-use crate::model::{DeviceId, RoomId};
+use crate::model::DeviceId;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -82,7 +82,20 @@ pub enum StoreStatus {
 
 type Ack = oneshot::Sender<Result<Applied, StoreError>>;
 
-struct Request {
+enum Request {
+    Write {
+        op: Op,
+        ack: Option<Ack>,
+    },
+    /// Applied at once, not queued: a limit raised to end a "full" condition must not wait
+    /// behind the batch that is full.
+    SetMaxSize {
+        bytes: Option<u64>,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+struct Pending {
     op: Op,
     ack: Option<Ack>,
 }
@@ -98,7 +111,7 @@ impl LogbookHandle {
     async fn acked(&self, op: Op) -> Result<Applied, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request { op, ack: Some(tx) })
+            .send(Request::Write { op, ack: Some(tx) })
             .await
             .map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
@@ -106,7 +119,7 @@ impl LogbookHandle {
 
     async fn queued(&self, op: Op) -> Result<(), StoreError> {
         self.tx
-            .send(Request { op, ack: None })
+            .send(Request::Write { op, ack: None })
             .await
             .map_err(|_| StoreError::Stopped)
     }
@@ -122,7 +135,7 @@ impl LogbookHandle {
     /// Queue an entry without waiting for the commit. Fails at once when the queue is full.
     pub fn record(&self, entry: NewEntry) -> Result<(), StoreError> {
         self.tx
-            .try_send(Request {
+            .try_send(Request::Write {
                 op: Op::Append(entry),
                 ack: None,
             })
@@ -144,7 +157,7 @@ impl LogbookHandle {
 
     /// Register a device from the site config; returns the entry written, if anything changed.
     pub async fn register(&self, seed: EquipmentSeed) -> Result<Option<u64>, StoreError> {
-        Ok(self.acked(Op::Register(seed)).await?.seqs.first().copied())
+        Ok(self.acked(Op::Register(Box::new(seed))).await?.seqs.first().copied())
     }
 
     /// Set fields a technician keeps; returns the entry written, if anything changed.
@@ -157,7 +170,7 @@ impl LogbookHandle {
     ) -> Result<Option<u64>, StoreError> {
         let op = Op::SetFields {
             device,
-            fields,
+            fields: Box::new(fields),
             actor,
             at,
         };
@@ -179,14 +192,21 @@ impl LogbookHandle {
         .await
     }
 
-    /// The booking in progress in a room (None when it ended), stamped on the room's entries.
-    pub async fn booking(&self, room: RoomId, booking: Option<String>) -> Result<(), StoreError> {
-        self.queued(Op::Booking { room, booking }).await
+    /// Change the size limit (config reload). Takes effect at the next commit; a store that
+    /// was failing for lack of room is retried at once.
+    pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Request::SetMaxSize { bytes, ack })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
     }
 
-    /// Change the size limit (config reload); waits until the writer applied it.
-    pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), StoreError> {
-        self.acked(Op::SetMaxSize(bytes)).await.map(|_| ())
+    /// Wait until every event emitted on the bus before this call, and every request queued
+    /// before it, is committed (tests, "show me the entry I just caused").
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.acked(Op::Flush).await.map(|_| ())
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -244,7 +264,7 @@ struct Failure {
 
 struct State {
     store: Option<Store>,
-    pending: VecDeque<Request>,
+    pending: VecDeque<Pending>,
     failure: Option<Failure>,
     /// Dropped since the last recovery, reported in `StoreRecovered`.
     requests_open: bool,
@@ -281,11 +301,11 @@ impl WriterTask {
                     biased;
                     _ = cancel.cancelled() => break,
                     r = self.requests.recv(), if st.requests_open => match r {
-                        Some(req) => self.enqueue(&mut st, req),
+                        Some(req) => self.on_request(&mut st, req),
                         None => st.requests_open = false,
                     },
                     e = self.events.recv(), if st.events_open => match e {
-                        Some(ev) => self.enqueue(&mut st, Request { op: Op::Event(ev), ack: None }),
+                        Some(ev) => self.push(&mut st, Op::Event(ev), None),
                         None => st.events_open = false,
                     },
                     _ = sleep_until_opt(retry_at) => {}
@@ -302,12 +322,15 @@ impl WriterTask {
         }
         // Shutdown: everything already queued gets one chance to be written.
         self.drain(&mut st, true);
-        if st.failure.is_some() {
-            if let Some(f) = st.failure.as_mut() {
-                f.retry_at = Instant::now();
-            }
+        if let Some(f) = st.failure.as_mut() {
+            f.retry_at = Instant::now();
         }
-        self.commit_waiting(&mut st).await;
+        let mut attempted = false;
+        // Until everything is written, or one more attempt failed.
+        while !(st.pending.is_empty() || attempted && st.failure.is_some()) {
+            self.commit_waiting(&mut st).await;
+            attempted = true;
+        }
         if !st.pending.is_empty() {
             tracing::error!(
                 lost = st.pending.len(),
@@ -338,7 +361,7 @@ impl WriterTask {
             if st.requests_open {
                 match self.requests.try_recv() {
                     Ok(req) => {
-                        self.enqueue(st, req);
+                        self.on_request(st, req);
                         got = true;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => st.requests_open = false,
@@ -348,13 +371,7 @@ impl WriterTask {
             if st.events_open && st.pending.len() < cap {
                 match self.events.try_recv() {
                     Ok(ev) => {
-                        self.enqueue(
-                            st,
-                            Request {
-                                op: Op::Event(ev),
-                                ack: None,
-                            },
-                        );
+                        self.push(st, Op::Event(ev), None);
                         got = true;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => st.events_open = false,
@@ -367,16 +384,43 @@ impl WriterTask {
         }
     }
 
-    fn enqueue(&self, st: &mut State, req: Request) {
+    /// A request from a handle. Events already on the bus go first: whoever emitted an event
+    /// and then sent a request finds them in that order in the logbook (the converse needs the
+    /// request's acknowledgement, which comes after its commit).
+    fn on_request(&mut self, st: &mut State, req: Request) {
+        match req {
+            Request::SetMaxSize { bytes, ack } => {
+                self.config.store.max_size_bytes = bytes;
+                if let Some(f) = st.failure.as_mut() {
+                    f.retry_at = Instant::now();
+                }
+                let _ = ack.send(());
+            }
+            Request::Write { op, ack } => {
+                while st.events_open {
+                    match self.events.try_recv() {
+                        Ok(ev) => self.push(st, Op::Event(ev), None),
+                        Err(mpsc::error::TryRecvError::Disconnected) => st.events_open = false,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    }
+                }
+                self.push(st, op, ack);
+            }
+        }
+    }
+
+    /// Queue an op, within the buffer limit: beyond it an acknowledged request is refused at
+    /// once and an unacknowledged one is dropped and counted.
+    fn push(&self, st: &mut State, op: Op, ack: Option<Ack>) {
         if st.pending.len() < self.config.pending_limit {
-            st.pending.push_back(req);
+            st.pending.push_back(Pending { op, ack });
             return;
         }
         let reason = st
             .failure
             .as_ref()
             .map_or_else(|| "buffer full".to_owned(), |f| f.error.to_string());
-        match req.ack {
+        match ack {
             Some(ack) => {
                 let _ = ack.send(Err(StoreError::Unavailable {
                     reason,
@@ -423,13 +467,16 @@ impl WriterTask {
             self.bus
                 .metrics()
                 .set_gauge("avwarden_logbook_pending", None, 0.0);
-            self.bus.emit(
-                self.clock.now(),
-                EventKind::StoreRecovered {
-                    written: backlog,
-                    dropped: f.dropped,
-                },
-            );
+            let now = self.clock.now();
+            let kind = EventKind::StoreRecovered {
+                written: backlog,
+                dropped: f.dropped,
+            };
+            st.pending.push_back(Pending {
+                op: Op::Append(outage_entry(now, &kind)),
+                ack: None,
+            });
+            self.bus.emit(now, kind);
         }
     }
 
@@ -443,8 +490,14 @@ impl WriterTask {
             st.pending.drain(..n).map(|r| (r.op, r.ack)).unzip();
         let ops = Arc::new(ops);
         let job = ops.clone();
+        let max_size = self.config.store.max_size_bytes;
         let res = tokio::task::spawn_blocking(move || {
-            let r = store.apply(&job);
+            let r = if store.options().max_size_bytes != max_size {
+                store.set_max_size(max_size)
+            } else {
+                Ok(())
+            };
+            let r = r.and_then(|()| store.apply(&job));
             (store, r)
         })
         .await;
@@ -483,7 +536,7 @@ impl WriterTask {
                 // Nothing was written: put the batch back in front, in order.
                 let ops = Arc::try_unwrap(ops).unwrap_or_else(|a| (*a).clone());
                 for (op, ack) in ops.into_iter().zip(acks).rev() {
-                    st.pending.push_front(Request { op, ack });
+                    st.pending.push_front(Pending { op, ack });
                 }
                 Err(e)
             }
@@ -504,21 +557,24 @@ impl WriterTask {
                 f.retry_at = retry_at;
             }
             None => {
+                let now = self.clock.now();
                 st.failure = Some(Failure {
                     error: error.clone(),
-                    since: self.clock.now(),
+                    since: now,
                     dropped: 0,
                     retry_at,
                 });
-                // Goes through the bus (alerting) and back into our own queue, so the logbook
-                // records the outage once it can write again.
-                self.bus.emit(
-                    self.clock.now(),
-                    EventKind::StoreFailed {
-                        error: error.to_string(),
-                        pending: st.pending.len() as u64,
-                    },
-                );
+                let kind = EventKind::StoreFailed {
+                    error: error.to_string(),
+                    pending: st.pending.len() as u64,
+                };
+                // The outage is recorded by the writer itself, outside the buffer limit, so it
+                // cannot be the entry that gets dropped; the bus carries the alert.
+                st.pending.push_back(Pending {
+                    op: Op::Append(outage_entry(now, &kind)),
+                    ack: None,
+                });
+                self.bus.emit(now, kind);
             }
         }
         self.publish_failing(st);
@@ -537,6 +593,15 @@ impl WriterTask {
             });
         }
     }
+}
+
+/// The writer's own entry for a store failure or recovery.
+fn outage_entry(at: DateTime<Utc>, kind: &EventKind) -> NewEntry {
+    let mut data = serde_json::to_value(kind).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(m) = &mut data {
+        m.remove("event");
+    }
+    NewEntry::new(at, kind.name(), Actor::System, kind.describe()).data(data)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
