@@ -163,6 +163,17 @@ pub enum CounterUpdate {
     Add { name: String, delta: f64 },
 }
 
+impl CounterUpdate {
+    /// Seconds a speaker zone spent above its limit (the level watch adds them as it sees
+    /// them); counter `zone.<zone>.over_limit_secs`.
+    pub fn zone_over_limit(zone: &str, secs: f64) -> Self {
+        CounterUpdate::Add {
+            name: format!("zone.{zone}.over_limit_secs"),
+            delta: secs,
+        }
+    }
+}
+
 /// A device's archive record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EquipmentRecord {

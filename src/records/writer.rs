@@ -157,7 +157,12 @@ impl LogbookHandle {
 
     /// Register a device from the site config; returns the entry written, if anything changed.
     pub async fn register(&self, seed: EquipmentSeed) -> Result<Option<u64>, StoreError> {
-        Ok(self.acked(Op::Register(Box::new(seed))).await?.seqs.first().copied())
+        Ok(self
+            .acked(Op::Register(Box::new(seed)))
+            .await?
+            .seqs
+            .first()
+            .copied())
     }
 
     /// Set fields a technician keeps; returns the entry written, if anything changed.
@@ -266,7 +271,6 @@ struct State {
     store: Option<Store>,
     pending: VecDeque<Pending>,
     failure: Option<Failure>,
-    /// Dropped since the last recovery, reported in `StoreRecovered`.
     requests_open: bool,
     events_open: bool,
 }

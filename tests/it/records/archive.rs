@@ -644,6 +644,19 @@ async fn counters_follow_readings_and_maintenance_resets_them() {
         .await
         .unwrap();
     assert_eq!(counter("filter.hours").unwrap().since_service(), 0.0);
+    // The level watch adds the time a speaker zone spent above its limit.
+    for secs in [12.5, 3.0] {
+        h.handle
+            .counters(
+                DeviceId::new("proj-1"),
+                t(2026, 11, 2, 14, 0),
+                vec![archive::CounterUpdate::zone_over_limit("main", secs)],
+            )
+            .await
+            .unwrap();
+    }
+    h.handle.flush().await.unwrap();
+    assert_eq!(counter("zone.main.over_limit_secs").unwrap().value, 15.5);
     let who = h
         .handle
         .maintenance(Maintenance {
