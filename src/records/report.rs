@@ -906,8 +906,8 @@ fn class_cells(faults: &BTreeMap<FaultClass, ClassStats>, out: &mut Vec<String>)
 }
 
 /// One row per device and one total row per room (empty `device`), RFC 4180.
-pub fn write_csv(r: &MonthlyReport, out: &mut dyn Write) -> Result<(), StoreError> {
-    let io = |e: csv::Error| StoreError::Io(format!("cannot write the report: {e}"));
+pub fn write_csv(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let io = |e: csv::Error| std::io::Error::other(format!("cannot write the report: {e}"));
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(out);
@@ -953,14 +953,13 @@ pub fn write_csv(r: &MonthlyReport, out: &mut dyn Write) -> Result<(), StoreErro
         row.push(room.batteries_replaced.to_string());
         w.write_record(&row).map_err(io)?;
     }
-    w.flush()
-        .map_err(|e| StoreError::Io(format!("cannot write the report: {e}")))?;
+    w.flush()?;
     Ok(())
 }
 
 /// One row per fault incident.
-pub fn write_incidents_csv(r: &MonthlyReport, out: &mut dyn Write) -> Result<(), StoreError> {
-    let io = |e: csv::Error| StoreError::Io(format!("cannot write the report: {e}"));
+pub fn write_incidents_csv(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let io = |e: csv::Error| std::io::Error::other(format!("cannot write the report: {e}"));
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(out);
@@ -1005,8 +1004,7 @@ pub fn write_incidents_csv(r: &MonthlyReport, out: &mut dyn Write) -> Result<(),
         ])
         .map_err(io)?;
     }
-    w.flush()
-        .map_err(|e| StoreError::Io(format!("cannot write the report: {e}")))?;
+    w.flush()?;
     Ok(())
 }
 
@@ -1018,7 +1016,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A self-contained HTML page (no scripts, no external resources), printable.
-pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> Result<(), StoreError> {
+pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()> {
     let mut h = String::new();
     let tz: Tz = r.tz.parse().unwrap_or(chrono_tz::UTC);
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
@@ -1189,7 +1187,6 @@ pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> Result<(), StoreErr
     }
     h.push_str("</table>\n</body></html>\n");
     out.write_all(h.as_bytes())
-        .map_err(|e| StoreError::Io(format!("cannot write the report: {e}")))
 }
 
 #[cfg(test)]
