@@ -89,6 +89,59 @@ pub enum EventKind {
         room: RoomId,
         restarts: u32,
     },
+    /// A person (or the playbook) acknowledged a fault: handling has started. The fault is the
+    /// one raised with the same device, code and component.
+    FaultAcknowledged {
+        device: DeviceId,
+        room: RoomId,
+        code: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        component: Option<String>,
+        by: String,
+    },
+    /// The site config was reloaded.
+    ConfigReloaded {
+        summary: String,
+    },
+    /// A maintenance entry (lamp replaced, filter cleaned, …) was recorded. The records writer
+    /// emits this after writing the entry itself, so it is not routed to the logbook again.
+    MaintenanceRecorded {
+        device: DeviceId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        action: String,
+        by: String,
+    },
+    /// The serial number a device reports changed: the unit was swapped. Written to the logbook
+    /// by the records writer before this is emitted.
+    DeviceSwapped {
+        device: DeviceId,
+        room: RoomId,
+        old_serial: String,
+        new_serial: String,
+    },
+    /// The logbook store cannot write (disk full, read-only, I/O error); entries wait in a
+    /// bounded buffer in memory. Data is at risk until it recovers.
+    StoreFailed {
+        error: String,
+        pending: u64,
+    },
+    /// The logbook store writes again; `dropped` entries were lost while the buffer was full.
+    StoreRecovered {
+        written: u64,
+        dropped: u64,
+    },
+    /// A booking's meeting window began in a room (the schedule decides when; domain.md gives
+    /// faults "in meeting" priority from T-20). Logbook entries of the room carry the booking
+    /// until it ends.
+    BookingStarted {
+        room: RoomId,
+        booking: String,
+    },
+    BookingEnded {
+        room: RoomId,
+        booking: String,
+    },
 }
 
 impl EventKind {
@@ -108,6 +161,14 @@ impl EventKind {
             EventKind::CommandExecuted { .. } => "command_executed",
             EventKind::ActorRestarted { .. } => "actor_restarted",
             EventKind::ActorGaveUp { .. } => "actor_gave_up",
+            EventKind::FaultAcknowledged { .. } => "fault_acknowledged",
+            EventKind::ConfigReloaded { .. } => "config_reloaded",
+            EventKind::MaintenanceRecorded { .. } => "maintenance_recorded",
+            EventKind::DeviceSwapped { .. } => "device_swapped",
+            EventKind::StoreFailed { .. } => "store_failed",
+            EventKind::StoreRecovered { .. } => "store_recovered",
+            EventKind::BookingStarted { .. } => "booking_started",
+            EventKind::BookingEnded { .. } => "booking_ended",
         }
     }
 
@@ -123,8 +184,17 @@ impl EventKind {
             | EventKind::BadInput { device, .. }
             | EventKind::CommandExecuted { device, .. }
             | EventKind::ActorRestarted { device, .. }
-            | EventKind::ActorGaveUp { device, .. } => Some(device),
-            EventKind::DaemonStarted { .. } | EventKind::DaemonStopping { .. } => None,
+            | EventKind::ActorGaveUp { device, .. }
+            | EventKind::FaultAcknowledged { device, .. }
+            | EventKind::MaintenanceRecorded { device, .. }
+            | EventKind::DeviceSwapped { device, .. } => Some(device),
+            EventKind::DaemonStarted { .. }
+            | EventKind::DaemonStopping { .. }
+            | EventKind::ConfigReloaded { .. }
+            | EventKind::StoreFailed { .. }
+            | EventKind::StoreRecovered { .. }
+            | EventKind::BookingStarted { .. }
+            | EventKind::BookingEnded { .. } => None,
         }
     }
 
@@ -140,15 +210,32 @@ impl EventKind {
             | EventKind::BadInput { room, .. }
             | EventKind::CommandExecuted { room, .. }
             | EventKind::ActorRestarted { room, .. }
-            | EventKind::ActorGaveUp { room, .. } => Some(room),
-            EventKind::DaemonStarted { .. } | EventKind::DaemonStopping { .. } => None,
+            | EventKind::ActorGaveUp { room, .. }
+            | EventKind::FaultAcknowledged { room, .. }
+            | EventKind::DeviceSwapped { room, .. }
+            | EventKind::BookingStarted { room, .. }
+            | EventKind::BookingEnded { room, .. } => Some(room),
+            EventKind::MaintenanceRecorded { room, .. } => room.as_ref(),
+            EventKind::DaemonStarted { .. }
+            | EventKind::DaemonStopping { .. }
+            | EventKind::ConfigReloaded { .. }
+            | EventKind::StoreFailed { .. }
+            | EventKind::StoreRecovered { .. } => None,
         }
     }
 
     /// Whether the maintenance logbook records this kind (meters and per-command chatter are
-    /// counted in metrics only).
+    /// counted in metrics only; maintenance, swaps and store outages are written by the records
+    /// writer itself, so they are not routed back to it).
     pub fn is_logbook_worthy(&self) -> bool {
-        !matches!(self, EventKind::Meter { .. })
+        !matches!(
+            self,
+            EventKind::Meter { .. }
+                | EventKind::MaintenanceRecorded { .. }
+                | EventKind::DeviceSwapped { .. }
+                | EventKind::StoreFailed { .. }
+                | EventKind::StoreRecovered { .. }
+        )
     }
 
     /// One line for humans.
@@ -209,6 +296,36 @@ impl EventKind {
             EventKind::ActorGaveUp {
                 device, restarts, ..
             } => format!("{device}: actor gave up after {restarts} restarts"),
+            EventKind::FaultAcknowledged {
+                device,
+                code,
+                component,
+                by,
+                ..
+            } => match component {
+                Some(c) => format!("{device}: fault {code} ({c}) acknowledged by {by}"),
+                None => format!("{device}: fault {code} acknowledged by {by}"),
+            },
+            EventKind::ConfigReloaded { summary } => format!("config reloaded: {summary}"),
+            EventKind::MaintenanceRecorded {
+                device, action, by, ..
+            } => format!("{device}: maintenance {action} by {by}"),
+            EventKind::DeviceSwapped {
+                device,
+                old_serial,
+                new_serial,
+                ..
+            } => format!("{device}: device swapped (serial {old_serial} -> {new_serial})"),
+            EventKind::StoreFailed { error, pending } => {
+                format!("logbook store cannot write: {error}; {pending} entries waiting in memory")
+            }
+            EventKind::StoreRecovered { written, dropped } => format!(
+                "logbook store writes again: {written} waiting entries written, {dropped} lost"
+            ),
+            EventKind::BookingStarted { room, booking } => {
+                format!("{room}: booking {booking} started")
+            }
+            EventKind::BookingEnded { room, booking } => format!("{room}: booking {booking} ended"),
         }
     }
 }
@@ -289,8 +406,14 @@ fn log_event(kind: &EventKind) {
                 },
             ..
         }
-        | EventKind::ActorGaveUp { .. } => tracing::error!(event = kind.name(), "{line}"),
+        | EventKind::ActorGaveUp { .. }
+        | EventKind::StoreFailed { .. } => tracing::error!(event = kind.name(), "{line}"),
+        EventKind::StoreRecovered { dropped, .. } if *dropped > 0 => {
+            tracing::error!(event = kind.name(), "{line}")
+        }
         EventKind::LinkDown { .. }
+        | EventKind::DeviceSwapped { .. }
+        | EventKind::StoreRecovered { .. }
         | EventKind::FaultRaised { .. }
         | EventKind::BadInput { .. }
         | EventKind::CommandExecuted { ok: false, .. }

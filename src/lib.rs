@@ -17,6 +17,7 @@ pub mod meter;
 pub mod metrics;
 pub mod model;
 pub mod profile;
+pub mod records;
 pub mod runtime;
 pub mod sim;
 pub mod transport;

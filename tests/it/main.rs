@@ -7,6 +7,7 @@ mod escvp21;
 mod modbus;
 mod pjlink;
 mod qsys;
+mod records;
 mod runtime;
 mod shure;
 mod ssc;
