@@ -19,6 +19,7 @@ use crate::events::{EventBus, EventKind};
 use crate::metrics::Metrics;
 use crate::model::DeviceId;
 use crate::profile::{LinkKind, Profile};
+use crate::records::{EquipmentSeed, LogbookHandle, WriterConfig};
 use crate::runtime::{DeviceSpec, Fleet};
 use crate::sim::{SimBind, SimEndpoint};
 use crate::transport::serial::{Parity, SerialSpec};
@@ -45,6 +46,10 @@ pub struct Daemon {
     pub simulators: Vec<(DeviceId, SimEndpoint)>,
     /// The daemon's one MQTT client, when the site has `[mqtt]`.
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
+    /// The equipment archive and maintenance logbook.
+    pub logbook: LogbookHandle,
+    writer_cancel: CancellationToken,
+    writer_tracker: TaskTracker,
     /// Kept for the daemon's lifetime (rumqttd runs until the process exits).
     _broker: Option<crate::transport::mqtt::EmbeddedBroker>,
     site: String,
@@ -69,7 +74,17 @@ impl Daemon {
         clock: Clock,
     ) -> anyhow::Result<Daemon> {
         let metrics = Metrics::new();
-        let events = EventBus::new(metrics.clone());
+        // The logbook writer takes every logbook-worthy event from the bus. It runs under its
+        // own token so it stops last and commits everyone's final events.
+        let (logbook_tx, logbook_rx) = tokio::sync::mpsc::channel(4096);
+        let events = EventBus::new(metrics.clone()).with_logbook(logbook_tx);
+        let mut writer_config = WriterConfig::new(cfg.storage.path.clone());
+        writer_config.store.max_size_bytes = cfg.storage.max_size_bytes;
+        let (logbook, writer_task) =
+            crate::records::writer::writer(writer_config, logbook_rx, events.clone(), clock);
+        let writer_cancel = CancellationToken::new();
+        let writer_tracker = TaskTracker::new();
+        writer_tracker.spawn(writer_task.run(writer_cancel.clone()));
         let cancel = CancellationToken::new();
         let sim_cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -167,6 +182,36 @@ impl Daemon {
         }
         let fleet = Arc::new(fleet);
 
+        // The equipment archive: one record per device, then counters from its state.
+        for d in &devices {
+            let seed = EquipmentSeed::from_profile(
+                d.id.clone(),
+                d.room.clone(),
+                &d.profile,
+                d.archive.clone(),
+                clock.now(),
+            );
+            // A store that cannot write must not stop the start: the writer buffers and
+            // alerts; registration is retried by the writer's own queue.
+            match tokio::time::timeout(Duration::from_secs(5), logbook.register(seed)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(device = %d.id, error = %e, "equipment not registered")
+                }
+                Err(_) => {
+                    tracing::warn!(device = %d.id, "equipment registration still waiting for the store")
+                }
+            }
+            if let Some(h) = fleet.get(d.id.as_str()) {
+                tracker.spawn(crate::records::archive::feed_counters(
+                    logbook.clone(),
+                    h.watch(),
+                    clock,
+                    cancel.clone(),
+                ));
+            }
+        }
+
         let bind = opts.api_bind.unwrap_or(cfg.api.bind);
         let listener = tokio::net::TcpListener::bind(bind)
             .await
@@ -204,6 +249,9 @@ impl Daemon {
             events,
             clock,
             simulators,
+            logbook,
+            writer_cancel,
+            writer_tracker,
             mqtt,
             _broker: broker,
             site: cfg.site.name.clone(),
@@ -245,6 +293,18 @@ impl Daemon {
                 "shutdown deadline passed; exiting with tasks still running"
             );
         }
+        // The logbook writer last: it drains and commits every event the others sent,
+        // `DaemonStopping` included, within what is left of the deadline.
+        let left = self.deadline.saturating_sub(start.elapsed());
+        self.writer_cancel.cancel();
+        self.writer_tracker.close();
+        let writer_done = tokio::time::timeout(left, self.writer_tracker.wait())
+            .await
+            .is_ok();
+        if !writer_done {
+            tracing::error!("logbook writer did not finish within the shutdown deadline");
+        }
+        let within = within && writer_done;
         self.sim_cancel.cancel();
         self.sim_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sim_tracker.wait()).await;

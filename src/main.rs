@@ -50,12 +50,72 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The maintenance logbook: verify the hash chain, export, record maintenance, show the
+    /// equipment archive.
+    Logbook {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(subcommand)]
+        command: avwarden::records::cli::LogbookCommand,
+    },
+    /// Reports from the logbook (the monthly maintenance report).
+    Report {
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(subcommand)]
+        command: avwarden::records::cli::ReportCommand,
+    },
     /// Start a simulator for every simulated device of a site, at the addresses its config
     /// names, until interrupted.
     Simulate {
         #[arg(long, short)]
         config: PathBuf,
     },
+}
+
+/// Which store a logbook command reads: `--db`, or the storage path of `--config`.
+#[derive(clap::Args)]
+struct StoreArg {
+    /// The SQLite store.
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// A site config whose `[storage] path` names the store.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn resolve(&self) -> Result<PathBuf, ExitCode> {
+        match (&self.db, &self.config) {
+            (Some(db), _) => Ok(db.clone()),
+            (None, Some(cfg)) => load(cfg).map(|c| c.storage.path),
+            (None, None) => {
+                eprintln!("error: name the store with --db PATH or --config SITE.toml");
+                Err(ExitCode::from(2))
+            }
+        }
+    }
+}
+
+fn run_store_command(
+    store: &StoreArg,
+    run: impl FnOnce(&Path, &mut dyn std::io::Write) -> anyhow::Result<avwarden::records::cli::Status>,
+) -> ExitCode {
+    let db = match store.resolve() {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let res = run(&db, &mut out);
+    let _ = std::io::Write::flush(&mut out);
+    match res {
+        Ok(status) => status.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -121,6 +181,12 @@ fn main() -> ExitCode {
                     api_bind: Some(bind),
                 },
             )
+        }
+        Command::Logbook { store, command } => {
+            run_store_command(&store, |db, out| command.run(db, out))
+        }
+        Command::Report { store, command } => {
+            run_store_command(&store, |db, out| command.run(db, out))
         }
         Command::Simulate { config } => {
             let cfg = match load(&config) {

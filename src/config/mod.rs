@@ -98,6 +98,8 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub path: PathBuf,
+    /// Refuse to grow the store past this size (the writer then buffers and alerts).
+    pub max_size_bytes: Option<u64>,
 }
 
 /// Reconnect policy shared by all links.
@@ -130,6 +132,8 @@ pub struct DeviceConfig {
     pub simulated: bool,
     pub simulator: toml::Table,
     pub settings: toml::Table,
+    /// What the equipment archive keeps about this device besides what it reports itself.
+    pub archive: crate::records::ArchiveFields,
 }
 
 /// `[mqtt]`, validated by the MQTT transport's own rules (including every value that would

@@ -34,6 +34,7 @@ pub struct RawApi {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStorage {
     pub path: Option<String>,
+    pub max_size_mb: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +77,8 @@ pub struct RawDevice {
     pub simulated: Option<bool>,
     pub simulator: Option<toml::Table>,
     pub settings: Option<toml::Table>,
+    /// Equipment archive facts a technician keeps (location, supplier, warranty …).
+    pub archive: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -197,8 +197,20 @@ pub fn parse_site(
         .as_ref()
         .and_then(|s| s.path.clone())
         .unwrap_or_else(|| "avwarden.db".to_owned());
+    let max_size_bytes = match raw.storage.as_ref().and_then(|s| s.max_size_mb) {
+        None => None,
+        Some(mb) if (1..=1_000_000).contains(&mb) => Some(mb as u64 * 1024 * 1024),
+        Some(_) => {
+            pr.at_path(
+                &[k("storage"), k("max_size_mb")],
+                "must be between 1 and 1000000",
+            );
+            None
+        }
+    };
     let storage = StorageConfig {
         path: resolve(base, &storage_path),
+        max_size_bytes,
     };
 
     let links = {
@@ -342,7 +354,7 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
         ],
         ["site"] => vec!["name", "time_zone"],
         ["api"] => vec!["bind"],
-        ["storage"] => vec!["path"],
+        ["storage"] => vec!["path", "max_size_mb"],
         ["profiles"] => vec!["dir"],
         ["links"] => vec!["backoff_min_ms", "backoff_max_ms"],
         ["shutdown"] => vec!["deadline_secs"],
@@ -358,6 +370,7 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
             "simulated",
             "simulator",
             "settings",
+            "archive",
         ],
         ["devices", "link"] => vec![
             "kind",
@@ -607,6 +620,29 @@ fn validate_devices(
                 pr.at_path(&p(&at, &[k("settings")]), e.to_string());
             }
         }
+        let archive = match &d.archive {
+            None => crate::records::ArchiveFields::default(),
+            Some(t) => {
+                let parsed: Result<crate::records::ArchiveFields, _> =
+                    toml::Value::Table(t.clone()).try_into();
+                match parsed {
+                    Ok(a) => {
+                        if let Err(e) = a.validate() {
+                            let m = match e {
+                                crate::records::StoreError::Invalid(m) => m,
+                                other => other.to_string(),
+                            };
+                            pr.at_path(&p(&at, &[k("archive")]), m);
+                        }
+                        a
+                    }
+                    Err(e) => {
+                        pr.at_path(&p(&at, &[k("archive")]), first_line(e.message()));
+                        crate::records::ArchiveFields::default()
+                    }
+                }
+            }
+        };
         if let (Some(id), Some(room), Some(profile)) = (id, room, profile) {
             out.push(DeviceConfig {
                 id: DeviceId::new(id),
@@ -618,6 +654,7 @@ fn validate_devices(
                 simulated,
                 simulator: d.simulator.clone().unwrap_or_default(),
                 settings: d.settings.clone().unwrap_or_default(),
+                archive,
             });
         }
     }

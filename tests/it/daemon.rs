@@ -208,3 +208,131 @@ mode = "cool"
     let report = daemon.shutdown("test").await;
     assert!(report.within_deadline);
 }
+
+/// Issue 5 end to end: what a simulated projector says about itself fills the equipment
+/// archive, a physically swapped projector (new serial on the same address) is logged as a
+/// swap, and the `logbook` commands read the daemon's store.
+#[tokio::test]
+async fn projector_identity_fills_the_archive_and_a_swap_is_logged() {
+    use avwarden::sim::pjlink::{PjlinkSim, SimConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("records.db");
+    let stop_sim = CancellationToken::new();
+    let first = SimConfig {
+        serial: "SH1000001".into(),
+        manufacturer: "Panasonic".into(),
+        model: "PT-EZ580".into(),
+        ..SimConfig::default()
+    };
+    let sim = PjlinkSim::start(first, "127.0.0.1:0".parse().unwrap(), stop_sim.clone())
+        .await
+        .unwrap();
+    let port = sim.addr().port();
+    let site = format!(
+        r#"
+[site]
+name = "Archive test"
+time_zone = "Asia/Shanghai"
+
+[storage]
+path = "{db}"
+
+[links]
+backoff_min_ms = 50
+backoff_max_ms = 200
+
+[[rooms]]
+id = "r1"
+capacity = 10
+
+[[devices]]
+id = "proj"
+room = "r1"
+profile = "generic-pjlink"
+link = {{ host = "127.0.0.1", port = {port} }}
+archive = {{ location = "ceiling, front", supplier = "AV Supplies Ltd", install_date = "2024-03-01", warranty_end = "2027-02-28" }}
+"#,
+        db = db.display()
+    );
+    let cfg = parse_site(&site, "site.toml", dir.path(), &Env::fixed(&[])).expect("valid");
+    let daemon = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        avwarden::clock::Clock::system(),
+    )
+    .await
+    .unwrap();
+    let h = daemon.fleet.get("proj").unwrap().clone();
+    let mut rx = h.watch();
+    wait_state(&mut rx, Duration::from_secs(20), "ok", |s| {
+        s.health == Health::Ok && s.identity.serial.as_deref() == Some("SH1000001")
+    })
+    .await;
+
+    // The projector is replaced by another unit on the same address.
+    sim.stop().await;
+    let second = SimConfig {
+        serial: "SH2000002".into(),
+        manufacturer: "Panasonic".into(),
+        model: "PT-EZ580".into(),
+        ..SimConfig::default()
+    };
+    let _sim2 = PjlinkSim::start(
+        second,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        stop_sim.clone(),
+    )
+    .await
+    .unwrap();
+    wait_state(&mut rx, Duration::from_secs(20), "new unit seen", |s| {
+        s.health == Health::Ok && s.identity.serial.as_deref() == Some("SH2000002")
+    })
+    .await;
+    daemon.logbook.flush().await.unwrap();
+    let report = daemon.shutdown("test").await;
+    assert!(report.within_deadline);
+    stop_sim.cancel();
+
+    // What the store says, read through the commands a technician uses.
+    let bin = env!("CARGO_BIN_EXE_avwarden");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("logbook")
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run(&["equipment", "--device", "proj", "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let all: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let rec = &all[0];
+    assert_eq!(rec["identity"]["serial"], "SH2000002", "{rec}");
+    assert_eq!(rec["identity"]["manufacturer"], "Panasonic");
+    assert_eq!(rec["fields"]["supplier"], "AV Supplies Ltd");
+    assert_eq!(rec["fields"]["warranty_end"], "2027-02-28");
+
+    let (code, csv) = run(&["export", "--format", "csv"]);
+    assert_eq!(code, Some(0));
+    let swap = csv
+        .lines()
+        .find(|l| l.contains("device_swapped"))
+        .unwrap_or_else(|| panic!("no swap entry in\n{csv}"));
+    assert!(
+        swap.contains("SH1000001") && swap.contains("SH2000002"),
+        "{swap}"
+    );
+    assert!(csv.contains("daemon_started") && csv.contains("daemon_stopping"));
+
+    let (code, verify) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{verify}");
+}

@@ -43,6 +43,10 @@ enum Answer {
     Skipped,
 }
 
+/// Re-read identity every this many polls (a few minutes at the usual interval), so a swapped
+/// projector is noticed even when its link never looked down.
+const IDENTITY_EVERY_POLLS: u32 = 30;
+
 pub struct PjlinkDriver {
     password: Option<String>,
     lamp: Option<LampSpec>,
@@ -68,6 +72,12 @@ pub struct PjlinkDriver {
     /// After a power command to a projector that never reports 2/3: busy until then.
     transition_until: Option<Instant>,
     last_exchange_end: Option<Instant>,
+    /// A persistent session was silently reopened during this poll: the unit on the other end
+    /// may be another one (swapped while the cable was out), so its identity is read again.
+    session_renewed: bool,
+    /// Polls since identity was last read; a projector behind a per-exchange link or a
+    /// quick cable swap is re-identified every [`IDENTITY_EVERY_POLLS`] polls.
+    polls_since_identity: u32,
 }
 
 impl PjlinkDriver {
@@ -102,6 +112,8 @@ impl PjlinkDriver {
             reports_transitions: false,
             transition_until: None,
             last_exchange_end: None,
+            session_renewed: false,
+            polls_since_identity: 0,
         })
     }
 
@@ -183,6 +195,7 @@ impl PjlinkDriver {
                 {
                     link.disconnect();
                     first_try = false;
+                    self.session_renewed = true;
                 }
                 other => return other,
             }
@@ -530,7 +543,18 @@ impl PjlinkDriver {
         })
     }
 
+    /// Identity (NAME, INF1, INF2, INFO, class-2 SNUM/SVER/RLMP/RFIL), resetting the
+    /// re-identification counter.
     async fn read_identity(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
+        self.polls_since_identity = 0;
+        self.read_identity_inner(link, obs).await
+    }
+
+    async fn read_identity_inner(
         &mut self,
         link: &mut Link,
         obs: &mut Observer,
@@ -733,6 +757,12 @@ impl Driver for PjlinkDriver {
             if self.has(Command::IRES) {
                 self.read_resolution(link, obs).await?;
             }
+        }
+        self.polls_since_identity += 1;
+        if std::mem::take(&mut self.session_renewed)
+            || self.polls_since_identity >= IDENTITY_EVERY_POLLS
+        {
+            self.read_identity(link, obs).await?;
         }
         self.finish_cycle(obs);
         Ok(())
