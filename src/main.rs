@@ -263,7 +263,7 @@ fn profiles(dir: Option<&Path>) -> ExitCode {
         let caps: Vec<&str> = p.capabilities.iter().map(|c| c.as_str()).collect();
         println!(
             "{:<26} {:<10} {:<9} {:<8} {:<32} {}",
-            p.id,
+            p.id.as_str(),
             p.kind.as_str(),
             p.driver.as_str(),
             format!("{:?}", p.link.kind).to_lowercase(),

@@ -129,3 +129,46 @@ fn check_config_exits_2_on_errors_and_0_with_a_summary() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Every shipped profile parses, builds its driver with default settings, and is listed by
+/// `avwarden profiles` with its driver and link.
+#[test]
+fn every_shipped_profile_loads_builds_and_is_listed() {
+    let set = avwarden::profile::ProfileSet::embedded().expect("embedded profiles parse");
+    assert!(set.len() >= 18, "only {} profiles", set.len());
+    for p in set.iter() {
+        avwarden::driver::for_profile(p, None, &toml::Table::new())
+            .unwrap_or_else(|e| panic!("profile {} does not build its driver: {e}", p.id));
+        assert!(!p.capabilities.is_empty(), "{} has no capabilities", p.id);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .arg("profiles")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for p in set.iter() {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(p.id.as_str()))
+            .unwrap_or_else(|| panic!("{} not listed:\n{text}", p.id));
+        assert!(line.contains(p.driver.as_str()), "{line}");
+    }
+}
+
+/// The shipped example site and the demo site validate (the example with its secrets set).
+#[test]
+fn shipped_site_configs_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let env = Env::fixed(&[
+        ("AVWARDEN_MQTT_PASSWORD", "x"),
+        ("A301_PJLINK_PASSWORD", "y"),
+        ("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo"),
+    ]);
+    for name in ["site.example.toml", "demo.toml"] {
+        let text = std::fs::read_to_string(root.join(name)).unwrap();
+        let cfg = parse_site(&text, name, &root, &env)
+            .unwrap_or_else(|e| panic!("{name} does not validate:\n{e}"));
+        assert!(cfg.devices.len() >= 7, "{name}");
+    }
+}
