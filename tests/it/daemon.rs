@@ -336,3 +336,98 @@ archive = {{ location = "ceiling, front", supplier = "AV Supplies Ltd", install_
     let (code, verify) = run(&["verify"]);
     assert_eq!(code, Some(0), "{verify}");
 }
+
+/// `avwarden simulate` serves every simulated device at the address its config names: a
+/// PJLink projector on its TCP port and an ESC/VP21 projector on a pseudo-terminal linked at
+/// the configured serial path.
+#[test]
+fn simulate_serves_devices_at_their_configured_addresses() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tty = dir.path().join("ttyPROJ");
+    let cfg = dir.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[site]
+name = "Simulate test"
+time_zone = "UTC"
+
+[[rooms]]
+id = "r1"
+capacity = 10
+
+[[devices]]
+id = "pj"
+room = "r1"
+profile = "generic-pjlink"
+simulated = true
+link = {{ host = "127.0.0.1", port = {port} }}
+
+[[devices]]
+id = "ep"
+room = "r1"
+profile = "epson-escvp21"
+simulated = true
+link = {{ path = "{tty}" }}
+"#,
+            tty = tty.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["simulate", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("simulator(s) running");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.starts_with("pj: generic-pjlink")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.starts_with("ep: epson-escvp21")),
+        "{seen:?}"
+    );
+
+    // The PJLink projector greets on the configured port.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 9];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"PJLINK 0\r");
+    // The serial projector's pseudo-terminal is linked where the config says.
+    let target = std::fs::read_link(&tty).expect("pty symlink at the configured path");
+    assert!(
+        target.to_string_lossy().starts_with("/dev/pts/"),
+        "{target:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    drop(lines);
+}
