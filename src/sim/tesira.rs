@@ -532,7 +532,7 @@ impl Io {
     async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Io::Tcp(s) => s.write_all(data).await,
-            Io::Pty(p) => p.write(data).await,
+            Io::Pty(p) => p.send(data).await,
         }
     }
 }

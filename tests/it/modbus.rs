@@ -10,7 +10,8 @@ use avwarden::driver::{Driver, DriverError, Link, Observer};
 use avwarden::model::{DeviceCommand, DeviceId, DeviceState, Health, RoomId, Value};
 use avwarden::profile::Profile;
 use avwarden::runtime::{DeviceSpec, Fleet};
-use avwarden::sim::modbus::{ModbusSimOptions, Pty, RoomController};
+use avwarden::sim::modbus::{ModbusSimOptions, RoomController};
+use avwarden::sim::pty::PtyMaster;
 use avwarden::sim::thermal::Mode;
 use avwarden::sim::SimBind;
 use avwarden::transport::serial::{Parity, SerialSpec};
@@ -443,13 +444,12 @@ fn data(file: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_driver_against_pymodbus_server() {
     let Some(py) = python() else { return };
-    let a = Pty::open().unwrap();
-    let b = Pty::open().unwrap();
-    let (a_path, b_path) = (a.path.clone(), b.path.clone());
+    let mut am = PtyMaster::open(None).unwrap();
+    let mut bm = PtyMaster::open(None).unwrap();
+    let (a_path, b_path) = (am.path().to_path_buf(), bm.path().to_path_buf());
     let cancel = CancellationToken::new();
     let relay_cancel = cancel.clone();
     tokio::spawn(async move {
-        let (mut am, mut bm) = (a.master, b.master);
         tokio::select! {
             _ = relay_cancel.cancelled() => {}
             _ = tokio::io::copy_bidirectional(&mut am, &mut bm) => {}
