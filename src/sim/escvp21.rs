@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pty::PtyMaster;
-use super::{SimBind, SimEndpoint, SimError};
+use super::{bind_error, option_error, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::escvp21::{PowerCode, CR, LF};
 use crate::transport::ByteStream;
@@ -109,10 +109,7 @@ impl SimConfig {
     pub fn from_options(options: &toml::Table) -> Result<SimConfig, SimError> {
         let mut cfg = SimConfig::default();
         for (key, value) in options {
-            let bad = |message: String| SimError::Option {
-                key: key.clone(),
-                message,
-            };
+            let bad = |message: String| option_error(key.as_str(), message);
             match key.as_str() {
                 "warm_up_secs" => cfg.warm_up = secs(value).map_err(bad)?,
                 "cool_down_secs" => cfg.cool_down = secs(value).map_err(bad)?,
@@ -945,12 +942,9 @@ pub async fn spawn_from_config(
                 .ok_or_else(|| SimError::Pty("simulator has no device path".into()))?;
             Ok(SimEndpoint::Pty(path))
         }
-        other => Err(SimError::Option {
-            key: "bind".into(),
-            message: format!(
-                "the ESC/VP21 simulator is an RS-232 device and needs a pseudo-terminal, not {other:?}"
-            ),
-        }),
+        other => Err(bind_error(format!(
+            "the ESC/VP21 simulator is an RS-232 device and needs a pseudo-terminal, not {other:?}"
+        ))),
     }
 }
 

@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::pty::PtyMaster;
-use super::thermal::{Controls, Mode, Running, SimRoom, ThermalParams};
-use super::{SimBind, SimEndpoint, SimError};
+use super::thermal::{Controls, Mode, RoomStart, Running, SimRoom, ThermalParams};
+use super::{option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::modbus::{
     scan_request, ExceptionCode, Request, RequestPdu, Response, ResponsePdu, Scan,
@@ -141,37 +141,27 @@ impl std::fmt::Debug for RoomController {
 
 impl RoomController {
     pub fn new(map: RegisterMap, options: &ModbusSimOptions) -> Result<Self, SimError> {
-        let opt_err = |key: &str, message: String| SimError::Option {
-            key: key.to_owned(),
-            message,
-        };
-        let mode = Mode::parse(&options.mode)
-            .ok_or_else(|| opt_err("mode", format!("{:?} is not a mode", options.mode)))?;
-        let mut params = ThermalParams::default();
-        if let Some(a) = options.ambient_c {
-            params.ambient_c = a;
+        let room = RoomStart {
+            temperature_c: options.temperature_c,
+            setpoint_c: options.setpoint_c,
+            mode: &options.mode,
+            power: options.power,
+            ambient_c: options.ambient_c,
+            rate_c_per_min: options.rate_c_per_min,
         }
-        if let Some(r) = options.rate_c_per_min {
-            params.rate_c_per_min = r;
-        }
-        params.check().map_err(|m| opt_err("thermal", m))?;
+        .room()?;
         let slave = options.slave.unwrap_or(map.slave);
         if !(1..=247).contains(&slave) {
-            return Err(opt_err(
+            return Err(option_error(
                 "slave",
                 format!("{slave} is not a unit address 1–247"),
             ));
         }
-        let controls = Controls {
-            power: options.power,
-            mode,
-            setpoint_c: options.setpoint_c,
-        };
         Ok(Self {
             inner: Arc::new(Mutex::new(State {
                 map,
                 slave,
-                room: SimRoom::new(params, options.temperature_c, controls),
+                room,
                 fan: options.fan.clone(),
                 faults: SimFaults::default(),
                 counters: SimCounters::default(),
@@ -516,17 +506,9 @@ pub async fn spawn_from_config(
     cancel: CancellationToken,
 ) -> Result<(SimEndpoint, RoomController), SimError> {
     let _ = clock;
-    let map = RegisterMap::from_table(&profile.options).map_err(|m| SimError::Option {
-        key: format!("profile {} options", profile.id),
-        message: m,
-    })?;
-    let opts: ModbusSimOptions =
-        toml::Value::Table(options.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".to_owned(),
-                message: e.message().to_owned(),
-            })?;
+    let map = RegisterMap::from_table(&profile.options)
+        .map_err(|m| option_error(format!("profile {} options", profile.id), m))?;
+    let opts: ModbusSimOptions = parse_options(options)?;
     let ctl = RoomController::new(map, &opts)?;
     let ep = serve_on(ctl.clone(), bind, cancel).await?;
     Ok((ep, ctl))
