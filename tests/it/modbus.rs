@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock, profile, wait_state};
+use crate::support::{bus, clock, data, profile, python, wait_state};
 
 const MODBUS_PROFILES: &[&str] = &[
     "avwarden-sim-modbus",
@@ -418,25 +418,6 @@ fn modbus_even_parity_profile() {
             "{id}"
         );
     }
-}
-
-/// `AVWARDEN_PYTHON` or a clear skip (a failure under CI).
-fn python() -> Option<String> {
-    match std::env::var("AVWARDEN_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "AVWARDEN_PYTHON must be set under CI (scripts/test sets it)"
-            );
-            eprintln!("skipped: AVWARDEN_PYTHON not set");
-            None
-        }
-    }
-}
-
-fn data(file: &str) -> String {
-    format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Our driver as the master, pymodbus as the slave, joined by two pseudo-terminals and a byte
