@@ -13,23 +13,17 @@
 //! (state, bytes)`), driven by one task that feeds it bytes, timer deadlines and control
 //! requests. It must not know anything about drivers or the runtime.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{SimBind, SimEndpoint, SimError};
+use super::pty::PtyMaster;
+use super::{bind_error, option_error, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::escvp21::{PowerCode, CR, LF};
 use crate::transport::ByteStream;
@@ -115,10 +109,7 @@ impl SimConfig {
     pub fn from_options(options: &toml::Table) -> Result<SimConfig, SimError> {
         let mut cfg = SimConfig::default();
         for (key, value) in options {
-            let bad = |message: String| SimError::Option {
-                key: key.clone(),
-                message,
-            };
+            let bad = |message: String| option_error(key.as_str(), message);
             match key.as_str() {
                 "warm_up_secs" => cfg.warm_up = secs(value).map_err(bad)?,
                 "cool_down_secs" => cfg.cool_down = secs(value).map_err(bad)?,
@@ -569,123 +560,6 @@ impl LineBuf {
     }
 }
 
-/// The master side of a pseudo-terminal, for async reads and writes; the slave is the
-/// projector's serial port as a driver sees it.
-pub struct PtyMaster {
-    master: AsyncFd<File>,
-    /// Held open so the pseudo-terminal lives (and the master never reads EIO) while no driver
-    /// has the port open.
-    _slave: OwnedFd,
-    slave_path: PathBuf,
-}
-
-impl PtyMaster {
-    /// A fresh pseudo-terminal pair with the slave in raw mode (no CR/LF translation, no echo).
-    pub fn open() -> Result<PtyMaster, SimError> {
-        let pty_err = |what: &str, e: nix::Error| SimError::Pty(format!("{what}: {e}"));
-        let pty = nix::pty::openpty(None, None).map_err(|e| pty_err("openpty", e))?;
-        let mut termios = tcgetattr(&pty.slave).map_err(|e| pty_err("tcgetattr", e))?;
-        cfmakeraw(&mut termios);
-        tcsetattr(&pty.slave, SetArg::TCSANOW, &termios).map_err(|e| pty_err("tcsetattr", e))?;
-        let slave_path = nix::unistd::ttyname(&pty.slave).map_err(|e| pty_err("ttyname", e))?;
-        let raw = pty.master.as_raw_fd();
-        let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(|e| pty_err("fcntl", e))?;
-        fcntl(
-            raw,
-            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| pty_err("fcntl", e))?;
-        // `AsyncFd::new` is deprecated because it cannot check, for any `T`, that the
-        // descriptor stays open and unchanged while registered (tokio PR 8587); its replacement
-        // `register` is `unsafe`, which this crate forbids. The condition holds here: `File`
-        // owns the descriptor and the `AsyncFd` owns the `File` until both are dropped.
-        #[allow(deprecated)]
-        let master = AsyncFd::new(File::from(pty.master))?;
-        Ok(PtyMaster {
-            master,
-            _slave: pty.slave,
-            slave_path,
-        })
-    }
-
-    pub fn slave_path(&self) -> &Path {
-        &self.slave_path
-    }
-}
-
-impl AsyncRead for PtyMaster {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.master.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|f| f.get_ref().read(unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for PtyMaster {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.master.poll_write_ready(cx))?;
-            match guard.try_io(|f| f.get_ref().write(buf)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Point `link` at `target`, replacing an older symlink atomically. Refuses to replace
-/// anything that is not a symlink (a site config typo must not clobber a file).
-fn point_link(link: &Path, target: &Path) -> Result<(), SimError> {
-    if let Ok(meta) = std::fs::symlink_metadata(link) {
-        if !meta.file_type().is_symlink() {
-            return Err(SimError::Pty(format!(
-                "{} exists and is not a symlink; refusing to replace it",
-                link.display()
-            )));
-        }
-    }
-    let name = link
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "escvp21".to_owned());
-    let tmp = link.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, link)?;
-    Ok(())
-}
-
-fn remove_link(link: &Path) {
-    if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
-        let _ = std::fs::remove_file(link);
-    }
-}
-
 type Edit = Box<dyn FnOnce(&mut Projector, Instant) -> Vec<u8> + Send>;
 
 enum Control {
@@ -730,14 +604,8 @@ impl Escvp21Sim {
         link: Option<PathBuf>,
         cancel: CancellationToken,
     ) -> Result<Escvp21Sim, SimError> {
-        let pty = PtyMaster::open()?;
-        let path = match &link {
-            Some(l) => {
-                point_link(l, pty.slave_path())?;
-                l.clone()
-            }
-            None => pty.slave_path().to_path_buf(),
-        };
+        let pty = PtyMaster::open(link.as_deref())?;
+        let path = pty.path().to_path_buf();
         tracing::info!(path = %path.display(), slave = %pty.slave_path().display(), "escvp21 simulator listening");
         let port: Box<dyn ByteStream> = Box::new(pty);
         Ok(Self::start(
@@ -953,8 +821,8 @@ impl SimTask {
                 Event::Control(None) => self.ctl = None,
                 Event::Control(Some(c)) => self.control(c).await,
                 Event::Read(Ok(0)) | Event::Read(Err(_)) => {
-                    // The in-memory peer went away (a pty master never reads EOF: we hold the
-                    // slave open).
+                    // The in-memory peer went away (a pty master never reads EOF: no one on
+                    // the slave is "nothing yet").
                     self.port = None;
                 }
                 Event::Read(Ok(n)) => {
@@ -966,9 +834,6 @@ impl SimTask {
                     }
                 }
             }
-        }
-        if let Line::Pty { link: Some(l) } = &self.line {
-            remove_link(l);
         }
     }
 
@@ -985,11 +850,9 @@ impl SimTask {
                 let _ = done.send(connected);
             }
             Control::HangUp(done) => {
+                // Dropping the master hangs up the driver's port and removes the symlink.
                 self.port = None;
                 self.lines = LineBuf::default();
-                if let Line::Pty { link: Some(l) } = &self.line {
-                    remove_link(l);
-                }
                 tracing::info!("escvp21 simulator: line hung up");
                 let _ = done.send(());
             }
@@ -1007,14 +870,8 @@ impl SimTask {
                 "an in-memory line cannot be re-opened".into(),
             ));
         };
-        let pty = PtyMaster::open()?;
-        let path = match link {
-            Some(l) => {
-                point_link(l, pty.slave_path())?;
-                l.clone()
-            }
-            None => pty.slave_path().to_path_buf(),
-        };
+        let pty = PtyMaster::open(link.as_deref())?;
+        let path = pty.path().to_path_buf();
         tracing::info!(path = %path.display(), "escvp21 simulator: line re-opened");
         self.lines = LineBuf::default();
         self.port = Some(Box::new(pty));
@@ -1085,12 +942,9 @@ pub async fn spawn_from_config(
                 .ok_or_else(|| SimError::Pty("simulator has no device path".into()))?;
             Ok(SimEndpoint::Pty(path))
         }
-        other => Err(SimError::Option {
-            key: "bind".into(),
-            message: format!(
-                "the ESC/VP21 simulator is an RS-232 device and needs a pseudo-terminal, not {other:?}"
-            ),
-        }),
+        other => Err(bind_error(format!(
+            "the ESC/VP21 simulator is an RS-232 device and needs a pseudo-terminal, not {other:?}"
+        ))),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod thermostat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -103,5 +104,109 @@ pub async fn spawn(
             .map(|(ep, _)| ep),
         DriverKind::Tesira => tesira::spawn_from_config(options, bind, clock, cancel).await,
         DriverKind::Qsys => qsys::spawn_from_config(options, bind, clock, cancel).await,
+    }
+}
+
+/// An error about one simulator setting; `key` is its path inside `[devices.simulator]`.
+pub(crate) fn option_error(key: impl Into<String>, message: impl Into<String>) -> SimError {
+    SimError::Option {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A simulator started on a bind it cannot serve (`needs` says what it listens on).
+pub(crate) fn bind_error(needs: impl Into<String>) -> SimError {
+    option_error("bind", needs)
+}
+
+/// Deserialize a simulator's settings (`[devices.simulator]`). A bad value is an error at its
+/// key path (`blocks.kind`); an error no single key owns (an unknown key, which the message
+/// names) is at `simulator`, the whole table.
+pub(crate) fn parse_options<T: DeserializeOwned>(options: &toml::Table) -> Result<T, SimError> {
+    toml::Value::Table(options.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            option_error(
+                key_path(&e).unwrap_or_else(|| "simulator".to_owned()),
+                e.message().trim(),
+            )
+        })
+}
+
+/// The key path a TOML deserialization error names. `toml` keeps it private and shows it only
+/// in `Display`, as a line "in `a.b`" after the message (pinned by a test).
+fn key_path(e: &toml::de::Error) -> Option<String> {
+    e.to_string()
+        .lines()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`').map(str::to_owned))
+        .filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Opts {
+        #[serde(default)]
+        echo: bool,
+        #[serde(default)]
+        blocks: Vec<Block>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Block {
+        tag: String,
+        #[serde(default)]
+        channels: u32,
+    }
+
+    fn err(text: &str) -> (String, String) {
+        let t: toml::Table = toml::from_str(text).unwrap();
+        match parse_options::<Opts>(&t) {
+            Err(SimError::Option { key, message }) => (key, message),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn option_errors_name_their_key_path() {
+        assert_eq!(
+            err("echo = 3"),
+            (
+                "echo".into(),
+                "invalid type: integer `3`, expected a boolean".into()
+            )
+        );
+        assert_eq!(
+            err("[[blocks]]\ntag = \"a\"\nchannels = -1").0,
+            "blocks.channels"
+        );
+        assert_eq!(
+            err("[[blocks]]\nchannels = 1"),
+            ("blocks".into(), "missing field `tag`".into())
+        );
+        let (key, message) = err("ech = true");
+        assert_eq!(key, "simulator");
+        assert!(message.starts_with("unknown field `ech`"), "{message}");
+        let ok: Opts = parse_options(&toml::from_str("echo = true").unwrap()).unwrap();
+        assert!(ok.echo);
+    }
+
+    #[test]
+    fn a_simulator_setting_error_names_its_key_path() {
+        let t: toml::Table =
+            toml::from_str("[[blocks]]\ntag = \"Level1\"\nkind = \"lvl\"").unwrap();
+        let e = parse_options::<tesira::TesiraSimConfig>(&t).expect_err("bad kind");
+        assert!(
+            e.to_string()
+                .starts_with("simulator option blocks.kind: unknown variant `lvl`"),
+            "{e}"
+        );
     }
 }

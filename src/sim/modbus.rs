@@ -8,24 +8,18 @@
 //! dropped without a word (and counted); broadcasts are executed without a reply. It must not
 //! depend on the driver: interop with a third-party master (pymodbus) is part of its tests.
 
-use std::fs::File;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::io;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use serde::Deserialize;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::thermal::{Controls, Mode, Running, SimRoom, ThermalParams};
-use super::{SimBind, SimEndpoint, SimError};
+use super::pty::PtyMaster;
+use super::thermal::{Controls, Mode, RoomStart, Running, SimRoom, ThermalParams};
+use super::{option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::modbus::{
     scan_request, ExceptionCode, Request, RequestPdu, Response, ResponsePdu, Scan,
@@ -147,37 +141,27 @@ impl std::fmt::Debug for RoomController {
 
 impl RoomController {
     pub fn new(map: RegisterMap, options: &ModbusSimOptions) -> Result<Self, SimError> {
-        let opt_err = |key: &str, message: String| SimError::Option {
-            key: key.to_owned(),
-            message,
-        };
-        let mode = Mode::parse(&options.mode)
-            .ok_or_else(|| opt_err("mode", format!("{:?} is not a mode", options.mode)))?;
-        let mut params = ThermalParams::default();
-        if let Some(a) = options.ambient_c {
-            params.ambient_c = a;
+        let room = RoomStart {
+            temperature_c: options.temperature_c,
+            setpoint_c: options.setpoint_c,
+            mode: &options.mode,
+            power: options.power,
+            ambient_c: options.ambient_c,
+            rate_c_per_min: options.rate_c_per_min,
         }
-        if let Some(r) = options.rate_c_per_min {
-            params.rate_c_per_min = r;
-        }
-        params.check().map_err(|m| opt_err("thermal", m))?;
+        .room()?;
         let slave = options.slave.unwrap_or(map.slave);
         if !(1..=247).contains(&slave) {
-            return Err(opt_err(
+            return Err(option_error(
                 "slave",
                 format!("{slave} is not a unit address 1–247"),
             ));
         }
-        let controls = Controls {
-            power: options.power,
-            mode,
-            setpoint_c: options.setpoint_c,
-        };
         Ok(Self {
             inner: Arc::new(Mutex::new(State {
                 map,
                 slave,
-                room: SimRoom::new(params, options.temperature_c, controls),
+                room,
                 fan: options.fan.clone(),
                 faults: SimFaults::default(),
                 counters: SimCounters::default(),
@@ -513,119 +497,6 @@ impl State {
     }
 }
 
-/// The master end of a pseudo-terminal as an async byte stream. While no one has the slave
-/// open the kernel answers EIO: that is "nobody on the line yet", so reads wait and retry and
-/// writes are dropped, as a UART transmits whether anyone listens or not.
-#[derive(Debug)]
-pub struct PtyEnd {
-    fd: AsyncFd<File>,
-    retry: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-fn is_eio(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(nix::errno::Errno::EIO as i32)
-}
-
-impl PtyEnd {
-    fn new(file: File) -> io::Result<Self> {
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
-        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-        // `AsyncFd::new` is deprecated because it cannot check, for any `T`, that the
-        // descriptor stays open and unchanged while registered; its replacement `register` is
-        // `unsafe`, which this crate forbids. The condition holds: the `File` owns the
-        // descriptor and the `AsyncFd` owns the `File` until both are dropped.
-        #[allow(deprecated)]
-        let fd = AsyncFd::new(file)?;
-        Ok(Self { fd, retry: None })
-    }
-}
-
-impl AsyncRead for PtyEnd {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if let Some(sleep) = self.retry.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.retry = None;
-            }
-            let mut guard = match self.fd.poll_read_ready(cx) {
-                Poll::Ready(g) => g?,
-                Poll::Pending => return Poll::Pending,
-            };
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|inner| inner.get_ref().read(unfilled)) {
-                Ok(Ok(n)) if n > 0 => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Ok(_)) => guard.clear_ready(),
-                Ok(Err(e)) if is_eio(&e) => guard.clear_ready(),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-            // Nobody on the other end: look again shortly.
-            self.retry = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
-        }
-    }
-}
-
-impl AsyncWrite for PtyEnd {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = match self.fd.poll_write_ready(cx) {
-                Poll::Ready(g) => g?,
-                Poll::Pending => return Poll::Pending,
-            };
-            match guard.try_io(|inner| inner.get_ref().write(data)) {
-                Ok(Err(e)) if is_eio(&e) => return Poll::Ready(Ok(data.len())),
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// A pseudo-terminal: the master as a stream, the slave path for the other side. The slave is
-/// put in raw mode (no echo, no newline translation) and closed: the other side opens it,
-/// exclusively, as it would open a USB adapter.
-#[derive(Debug)]
-pub struct Pty {
-    pub master: PtyEnd,
-    pub path: PathBuf,
-}
-
-impl Pty {
-    pub fn open() -> Result<Pty, SimError> {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let err = |what: &str, e: nix::Error| SimError::Pty(format!("{what}: {e}"));
-        let pair = nix::pty::openpty(None, None).map_err(|e| err("openpty", e))?;
-        let mut t = tcgetattr(&pair.slave).map_err(|e| err("tcgetattr", e))?;
-        cfmakeraw(&mut t);
-        tcsetattr(&pair.slave, SetArg::TCSANOW, &t).map_err(|e| err("tcsetattr", e))?;
-        let path = nix::unistd::ttyname(&pair.slave).map_err(|e| err("ttyname", e))?;
-        drop(pair.slave);
-        let master = PtyEnd::new(File::from(pair.master))?;
-        Ok(Pty { master, path })
-    }
-}
-
 /// Start a controller for `profile`'s register map (`[devices.simulator]` options on top).
 pub async fn spawn_from_config(
     profile: &Profile,
@@ -635,17 +506,9 @@ pub async fn spawn_from_config(
     cancel: CancellationToken,
 ) -> Result<(SimEndpoint, RoomController), SimError> {
     let _ = clock;
-    let map = RegisterMap::from_table(&profile.options).map_err(|m| SimError::Option {
-        key: format!("profile {} options", profile.id),
-        message: m,
-    })?;
-    let opts: ModbusSimOptions =
-        toml::Value::Table(options.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".to_owned(),
-                message: e.message().to_owned(),
-            })?;
+    let map = RegisterMap::from_table(&profile.options)
+        .map_err(|m| option_error(format!("profile {} options", profile.id), m))?;
+    let opts: ModbusSimOptions = parse_options(options)?;
     let ctl = RoomController::new(map, &opts)?;
     let ep = serve_on(ctl.clone(), bind, cancel).await?;
     Ok((ep, ctl))
@@ -659,22 +522,12 @@ pub async fn serve_on(
 ) -> Result<SimEndpoint, SimError> {
     match bind {
         SimBind::Pty { link } => {
-            let pty = Pty::open()?;
-            let path = pty.path.clone();
-            let shown = match &link {
-                Some(l) => {
-                    let _ = std::fs::remove_file(l);
-                    std::os::unix::fs::symlink(&path, l)?;
-                    l.clone()
-                }
-                None => path.clone(),
-            };
+            let pty = PtyMaster::open(link.as_deref())?;
+            let shown = pty.path().to_path_buf();
+            // The master (and with it the symlink) goes when serving ends.
             tokio::spawn(async move {
-                if let Err(e) = ctl.serve(pty.master, cancel).await {
+                if let Err(e) = ctl.serve(pty, cancel).await {
                     tracing::warn!(error = %e, "modbus simulator pty closed");
-                }
-                if let Some(l) = link {
-                    let _ = std::fs::remove_file(l);
                 }
             });
             Ok(SimEndpoint::Pty(shown))

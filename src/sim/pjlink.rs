@@ -24,7 +24,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{SimBind, SimEndpoint, SimError};
+use super::{bind_error, option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::pjlink::{
     encode_greeting, encode_lamps, encode_response, md5_digest, parse_mute_param, parse_request,
@@ -136,19 +136,10 @@ struct RawOptions {
     power_on: Option<bool>,
 }
 
-fn option_err(key: &str, message: impl Into<String>) -> SimError {
-    SimError::Option {
-        key: key.to_owned(),
-        message: message.into(),
-    }
-}
-
 impl SimConfig {
     /// Build from the site config's simulator table; unknown keys are errors.
     pub fn from_options(options: &toml::Table) -> Result<SimConfig, SimError> {
-        let raw: RawOptions = toml::Value::Table(options.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| option_err("simulator", e.message()))?;
+        let raw: RawOptions = parse_options(options)?;
         let mut c = SimConfig {
             password: raw.password,
             ..SimConfig::default()
@@ -157,7 +148,7 @@ impl SimConfig {
             c.class = match n {
                 1 => Class::One,
                 2 => Class::Two,
-                _ => return Err(option_err("class", "must be 1 or 2")),
+                _ => return Err(option_error("class", "must be 1 or 2")),
             };
         }
         let secs = |key: &str, v: Option<f64>, d: Duration| -> Result<Duration, SimError> {
@@ -166,7 +157,7 @@ impl SimConfig {
                 Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
                     Ok(Duration::from_secs_f64(s))
                 }
-                Some(_) => Err(option_err(key, "must be between 0 and 86400 seconds")),
+                Some(_) => Err(option_error(key, "must be between 0 and 86400 seconds")),
             }
         };
         c.warm_up = secs("warm_up_secs", raw.warm_up_secs, c.warm_up)?;
@@ -180,7 +171,7 @@ impl SimConfig {
         }
         if let Some(l) = raw.lamp_hours {
             if l.len() > crate::codec::pjlink::MAX_LAMPS {
-                return Err(option_err("lamp_hours", "at most 8 lamps"));
+                return Err(option_error("lamp_hours", "at most 8 lamps"));
             }
             c.lamp_hours = l;
         }
@@ -205,7 +196,7 @@ impl SimConfig {
         if let Some(inputs) = raw.inputs {
             c.inputs = inputs
                 .iter()
-                .map(|s| InputCode::parse(s).map_err(|e| option_err("inputs", e.to_string())))
+                .map(|s| InputCode::parse(s).map_err(|e| option_error("inputs", e.to_string())))
                 .collect::<Result<_, _>>()?;
         }
         Ok(c)
@@ -826,7 +817,7 @@ pub async fn spawn_from_config(
     let _ = clock;
     let cfg = SimConfig::from_options(options)?;
     let SimBind::Tcp(addr) = bind else {
-        return Err(option_err("bind", "a PJLink projector listens on TCP"));
+        return Err(bind_error("a PJLink projector listens on TCP"));
     };
     let sim = PjlinkSim::start(cfg, addr, cancel).await?;
     Ok(SimEndpoint::Tcp(sim.addr()))

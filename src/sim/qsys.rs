@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::meter_script::MeterScript;
-use super::{SimBind, SimEndpoint, SimError};
+use super::{option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::qrc::{
     self, ControlState, EngineState, EngineStatus, NulFramer, QValue, RpcError, RpcRequest,
@@ -309,10 +309,10 @@ pub async fn spawn(
     let mut controls = BTreeMap::new();
     for (i, c) in cfg.controls.iter().enumerate() {
         if c.name.is_empty() || controls.contains_key(&c.name) {
-            return Err(SimError::Option {
-                key: format!("controls[{i}].name"),
-                message: format!("{:?} is empty or used twice", c.name),
-            });
+            return Err(option_error(
+                format!("controls[{i}].name"),
+                format!("{:?} is empty or used twice", c.name),
+            ));
         }
         controls.insert(
             c.name.clone(),
@@ -325,10 +325,7 @@ pub async fn spawn(
         );
     }
     if cfg.idle_timeout_secs == 0 {
-        return Err(SimError::Option {
-            key: "idle_timeout_secs".into(),
-            message: "must be at least 1".into(),
-        });
+        return Err(option_error("idle_timeout_secs", "must be at least 1"));
     }
     let shared = Arc::new(Mutex::new(Shared {
         controls,
@@ -389,14 +386,7 @@ pub async fn spawn_from_config(
     _clock: Clock,
     cancel: CancellationToken,
 ) -> Result<SimEndpoint, SimError> {
-    let cfg: QsysSimConfig =
-        options
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".into(),
-                message: e.message().trim().to_owned(),
-            })?;
+    let cfg: QsysSimConfig = parse_options(options)?;
     let sim = spawn(cfg, bind, cancel).await?;
     Ok(SimEndpoint::Tcp(sim.addr))
 }

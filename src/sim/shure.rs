@@ -26,7 +26,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use super::mic::{BatteryKind, BatteryState, Transmitter, TxSpec};
-use super::{SimBind, SimEndpoint, SimError};
+use super::{bind_error, option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::shure::{self, Message, Runtime, ShureCodec};
 
@@ -314,10 +314,7 @@ impl ShureSim {
         cancel: CancellationToken,
     ) -> Result<ShureSim, SimError> {
         if !(1..=4).contains(&config.channels) {
-            return Err(SimError::Option {
-                key: "channels".into(),
-                message: "must be 1-4".into(),
-            });
+            return Err(option_error("channels", "must be 1-4"));
         }
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
@@ -956,19 +953,9 @@ pub async fn spawn_from_config(
     _clock: Clock,
     cancel: CancellationToken,
 ) -> Result<SimEndpoint, SimError> {
-    let config: ShureSimConfig =
-        options
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".into(),
-                message: e.message().to_owned(),
-            })?;
+    let config: ShureSimConfig = parse_options(options)?;
     let SimBind::Tcp(addr) = bind else {
-        return Err(SimError::Option {
-            key: "bind".into(),
-            message: "a Shure receiver listens on TCP".into(),
-        });
+        return Err(bind_error("a Shure receiver listens on TCP"));
     };
     let sim = ShureSim::start(config, addr, cancel).await?;
     Ok(SimEndpoint::Tcp(sim.addr()))

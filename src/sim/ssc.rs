@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::mic::{BatteryKind, Transmitter, TxSpec};
-use super::{SimBind, SimEndpoint, SimError};
+use super::{bind_error, option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::ssc::{self, Builder, SubscribeParams, Subscription};
 
@@ -152,10 +152,7 @@ impl SscSim {
         cancel: CancellationToken,
     ) -> Result<SscSim, SimError> {
         if !(1..=4).contains(&config.channels) {
-            return Err(SimError::Option {
-                key: "channels".into(),
-                message: "must be 1-4".into(),
-            });
+            return Err(option_error("channels", "must be 1-4"));
         }
         let sock = UdpSocket::bind(bind).await?;
         let addr = sock.local_addr()?;
@@ -602,19 +599,9 @@ pub async fn spawn_from_config(
     _clock: Clock,
     cancel: CancellationToken,
 ) -> Result<SimEndpoint, SimError> {
-    let config: SscSimConfig =
-        options
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".into(),
-                message: e.message().to_owned(),
-            })?;
+    let config: SscSimConfig = parse_options(options)?;
     let SimBind::Udp(addr) = bind else {
-        return Err(SimError::Option {
-            key: "bind".into(),
-            message: "an SSC receiver listens on UDP".into(),
-        });
+        return Err(bind_error("an SSC receiver listens on UDP"));
     };
     let sim = SscSim::start(config, addr, cancel).await?;
     Ok(SimEndpoint::Udp(sim.addr()))

@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use super::meter_script::MeterScript;
 use super::pty::PtyMaster;
-use super::{SimBind, SimEndpoint, SimError};
+use super::{option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::telnet::{TelnetCommand, TelnetOutput, TelnetParser};
 use crate::codec::tesira::{split_command, BANNER};
@@ -397,10 +397,7 @@ fn build_design(blocks: &[BlockSpec]) -> Result<BTreeMap<String, Block>, SimErro
     let now = Instant::now();
     let mut design = BTreeMap::new();
     for (i, b) in blocks.iter().enumerate() {
-        let bad = |m: String| SimError::Option {
-            key: format!("blocks[{i}]"),
-            message: m,
-        };
+        let bad = |m: String| option_error(format!("blocks[{i}]"), m);
         if b.tag.is_empty() || b.tag == "SESSION" || b.tag == "DEVICE" {
             return Err(bad(format!("tag {:?} is not usable", b.tag)));
         }
@@ -505,14 +502,7 @@ pub async fn spawn_from_config(
     _clock: Clock,
     cancel: CancellationToken,
 ) -> Result<SimEndpoint, SimError> {
-    let cfg: TesiraSimConfig =
-        options
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SimError::Option {
-                key: "simulator".into(),
-                message: e.message().trim().to_owned(),
-            })?;
+    let cfg: TesiraSimConfig = parse_options(options)?;
     let sim = spawn(cfg, bind, cancel).await?;
     Ok(sim.endpoint.clone())
 }
@@ -532,7 +522,7 @@ impl Io {
     async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
             Io::Tcp(s) => s.write_all(data).await,
-            Io::Pty(p) => p.write(data).await,
+            Io::Pty(p) => p.send(data).await,
         }
     }
 }

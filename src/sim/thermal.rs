@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{option_error, SimError};
+
 /// Physical constants of one simulated room.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThermalParams {
@@ -256,6 +258,40 @@ impl SimRoom {
         self.advance();
         self.room.temp_c = temp_c;
         self.room = step(self.room, &self.controls, &self.params, Duration::ZERO);
+    }
+}
+
+/// How a simulated room starts, from the settings both HVAC simulators read alike (`mode` by
+/// name; `ambient_c` and `rate_c_per_min` over [`ThermalParams::default`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoomStart<'a> {
+    pub temperature_c: f64,
+    pub setpoint_c: f64,
+    pub mode: &'a str,
+    pub power: bool,
+    pub ambient_c: Option<f64>,
+    pub rate_c_per_min: Option<f64>,
+}
+
+impl RoomStart<'_> {
+    /// The room, or an option error naming the setting (`mode`, `thermal`).
+    pub fn room(self) -> Result<SimRoom, SimError> {
+        let mode = Mode::parse(self.mode)
+            .ok_or_else(|| option_error("mode", format!("{:?} is not a mode", self.mode)))?;
+        let mut params = ThermalParams::default();
+        if let Some(a) = self.ambient_c {
+            params.ambient_c = a;
+        }
+        if let Some(r) = self.rate_c_per_min {
+            params.rate_c_per_min = r;
+        }
+        params.check().map_err(|m| option_error("thermal", m))?;
+        let controls = Controls {
+            power: self.power,
+            mode,
+            setpoint_c: self.setpoint_c,
+        };
+        Ok(SimRoom::new(params, self.temperature_c, controls))
     }
 }
 

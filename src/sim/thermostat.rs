@@ -16,8 +16,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::thermal::{Controls, Mode, Running, SimRoom, ThermalParams};
-use super::{SimBind, SimEndpoint, SimError};
+use super::thermal::{Controls, Mode, RoomStart, Running, SimRoom};
+use super::{option_error, parse_options, SimBind, SimEndpoint, SimError};
 use crate::clock::Clock;
 use crate::codec::climate_json::{
     command_filters, decode_set, state_payload, ClimateMap, ClimateSet, ClimateSnapshot,
@@ -162,39 +162,24 @@ pub async fn spawn_from_config(
     let SimBind::Mqtt { host, port, topic } = bind else {
         return Err(SimError::Unsupported("mqtt thermostat needs an mqtt bind"));
     };
-    let opt_err = |key: &str, message: String| SimError::Option {
-        key: key.to_owned(),
-        message,
-    };
     let map = ClimateMap::from_table(&profile.options)
-        .map_err(|m| opt_err(&format!("profile {} options", profile.id), m))?;
-    let opts: ThermostatOptions = toml::Value::Table(options.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| opt_err("simulator", e.message().to_owned()))?;
-    let mode = Mode::parse(&opts.mode)
-        .ok_or_else(|| opt_err("mode", format!("{:?} is not a mode", opts.mode)))?;
-    let mut params = ThermalParams::default();
-    if let Some(a) = opts.ambient_c {
-        params.ambient_c = a;
+        .map_err(|m| option_error(format!("profile {} options", profile.id), m))?;
+    let opts: ThermostatOptions = parse_options(options)?;
+    let room = RoomStart {
+        temperature_c: opts.temperature_c,
+        setpoint_c: opts.setpoint_c,
+        mode: &opts.mode,
+        power: opts.power,
+        ambient_c: opts.ambient_c,
+        rate_c_per_min: opts.rate_c_per_min,
     }
-    if let Some(r) = opts.rate_c_per_min {
-        params.rate_c_per_min = r;
-    }
-    params.check().map_err(|m| opt_err("thermal", m))?;
+    .room()?;
     if !crate::transport::mqtt::valid_topic(&topic) {
-        return Err(opt_err("topic", format!("{topic:?} is not a topic")));
+        return Err(option_error("topic", format!("{topic:?} is not a topic")));
     }
     let control = ThermostatControl {
         inner: Arc::new(Mutex::new(State {
-            room: SimRoom::new(
-                params,
-                opts.temperature_c,
-                Controls {
-                    power: opts.power,
-                    mode,
-                    setpoint_c: opts.setpoint_c,
-                },
-            ),
+            room,
             fan: map.fields.fan.as_ref().map(|_| "auto".to_owned()),
             available: true,
             faults: ThermostatFaults::default(),

@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock, profile, wait_state};
+use crate::support::{bus, clock, has_fault, profile, wait_state};
 
 /// Only catches a hang; every wait ends on an event long before this.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -72,10 +72,6 @@ impl Room {
         }
         out
     }
-}
-
-fn has_fault(s: &DeviceState, code: &str) -> bool {
-    s.faults.iter().any(|f| f.fault.code == code)
 }
 
 fn power(s: &DeviceState) -> Option<Value> {

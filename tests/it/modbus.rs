@@ -10,7 +10,8 @@ use avwarden::driver::{Driver, DriverError, Link, Observer};
 use avwarden::model::{DeviceCommand, DeviceId, DeviceState, Health, RoomId, Value};
 use avwarden::profile::Profile;
 use avwarden::runtime::{DeviceSpec, Fleet};
-use avwarden::sim::modbus::{ModbusSimOptions, Pty, RoomController};
+use avwarden::sim::modbus::{ModbusSimOptions, RoomController};
+use avwarden::sim::pty::PtyMaster;
 use avwarden::sim::thermal::Mode;
 use avwarden::sim::SimBind;
 use avwarden::transport::serial::{Parity, SerialSpec};
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock, profile, wait_state};
+use crate::support::{bus, clock, data, profile, python, wait_state};
 
 const MODBUS_PROFILES: &[&str] = &[
     "avwarden-sim-modbus",
@@ -419,37 +420,17 @@ fn modbus_even_parity_profile() {
     }
 }
 
-/// `AVWARDEN_PYTHON` or a clear skip (a failure under CI).
-fn python() -> Option<String> {
-    match std::env::var("AVWARDEN_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "AVWARDEN_PYTHON must be set under CI (scripts/test sets it)"
-            );
-            eprintln!("skipped: AVWARDEN_PYTHON not set");
-            None
-        }
-    }
-}
-
-fn data(file: &str) -> String {
-    format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Our driver as the master, pymodbus as the slave, joined by two pseudo-terminals and a byte
 /// relay (a null-modem cable): both sides open real tty paths with their serial libraries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_driver_against_pymodbus_server() {
     let Some(py) = python() else { return };
-    let a = Pty::open().unwrap();
-    let b = Pty::open().unwrap();
-    let (a_path, b_path) = (a.path.clone(), b.path.clone());
+    let mut am = PtyMaster::open(None).unwrap();
+    let mut bm = PtyMaster::open(None).unwrap();
+    let (a_path, b_path) = (am.path().to_path_buf(), bm.path().to_path_buf());
     let cancel = CancellationToken::new();
     let relay_cancel = cancel.clone();
     tokio::spawn(async move {
-        let (mut am, mut bm) = (a.master, b.master);
         tokio::select! {
             _ = relay_cancel.cancelled() => {}
             _ = tokio::io::copy_bidirectional(&mut am, &mut bm) => {}

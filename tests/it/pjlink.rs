@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock, profile, wait_state};
+use crate::support::{bus, clock, has_fault, profile, wait_state};
 
 /// Commands of a full read of a Class 2 projector (what `read_all` must ask).
 const FULL_READ_C2: &[&str] = &[
@@ -73,10 +73,6 @@ fn value(s: &DeviceState, key: &str) -> Value {
 
 fn power(s: &DeviceState) -> Option<PowerState> {
     s.reading("power").and_then(|r| r.value.as_power())
-}
-
-fn has_fault(s: &DeviceState, code: &str) -> bool {
-    s.faults.iter().any(|f| f.fault.code == code)
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -687,8 +683,7 @@ power_on = true
 /// lead's CI provides in `AVWARDEN_PYTHON`.
 #[tokio::test]
 async fn interop_aiopjlink_client_talks_to_our_simulator() {
-    let Some(python) = std::env::var_os("AVWARDEN_PYTHON") else {
-        println!("skipped: AVWARDEN_PYTHON not set");
+    let Some(python) = crate::support::python() else {
         return;
     };
     let cancel = CancellationToken::new();
@@ -715,7 +710,7 @@ async fn interop_aiopjlink_client_talks_to_our_simulator() {
         filter: ErrorLevel::Error,
         ..ErrorStatus::default()
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pjlink_client.py");
+    let script = crate::support::data("pjlink_client.py");
     let child = tokio::process::Command::new(python)
         .arg(script)
         .arg("127.0.0.1")

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::codec::qrc::EngineState;
-use avwarden::events::{Event, EventKind};
 use avwarden::model::{DeviceCommand, Health, Severity, Value};
-use avwarden::runtime::{DeviceHandle, DeviceSpec, Fleet};
+use avwarden::runtime::DeviceSpec;
 use avwarden::sim::meter_script::MeterScript;
 use avwarden::sim::qsys::{self, QsysSim, QsysSimConfig};
 use avwarden::sim::tesira::{self, TesiraSimConfig};
@@ -18,11 +17,9 @@ use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::support;
+use crate::support::{self, meter_where, reading, Rig};
 
 const ROOM: &str = r#"
 [[zones]]
@@ -43,61 +40,11 @@ fn loopback() -> SimBind {
     SimBind::Tcp("127.0.0.1:0".parse().unwrap())
 }
 
-struct Rig {
-    _fleet: Fleet,
-    handle: DeviceHandle,
-    events: broadcast::Receiver<Arc<Event>>,
-    cancel: CancellationToken,
-}
-
+/// The Q-SYS Core at `sim` under the runtime.
 fn start(sim: &QsysSim, settings: &str, tweak: impl FnOnce(&mut DeviceSpec)) -> Rig {
-    let bus = support::bus();
-    let events = bus.subscribe();
-    let cancel = CancellationToken::new();
-    let mut fleet = Fleet::new(bus, support::clock(), TaskTracker::new(), cancel.clone());
     let link = LinkSpec::Tcp(TcpSpec::new("127.0.0.1", sim.addr().port()));
-    let mut spec = DeviceSpec::new("core1", "room1", support::profile("qsys-core"), link);
-    spec.settings = toml::from_str(settings).unwrap();
-    tweak(&mut spec);
-    let handle = fleet.spawn_device(spec).unwrap();
-    Rig {
-        _fleet: fleet,
-        handle,
-        events,
-        cancel,
-    }
-}
-
-async fn meter_where(
-    rx: &mut broadcast::Receiver<Arc<Event>>,
-    channel: &str,
-    limit: Duration,
-    mut pred: impl FnMut(f64) -> bool,
-) -> f64 {
-    let res = tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    if let EventKind::Meter {
-                        channel: c, dbfs, ..
-                    } = &e.kind
-                    {
-                        if c == channel && pred(*dbfs) {
-                            return *dbfs;
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
-            }
-        }
-    })
-    .await;
-    res.unwrap_or_else(|_| panic!("no meter on {channel} matching within {limit:?}"))
-}
-
-fn reading(s: &avwarden::model::DeviceState, key: &str) -> Option<Value> {
-    s.reading(key).map(|r| r.value.clone())
+    let spec = DeviceSpec::new("core1", "room1", support::profile("qsys-core"), link);
+    Rig::start(spec, settings, tweak)
 }
 
 /// Read one NUL-terminated message.

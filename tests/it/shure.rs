@@ -7,70 +7,23 @@ use std::time::Duration;
 
 use avwarden::driver::DriverError;
 use avwarden::events::{EventBus, EventKind};
-use avwarden::model::{DeviceCommand, DeviceState, Fault, Health, Severity, Value};
-use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::model::{DeviceCommand, Health, Severity, Value};
+use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
 use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::support::{self, wait_state};
+use crate::support::{self, fault, int, val, wait_state, Rig};
 
-struct Rig {
-    handle: DeviceHandle,
-    rx: watch::Receiver<DeviceState>,
-    bus: EventBus,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-    _fleet: Fleet,
-}
-
-impl Rig {
-    fn start(profile: &str, addr: SocketAddr, settings: &str) -> Rig {
-        let bus = support::bus();
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let mut fleet = Fleet::new(
-            bus.clone(),
-            support::clock(),
-            tracker.clone(),
-            cancel.clone(),
-        );
-        let link = LinkSpec::Tcp(TcpSpec::new(addr.ip().to_string(), addr.port()));
-        let mut spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
-        spec.settings = toml::from_str(settings).expect("settings");
-        let handle = fleet.spawn_device(spec).expect("device spawns");
-        Rig {
-            rx: handle.watch(),
-            handle,
-            bus,
-            cancel,
-            tracker,
-            _fleet: fleet,
-        }
-    }
-
-    async fn up(&mut self) -> DeviceState {
-        wait_state(&mut self.rx, Duration::from_secs(30), "link up", |s| {
-            s.reachable
-        })
-        .await
-    }
-
-    async fn until(&mut self, what: &str, pred: impl FnMut(&DeviceState) -> bool) -> DeviceState {
-        wait_state(&mut self.rx, Duration::from_secs(30), what, pred).await
-    }
-
-    async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
+/// A receiver under the runtime, reached at `addr`.
+fn start(profile: &str, addr: SocketAddr, settings: &str) -> Rig {
+    let link = LinkSpec::Tcp(TcpSpec::new(addr.ip().to_string(), addr.port()));
+    let spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
+    Rig::start(spec, settings, |_| {})
 }
 
 async fn start_sim(config: ShureSimConfig) -> (ShureSim, CancellationToken) {
@@ -79,22 +32,6 @@ async fn start_sim(config: ShureSimConfig) -> (ShureSim, CancellationToken) {
         .await
         .expect("simulator starts");
     (sim, cancel)
-}
-
-fn val<'a>(s: &'a DeviceState, key: &str) -> Option<&'a Value> {
-    s.reading(key).map(|r| &r.value)
-}
-
-fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Fault> {
-    let comp = format!("channel {channel}");
-    s.faults
-        .iter()
-        .map(|a| &a.fault)
-        .find(|f| f.code == code && f.component.as_deref() == Some(comp.as_str()))
-}
-
-fn int(v: i64) -> Option<Value> {
-    Some(Value::Int(v))
 }
 
 /// Every family, with its own names and SAMPLE layout: after connect the device shows every
@@ -116,7 +53,7 @@ async fn full_state_after_connect_for_every_family() {
             t.minutes = 300 + u32::from(t.channel);
         }
         let (sim, sim_cancel) = start_sim(cfg).await;
-        let mut rig = Rig::start(profile, sim.addr(), "");
+        let mut rig = start(profile, sim.addr(), "");
         let s0 = rig.up().await;
         let s = &s0;
         assert_eq!(s.health, Health::Ok, "{what}: {:?}", s.faults);
@@ -244,7 +181,7 @@ async fn simulator_from_config_through_sim_spawn() {
     let SimEndpoint::Tcp(addr) = ep else {
         panic!("tcp endpoint expected")
     };
-    let mut rig = Rig::start("shure-ulxd", addr, "");
+    let mut rig = start("shure-ulxd", addr, "");
     let s = rig.up().await;
     assert_eq!(
         s.identity.extra.get("channels").map(String::as_str),
@@ -271,7 +208,7 @@ async fn simulator_from_config_through_sim_spawn() {
 #[tokio::test(start_paused = true)]
 async fn unsolicited_reports_update_state_at_once() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "");
+    let mut rig = start("shure-ulxd", sim.addr(), "");
     rig.up().await;
 
     let t = Instant::now();
@@ -321,7 +258,7 @@ async fn unsolicited_reports_update_state_at_once() {
 #[tokio::test(start_paused = true)]
 async fn sentinels_become_unknown() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Axient, 2, 300)).await;
-    let mut rig = Rig::start("shure-axient", sim.addr(), "");
+    let mut rig = start("shure-axient", sim.addr(), "");
     rig.up().await;
 
     sim.set_battery_state(1, BatteryState::Calculating);
@@ -392,7 +329,7 @@ async fn sentinels_become_unknown() {
 #[tokio::test(start_paused = true)]
 async fn transmitter_removed_and_replaced() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 45)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "expected_channels = [2]");
+    let mut rig = start("shure-ulxd", sim.addr(), "expected_channels = [2]");
     let s = rig.up().await;
     assert_eq!(
         fault(&s, "battery_low", 2).map(|f| f.severity),
@@ -479,7 +416,7 @@ async fn count_meters(bus: &EventBus, channel: &str, over: Duration) -> usize {
 async fn metering_rate_is_honoured() {
     for (settings, rate, per_10s) in [("", 1000u32, 10usize), ("meter_rate_ms = 250", 250, 40)] {
         let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
-        let mut rig = Rig::start("shure-ulxd", sim.addr(), settings);
+        let mut rig = start("shure-ulxd", sim.addr(), settings);
         rig.up().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sim.meter_rates(), vec![rate]);
@@ -508,7 +445,7 @@ async fn metering_rate_is_honoured() {
 #[tokio::test(start_paused = true)]
 async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "channels = 1");
+    let mut rig = start("shure-ulxd", sim.addr(), "channels = 1");
     rig.up().await;
     tokio::time::sleep(Duration::from_secs(125)).await;
     let beats = sim.stats().heartbeats;
@@ -572,7 +509,7 @@ async fn controller_access_disabled_is_its_own_fault() {
     let mut cfg = ShureSimConfig::new(Family::SlxdPlus, 2, 300);
     cfg.silent = true;
     let (sim, sc) = start_sim(cfg).await;
-    let mut rig = Rig::start("shure-slxd", sim.addr(), "");
+    let mut rig = start("shure-slxd", sim.addr(), "");
     let s = rig
         .until("access fault", |s| {
             s.faults
@@ -600,7 +537,7 @@ async fn controller_access_disabled_is_its_own_fault() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_switches_metering_off() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Axient, 4, 300)).await;
-    let mut rig = Rig::start("shure-axient", sim.addr(), "");
+    let mut rig = start("shure-axient", sim.addr(), "");
     rig.up().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sim.stats().meter_rate_sets, vec![1000]);
@@ -623,7 +560,7 @@ async fn shutdown_switches_metering_off() {
 #[tokio::test(start_paused = true)]
 async fn battery_drain_raises_low_battery_at_the_thresholds() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Qlxd, 1, 63)).await;
-    let mut rig = Rig::start("shure-qlxd", sim.addr(), "meter_rate_ms = 0");
+    let mut rig = start("shure-qlxd", sim.addr(), "meter_rate_ms = 0");
     rig.up().await;
     let t0 = Instant::now();
     let mut seen: Vec<i64> = Vec::new();
@@ -665,7 +602,7 @@ async fn battery_drain_raises_low_battery_at_the_thresholds() {
 #[tokio::test(start_paused = true)]
 async fn garbage_split_and_oversized_frames() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
+    let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
     rig.up().await;
 
     sim.inject(b"\x00\xff\x7fgarbage");
@@ -702,7 +639,7 @@ async fn garbage_split_and_oversized_frames() {
 #[tokio::test(start_paused = true)]
 async fn gain_and_mute_commands() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "");
+    let mut rig = start("shure-ulxd", sim.addr(), "");
     rig.up().await;
     rig.handle
         .command(DeviceCommand::SetGain {
@@ -757,7 +694,7 @@ async fn gain_and_mute_commands() {
     sc.cancel();
 
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Qlxd, 1, 300)).await;
-    let mut rig = Rig::start("shure-qlxd", sim.addr(), "");
+    let mut rig = start("shure-qlxd", sim.addr(), "");
     rig.up().await;
     let err = rig
         .handle
@@ -782,7 +719,7 @@ async fn alkaline_batteries_warn_by_bars() {
     cfg.transmitters[0].battery = BatteryKind::Alkaline;
     cfg.transmitters[0].full_minutes = 480;
     let (sim, sc) = start_sim(cfg).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "channels = 1");
+    let mut rig = start("shure-ulxd", sim.addr(), "channels = 1");
     let s = rig.up().await;
     assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
     assert_eq!(
@@ -812,7 +749,7 @@ async fn alkaline_batteries_warn_by_bars() {
 #[tokio::test(start_paused = true)]
 async fn a_new_transmitter_never_inherits_the_old_batterys_readings() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 45)).await;
-    let mut rig = Rig::start("shure-ulxd", sim.addr(), "meter_rate_ms = 0");
+    let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0");
     let s = rig.up().await;
     assert_eq!(val(&s, "ch.2.battery_minutes"), int(45).as_ref());
     sim.inject(b"< REP 2 TX_TYPE UNKN >");
@@ -847,7 +784,7 @@ async fn failed_self_test_marker_is_a_warning() {
     let mut cfg = ShureSimConfig::new(Family::SlxdPlus, 2, 300);
     cfg.firmware = "2.0.15.2*".into();
     let (sim, sc) = start_sim(cfg).await;
-    let mut rig = Rig::start("shure-slxd", sim.addr(), "");
+    let mut rig = start("shure-slxd", sim.addr(), "");
     let s = rig.up().await;
     assert_eq!(s.identity.firmware.as_deref(), Some("2.0.15.2"));
     let f = s

@@ -7,74 +7,27 @@ use std::time::Duration;
 
 use avwarden::codec::ssc::{self as wire, Builder, SubscribeParams};
 use avwarden::driver::DriverError;
-use avwarden::events::{EventBus, EventKind};
-use avwarden::model::{DeviceCommand, DeviceState, Fault, Health, Severity, Value};
-use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::events::EventKind;
+use avwarden::model::{DeviceCommand, Health, Severity, Value};
+use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::mic::TxSpec;
 use avwarden::sim::ssc::{Product, SscSim, SscSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
 use avwarden::transport::LinkSpec;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::support::{self, wait_state};
+use crate::support::{self, fault, int, val, wait_state, Rig};
 
-struct Rig {
-    handle: DeviceHandle,
-    rx: watch::Receiver<DeviceState>,
-    bus: EventBus,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-    _fleet: Fleet,
-}
-
-impl Rig {
-    fn start(profile: &str, addr: SocketAddr, settings: &str) -> Rig {
-        let bus = support::bus();
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let mut fleet = Fleet::new(
-            bus.clone(),
-            support::clock(),
-            tracker.clone(),
-            cancel.clone(),
-        );
-        let link = LinkSpec::Udp {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        };
-        let mut spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
-        spec.settings = toml::from_str(settings).expect("settings");
-        let handle = fleet.spawn_device(spec).expect("device spawns");
-        Rig {
-            rx: handle.watch(),
-            handle,
-            bus,
-            cancel,
-            tracker,
-            _fleet: fleet,
-        }
-    }
-
-    async fn up(&mut self) -> DeviceState {
-        wait_state(&mut self.rx, Duration::from_secs(30), "link up", |s| {
-            s.reachable
-        })
-        .await
-    }
-
-    async fn until(&mut self, what: &str, pred: impl FnMut(&DeviceState) -> bool) -> DeviceState {
-        wait_state(&mut self.rx, Duration::from_secs(30), what, pred).await
-    }
-
-    async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
+/// A receiver under the runtime, reached at `addr`.
+fn start(profile: &str, addr: SocketAddr, settings: &str) -> Rig {
+    let link = LinkSpec::Udp {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
+    Rig::start(spec, settings, |_| {})
 }
 
 async fn start_sim(config: SscSimConfig) -> (SscSim, CancellationToken) {
@@ -83,22 +36,6 @@ async fn start_sim(config: SscSimConfig) -> (SscSim, CancellationToken) {
         .await
         .expect("simulator starts");
     (sim, cancel)
-}
-
-fn val<'a>(s: &'a DeviceState, key: &str) -> Option<&'a Value> {
-    s.reading(key).map(|r| &r.value)
-}
-
-fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Fault> {
-    let comp = format!("channel {channel}");
-    s.faults
-        .iter()
-        .map(|a| &a.fault)
-        .find(|f| f.code == code && f.component.as_deref() == Some(comp.as_str()))
-}
-
-fn int(v: i64) -> Option<Value> {
-    Some(Value::Int(v))
 }
 
 /// An EW-DX started the way `avwarden simulate` starts it: identity, per-channel transmitter,
@@ -130,7 +67,7 @@ async fn ewdx_full_state_and_absent_transmitter() {
     let SimEndpoint::Udp(addr) = ep else {
         panic!("udp endpoint expected")
     };
-    let mut rig = Rig::start("sennheiser-ewdx", addr, "");
+    let mut rig = start("sennheiser-ewdx", addr, "");
     let s = rig.up().await;
     assert_eq!(s.identity.manufacturer.as_deref(), Some("Sennheiser"));
     assert_eq!(s.identity.model.as_deref(), Some("EW-DX EM 2"));
@@ -192,7 +129,7 @@ async fn speechline_lifetime_seconds_become_minutes() {
     let mut cfg = SscSimConfig::new(Product::Speechline, 4, 604);
     cfg.transmitters.truncate(2);
     let (sim, sc) = start_sim(cfg).await;
-    let mut rig = Rig::start("sennheiser-speechline", sim.addr(), "");
+    let mut rig = start("sennheiser-speechline", sim.addr(), "");
     let s = rig.up().await;
     assert_eq!(
         s.identity.extra.get("channels").map(String::as_str),
@@ -274,7 +211,7 @@ async fn unrenewed_subscription_expires_with_310() {
 #[tokio::test(start_paused = true)]
 async fn subscriptions_are_renewed_before_they_expire() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
-    let mut rig = Rig::start("sennheiser-ewdx", sim.addr(), "");
+    let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
     rig.until("meters flow", |s| s.reading("ch.2.rf_dbm").is_some())
         .await;
@@ -313,7 +250,7 @@ async fn subscriptions_are_renewed_before_they_expire() {
 #[tokio::test(start_paused = true)]
 async fn transmitter_changes_and_warnings_arrive_unasked() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
-    let mut rig = Rig::start("sennheiser-ewdx", sim.addr(), "expected_channels = [1, 2]");
+    let mut rig = start("sennheiser-ewdx", sim.addr(), "expected_channels = [1, 2]");
     rig.up().await;
 
     sim.remove_tx(1);
@@ -354,7 +291,7 @@ async fn transmitter_changes_and_warnings_arrive_unasked() {
 #[tokio::test(start_paused = true)]
 async fn silence_drops_and_reopens_the_link() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
-    let mut rig = Rig::start("sennheiser-ewdx", sim.addr(), "");
+    let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
     sim.set_silent(true);
     let t = Instant::now();
@@ -383,7 +320,7 @@ async fn silence_drops_and_reopens_the_link() {
 #[tokio::test(start_paused = true)]
 async fn gain_and_mute_commands() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
-    let mut rig = Rig::start("sennheiser-ewdx", sim.addr(), "");
+    let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
     rig.handle
         .command(DeviceCommand::SetGain {
@@ -430,7 +367,7 @@ async fn gain_and_mute_commands() {
 #[tokio::test(start_paused = true)]
 async fn bad_datagrams_are_counted_not_fatal() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
-    let mut rig = Rig::start("sennheiser-ewdx", sim.addr(), "");
+    let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
     rig.until("meters flow", |s| s.reading("ch.1.rf_dbm").is_some())
         .await;

@@ -1,4 +1,5 @@
-//! Shared test helpers: clocks, profiles, waiting for state without sleeping.
+//! Shared test helpers: clocks, profiles, waiting for state without sleeping, one device under
+//! the runtime ([`Rig`]), reading state and meter events, and the Python interop peer.
 
 #![allow(dead_code)]
 
@@ -6,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::clock::Clock;
-use avwarden::events::EventBus;
+use avwarden::events::{Event, EventBus, EventKind};
 use avwarden::metrics::Metrics;
-use avwarden::model::DeviceState;
+use avwarden::model::{DeviceState, Fault, Value};
 use avwarden::profile::{Profile, ProfileSet};
+use avwarden::runtime::{DeviceHandle, DeviceSpec, Fleet};
 use chrono::TimeZone;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// 2026-11-27 09:00 UTC, a Friday.
 pub fn t0() -> chrono::DateTime<chrono::Utc> {
@@ -87,4 +90,137 @@ pub fn spawn_settle_pump(cancel: CancellationToken) {
             }
         }
     });
+}
+
+/// One device under the runtime, in a fleet of its own.
+pub struct Rig {
+    pub handle: DeviceHandle,
+    pub rx: watch::Receiver<DeviceState>,
+    pub bus: EventBus,
+    /// Subscribed before the device started: no event is missed.
+    pub events: broadcast::Receiver<Arc<Event>>,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    _fleet: Fleet,
+}
+
+impl Rig {
+    /// Start `spec` with `settings` (the TOML of its `[devices.settings]`), then `tweak`.
+    pub fn start(mut spec: DeviceSpec, settings: &str, tweak: impl FnOnce(&mut DeviceSpec)) -> Rig {
+        let bus = bus();
+        let events = bus.subscribe();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut fleet = Fleet::new(bus.clone(), clock(), tracker.clone(), cancel.clone());
+        spec.settings = toml::from_str(settings).expect("settings");
+        tweak(&mut spec);
+        let handle = fleet.spawn_device(spec).expect("device spawns");
+        Rig {
+            rx: handle.watch(),
+            handle,
+            bus,
+            events,
+            cancel,
+            tracker,
+            _fleet: fleet,
+        }
+    }
+
+    pub async fn up(&mut self) -> DeviceState {
+        wait_state(&mut self.rx, Duration::from_secs(30), "link up", |s| {
+            s.reachable
+        })
+        .await
+    }
+
+    pub async fn until(
+        &mut self,
+        what: &str,
+        pred: impl FnMut(&DeviceState) -> bool,
+    ) -> DeviceState {
+        wait_state(&mut self.rx, Duration::from_secs(30), what, pred).await
+    }
+
+    /// Cancel the device and wait until its tasks have finished (`close` ran).
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// A reading's value, owned.
+pub fn reading(s: &DeviceState, key: &str) -> Option<Value> {
+    s.reading(key).map(|r| r.value.clone())
+}
+
+/// A reading's value, borrowed.
+pub fn val<'a>(s: &'a DeviceState, key: &str) -> Option<&'a Value> {
+    s.reading(key).map(|r| &r.value)
+}
+
+pub fn int(v: i64) -> Option<Value> {
+    Some(Value::Int(v))
+}
+
+pub fn has_fault(s: &DeviceState, code: &str) -> bool {
+    s.faults.iter().any(|f| f.fault.code == code)
+}
+
+/// The active fault `code` on a receiver channel (component `channel N`).
+pub fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Fault> {
+    let comp = format!("channel {channel}");
+    s.faults
+        .iter()
+        .map(|a| &a.fault)
+        .find(|f| f.code == code && f.component.as_deref() == Some(comp.as_str()))
+}
+
+/// The next meter value on `channel` that satisfies `pred`, within `limit`.
+pub async fn meter_where(
+    rx: &mut broadcast::Receiver<Arc<Event>>,
+    channel: &str,
+    limit: Duration,
+    mut pred: impl FnMut(f64) -> bool,
+) -> f64 {
+    let res = tokio::time::timeout(limit, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let EventKind::Meter {
+                        channel: c, dbfs, ..
+                    } = &e.kind
+                    {
+                        if c == channel && pred(*dbfs) {
+                            return *dbfs;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
+            }
+        }
+    })
+    .await;
+    res.unwrap_or_else(|_| panic!("no meter on {channel} matching within {limit:?}"))
+}
+
+/// `AVWARDEN_PYTHON` (the interop peers' venv) or a clear skip; a failure under CI.
+pub fn python() -> Option<String> {
+    match std::env::var("AVWARDEN_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "AVWARDEN_PYTHON must be set under CI (scripts/test sets it)"
+            );
+            eprintln!("skipped: AVWARDEN_PYTHON not set");
+            None
+        }
+    }
+}
+
+/// A file under `tests/data`.
+pub fn data(file: &str) -> String {
+    format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
 }

@@ -3,14 +3,12 @@
 //! pseudo-terminal, real time): get/set, meter subscriptions and their rate, re-subscription
 //! after a restart or a banner, mapping faults, and bad input counted without harm.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::driver::DriverError;
-use avwarden::events::{Event, EventBus, EventKind};
 use avwarden::model::{DeviceCommand, Health, Severity, Value};
 use avwarden::profile::ProfileError;
-use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::meter_script::MeterScript;
 use avwarden::sim::tesira::{self, LineEnding, TesiraSim, TesiraSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
@@ -19,11 +17,9 @@ use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::support;
+use crate::support::{self, meter_where, reading, Rig};
 
 const ROOM: &str = r#"
 [[zones]]
@@ -46,71 +42,20 @@ fn loopback() -> SimBind {
     SimBind::Tcp("127.0.0.1:0".parse().unwrap())
 }
 
-struct Rig {
-    _fleet: Fleet,
-    handle: DeviceHandle,
-    events: broadcast::Receiver<Arc<Event>>,
-    cancel: CancellationToken,
-}
-
+/// The DSP behind `link` under the runtime with `profile`.
 fn start(
     profile: &str,
     link: LinkSpec,
     settings: &str,
     tweak: impl FnOnce(&mut DeviceSpec),
 ) -> Rig {
-    let bus: EventBus = support::bus();
-    let events = bus.subscribe();
-    let cancel = CancellationToken::new();
-    let mut fleet = Fleet::new(bus, support::clock(), TaskTracker::new(), cancel.clone());
-    let mut spec = DeviceSpec::new("dsp1", "room1", support::profile(profile), link);
-    spec.settings = toml::from_str(settings).unwrap();
-    tweak(&mut spec);
-    let handle = fleet.spawn_device(spec).unwrap();
-    Rig {
-        _fleet: fleet,
-        handle,
-        events,
-        cancel,
-    }
+    let spec = DeviceSpec::new("dsp1", "room1", support::profile(profile), link);
+    Rig::start(spec, settings, tweak)
 }
 
 fn telnet_link(sim: &TesiraSim) -> LinkSpec {
     let a = sim.tcp_addr().unwrap();
     LinkSpec::Tcp(TcpSpec::new(a.ip().to_string(), a.port()))
-}
-
-/// The next meter value on `channel` that satisfies `pred`, within `limit`.
-async fn meter_where(
-    rx: &mut broadcast::Receiver<Arc<Event>>,
-    channel: &str,
-    limit: Duration,
-    mut pred: impl FnMut(f64) -> bool,
-) -> f64 {
-    let res = tokio::time::timeout(limit, async {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    if let EventKind::Meter {
-                        channel: c, dbfs, ..
-                    } = &e.kind
-                    {
-                        if c == channel && pred(*dbfs) {
-                            return *dbfs;
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
-            }
-        }
-    })
-    .await;
-    res.unwrap_or_else(|_| panic!("no meter on {channel} matching within {limit:?}"))
-}
-
-fn reading(s: &avwarden::model::DeviceState, key: &str) -> Option<Value> {
-    s.reading(key).map(|r| r.value.clone())
 }
 
 async fn expect_bytes(s: &mut TcpStream, want: &[u8]) {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock, profile, wait_state};
+use crate::support::{bus, clock, profile, reading, wait_state};
 
 /// Bounds a hang only.
 const LIMIT: Duration = Duration::from_secs(40);
@@ -203,12 +203,8 @@ impl Rig {
     }
 }
 
-fn value(s: &DeviceState, key: &str) -> Option<Value> {
-    s.reading(key).map(|r| r.value.clone())
-}
-
 fn float(s: &DeviceState, key: &str) -> Option<f64> {
-    match value(s, key) {
+    match reading(s, key) {
         Some(Value::Float(f)) => Some(f),
         _ => None,
     }
@@ -259,10 +255,13 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         .await;
     let t = float(&s, "temperature").unwrap();
     assert!((21.4..=21.8).contains(&t), "{t}");
-    assert_eq!(value(&s, "setpoint"), Some(Value::Float(22.0)));
-    assert_eq!(value(&s, "hvac_mode"), Some(Value::Text("heat".into())));
-    assert_eq!(value(&s, "hvac_running"), Some(Value::Text("heat".into())));
-    assert_eq!(value(&s, "power"), Some(Value::Bool(true)));
+    assert_eq!(reading(&s, "setpoint"), Some(Value::Float(22.0)));
+    assert_eq!(reading(&s, "hvac_mode"), Some(Value::Text("heat".into())));
+    assert_eq!(
+        reading(&s, "hvac_running"),
+        Some(Value::Text("heat".into()))
+    );
+    assert_eq!(reading(&s, "power"), Some(Value::Bool(true)));
 
     let mut wire = live_subscription(&rig.mqtt, &format!("{Z2M_TOPIC}/#")).await;
     let set_topic = format!("{Z2M_TOPIC}/set");
@@ -276,7 +275,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     );
     assert_eq!(rig.sim.controls().setpoint_c, 21.0);
     rig.wait("setpoint read back", |s| {
-        value(s, "setpoint") == Some(Value::Float(21.0))
+        reading(s, "setpoint") == Some(Value::Float(21.0))
     })
     .await;
 
@@ -288,7 +287,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         })
         .await;
     assert_eq!(
-        value(&s, "hvac_mode"),
+        reading(&s, "hvac_mode"),
         Some(Value::Text("heat".into())),
         "stale, not off"
     );
@@ -355,11 +354,11 @@ async fn thermostat_bad_payloads_and_availability() {
     });
     let s = rig
         .wait("unknown mode counted and unknown", |s| {
-            bad(s) >= 2 && value(s, "hvac_mode") == Some(Value::Unknown)
+            bad(s) >= 2 && reading(s, "hvac_mode") == Some(Value::Unknown)
         })
         .await;
     assert_eq!(
-        value(&s, "setpoint"),
+        reading(&s, "setpoint"),
         Some(Value::Float(23.2)),
         "the rest of the payload applies"
     );
@@ -373,7 +372,7 @@ async fn thermostat_bad_payloads_and_availability() {
         )
         .unwrap();
     rig.wait("wrong types counted", |s| {
-        bad(s) >= 4 && value(s, "temperature") == Some(Value::Unknown)
+        bad(s) >= 4 && reading(s, "temperature") == Some(Value::Unknown)
     })
     .await;
     rig.mqtt
@@ -386,7 +385,7 @@ async fn thermostat_bad_payloads_and_availability() {
     rig.sim.set_temperature(23.5);
     rig.wait("repaired", |s| {
         s.health == Health::Ok
-            && value(s, "hvac_mode") == Some(Value::Text("auto".into()))
+            && reading(s, "hvac_mode") == Some(Value::Text("auto".into()))
             && float(s, "temperature") == Some(23.5)
     })
     .await;
@@ -420,8 +419,8 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
             s.health == Health::Ok && s.reading("temperature").is_some()
         })
         .await;
-    assert_eq!(value(&s, "setpoint"), Some(Value::Float(21.0)));
-    assert_eq!(value(&s, "hvac_mode"), Some(Value::Text("heat".into())));
+    assert_eq!(reading(&s, "setpoint"), Some(Value::Float(21.0)));
+    assert_eq!(reading(&s, "hvac_mode"), Some(Value::Text("heat".into())));
     let mut wire = live_subscription(&rig.mqtt, "+/room101/#").await;
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 22.5 })
@@ -453,7 +452,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
     );
     assert!(!rig.sim.controls().power);
     rig.wait("off", |s| {
-        value(s, "hvac_mode") == Some(Value::Text("off".into()))
+        reading(s, "hvac_mode") == Some(Value::Text("off".into()))
     })
     .await;
     let e = rig
@@ -498,7 +497,10 @@ async fn embedded_broker_serves_a_thermostat() {
             s.health == Health::Ok && s.reading("temperature").is_some()
         })
         .await;
-    assert_eq!(value(&s, "hvac_running"), Some(Value::Text("cool".into())));
+    assert_eq!(
+        reading(&s, "hvac_running"),
+        Some(Value::Text("cool".into()))
+    );
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 24.0 })
         .await

@@ -36,8 +36,8 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use super::zones::{
-    check_level, lookup, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
-    SettingsError, Target, MAPPING_SOURCE,
+    refused, resolve, set_request, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
+    SetTo, SettingsError, Target, MAPPING_SOURCE,
 };
 use crate::codec::qrc::{
     self, ControlState, EngineState, EngineStatus, QValue, QrcDecoder, QrcMessage, RpcError,
@@ -434,23 +434,26 @@ impl QsysDriver {
         command: &DeviceCommand,
         target: Target<'_>,
         f: Function,
-        value: QValue,
+        to: SetTo,
     ) -> Result<(), DriverError> {
-        let refuse = |reason: String| DriverError::Refused {
-            command: command.name().to_owned(),
-            reason,
-        };
-        let (idx, name) = lookup(&self.map, target, f).map_err(refuse)?;
+        let (idx, name) = resolve(&self.map, command, target, f, to)?;
         let name = name.clone();
-        if let (Function::Level, QValue::Number(db)) = (f, &value) {
-            check_level(&self.map.channels[idx], *db).map_err(refuse)?;
-        }
+        let value = QValue::Number(match to {
+            SetTo::Db(db) => db,
+            SetTo::On(on) => {
+                if on {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        });
         if let Err(e) = self
             .call(link, obs, |id| qrc::control_set(id, &name, &value, None))
             .await?
         {
             return Err(match Self::refused("Control.Set", &e) {
-                DriverError::Refused { reason, .. } => refuse(reason),
+                DriverError::Refused { reason, .. } => refused(command, reason),
                 other => other,
             });
         }
@@ -508,52 +511,10 @@ impl Driver for QsysDriver {
         obs: &mut Observer,
         command: &DeviceCommand,
     ) -> Result<(), DriverError> {
-        let on = |b: bool| QValue::Number(if b { 1.0 } else { 0.0 });
+        if let Some((target, f, to)) = set_request(command) {
+            return self.set_and_read(link, obs, command, target, f, to).await;
+        }
         match command {
-            DeviceCommand::SetLevel { zone, db } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Zone(zone),
-                    Function::Level,
-                    QValue::Number(*db),
-                )
-                .await
-            }
-            DeviceCommand::SetZoneMute { zone, on: m } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Zone(zone),
-                    Function::Mute,
-                    on(*m),
-                )
-                .await
-            }
-            DeviceCommand::SetGain { channel, db } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Mic(*channel),
-                    Function::Level,
-                    QValue::Number(*db),
-                )
-                .await
-            }
-            DeviceCommand::SetMute { channel, on: m } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Mic(*channel),
-                    Function::Mute,
-                    on(*m),
-                )
-                .await
-            }
             DeviceCommand::Refresh => self.read_state(link, obs).await,
             other => Err(DriverError::Unsupported {
                 driver: "qsys",

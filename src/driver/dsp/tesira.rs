@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::zones::{
-    check_level, lookup, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
-    SettingsError, Target, MAPPING_SOURCE,
+    refused, resolve, set_request, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
+    SetTo, SettingsError, Target, MAPPING_SOURCE,
 };
 use crate::codec::telnet::{refusal, TelnetCommand};
 use crate::codec::tesira::{
@@ -472,23 +472,20 @@ impl TesiraDriver {
         command: &DeviceCommand,
         target: Target<'_>,
         f: Function,
-        arg: TtpArg,
+        to: SetTo,
     ) -> Result<(), DriverError> {
-        let refuse = |reason: String| DriverError::Refused {
-            command: command.name().to_owned(),
-            reason,
-        };
-        let (idx, a) = lookup(&self.map, target, f).map_err(refuse)?;
+        let (idx, a) = resolve(&self.map, command, target, f, to)?;
         let a = a.clone();
-        if let (Function::Level, TtpArg::Number(db)) = (f, arg) {
-            check_level(&self.map.channels[idx], db).map_err(refuse)?;
-        }
+        let arg = match to {
+            SetTo::Db(db) => TtpArg::Number(db),
+            SetTo::On(on) => TtpArg::Bool(on),
+        };
         match self
             .exchange(link, obs, &ttp::set(&a.tag, &a.attribute, &[a.index], arg))
             .await?
         {
             Answer::Ok(_) => {}
-            Answer::Err(e) => return Err(refuse(e)),
+            Answer::Err(e) => return Err(refused(command, e)),
         }
         // Read back: the DSP may have clamped the value.
         self.read_value(link, obs, idx, f).await?;
@@ -571,51 +568,10 @@ impl Driver for TesiraDriver {
         obs: &mut Observer,
         command: &DeviceCommand,
     ) -> Result<(), DriverError> {
+        if let Some((target, f, to)) = set_request(command) {
+            return self.set_and_read(link, obs, command, target, f, to).await;
+        }
         match command {
-            DeviceCommand::SetLevel { zone, db } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Zone(zone),
-                    Function::Level,
-                    TtpArg::Number(*db),
-                )
-                .await
-            }
-            DeviceCommand::SetZoneMute { zone, on } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Zone(zone),
-                    Function::Mute,
-                    TtpArg::Bool(*on),
-                )
-                .await
-            }
-            DeviceCommand::SetGain { channel, db } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Mic(*channel),
-                    Function::Level,
-                    TtpArg::Number(*db),
-                )
-                .await
-            }
-            DeviceCommand::SetMute { channel, on } => {
-                self.set_and_read(
-                    link,
-                    obs,
-                    command,
-                    Target::Mic(*channel),
-                    Function::Mute,
-                    TtpArg::Bool(*on),
-                )
-                .await
-            }
             DeviceCommand::Refresh => {
                 if self.resubscribe {
                     self.subscribe_all(link, obs).await?;

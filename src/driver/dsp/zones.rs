@@ -3,15 +3,17 @@
 //!
 //! This module owns the vendor-neutral half of that schema (`[[zones]]` / `[[mics]]` entries with
 //! `id`, `channel`, `min_db`, `max_db`), strict reading of TOML with key paths for every error,
-//! the reading keys and meter channel names that leave the driver, and the bookkeeping of
-//! mapping faults (a configured tag the design does not have). How a control is addressed
+//! the reading keys and meter channel names that leave the driver, which mapped control a
+//! capability command sets (and why it is refused), and the bookkeeping of mapping faults (a
+//! configured tag the design does not have). How a control is addressed
 //! (Tesira instance tag + index, Q-SYS control name) is parsed by each driver through
 //! [`Entry`]. It must not do I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::driver::DriverError;
 use crate::meter::Alignment;
-use crate::model::{Fault, Severity};
+use crate::model::{DeviceCommand, Fault, Severity};
 use crate::profile::ProfileError;
 
 /// A settings problem with the key path inside `[devices.settings]`, e.g. `zones[0].level_tag`.
@@ -400,6 +402,57 @@ pub enum Target<'a> {
     Mic(u16),
 }
 
+/// The value a command sets on a mapped control.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SetTo {
+    Db(f64),
+    On(bool),
+}
+
+/// What a capability command sets on a DSP — the channel, the function and the value — or
+/// `None` for a command that sets no mapped control.
+pub fn set_request(command: &DeviceCommand) -> Option<(Target<'_>, Function, SetTo)> {
+    Some(match command {
+        DeviceCommand::SetLevel { zone, db } => {
+            (Target::Zone(zone), Function::Level, SetTo::Db(*db))
+        }
+        DeviceCommand::SetZoneMute { zone, on } => {
+            (Target::Zone(zone), Function::Mute, SetTo::On(*on))
+        }
+        DeviceCommand::SetGain { channel, db } => {
+            (Target::Mic(*channel), Function::Level, SetTo::Db(*db))
+        }
+        DeviceCommand::SetMute { channel, on } => {
+            (Target::Mic(*channel), Function::Mute, SetTo::On(*on))
+        }
+        _ => return None,
+    })
+}
+
+/// The channel index and control a set request addresses, a level checked against the
+/// channel's range. A refusal names the command.
+pub fn resolve<'m, A>(
+    map: &'m DspMap<A>,
+    command: &DeviceCommand,
+    target: Target<'_>,
+    f: Function,
+    to: SetTo,
+) -> Result<(usize, &'m A), DriverError> {
+    let (idx, a) = lookup(map, target, f).map_err(|r| refused(command, r))?;
+    if let (Function::Level, SetTo::Db(db)) = (f, to) {
+        check_level(&map.channels[idx], db).map_err(|r| refused(command, r))?;
+    }
+    Ok((idx, a))
+}
+
+/// The DSP refused (or we refuse) a command, for this reason.
+pub fn refused(command: &DeviceCommand, reason: String) -> DriverError {
+    DriverError::Refused {
+        command: command.name().to_owned(),
+        reason,
+    }
+}
+
 /// Check a commanded level against the channel's range.
 pub fn check_level<A>(ch: &Channel<A>, db: f64) -> Result<(), String> {
     if !db.is_finite() {
@@ -505,6 +558,59 @@ mod tests {
             .unwrap_err()
             .contains("no zone \"foyer\""));
         assert_eq!(lookup(&m, Target::Mic(1), Function::Meter).unwrap().0, 1);
+    }
+
+    #[test]
+    fn set_commands_resolve_to_their_control_or_a_named_refusal() {
+        let m = parse("[[zones]]\nid = \"main\"\nlevel = \"L\"\nmax_db = 0\n[[mics]]\nid = \"lectern\"\nmute = \"X\"\n")
+            .unwrap();
+        let level = DeviceCommand::SetLevel {
+            zone: "main".into(),
+            db: -10.0,
+        };
+        let (t, f, to) = set_request(&level).unwrap();
+        assert_eq!((f, to), (Function::Level, SetTo::Db(-10.0)));
+        assert_eq!(resolve(&m, &level, t, f, to).unwrap(), (0, &"L".to_owned()));
+        let mute = DeviceCommand::SetMute {
+            channel: 1,
+            on: true,
+        };
+        let (t, f, to) = set_request(&mute).unwrap();
+        assert_eq!((f, to), (Function::Mute, SetTo::On(true)));
+        assert_eq!(resolve(&m, &mute, t, f, to).unwrap(), (1, &"X".to_owned()));
+        assert!(set_request(&DeviceCommand::Refresh).is_none());
+        for (command, why) in [
+            (
+                DeviceCommand::SetLevel {
+                    zone: "main".into(),
+                    db: 3.0,
+                },
+                "outside",
+            ),
+            (
+                DeviceCommand::SetZoneMute {
+                    zone: "main".into(),
+                    on: true,
+                },
+                "no mute control",
+            ),
+            (
+                DeviceCommand::SetGain {
+                    channel: 2,
+                    db: 0.0,
+                },
+                "no mic channel 2",
+            ),
+        ] {
+            let (t, f, to) = set_request(&command).unwrap();
+            match resolve(&m, &command, t, f, to) {
+                Err(DriverError::Refused { command: c, reason }) => {
+                    assert_eq!(c, command.name());
+                    assert!(reason.contains(why), "{reason}");
+                }
+                other => panic!("{command:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

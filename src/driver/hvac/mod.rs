@@ -10,6 +10,8 @@
 pub mod modbus;
 pub mod mqtt;
 
+use crate::codec::climate_json::MODES;
+use crate::driver::DriverError;
 use crate::profile::{Profile, ProfileError};
 
 /// The profile's options with the site's per-device settings laid over them (tables merge,
@@ -29,6 +31,17 @@ fn merge(into: &mut toml::Table, from: &toml::Table) {
             }
         }
     }
+}
+
+/// Refuse a `SetHvacMode` to a mode outside avwarden's vocabulary before anything is sent.
+pub(crate) fn check_mode(mode: &str) -> Result<(), DriverError> {
+    if MODES.contains(&mode) {
+        return Ok(());
+    }
+    Err(DriverError::Refused {
+        command: "set_hvac_mode".to_owned(),
+        reason: format!("{mode:?} is not one of {}", MODES.join(" ")),
+    })
 }
 
 pub(crate) fn option_error(profile: &Profile, message: String) -> ProfileError {

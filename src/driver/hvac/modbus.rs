@@ -23,8 +23,7 @@ use tokio::time::Instant;
 use tokio_modbus::client::Client as _;
 use tokio_modbus::{Request, Response, Slave};
 
-use super::{merged_options, option_error};
-use crate::codec::climate_json::MODES;
+use super::{check_mode, merged_options, option_error};
 use crate::codec::modbus::{
     diagnose_reply, silent_interval, ExceptionCode, ReplyDiagnosis, MAX_ADU,
 };
@@ -601,12 +600,7 @@ impl ModbusDriver {
         mode: &str,
     ) -> Result<(), DriverError> {
         const CMD: &str = "set_hvac_mode";
-        if !MODES.contains(&mode) {
-            return Err(refused(
-                CMD,
-                format!("{mode:?} is not one of {}", MODES.join(" ")),
-            ));
-        }
+        check_mode(mode)?;
         if mode == "off" && !self.map.power_via_mode() {
             return self.set_power(link, obs, false).await;
         }

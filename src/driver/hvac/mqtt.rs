@@ -14,10 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{merged_options, option_error};
+use super::{check_mode, merged_options, option_error};
 use crate::codec::climate_json::{
     encode_get, encode_set, parse_availability, ClimateMap, ClimateSet, ClimateState, Outgoing,
-    MODES,
 };
 use crate::driver::{DriverError, Link, Observer};
 use crate::model::DeviceCommand;
@@ -293,12 +292,7 @@ impl crate::driver::Driver for MqttClimateDriver {
                 .await
             }
             DeviceCommand::SetHvacMode { mode } => {
-                if !MODES.contains(&mode.as_str()) {
-                    return Err(DriverError::Refused {
-                        command: "set_hvac_mode".to_owned(),
-                        reason: format!("{mode:?} is not one of {}", MODES.join(" ")),
-                    });
-                }
+                check_mode(mode)?;
                 self.set(obs, "set_hvac_mode", ClimateSet::Mode(mode.clone()))
                     .await
             }

@@ -11,12 +11,14 @@ pub mod shure;
 pub mod ssc;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::Observer;
+use super::{DriverError, Observer};
 use crate::model::{Fault, Reading, Severity, Unit, Value};
 use crate::profile::{Profile, ProfileError};
+use crate::transport::TransportError;
 
 /// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
 /// it: no reading is published then).
@@ -291,6 +293,37 @@ impl<'a> Options<'a> {
     }
 }
 
+/// A receiver silent for `silence` is gone although its socket is not: a transport failure, so
+/// the runtime reconnects.
+pub fn silent_error(silence: Duration) -> DriverError {
+    DriverError::Transport(TransportError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("receiver sent nothing for {} s", silence.as_secs()),
+    )))
+}
+
+/// A command's channel as the receiver numbers it (1 to `count`), or a refusal.
+pub fn channel_arg(channel: u16, count: u8) -> Result<u8, DriverError> {
+    u8::try_from(channel)
+        .ok()
+        .filter(|c| (1..=count).contains(c))
+        .ok_or_else(|| DriverError::Refused {
+            command: "channel".to_owned(),
+            reason: format!("channel {channel} does not exist (1-{count})"),
+        })
+}
+
+/// Refuse a gain (already rounded to the receiver's step) outside the profile's range.
+pub fn check_gain(db: f64, min_db: f64, max_db: f64) -> Result<(), DriverError> {
+    if !db.is_finite() || db < min_db || db > max_db {
+        return Err(DriverError::Refused {
+            command: "set_gain".to_owned(),
+            reason: format!("{db} dB is outside {min_db}…{max_db} dB"),
+        });
+    }
+    Ok(())
+}
+
 /// Channels of a model from the profile's `model_channels` table: the longest key the model
 /// name contains wins (`SLXD4D` beats `SLXD4` for `SLXD4D+`).
 pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u8> {
@@ -461,6 +494,36 @@ mod tests {
         assert_eq!(
             codes(&channel_faults(1, &ch, &policy())),
             vec![("tx_absent", Severity::Warning)]
+        );
+    }
+
+    #[test]
+    fn channel_and_gain_arguments_are_refused_outside_their_range() {
+        assert_eq!(channel_arg(2, 2).unwrap(), 2);
+        for bad in [0, 3, 300] {
+            match channel_arg(bad, 2) {
+                Err(DriverError::Refused { command, reason }) => {
+                    assert_eq!(command, "channel");
+                    assert_eq!(reason, format!("channel {bad} does not exist (1-2)"));
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(check_gain(42.0, -18.0, 42.0).is_ok());
+        for bad in [43.0, -19.0, f64::NAN] {
+            assert!(
+                matches!(
+                    check_gain(bad, -18.0, 42.0),
+                    Err(DriverError::Refused { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let e = silent_error(Duration::from_secs(60));
+        assert!(e.is_link_failure(), "{e}");
+        assert!(
+            e.to_string().contains("receiver sent nothing for 60 s"),
+            "{e}"
         );
     }
 

@@ -19,13 +19,15 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{channels_for_model, Channel, FaultPolicy, Known, Options, Publisher};
+use super::{
+    channel_arg, channels_for_model, check_gain, silent_error, Channel, FaultPolicy, Known,
+    Options, Publisher,
+};
 use crate::codec::shure::{self, Message, Runtime, SampleField, ShureCodec};
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer};
 use crate::model::{DeviceCommand, Fault, Severity};
 use crate::profile::{Profile, ProfileError};
-use crate::transport::TransportError;
 
 /// Companion re-arms a `GET` every 30 s and reconnects after 60 s without input
 /// (protocols.md §2.2); profiles may change both.
@@ -345,13 +347,6 @@ impl ShureDriver {
         })
     }
 
-    fn silent_error(&self) -> DriverError {
-        DriverError::Transport(TransportError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("receiver sent nothing for {} s", self.cfg.silence.as_secs()),
-        )))
-    }
-
     /// Send one request and wait for its answer, applying everything else that arrives
     /// meanwhile. `Ok(None)` is `REP ERR`.
     async fn request(
@@ -608,16 +603,6 @@ impl ShureDriver {
         Ok(())
     }
 
-    fn channel_arg(&self, channel: u16) -> Result<u8, DriverError> {
-        u8::try_from(channel)
-            .ok()
-            .filter(|c| (1..=self.count).contains(c))
-            .ok_or_else(|| DriverError::Refused {
-                command: "channel".to_owned(),
-                reason: format!("channel {channel} does not exist (1-{})", self.count),
-            })
-    }
-
     async fn set_and_confirm(
         &mut self,
         link: &mut Link,
@@ -786,7 +771,7 @@ impl Driver for ShureDriver {
     async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         let now = Instant::now();
         if now.duration_since(self.last_rx) >= self.cfg.silence {
-            return Err(self.silent_error());
+            return Err(silent_error(self.cfg.silence));
         }
         if now.duration_since(self.last_heartbeat) >= self.cfg.heartbeat {
             // Fire and forget: the REP is applied by `listen`, and silence is judged by the
@@ -811,7 +796,7 @@ impl Driver for ShureDriver {
     ) -> Result<(), DriverError> {
         match command {
             DeviceCommand::SetGain { channel, db } => {
-                let n = self.channel_arg(*channel)?;
+                let n = channel_arg(*channel, self.count)?;
                 let Some(param) = self.cfg.params.gain.clone() else {
                     return Err(DriverError::Unsupported {
                         driver: "shure",
@@ -819,21 +804,13 @@ impl Driver for ShureDriver {
                     });
                 };
                 let db = db.round();
-                if !db.is_finite() || db < self.cfg.gain_min_db || db > self.cfg.gain_max_db {
-                    return Err(DriverError::Refused {
-                        command: "set_gain".to_owned(),
-                        reason: format!(
-                            "{db} dB is outside {}…{} dB",
-                            self.cfg.gain_min_db, self.cfg.gain_max_db
-                        ),
-                    });
-                }
+                check_gain(db, self.cfg.gain_min_db, self.cfg.gain_max_db)?;
                 let raw = (db - self.cfg.gain_offset_db) as u32;
                 let msg = Message::set(Some(n), &param, format!("{raw:03}"));
                 self.set_and_confirm(link, obs, "set_gain", msg).await
             }
             DeviceCommand::SetMute { channel, on } => {
-                let n = self.channel_arg(*channel)?;
+                let n = channel_arg(*channel, self.count)?;
                 let Some(param) = self.cfg.params.muted.clone() else {
                     return Err(DriverError::Unsupported {
                         driver: "shure",
@@ -860,7 +837,7 @@ impl Driver for ShureDriver {
         let deadline = self.last_rx + self.cfg.silence;
         let now = Instant::now();
         if now >= deadline {
-            return Err(self.silent_error());
+            return Err(silent_error(self.cfg.silence));
         }
         match link.read_frame(&mut self.codec, deadline - now).await {
             Ok(frame) => {
@@ -868,7 +845,7 @@ impl Driver for ShureDriver {
                 self.apply(obs, &frame);
                 Ok(())
             }
-            Err(DriverError::Timeout { .. }) => Err(self.silent_error()),
+            Err(DriverError::Timeout { .. }) => Err(silent_error(self.cfg.silence)),
             Err(DriverError::Protocol(e)) => {
                 self.last_rx = Instant::now();
                 Err(DriverError::Protocol(e))

@@ -22,12 +22,14 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
-use super::{channels_for_model, Channel, FaultPolicy, Known, Options, Publisher};
+use super::{
+    channel_arg, channels_for_model, check_gain, silent_error, Channel, FaultPolicy, Known,
+    Options, Publisher,
+};
 use crate::codec::ssc::{self, Builder, Message, SubscribeParams};
 use crate::driver::{Driver, DriverError, Link, Observer};
 use crate::model::DeviceCommand;
 use crate::profile::{Profile, ProfileError};
-use crate::transport::TransportError;
 
 /// What an address carries, in neutral terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -325,13 +327,6 @@ impl SscDriver {
 
     fn address(&self, n: u8, f: Field) -> Option<String> {
         self.cfg.addresses.get(f).map(|t| ssc::address(t, n))
-    }
-
-    fn silent_error(&self) -> DriverError {
-        DriverError::Transport(TransportError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("receiver sent nothing for {} s", self.cfg.silence.as_secs()),
-        )))
     }
 
     /// Send a datagram and wait for one that satisfies `done`, applying every datagram that
@@ -726,16 +721,6 @@ impl SscDriver {
         Ok(())
     }
 
-    fn channel_arg(&self, channel: u16) -> Result<u8, DriverError> {
-        u8::try_from(channel)
-            .ok()
-            .filter(|c| (1..=self.count).contains(c))
-            .ok_or_else(|| DriverError::Refused {
-                command: "channel".to_owned(),
-                reason: format!("channel {channel} does not exist (1-{})", self.count),
-            })
-    }
-
     async fn set(
         &mut self,
         link: &mut Link,
@@ -836,7 +821,7 @@ impl Driver for SscDriver {
         let now = Instant::now();
         let quiet = now.duration_since(self.last_rx);
         if quiet >= self.cfg.silence {
-            return Err(self.silent_error());
+            return Err(silent_error(self.cfg.silence));
         }
         let half_life = Duration::from_secs(u64::from(self.cfg.lifetime_secs)) / 2;
         let due = self
@@ -864,19 +849,11 @@ impl Driver for SscDriver {
         };
         match command {
             DeviceCommand::SetGain { channel, db } => {
-                let n = self.channel_arg(*channel)?;
+                let n = channel_arg(*channel, self.count)?;
                 let address = self.address(n, Field::Gain).ok_or_else(unsupported)?;
                 let step = self.cfg.gain_step_db;
                 let db = (db / step).round() * step;
-                if !db.is_finite() || db < self.cfg.gain_min_db || db > self.cfg.gain_max_db {
-                    return Err(DriverError::Refused {
-                        command: "set_gain".to_owned(),
-                        reason: format!(
-                            "{db} dB is outside {}…{} dB",
-                            self.cfg.gain_min_db, self.cfg.gain_max_db
-                        ),
-                    });
-                }
+                check_gain(db, self.cfg.gain_min_db, self.cfg.gain_max_db)?;
                 // Whole-dB receivers take integers; keep the JSON an integer when it is one.
                 let v = if db.fract() == 0.0 {
                     Json::from(db as i64)
@@ -886,7 +863,7 @@ impl Driver for SscDriver {
                 self.set(link, obs, "set_gain", address, v).await
             }
             DeviceCommand::SetMute { channel, on } => {
-                let n = self.channel_arg(*channel)?;
+                let n = channel_arg(*channel, self.count)?;
                 let address = self.address(n, Field::Muted).ok_or_else(unsupported)?;
                 self.set(link, obs, "set_mute", address, Json::Bool(*on))
                     .await
@@ -900,11 +877,11 @@ impl Driver for SscDriver {
         let deadline = self.last_rx + self.cfg.silence;
         let now = Instant::now();
         if now >= deadline {
-            return Err(self.silent_error());
+            return Err(silent_error(self.cfg.silence));
         }
         let bytes = match link.recv_datagram(deadline - now).await {
             Ok(b) => b,
-            Err(DriverError::Timeout { .. }) => return Err(self.silent_error()),
+            Err(DriverError::Timeout { .. }) => return Err(silent_error(self.cfg.silence)),
             Err(e) => return Err(e),
         };
         self.last_rx = Instant::now();
