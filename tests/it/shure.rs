@@ -797,3 +797,23 @@ async fn failed_self_test_marker_is_a_warning() {
     rig.shutdown().await;
     sc.cancel();
 }
+
+/// Regression (seen in the demo): during the full read after connect, the battery bars arrive
+/// before the minutes, and a battery at 1 bar but 70 minutes was raised as low and cleared a
+/// moment later — a false alarm in the log and the logbook. Faults wait for the whole channel.
+#[tokio::test(start_paused = true)]
+async fn full_read_raises_no_fault_it_clears_a_moment_later() {
+    let (sim, _sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 70)).await;
+    let mut rig = start("shure-ulxd", sim.addr(), "");
+    let s = rig
+        .until("ok after the full read", |s| s.health == Health::Ok)
+        .await;
+    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Int(70)));
+    let mut raised = Vec::new();
+    while let Ok(e) = rig.events.try_recv() {
+        if let avwarden::events::EventKind::FaultRaised { fault, .. } = &e.kind {
+            raised.push(fault.message.clone());
+        }
+    }
+    assert!(raised.is_empty(), "false alarms: {raised:?}");
+}

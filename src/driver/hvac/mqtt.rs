@@ -224,7 +224,9 @@ impl crate::driver::Driver for MqttClimateDriver {
         };
         self.topic = topic.clone();
         let client = self.client()?.clone();
-        if !client.is_connected() {
+        // At daemon start the client connects alongside the devices: give it a moment rather
+        // than reporting a thermostat unreachable for a race with our own broker connection.
+        if !client.is_connected() && !client.wait_connected(Duration::from_secs(5)).await {
             return Err(TransportError::Connect {
                 target: format!("mqtt broker {}", client.broker()),
                 source: io::Error::new(io::ErrorKind::NotConnected, "not connected to the broker"),

@@ -340,12 +340,33 @@ pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u
 #[derive(Debug, Default)]
 pub struct Publisher {
     last: HashMap<String, Value>,
+    /// While a full read is under way, faults wait until the channel is read completely:
+    /// judged from half a channel (bars before minutes), a good battery would be raised as
+    /// low and cleared a moment later, in the log and the logbook.
+    hold_faults: bool,
 }
 
 impl Publisher {
     /// Forget what was published (after a reconnect everything is re-stamped).
     pub fn reset(&mut self) {
         self.last.clear();
+        self.hold_faults = false;
+    }
+
+    /// Hold fault evaluation (during a full read) or resume it.
+    pub fn hold_faults(&mut self, hold: bool) {
+        self.hold_faults = hold;
+    }
+
+    /// Publish a channel's faults now, held or not (at the end of its full read).
+    pub fn channel_faults(
+        &mut self,
+        obs: &mut Observer,
+        n: u8,
+        ch: &Channel,
+        policy: &FaultPolicy,
+    ) {
+        obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
     }
 
     /// Publish a channel's readings and faults. `touched` are the reading names the receiver
@@ -367,7 +388,9 @@ impl Publisher {
             })
             .collect();
         self.write(obs, readings);
-        obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
+        if !self.hold_faults {
+            obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
+        }
     }
 
     /// Write readings in one state update.

@@ -575,6 +575,17 @@ impl ShureDriver {
         link: &mut Link,
         obs: &mut Observer,
     ) -> Result<(), DriverError> {
+        self.publisher.hold_faults(true);
+        let res = self.read_channels(link, obs).await;
+        self.publisher.hold_faults(false);
+        res
+    }
+
+    async fn read_channels(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
         for n in 1..=self.count {
             for field in Field::ALL {
                 let Some(param) = self.cfg.params.get(field).map(str::to_owned) else {
@@ -598,6 +609,7 @@ impl ShureDriver {
             let ch = self.channels[usize::from(n) - 1].clone();
             let all: Vec<&str> = Field::ALL.iter().map(|f| f.reading()).collect();
             self.publisher.channel(obs, n, &ch, &self.cfg.policy, &all);
+            self.publisher.channel_faults(obs, n, &ch, &self.cfg.policy);
         }
         self.last_refresh = Instant::now();
         Ok(())
