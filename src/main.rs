@@ -203,12 +203,15 @@ fn init_logging(filter: Option<&str>) {
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            // rumqttd logs every probe or client hang-up of the embedded broker as an error.
-            EnvFilter::new("info,rumqttd::server::broker=off")
+            // rumqttd logs every probe or client hang-up of the embedded broker as an error
+            // (and a normal shutdown as one), so its log stays off unless asked for.
+            EnvFilter::new("info,rumqttd=off")
         }),
     };
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -326,7 +329,12 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
 }
 
 async fn simulate(cfg: SiteConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     use tokio_util::sync::CancellationToken;
+    // Installed before anything is printed: a signal sent right after the banner must stop
+    // us cleanly, not kill us by the default action.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     let clock = Clock::system();
     let cancel = CancellationToken::new();
     let mut n = 0;
@@ -372,7 +380,10 @@ async fn simulate(cfg: SiteConfig) -> anyhow::Result<()> {
         anyhow::bail!("no device has simulated = true");
     }
     println!("{n} simulator(s) running; Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
     cancel.cancel();
     Ok(())
 }

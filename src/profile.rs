@@ -232,9 +232,26 @@ impl Profile {
         if !is_kebab(&raw.id) {
             return Err(invalid(format!("id: {:?} is not kebab-case", raw.id)));
         }
-        if !(raw.timing.poll_interval_secs.is_finite() && raw.timing.poll_interval_secs >= 0.1) {
+        if !(raw.timing.poll_interval_secs.is_finite()
+            && (0.1..=86_400.0).contains(&raw.timing.poll_interval_secs))
+        {
             return Err(invalid(
-                "timing.poll_interval_secs: must be at least 0.1".to_owned(),
+                "timing.poll_interval_secs: must be between 0.1 and 86400".to_owned(),
+            ));
+        }
+        for (key, v, max) in [
+            ("reply_timeout_ms", raw.timing.reply_timeout_ms, 600_000),
+            ("command_gap_ms", raw.timing.command_gap_ms, 60_000),
+            ("warm_up_secs", raw.timing.warm_up_secs, 3_600),
+            ("cool_down_secs", raw.timing.cool_down_secs, 3_600),
+        ] {
+            if v > max {
+                return Err(invalid(format!("timing.{key}: must be at most {max}")));
+            }
+        }
+        if raw.timing.unreachable_after_polls > 1_000 {
+            return Err(invalid(
+                "timing.unreachable_after_polls: must be at most 1000".to_owned(),
             ));
         }
         if raw.timing.unreachable_after_polls == 0 {
@@ -424,6 +441,28 @@ fn collect_embedded<'a>(dir: &'a Dir<'a>, out: &mut Vec<(String, &'a str)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timing_out_of_range_is_an_error_not_a_panic() {
+        let base = |timing: &str| {
+            format!(
+                "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
+                 capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
+            )
+        };
+        assert!(Profile::parse(&base("poll_interval_secs = 5"), "t").is_ok());
+        for bad in [
+            "poll_interval_secs = 1e300",
+            "poll_interval_secs = 0.01",
+            "poll_interval_secs = nan",
+            "poll_interval_secs = 5\ncommand_gap_ms = 99999999999",
+            "poll_interval_secs = 5\nreply_timeout_ms = 99999999999",
+            "poll_interval_secs = 5\nunreachable_after_polls = 0",
+        ] {
+            let e = Profile::parse(&base(bad), "t").expect_err(bad);
+            assert!(e.to_string().contains("timing."), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn line_col_counts_from_one() {

@@ -171,3 +171,29 @@ fn walk_value(v: &Value, offset: usize, out: &mut Vec<Seg>) -> bool {
         _ => contains(&v.span(), offset),
     }
 }
+
+/// Remove what `path` names from a document, so that parsing can go on past a bad value.
+/// Inside inline tables and arrays the whole top-level value goes (its other keys would be
+/// reported later anyway); array-of-table indexes never shift, because only keys inside an
+/// element are removed, never the element.
+pub fn remove(doc: &mut toml_edit::DocumentMut, path: &[Seg]) -> bool {
+    fn walk(table: &mut toml_edit::Table, path: &[Seg]) -> bool {
+        match path {
+            [Seg::Key(k)] => table.remove(k).is_some(),
+            [Seg::Key(k), rest @ ..] => match table.get_mut(k) {
+                Some(Item::Table(t)) => walk(t, rest),
+                Some(Item::ArrayOfTables(a)) => match rest {
+                    [Seg::Index(i), more @ ..] if !more.is_empty() => {
+                        a.get_mut(*i).is_some_and(|t| walk(t, more))
+                    }
+                    _ => table.remove(k).is_some(),
+                },
+                // An inline table, an array or a scalar: drop the whole value.
+                Some(_) => table.remove(k).is_some(),
+                None => false,
+            },
+            _ => false,
+        }
+    }
+    walk(doc.as_table_mut(), path)
+}

@@ -143,35 +143,70 @@ pub fn parse_site(
         list: Vec::new(),
     };
 
-    // Pass 1: structure. Unknown keys are all collected; a type error stops serde, and is
-    // reported with its place.
-    let mut unknown: Vec<Vec<Seg>> = Vec::new();
-    let de = toml::Deserializer::new(text);
-    let raw: Result<RawSite, _> = serde_ignored::deserialize(de, |path| {
-        let mut segs = Vec::new();
-        locate::from_ignored(&path, &mut segs);
-        unknown.push(segs);
-    });
+    // Pass 1: structure. Unknown keys are all collected. A value of the wrong type stops
+    // serde, so each one is reported, removed from a working copy of the document, and the
+    // copy parsed again, until none is left: every type error is reported at once.
+    let mut work = doc.clone().into_mut();
+    let mut unknown: Vec<Vec<Seg>>;
+    let mut rounds = 0;
+    let mut removed: Vec<String> = Vec::new();
+    let raw = loop {
+        rounds += 1;
+        unknown = Vec::new();
+        let text_now = work.to_string();
+        let de = toml::Deserializer::new(&text_now);
+        let res: Result<RawSite, _> = serde_ignored::deserialize(de, |path| {
+            let mut segs = Vec::new();
+            locate::from_ignored(&path, &mut segs);
+            unknown.push(segs);
+        });
+        match res {
+            Ok(r) => break Some(r),
+            Err(e) => {
+                let path = match (ImDocument::parse(text_now.clone()), e.span()) {
+                    (Ok(cur), Some(span)) => locate::path_at(&cur, span.start),
+                    _ => Vec::new(),
+                };
+                let message = first_line(e.message());
+                if path.is_empty() || rounds > 64 || !locate::remove(&mut work, &path) {
+                    // Nothing to take out: report where serde says, as it says, and stop.
+                    let offset = if rounds == 1 {
+                        e.span().map(|s| s.start)
+                    } else {
+                        None
+                    };
+                    pr.push(offset, locate::render(&path), message);
+                    break None;
+                }
+                pr.at_path(&path, message);
+                removed.push(locate::render(&path));
+            }
+        }
+    };
     for path in &unknown {
         let last = match path.last() {
             Some(Seg::Key(k)) => k.clone(),
             _ => String::new(),
         };
         let parent = &path[..path.len().saturating_sub(1)];
-        let hint = did_you_mean(suggest(&last, known_keys(parent)));
-        pr.at_path(path, format!("unknown key{hint}"));
+        let message = if last == "password" || last == "secret" {
+            "unknown key: secrets are never written in the config; use password_env (an \
+             environment variable) or password_file"
+                .to_owned()
+        } else {
+            format!(
+                "unknown key{}",
+                did_you_mean(suggest(&last, known_keys(parent)))
+            )
+        };
+        pr.at_path(path, message);
     }
-    let raw = match raw {
-        Ok(r) => r,
-        Err(e) => {
-            let offset = e.span().map(|s| s.start);
-            let path = offset
-                .map(|o| locate::render(&locate::path_at(&doc, o)))
-                .unwrap_or_default();
-            pr.push(offset, path, first_line(e.message()));
-            return Err(pr.into_error());
-        }
+    let Some(raw) = raw else {
+        return Err(pr.into_error());
     };
+    // Problems found from here on about a removed value ("missing key capacity" after a
+    // capacity of the wrong type) are noise and are dropped at the end.
+    let structural = pr.list.len();
 
     // Pass 2: meaning.
     let site = validate_site(&raw, &mut pr);
@@ -300,6 +335,16 @@ pub fn parse_site(
     let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
     let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
 
+    if !removed.is_empty() {
+        let mut i = 0;
+        pr.list.retain(|(_, problem)| {
+            i += 1;
+            i <= structural
+                || !removed
+                    .iter()
+                    .any(|r| r.starts_with(&problem.path) || problem.path.starts_with(r.as_str()))
+        });
+    }
     if pr.list.is_empty() {
         Ok(SiteConfig {
             file: PathBuf::from(file),

@@ -411,6 +411,23 @@ fn stress_append(
     count: Option<u64>,
     out: &mut dyn Write,
 ) -> anyhow::Result<Status> {
+    // A benchmark and crash-test tool: it must never add junk to a real logbook.
+    if db.exists() {
+        let conn = crate::records::store::open_reader(db)?;
+        let real: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM logbook WHERE kind <> 'stress'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if real > 0 {
+            anyhow::bail!(
+                "{} holds {real} real logbook entries; stress-append only writes to a new or stress-only store",
+                db.display()
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

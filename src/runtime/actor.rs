@@ -75,7 +75,11 @@ impl Actor {
         let mut conn = Conn::Disconnected {
             retry_at: Instant::now(),
         };
-        let mut last_command = Instant::now() - self.cfg.command_gap;
+        // When the device last heard from us (a poll or a command); `command_gap` keeps every
+        // exchange at least that far from the previous one.
+        let mut last_io = Instant::now()
+            .checked_sub(self.cfg.command_gap)
+            .unwrap_or_else(Instant::now);
 
         loop {
             match conn {
@@ -98,6 +102,7 @@ impl Actor {
                             conn = match res {
                                 Ok(()) => {
                                     backoff.reset();
+                                    last_io = Instant::now();
                                     Conn::Connected
                                 }
                                 Err(e) => self.link_down(&mut link, &mut backoff, &e),
@@ -107,7 +112,7 @@ impl Actor {
                 }
                 Conn::Connected => {
                     conn = self
-                        .connected(&mut link, &mut backoff, &mut commands, &mut last_command)
+                        .connected(&mut link, &mut backoff, &mut commands, &mut last_io)
                         .await;
                     if self.cancel.is_cancelled() {
                         break;
@@ -197,7 +202,7 @@ impl Actor {
         link: &mut Link,
         backoff: &mut Backoff,
         commands: &mut mpsc::Receiver<CommandRequest>,
-        last_command: &mut Instant,
+        last_io: &mut Instant,
     ) -> Conn {
         let mut ticker = tokio::time::interval_at(
             Instant::now() + self.cfg.poll_interval,
@@ -214,10 +219,10 @@ impl Actor {
                 req = commands.recv() => {
                     let Some(req) = req else { return Conn::Connected };
                     // Pacing: many devices drop commands that arrive back to back.
-                    let ready = *last_command + self.cfg.command_gap;
+                    let ready = *last_io + self.cfg.command_gap;
                     tokio::time::sleep_until(ready).await;
                     let res = self.driver.execute(link, &mut self.obs, &req.command).await;
-                    *last_command = Instant::now();
+                    *last_io = Instant::now();
                     self.report_command(&req.command, &res);
                     let outcome = match &res {
                         Ok(()) => Ok(()),
@@ -230,7 +235,10 @@ impl Actor {
                     res.map(|_| ())
                 }
                 _ = ticker.tick() => {
-                    self.driver.poll(link, &mut self.obs).await
+                    tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+                    let res = self.driver.poll(link, &mut self.obs).await;
+                    *last_io = Instant::now();
+                    res
                 }
                 r = self.driver.listen(link, &mut self.obs) => r,
             };

@@ -10,6 +10,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{clock, spawn_settle_pump, wait_state};
 
+/// Kill `child` if it is still running after `limit`: a bound on a hang, so a broken binary
+/// fails the test instead of stalling CI. Not a wait for an event.
+fn hang_guard(child: &std::process::Child, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    done_tx
+}
+
 const SITE: &str = r#"
 [site]
 name = "Shutdown test"
@@ -110,6 +123,7 @@ fn sigterm_stops_the_binary_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = hang_guard(&child, Duration::from_secs(120));
     let stdout = child.stdout.take().unwrap();
     let mut url = None;
     for line in BufReader::new(stdout).lines() {
@@ -335,6 +349,16 @@ archive = {{ location = "ceiling, front", supplier = "AV Supplies Ltd", install_
 
     let (code, verify) = run(&["verify"]);
     assert_eq!(code, Some(0), "{verify}");
+
+    // The crash-test appender refuses a real logbook.
+    let (code, _) = run(&["stress-append", "--count", "1"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "stress-append must not write into a real logbook"
+    );
+    let (code, verify) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{verify}");
 }
 
 /// `avwarden simulate` serves every simulated device at the address its config names: a
@@ -390,6 +414,7 @@ link = {{ path = "{tty}" }}
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = hang_guard(&child, Duration::from_secs(120));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
@@ -430,4 +455,126 @@ link = {{ path = "{tty}" }}
     .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     drop(lines);
+}
+
+/// The status API over a real projector simulator: an active fault with its first sighting,
+/// health and the instant it changed, then, with the projector gone, `unreachable` with the
+/// last readings kept and marked stale (power still "on", never "off").
+#[tokio::test(start_paused = true)]
+async fn api_shows_faults_then_stale_readings_when_unreachable() {
+    use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus};
+    use avwarden::sim::pjlink::{PjlinkSim, SimConfig};
+
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let stop_sim = CancellationToken::new();
+    let sim = PjlinkSim::start(
+        SimConfig {
+            power_on: true,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        stop_sim.clone(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let site = format!(
+        r#"
+[site]
+name = "API test"
+time_zone = "UTC"
+[storage]
+path = "{db}"
+[links]
+backoff_min_ms = 1000
+backoff_max_ms = 5000
+[[rooms]]
+id = "r1"
+capacity = 10
+[[devices]]
+id = "proj"
+room = "r1"
+profile = "generic-pjlink"
+link = {{ host = "127.0.0.1", port = {port} }}
+"#,
+        db = dir.path().join("r.db").display(),
+        port = sim.addr().port()
+    );
+    let cfg = parse_site(&site, "site.toml", dir.path(), &Env::fixed(&[])).unwrap();
+    let daemon = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        clock(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/api/v1/devices/proj", daemon.api_addr);
+    let get = |url: String| async move {
+        tokio::spawn(async move { reqwest::get(url).await?.json::<serde_json::Value>().await })
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let h = daemon.fleet.get("proj").unwrap().clone();
+    let mut rx = h.watch();
+    let ok = wait_state(&mut rx, Duration::from_secs(60), "ok", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+
+    sim.set_error_status(ErrorStatus {
+        filter: ErrorLevel::Warning,
+        ..ErrorStatus::default()
+    });
+    let degraded = wait_state(&mut rx, Duration::from_secs(60), "filter warning", |s| {
+        s.health == Health::Degraded
+    })
+    .await;
+    assert!(degraded.health_since > ok.health_since);
+    let d = get(url.clone()).await;
+    assert_eq!(d["health"], "degraded");
+    assert_eq!(d["health_since"], serde_json::json!(degraded.health_since));
+    let filter = d["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "filter")
+        .unwrap_or_else(|| panic!("no filter fault in {d}"));
+    assert_eq!(filter["severity"], "warning");
+    assert!(filter["since"].is_string());
+    assert_eq!(d["readings"]["power"]["value"], "on");
+    assert_eq!(d["readings"]["power"]["stale"], false);
+
+    // The projector disappears: unreachable, last values kept and marked stale, and their
+    // age grows with time.
+    sim.stop().await;
+    wait_state(&mut rx, Duration::from_secs(60), "unreachable", |s| {
+        s.health == Health::Unreachable
+    })
+    .await;
+    let before = get(url.clone()).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let d = get(url.clone()).await;
+    assert_eq!(d["health"], "unreachable");
+    assert_eq!(d["reachable"], false);
+    assert_eq!(
+        d["readings"]["power"]["value"], "on",
+        "never shown as off: {d}"
+    );
+    assert_eq!(d["readings"]["power"]["stale"], true);
+    let age = |v: &serde_json::Value| v["readings"]["power"]["age_secs"].as_f64().unwrap();
+    assert!(
+        age(&d) >= age(&before) + 29.0,
+        "{} then {}",
+        age(&before),
+        age(&d)
+    );
+
+    daemon.shutdown("test").await;
+    stop_sim.cancel();
+    pump.cancel();
 }

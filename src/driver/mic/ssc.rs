@@ -289,6 +289,11 @@ pub struct SscDriver {
     last_rx: Instant,
     last_subscribe: Option<Instant>,
     resubscribe: bool,
+    /// Transaction ids (`/osc/xid`) tell our request's answer from a notification that
+    /// happens to carry the same address (an old gain value from a subscription).
+    next_xid: u64,
+    /// The receiver echoes xids; until it is seen to, answers without one are accepted.
+    echoes_xid: bool,
 }
 
 impl SscDriver {
@@ -306,6 +311,8 @@ impl SscDriver {
             last_rx: Instant::now(),
             last_subscribe: None,
             resubscribe: false,
+            next_xid: 1,
+            echoes_xid: false,
         };
         d.set_count(count);
         Ok(d)
@@ -377,12 +384,25 @@ impl SscDriver {
         address: &str,
         value: Option<Json>,
     ) -> Result<Answer, DriverError> {
+        let xid = Json::from(self.next_xid);
+        self.next_xid = self.next_xid.wrapping_add(1);
         let dg = Builder::new()
             .value(address, value.unwrap_or(Json::Null))
+            .xid(xid.clone())
             .encode();
+        let echoes = self.echoes_xid;
         let msg = self
-            .exchange(link, obs, &dg, |m| m.answers(address))
+            .exchange(link, obs, &dg, |m| {
+                m.answers(address)
+                    && match &m.xid {
+                        Some(x) => *x == xid,
+                        None => !echoes,
+                    }
+            })
             .await?;
+        if msg.xid.is_some() {
+            self.echoes_xid = true;
+        }
         Ok(match (msg.value(address), msg.error(address)) {
             (Some(v), _) => Answer::Value(v.clone()),
             (None, Some(e)) => Answer::Error(e.code),
@@ -778,6 +798,7 @@ impl Driver for SscDriver {
         link.take_fresh();
         self.unsupported.clear();
         self.publisher.reset();
+        self.echoes_xid = false;
         self.last_subscribe = None;
         self.last_rx = Instant::now();
         let ping = Builder::new().ping().encode();
