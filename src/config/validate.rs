@@ -528,30 +528,41 @@ fn validate_mqtt(
     Some(super::MqttConfig { settings, password })
 }
 
+/// A room or device id: well formed, present, unique.
+fn validate_id(
+    what: &str,
+    id: Option<&String>,
+    at: &[Seg],
+    seen: &mut HashSet<String>,
+    pr: &mut Problems<'_>,
+) -> Option<String> {
+    match id {
+        Some(id) if is_id(id) => {
+            if !seen.insert(id.clone()) {
+                pr.at_path(&p(at, &[k("id")]), format!("duplicate {what} id {id:?}"));
+            }
+            Some(id.clone())
+        }
+        Some(id) => {
+            pr.at_path(
+                &p(at, &[k("id")]),
+                format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
+            );
+            None
+        }
+        None => {
+            pr.at_path(at, "missing key id");
+            None
+        }
+    }
+}
+
 fn validate_rooms(raw: &RawSite, pr: &mut Problems<'_>) -> Vec<Room> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (i, r) in raw.rooms.iter().enumerate() {
         let at = [k("rooms"), Seg::Index(i)];
-        let id = match &r.id {
-            Some(id) if is_id(id) => {
-                if !seen.insert(id.clone()) {
-                    pr.at_path(&p(&at, &[k("id")]), format!("duplicate room id {id:?}"));
-                }
-                Some(id.clone())
-            }
-            Some(id) => {
-                pr.at_path(
-                    &p(&at, &[k("id")]),
-                    format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
-                );
-                None
-            }
-            None => {
-                pr.at_path(&at, "missing key id");
-                None
-            }
-        };
+        let id = validate_id("room", r.id.as_ref(), &at, &mut seen, pr);
         let capacity = match r.capacity {
             Some(c) if (1..=100_000).contains(&c) => c as u32,
             Some(_) => {
@@ -597,25 +608,7 @@ fn validate_devices(
     let mut seen = HashSet::new();
     for (i, d) in raw.devices.iter().enumerate() {
         let at = [k("devices"), Seg::Index(i)];
-        let id = match &d.id {
-            Some(id) if is_id(id) => {
-                if !seen.insert(id.clone()) {
-                    pr.at_path(&p(&at, &[k("id")]), format!("duplicate device id {id:?}"));
-                }
-                Some(id.clone())
-            }
-            Some(id) => {
-                pr.at_path(
-                    &p(&at, &[k("id")]),
-                    format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
-                );
-                None
-            }
-            None => {
-                pr.at_path(&at, "missing key id");
-                None
-            }
-        };
+        let id = validate_id("device", d.id.as_ref(), &at, &mut seen, pr);
         let room = match &d.room {
             Some(r) if rooms.iter().any(|x| x == r) => Some(r.clone()),
             Some(r) => {
