@@ -578,3 +578,62 @@ link = {{ host = "127.0.0.1", port = {port} }}
     stop_sim.cancel();
     pump.cancel();
 }
+
+/// The README's first command: `avwarden demo` starts every simulated device of the embedded
+/// demo site, prints its status URL, serves the API, and stops cleanly on SIGTERM.
+#[test]
+fn demo_runs_the_embedded_site() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = hang_guard(&child, Duration::from_secs(120));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut sims = 0;
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.trim_start().starts_with("simulator for ") {
+            sims += 1;
+        }
+        if let Some(u) = line.strip_prefix("devices: ") {
+            url = Some(u.to_owned());
+            break;
+        }
+    }
+    assert_eq!(sims, 7, "every demo device is simulated");
+    let url = url.expect("the demo prints its URLs");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list: serde_json::Value = rt
+        .block_on(async { reqwest::get(&url).await?.json().await })
+        .unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 7, "{ids:?}");
+    assert!(ids.contains(&"r101-projector") && ids.contains(&"r102-thermostat"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        tmp.path()
+            .join("avwarden-demo")
+            .join("avwarden-demo.db")
+            .exists(),
+        "the demo keeps its logbook in the temp dir"
+    );
+    drop(lines);
+}
