@@ -3,17 +3,20 @@
 //! arriving, metering rate, heartbeat and silence, shutdown, battery drain, bad input, commands.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use avwarden::driver::DriverError;
+use avwarden::driver::{DriverError, Link, Observer};
 use avwarden::events::{EventBus, EventKind};
-use avwarden::model::{DeviceCommand, Health, Severity, Value};
+use avwarden::model::{DeviceCommand, DeviceId, DeviceState, Health, RoomId, Severity, Value};
+use avwarden::profile::{DriverKind, ProfileSet};
 use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
 use avwarden::transport::tcp::TcpSpec;
-use avwarden::transport::LinkSpec;
+use avwarden::transport::{LinkSpec, Stream};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +56,12 @@ async fn full_state_after_connect_for_every_family() {
             t.minutes = 300 + u32::from(t.channel);
         }
         let (sim, sim_cancel) = start_sim(cfg).await;
+        // Known levels, different per channel: the simulator encodes them with the family's
+        // own offsets (protocols.md §2.3), the driver must decode exactly these numbers.
+        let levels = |n: u8| (-50.0 - f64::from(n), -20.0 - f64::from(n));
+        for n in 1..=channels {
+            sim.set_levels(n, Some(levels(n)));
+        }
         let mut rig = start(profile, sim.addr(), "");
         let s0 = rig.up().await;
         let s = &s0;
@@ -72,9 +81,15 @@ async fn full_state_after_connect_for_every_family() {
                 "{what}"
             );
         }
-        // Meters arrive at the metering rate.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let s = rig.rx.borrow().clone();
+        // Meters arrive at the metering rate, exactly the levels the receiver holds.
+        let s = rig
+            .until("every channel metered", |s| {
+                (1..=channels).all(|n| {
+                    val(s, &format!("ch.{n}.rf_dbm")).is_some()
+                        && val(s, &format!("ch.{n}.audio_dbfs")).is_some()
+                })
+            })
+            .await;
         for n in 1..=channels {
             let k = |name: &str| format!("ch.{n}.{name}");
             assert_eq!(
@@ -132,15 +147,21 @@ async fn full_state_after_connect_for_every_family() {
                 mhz.is_some_and(|f| (f - want).abs() < 1e-6),
                 "{what} ch{n}: {mhz:?} MHz"
             );
-            let rf = val(&s, &k("rf_dbm")).and_then(Value::as_f64).expect("rf");
-            let af = val(&s, &k("audio_dbfs"))
-                .and_then(Value::as_f64)
-                .expect("audio");
-            assert!((-60.0..=-30.0).contains(&rf), "{what} ch{n}: rf {rf}");
-            assert!((-40.0..=-10.0).contains(&af), "{what} ch{n}: audio {af}");
-            assert!(
-                s.reading(&format!("meter.ch.{n}.audio")).is_some(),
-                "{what}"
+            let (rf, af) = levels(n);
+            assert_eq!(
+                val(&s, &k("rf_dbm")),
+                Some(&Value::Float(rf)),
+                "{what} ch{n}: RF dBm"
+            );
+            assert_eq!(
+                val(&s, &k("audio_dbfs")),
+                Some(&Value::Float(af)),
+                "{what} ch{n}: audio dBFS"
+            );
+            assert_eq!(
+                val(&s, &format!("meter.ch.{n}.audio")),
+                Some(&Value::Float(af)),
+                "{what} ch{n}: meter"
             );
         }
         assert!(
@@ -150,6 +171,75 @@ async fn full_state_after_connect_for_every_family() {
         );
         rig.shutdown().await;
         sim_cancel.cancel();
+    }
+}
+
+/// protocols.md §2.4 vectors 6, 8 and 9 through every shipped Shure profile, as shipped: the
+/// profile comes from the embedded set, the driver parses its options itself, and the SAMPLE
+/// arrives on a link. Per §2.3: ULX-D / QLX-D RF dBm = aaa − 128 and audio dBFS = eee − 50;
+/// SLX-D and Axient Digital each value − 120 (Axient: the stronger of the two antennas). A
+/// wrong offset or layout in any profile moves a value off the document's.
+#[tokio::test(start_paused = true)]
+async fn shipped_profiles_convert_documented_samples_exactly() {
+    // (profile, SAMPLE bytes from protocols.md §2.4, RF dBm, audio dBFS)
+    let cases: [(&str, &[u8], f64, f64); 4] = [
+        // vector 6: RF 098 − 128 = −30 dBm, audio 040 − 50 = −10 dBFS
+        ("shure-ulxd", b"< SAMPLE 1 ALL AX 098 040 >", -30.0, -10.0),
+        // QLX-D shares the ULX-D layout (§2.3 "ULX-D / QLX-D")
+        ("shure-qlxd", b"< SAMPLE 1 ALL AX 098 040 >", -30.0, -10.0),
+        // vector 8: peak 102 − 120 = −18 dBFS, RSSI 086 − 120 = −34 dBm
+        ("shure-slxd", b"< SAMPLE 1 ALL 102 102 086 >", -34.0, -18.0),
+        // vector 9: peak −18 dBFS; RSSI A 086 → −34, B 065 → −55: the stronger is reported
+        (
+            "shure-axient",
+            b"< SAMPLE 1 ALL 005 031 102 102 BB 31 086 31 065 >",
+            -34.0,
+            -18.0,
+        ),
+    ];
+    let set = ProfileSet::embedded().expect("embedded profiles parse");
+    let mut shipped: Vec<&str> = set
+        .iter()
+        .filter(|p| p.driver == DriverKind::Shure)
+        .map(|p| p.id.as_str())
+        .collect();
+    shipped.sort_unstable();
+    let mut covered: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    covered.sort_unstable();
+    assert_eq!(shipped, covered, "every shipped Shure profile has a vector");
+
+    for (id, sample, rf, audio) in cases {
+        let profile = set.get(id).expect("shipped profile");
+        let mut driver = avwarden::driver::for_profile(profile, None, &toml::Table::new())
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let (ours, mut receiver) = tokio::io::duplex(1024);
+        let mut link = Link::from_stream(Stream::new(ours, "duplex"));
+        let (tx, state) = tokio::sync::watch::channel(DeviceState::new(
+            DeviceId::new("rx-1"),
+            RoomId::new("room-1"),
+            profile.id.clone(),
+            "duplex".into(),
+            support::clock().now(),
+        ));
+        let mut obs = Observer::new(support::clock(), Arc::new(tx), support::bus());
+        receiver.write_all(sample).await.unwrap();
+        driver
+            .listen(&mut link, &mut obs)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        let s = state.borrow().clone();
+        assert_eq!(s.counters.bad_frames, 0, "{id}");
+        assert_eq!(val(&s, "ch.1.rf_dbm"), Some(&Value::Float(rf)), "{id}: RF");
+        assert_eq!(
+            val(&s, "ch.1.audio_dbfs"),
+            Some(&Value::Float(audio)),
+            "{id}: audio"
+        );
+        assert_eq!(
+            val(&s, "meter.ch.1.audio"),
+            Some(&Value::Float(audio)),
+            "{id}: the level watch gets the same dBFS"
+        );
     }
 }
 
