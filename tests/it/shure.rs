@@ -907,3 +907,64 @@ async fn full_read_raises_no_fault_it_clears_a_moment_later() {
     }
     assert!(raised.is_empty(), "false alarms: {raised:?}");
 }
+
+/// What the equipment archive learns about a Shure receiver: manufacturer, `MODEL` where the
+/// family reports it (else the family), `DEVICE_ID` as its name, firmware. protocols.md names
+/// no serial-number parameter, so the serial stays empty (UNCONFIRMED) instead of invented.
+#[tokio::test(start_paused = true)]
+async fn archive_records_device_id_model_and_firmware_but_no_serial() {
+    use avwarden::records::{archive, store, WriterConfig};
+    use avwarden::runtime::Fleet;
+    use tokio_util::task::TaskTracker;
+
+    for (profile, family, model) in [
+        ("shure-axient", Family::Axient, "AD4D"),
+        ("shure-slxd", Family::Slxd, "SLXD4D"),
+        ("shure-ulxd", Family::Ulxd, "ULX-D"),
+        ("shure-qlxd", Family::Qlxd, "QLX-D"),
+    ] {
+        let channels = if family == Family::Qlxd { 1 } else { 2 };
+        let mut cfg = ShureSimConfig::new(family, channels, 300);
+        cfg.device_id = "RX-301".into();
+        let (sim, sc) = start_sim(cfg).await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("records.db");
+        let h = crate::records::Harness::start(WriterConfig::new(&db), support::clock());
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut fleet = Fleet::new(
+            h.bus.clone(),
+            support::clock(),
+            tracker.clone(),
+            cancel.clone(),
+        );
+        let addr = sim.addr();
+        let link = LinkSpec::Tcp(TcpSpec::new(addr.ip().to_string(), addr.port()));
+        let spec = DeviceSpec::new("rx-1", "room-1", support::profile(profile), link);
+        let mut rx = fleet.spawn_device(spec).expect("device spawns").watch();
+        let s = wait_state(&mut rx, Duration::from_secs(30), "link up", |s| s.reachable).await;
+        assert_eq!(s.identity.serial, None, "{profile}");
+        h.handle.flush().await.unwrap();
+
+        let c = store::open_reader(&db).unwrap();
+        let rec = archive::get(&c, "rx-1").unwrap().expect("archived");
+        assert_eq!(rec.manufacturer(), Some("Shure"), "{profile}");
+        assert_eq!(rec.model(), Some(model), "{profile}");
+        assert_eq!(
+            rec.identity.name.as_deref(),
+            Some("RX-301"),
+            "{profile}: DEVICE_ID"
+        );
+        assert_eq!(
+            rec.identity.firmware.as_deref(),
+            Some("2.4.11.0"),
+            "{profile}"
+        );
+        assert_eq!(rec.identity.serial, None, "{profile}: no documented serial");
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        h.stop().await;
+        sc.cancel();
+    }
+}
