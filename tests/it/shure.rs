@@ -507,8 +507,9 @@ async fn metering_rate_is_honoured() {
     for (settings, rate, per_10s) in [("", 1000u32, 10usize), ("meter_rate_ms = 250", 250, 40)] {
         let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 300)).await;
         let mut rig = start("shure-ulxd", sim.addr(), settings);
+        // Up means the session was opened: the receiver answered the `SET METER_RATE`, and it
+        // records the rate before it answers.
         rig.up().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sim.meter_rates(), vec![rate]);
         let (a, b) = tokio::join!(
             count_meters(&rig.bus, "ch.1.audio", Duration::from_secs(10)),
@@ -633,10 +634,19 @@ async fn shutdown_switches_metering_off() {
     assert_eq!(sim.stats().meter_rate_sets, vec![1000]);
     let before = sim.stats().samples;
     rig.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let st = sim.stats();
+    // `close` waited for the receiver's answer to `METER_RATE 00000`; the connection's end
+    // reaches the simulator through the kernel, so wait for it (real-time settles keep paused
+    // time from outrunning the loopback FIN).
+    let settle = CancellationToken::new();
+    support::spawn_settle_pump(settle.clone());
+    let st = tokio::time::timeout(
+        Duration::from_secs(5),
+        sim.wait_stats(|s| s.open_connections == 0),
+    )
+    .await
+    .expect("the receiver sees the connection close");
+    settle.cancel();
     assert_eq!(st.meter_rate_sets, vec![1000, 0], "metering switched off");
-    assert_eq!(st.open_connections, 0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         sim.stats().samples - before <= 16,
@@ -695,16 +705,22 @@ async fn garbage_split_and_oversized_frames() {
     let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
     rig.up().await;
 
-    sim.inject(b"\x00\xff\x7fgarbage");
-    sim.inject(b"< REP 1 BATT_");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Garbage and the first half of a frame in one write (one loopback segment, read whole):
+    // the driver counts the garbage the moment it reads it, so once it is counted the half
+    // frame sits in the driver's buffer, and the rest can only come in a later read.
+    sim.inject(b"\x00\xff\x7fgarbage< REP 1 BATT_");
+    rig.until("garbage counted", |s| s.counters.bad_frames >= 1)
+        .await;
     sim.inject(b"BARS 002 >");
     let s = rig
         .until("split frame", |s| {
             val(s, "ch.1.battery_bars") == int(2).as_ref()
         })
         .await;
-    assert!(s.counters.bad_frames >= 1, "garbage counted");
+    assert_eq!(
+        s.counters.bad_frames, 1,
+        "the split frame itself is not bad input"
+    );
 
     let mut monster = b"< REP 1 CHAN_NAME {".to_vec();
     monster.extend(std::iter::repeat_n(b'A', 20_000));
