@@ -984,3 +984,69 @@ async fn archive_records_device_id_model_and_firmware_but_no_serial() {
         sc.cancel();
     }
 }
+
+/// `BadInput` events received so far.
+fn bad_input_events(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<avwarden::events::Event>>,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let EventKind::BadInput { count, .. } = &e.kind {
+            out.push(*count);
+        }
+    }
+    out
+}
+
+/// Bad input is counted every time and logged once per burst (DESIGN.md "counted and logged
+/// once"): a burst of N bad frames raises `bad_frames` by N and emits one `BadInput` event; a
+/// good frame ends the burst, and the next burst is logged again.
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_logged_once_per_burst() {
+    const N: u64 = 6;
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
+    // No metering: a SAMPLE in the middle would be a good frame and end the burst.
+    let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
+    rig.up().await;
+    assert!(bad_input_events(&mut rig.events).is_empty());
+
+    // Undecodable frames and well-framed ones with values no receiver sends, alternating.
+    let burst: Vec<u8> = (0..N)
+        .flat_map(|i| {
+            if i % 2 == 0 {
+                format!("< REP 1 not-a-param{i} >").into_bytes()
+            } else {
+                format!("< REP 1 BATT_BARS x{i} >").into_bytes()
+            }
+        })
+        .collect();
+    sim.inject(&burst);
+    let s = rig
+        .until("first burst counted", |s| s.counters.bad_frames >= N)
+        .await;
+    assert_eq!(s.counters.bad_frames, N);
+    assert_eq!(
+        bad_input_events(&mut rig.events),
+        vec![1],
+        "one event for the burst, carrying the count so far"
+    );
+
+    sim.inject(b"< REP 1 BATT_BARS 002 >");
+    rig.until("good frame", |s| {
+        val(s, "ch.1.battery_bars") == int(2).as_ref()
+    })
+    .await;
+    sim.inject(&burst);
+    let s = rig
+        .until("second burst counted", |s| s.counters.bad_frames >= 2 * N)
+        .await;
+    assert_eq!(s.counters.bad_frames, 2 * N);
+    assert_eq!(
+        bad_input_events(&mut rig.events),
+        vec![N + 1],
+        "the next burst is logged again"
+    );
+    assert_eq!(s.counters.reconnects, 0);
+    rig.shutdown().await;
+    sc.cancel();
+}

@@ -393,9 +393,17 @@ impl ShureDriver {
         }
     }
 
-    /// Apply one frame from the receiver to the state, wherever it came from.
+    /// Apply one frame from the receiver to the state, wherever it came from. Only a frame that
+    /// was understood counts as contact: contact ends a bad-input burst, and a burst of
+    /// well-framed nonsense (`BATT_BARS x1`) must be logged once, not once per frame.
     fn apply(&mut self, obs: &mut Observer, frame: &Message) {
-        obs.contact();
+        match self.apply_frame(obs, frame) {
+            Ok(()) => obs.contact(),
+            Err(e) => obs.bad_input(&e),
+        }
+    }
+
+    fn apply_frame(&mut self, obs: &mut Observer, frame: &Message) -> Result<(), ProtocolError> {
         match frame {
             Message::Rep {
                 channel: Some(n),
@@ -403,36 +411,36 @@ impl ShureDriver {
                 value,
             } => {
                 if *n == 0 || *n > self.count {
-                    return;
+                    return Ok(());
                 }
                 let Some(field) = self.cfg.field_of(param) else {
-                    return; // METER_RATE, GROUP_CHANNEL, …: not monitored
+                    return Ok(()); // METER_RATE, GROUP_CHANNEL, …: not monitored
                 };
-                if let Err(e) = self.apply_field(obs, *n, field, value) {
-                    obs.bad_input(&e);
-                }
+                self.apply_field(obs, *n, field, value)
             }
             Message::Rep {
                 channel: None,
                 param,
                 value,
-            } => self.apply_device(obs, param, value),
+            } => {
+                self.apply_device(obs, param, value);
+                Ok(())
+            }
             Message::Sample { channel, fields } => {
                 if *channel == 0 || *channel > self.count {
-                    return;
+                    return Ok(());
                 }
-                match shure::parse_sample(
+                let m = shure::parse_sample(
                     fields,
                     &self.cfg.layout,
                     self.cfg.rf_offset_db,
                     self.cfg.audio_offset_db,
-                ) {
-                    Ok(m) => self.publisher.meters(obs, *channel, m.rf_dbm, m.audio_dbfs),
-                    Err(e) => obs.bad_input(&e),
-                }
+                )?;
+                self.publisher.meters(obs, *channel, m.rf_dbm, m.audio_dbfs);
+                Ok(())
             }
             // The receiver does not send requests; an unmatched REP ERR has no owner.
-            Message::Get { .. } | Message::Set { .. } | Message::Err => {}
+            Message::Get { .. } | Message::Set { .. } | Message::Err => Ok(()),
         }
     }
 
