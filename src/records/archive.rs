@@ -1,7 +1,7 @@
 //! The equipment archive (设备档案): one record per device, and its counters.
 //!
 //! A record is filled from three sources: what the device says about itself (identity events:
-//! PJLink INF1/INF2/NAME/SNUM/SVER/RLMP/RFIL, ESC/VP21 SNO, Shure model/firmware/serial,
+//! PJLink INF1/INF2/NAME/SNUM/SVER/RLMP/RFIL, ESC/VP21 SNO, Shure model/device id/firmware,
 //! Sennheiser identity — drivers report them as [`Identity`]), what its profile says (vendor,
 //! family, lamp and filter life: the only source for devices that report nothing), and what a
 //! technician sets (site config or API). A changed serial number is a swapped unit: the writer

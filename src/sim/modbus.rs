@@ -8,6 +8,7 @@
 //! dropped without a word (and counted); broadcasts are executed without a reply. It must not
 //! depend on the driver: interop with a third-party master (pymodbus) is part of its tests.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,7 +125,12 @@ struct State {
     fan: String,
     faults: SimFaults,
     counters: SimCounters,
+    /// The last [`RECEIVED_KEPT`] request frames as they arrived, CRC included.
+    received: VecDeque<Vec<u8>>,
 }
+
+/// How many raw request frames the simulator keeps for [`RoomController::received`].
+pub const RECEIVED_KEPT: usize = 256;
 
 /// The simulated controller: its room and its faults, shared with whoever serves it.
 #[derive(Clone)]
@@ -165,6 +171,7 @@ impl RoomController {
                 fan: options.fan.clone(),
                 faults: SimFaults::default(),
                 counters: SimCounters::default(),
+                received: VecDeque::new(),
             })),
             frame_gap: Duration::from_millis(options.frame_gap_ms.max(1)),
         })
@@ -200,6 +207,12 @@ impl RoomController {
     }
     pub fn counters(&self) -> SimCounters {
         self.lock().counters
+    }
+    /// Every well-formed request frame received (any unit address), byte for byte with its
+    /// CRC, oldest first; at most the last [`RECEIVED_KEPT`]. Tests compare them with the
+    /// frames a vendor manual prescribes.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.lock().received.iter().cloned().collect()
     }
 
     /// Serve one byte stream until it closes or `cancel` fires.
@@ -242,6 +255,13 @@ impl RoomController {
                         break;
                     }
                     Scan::Frame { len, frame } => {
+                        {
+                            let mut st = self.lock();
+                            if st.received.len() >= RECEIVED_KEPT {
+                                st.received.pop_front();
+                            }
+                            st.received.push_back(buf[..len].to_vec());
+                        }
                         buf.advance(len);
                         if let Some(reply) = self.handle(&frame) {
                             io.write_all(&reply).await?;

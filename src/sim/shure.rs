@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -298,6 +298,8 @@ struct Shared {
     /// Unsolicited output for every connection (the `u64` is a connection to skip).
     out: broadcast::Sender<(Option<u64>, Bytes)>,
     addr: SocketAddr,
+    /// Woken whenever [`ShureSimStats`] change, for [`ShureSim::wait_stats`].
+    stats_changed: Notify,
 }
 
 /// A running simulated receiver; cheap to clone.
@@ -361,6 +363,7 @@ impl ShureSim {
                 state: Mutex::new(state),
                 out,
                 addr,
+                stats_changed: Notify::new(),
             }),
         };
         let s = sim.clone();
@@ -374,6 +377,26 @@ impl ShureSim {
 
     pub fn stats(&self) -> ShureSimStats {
         self.lock().stats.clone()
+    }
+
+    /// Wait until the stats satisfy `pred` (a connection closed, a request arrived), without
+    /// polling: every change wakes the waiter. Bound it with a timeout.
+    pub async fn wait_stats(&self, mut pred: impl FnMut(&ShureSimStats) -> bool) -> ShureSimStats {
+        loop {
+            let changed = self.shared.stats_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between is not missed.
+            changed.as_mut().enable();
+            let st = self.stats();
+            if pred(&st) {
+                return st;
+            }
+            changed.await;
+        }
+    }
+
+    fn stats_changed(&self) {
+        self.shared.stats_changed.notify_waiters();
     }
 
     /// Meter rate of every open connection.
@@ -513,14 +536,18 @@ impl ShureSim {
                         st.stats.open_connections += 1;
                         st.rates.push((conn_id, 0));
                     }
+                    self.stats_changed();
                     let sim = self.clone();
                     let cancel = cancel.clone();
                     let id = conn_id;
                     tokio::spawn(async move {
                         sim.serve(stream, id, cancel).await;
-                        let mut st = sim.lock();
-                        st.stats.open_connections = st.stats.open_connections.saturating_sub(1);
-                        st.rates.retain(|(c, _)| *c != id);
+                        {
+                            let mut st = sim.lock();
+                            st.stats.open_connections = st.stats.open_connections.saturating_sub(1);
+                            st.rates.retain(|(c, _)| *c != id);
+                        }
+                        sim.stats_changed();
                     });
                 }
             }
@@ -586,6 +613,7 @@ impl ShureSim {
                             Err(_) => {}
                         }
                     }
+                    self.stats_changed();
                     out
                 }
                 m = rx.recv() => match m {
@@ -596,7 +624,9 @@ impl ShureSim {
                 _ = async { tokio::time::sleep_until(sample_at.unwrap_or_else(Instant::now)).await }, if sample_at.is_some() => {
                     let at = sample_at.unwrap_or_else(Instant::now);
                     next_sample = Some(at + Duration::from_millis(u64::from(rate_ms.max(1))));
-                    self.samples()
+                    let out = self.samples();
+                    self.stats_changed();
+                    out
                 }
             };
             if out.is_empty() || self.lock().silent {

@@ -1,6 +1,7 @@
 //! Modbus RTU room controllers: every shipped register map against our simulator (paused time,
-//! in-memory line), the thermal model's pre-conditioning time, counted faults, the runtime over
-//! a real pseudo-terminal, and interop with pymodbus in both roles.
+//! in-memory line), vendor maps pinned byte for byte to protocols.md 5.1 against a unit that
+//! knows no profile, the FC16 write path, the thermal model's pre-conditioning time, counted
+//! faults, the runtime over a real pseudo-terminal, and interop with pymodbus in both roles.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -40,8 +41,31 @@ struct Bench {
     _cancel: tokio_util::sync::DropGuard,
 }
 
+/// The driver a profile (with a device's `settings`) builds, and its observed state.
+fn observed(
+    profile: &Arc<Profile>,
+    settings: &toml::Table,
+) -> (Box<dyn Driver>, Observer, watch::Receiver<DeviceState>) {
+    let (tx, state) = watch::channel(DeviceState::new(
+        DeviceId::new("hvac-101"),
+        RoomId::new("room-101"),
+        profile.id.clone(),
+        "duplex".into(),
+        clock().now(),
+    ));
+    let obs = Observer::new(clock(), Arc::new(tx), bus());
+    let driver = avwarden::driver::for_profile(profile, None, settings).unwrap();
+    (driver, obs, state)
+}
+
 impl Bench {
     fn new(profile: &Arc<Profile>, opts: ModbusSimOptions) -> Bench {
+        Bench::with_settings(profile, opts, "")
+    }
+
+    /// The simulator serves the profile's own map; the driver also gets the device's
+    /// `[devices.settings]` (TOML).
+    fn with_settings(profile: &Arc<Profile>, opts: ModbusSimOptions, settings: &str) -> Bench {
         let map = avwarden::codec::modbus_map::RegisterMap::from_table(&profile.options).unwrap();
         let ctl = RoomController::new(map, &opts).unwrap();
         let (ours, theirs) = tokio::io::duplex(1024);
@@ -49,15 +73,8 @@ impl Bench {
         let served = ctl.clone();
         let c = cancel.clone();
         tokio::spawn(async move { served.serve(theirs, c).await });
-        let (tx, state) = watch::channel(DeviceState::new(
-            DeviceId::new("hvac-101"),
-            RoomId::new("room-101"),
-            profile.id.clone(),
-            "duplex".into(),
-            clock().now(),
-        ));
-        let obs = Observer::new(clock(), Arc::new(tx), bus());
-        let driver = avwarden::driver::for_profile(profile, None, &toml::Table::new()).unwrap();
+        let settings: toml::Table = toml::from_str(settings).expect("settings");
+        let (driver, obs, state) = observed(profile, &settings);
         Bench {
             driver,
             link: Link::from_stream(Stream::new(ours, "duplex")),
@@ -188,6 +205,294 @@ async fn modbus_every_profile_reads_and_writes() {
             b.state.borrow().faults
         );
     }
+}
+
+/// Exact RTU bytes, written as the hex dumps of protocols.md 5.1.
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect()
+}
+
+fn dump(frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            f.iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The FC16 write path (Write Multiple Registers), which no shipped profile selects: the
+/// Kaysun KC-FCD2 manual lists functions 03, 06 and 16, so a site may choose
+/// `write_function = "fc16"`. The simulator must receive exactly: unit 1, function 0x10,
+/// start address 4, quantity 1, byte count 2, value 21 (0x0015), CRC-16/MODBUS low byte first
+/// (recomputed independently), and the driver reads the setpoint back.
+#[tokio::test(start_paused = true)]
+async fn modbus_fc16_setpoint_write_bytes_on_the_wire() {
+    let p = profile("kaysun-kc-fcd2");
+    let mut b = Bench::with_settings(
+        &p,
+        opts(26.0, 22.0, "cool", true),
+        r#"write_function = "fc16""#,
+    );
+    b.connect().await;
+    let before = b.ctl.received().len();
+    b.run(DeviceCommand::SetSetpoint { celsius: 21.0 })
+        .await
+        .unwrap();
+    let sent = b.ctl.received()[before..].to_vec();
+    assert_eq!(
+        dump(&sent),
+        dump(&[
+            // unit 01, FC 10, address 0004, quantity 0001, 2 bytes, value 0015, CRC 1B66
+            hex("01 10 00 04 00 01 02 00 15 66 1B"),
+            // read back: unit 01, FC 03, address 0004, quantity 0001, CRC CBC5
+            hex("01 03 00 04 00 01 C5 CB"),
+        ])
+    );
+    assert_eq!(b.ctl.controls().setpoint_c, 21.0);
+    assert_eq!(b.float("setpoint"), 21.0);
+    assert_eq!(b.ctl.counters().exceptions, 0);
+}
+
+/// A Modbus unit that knows no profile: raw holding-register words at the PDU addresses a
+/// vendor manual gives (protocols.md 5.1 table), exception 02 anywhere else, and a record of
+/// every request frame. A profile with a wrong address or scale cannot agree with it by
+/// accident, as it can with a simulator that serves the profile's own map.
+#[derive(Clone)]
+struct RawUnit {
+    regs: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u16>>>,
+    frames: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RawUnit {
+    fn new(regs: &[(u16, u16)]) -> RawUnit {
+        RawUnit {
+            regs: Arc::new(std::sync::Mutex::new(regs.iter().copied().collect())),
+            frames: Arc::default(),
+        }
+    }
+
+    fn set(&self, address: u16, raw: u16) {
+        self.regs.lock().unwrap().insert(address, raw);
+    }
+
+    fn get(&self, address: u16) -> Option<u16> {
+        self.regs.lock().unwrap().get(&address).copied()
+    }
+
+    /// Frames received since the last call.
+    fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.frames.lock().unwrap())
+    }
+
+    async fn serve(self, mut io: tokio::io::DuplexStream) {
+        use avwarden::codec::modbus::{
+            scan_request, ExceptionCode, RequestPdu, Response, ResponsePdu, Scan,
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            let n = match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Scan::Frame { len, frame } = scan_request(&buf) {
+                self.frames.lock().unwrap().push(buf[..len].to_vec());
+                buf.drain(..len);
+                let fc = frame.pdu.function_code();
+                let pdu = match frame.pdu {
+                    RequestPdu::ReadHoldingRegisters { address, count } => (address..)
+                        .take(usize::from(count))
+                        .map(|a| self.get(a))
+                        .collect::<Option<Vec<u16>>>()
+                        .map_or(
+                            ResponsePdu::Exception {
+                                function: fc,
+                                code: ExceptionCode::IllegalDataAddress,
+                            },
+                            |values| ResponsePdu::Registers {
+                                function: fc,
+                                values,
+                            },
+                        ),
+                    RequestPdu::WriteSingleRegister { address, value }
+                        if self.get(address).is_some() =>
+                    {
+                        self.set(address, value);
+                        ResponsePdu::WriteSingleRegister { address, value }
+                    }
+                    _ => ResponsePdu::Exception {
+                        function: fc,
+                        code: ExceptionCode::IllegalDataAddress,
+                    },
+                };
+                let reply = Response {
+                    slave: frame.slave,
+                    pdu,
+                }
+                .encode();
+                if io.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A shipped profile's driver against a [`RawUnit`].
+async fn against_raw_unit(
+    id: &str,
+    regs: &[(u16, u16)],
+) -> (
+    Box<dyn Driver>,
+    Link,
+    Observer,
+    watch::Receiver<DeviceState>,
+    RawUnit,
+) {
+    let p = profile(id);
+    let unit = RawUnit::new(regs);
+    let (ours, theirs) = tokio::io::duplex(1024);
+    tokio::spawn(unit.clone().serve(theirs));
+    let (mut driver, mut obs, state) = observed(&p, &toml::Table::new());
+    let mut link = Link::from_stream(Stream::new(ours, "duplex"));
+    driver.open(&mut link, &mut obs).await.unwrap();
+    driver.read_all(&mut link, &mut obs).await.unwrap();
+    (driver, link, obs, state, unit)
+}
+
+fn sorted(mut frames: Vec<Vec<u8>>) -> Vec<String> {
+    frames.sort();
+    dump(&frames)
+}
+
+fn value(state: &watch::Receiver<DeviceState>, key: &str) -> Option<Value> {
+    state.borrow().reading(key).map(|r| r.value.clone())
+}
+
+/// Kaysun KC-FCD2-M pinned to protocols.md 5.1 (FC03 holding registers, unit 1; the manual's
+/// register numbers used as PDU addresses, as the profile notes): 2 room temperature (whole
+/// °C, UNCONFIRMED scale), 3 on/off, 4 setpoint, 5 mode (1 cool), 6 fan (2 medium). Writing
+/// the setpoint is FC06 to register 4.
+#[tokio::test(start_paused = true)]
+async fn modbus_kaysun_map_matches_the_manual() {
+    let (mut driver, mut link, mut obs, state, unit) = against_raw_unit(
+        "kaysun-kc-fcd2",
+        &[(2, 23), (3, 1), (4, 22), (5, 1), (6, 2)],
+    )
+    .await;
+    assert_eq!(
+        sorted(unit.take()),
+        sorted(vec![
+            hex("01 03 00 02 00 01 25 CA"), // room temperature
+            hex("01 03 00 03 00 01 74 0A"), // on/off
+            hex("01 03 00 04 00 01 C5 CB"), // setpoint
+            hex("01 03 00 05 00 01 94 0B"), // mode
+            hex("01 03 00 06 00 01 64 0B"), // fan
+        ])
+    );
+    assert_eq!(value(&state, "temperature"), Some(Value::Float(23.0)));
+    assert_eq!(value(&state, "setpoint"), Some(Value::Float(22.0)));
+    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("cool".into())));
+    assert_eq!(value(&state, "fan"), Some(Value::Text("medium".into())));
+    assert_eq!(value(&state, "power"), Some(Value::Bool(true)));
+    assert!(
+        state.borrow().faults.is_empty(),
+        "{:?}",
+        state.borrow().faults
+    );
+
+    // 3 and 4 are the auxiliary-heater variants of heating.
+    unit.set(5, 4);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("heat".into())));
+    unit.set(3, 0);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    unit.take();
+    assert_eq!(value(&state, "power"), Some(Value::Bool(false)));
+    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("off".into())));
+
+    driver
+        .execute(
+            &mut link,
+            &mut obs,
+            &DeviceCommand::SetSetpoint { celsius: 21.0 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dump(&unit.take()),
+        dump(&[
+            hex("01 06 00 04 00 15 09 C4"), // write register 4 = 21
+            hex("01 03 00 04 00 01 C5 CB"), // read it back
+        ])
+    );
+    assert_eq!(unit.get(4), Some(21));
+    assert_eq!(value(&state, "setpoint"), Some(Value::Float(21.0)));
+}
+
+/// Mundoclima MUP-W9 pinned to protocols.md 5.1: holding registers 1601 mode (3 heat), 1602
+/// setpoint (whole °C), 1603 fan (3 mid), 1606 room temperature raw with T = (raw − 30) / 2
+/// (raw 80 = 25.0 °C, raw 71 = 20.5 °C); off is mode 0. Writing the setpoint is FC06 to 1602.
+#[tokio::test(start_paused = true)]
+async fn modbus_mundoclima_map_matches_the_manual() {
+    let (mut driver, mut link, mut obs, state, unit) = against_raw_unit(
+        "mundoclima-mup-w9",
+        &[(1601, 3), (1602, 24), (1603, 3), (1606, 80)],
+    )
+    .await;
+    assert_eq!(
+        sorted(unit.take()),
+        sorted(vec![
+            hex("01 03 06 41 00 01 D4 96"), // 1601 mode
+            hex("01 03 06 42 00 01 24 96"), // 1602 setpoint
+            hex("01 03 06 43 00 01 75 56"), // 1603 fan
+            hex("01 03 06 46 00 01 65 57"), // 1606 room temperature
+        ])
+    );
+    assert_eq!(value(&state, "temperature"), Some(Value::Float(25.0)));
+    assert_eq!(value(&state, "setpoint"), Some(Value::Float(24.0)));
+    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("heat".into())));
+    assert_eq!(value(&state, "fan"), Some(Value::Text("medium".into())));
+    assert_eq!(value(&state, "power"), Some(Value::Bool(true)));
+    assert!(
+        state.borrow().faults.is_empty(),
+        "{:?}",
+        state.borrow().faults
+    );
+
+    unit.set(1606, 71);
+    unit.set(1601, 0);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    unit.take();
+    assert_eq!(value(&state, "temperature"), Some(Value::Float(20.5)));
+    assert_eq!(value(&state, "power"), Some(Value::Bool(false)));
+    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("off".into())));
+
+    driver
+        .execute(
+            &mut link,
+            &mut obs,
+            &DeviceCommand::SetSetpoint { celsius: 21.0 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dump(&unit.take()),
+        dump(&[
+            hex("01 06 06 42 00 15 E8 99"), // write 1602 = 21
+            hex("01 03 06 42 00 01 24 96"), // read it back
+        ])
+    );
+    assert_eq!(unit.get(1602), Some(21));
+    assert_eq!(value(&state, "setpoint"), Some(Value::Float(21.0)));
 }
 
 /// The thermal model under a real driver: from 28 °C, cooling to 23 °C at the model's rate

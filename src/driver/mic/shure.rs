@@ -9,6 +9,13 @@
 //! heartbeat `GET` every 30 s and a reconnect after 60 s of silence (Companion's scheme,
 //! protocols.md §2.2). Metering is switched off in [`Driver::close`].
 //!
+//! Identity (what the equipment archive records): manufacturer from the profile, `DEVICE_ID`
+//! as the receiver's name, `MODEL` where the family reports it (Axient Digital, SLX-D; ULX-D
+//! and QLX-D report none, so the profile's family stands in), `FW_VER` as firmware. The serial
+//! number is **UNCONFIRMED**: protocols.md §2 names no command that reports it, so none is
+//! asked and `identity.serial` stays empty — the archive cannot tell a swapped Shure receiver
+//! by its serial, only by a changed model or device id in its identity log.
+//!
 //! This module must not hold partial frames outside the [`Link`] buffer: `listen` is dropped
 //! whenever a poll or command is due.
 
@@ -129,14 +136,14 @@ impl RawParams {
     }
 }
 
-/// `[options.device_params]`: device-level parameters (no channel index).
+/// `[options.device_params]`: device-level parameters (no channel index). No serial number:
+/// protocols.md names no parameter for it (see the module doc).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceParams {
     firmware: Option<String>,
     device_id: Option<String>,
     model: Option<String>,
-    serial: Option<String>,
 }
 
 /// Which words mean yes and no for a boolean parameter; anything else is unknown. Families
@@ -386,9 +393,17 @@ impl ShureDriver {
         }
     }
 
-    /// Apply one frame from the receiver to the state, wherever it came from.
+    /// Apply one frame from the receiver to the state, wherever it came from. Only a frame that
+    /// was understood counts as contact: contact ends a bad-input burst, and a burst of
+    /// well-framed nonsense (`BATT_BARS x1`) must be logged once, not once per frame.
     fn apply(&mut self, obs: &mut Observer, frame: &Message) {
-        obs.contact();
+        match self.apply_frame(obs, frame) {
+            Ok(()) => obs.contact(),
+            Err(e) => obs.bad_input(&e),
+        }
+    }
+
+    fn apply_frame(&mut self, obs: &mut Observer, frame: &Message) -> Result<(), ProtocolError> {
         match frame {
             Message::Rep {
                 channel: Some(n),
@@ -396,36 +411,36 @@ impl ShureDriver {
                 value,
             } => {
                 if *n == 0 || *n > self.count {
-                    return;
+                    return Ok(());
                 }
                 let Some(field) = self.cfg.field_of(param) else {
-                    return; // METER_RATE, GROUP_CHANNEL, …: not monitored
+                    return Ok(()); // METER_RATE, GROUP_CHANNEL, …: not monitored
                 };
-                if let Err(e) = self.apply_field(obs, *n, field, value) {
-                    obs.bad_input(&e);
-                }
+                self.apply_field(obs, *n, field, value)
             }
             Message::Rep {
                 channel: None,
                 param,
                 value,
-            } => self.apply_device(obs, param, value),
+            } => {
+                self.apply_device(obs, param, value);
+                Ok(())
+            }
             Message::Sample { channel, fields } => {
                 if *channel == 0 || *channel > self.count {
-                    return;
+                    return Ok(());
                 }
-                match shure::parse_sample(
+                let m = shure::parse_sample(
                     fields,
                     &self.cfg.layout,
                     self.cfg.rf_offset_db,
                     self.cfg.audio_offset_db,
-                ) {
-                    Ok(m) => self.publisher.meters(obs, *channel, m.rf_dbm, m.audio_dbfs),
-                    Err(e) => obs.bad_input(&e),
-                }
+                )?;
+                self.publisher.meters(obs, *channel, m.rf_dbm, m.audio_dbfs);
+                Ok(())
             }
             // The receiver does not send requests; an unmatched REP ERR has no owner.
-            Message::Get { .. } | Message::Set { .. } | Message::Err => {}
+            Message::Get { .. } | Message::Set { .. } | Message::Err => Ok(()),
         }
     }
 
@@ -506,8 +521,6 @@ impl ShureDriver {
             obs.identity(|id| id.name = (!text.is_empty()).then_some(text));
         } else if d.model.as_deref() == Some(param) {
             obs.identity(|id| id.model = (!text.is_empty()).then_some(text));
-        } else if d.serial.as_deref() == Some(param) {
-            obs.identity(|id| id.serial = (!text.is_empty()).then_some(text));
         }
     }
 
@@ -739,8 +752,6 @@ impl Driver for ShureDriver {
             Ok(_) => obs.faults("access", Vec::new()),
         }
         self.ask_device(link, obs, self.cfg.device.device_id.clone())
-            .await?;
-        self.ask_device(link, obs, self.cfg.device.serial.clone())
             .await?;
         let model = self
             .ask_device(link, obs, self.cfg.device.model.clone())
