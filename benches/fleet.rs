@@ -21,10 +21,10 @@
 //! `generic-pjlink,shure-ulxd`), `AVWARDEN_BENCH_FLEET_MIC_CHANNELS` (4),
 //! `AVWARDEN_BENCH_FLEET_METER_MS` (100), `AVWARDEN_BENCH_FLEET_SIM_THREADS` (2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +51,9 @@ const DAEMON_THREADS: &str = "avw-daemon";
 const SIM_THREADS: &str = "avw-sim";
 
 /// One kind of device in the simulated building: its shipped profile, the options its
-/// simulator gets (`[devices.simulator]`) and the driver settings (`[devices.settings]`).
-/// `{channels}` and `{meter_ms}` are filled in from the environment.
+/// simulator gets (`[devices.simulator]`), the driver settings (`[devices.settings]`) and how
+/// many meter channels it streams. `{channels}`, `{transmitters}`, `{meter_ms}` and
+/// `{meter_secs}` are filled in from the environment.
 ///
 /// A driver whose simulator is reachable through `sim::spawn` joins the benchmark with one
 /// entry here and its profile id in `AVWARDEN_BENCH_FLEET_MIX`.
@@ -60,7 +61,52 @@ struct Kind {
     profile: &'static str,
     simulator: &'static str,
     settings: &'static str,
+    meters: Meters,
 }
+
+/// Meter channels a device of a kind streams at `AVWARDEN_BENCH_FLEET_METER_MS`, for the
+/// expected meter rate.
+#[derive(Debug, Clone, Copy)]
+enum Meters {
+    None,
+    /// One per mic channel (`AVWARDEN_BENCH_FLEET_MIC_CHANNELS`).
+    PerMicChannel,
+    /// A fixed number (a DSP's mapped meters).
+    Fixed(usize),
+}
+
+/// The zone and mic of a room on a Tesira design: level, mute and a meter subscription each,
+/// on blocks of the simulator's default design.
+const TESIRA_ROOM: &str = r#"
+meter_rate_ms = {meter_ms}
+[[zones]]
+id = "main"
+level_tag = "Level1"
+meter_tag = "OutMeter"
+max_db = 0
+[[mics]]
+id = "lectern"
+channel = 1
+level_tag = "MicGain"
+meter_tag = "MicMeter"
+"#;
+
+/// The same room on a Q-SYS design: named controls in one change group with AutoPoll.
+const QSYS_ROOM: &str = r#"
+meter_rate_secs = {meter_secs}
+[[zones]]
+id = "main"
+level_control = "MainGain"
+mute_control = "MainMute"
+meter_control = "MainMeter"
+max_db = 0
+[[mics]]
+id = "lectern"
+channel = 1
+level_control = "MicGain"
+mute_control = "MicMute"
+meter_control = "MicMeter"
+"#;
 
 const KINDS: &[Kind] = &[
     // Projector switched on, so every poll asks all seven Class 2 questions; the session stays
@@ -69,17 +115,55 @@ const KINDS: &[Kind] = &[
         profile: "generic-pjlink",
         simulator: "power_on = true",
         settings: "",
+        meters: Meters::None,
     },
     // Quad receiver metering every channel: the heaviest realistic stream per device.
     Kind {
         profile: "shure-ulxd",
         simulator: "channels = {channels}",
         settings: "channels = {channels}\nmeter_rate_ms = {meter_ms}",
+        meters: Meters::PerMicChannel,
     },
     Kind {
         profile: "shure-axient",
         simulator: "channels = {channels}",
         settings: "channels = {channels}\nmeter_rate_ms = {meter_ms}",
+        meters: Meters::PerMicChannel,
+    },
+    // RS-232 projector on a pseudo-terminal, lamp on: PWR, ERR, LAMP, SOURCE, MUTE each poll.
+    Kind {
+        profile: "epson-escvp21",
+        simulator: "power_on = true",
+        settings: "",
+        meters: Meters::None,
+    },
+    // EW-DX receiver over UDP with a transmitter on every channel, meters subscribed.
+    Kind {
+        profile: "sennheiser-ewdx",
+        simulator: "channels = {channels}\ntransmitters = {transmitters}",
+        settings: "channels = {channels}\nmeter_rate_ms = {meter_ms}",
+        meters: Meters::PerMicChannel,
+    },
+    // Tesira over Telnet: a zone and a mic, two meter subscriptions.
+    Kind {
+        profile: "biamp-tesira-telnet",
+        simulator: "",
+        settings: TESIRA_ROOM,
+        meters: Meters::Fixed(2),
+    },
+    // Q-SYS Core: a zone and a mic; the change group reports a meter only when it changed.
+    Kind {
+        profile: "qsys-core",
+        simulator: "",
+        settings: QSYS_ROOM,
+        meters: Meters::Fixed(2),
+    },
+    // Modbus RTU room controller on a pseudo-terminal (the simulator's default map).
+    Kind {
+        profile: "avwarden-sim-modbus",
+        simulator: "",
+        settings: "",
+        meters: Meters::None,
     },
 ];
 
@@ -124,9 +208,27 @@ impl Params {
     }
 
     fn fill(&self, template: &str) -> String {
+        let transmitters: Vec<String> = (1..=self.mic_channels)
+            .map(|c| format!("{{ channel = {c} }}"))
+            .collect();
         template
             .replace("{channels}", &self.mic_channels.to_string())
+            .replace("{transmitters}", &format!("[{}]", transmitters.join(", ")))
             .replace("{meter_ms}", &self.meter_ms.to_string())
+            .replace(
+                "{meter_secs}",
+                &(f64::from(self.meter_ms) / 1000.0).to_string(),
+            )
+    }
+
+    /// Meter events per second a device of `kind` streams.
+    fn meters_per_sec(&self, kind: &Kind) -> f64 {
+        let channels = match kind.meters {
+            Meters::None => 0,
+            Meters::PerMicChannel => usize::from(self.mic_channels),
+            Meters::Fixed(n) => n,
+        };
+        channels as f64 * 1000.0 / f64::from(self.meter_ms.max(1))
     }
 }
 
@@ -150,11 +252,15 @@ struct RunResult {
     exchange_ms: Vec<f64>,
     cycle_ms: Vec<f64>,
     meter_events: u64,
+    /// Meter events per profile id during the window.
+    meters_by_profile: BTreeMap<String, u64>,
     meter_expected_per_sec: f64,
     meter_lagged: u64,
     timeouts: u64,
     reconnects: u64,
     bad_frames: u64,
+    /// Devices not `ok` when the window closed, per profile id.
+    not_ok_by_profile: BTreeMap<String, usize>,
     loadavg_before: String,
 }
 
@@ -277,6 +383,7 @@ struct Planned {
     profile: Arc<Profile>,
     link: LinkSpec,
     settings: toml::Table,
+    meters_per_sec: f64,
 }
 
 fn run(p: &Params) -> Result<RunResult, String> {
@@ -341,6 +448,7 @@ fn run(p: &Params) -> Result<RunResult, String> {
                 link: link_for(profile, &endpoint),
                 profile: profile.clone(),
                 settings,
+                meters_per_sec: p.meters_per_sec(kind),
             });
         }
         Ok::<_, String>(planned)
@@ -398,30 +506,24 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     // The bus subscriber stands in for the level watch / SSE: it drains every event and counts
     // meters while the window is open.
     let measuring = Arc::new(AtomicBool::new(false));
-    let meters = Arc::new(AtomicU64::new(0));
-    let lagged = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
-    let counter = count_meters(
-        bus.subscribe(),
-        measuring.clone(),
-        meters.clone(),
-        lagged.clone(),
-        stop.clone(),
-    );
+    let rx = bus.subscribe();
 
     let mut by_profile: BTreeMap<String, usize> = BTreeMap::new();
-    let mut mic_channels_metered = 0usize;
+    let mut profile_of: HashMap<String, String> = HashMap::new();
+    let mut meters_expected = 0.0;
     let mut projectors = Vec::new();
     let mut all = Vec::new();
+    let mut kinds_of = Vec::new();
     let spawned = Instant::now();
     for (i, d) in planned.into_iter().enumerate() {
         let id = d.profile.id.to_string();
         *by_profile.entry(id.clone()).or_default() += 1;
-        if d.profile.driver == avwarden::profile::DriverKind::Shure {
-            mic_channels_metered += usize::from(p.mic_channels);
-        }
+        meters_expected += d.meters_per_sec;
+        let device = format!("dev-{i:04}");
+        profile_of.insert(device.clone(), id.clone());
         let mut spec = DeviceSpec::new(
-            &format!("dev-{i:04}"),
+            &device,
             &format!("room-{:04}", i / p.mix.len()),
             d.profile.clone(),
             d.link,
@@ -434,8 +536,10 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
             projectors.push(Cycles::new(h.watch()));
         }
         all.push(h.watch());
+        kinds_of.push(id);
     }
 
+    let counter = count_meters(rx, measuring.clone(), &profile_of, stop.clone());
     let body = async {
         // Every device to `ok`, bounded.
         let deadline = spawned + p.warmup;
@@ -484,26 +588,29 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
             cpu_process_secs: cpu1.process - cpu0.process,
             rss_end_kib: proc_status_kib("VmRSS"),
             hwm_kib: proc_status_kib("VmHWM"),
-            meter_expected_per_sec: mic_channels_metered as f64 * 1000.0
-                / f64::from(p.meter_ms.max(1)),
+            meter_expected_per_sec: meters_expected,
             ..RunResult::default()
         };
         for c in projectors {
             r.exchange_ms.extend(c.exchange_ms);
             r.cycle_ms.extend(c.cycle_ms);
         }
-        for rx in &all {
+        for (rx, profile) in all.iter().zip(&kinds_of) {
             let s = rx.borrow();
+            if s.health != Health::Ok {
+                *r.not_ok_by_profile.entry(profile.clone()).or_default() += 1;
+            }
             r.timeouts += s.counters.timeouts;
             r.reconnects += s.counters.reconnects;
             r.bad_frames += s.counters.bad_frames + s.counters.oversized_frames;
         }
         r
     };
-    let (mut r, ()) = tokio::join!(body, counter);
+    let (mut r, counted) = tokio::join!(body, counter);
     r.by_profile = by_profile;
-    r.meter_events = meters.load(Ordering::SeqCst);
-    r.meter_lagged = lagged.load(Ordering::SeqCst);
+    r.meter_events = counted.by_profile.values().sum();
+    r.meters_by_profile = counted.by_profile;
+    r.meter_lagged = counted.lagged;
 
     cancel.cancel();
     tracker.close();
@@ -517,31 +624,44 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     Ok(r)
 }
 
+/// What the bus subscriber saw while the window was open.
+#[derive(Default)]
+struct MeterCount {
+    by_profile: BTreeMap<String, u64>,
+    lagged: u64,
+}
+
 async fn count_meters(
     mut rx: broadcast::Receiver<Arc<avwarden::events::Event>>,
     measuring: Arc<AtomicBool>,
-    meters: Arc<AtomicU64>,
-    lagged: Arc<AtomicU64>,
+    profile_of: &HashMap<String, String>,
     stop: CancellationToken,
-) {
+) -> MeterCount {
+    let mut out = MeterCount::default();
     loop {
         let ev = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return out,
             ev = rx.recv() => ev,
         };
         let on = measuring.load(Ordering::Relaxed);
         match ev {
             Ok(ev) => {
-                if on && matches!(ev.kind, EventKind::Meter { .. }) {
-                    meters.fetch_add(1, Ordering::Relaxed);
+                if let (true, EventKind::Meter { device, .. }) = (on, &ev.kind) {
+                    let profile = profile_of.get(device.as_str()).map_or("?", String::as_str);
+                    match out.by_profile.get_mut(profile) {
+                        Some(n) => *n += 1,
+                        None => {
+                            out.by_profile.insert(profile.to_owned(), 1);
+                        }
+                    }
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 if on {
-                    lagged.fetch_add(n, Ordering::Relaxed);
+                    out.lagged += n;
                 }
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return out,
         }
     }
 }
@@ -766,4 +886,16 @@ fn print_detail(r: &RunResult) {
         r.bad_frames,
         r.loadavg_before,
     );
+    let w = r.window_secs.max(1e-9);
+    let rates: Vec<String> = r
+        .meters_by_profile
+        .iter()
+        .map(|(id, n)| format!("{id} {:.0}", *n as f64 / w))
+        .collect();
+    if !rates.is_empty() {
+        println!("  meter events/s by profile: {}", rates.join(", "));
+    }
+    if !r.not_ok_by_profile.is_empty() {
+        println!("  not ok at the end: {:?}", r.not_ok_by_profile);
+    }
 }

@@ -170,7 +170,15 @@ impl TelnetParser {
                         len,
                     }))
                 }
-                // IAC IAC inside a subnegotiation is an escaped 0xFF parameter byte.
+                // IAC IAC inside a subnegotiation is an escaped 0xFF parameter byte. It counts
+                // against the limit like any other, or endless escapes would hide the data.
+                _ if len + 1 >= MAX_SUBNEGOTIATION => {
+                    self.state = State::Data;
+                    Some(TelnetOutput::Command(TelnetCommand::Subnegotiation {
+                        option,
+                        len: len + 1,
+                    }))
+                }
                 _ => {
                     self.state = State::Sb {
                         option,
@@ -271,6 +279,35 @@ mod tests {
             d.len(),
             10,
             "bytes after an abandoned subnegotiation are data"
+        );
+    }
+
+    /// Regression, found by the `telnet_filter` fuzz target
+    /// (`crash-4dcf3be84717da956a0aecb920e8a40e80e5acc5`: `IAC SB` and an option, then escaped
+    /// bytes): a parameter byte escaped as `IAC x` was not counted against
+    /// `MAX_SUBNEGOTIATION`, so a subnegotiation of `IAC IAC` pairs never ended, hid every byte
+    /// after it, and reported lengths past the limit.
+    #[test]
+    fn escaped_bytes_count_against_the_subnegotiation_limit() {
+        let mut p = TelnetParser::new();
+        let mut bytes = vec![IAC, SB, 0x18];
+        for _ in 0..MAX_SUBNEGOTIATION + 10 {
+            bytes.extend([IAC, IAC]);
+        }
+        bytes.extend(b"ok");
+        let (d, c) = run(&mut p, &bytes);
+        assert_eq!(
+            c,
+            vec![TelnetCommand::Subnegotiation {
+                option: 0x18,
+                len: MAX_SUBNEGOTIATION
+            }]
+        );
+        let mut want = vec![IAC; 10];
+        want.extend(b"ok");
+        assert_eq!(
+            d, want,
+            "escaped bytes after the abandoned subnegotiation are data"
         );
     }
 
