@@ -6,6 +6,7 @@
 //! Log levels follow what the operator must do: ERROR a room is unusable or data is lost, WARN
 //! degraded, INFO lifecycle, DEBUG per poll.
 
+use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -238,32 +239,47 @@ impl EventKind {
         )
     }
 
-    /// One line for humans.
+    /// One line for humans (the [`Display`](fmt::Display) form, which the log line formats
+    /// only when its level is enabled).
     pub fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EventKind::DaemonStarted { version, site } => {
-                format!("avwarden {version} started for site {site}")
+                write!(f, "avwarden {version} started for site {site}")
             }
-            EventKind::DaemonStopping { reason } => format!("avwarden stopping: {reason}"),
-            EventKind::LinkUp { device, peer, .. } => format!("{device}: link up ({peer})"),
+            EventKind::DaemonStopping { reason } => write!(f, "avwarden stopping: {reason}"),
+            EventKind::LinkUp { device, peer, .. } => write!(f, "{device}: link up ({peer})"),
             EventKind::LinkDown {
                 device,
                 reason,
                 retry_in_ms,
                 ..
-            } => format!("{device}: link down ({reason}); retry in {retry_in_ms} ms"),
+            } => write!(
+                f,
+                "{device}: link down ({reason}); retry in {retry_in_ms} ms"
+            ),
             EventKind::HealthChanged {
                 device, from, to, ..
-            } => format!("{device}: {from} -> {to}"),
+            } => write!(f, "{device}: {from} -> {to}"),
             EventKind::FaultRaised { device, fault, .. } => {
-                format!("{device}: fault {} raised: {}", fault.code, fault.message)
+                write!(
+                    f,
+                    "{device}: fault {} raised: {}",
+                    fault.code, fault.message
+                )
             }
             EventKind::FaultCleared { device, fault, .. } => {
-                format!("{device}: fault {} cleared", fault.code)
+                write!(f, "{device}: fault {} cleared", fault.code)
             }
             EventKind::IdentityReported {
                 device, identity, ..
-            } => format!(
+            } => write!(
+                f,
                 "{device}: identity {} {} serial {}",
                 identity.manufacturer.as_deref().unwrap_or("?"),
                 identity.model.as_deref().unwrap_or("?"),
@@ -274,28 +290,28 @@ impl EventKind {
                 channel,
                 dbfs,
                 ..
-            } => format!("{device}: meter {channel} {dbfs:.1} dBFS"),
+            } => write!(f, "{device}: meter {channel} {dbfs:.1} dBFS"),
             EventKind::BadInput {
                 device,
                 detail,
                 count,
                 ..
-            } => format!("{device}: bad input ({detail}); {count} so far"),
+            } => write!(f, "{device}: bad input ({detail}); {count} so far"),
             EventKind::CommandExecuted {
                 device,
                 command,
                 outcome,
                 ..
-            } => format!("{device}: {command}: {outcome}"),
+            } => write!(f, "{device}: {command}: {outcome}"),
             EventKind::ActorRestarted {
                 device,
                 restarts,
                 reason,
                 ..
-            } => format!("{device}: actor restarted ({restarts}): {reason}"),
+            } => write!(f, "{device}: actor restarted ({restarts}): {reason}"),
             EventKind::ActorGaveUp {
                 device, restarts, ..
-            } => format!("{device}: actor gave up after {restarts} restarts"),
+            } => write!(f, "{device}: actor gave up after {restarts} restarts"),
             EventKind::FaultAcknowledged {
                 device,
                 code,
@@ -303,29 +319,38 @@ impl EventKind {
                 by,
                 ..
             } => match component {
-                Some(c) => format!("{device}: fault {code} ({c}) acknowledged by {by}"),
-                None => format!("{device}: fault {code} acknowledged by {by}"),
+                Some(c) => write!(f, "{device}: fault {code} ({c}) acknowledged by {by}"),
+                None => write!(f, "{device}: fault {code} acknowledged by {by}"),
             },
-            EventKind::ConfigReloaded { summary } => format!("config reloaded: {summary}"),
+            EventKind::ConfigReloaded { summary } => write!(f, "config reloaded: {summary}"),
             EventKind::MaintenanceRecorded {
                 device, action, by, ..
-            } => format!("{device}: maintenance {action} by {by}"),
+            } => write!(f, "{device}: maintenance {action} by {by}"),
             EventKind::DeviceSwapped {
                 device,
                 old_serial,
                 new_serial,
                 ..
-            } => format!("{device}: device swapped (serial {old_serial} -> {new_serial})"),
+            } => write!(
+                f,
+                "{device}: device swapped (serial {old_serial} -> {new_serial})"
+            ),
             EventKind::StoreFailed { error, pending } => {
-                format!("logbook store cannot write: {error}; {pending} entries waiting in memory")
+                write!(
+                    f,
+                    "logbook store cannot write: {error}; {pending} entries waiting in memory"
+                )
             }
-            EventKind::StoreRecovered { written, dropped } => format!(
+            EventKind::StoreRecovered { written, dropped } => write!(
+                f,
                 "logbook store writes again: {written} waiting entries written, {dropped} lost"
             ),
             EventKind::BookingStarted { room, booking } => {
-                format!("{room}: booking {booking} started")
+                write!(f, "{room}: booking {booking} started")
             }
-            EventKind::BookingEnded { room, booking } => format!("{room}: booking {booking} ended"),
+            EventKind::BookingEnded { room, booking } => {
+                write!(f, "{room}: booking {booking} ended")
+            }
         }
     }
 }
@@ -371,8 +396,9 @@ impl EventBus {
 
     pub fn emit(&self, at: DateTime<Utc>, kind: EventKind) {
         log_event(&kind);
+        // Meters arrive thousands of times a second: the static form counts without allocating.
         self.metrics
-            .inc_labeled("avwarden_events_total", "event", kind.name());
+            .inc_labeled_static("avwarden_events_total", "event", kind.name());
         let event = Arc::new(Event { at, kind });
         if event.kind.is_logbook_worthy() {
             if let Some(sink) = &self.logbook {
@@ -387,12 +413,13 @@ impl EventBus {
     }
 }
 
+/// The tracing line of an event. The message is the event's `Display`, formatted by the
+/// subscriber only when the level is enabled: a TRACE meter costs nothing at INFO.
 fn log_event(kind: &EventKind) {
-    let line = kind.describe();
     match kind {
-        EventKind::Meter { .. } => tracing::trace!(event = kind.name(), "{line}"),
+        EventKind::Meter { .. } => tracing::trace!(event = kind.name(), "{kind}"),
         EventKind::CommandExecuted { ok: true, .. } => {
-            tracing::debug!(event = kind.name(), "{line}")
+            tracing::debug!(event = kind.name(), "{kind}")
         }
         EventKind::HealthChanged {
             to: Health::Unreachable | Health::Faulted,
@@ -407,9 +434,9 @@ fn log_event(kind: &EventKind) {
             ..
         }
         | EventKind::ActorGaveUp { .. }
-        | EventKind::StoreFailed { .. } => tracing::error!(event = kind.name(), "{line}"),
+        | EventKind::StoreFailed { .. } => tracing::error!(event = kind.name(), "{kind}"),
         EventKind::StoreRecovered { dropped, .. } if *dropped > 0 => {
-            tracing::error!(event = kind.name(), "{line}")
+            tracing::error!(event = kind.name(), "{kind}")
         }
         EventKind::LinkDown { .. }
         | EventKind::DeviceSwapped { .. }
@@ -421,7 +448,127 @@ fn log_event(kind: &EventKind) {
         | EventKind::HealthChanged {
             to: Health::Degraded,
             ..
-        } => tracing::warn!(event = kind.name(), "{line}"),
-        _ => tracing::info!(event = kind.name(), "{line}"),
+        } => tracing::warn!(event = kind.name(), "{kind}"),
+        _ => tracing::info!(event = kind.name(), "{kind}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::model::{DeviceId, RoomId};
+
+    /// What a fmt subscriber writes, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    fn meter(dbfs: f64) -> EventKind {
+        EventKind::Meter {
+            device: DeviceId::new("mic1"),
+            room: RoomId::new("room1"),
+            channel: "ch.2.audio".to_owned(),
+            dbfs,
+        }
+    }
+
+    /// Emit `kinds` under a fmt subscriber that lets `level` and above through.
+    fn emit_at(level: &str, kinds: Vec<EventKind>) -> (String, Metrics) {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let metrics = Metrics::new();
+        let bus = EventBus::new(metrics.clone());
+        let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            for k in kinds {
+                bus.emit(at, k);
+            }
+        });
+        (out.text(), metrics)
+    }
+
+    /// The log line is formatted lazily now; it must read exactly as `describe()` did, at the
+    /// level the event's kind calls for, with the same metric.
+    #[test]
+    fn log_lines_and_metrics_follow_the_event() {
+        let link_down = EventKind::LinkDown {
+            device: DeviceId::new("proj1"),
+            room: RoomId::new("room1"),
+            reason: "connection refused".to_owned(),
+            retry_in_ms: 2000,
+        };
+        let (text, metrics) = emit_at("trace", vec![meter(-23.456), link_down.clone()]);
+        assert!(
+            text.contains(
+                "TRACE avwarden::events: mic1: meter ch.2.audio -23.5 dBFS event=\"meter\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                " WARN avwarden::events: {} event=\"link_down\"",
+                link_down.describe()
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            link_down.describe(),
+            "proj1: link down (connection refused); retry in 2000 ms"
+        );
+        assert_eq!(
+            meter(-23.456).describe(),
+            "mic1: meter ch.2.audio -23.5 dBFS"
+        );
+        for (event, n) in [("meter", 1.0), ("link_down", 1.0)] {
+            assert_eq!(
+                metrics.get("avwarden_events_total", Some(("event", event))),
+                n
+            );
+        }
+    }
+
+    /// At INFO a meter writes nothing but is still counted.
+    #[test]
+    fn filtered_meters_are_counted_not_logged() {
+        let (text, metrics) = emit_at("info", (0..100).map(|i| meter(f64::from(i))).collect());
+        assert_eq!(text, "");
+        assert_eq!(
+            metrics.get("avwarden_events_total", Some(("event", "meter"))),
+            100.0
+        );
     }
 }
