@@ -182,34 +182,51 @@ impl Daemon {
         }
         let fleet = Arc::new(fleet);
 
-        // The equipment archive: one record per device, then counters from its state.
-        for d in &devices {
-            let seed = EquipmentSeed::from_profile(
-                d.id.clone(),
-                d.room.clone(),
-                &d.profile,
-                d.archive.clone(),
-                clock.now(),
-            );
-            // A store that cannot write must not stop the start: the writer buffers and
-            // alerts; registration is retried by the writer's own queue.
-            match tokio::time::timeout(Duration::from_secs(5), logbook.register(seed)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(device = %d.id, error = %e, "equipment not registered")
+        // The equipment archive: one record per device, then counters from its state. Neither
+        // devices, the API nor READY wait for the store (issue 16.1: a missing or locked store
+        // held the start for 5 s per device): registrations are queued through the writer's
+        // bounded buffer like every other entry, in order, so each device's counters follow
+        // its record. A store in trouble is the writer's `store_failed` event and the health
+        // answer's `store` field.
+        let seeds: Vec<EquipmentSeed> = devices
+            .iter()
+            .map(|d| {
+                EquipmentSeed::from_profile(
+                    d.id.clone(),
+                    d.room.clone(),
+                    &d.profile,
+                    d.archive.clone(),
+                    clock.now(),
+                )
+            })
+            .collect();
+        let watches: Vec<_> = devices
+            .iter()
+            .filter_map(|d| fleet.get(d.id.as_str()).map(|h| h.watch()))
+            .collect();
+        {
+            let logbook = logbook.clone();
+            let counters = tracker.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                for seed in seeds {
+                    let device = seed.device.clone();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = logbook.register_queued(seed) => if let Err(e) = r {
+                            tracing::warn!(%device, error = %e, "equipment not registered");
+                        },
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(device = %d.id, "equipment registration still waiting for the store")
+                for rx in watches {
+                    counters.spawn(crate::records::archive::feed_counters(
+                        logbook.clone(),
+                        rx,
+                        clock,
+                        cancel.clone(),
+                    ));
                 }
-            }
-            if let Some(h) = fleet.get(d.id.as_str()) {
-                tracker.spawn(crate::records::archive::feed_counters(
-                    logbook.clone(),
-                    h.watch(),
-                    clock,
-                    cancel.clone(),
-                ));
-            }
+            });
         }
 
         let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -224,6 +241,7 @@ impl Daemon {
             started: clock.now(),
             fleet: fleet.clone(),
             metrics,
+            store: Some(logbook.watch_status()),
         };
         let app = api::router(state);
         let api_cancel = cancel.clone();

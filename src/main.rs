@@ -288,7 +288,11 @@ fn runtime_block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) 
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    let res = rt.block_on(fut);
+    // A blocking SQLite call (a store locked by another process) must not hold the exit past
+    // the shutdown deadline: whatever still runs on a blocking thread is abandoned (issue 16.1).
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -37,6 +37,8 @@ pub struct ApiState {
     pub started: chrono::DateTime<chrono::Utc>,
     pub fleet: Arc<Fleet>,
     pub metrics: Metrics,
+    /// The records store's condition, shown by `/api/v1/health` (absent in API-only tests).
+    pub store: Option<tokio::sync::watch::Receiver<crate::records::writer::StoreStatus>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -61,6 +63,31 @@ struct HealthBody {
     now: chrono::DateTime<chrono::Utc>,
     uptime_secs: i64,
     devices: std::collections::BTreeMap<&'static str, usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<serde_json::Value>,
+}
+
+/// The store as the health answer shows it: `ok`, `starting`, `stopped`, or `failing` with
+/// the error, since when, and how many entries wait or were lost.
+fn store_view(s: &crate::records::writer::StoreStatus) -> serde_json::Value {
+    use crate::records::writer::StoreStatus;
+    match s {
+        StoreStatus::Starting => serde_json::json!({ "state": "starting" }),
+        StoreStatus::Ok => serde_json::json!({ "state": "ok" }),
+        StoreStatus::Stopped => serde_json::json!({ "state": "stopped" }),
+        StoreStatus::Failing {
+            error,
+            since,
+            pending,
+            dropped,
+        } => serde_json::json!({
+            "state": "failing",
+            "error": error,
+            "since": since,
+            "pending": pending,
+            "dropped": dropped,
+        }),
+    }
 }
 
 async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
@@ -69,8 +96,14 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     for h in st.fleet.handles() {
         *counts.entry(h.state().health.as_str()).or_insert(0) += 1;
     }
+    let store = st.store.as_ref().map(|rx| rx.borrow().clone());
+    let failing = matches!(
+        store,
+        Some(crate::records::writer::StoreStatus::Failing { .. })
+    );
     Json(HealthBody {
-        status: "ok",
+        status: if failing { "degraded" } else { "ok" },
+        store: store.as_ref().map(store_view),
         version: st.version,
         site: st.site.clone(),
         now,

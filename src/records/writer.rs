@@ -165,6 +165,12 @@ impl LogbookHandle {
             .copied())
     }
 
+    /// Register a device without waiting for the commit (start-up: the daemon must not wait
+    /// for a store that is missing or locked). Waits only for room in the queue.
+    pub async fn register_queued(&self, seed: EquipmentSeed) -> Result<(), StoreError> {
+        self.queued(Op::Register(Box::new(seed))).await
+    }
+
     /// Set fields a technician keeps; returns the entry written, if anything changed.
     pub async fn set_fields(
         &self,
@@ -527,8 +533,16 @@ impl WriterTask {
                             self.bus.emit(self.clock.now(), kind.clone());
                         }
                     }
-                    if let Some(ack) = ack {
-                        let _ = ack.send(r);
+                    match ack {
+                        Some(ack) => {
+                            let _ = ack.send(r);
+                        }
+                        // Nobody waits for this one: say what was not written.
+                        None => {
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "queued record not written");
+                            }
+                        }
                     }
                 }
                 Ok(())

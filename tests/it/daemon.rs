@@ -637,3 +637,126 @@ fn demo_runs_the_embedded_site() {
     );
     drop(lines);
 }
+
+/// A site of `n` projectors at a closed port, its store at `db`.
+fn site_with_store(db: &std::path::Path, n: usize) -> String {
+    let mut site = format!(
+        r#"
+[site]
+name = "Store test"
+time_zone = "UTC"
+
+[shutdown]
+deadline_secs = 5
+
+[storage]
+path = "{}"
+
+[[rooms]]
+id = "r1"
+capacity = 10
+"#,
+        db.display()
+    );
+    for i in 0..n {
+        site += &format!(
+            "\n[[devices]]\nid = \"p{i}\"\nroom = \"r1\"\nprofile = \"generic-pjlink\"\nlink = {{ host = \"127.0.0.1\", port = 9 }}\n"
+        );
+    }
+    site
+}
+
+async fn start_with_store(db: &std::path::Path, n: usize) -> Daemon {
+    let cfg = parse_site(
+        &site_with_store(db, n),
+        "site.toml",
+        std::path::Path::new("."),
+        &Env::fixed(&[]),
+    )
+    .expect("config validates");
+    Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        avwarden::clock::Clock::system(),
+    )
+    .await
+    .expect("daemon starts")
+}
+
+/// Issue 16.1: a store in a directory that does not exist (a volume not mounted) held the
+/// start for 5 s per device. Devices and the API must not wait for it; health says the store
+/// is failing; shutdown stays within its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_missing_store_directory_never_holds_the_start_or_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("not-mounted").join("avwarden.db");
+    let start = tokio::time::Instant::now();
+    let daemon = start_with_store(&db, 50).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "start took {:?} of paused time",
+        start.elapsed()
+    );
+    assert_eq!(daemon.fleet.handles().count(), 50);
+    let mut status = daemon.logbook.watch_status();
+    let failing = status
+        .wait_for(|s| matches!(s, avwarden::records::StoreStatus::Failing { .. }))
+        .await
+        .is_ok();
+    assert!(failing, "the store shows as failing");
+    let report = daemon.shutdown("test").await;
+    assert!(report.within_deadline, "shutdown took {:?}", report.elapsed);
+}
+
+/// Issue 16.1: a store locked by another process (a sqlite3 shell, a backup) delayed the API
+/// and SIGTERM. With the lock held, the daemon starts at once, the API answers with the store
+/// shown failing, and once the lock is gone the archive records queued meanwhile are written.
+#[tokio::test]
+async fn a_locked_store_never_holds_the_start_and_catches_up_once_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("avwarden.db");
+    // Create the store, then hold an exclusive lock on it from "another process".
+    {
+        let d = start_with_store(&db, 0).await;
+        d.logbook.flush().await.unwrap();
+        assert!(d.shutdown("init").await.within_deadline);
+    }
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let daemon = tokio::time::timeout(Duration::from_secs(2), start_with_store(&db, 50))
+        .await
+        .expect("the start does not wait for a locked store");
+    let health: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/health", daemon.api_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        health["devices"]["unknown"].as_u64().unwrap_or(0)
+            + health["devices"]["unreachable"].as_u64().unwrap_or(0),
+        50,
+        "{health}"
+    );
+
+    locker.execute_batch("COMMIT").unwrap();
+    drop(locker);
+    tokio::time::timeout(Duration::from_secs(60), daemon.logbook.flush())
+        .await
+        .expect("the writer catches up")
+        .expect("flush after the lock is gone");
+    let n: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM equipment", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n, 50,
+        "every device's record was written once the store was free"
+    );
+    assert!(daemon.shutdown("test").await.within_deadline);
+}

@@ -262,6 +262,7 @@ async fn api_with_one_device() -> (String, CancellationToken, TaskTracker) {
         started: clock().now(),
         fleet: Arc::new(fleet),
         metrics: events.metrics().clone(),
+        store: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
