@@ -161,9 +161,10 @@ const SLXD: Names = Names {
     unknown_word: "UNKNOWN",
     bars: "TX_BATT_BARS",
     minutes: "TX_BATT_MINS",
-    percent: None,
+    // protocols.md §2.3: SLX-D uses the AD names for charge and chemistry.
+    percent: Some("TX_BATT_CHARGE_PERCENT"),
     cycles: None,
-    batt_type: None,
+    batt_type: Some("TX_BATT_TYPE"),
     tx_mute: None,
     rx_mute: None,
     interference: None,

@@ -45,8 +45,9 @@ async fn full_state_after_connect_for_every_family() {
     let cases = [
         ("shure-ulxd", Family::Ulxd, 2, true, true, true),
         ("shure-qlxd", Family::Qlxd, 1, false, false, true),
-        ("shure-slxd", Family::Slxd, 2, false, false, false),
-        ("shure-slxd", Family::SlxdPlus, 2, false, true, false),
+        // Issue 14.4: SLX-D battery percent (TX_BATT_CHARGE_PERCENT) was never read.
+        ("shure-slxd", Family::Slxd, 2, false, false, true),
+        ("shure-slxd", Family::SlxdPlus, 2, false, true, true),
         ("shure-axient", Family::Axient, 4, true, true, true),
     ];
     for (profile, family, channels, rx_mute, rf_status, percent) in cases {
