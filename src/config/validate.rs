@@ -658,6 +658,13 @@ fn validate_devices(
                 pr.at_path(&p(&at, &[k("settings")]), e.to_string());
             }
         }
+        if let (Some(prof), Some(options)) = (&profile, &d.simulator) {
+            // The simulator's own parse, so `check-config` refuses what `run
+            // --with-simulators` would (issue 16, point 3).
+            if let Err(e) = crate::sim::check_options(prof, options) {
+                simulator_problem(&p(&at, &[k("simulator")]), e, pr);
+            }
+        }
         let archive = match &d.archive {
             None => crate::records::ArchiveFields::default(),
             Some(t) => {
@@ -697,6 +704,37 @@ fn validate_devices(
         }
     }
     out
+}
+
+/// A simulator's complaint about its table, at the key it names (`blocks[1].kind`).
+fn simulator_problem(at: &[Seg], e: crate::sim::SimError, pr: &mut Problems<'_>) {
+    use crate::sim::SimError;
+    let (key, message) = match e {
+        SimError::UnknownOption { key, known } => {
+            let last = key.rsplit('.').next().unwrap_or(&key).to_owned();
+            let hint = did_you_mean(suggest(&last, known.iter().map(String::as_str)));
+            (key, format!("unknown key{hint}"))
+        }
+        SimError::Option { key, message } => (key, message),
+        other => (String::new(), other.to_string()),
+    };
+    let mut path = at.to_vec();
+    // "simulator" is the whole table: the error belongs to no single key in it.
+    if key != "simulator" {
+        for part in key.split('.').filter(|s| !s.is_empty()) {
+            let mut pieces = part.split('[');
+            if let Some(name) = pieces.next() {
+                path.push(k(name));
+            }
+            for index in pieces {
+                match index.trim_end_matches(']').parse() {
+                    Ok(i) => path.push(Seg::Index(i)),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    pr.at_path(&path, message);
 }
 
 fn validate_secret(

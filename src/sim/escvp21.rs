@@ -159,10 +159,10 @@ impl SimConfig {
                     }
                 }
                 _ => {
-                    return Err(bad(format!(
-                        "unknown option; known: {}",
-                        OPTION_KEYS.join(", ")
-                    )))
+                    return Err(SimError::UnknownOption {
+                        key: key.clone(),
+                        known: OPTION_KEYS.iter().map(|k| (*k).to_owned()).collect(),
+                    })
                 }
             }
         }
@@ -1145,7 +1145,10 @@ mod tests {
         ] {
             let t: toml::Table = toml::from_str(bad).unwrap();
             let e = SimConfig::from_options(&t).expect_err(bad);
-            assert!(matches!(e, SimError::Option { .. }), "{bad}: {e}");
+            assert!(
+                matches!(e, SimError::Option { .. } | SimError::UnknownOption { .. }),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -1273,6 +1276,9 @@ mod tests {
             CancellationToken::new(),
         )
         .await;
-        assert!(matches!(res, Err(SimError::Option { .. })), "{res:?}");
+        assert!(
+            matches!(res, Err(SimError::UnknownOption { ref key, .. }) if key == "warm_up"),
+            "{res:?}"
+        );
     }
 }

@@ -72,6 +72,9 @@ pub enum SimError {
     Io(#[from] std::io::Error),
     #[error("simulator option {key}: {message}")]
     Option { key: String, message: String },
+    /// A key the simulator does not know; `known` are the keys its table accepts there.
+    #[error("simulator option {key}: unknown key")]
+    UnknownOption { key: String, known: Vec<String> },
     #[error("no simulator for driver {0}")]
     Unsupported(&'static str),
     #[error("pseudo-terminal: {0}")]
@@ -107,6 +110,26 @@ pub async fn spawn(
     }
 }
 
+/// Check a device's simulator options without starting anything, so `check-config` refuses
+/// what `run --with-simulators` would (issue 16, point 3). Runs the same parse and value checks
+/// as [`spawn`]; only what needs a socket or a broker is left to start-up.
+pub fn check_options(profile: &Profile, options: &toml::Table) -> Result<(), SimError> {
+    match profile.driver {
+        DriverKind::Pjlink => pjlink::SimConfig::from_options(options).map(drop),
+        DriverKind::Shure => {
+            let c: shure::ShureSimConfig =
+                parse_options(&shure::options_for(&profile.family, options))?;
+            shure::check_config(&c)
+        }
+        DriverKind::Ssc => ssc::check_config(&parse_options(options)?),
+        DriverKind::Escvp21 => escvp21::SimConfig::from_options(options).map(drop),
+        DriverKind::Modbus => modbus::check_options(profile, options),
+        DriverKind::Mqtt => thermostat::check_options(profile, options),
+        DriverKind::Tesira => tesira::check_config(&parse_options(options)?),
+        DriverKind::Qsys => qsys::check_config(&parse_options(options)?),
+    }
+}
+
 /// An error about one simulator setting; `key` is its path inside `[devices.simulator]`.
 pub(crate) fn option_error(key: impl Into<String>, message: impl Into<String>) -> SimError {
     SimError::Option {
@@ -127,11 +150,32 @@ pub(crate) fn parse_options<T: DeserializeOwned>(options: &toml::Table) -> Resul
     toml::Value::Table(options.clone())
         .try_into()
         .map_err(|e: toml::de::Error| {
+            let at = key_path(&e);
+            if let Some((key, known)) = unknown_field(e.message()) {
+                let key = match at {
+                    Some(parent) => format!("{parent}.{key}"),
+                    None => key,
+                };
+                return SimError::UnknownOption { key, known };
+            }
             option_error(
-                key_path(&e).unwrap_or_else(|| "simulator".to_owned()),
+                at.unwrap_or_else(|| "simulator".to_owned()),
                 e.message().trim(),
             )
         })
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a`"), taken apart.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.trim().strip_prefix("unknown field `")?;
+    let (key, expected) = rest.split_once('`')?;
+    let known = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((key.to_owned(), known))
 }
 
 /// The key path a TOML deserialization error names. `toml` keeps it private and shows it only
@@ -191,9 +235,20 @@ mod tests {
             err("[[blocks]]\nchannels = 1"),
             ("blocks".into(), "missing field `tag`".into())
         );
-        let (key, message) = err("ech = true");
-        assert_eq!(key, "simulator");
-        assert!(message.starts_with("unknown field `ech`"), "{message}");
+        // An unknown key names itself and what the table accepts, for "did you mean".
+        match parse_options::<Opts>(&toml::from_str("ech = true").unwrap()) {
+            Err(SimError::UnknownOption { key, known }) => {
+                assert_eq!(key, "ech");
+                assert_eq!(known, ["echo", "blocks"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_options::<Opts>(
+            &toml::from_str("[[blocks]]\ntag = \"a\"\nchanels = 1").unwrap(),
+        ) {
+            Err(SimError::UnknownOption { key, .. }) => assert_eq!(key, "blocks.chanels"),
+            other => panic!("{other:?}"),
+        }
         let ok: Opts = parse_options(&toml::from_str("echo = true").unwrap()).unwrap();
         assert!(ok.echo);
     }

@@ -517,6 +517,14 @@ impl State {
     }
 }
 
+/// Build the controller [`spawn_from_config`] would serve, without serving it (`check-config`).
+pub fn check_options(profile: &Profile, options: &toml::Table) -> Result<(), SimError> {
+    let map = RegisterMap::from_table(&profile.options)
+        .map_err(|m| option_error(format!("profile {} options", profile.id), m))?;
+    let opts: ModbusSimOptions = parse_options(options)?;
+    RoomController::new(map, &opts).map(drop)
+}
+
 /// Start a controller for `profile`'s register map (`[devices.simulator]` options on top).
 pub async fn spawn_from_config(
     profile: &Profile,

@@ -305,15 +305,10 @@ pub async fn spawn(
     let SimBind::Tcp(addr) = bind else {
         return Err(SimError::Unsupported("qsys other than over tcp"));
     };
+    check_config(&cfg)?;
     let now = Instant::now();
     let mut controls = BTreeMap::new();
-    for (i, c) in cfg.controls.iter().enumerate() {
-        if c.name.is_empty() || controls.contains_key(&c.name) {
-            return Err(option_error(
-                format!("controls[{i}].name"),
-                format!("{:?} is empty or used twice", c.name),
-            ));
-        }
+    for c in &cfg.controls {
         controls.insert(
             c.name.clone(),
             Control {
@@ -323,9 +318,6 @@ pub async fn spawn(
                 started: now,
             },
         );
-    }
-    if cfg.idle_timeout_secs == 0 {
-        return Err(option_error("idle_timeout_secs", "must be at least 1"));
     }
     let shared = Arc::new(Mutex::new(Shared {
         controls,
@@ -377,6 +369,23 @@ pub async fn spawn(
         cancel,
         tracker,
     })
+}
+
+/// The checks [`spawn`] makes of its settings before it listens (also run by `check-config`).
+pub fn check_config(cfg: &QsysSimConfig) -> Result<(), SimError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, c) in cfg.controls.iter().enumerate() {
+        if c.name.is_empty() || !names.insert(c.name.as_str()) {
+            return Err(option_error(
+                format!("controls[{i}].name"),
+                format!("{:?} is empty or used twice", c.name),
+            ));
+        }
+    }
+    if cfg.idle_timeout_secs == 0 {
+        return Err(option_error("idle_timeout_secs", "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// The uniform entry used by `sim::spawn` (demo, `avwarden simulate`).

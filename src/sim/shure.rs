@@ -316,9 +316,7 @@ impl ShureSim {
         bind: SocketAddr,
         cancel: CancellationToken,
     ) -> Result<ShureSim, SimError> {
-        if !(1..=4).contains(&config.channels) {
-            return Err(option_error("channels", "must be 1-4"));
-        }
+        check_config(&config)?;
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let now = Instant::now();
@@ -975,6 +973,14 @@ pub fn options_for(family: &str, options: &toml::Table) -> toml::Table {
         }
     }
     o
+}
+
+/// The value checks [`ShureSim::start`] makes before it listens (also run by `check-config`).
+pub fn check_config(config: &ShureSimConfig) -> Result<(), SimError> {
+    if !(1..=4).contains(&config.channels) {
+        return Err(option_error("channels", "must be 1-4"));
+    }
+    Ok(())
 }
 
 /// Entry for `avwarden simulate` and the demo.

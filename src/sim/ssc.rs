@@ -151,9 +151,7 @@ impl SscSim {
         bind: SocketAddr,
         cancel: CancellationToken,
     ) -> Result<SscSim, SimError> {
-        if !(1..=4).contains(&config.channels) {
-            return Err(option_error("channels", "must be 1-4"));
-        }
+        check_config(&config)?;
         let sock = UdpSocket::bind(bind).await?;
         let addr = sock.local_addr()?;
         let now = Instant::now();
@@ -590,6 +588,14 @@ impl State {
             _ => Err(405),
         }
     }
+}
+
+/// The value checks [`SscSim::start`] makes before it binds (also run by `check-config`).
+pub fn check_config(config: &SscSimConfig) -> Result<(), SimError> {
+    if !(1..=4).contains(&config.channels) {
+        return Err(option_error("channels", "must be 1-4"));
+    }
+    Ok(())
 }
 
 /// Entry for `avwarden simulate` and the demo.

@@ -495,6 +495,11 @@ pub async fn spawn(
     })
 }
 
+/// The checks [`spawn`] makes of a design before it listens (also run by `check-config`).
+pub fn check_config(cfg: &TesiraSimConfig) -> Result<(), SimError> {
+    build_design(&cfg.blocks).map(drop)
+}
+
 /// The uniform entry used by `sim::spawn` (demo, `avwarden simulate`).
 pub async fn spawn_from_config(
     options: &toml::Table,

@@ -150,6 +150,23 @@ impl ThermostatControl {
     }
 }
 
+/// The checks [`spawn_from_config`] makes before it connects (also run by `check-config`).
+pub fn check_options(profile: &Profile, options: &toml::Table) -> Result<(), SimError> {
+    ClimateMap::from_table(&profile.options)
+        .map_err(|m| option_error(format!("profile {} options", profile.id), m))?;
+    let opts: ThermostatOptions = parse_options(options)?;
+    RoomStart {
+        temperature_c: opts.temperature_c,
+        setpoint_c: opts.setpoint_c,
+        mode: &opts.mode,
+        power: opts.power,
+        ambient_c: opts.ambient_c,
+        rate_c_per_min: opts.rate_c_per_min,
+    }
+    .room()
+    .map(drop)
+}
+
 /// Start a thermostat for `profile`'s field map on the broker named by `bind`.
 pub async fn spawn_from_config(
     profile: &Profile,

@@ -90,6 +90,29 @@ fn good_config_resolves_defaults_and_secrets() {
     }
 }
 
+/// Issue 16.3: a misspelt or mistyped `[devices.simulator]` key passed `check-config`, then
+/// `run --with-simulators` stopped with exit 1 and no location. Both now exit 2, located.
+#[test]
+fn a_simulator_table_mistake_is_a_located_error_with_exit_2() {
+    let bin = env!("CARGO_BIN_EXE_avwarden");
+    for args in [
+        &["check-config"][..],
+        &["run", "--with-simulators", "--config"][..],
+    ] {
+        let out = Command::new(bin)
+            .args(args)
+            .arg(data().join("bad/simulator.toml"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("simulator.toml:21:1: devices[0].simulator.pasword: unknown key (did you mean \"password\"?)"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn check_config_exits_2_on_errors_and_0_with_a_summary() {
     let bin = env!("CARGO_BIN_EXE_avwarden");
