@@ -155,6 +155,10 @@ pub struct TesiraSimConfig {
     pub serial_number: String,
     #[serde(default = "default_blocks")]
     pub blocks: Vec<BlockSpec>,
+    /// Meters publish only when their value changes, as a level subscription does (a quiet
+    /// room): the subscribe answer is then all a client gets of a steady meter.
+    #[serde(default)]
+    pub meters_on_change: bool,
 }
 
 /// The options protocols.md §4.1 vector 0 shows: TTYPE, TSPEED, XDISPLOC, NEW-ENVIRON.
@@ -194,6 +198,7 @@ impl Default for TesiraSimConfig {
             version: default_version(),
             serial_number: default_serial(),
             blocks: default_blocks(),
+            meters_on_change: false,
         }
     }
 }
@@ -871,7 +876,8 @@ impl Session {
                 continue;
             };
             let wire = v.wire();
-            let is_meter = matches!(sh.design.get(&s.tag), Some(Block::Meter { .. }));
+            let is_meter = !self.cfg.meters_on_change
+                && matches!(sh.design.get(&s.tag), Some(Block::Meter { .. }));
             if is_meter || s.last.as_deref() != Some(wire.as_str()) {
                 out.push(format!(
                     "! \"publishToken\":\"{}\" \"value\":{wire}",

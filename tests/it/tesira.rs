@@ -353,10 +353,24 @@ async fn telnet_resubscribes_after_the_simulator_restarts() {
         |_| true,
     )
     .await;
+    // The subscribe answer carries the first sample, so the zone's meter can arrive before
+    // the mic is subscribed: wait for the mic's as well.
+    meter_where(
+        &mut rig.events,
+        "mic.lectern",
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await;
     assert_eq!(sim.subscriptions(), 2);
+    let mut rx = rig.handle.watch();
+    // Meters now arrive while the session is still opening: stop the DSP once it is up.
+    support::wait_state(&mut rx, Duration::from_secs(30), "ok", |s| {
+        s.health == Health::Ok
+    })
+    .await;
 
     sim.stop().await;
-    let mut rx = rig.handle.watch();
     support::wait_state(&mut rx, Duration::from_secs(60), "unreachable", |s| {
         s.health == Health::Unreachable
     })
@@ -383,6 +397,60 @@ async fn telnet_resubscribes_after_the_simulator_restarts() {
     );
     assert_eq!(sim2.subscriptions(), 2);
     assert_eq!(rig.handle.state().counters.reconnects, 1);
+    rig.cancel.cancel();
+    cancel.cancel();
+}
+
+/// Issue 14.1: the value in a subscribe answer (`! "publishToken":… "value":…` before `+OK`,
+/// protocols.md §4.1 vector 4) was dropped as an unknown token, so a DSP that publishes only on
+/// change never showed its meter after a (re)subscribe. It is the first sample.
+#[tokio::test(start_paused = true)]
+async fn a_meter_that_publishes_only_on_change_is_known_from_the_subscribe_answer() {
+    let cancel = CancellationToken::new();
+    let cfg = || TesiraSimConfig {
+        meters_on_change: true,
+        ..TesiraSimConfig::default()
+    };
+    let sim = tesira::spawn(cfg(), loopback(), cancel.clone())
+        .await
+        .unwrap();
+    sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -30.0 });
+    let addr = sim.tcp_addr().unwrap();
+    let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), ROOM, |_| {});
+    assert_eq!(
+        meter_where(
+            &mut rig.events,
+            "zone.main",
+            Duration::from_secs(30),
+            |_| true
+        )
+        .await,
+        -30.0,
+        "the subscribe answer's value"
+    );
+
+    // After a restart the DSP holds another steady level: the new subscribe answer carries it.
+    sim.stop().await;
+    let mut rx = rig.handle.watch();
+    support::wait_state(&mut rx, Duration::from_secs(60), "unreachable", |s| {
+        s.health == Health::Unreachable
+    })
+    .await;
+    let sim2 = tesira::spawn(cfg(), SimBind::Tcp(addr), cancel.clone())
+        .await
+        .unwrap();
+    sim2.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -24.0 });
+    assert_eq!(
+        meter_where(
+            &mut rig.events,
+            "zone.main",
+            Duration::from_secs(120),
+            |_| true
+        )
+        .await,
+        -24.0,
+        "the new subscribe answer's value after the reconnect"
+    );
     rig.cancel.cancel();
     cancel.cancel();
 }
@@ -638,6 +706,15 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
         .await,
         -9.0
     );
+    // The subscribe answer carries the first sample, so the zone's meter can arrive before
+    // the mic is subscribed: wait for the mic's as well.
+    meter_where(
+        &mut rig.events,
+        "mic.lectern",
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await;
     assert_eq!(sim.subscriptions(), 2);
     let subs = sim
         .received()

@@ -338,20 +338,27 @@ impl TesiraDriver {
             };
             let token = self.token(idx);
             let cmd = ttp::subscribe(&a.tag, &a.attribute, &[a.index], &token, self.meter_rate_ms);
-            match self.exchange(link, obs, &cmd).await? {
-                Answer::Ok(_) => {
+            // The DSP answers a subscribe with its current value (`! "publishToken":… "value":…`)
+            // *before* `+OK` (protocols.md §4.1 vector 4): the token must be known by then, or
+            // a DSP that publishes only on change never shows the value (issue 14.1).
+            self.tokens.insert(token.clone(), idx);
+            match self.exchange(link, obs, &cmd).await {
+                Ok(Answer::Ok(_)) => {
                     self.mapping.ok(&self.map.channels[idx], Function::Meter);
-                    self.tokens.insert(token, idx);
                 }
                 // Repeating an identical subscription is reported to answer this (UNCONFIRMED,
                 // protocols.md §4.1): the subscription stands.
-                Answer::Err(e) if e.contains("ALREADY_SUBSCRIBED") => {
+                Ok(Answer::Err(e)) if e.contains("ALREADY_SUBSCRIBED") => {
                     self.mapping.ok(&self.map.channels[idx], Function::Meter);
-                    self.tokens.insert(token, idx);
                 }
-                Answer::Err(e) => {
+                Ok(Answer::Err(e)) => {
+                    self.tokens.remove(&token);
                     self.mapping
                         .failed(&self.map.channels[idx], Function::Meter, &e);
+                }
+                Err(e) => {
+                    self.tokens.remove(&token);
+                    return Err(e);
                 }
             }
         }
