@@ -926,7 +926,8 @@ impl State {
         let (rf, audio) = ch.levels.unwrap_or(match tx {
             Some(t) if !t.muted => (-45.0 + wobble / 2.0, -22.0 + wobble),
             Some(_) => (-45.0, -120.0),
-            None => (-100.0, -120.0),
+            // No transmitter: both meters sit at their floor (0 on the wire).
+            None => (-128.0, -120.0),
         });
         let raw = |v: f64, offset: f64, max: f64| {
             format!("{:03}", (v + offset).clamp(0.0, max).round() as u32)

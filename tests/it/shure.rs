@@ -415,6 +415,48 @@ async fn sentinels_become_unknown() {
     sc.cancel();
 }
 
+/// Issue 14.3: a channel without a transmitter meters the receiver's floor (ULX-D -128 dBm /
+/// -50 dBFS, SLX-D and AD -120 / -120). Those are not levels: RF and audio are unknown for
+/// every family while samples keep coming, and real levels return with a transmitter.
+#[tokio::test(start_paused = true)]
+async fn a_channel_without_a_transmitter_has_unknown_rf_and_audio_for_every_family() {
+    let cases = [
+        ("shure-ulxd", Family::Ulxd),
+        ("shure-qlxd", Family::Qlxd),
+        ("shure-slxd", Family::Slxd),
+        ("shure-slxd", Family::SlxdPlus),
+        ("shure-axient", Family::Axient),
+    ];
+    for (profile, family) in cases {
+        let what = format!("{profile} as {family:?}");
+        let (sim, sim_cancel) = start_sim(ShureSimConfig::new(family, 1, 300)).await;
+        let mut rig = start(profile, sim.addr(), "");
+        rig.up().await;
+        let live = |s: &DeviceState| {
+            matches!(val(s, "ch.1.rf_dbm"), Some(Value::Float(_)))
+                && matches!(val(s, "ch.1.audio_dbfs"), Some(Value::Float(_)))
+        };
+        rig.until("metered with a transmitter", live).await;
+
+        sim.remove_tx(1);
+        rig.until("tx gone", |s| {
+            val(s, "ch.1.tx_present") == Some(&Value::Bool(false))
+        })
+        .await;
+        // Many metering periods of floor samples later:
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let s = rig.rx.borrow().clone();
+        for k in ["ch.1.rf_dbm", "ch.1.audio_dbfs", "meter.ch.1.audio"] {
+            assert_eq!(val(&s, k), Some(&Value::Unknown), "{what}: {k}");
+        }
+
+        sim.insert_tx(TxSpec::new(1, 300));
+        rig.until("levels again", live).await;
+        rig.shutdown().await;
+        sim_cancel.cancel();
+    }
+}
+
 /// A transmitter taken away shows unknown battery readings (not 0) and no battery fault; a
 /// different one arriving shows its own readings. Absence is a fault only where expected.
 #[tokio::test(start_paused = true)]

@@ -119,6 +119,12 @@ async fn ewdx_full_state_and_absent_transmitter() {
         .expect("af meter");
     assert!((-60.0..=-40.0).contains(&rf), "{rf}");
     assert!((-30.0..=-18.0).contains(&af), "{af}");
+    // Issue 14.3: channel 2's receiver meters its floor without a transmitter; that is no
+    // level, so RF and audio are unknown (not -100 dBm / -90 dBFS).
+    for k in ["rf_dbm", "audio_dbfs"] {
+        assert_eq!(val(&s, &format!("ch.2.{k}")), Some(&Value::Unknown), "{k}");
+    }
+    assert_eq!(val(&s, "meter.ch.2.audio"), Some(&Value::Unknown));
     rig.shutdown().await;
     cancel.cancel();
 }

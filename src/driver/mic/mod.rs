@@ -335,6 +335,21 @@ pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u
         .map(|(_, n)| *n)
 }
 
+/// A channel without a transmitter: its receiver's RF and audio meters read their floor
+/// (ULX-D -128 dBm / -50 dBFS, SLX-D and AD -120 / -120), which is not a level but the
+/// absence of one, so the meter readings are unknown.
+fn absent_meters(n: u8) -> [(String, Value, Option<Unit>); 3] {
+    [
+        (key(n, "rf_dbm"), Value::Unknown, Some(Unit::Dbm)),
+        (key(n, "audio_dbfs"), Value::Unknown, Some(Unit::Dbfs)),
+        (
+            format!("meter.{}", key(n, "audio")),
+            Value::Unknown,
+            Some(Unit::Dbfs),
+        ),
+    ]
+}
+
 /// Writes readings to the device state, skipping derived values that did not change so that a
 /// reading's instant stays the instant the receiver told us, and faults per channel.
 #[derive(Debug, Default)]
@@ -379,8 +394,11 @@ impl Publisher {
         policy: &FaultPolicy,
         touched: &[&str],
     ) {
-        let readings: Vec<_> = ch
-            .readings(n)
+        let mut all = ch.readings(n);
+        if ch.tx_present == Some(false) {
+            all.extend(absent_meters(n));
+        }
+        let readings: Vec<_> = all
             .into_iter()
             .filter(|(k, v, _)| {
                 let name = k.rsplit('.').next().unwrap_or("");
@@ -419,14 +437,25 @@ impl Publisher {
     }
 
     /// Meter levels of one sample: readings `ch.N.rf_dbm` / `ch.N.audio_dbfs` and the
-    /// `ch.N.audio` meter event the level watch consumes.
+    /// `ch.N.audio` meter event the level watch consumes. A channel whose transmitter is
+    /// absent (`tx_present` false) reports its meters' floor, not a level: its RF and audio
+    /// are unknown and no meter event is sent.
     pub fn meters(
         &mut self,
         obs: &mut Observer,
         n: u8,
+        tx_present: Option<bool>,
         rf_dbm: Option<f64>,
         audio_dbfs: Option<f64>,
     ) {
+        if tx_present == Some(false) {
+            let r = absent_meters(n)
+                .into_iter()
+                .filter(|(k, v, _)| self.last.get(k) != Some(v))
+                .collect();
+            self.write(obs, r);
+            return;
+        }
         let mut r = Vec::new();
         if let Some(rf) = rf_dbm {
             r.push((key(n, "rf_dbm"), Value::Float(rf), Some(Unit::Dbm)));

@@ -436,7 +436,12 @@ impl ShureDriver {
                     self.cfg.rf_offset_db,
                     self.cfg.audio_offset_db,
                 )?;
-                self.publisher.meters(obs, *channel, m.rf_dbm, m.audio_dbfs);
+                let present = self
+                    .channels
+                    .get(usize::from(*channel) - 1)
+                    .and_then(|c| c.tx_present);
+                self.publisher
+                    .meters(obs, *channel, present, m.rf_dbm, m.audio_dbfs);
                 Ok(())
             }
             // The receiver does not send requests; an unmatched REP ERR has no owner.

@@ -461,7 +461,11 @@ impl SscDriver {
             );
         }
         for (n, (rf, af)) in meters {
-            self.publisher.meters(obs, n, rf, af);
+            let present = self
+                .channels
+                .get(usize::from(n) - 1)
+                .and_then(|c| c.tx_present);
+            self.publisher.meters(obs, n, present, rf, af);
         }
     }
 
@@ -669,7 +673,13 @@ impl SscDriver {
                     continue;
                 }
                 // A transmitter that is not there answers 424 to every address: ask once.
-                if f.is_tx() && self.channels[usize::from(n) - 1].tx_present == Some(false) {
+                if f.is_tx()
+                    && self
+                        .channels
+                        .get(usize::from(n) - 1)
+                        .and_then(|c| c.tx_present)
+                        == Some(false)
+                {
                     let first_tx = Field::ALL
                         .into_iter()
                         .find(|g| g.is_tx() && self.cfg.addresses.get(*g).is_some());
