@@ -162,6 +162,18 @@ pub enum Unit {
     Count,
 }
 
+impl Unit {
+    /// Decimal places a quantity in this unit means anything to: levels to 0.1 dB and
+    /// temperatures to 0.1 °C. A device's float noise (Tesira `-33.299999`) beyond that is
+    /// not information. `None` for units that are whole or kept as reported.
+    pub fn decimals(self) -> Option<i32> {
+        match self {
+            Unit::Dbm | Unit::Dbfs | Unit::Db | Unit::Celsius => Some(1),
+            Unit::Hours | Unit::Minutes | Unit::Seconds | Unit::Percent | Unit::Count => None,
+        }
+    }
+}
+
 /// A reading's value. `Unknown` is a value in its own right: device sentinels (Shure 255,
 /// 65535, `UNKN`) become `Unknown`, never a number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +188,15 @@ pub enum Value {
 }
 
 impl Value {
+    /// This value rounded to the meaningful precision of `unit` (see [`Unit::decimals`]);
+    /// anything but a float is returned as it is.
+    pub fn rounded_for(self, unit: Option<Unit>) -> Value {
+        match (self, unit.and_then(Unit::decimals)) {
+            (Value::Float(f), Some(d)) if f.is_finite() => Value::Float(round_to(f, d)),
+            (v, _) => v,
+        }
+    }
+
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Value::Int(i) => Some(*i as f64),
@@ -200,6 +221,18 @@ impl Value {
             Value::Power(p) => Some(*p),
             _ => None,
         }
+    }
+}
+
+/// `f` rounded half away from zero to `decimals` places, as exactly as an `f64` can hold it.
+pub fn round_to(f: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    let r = (f * scale).round() / scale;
+    // -0.0 reads as a sign that is not there.
+    if r == 0.0 {
+        0.0
+    } else {
+        r
     }
 }
 
@@ -517,6 +550,44 @@ mod tests {
 
     fn fault(sev: Severity) -> Fault {
         Fault::new("x", sev, "x")
+    }
+
+    /// Issue 14.7: levels and temperatures to their meaningful 0.1, other values untouched.
+    #[test]
+    fn values_are_rounded_to_their_units_precision() {
+        let cases = [
+            (
+                Value::Float(-33.299999),
+                Some(Unit::Db),
+                Value::Float(-33.3),
+            ),
+            (
+                Value::Float(-35.299999),
+                Some(Unit::Dbfs),
+                Value::Float(-35.3),
+            ),
+            (
+                Value::Float(22.449),
+                Some(Unit::Celsius),
+                Value::Float(22.4),
+            ),
+            (Value::Float(-0.04), Some(Unit::Dbm), Value::Float(0.0)),
+            (
+                Value::Float(1.2345),
+                Some(Unit::Hours),
+                Value::Float(1.2345),
+            ),
+            (Value::Float(578.35), None, Value::Float(578.35)),
+            (Value::Int(7), Some(Unit::Db), Value::Int(7)),
+            (Value::Unknown, Some(Unit::Db), Value::Unknown),
+        ];
+        for (v, unit, want) in cases {
+            let got = v.clone().rounded_for(unit);
+            assert_eq!(got, want, "{v:?} in {unit:?}");
+            if let Value::Float(f) = got {
+                assert!(!(f == 0.0 && f.is_sign_negative()), "no -0.0");
+            }
+        }
     }
 
     #[test]

@@ -97,9 +97,11 @@ impl Observer {
         });
     }
 
+    /// Store a reading, rounded to its unit's meaningful precision.
     pub fn reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
         let now = self.now();
         let key = key.into();
+        let value = value.rounded_for(unit);
         self.update(|s| {
             s.last_contact = Some(now);
             s.readings.insert(
@@ -207,6 +209,7 @@ impl Observer {
     /// A metered level in dBFS: stored as reading `meter.<channel>` and emitted as an event.
     pub fn meter(&mut self, channel: impl Into<String>, dbfs: f64) {
         let channel = channel.into();
+        let dbfs = crate::model::round_to(dbfs, 1);
         self.reading(
             format!("meter.{channel}"),
             Value::Float(dbfs),

@@ -297,6 +297,13 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-14.0))
     })
     .await;
+    // Issue 14.7: the DSP prints single-precision floats (-33.3 → "-33.299999"); a level
+    // means something to 0.1 dB, so that is what the reading holds.
+    sim.set_level("Level1", 1, -33.3);
+    support::wait_state(&mut rx, Duration::from_secs(30), "rounded level", |s| {
+        s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-33.3))
+    })
+    .await;
     assert_eq!(rig.handle.state().counters.bad_frames, 0);
     rig.cancel.cancel();
     cancel.cancel();

@@ -416,6 +416,10 @@ impl Publisher {
         if readings.is_empty() {
             return;
         }
+        let readings: Vec<_> = readings
+            .into_iter()
+            .map(|(k, v, u)| (k, v.rounded_for(u), u))
+            .collect();
         for (k, v, _) in &readings {
             self.last.insert(k.clone(), v.clone());
         }
