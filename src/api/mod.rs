@@ -138,6 +138,10 @@ struct CommandAccepted {
     device: String,
     command: &'static str,
     result: &'static str,
+    /// What the command left on the device when that is known (a whole-degree unit holds 23
+    /// after `set_setpoint 22.5`): the reading's key, value and unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<crate::driver::Applied>,
 }
 
 async fn command(
@@ -151,7 +155,7 @@ async fn command(
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let name = cmd.name();
-    h.command(cmd).await.map_err(|e| match e {
+    let applied = h.command(cmd).await.map_err(|e| match e {
         CommandError::QueueFull(_) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
         }
@@ -166,6 +170,9 @@ async fn command(
         CommandError::Driver(crate::driver::DriverError::Refused { .. }) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
         }
+        CommandError::Driver(crate::driver::DriverError::Rejected { .. }) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e.to_string())
+        }
         CommandError::Driver(crate::driver::DriverError::Unreachable) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "device_unreachable",
@@ -177,6 +184,7 @@ async fn command(
         device: id,
         command: name,
         result: "ok",
+        applied,
     }))
 }
 

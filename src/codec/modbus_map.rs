@@ -69,6 +69,10 @@ pub struct Point {
     pub min: Option<f64>,
     #[serde(default)]
     pub max: Option<f64>,
+    /// Refuse a number the register cannot hold exactly at its scale (a whole-degree unit
+    /// asked for 22.5) instead of writing the nearest step.
+    #[serde(default)]
+    pub exact: bool,
     /// Enumerations: raw value (decimal string) → avwarden name.
     #[serde(default)]
     pub values: BTreeMap<String, String>,
@@ -149,6 +153,12 @@ pub enum MapError {
         value: f64,
         min: f64,
         max: f64,
+    },
+    #[error("{point}: {value} is not a multiple of this unit's step of {step}")]
+    NotOnStep {
+        point: &'static str,
+        value: f64,
+        step: f64,
     },
     #[error("{point}: {value} does not fit a 16-bit register at this scale")]
     DoesNotFit { point: &'static str, value: f64 },
@@ -350,6 +360,14 @@ impl Point {
             });
         }
         let raw = ((value - self.offset) / self.scale).round();
+        let held = raw * self.scale + self.offset;
+        if self.exact && (held - value).abs() > self.scale.abs() * 1e-6 {
+            return Err(MapError::NotOnStep {
+                point: name,
+                value,
+                step: self.scale.abs(),
+            });
+        }
         let (lo, hi) = if self.signed {
             (-32768.0, 32767.0)
         } else {
@@ -458,6 +476,26 @@ mod tests {
             sp.encode_number("setpoint", f64::NAN),
             Err(MapError::OutOfRange { .. })
         ));
+        let mut whole = sp.clone();
+        whole.scale = 1.0;
+        assert_eq!(
+            whole.encode_number("setpoint", 22.5),
+            Ok(23),
+            "nearest step"
+        );
+        whole.exact = true;
+        assert!(matches!(
+            whole.encode_number("setpoint", 22.5),
+            Err(MapError::NotOnStep { step, .. }) if step == 1.0
+        ));
+        assert_eq!(whole.encode_number("setpoint", 22.0), Ok(22));
+        let mut tenths = sp.clone();
+        tenths.exact = true;
+        assert_eq!(
+            tenths.encode_number("setpoint", 22.3),
+            Ok(223),
+            "float noise is no step"
+        );
         let t = m.points.temperature.as_ref().unwrap();
         assert_eq!(t.decode_number(0xFFF6), Some(-1.0));
         assert!(!m.power_via_mode());
@@ -475,6 +513,7 @@ mod tests {
             signed: false,
             min: None,
             max: None,
+            exact: false,
             values: BTreeMap::new(),
             bits: BTreeMap::new(),
             write_or: 0,

@@ -20,7 +20,7 @@ use crate::profile::Profile;
 use crate::transport::TransportError;
 
 pub use link::Link;
-pub use observer::{Observation, Observer};
+pub use observer::{Applied, Observation, Observer};
 
 /// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
 /// whether the link is gone ("could not talk to the device") or the device merely said no.
@@ -37,6 +37,10 @@ pub enum DriverError {
     /// The device refused a command (PJLink ERR2, Shure `REP ERR`, Modbus exception …).
     #[error("device refused {command}: {reason}")]
     Refused { command: String, reason: String },
+    /// avwarden refused a command before sending anything: outside the profile's or the
+    /// site's limits, a zone or channel that does not exist, a value the device cannot hold.
+    #[error("avwarden rejected {command} without sending it: {reason}")]
+    Rejected { command: String, reason: String },
     /// The device cannot do it now (PJLink ERR3 during warm-up): retry later, not a failure.
     #[error("device busy, {command} not accepted now: {reason}")]
     Busy { command: String, reason: String },

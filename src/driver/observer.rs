@@ -43,6 +43,21 @@ pub struct Observer {
     sources: BTreeMap<String, Vec<Fault>>,
     /// Bad input is logged once per burst: set on the first bad frame, cleared by a good one.
     bad_input_reported: bool,
+    /// What the command under way left on the device, when the driver knows it.
+    applied: Option<Applied>,
+}
+
+/// What a command left on the device, when that is more than "done": the setpoint a
+/// whole-degree unit holds after `set_setpoint 22.5` (23), the level a DSP read back. The
+/// caller is told this value, not the one it asked for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Applied {
+    /// The reading the command set (`setpoint`, `zone.main.level_db`).
+    pub key: String,
+    #[serde(flatten)]
+    pub value: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
 }
 
 impl Observer {
@@ -59,6 +74,7 @@ impl Observer {
             events,
             sources: BTreeMap::new(),
             bad_input_reported: false,
+            applied: None,
         }
     }
 
@@ -95,6 +111,21 @@ impl Observer {
         self.update(|s| {
             s.last_contact = Some(now);
         });
+    }
+
+    /// The command under way left `key` at `value` (read back, or as the device rounded it).
+    pub fn applied(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
+        self.applied = Some(Applied {
+            key: key.into(),
+            value: value.rounded_for(unit),
+            unit,
+        });
+    }
+
+    /// What the last command reported with [`Observer::applied`], taken (the runtime asks
+    /// once per command).
+    pub fn take_applied(&mut self) -> Option<Applied> {
+        self.applied.take()
     }
 
     /// Store a reading, rounded to its unit's meaningful precision.

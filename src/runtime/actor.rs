@@ -8,7 +8,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Applied, Driver, DriverError, Link, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::model::{DeviceCommand, DeviceState, Fault, Severity};
 use crate::transport::{Backoff, LinkSpec, TransportError};
@@ -17,7 +17,7 @@ use crate::transport::{Backoff, LinkSpec, TransportError};
 #[derive(Debug)]
 pub struct CommandRequest {
     pub command: DeviceCommand,
-    pub reply: oneshot::Sender<Result<(), DriverError>>,
+    pub reply: oneshot::Sender<Result<Option<Applied>, DriverError>>,
 }
 
 /// Everything an actor needs besides its driver.
@@ -221,11 +221,12 @@ impl Actor {
                     // Pacing: many devices drop commands that arrive back to back.
                     let ready = *last_io + self.cfg.command_gap;
                     tokio::time::sleep_until(ready).await;
+                    self.obs.take_applied();
                     let res = self.driver.execute(link, &mut self.obs, &req.command).await;
                     *last_io = Instant::now();
                     self.report_command(&req.command, &res);
                     let outcome = match &res {
-                        Ok(()) => Ok(()),
+                        Ok(()) => Ok(self.obs.take_applied()),
                         Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout{..}) => {
                             Err(DriverError::Unreachable)
                         }
@@ -259,6 +260,8 @@ impl Actor {
                 Err(DriverError::Protocol(p)) => {
                     self.obs.bad_input(&p);
                 }
+                // Nothing was sent: says nothing about the device.
+                Err(DriverError::Rejected { .. }) => {}
                 Err(_) => {
                     // Refusals and busy answers are the device talking: it is reachable.
                     missed = 0;
@@ -293,6 +296,10 @@ impl Actor {
 fn clone_refusal(e: &DriverError) -> DriverError {
     match e {
         DriverError::Refused { command, reason } => DriverError::Refused {
+            command: command.clone(),
+            reason: reason.clone(),
+        },
+        DriverError::Rejected { command, reason } => DriverError::Rejected {
             command: command.clone(),
             reason: reason.clone(),
         },

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::actor::{Actor, ActorConfig, CommandRequest};
 use super::CommandError;
 use crate::clock::Clock;
-use crate::driver::Driver;
+use crate::driver::{Applied, Driver};
 use crate::events::{EventBus, EventKind};
 use crate::model::{DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
 use crate::profile::{Profile, ProfileError};
@@ -55,8 +55,9 @@ impl DeviceHandle {
         self.state.clone()
     }
 
-    /// Queue a command and wait for its outcome.
-    pub async fn command(&self, command: DeviceCommand) -> Result<(), CommandError> {
+    /// Queue a command and wait for its outcome: done, with what it left on the device when
+    /// the driver knows it (the setpoint a unit really holds), or why not.
+    pub async fn command(&self, command: DeviceCommand) -> Result<Option<Applied>, CommandError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .try_send(CommandRequest { command, reply: tx })
@@ -307,7 +308,11 @@ impl Fleet {
         self.handles.is_empty()
     }
 
-    pub async fn command(&self, id: &str, cmd: DeviceCommand) -> Result<(), CommandError> {
+    pub async fn command(
+        &self,
+        id: &str,
+        cmd: DeviceCommand,
+    ) -> Result<Option<Applied>, CommandError> {
         let h = self
             .get(id)
             .ok_or_else(|| CommandError::UnknownDevice(id.to_owned()))?;

@@ -209,9 +209,16 @@ mode = "cool"
     })
     .await;
     assert!(s.reading("temperature").unwrap().value.as_f64().unwrap() > 20.0);
-    h.command(avwarden::model::DeviceCommand::SetSetpoint { celsius: 22.5 })
+    let applied = h
+        .command(avwarden::model::DeviceCommand::SetSetpoint { celsius: 22.5 })
         .await
-        .expect("setpoint accepted");
+        .expect("setpoint accepted")
+        .expect("the thermostat's setpoint is reported back");
+    assert_eq!(
+        serde_json::to_value(&applied).unwrap(),
+        serde_json::json!({"key": "setpoint", "type": "float", "value": 22.5, "unit": "celsius"}),
+        "issue 14.6: the command answers with what the device holds"
+    );
     wait_state(
         &mut rx,
         Duration::from_secs(30),

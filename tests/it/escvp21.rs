@@ -62,6 +62,7 @@ impl Room {
         tokio::time::timeout(LIMIT, self.handle.command(c))
             .await
             .expect("command ends")
+            .map(|_| ())
     }
 
     /// Every event so far (the bus keeps 4096).

@@ -166,6 +166,28 @@ async fn modbus_every_profile_reads_and_writes() {
         assert_eq!(b.ctl.controls().setpoint_c, 23.0, "{id}");
         assert_eq!(b.float("setpoint"), 23.0, "{id}");
 
+        // Issue 14.6: a half degree on a whole-degree unit is applied as the unit holds it,
+        // and the command says so instead of answering a silent "ok".
+        b.obs.take_applied();
+        b.run(DeviceCommand::SetSetpoint { celsius: 22.5 })
+            .await
+            .unwrap();
+        let held = if matches!(*id, "kaysun-kc-fcd2" | "mundoclima-mup-w9") {
+            23.0
+        } else {
+            22.5
+        };
+        assert_eq!(b.ctl.controls().setpoint_c, held, "{id}");
+        let applied = b.obs.take_applied().expect("applied setpoint");
+        assert_eq!(
+            (applied.key.as_str(), applied.value),
+            ("setpoint", Value::Float(held)),
+            "{id}"
+        );
+        b.run(DeviceCommand::SetSetpoint { celsius: 23.0 })
+            .await
+            .unwrap();
+
         b.run(DeviceCommand::SetHvacMode {
             mode: "heat".into(),
         })
@@ -186,25 +208,51 @@ async fn modbus_every_profile_reads_and_writes() {
         b.poll().await.unwrap();
         assert_eq!(b.text("hvac_mode"), "heat", "{id}");
 
-        // A setpoint outside the unit's range is refused before it reaches the wire.
+        // A setpoint outside the unit's range is rejected by avwarden before it reaches the
+        // wire (issue 14.5: rejected, with the limit, not "device refused").
         let e = b
             .run(DeviceCommand::SetSetpoint { celsius: 45.0 })
             .await
             .unwrap_err();
-        assert!(matches!(e, DriverError::Refused { .. }), "{id}: {e}");
+        assert!(matches!(e, DriverError::Rejected { .. }), "{id}: {e}");
+        assert!(e.to_string().contains("outside"), "{id}: {e}");
         let e = b
             .run(DeviceCommand::SetHvacMode {
                 mode: "boost".into(),
             })
             .await
             .unwrap_err();
-        assert!(matches!(e, DriverError::Refused { .. }), "{id}: {e}");
+        assert!(matches!(e, DriverError::Rejected { .. }), "{id}: {e}");
         assert!(
             b.state.borrow().faults.is_empty(),
             "{id}: {:?}",
             b.state.borrow().faults
         );
     }
+}
+
+/// Issue 14.6: a site whose whole-degree unit must never be rounded marks the point `exact`;
+/// 22.5 is then rejected with the unit's step and nothing is written.
+#[tokio::test(start_paused = true)]
+async fn an_exact_setpoint_point_rejects_a_value_between_steps() {
+    let p = profile("kaysun-kc-fcd2");
+    let mut b = Bench::with_settings(
+        &p,
+        opts(26.0, 22.0, "cool", true),
+        "[points.setpoint]\nexact = true",
+    );
+    b.connect().await;
+    let e = b
+        .run(DeviceCommand::SetSetpoint { celsius: 22.5 })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DriverError::Rejected { .. }), "{e}");
+    assert!(e.to_string().contains("step of 1"), "{e}");
+    assert_eq!(b.ctl.controls().setpoint_c, 22.0, "nothing written");
+    b.run(DeviceCommand::SetSetpoint { celsius: 23.0 })
+        .await
+        .unwrap();
+    assert_eq!(b.ctl.controls().setpoint_c, 23.0);
 }
 
 /// Exact RTU bytes, written as the hex dumps of protocols.md 5.1.

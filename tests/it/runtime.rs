@@ -76,6 +76,28 @@ impl Driver for PingDriver {
                 }
                 self.read_all(l, o).await
             }
+            // The three outcomes the API must tell apart (issue 14.5, 14.6): avwarden's own
+            // limit, the device's refusal, and done with the value the device holds.
+            DeviceCommand::SetSetpoint { celsius } if *celsius < 17.0 => {
+                Err(DriverError::Rejected {
+                    command: c.name().to_owned(),
+                    reason: format!("{celsius} °C is below the profile's 17–30 °C"),
+                })
+            }
+            DeviceCommand::SetSetpoint { celsius } if *celsius > 30.0 => {
+                Err(DriverError::Refused {
+                    command: c.name().to_owned(),
+                    reason: "unit answered exception 3 (illegal data value)".to_owned(),
+                })
+            }
+            DeviceCommand::SetSetpoint { celsius } => {
+                o.applied(
+                    "setpoint",
+                    avwarden::model::Value::Float(celsius.round()),
+                    Some(avwarden::model::Unit::Celsius),
+                );
+                Ok(())
+            }
             _ => Err(DriverError::Unsupported {
                 driver: "ping",
                 command: c.name(),
@@ -372,6 +394,18 @@ async fn api_errors_are_json_with_4xx() {
             422,
             "unsupported",
         ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .json(&serde_json::json!({"command":"set_setpoint","celsius":16.0})),
+            422,
+            "rejected",
+        ),
+        (
+            c.post(format!("{base}/api/v1/devices/dev1/commands"))
+                .json(&serde_json::json!({"command":"set_setpoint","celsius":31.0})),
+            422,
+            "refused",
+        ),
     ];
     for (req, status, code) in cases {
         let r = req.send().await.unwrap();
@@ -390,6 +424,22 @@ async fn api_errors_are_json_with_4xx() {
         .await
         .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
+    let ok: serde_json::Value = ok.json().await.unwrap();
+    assert!(ok.get("applied").is_none(), "refresh sets nothing: {ok}");
+    // Issue 14.6: done, with the value applied rather than the one asked for.
+    let r = c
+        .post(format!("{base}/api/v1/devices/dev1/commands"))
+        .json(&serde_json::json!({"command":"set_setpoint","celsius":22.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["applied"],
+        serde_json::json!({"key":"setpoint","type":"float","value":23.0,"unit":"celsius"}),
+        "{body}"
+    );
     cancel.cancel();
 }
 
@@ -416,7 +466,7 @@ async fn commands_get_through_when_polls_take_longer_than_the_interval() {
     .await;
     let done =
         tokio::time::timeout(Duration::from_secs(10), h.command(DeviceCommand::Refresh)).await;
-    assert!(matches!(done, Ok(Ok(()))), "command starved: {done:?}");
+    assert!(matches!(done, Ok(Ok(_))), "command starved: {done:?}");
     cancel.cancel();
     stop.cancel();
 }
@@ -455,7 +505,7 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
     let mut full = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Ok(()) => ok += 1,
+            Ok(_) => ok += 1,
             Err(avwarden::runtime::CommandError::QueueFull(_)) => full += 1,
             Err(e) => panic!("unexpected {e}"),
         }

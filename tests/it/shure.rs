@@ -811,8 +811,8 @@ async fn gain_and_mute_commands() {
         .await
         .expect_err("beyond +42 dB");
     assert!(
-        matches!(err, CommandError::Driver(DriverError::Refused { .. })),
-        "{err}"
+        matches!(err, CommandError::Driver(DriverError::Rejected { .. })),
+        "issue 14.5: avwarden's own limit, nothing sent: {err}"
     );
     assert_eq!(sim.gain_db(2), Some(12));
     let err = rig
@@ -825,7 +825,7 @@ async fn gain_and_mute_commands() {
         .expect_err("no channel 3");
     assert!(matches!(
         err,
-        CommandError::Driver(DriverError::Refused { .. })
+        CommandError::Driver(DriverError::Rejected { .. })
     ));
     rig.handle
         .command(DeviceCommand::SetMute {

@@ -348,10 +348,10 @@ async fn gain_and_mute_commands() {
         })
         .await
         .expect_err("too loud");
-    assert!(matches!(
-        err,
-        CommandError::Driver(DriverError::Refused { .. })
-    ));
+    assert!(
+        matches!(err, CommandError::Driver(DriverError::Rejected { .. })),
+        "issue 14.5: avwarden's own limit, nothing sent: {err}"
+    );
     rig.handle
         .command(DeviceCommand::SetMute {
             channel: 2,

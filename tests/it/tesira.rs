@@ -259,33 +259,48 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         .received()
         .contains(&"Level1 set level 1 -20".to_owned()));
 
-    // Refusals: above the zone's max_db, an unknown zone, an unmapped mic, a DSP -ERR.
-    for cmd in [
-        DeviceCommand::SetLevel {
-            zone: "main".into(),
-            db: 3.0,
-        },
-        DeviceCommand::SetLevel {
-            zone: "foyer".into(),
-            db: -10.0,
-        },
-        DeviceCommand::SetGain {
-            channel: 9,
-            db: -10.0,
-        },
-        DeviceCommand::Power { on: true },
+    // Issue 14.5: above the zone's max_db, an unknown zone, an unmapped mic are avwarden's
+    // rejections (nothing sent, the limit named), not the DSP's refusals.
+    for (cmd, why) in [
+        (
+            DeviceCommand::SetLevel {
+                zone: "main".into(),
+                db: 3.0,
+            },
+            "0",
+        ),
+        (
+            DeviceCommand::SetLevel {
+                zone: "foyer".into(),
+                db: -10.0,
+            },
+            "foyer",
+        ),
+        (
+            DeviceCommand::SetGain {
+                channel: 9,
+                db: -10.0,
+            },
+            "9",
+        ),
     ] {
-        let r = rig.handle.command(cmd.clone()).await;
-        assert!(
-            matches!(
-                r,
-                Err(CommandError::Driver(
-                    DriverError::Refused { .. } | DriverError::Unsupported { .. }
-                ))
-            ),
-            "{cmd:?}: {r:?}"
-        );
+        match rig.handle.command(cmd.clone()).await {
+            Err(CommandError::Driver(e @ DriverError::Rejected { .. })) => {
+                let text = e.to_string();
+                assert!(text.starts_with("avwarden rejected"), "{text}");
+                assert!(text.contains(why), "{cmd:?}: {text}");
+            }
+            other => panic!("{cmd:?}: {other:?}"),
+        }
     }
+    let r = rig.handle.command(DeviceCommand::Power { on: true }).await;
+    assert!(
+        matches!(
+            r,
+            Err(CommandError::Driver(DriverError::Unsupported { .. }))
+        ),
+        "{r:?}"
+    );
     assert_eq!(
         sim.level("Level1", 1),
         Some(-20.0),

@@ -438,14 +438,22 @@ pub fn resolve<'m, A>(
     f: Function,
     to: SetTo,
 ) -> Result<(usize, &'m A), DriverError> {
-    let (idx, a) = lookup(map, target, f).map_err(|r| refused(command, r))?;
+    let (idx, a) = lookup(map, target, f).map_err(|r| rejected(command, r))?;
     if let (Function::Level, SetTo::Db(db)) = (f, to) {
-        check_level(&map.channels[idx], db).map_err(|r| refused(command, r))?;
+        check_level(&map.channels[idx], db).map_err(|r| rejected(command, r))?;
     }
     Ok((idx, a))
 }
 
-/// The DSP refused (or we refuse) a command, for this reason.
+/// We refuse a command before sending it (no such zone, a level outside its range).
+pub fn rejected(command: &DeviceCommand, reason: String) -> DriverError {
+    DriverError::Rejected {
+        command: command.name().to_owned(),
+        reason,
+    }
+}
+
+/// The DSP refused a command, for this reason.
 pub fn refused(command: &DeviceCommand, reason: String) -> DriverError {
     DriverError::Refused {
         command: command.name().to_owned(),
@@ -604,7 +612,7 @@ mod tests {
         ] {
             let (t, f, to) = set_request(&command).unwrap();
             match resolve(&m, &command, t, f, to) {
-                Err(DriverError::Refused { command: c, reason }) => {
+                Err(DriverError::Rejected { command: c, reason }) => {
                     assert_eq!(c, command.name());
                     assert!(reason.contains(why), "{reason}");
                 }

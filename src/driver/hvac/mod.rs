@@ -38,7 +38,7 @@ pub(crate) fn check_mode(mode: &str) -> Result<(), DriverError> {
     if MODES.contains(&mode) {
         return Ok(());
     }
-    Err(DriverError::Refused {
+    Err(DriverError::Rejected {
         command: "set_hvac_mode".to_owned(),
         reason: format!("{mode:?} is not one of {}", MODES.join(" ")),
     })

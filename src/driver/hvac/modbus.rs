@@ -471,7 +471,7 @@ impl ModbusDriver {
             (Table::Holding, WriteFunction::Fc16) => {
                 Request::WriteMultipleRegisters(a, vec![raw].into())
             }
-            _ => return Err(refused(command, MapError::ReadOnly(name).to_string())),
+            _ => return Err(rejected(command, MapError::ReadOnly(name).to_string())),
         };
         let expected = req.clone();
         match self.exchange(link, req).await {
@@ -550,7 +550,7 @@ impl ModbusDriver {
             return Ok(u16::from(value == "on"));
         }
         p.encode_enum(name, value)
-            .map_err(|e| refused(command, e.to_string()))
+            .map_err(|e| rejected(command, e.to_string()))
     }
 
     async fn set_power(
@@ -611,6 +611,14 @@ impl ModbusDriver {
             self.set_power(link, obs, true).await?;
         }
         Ok(())
+    }
+}
+
+/// We refuse a command before anything is written (outside the map's range, read-only).
+fn rejected(command: &str, reason: String) -> DriverError {
+    DriverError::Rejected {
+        command: command.to_owned(),
+        reason,
     }
 }
 
@@ -683,8 +691,19 @@ impl crate::driver::Driver for ModbusDriver {
                     })?;
                 let raw = p
                     .encode_number("setpoint", *celsius)
-                    .map_err(|e| refused(CMD, e.to_string()))?;
-                self.write(link, obs, CMD, "setpoint", raw).await
+                    .map_err(|e| rejected(CMD, e.to_string()))?;
+                self.write(link, obs, CMD, "setpoint", raw).await?;
+                // What the unit holds now (read back), else what we wrote: a whole-degree
+                // unit applies 23 for 22.5, and the caller is told 23.
+                let held = self
+                    .known
+                    .setpoint
+                    .flatten()
+                    .or_else(|| p.decode_number(raw));
+                if let Some(c) = held {
+                    obs.applied("setpoint", Value::Float(c), Some(Unit::Celsius));
+                }
+                Ok(())
             }
             DeviceCommand::SetHvacMode { mode } => self.set_mode(link, obs, mode).await,
             DeviceCommand::Power { on } => self.set_power(link, obs, *on).await,

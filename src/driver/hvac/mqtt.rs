@@ -19,7 +19,7 @@ use crate::codec::climate_json::{
     encode_get, encode_set, parse_availability, ClimateMap, ClimateSet, ClimateState, Outgoing,
 };
 use crate::driver::{DriverError, Link, Observer};
-use crate::model::DeviceCommand;
+use crate::model::{DeviceCommand, Unit, Value};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::mqtt::{Message, MqttError, MqttHandle, Subscription};
 use crate::transport::{LinkSpec, TransportError};
@@ -174,7 +174,7 @@ impl MqttClimateDriver {
         set: ClimateSet,
     ) -> Result<(), DriverError> {
         let out = encode_set(&self.map, &self.topic, &set, &self.state).map_err(|e| {
-            DriverError::Refused {
+            DriverError::Rejected {
                 command: command.to_owned(),
                 reason: e.to_string(),
             }
@@ -183,24 +183,39 @@ impl MqttClimateDriver {
             self.publish(o)?;
         }
         let precision = self.map.precision;
+        let setpoint = match &set {
+            ClimateSet::Setpoint { cooling, .. } => Some(*cooling),
+            _ => None,
+        };
         // Confirmed by the state the device reports back, not by any state that happens by.
         self.wait_until(obs, command, move |st, map| match &set {
             ClimateSet::Setpoint { celsius, cooling } => {
                 let want = (celsius / precision).round() * precision;
-                let got = if *cooling && map.fields.cooling_setpoint.is_some() {
-                    st.cooling_setpoint.flatten()
-                } else if map.fields.setpoint.is_some() {
-                    st.heating_setpoint.flatten()
-                } else {
-                    st.cooling_setpoint.flatten()
-                };
+                let got = setpoint_of(st, map, *cooling);
                 got.is_some_and(|g| (g - want).abs() <= precision / 2.0)
             }
             ClimateSet::Mode(m) => st.effective_mode(map).flatten().as_deref() == Some(m.as_str()),
             ClimateSet::Power(on) => st.power_on(map) == Some(*on),
             ClimateSet::Fan(f) => st.fan.clone().flatten().as_deref() == Some(f.as_str()),
         })
-        .await
+        .await?;
+        // The thermostat's own steps (0.5 °C) decide what it holds: say that value.
+        if let Some(c) = setpoint.and_then(|cooling| setpoint_of(&self.state, &self.map, cooling)) {
+            obs.applied("setpoint", Value::Float(c), Some(Unit::Celsius));
+        }
+        Ok(())
+    }
+}
+
+/// The setpoint a set addressed: the cooling one when asked and the device has it, else the
+/// (heating) setpoint, else the only one there is.
+fn setpoint_of(st: &ClimateState, map: &ClimateMap, cooling: bool) -> Option<f64> {
+    if cooling && map.fields.cooling_setpoint.is_some() {
+        st.cooling_setpoint.flatten()
+    } else if map.fields.setpoint.is_some() {
+        st.heating_setpoint.flatten()
+    } else {
+        st.cooling_setpoint.flatten()
     }
 }
 

@@ -307,7 +307,7 @@ pub fn channel_arg(channel: u16, count: u8) -> Result<u8, DriverError> {
     u8::try_from(channel)
         .ok()
         .filter(|c| (1..=count).contains(c))
-        .ok_or_else(|| DriverError::Refused {
+        .ok_or_else(|| DriverError::Rejected {
             command: "channel".to_owned(),
             reason: format!("channel {channel} does not exist (1-{count})"),
         })
@@ -316,7 +316,7 @@ pub fn channel_arg(channel: u16, count: u8) -> Result<u8, DriverError> {
 /// Refuse a gain (already rounded to the receiver's step) outside the profile's range.
 pub fn check_gain(db: f64, min_db: f64, max_db: f64) -> Result<(), DriverError> {
     if !db.is_finite() || db < min_db || db > max_db {
-        return Err(DriverError::Refused {
+        return Err(DriverError::Rejected {
             command: "set_gain".to_owned(),
             reason: format!("{db} dB is outside {min_db}…{max_db} dB"),
         });
@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(channel_arg(2, 2).unwrap(), 2);
         for bad in [0, 3, 300] {
             match channel_arg(bad, 2) {
-                Err(DriverError::Refused { command, reason }) => {
+                Err(DriverError::Rejected { command, reason }) => {
                     assert_eq!(command, "channel");
                     assert_eq!(reason, format!("channel {bad} does not exist (1-2)"));
                 }
@@ -570,7 +570,7 @@ mod tests {
             assert!(
                 matches!(
                     check_gain(bad, -18.0, 42.0),
-                    Err(DriverError::Refused { .. })
+                    Err(DriverError::Rejected { .. })
                 ),
                 "{bad}"
             );

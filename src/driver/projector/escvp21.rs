@@ -680,7 +680,7 @@ impl Driver for Escvp21Driver {
                 self.refresh_power(link, obs).await
             }
             DeviceCommand::SelectInput { input } => {
-                let req = Request::source(input).map_err(|e| DriverError::Refused {
+                let req = Request::source(input).map_err(|e| DriverError::Rejected {
                     command: format!("SOURCE {}", printable(input.as_bytes(), 16)),
                     reason: e.to_string(),
                 })?;
@@ -1017,7 +1017,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, DriverError::Refused { .. }), "{err}");
-        // Not a valid input code: refused before anything is sent.
+        // Not a valid input code: rejected before anything is sent.
         let before = r.sim.status().lines_received;
         let err = r
             .exec(DeviceCommand::SelectInput {
@@ -1025,7 +1025,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(matches!(err, DriverError::Refused { .. }), "{err}");
+        assert!(matches!(err, DriverError::Rejected { .. }), "{err}");
         assert_eq!(r.sim.status().lines_received, before);
         // Warming up: PWR OFF is not executed until fully started → busy, not refused.
         r.exec(DeviceCommand::Power { on: true }).await.unwrap();

@@ -795,14 +795,14 @@ impl Driver for PjlinkDriver {
                 }
             }
             DeviceCommand::SelectInput { input } => {
-                let code = InputCode::parse(input).map_err(|_| DriverError::Refused {
+                let code = InputCode::parse(input).map_err(|_| DriverError::Rejected {
                     command: "select_input".into(),
                     reason: format!(
                         "{input:?} is not a PJLink input code (type 1-6, index 1-9/A-Z)"
                     ),
                 })?;
                 if code.needs_class2() && self.class != Class::Two {
-                    return Err(DriverError::Refused {
+                    return Err(DriverError::Rejected {
                         command: "select_input".into(),
                         reason: format!("input {code} needs a PJLink Class 2 projector"),
                     });
@@ -1094,7 +1094,7 @@ life_hours = 2000
             )
             .await
             .unwrap_err();
-        assert!(matches!(e, DriverError::Refused { .. }), "{e}");
+        assert!(matches!(e, DriverError::Rejected { .. }), "{e}");
     }
 
     #[tokio::test]
