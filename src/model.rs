@@ -423,12 +423,25 @@ impl DeviceCommand {
     }
 }
 
-/// A fault with the instant it was first seen.
+/// A fault with the instant it was first seen and the instant it was last confirmed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveFault {
     #[serde(flatten)]
     pub fault: Fault,
     pub since: DateTime<Utc>,
+    /// The last instant the source still reported it (the device's last answer saying so).
+    pub confirmed_at: DateTime<Utc>,
+    /// Reported by the device (its status, its readings), not avwarden's own finding about
+    /// the link: such a fault is stale, not current, while the device is unreachable.
+    #[serde(default, skip_serializing)]
+    pub from_device: bool,
+}
+
+impl ActiveFault {
+    /// The device cannot be asked: what it said last is kept, but may no longer hold.
+    pub fn stale(&self, reachable: bool) -> bool {
+        self.from_device && !reachable
+    }
 }
 
 /// Link status as the technician sees it.

@@ -5,7 +5,7 @@
 //! JSON body `{"error": {"code", "message"}}`, including malformed paths and bodies.
 
 mod error;
-mod views;
+pub mod views;
 
 use std::sync::Arc;
 

@@ -47,6 +47,15 @@ pub struct ReadingView {
     pub stale: bool,
 }
 
+/// An active fault as the API shows it. `stale`: reported by a device that is now
+/// unreachable, kept with the instant it was last confirmed (`confirmed_at`), as readings are.
+#[derive(Debug, Serialize)]
+pub struct FaultView {
+    #[serde(flatten)]
+    pub fault: ActiveFault,
+    pub stale: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct DeviceDetail {
     pub id: String,
@@ -59,7 +68,7 @@ pub struct DeviceDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,
     pub readings: BTreeMap<String, ReadingView>,
-    pub faults: Vec<ActiveFault>,
+    pub faults: Vec<FaultView>,
     pub identity: Identity,
     pub link: LinkStatus,
     pub counters: LinkCounters,
@@ -94,7 +103,14 @@ impl DeviceDetail {
                     )
                 })
                 .collect(),
-            faults: s.faults.clone(),
+            faults: s
+                .faults
+                .iter()
+                .map(|f| FaultView {
+                    stale: f.stale(s.reachable),
+                    fault: f.clone(),
+                })
+                .collect(),
             identity: s.identity.clone(),
             link: s.link.clone(),
             counters: s.counters.clone(),

@@ -17,6 +17,10 @@ use crate::model::{
     ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Unit, Value,
 };
 
+/// The fault source the runtime uses for the link itself (authentication refused): avwarden's
+/// own finding, current while the device is unreachable, unlike what the device reported.
+pub const LINK_SOURCE: &str = "link";
+
 /// One thing a driver learnt, for drivers that prefer to collect before applying.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
@@ -190,18 +194,40 @@ impl Observer {
             .collect();
         let changed_in_place = !raised.is_empty() || !cleared.is_empty() || old != faults;
         if !changed_in_place {
+            // The same faults again: the device still says so, as of now.
+            if !faults.is_empty() {
+                self.update(|s| {
+                    for a in s.faults.iter_mut() {
+                        if faults.iter().any(|f| f.identity() == a.fault.identity()) {
+                            a.confirmed_at = now;
+                        }
+                    }
+                });
+            }
             return;
         }
-        let all: Vec<Fault> = self.sources.values().flatten().cloned().collect();
+        let all: Vec<(bool, Fault)> = self
+            .sources
+            .iter()
+            .flat_map(|(src, fs)| {
+                let from_device = src != LINK_SOURCE;
+                fs.iter().map(move |f| (from_device, f.clone()))
+            })
+            .collect();
         self.update(|s| {
             let mut next = Vec::with_capacity(all.len());
-            for f in all {
-                let since = s
-                    .faults
-                    .iter()
-                    .find(|a| a.fault.identity() == f.identity())
-                    .map_or(now, |a| a.since);
-                next.push(ActiveFault { fault: f, since });
+            for (from_device, f) in all {
+                let prev = s.faults.iter().find(|a| a.fault.identity() == f.identity());
+                let reported_now = faults.iter().any(|r| r.identity() == f.identity());
+                next.push(ActiveFault {
+                    since: prev.map_or(now, |a| a.since),
+                    confirmed_at: match prev {
+                        Some(a) if !reported_now => a.confirmed_at,
+                        _ => now,
+                    },
+                    from_device,
+                    fault: f,
+                });
             }
             s.faults = next;
         });

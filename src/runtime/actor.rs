@@ -135,7 +135,8 @@ impl Actor {
         self.driver.read_all(link, &mut self.obs).await?;
         let now = self.obs.now();
         let peer = link.spec().describe();
-        self.obs.faults("link", Vec::new());
+        self.obs
+            .faults(crate::driver::observer::LINK_SOURCE, Vec::new());
         self.obs.update(|s| {
             s.reachable = true;
             s.contacted = true;
@@ -162,7 +163,7 @@ impl Actor {
         let reason = err.to_string();
         if let DriverError::Auth(msg) = err {
             self.obs.faults(
-                "link",
+                crate::driver::observer::LINK_SOURCE,
                 vec![Fault::new(
                     "auth_failed",
                     Severity::Fault,

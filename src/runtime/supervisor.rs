@@ -222,6 +222,8 @@ impl Fleet {
                                 format!("device handler keeps crashing ({reason}); restart the daemon after fixing"),
                             ),
                             since: now,
+                            confirmed_at: now,
+                            from_device: false,
                         });
                         s.refresh_health(now);
                     });

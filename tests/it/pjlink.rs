@@ -526,6 +526,73 @@ async fn garbage_and_oversized_replies_are_counted_and_survived() {
     assert_eq!(s.health, Health::Ok);
 }
 
+/// Issue 14.8: a fault the projector reported before it went unreachable stays listed, but
+/// marked stale with the instant it was last confirmed, as readings are; it is current again
+/// once the projector answers.
+#[tokio::test(start_paused = true)]
+async fn faults_of_an_unreachable_projector_are_stale_with_their_last_confirmation() {
+    let mut rig = rig(SimConfig {
+        power_on: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let prof = profile("generic-pjlink");
+    let poll = prof.timing.poll_interval;
+    let h = rig.spawn(spec(&prof, &rig.sim, None));
+    let mut rx = h.watch();
+    wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
+    rig.sim.set_error_status(ErrorStatus {
+        lamp: ErrorLevel::Error,
+        ..ErrorStatus::default()
+    });
+    let first = wait_state(&mut rx, MINUTE, "lamp fault", |s| has_fault(s, "lamp")).await;
+    let since = first.faults[0].since;
+    // Polls keep confirming it.
+    let s = wait_state(&mut rx, poll * 3, "confirmed again", |s| {
+        s.faults.first().is_some_and(|f| f.confirmed_at > since)
+    })
+    .await;
+    assert_eq!(s.faults[0].since, since, "first sighting kept");
+    let view = serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
+        &s,
+        s.faults[0].confirmed_at,
+    ))
+    .unwrap();
+    assert_eq!(view["faults"][0]["stale"], false, "{view}");
+
+    rig.sim.stop().await;
+    let s = wait_state(&mut rx, poll * 2, "unreachable", |s| !s.reachable).await;
+    let f = s
+        .faults
+        .iter()
+        .find(|f| f.fault.code == "lamp")
+        .expect("kept while unreachable");
+    assert!(f.stale(s.reachable));
+    let confirmed = f.confirmed_at;
+    assert!(confirmed > since && confirmed < s.link.since.unwrap() + chrono::Duration::seconds(1));
+    let view = serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
+        &s, confirmed,
+    ))
+    .unwrap();
+    let vf = &view["faults"][0];
+    assert_eq!(vf["code"], "lamp", "{view}");
+    assert_eq!(vf["stale"], true, "{view}");
+    assert_eq!(
+        vf["confirmed_at"],
+        serde_json::to_value(confirmed).unwrap(),
+        "{view}"
+    );
+    // Minutes of retries later it still carries its last confirmation, not a fresh one.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let later = h.state();
+    let f = later
+        .faults
+        .iter()
+        .find(|f| f.fault.code == "lamp")
+        .unwrap();
+    assert_eq!(f.confirmed_at, confirmed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn killed_projector_goes_unreachable_then_back_after_full_read_with_backoff() {
     let mut rig = rig(SimConfig {
