@@ -245,6 +245,32 @@ pub struct Reading {
     pub unit: Option<Unit>,
     /// The instant the device told us this value (not the instant we show it).
     pub observed_at: DateTime<Utc>,
+    /// A meter level, refreshed at the device's meter period: stale once older than three
+    /// periods (see [`Freshness`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
+}
+
+/// How long what a device said stays current, as its driver declares it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    /// The meter period: a metered reading older than three periods is stale (the samples
+    /// stopped, the level is no longer known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter_period_ms: Option<u64>,
+    /// A device connected but silent longer than this (its comms monitor's warning time) has
+    /// readings that are stale, although the link is still up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_after_ms: Option<u64>,
+}
+
+impl Freshness {
+    /// Samples older than this are no longer a meter's present level.
+    pub fn meter_limit(&self) -> Option<chrono::Duration> {
+        self.meter_period_ms.map(|p| {
+            chrono::Duration::milliseconds(i64::try_from(p.saturating_mul(3)).unwrap_or(i64::MAX))
+        })
+    }
 }
 
 /// How urgent a fault is for the room: a warning degrades, a fault makes the function unusable.
@@ -491,6 +517,8 @@ pub struct DeviceState {
     pub identity: Identity,
     pub link: LinkStatus,
     pub counters: LinkCounters,
+    #[serde(default)]
+    pub freshness: Freshness,
 }
 
 impl DeviceState {
@@ -522,7 +550,28 @@ impl DeviceState {
                 describe: link,
             },
             counters: LinkCounters::default(),
+            freshness: Freshness::default(),
         }
+    }
+
+    /// Whether a reading is no longer the present value at `now`: the device is unreachable,
+    /// or connected but silent past its comms monitor's warning time, or the reading is a
+    /// meter whose samples stopped (older than three meter periods).
+    pub fn reading_stale(&self, r: &Reading, now: DateTime<Utc>) -> bool {
+        if self.readings_stale() {
+            return true;
+        }
+        let quiet = self.freshness.quiet_after_ms.is_some_and(|q| {
+            self.last_contact.is_some_and(|c| {
+                (now - c).num_milliseconds() > i64::try_from(q).unwrap_or(i64::MAX)
+            })
+        });
+        let meter_gone = r.metered
+            && self
+                .freshness
+                .meter_limit()
+                .is_some_and(|limit| now - r.observed_at > limit);
+        quiet || meter_gone
     }
 
     pub fn reading(&self, key: &str) -> Option<&Reading> {

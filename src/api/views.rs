@@ -43,7 +43,8 @@ pub struct ReadingView {
     pub unit: Option<Unit>,
     pub observed_at: DateTime<Utc>,
     pub age_secs: f64,
-    /// The device is unreachable: this is the last known value, not the present one.
+    /// The last known value, not the present one: the device is unreachable or silent, or
+    /// this meter's samples stopped.
     pub stale: bool,
 }
 
@@ -76,7 +77,6 @@ pub struct DeviceDetail {
 
 impl DeviceDetail {
     pub fn from_state(s: &DeviceState, now: DateTime<Utc>) -> Self {
-        let stale = s.readings_stale();
         Self {
             id: s.id.to_string(),
             room: s.room.to_string(),
@@ -98,7 +98,7 @@ impl DeviceDetail {
                             observed_at: r.observed_at,
                             age_secs: (now - r.observed_at).num_milliseconds().max(0) as f64
                                 / 1000.0,
-                            stale,
+                            stale: s.reading_stale(r, now),
                         },
                     )
                 })

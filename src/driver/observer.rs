@@ -4,8 +4,9 @@
 //! call updates the `watch` state at once (so a 40-second lamp ignition shows `busy` while it
 //! lasts) and emits the matching typed events. Health is recomputed here, in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -49,6 +50,57 @@ pub struct Observer {
     bad_input_reported: bool,
     /// What the command under way left on the device, when the driver knows it.
     applied: Option<Applied>,
+    meters: MeterWatch,
+}
+
+/// The fault source for meters that stopped arriving.
+pub const METERING_SOURCE: &str = "metering";
+
+/// When each meter last sent a sample, and which are lost. A meter is lost once silent for
+/// three periods; it is back when a sample follows another within three periods (samples
+/// streaming again), not on one lone value such as a re-subscribe answer.
+#[derive(Debug, Default)]
+struct MeterWatch {
+    period: Option<Duration>,
+    last: BTreeMap<String, DateTime<Utc>>,
+    lost: BTreeSet<String>,
+}
+
+impl MeterWatch {
+    fn limit(&self) -> Option<Duration> {
+        self.period.map(|p| p * 3)
+    }
+
+    fn within(&self, gap: chrono::Duration) -> bool {
+        self.limit()
+            .and_then(|l| chrono::Duration::from_std(l).ok())
+            .is_none_or(|l| gap <= l)
+    }
+
+    /// A sample at `now`; true when the lost set changed.
+    fn sample(&mut self, channel: &str, now: DateTime<Utc>) -> bool {
+        let prev = self.last.insert(channel.to_owned(), now);
+        if self.lost.contains(channel) && prev.is_some_and(|p| self.within(now - p)) {
+            self.lost.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Mark meters silent past the limit as lost; true when the lost set changed.
+    fn check(&mut self, now: DateTime<Utc>) -> bool {
+        if self.period.is_none() {
+            return false;
+        }
+        let mut changed = false;
+        for (ch, t) in &self.last {
+            if !self.within(now - *t) && !self.lost.contains(ch) {
+                self.lost.insert(ch.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
 }
 
 /// What a command left on the device, when that is more than "done": the setpoint a
@@ -79,6 +131,7 @@ impl Observer {
             sources: BTreeMap::new(),
             bad_input_reported: false,
             applied: None,
+            meters: MeterWatch::default(),
         }
     }
 
@@ -134,8 +187,11 @@ impl Observer {
 
     /// Store a reading, rounded to its unit's meaningful precision.
     pub fn reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
+        self.store(key.into(), value, unit, false);
+    }
+
+    fn store(&mut self, key: String, value: Value, unit: Option<Unit>, metered: bool) {
         let now = self.now();
-        let key = key.into();
         let value = value.rounded_for(unit);
         self.update(|s| {
             s.last_contact = Some(now);
@@ -146,9 +202,72 @@ impl Observer {
                     value,
                     unit,
                     observed_at: now,
+                    metered,
                 },
             );
         });
+    }
+
+    /// The driver streams meters every `period` (from now on, for this session): a meter
+    /// whose samples stop for three periods is stale and raises `metering_lost`.
+    pub fn metering(&mut self, period: Duration) {
+        self.meters.period = Some(period);
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.update(|s| s.freshness.meter_period_ms = Some(ms));
+    }
+
+    /// A device connected but silent for longer than `after` has stale readings.
+    pub fn quiet_after(&mut self, after: Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.update(|s| s.freshness.quiet_after_ms = Some(ms));
+    }
+
+    /// A new session: no meter has been seen yet, and none is lost.
+    pub fn reset_metering(&mut self) {
+        self.meters = MeterWatch::default();
+        self.update(|s| s.freshness.meter_period_ms = None);
+        if self.sources.contains_key(METERING_SOURCE) {
+            self.faults(METERING_SOURCE, Vec::new());
+        }
+    }
+
+    /// A sample arrived for `channel` that carries no level (a receiver channel without a
+    /// transmitter): the stream is alive.
+    pub fn meter_alive(&mut self, channel: &str) {
+        let now = self.now();
+        if self.meters.sample(channel, now) {
+            self.publish_metering();
+        }
+    }
+
+    /// Raise `metering_lost` for every meter silent for three periods (the runtime calls this
+    /// on a timer; samples clear it as they return).
+    pub fn check_metering(&mut self) {
+        let now = self.now();
+        if self.meters.check(now) {
+            self.publish_metering();
+        }
+    }
+
+    fn publish_metering(&mut self) {
+        let limit = self.meters.limit();
+        let faults = self
+            .meters
+            .lost
+            .iter()
+            .map(|ch| {
+                Fault::new(
+                    "metering_lost",
+                    crate::model::Severity::Warning,
+                    format!(
+                        "no meter samples from {ch} for over {:.1} s: its level is not known",
+                        limit.map_or(0.0, |l| l.as_secs_f64())
+                    ),
+                )
+                .on(ch.clone())
+            })
+            .collect();
+        self.faults(METERING_SOURCE, faults);
     }
 
     pub fn apply(&mut self, obs: Observation) {
@@ -267,11 +386,13 @@ impl Observer {
     pub fn meter(&mut self, channel: impl Into<String>, dbfs: f64) {
         let channel = channel.into();
         let dbfs = crate::model::round_to(dbfs, 1);
-        self.reading(
+        self.store(
             format!("meter.{channel}"),
             Value::Float(dbfs),
             Some(Unit::Dbfs),
+            true,
         );
+        self.meter_alive(&channel);
         self.emit(EventKind::Meter {
             device: self.device.clone(),
             room: self.room.clone(),
@@ -338,6 +459,34 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14.2: lost after three silent periods, back only when samples stream again (a
+    /// lone value such as a re-subscribe answer is not a stream).
+    #[test]
+    fn a_meter_is_lost_after_three_periods_and_back_when_samples_stream() {
+        let t0 = DateTime::UNIX_EPOCH;
+        let ms = |n: i64| t0 + chrono::Duration::milliseconds(n);
+        let mut w = MeterWatch {
+            period: Some(Duration::from_millis(100)),
+            ..MeterWatch::default()
+        };
+        assert!(!w.sample("zone.main", ms(0)));
+        assert!(!w.check(ms(300)), "exactly three periods is not yet lost");
+        assert!(w.check(ms(301)));
+        assert!(w.lost.contains("zone.main"));
+        assert!(!w.check(ms(5_000)), "lost once, not again");
+        assert!(!w.sample("zone.main", ms(5_000)), "one value after a gap");
+        assert!(w.lost.contains("zone.main"));
+        assert!(
+            w.sample("zone.main", ms(5_100)),
+            "a second within the limit"
+        );
+        assert!(w.lost.is_empty());
+        // Without a declared period nothing is ever lost.
+        let mut quiet = MeterWatch::default();
+        quiet.sample("x", ms(0));
+        assert!(!quiet.check(ms(1_000_000)));
+    }
     use crate::metrics::Metrics;
     use crate::model::{ProfileId, Severity};
 

@@ -973,6 +973,7 @@ mod tests {
                     value: v.clone(),
                     unit: None,
                     observed_at: at,
+                    metered: false,
                 },
             );
         }

@@ -131,6 +131,7 @@ impl Actor {
     /// Open the link, start a session and read everything before reporting the device up.
     async fn connect(&mut self, link: &mut Link) -> Result<(), DriverError> {
         link.connect().await?;
+        self.obs.reset_metering();
         self.driver.open(link, &mut self.obs).await?;
         self.driver.read_all(link, &mut self.obs).await?;
         let now = self.obs.now();
@@ -156,6 +157,8 @@ impl Actor {
 
     fn link_down(&mut self, link: &mut Link, backoff: &mut Backoff, err: &DriverError) -> Conn {
         link.disconnect();
+        // Unreachable says it all; a lost meter of a device that is gone is no extra news.
+        self.obs.reset_metering();
         let delay = backoff.next_delay();
         let was_up = self.obs.snapshot().link.up;
         let attempts = backoff.attempts();
@@ -210,6 +213,9 @@ impl Actor {
             self.cfg.poll_interval,
         );
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Meters that stop arriving are noticed between polls (a poll may be 30 s away).
+        let mut meter_check = tokio::time::interval(METER_CHECK);
+        meter_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut missed: u32 = 0;
         loop {
             // Order matters: commands before the poll tick, or a device whose polls take longer
@@ -241,6 +247,10 @@ impl Actor {
                     let res = self.driver.poll(link, &mut self.obs).await;
                     *last_io = Instant::now();
                     res
+                }
+                _ = meter_check.tick() => {
+                    self.obs.check_metering();
+                    continue;
                 }
                 r = self.driver.listen(link, &mut self.obs) => r,
             };
@@ -292,6 +302,9 @@ impl Actor {
         });
     }
 }
+
+/// How often a session looks for meters that stopped (three periods of silence).
+const METER_CHECK: Duration = Duration::from_secs(1);
 
 /// Errors are not `Clone` (they carry `io::Error`); the caller gets an equivalent refusal.
 fn clone_refusal(e: &DriverError) -> DriverError {

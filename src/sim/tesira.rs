@@ -277,6 +277,9 @@ struct Shared {
     sessions: usize,
     subscriptions: usize,
     received: VecDeque<String>,
+    /// Publishing stalled: commands are still answered (a subscribe answer included), but
+    /// no `!` publish line is sent for existing subscriptions.
+    stalled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -378,6 +381,12 @@ impl TesiraSim {
         lock(&self.shared).received.iter().cloned().collect()
     }
 
+    /// Stall publishing (true) or resume it: the DSP keeps answering commands but its
+    /// subscriptions stop sending, as a design push gone wrong leaves them.
+    pub fn stall_publishing(&self, stalled: bool) {
+        lock(&self.shared).stalled = stalled;
+    }
+
     /// Send raw bytes to every session (garbage, half lines, stray publishes).
     pub fn inject(&self, bytes: &[u8]) {
         let _ = self.ctl.send(Ctl::Raw(bytes.to_vec()));
@@ -454,6 +463,7 @@ pub async fn spawn(
         sessions: 0,
         subscriptions: 0,
         received: VecDeque::new(),
+        stalled: false,
     }));
     let (ctl, _) = broadcast::channel(256);
     let cancel = cancel.child_token();
@@ -872,6 +882,9 @@ impl Session {
         let mut out = Vec::new();
         for s in self.subs.iter_mut().filter(|s| s.next <= now) {
             s.next = now + s.rate;
+            if sh.stalled {
+                continue;
+            }
             let Ok(v) = Self::read_attr(&sh, &s.tag, &s.attr, s.index) else {
                 continue;
             };
@@ -1048,6 +1061,7 @@ mod tests {
             sessions: 0,
             subscriptions: 0,
             received: VecDeque::new(),
+            stalled: false,
         }));
         let mut s = Session::new(Arc::new(TesiraSimConfig::default()), shared, true);
         s.verbose = verbose;

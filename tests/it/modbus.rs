@@ -653,6 +653,15 @@ async fn modbus_faults_are_counted_and_reported() {
         e.to_string().contains("3 modbus exchanges in a row failed"),
         "{e}"
     );
+    // Issue 14.9: the reason names the likely causes, with the slave id configured here.
+    for cause in [
+        "powered",
+        "Modbus address is 1",
+        "baud rate and parity",
+        "wiring",
+    ] {
+        assert!(e.to_string().contains(cause), "{cause}: {e}");
+    }
     assert_eq!(b.state.borrow().counters.timeouts, timeouts_before + 3);
     // Commands while silent time out rather than hang.
     let e = b
@@ -663,6 +672,15 @@ async fn modbus_faults_are_counted_and_reported() {
     b.ctl.faults(|f| f.silent = false);
     b.driver.read_all(&mut b.link, &mut b.obs).await.unwrap();
     assert_eq!(b.float("temperature"), 21.0);
+
+    // A run of garbled answers points at the line's framing, not at the address.
+    b.ctl.faults(|f| f.bad_crc = 10);
+    let e = b.poll().await.unwrap_err();
+    assert!(e.is_link_failure(), "{e}");
+    assert!(e.to_string().contains("garbled"), "{e}");
+    assert!(e.to_string().contains("parity and stop bits"), "{e}");
+    b.ctl.faults(|f| f.bad_crc = 0);
+    b.driver.read_all(&mut b.link, &mut b.obs).await.unwrap();
 }
 
 /// A write the unit refuses with an exception is a refusal, not a link failure.

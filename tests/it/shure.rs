@@ -600,6 +600,31 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
         rig.rx.borrow().reachable,
         "still trusted before 60 s of silence"
     );
+    // Issue 14.9: connected but silent. Its readings are stale once the receiver has said
+    // nothing for longer than the comms monitor's warning time (a heartbeat unanswered), long
+    // before the 60 s drop, and its meters are lost; a second of silence is still current.
+    let s = rig.rx.borrow().clone();
+    let last = s.last_contact.expect("contacted");
+    let view_at = |secs: i64| {
+        serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
+            &s,
+            last + chrono::Duration::seconds(secs),
+        ))
+        .unwrap()
+    };
+    assert_eq!(
+        view_at(1)["readings"]["ch.1.battery_minutes"]["stale"],
+        false
+    );
+    let v = view_at(58);
+    assert_eq!(v["readings"]["ch.1.battery_minutes"]["stale"], true, "{v}");
+    assert_eq!(v["readings"]["ch.1.audio_dbfs"]["stale"], true, "{v}");
+    assert!(
+        s.faults.iter().any(|f| f.fault.code == "metering_lost"
+            && f.fault.component.as_deref() == Some("ch.1.audio")),
+        "{:?}",
+        s.faults
+    );
     let s = wait_state(&mut rig.rx, Duration::from_secs(10), "silence drop", |s| {
         !s.reachable
     })

@@ -828,3 +828,114 @@ async fn uniform_simulator_entry_reads_site_options() {
     rig.cancel.cancel();
     cancel.cancel();
 }
+
+/// The `metering_lost` fault on `component`, if raised.
+fn metering_lost<'a>(
+    s: &'a avwarden::model::DeviceState,
+    component: &str,
+) -> Option<&'a avwarden::model::ActiveFault> {
+    s.faults.iter().find(|f| {
+        f.fault.code == "metering_lost" && f.fault.component.as_deref() == Some(component)
+    })
+}
+
+/// Issue 14.2, shared by Telnet and RS-232: a DSP that keeps answering commands but stops
+/// publishing. Its meter points turn stale once three periods old and each zone/mic gets a
+/// `metering_lost` warning, kept for `hold` while the stall lasts (a re-subscribe answer is one
+/// value, not a stream); both clear when samples stream again.
+async fn stalled_meters_are_stale_and_lost_until_samples_return(
+    rig: &mut Rig,
+    sim: &TesiraSim,
+    hold: Duration,
+) {
+    let mut rx = rig.handle.watch();
+    support::wait_state(&mut rx, Duration::from_secs(20), "metering", |s| {
+        s.health == Health::Ok && s.reading("meter.mic.lectern").is_some()
+    })
+    .await;
+    let subscribes = || {
+        sim.received()
+            .iter()
+            .filter(|l| l.starts_with("OutMeter subscribe"))
+            .count()
+    };
+    let subscribed = subscribes();
+
+    sim.stall_publishing(true);
+    let s = support::wait_state(&mut rx, Duration::from_secs(20), "metering lost", |s| {
+        metering_lost(s, "zone.main").is_some() && metering_lost(s, "mic.lectern").is_some()
+    })
+    .await;
+    let lost = metering_lost(&s, "zone.main").unwrap();
+    assert_eq!(lost.fault.severity, Severity::Warning);
+    assert!(s.reachable, "commands are still answered");
+    assert_eq!(s.health, Health::Degraded);
+    let view = serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
+        &s, lost.since,
+    ))
+    .unwrap();
+    assert_eq!(view["readings"]["meter.zone.main"]["stale"], true, "{view}");
+    assert_eq!(
+        view["readings"]["zone.main.level_db"]["stale"], false,
+        "the polled level is current: {view}"
+    );
+
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+        let s = rig.handle.state();
+        assert!(
+            metering_lost(&s, "zone.main").is_some(),
+            "still lost after {hold:?}"
+        );
+        assert!(
+            subscribes() > subscribed,
+            "the driver re-subscribed after the stall"
+        );
+    }
+
+    sim.stall_publishing(false);
+    let s = support::wait_state(&mut rx, Duration::from_secs(20), "metering back", |s| {
+        metering_lost(s, "zone.main").is_none() && metering_lost(s, "mic.lectern").is_none()
+    })
+    .await;
+    assert_eq!(s.health, Health::Ok, "{:?}", s.faults);
+    let at = s.reading("meter.zone.main").unwrap().observed_at;
+    let view =
+        serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(&s, at)).unwrap();
+    assert_eq!(
+        view["readings"]["meter.zone.main"]["stale"], false,
+        "{view}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn telnet_meters_that_stop_publishing_are_stale_and_metering_lost() {
+    let cancel = CancellationToken::new();
+    let sim = tesira::spawn(TesiraSimConfig::default(), loopback(), cancel.clone())
+        .await
+        .unwrap();
+    let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), ROOM, |_| {});
+    stalled_meters_are_stale_and_lost_until_samples_return(&mut rig, &sim, Duration::from_secs(30))
+        .await;
+    rig.cancel.cancel();
+    cancel.cancel();
+}
+
+/// Real time (pty bytes move asynchronously), so the stall is not held for 30 s here.
+#[tokio::test]
+async fn serial_meters_that_stop_publishing_are_stale_and_metering_lost() {
+    let cancel = CancellationToken::new();
+    let sim = tesira::spawn(
+        TesiraSimConfig::default(),
+        SimBind::Pty { link: None },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let path = sim.pty_path().unwrap();
+    let link = LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200));
+    let mut rig = start("biamp-tesira-serial", link, ROOM, |_| {});
+    stalled_meters_are_stale_and_lost_until_samples_return(&mut rig, &sim, Duration::ZERO).await;
+    rig.cancel.cancel();
+    cancel.cancel();
+}

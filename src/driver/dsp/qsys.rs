@@ -382,6 +382,9 @@ impl QsysDriver {
             {
                 return Err(Self::refused("ChangeGroup.AutoPoll", &e));
             }
+            if self.map.channels.iter().any(|c| c.meter.is_some()) {
+                obs.metering(Duration::from_secs_f64(rate));
+            }
         }
         self.group_ready = true;
         Ok(())

@@ -364,6 +364,9 @@ impl TesiraDriver {
         }
         self.resubscribe = false;
         self.subscribed_at = Some(Instant::now());
+        if !self.tokens.is_empty() {
+            obs.metering(Duration::from_millis(u64::from(self.meter_rate_ms)));
+        }
         obs.faults(MAPPING_SOURCE, self.mapping.current());
         Ok(())
     }

@@ -189,8 +189,11 @@ impl ModbusDriver {
         }
         if self.run >= self.map.unreachable_after_errors {
             let msg = format!(
-                "{} modbus exchanges in a row failed ({} without reply, {} with bad frames)",
-                self.run, self.run_timeouts, self.run_bad
+                "{} modbus exchanges in a row failed ({} without reply, {} with bad frames); {}",
+                self.run,
+                self.run_timeouts,
+                self.run_bad,
+                failure_hint(self.map.slave, self.run_timeouts, self.run_bad)
             );
             self.reset_run();
             return Err(DriverError::Transport(TransportError::Io(io::Error::new(
@@ -611,6 +614,22 @@ impl ModbusDriver {
             self.set_power(link, obs, true).await?;
         }
         Ok(())
+    }
+}
+
+/// The likely causes of a run of failed exchanges, for the technician at the unit: silence
+/// points at the address or the line, garbled answers at the line's speed and framing.
+fn failure_hint(slave: u8, silent: u32, bad: u32) -> String {
+    let silence = format!(
+        "check that the unit is powered, that its Modbus address is {slave} (the slave id \
+         configured here), that baud rate and parity match the unit's, and the A/B wiring"
+    );
+    let garbled = "answers arrive garbled: check that baud rate, parity and stop bits match the \
+                   unit's, the line's termination and that no second master is on the bus";
+    match (silent, bad) {
+        (_, 0) => silence,
+        (0, _) => garbled.to_owned(),
+        _ => format!("{silence}; some {garbled}"),
     }
 }
 

@@ -413,6 +413,15 @@ impl Publisher {
 
     /// Write readings in one state update.
     pub fn write(&mut self, obs: &mut Observer, readings: Vec<(String, Value, Option<Unit>)>) {
+        self.write_as(obs, readings, false);
+    }
+
+    fn write_as(
+        &mut self,
+        obs: &mut Observer,
+        readings: Vec<(String, Value, Option<Unit>)>,
+        metered: bool,
+    ) {
         if readings.is_empty() {
             return;
         }
@@ -434,6 +443,7 @@ impl Publisher {
                         value,
                         unit,
                         observed_at: now,
+                        metered,
                     },
                 );
             }
@@ -458,6 +468,7 @@ impl Publisher {
                 .filter(|(k, v, _)| self.last.get(k) != Some(v))
                 .collect();
             self.write(obs, r);
+            obs.meter_alive(&key(n, "audio"));
             return;
         }
         let mut r = Vec::new();
@@ -467,7 +478,7 @@ impl Publisher {
         if let Some(a) = audio_dbfs {
             r.push((key(n, "audio_dbfs"), Value::Float(a), Some(Unit::Dbfs)));
         }
-        self.write(obs, r);
+        self.write_as(obs, r, true);
         if let Some(a) = audio_dbfs {
             obs.meter(key(n, "audio"), a);
         }

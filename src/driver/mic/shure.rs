@@ -786,7 +786,13 @@ impl Driver for ShureDriver {
                 .request(link, obs, &on, self.cfg.reply_timeout)
                 .await?
                 .is_some();
+            if self.metering {
+                obs.metering(Duration::from_millis(u64::from(self.cfg.meter_rate_ms)));
+            }
         }
+        // The comms monitor's warning time: a heartbeat unanswered. A receiver connected but
+        // silent that long has readings that are no longer current.
+        obs.quiet_after(self.cfg.heartbeat + self.cfg.reply_timeout);
         Ok(())
     }
 

@@ -845,6 +845,9 @@ impl Driver for SscDriver {
 
     async fn read_all(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         self.read_everything(link, obs).await?;
+        if self.cfg.meter_rate_ms > 0 {
+            obs.metering(Duration::from_millis(u64::from(self.cfg.meter_rate_ms)));
+        }
         self.subscribe(link).await
     }
 

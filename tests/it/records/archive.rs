@@ -533,6 +533,7 @@ fn state_with(readings: &[(&str, Value)]) -> DeviceState {
                 value: v.clone(),
                 unit: None,
                 observed_at: t(2026, 11, 2, 8, 0),
+                metered: false,
             },
         );
     }
