@@ -231,6 +231,16 @@ fn load(path: &Path) -> Result<SiteConfig, ExitCode> {
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Ok(cfg) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let label = path.display().to_string();
+            let problems = avwarden::config::storage_problems(&text, &label, &cfg.storage.path);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("{label}: {} problem(s)", problems.len());
+                return ExitCode::from(2);
+            }
             print!("{}", cfg.summary());
             println!("{}: ok", path.display());
             ExitCode::SUCCESS

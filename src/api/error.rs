@@ -1,6 +1,6 @@
 //! API errors: always a status code and a JSON body.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -39,6 +39,11 @@ impl ApiError {
             _ => "bad_body",
         };
         Self::new(status, code, r.body_text())
+    }
+
+    /// A path segment that does not decode (`/api/v1/devices/%ff%fe` is not UTF-8).
+    pub fn from_path_rejection(r: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_path", r.body_text())
     }
 }
 

@@ -9,7 +9,7 @@ pub mod views;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -124,8 +124,9 @@ async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
 
 async fn device(
     State(st): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
     let h = st
         .fleet
         .get(&id)
@@ -146,9 +147,10 @@ struct CommandAccepted {
 
 async fn command(
     State(st): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<DeviceCommand>, JsonRejection>,
 ) -> Result<Json<CommandAccepted>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
     let Json(cmd) = body.map_err(ApiError::from_json_rejection)?;
     let h = st
         .fleet

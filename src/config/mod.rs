@@ -20,7 +20,7 @@ use crate::model::{DeviceId, RoomId};
 use crate::profile::{Profile, ProfileSet};
 use crate::transport::LinkSpec;
 
-pub use validate::{parse_site, Env};
+pub use validate::{parse_site, storage_problems, Env};
 
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,18 +160,35 @@ pub struct SiteConfig {
     pub mqtt: Option<MqttConfig>,
 }
 
+/// The 1-based line and column (in characters) of the first byte that is not UTF-8, and
+/// that byte.
+fn utf8_error_at(bytes: &[u8], valid_up_to: usize) -> ((usize, usize), u8) {
+    let good = std::str::from_utf8(&bytes[..valid_up_to]).unwrap_or_default();
+    let line = good.matches('\n').count() + 1;
+    let col = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ((line, col), bytes.get(valid_up_to).copied().unwrap_or(0))
+}
+
 impl SiteConfig {
     /// Read and validate a site config file. Relative paths inside it (storage, profiles dir,
     /// secret files) are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<SiteConfig, ConfigError> {
         let label = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let problem = |at, message| ConfigError {
             problems: vec![ConfigProblem {
                 file: label.clone(),
-                at: None,
+                at,
                 path: String::new(),
-                message: format!("cannot read: {e}"),
+                message,
             }],
+        };
+        let bytes = std::fs::read(path).map_err(|e| problem(None, format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let (at, byte) = utf8_error_at(e.as_bytes(), e.utf8_error().valid_up_to());
+            problem(
+                Some(at),
+                format!("byte 0x{byte:02X} is not UTF-8 (a config is UTF-8 text)"),
+            )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         parse_site(&text, &label, base, &Env::process())

@@ -116,6 +116,58 @@ fn is_id(s: &str) -> bool {
 
 /// Parse and validate a site config from text. `file` labels messages; `base` resolves
 /// relative paths.
+/// What `check-config` adds to a valid config: the store's directory must exist and take a
+/// file. `run` does not refuse such a config (the daemon starts, the store catches up once
+/// the volume is there, issue 16.1), but an operator checking a config wants to know.
+pub fn storage_problems(text: &str, file: &str, storage: &Path) -> Vec<ConfigProblem> {
+    let doc = ImDocument::parse(text.to_owned()).ok();
+    let mut pr = Problems {
+        file,
+        text,
+        doc: doc.as_ref(),
+        list: Vec::new(),
+    };
+    let at = [k("storage"), k("path")];
+    let dir = match storage.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        pr.at_path(
+            &at,
+            format!(
+                "directory {} does not exist (a volume not mounted?); the daemon would run \
+                 without writing its logbook until it does",
+                dir.display()
+            ),
+        );
+    } else {
+        let probe = dir.join(format!(".avwarden-check-{}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => pr.at_path(
+                &at,
+                format!("directory {} is not writable: {e}", dir.display()),
+            ),
+        }
+        if storage.exists()
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .open(storage)
+                .is_err()
+        {
+            pr.at_path(&at, format!("{} is not writable", storage.display()));
+        }
+    }
+    pr.into_error().problems
+}
+
 pub fn parse_site(
     text: &str,
     file: &str,

@@ -113,6 +113,92 @@ fn a_simulator_table_mistake_is_a_located_error_with_exit_2() {
     }
 }
 
+/// Issue 16.5: a config with a byte that is not UTF-8 said only "stream did not contain valid
+/// UTF-8", without a place. It names the first bad byte's line:column, exit 2.
+#[test]
+fn a_config_that_is_not_utf8_names_the_first_bad_bytes_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.toml");
+    // "Aula Magna" with a Latin-1 é on line 3, column 14 (after "name = \"Sala ").
+    let mut text = b"# site\n[site]\nname = \"Sala ".to_vec();
+    text.push(0xE9);
+    text.extend_from_slice(b"\"\n");
+    std::fs::write(&file, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_avwarden");
+    let out = Command::new(bin)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("latin1.toml:3:14: byte 0xE9 is not UTF-8"),
+        "{stderr}"
+    );
+}
+
+/// Issue 16.1: `check-config` passed a `[storage] path` in a directory that does not exist
+/// (a volume not mounted) or cannot be written. It names the key's place, exit 2; the same
+/// config with a writable directory passes.
+#[test]
+fn check_config_reports_a_storage_directory_missing_or_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = |store: &str| {
+        format!(
+            "[site]\nname = \"S\"\ntime_zone = \"Europe/Berlin\"\n\n[storage]\npath = \"{store}\"\n\n[[rooms]]\nid = \"r1\"\ncapacity = 4\n"
+        )
+    };
+    let check = |text: String| {
+        let file = dir.path().join("site.toml");
+        std::fs::write(&file, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_avwarden"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = check(site("not-mounted/avwarden.db"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("site.toml:6:1: storage.path: directory")
+            && stderr.contains("not-mounted does not exist"),
+        "{stderr}"
+    );
+
+    // Root writes anywhere, so a read-only directory is only refused for other users.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut perm = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o555);
+    std::fs::set_permissions(&ro, perm).unwrap();
+    let writable = std::fs::File::create(ro.join("probe")).is_ok();
+    let out = check(site("ro/avwarden.db"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if writable {
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is not writable"), "{stderr}");
+    }
+
+    let out = check(site("avwarden.db"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().flatten().all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".avwarden-check")),
+        "the write probe is removed"
+    );
+}
+
 #[test]
 fn check_config_exits_2_on_errors_and_0_with_a_summary() {
     let bin = env!("CARGO_BIN_EXE_avwarden");

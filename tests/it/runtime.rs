@@ -356,6 +356,12 @@ async fn api_errors_are_json_with_4xx() {
             "unknown_device",
         ),
         (c.get(format!("{base}/api/v2/whatever")), 404, "not_found"),
+        // Issue 16.5: a path that is not UTF-8 answered 400 as text/plain.
+        (
+            c.get(format!("{base}/api/v1/devices/%ff%fe")),
+            400,
+            "bad_path",
+        ),
         (
             c.delete(format!("{base}/api/v1/devices")),
             405,
