@@ -119,7 +119,14 @@ fn run_store_command(
 }
 
 fn main() -> ExitCode {
+    // A SIGTERM in the first milliseconds (systemd stopping a unit that just started) killed
+    // the process with 143 before its handlers existed (issue 16.5). Stop signals are held
+    // from here until the daemon's handlers are installed, then delivered to them.
+    hold_stop_signals(true);
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        hold_stop_signals(false);
+    }
     init_logging(cli.log.as_deref());
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
@@ -311,9 +318,26 @@ fn runtime_block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) 
     }
 }
 
+/// Block (hold) or unblock SIGTERM and SIGINT for this thread and the threads it starts
+/// afterwards. A held signal stays pending, it is not lost.
+fn hold_stop_signals(hold: bool) {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    let how = if hold {
+        SigmaskHow::SIG_BLOCK
+    } else {
+        SigmaskHow::SIG_UNBLOCK
+    };
+    let _ = pthread_sigmask(how, Some(&set), None);
+}
+
 fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
     runtime_block_on(async move {
         let signals = app::Signals::install()?;
+        // The handlers exist: a stop signal held since exec is delivered to them now.
+        hold_stop_signals(false);
         let clock = Clock::system();
         let daemon = Daemon::start(cfg, opts, clock).await?;
         // A closed stdout (the reader went away) must not take the daemon down: these lines
