@@ -382,9 +382,9 @@ impl QsysDriver {
             {
                 return Err(Self::refused("ChangeGroup.AutoPoll", &e));
             }
-            if self.map.channels.iter().any(|c| c.meter.is_some()) {
-                obs.metering(Duration::from_secs_f64(rate));
-            }
+            // No meter period is declared: a change group reports changes only, so a steady
+            // meter (an idle room at its floor) is silent without being lost, and judging
+            // it by three periods would raise metering_lost every quiet night.
         }
         self.group_ready = true;
         Ok(())
