@@ -8,6 +8,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::codec::ProtocolError;
 use crate::driver::{Applied, Driver, DriverError, Link, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::model::{DeviceCommand, DeviceState, Fault, Severity};
@@ -100,12 +101,19 @@ impl Actor {
                                 r = self.connect(&mut link) => r,
                             };
                             conn = match res {
+                                // The backoff is reset by the session's first good exchange,
+                                // not by the connect: a device that floods garbage right after
+                                // connecting is retried ever more slowly (issue 16.4).
                                 Ok(()) => {
-                                    backoff.reset();
                                     last_io = Instant::now();
                                     Conn::Connected
                                 }
-                                Err(e) => self.link_down(&mut link, &mut backoff, &e),
+                                Err(e) => {
+                                    if let DriverError::Protocol(p) = &e {
+                                        self.obs.bad_input(p);
+                                    }
+                                    self.link_down(&mut link, &mut backoff, &e)
+                                }
                             };
                         }
                     }
@@ -257,6 +265,7 @@ impl Actor {
             match step {
                 Ok(()) => {
                     missed = 0;
+                    backoff.reset();
                 }
                 Err(e) if e.is_link_failure() => return self.link_down(link, backoff, &e),
                 Err(DriverError::Timeout { .. }) => {
@@ -267,6 +276,15 @@ impl Actor {
                         let e = DriverError::Transport(TransportError::NoReply { polls: missed });
                         return self.link_down(link, backoff, &e);
                     }
+                }
+                // A frame past the limit is a device (or an impostor) sending without end:
+                // reading on costs a core. The session ends at the first one (issue 16.4).
+                // (A datagram is bounded by itself: an oversized one is dropped, not the peer.)
+                Err(DriverError::Protocol(p @ ProtocolError::Oversized { .. }))
+                    if link.spec().is_stream() =>
+                {
+                    self.obs.bad_input(&p);
+                    return self.link_down(link, backoff, &DriverError::Protocol(p));
                 }
                 Err(DriverError::Protocol(p)) => {
                     self.obs.bad_input(&p);

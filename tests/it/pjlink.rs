@@ -593,6 +593,62 @@ async fn faults_of_an_unreachable_projector_are_stale_with_their_last_confirmati
     assert_eq!(f.confirmed_at, confirmed);
 }
 
+/// Issue 16.4: an impostor on the projector's port that answers every connect with an
+/// endless line. Each session ends at the first oversized frame (counted), and the reconnects
+/// follow a backoff that grows while it keeps misbehaving: it never costs a core.
+#[tokio::test(start_paused = true)]
+async fn an_endless_line_impostor_is_dropped_at_once_and_retried_ever_more_slowly() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut connects) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tx.send(Instant::now());
+            tokio::spawn(async move {
+                let chunk = vec![b'A'; 4096];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let prof = profile("generic-pjlink");
+    let mut spec = DeviceSpec::new(
+        "proj-1",
+        "room-a",
+        prof.clone(),
+        LinkSpec::Tcp(TcpSpec::new("127.0.0.1", port)),
+    );
+    spec.backoff_min = Duration::from_secs(1);
+    spec.backoff_max = Duration::from_secs(16);
+    let cancel = CancellationToken::new();
+    let mut fleet = Fleet::new(bus(), clock(), TaskTracker::new(), cancel.clone());
+    let h = fleet.spawn_device(spec).unwrap();
+    let mut at = Vec::new();
+    for _ in 0..6 {
+        at.push(connects.recv().await.unwrap());
+    }
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    for w in gaps.windows(2) {
+        assert!(w[1] >= w[0], "the backoff never shrinks: {gaps:?}");
+    }
+    assert!(
+        gaps[gaps.len() - 1] >= gaps[0] * 4,
+        "the backoff grows: {gaps:?}"
+    );
+    let s = h.state();
+    assert!(!s.contacted, "never taken for a projector");
+    assert!(
+        s.counters.oversized_frames >= 5,
+        "each session ended at its oversized frame: {:?}",
+        s.counters
+    );
+    cancel.cancel();
+    server.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn killed_projector_goes_unreachable_then_back_after_full_read_with_backoff() {
     let mut rig = rig(SimConfig {

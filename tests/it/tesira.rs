@@ -576,7 +576,13 @@ async fn garbage_and_broken_publishes_are_counted_and_harmless() {
         s.counters.bad_frames >= 3 && s.counters.oversized_frames >= 1
     })
     .await;
-    assert_eq!(s.health, Health::Ok);
+    // Issue 16.4: the oversized line ended the session; it is back after the backoff.
+    assert_eq!(s.counters.oversized_frames, 1);
+    let s = support::wait_state(&mut rx, Duration::from_secs(30), "back", |s| {
+        s.health == Health::Ok && s.counters.reconnects == 1
+    })
+    .await;
+    assert_eq!(s.counters.oversized_frames, 1);
     sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -21.0 });
     meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| {
         v == -21.0
