@@ -292,6 +292,9 @@ fn main() -> ExitCode {
         return smoke();
     }
     print_machine();
+    if let Ok(n) = std::env::var("AVWARDEN_BENCH_FLEET_IMPOSTORS") {
+        return impostors(n.parse().unwrap_or(6), 20);
+    }
     let sizes: Vec<usize> = std::env::var("AVWARDEN_BENCH_FLEET_SIZES")
         .unwrap_or_else(|_| "10,50,200,500".to_owned())
         .split(',')
@@ -728,6 +731,89 @@ impl Cycles {
             self.exchange_ms.push(ms(w[0], w[1]));
         }
     }
+}
+
+// ---- impostors (issue 16.4) ----
+
+/// `n` impostors on the ports of projectors and receivers, each answering every connect with
+/// an endless line and no terminator, for `secs` seconds: what the daemon's threads spend on
+/// them, and how often it reconnected. The impostors run on their own runtime's threads.
+fn impostors(n: usize, secs: u64) -> ExitCode {
+    let runtime = |name: &str, threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let sims = runtime(SIM_THREADS, 1);
+    let daemon = runtime(DAEMON_THREADS, 2);
+    let ports: Vec<u16> = sims.block_on(async {
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            ports.push(l.local_addr().expect("addr").port());
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let chunk = vec![b'A'; 64 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                    });
+                }
+            });
+        }
+        ports
+    });
+    let set = ProfileSet::embedded().expect("embedded profiles");
+    let report = daemon.block_on(async {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut fleet = Fleet::new(
+            EventBus::new(Metrics::new()),
+            Clock::system(),
+            tracker.clone(),
+            cancel.clone(),
+        );
+        let mut handles = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let profile = if i % 2 == 0 {
+                "generic-pjlink"
+            } else {
+                "shure-ulxd"
+            };
+            let spec = DeviceSpec::new(
+                format!("imp-{i}").as_str(),
+                "r1",
+                Arc::new(set.get(profile).expect("profile").clone()),
+                LinkSpec::Tcp(TcpSpec::new("127.0.0.1", *port)),
+            );
+            handles.push(fleet.spawn_device(spec).expect("spawn"));
+        }
+        let cpu0 = cpu_snapshot();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let cpu1 = cpu_snapshot();
+        let (mut oversized, mut reconnects) = (0, 0);
+        for h in &handles {
+            let c = h.state().counters;
+            oversized += c.oversized_frames;
+            reconnects += c.reconnects;
+        }
+        cancel.cancel();
+        let daemon_secs = cpu1.group(DAEMON_THREADS) - cpu0.group(DAEMON_THREADS);
+        let sim_secs = cpu1.group(SIM_THREADS) - cpu0.group(SIM_THREADS);
+        format!(
+            "impostors: {n} endless-line peers for {secs} s: daemon threads {:.2} % of a core, \
+             impostor threads {:.2} %, {oversized} oversized frames, {reconnects} reconnects",
+            100.0 * daemon_secs / secs as f64,
+            100.0 * sim_secs / secs as f64,
+        )
+    });
+    println!("{report}");
+    ExitCode::SUCCESS
 }
 
 // ---- /proc ----

@@ -18,6 +18,10 @@ use crate::transport::{LinkSpec, Stream, TransportError};
 /// terminator is sending garbage, and the decoder is told to resynchronise.
 pub const DEFAULT_MAX_BUFFER: usize = 16 * 1024;
 
+/// Garbage read without one complete frame, in multiples of the frame limit, after which a
+/// stream is taken for a flood and its session ends like an oversized frame.
+const UNFRAMED_FACTOR: usize = 4;
+
 pub struct Link {
     spec: LinkSpec,
     stream: Option<Stream>,
@@ -27,6 +31,9 @@ pub struct Link {
     /// True right after a new connection was made, until the driver calls [`Link::take_fresh`].
     fresh: bool,
     max_buffer: usize,
+    /// Bytes read since the last complete frame: a peer that sends garbage without end (the
+    /// decoder discarding it as it goes) is as costly as an endless line.
+    unframed: usize,
     bytes_in: u64,
     bytes_out: u64,
     /// The connected datagram socket of a [`LinkSpec::Udp`] link.
@@ -45,6 +52,7 @@ impl Link {
             per_exchange,
             fresh: false,
             max_buffer: DEFAULT_MAX_BUFFER,
+            unframed: 0,
             bytes_in: 0,
             bytes_out: 0,
             udp: None,
@@ -107,6 +115,7 @@ impl Link {
         self.stream = None;
         self.udp = None;
         self.rx.clear();
+        self.unframed = 0;
         self.fresh = false;
     }
 
@@ -140,9 +149,9 @@ impl Link {
     /// Read one frame, waiting at most `timeout` in total. Cancel-safe: bytes already read stay
     /// in the link's buffer for the next call.
     ///
-    /// When the buffer exceeds the limit without a complete frame, the decoder's
-    /// `decode_eof`-free resync is forced by discarding the buffer and a
-    /// [`ProtocolError::Oversized`] is returned; the link stays usable.
+    /// When the buffer exceeds the limit without a complete frame, the buffer is discarded,
+    /// the link is disconnected and [`ProtocolError::Oversized`] is returned: the runtime
+    /// reopens it after its backoff.
     pub async fn read_frame<D>(
         &mut self,
         decoder: &mut D,
@@ -154,11 +163,18 @@ impl Link {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(frame) = decoder.decode(&mut self.rx)? {
+                self.unframed = 0;
                 return Ok(frame);
             }
-            if self.rx.len() > self.max_buffer {
-                let n = self.rx.len();
+            let flood = self.unframed > self.max_buffer.saturating_mul(UNFRAMED_FACTOR);
+            if self.rx.len() > self.max_buffer || flood {
+                let n = self.rx.len().max(self.unframed);
+                self.unframed = 0;
                 self.rx.clear();
+                // A stream past the limit without a frame is a peer that may never stop
+                // sending: reading on costs a core (issue 16.4). The session ends here, so a
+                // driver that counts the error and reads on finds the link closed.
+                self.disconnect();
                 return Err(ProtocolError::Oversized {
                     limit: self.max_buffer,
                     got: n,
@@ -183,7 +199,10 @@ impl Link {
                     self.disconnect();
                     return Err(TransportError::Closed.into());
                 }
-                Ok(Ok(n)) => self.bytes_in += n as u64,
+                Ok(Ok(n)) => {
+                    self.bytes_in += n as u64;
+                    self.unframed = self.unframed.saturating_add(n);
+                }
                 Ok(Err(e)) => {
                     self.disconnect();
                     return Err(TransportError::Io(e).into());

@@ -812,6 +812,29 @@ async fn garbage_split_and_oversized_frames() {
     sc.cancel();
 }
 
+/// Issue 16.4: garbage without end (no `<` for the decoder to frame) was discarded as it came
+/// and read on at full speed, a core per impostor. Past four frame limits of bytes without one
+/// frame the session ends like an oversized frame, and the receiver is read afresh after the
+/// backoff.
+#[tokio::test(start_paused = true)]
+async fn a_receiver_flooding_garbage_is_dropped_not_read_on() {
+    let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 1, 300)).await;
+    let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0\nchannels = 1");
+    rig.up().await;
+    sim.inject(&vec![b'x'; 200_000]);
+    rig.until("dropped at the flood", |s| s.counters.oversized_frames == 1)
+        .await;
+    let s = rig
+        .until("back after the backoff", |s| {
+            s.reachable && s.counters.reconnects == 1
+        })
+        .await;
+    assert_eq!(sim.stats().connections, 2);
+    assert_eq!(s.health, Health::Ok, "{:?}", s.faults);
+    rig.shutdown().await;
+    sc.cancel();
+}
+
 /// `set_gain` / `set_mute` reach the receiver and come back as readings; out-of-range gain and
 /// receiver mute on a family without it are refused, not sent.
 #[tokio::test(start_paused = true)]
