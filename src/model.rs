@@ -251,6 +251,9 @@ pub struct Reading {
     pub metered: bool,
 }
 
+/// A meter is stale, and lost, once silent for this many of its periods.
+pub const METER_STALE_PERIODS: u32 = 3;
+
 /// How long what a device said stays current, as its driver declares it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Freshness {
@@ -268,7 +271,8 @@ impl Freshness {
     /// Samples older than this are no longer a meter's present level.
     pub fn meter_limit(&self) -> Option<chrono::Duration> {
         self.meter_period_ms.map(|p| {
-            chrono::Duration::milliseconds(i64::try_from(p.saturating_mul(3)).unwrap_or(i64::MAX))
+            let ms = p.saturating_mul(u64::from(METER_STALE_PERIODS));
+            chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
         })
     }
 }
@@ -554,24 +558,24 @@ impl DeviceState {
         }
     }
 
-    /// Whether a reading is no longer the present value at `now`: the device is unreachable,
-    /// or connected but silent past its comms monitor's warning time, or the reading is a
-    /// meter whose samples stopped (older than three meter periods).
-    pub fn reading_stale(&self, r: &Reading, now: DateTime<Utc>) -> bool {
-        if self.readings_stale() {
-            return true;
-        }
-        let quiet = self.freshness.quiet_after_ms.is_some_and(|q| {
-            self.last_contact.is_some_and(|c| {
-                (now - c).num_milliseconds() > i64::try_from(q).unwrap_or(i64::MAX)
+    /// Whether all readings are the last known values at `now`, not the present ones: the
+    /// device is unreachable, or connected but silent past its comms monitor's warning time.
+    pub fn readings_stale_at(&self, now: DateTime<Utc>) -> bool {
+        self.readings_stale()
+            || self.freshness.quiet_after_ms.is_some_and(|q| {
+                self.last_contact.is_some_and(|c| {
+                    (now - c).num_milliseconds() > i64::try_from(q).unwrap_or(i64::MAX)
+                })
             })
-        });
-        let meter_gone = r.metered
+    }
+
+    /// Whether `r` is a meter whose samples stopped (older than its periods allow) at `now`.
+    pub fn meter_stale(&self, r: &Reading, now: DateTime<Utc>) -> bool {
+        r.metered
             && self
                 .freshness
                 .meter_limit()
-                .is_some_and(|limit| now - r.observed_at > limit);
-        quiet || meter_gone
+                .is_some_and(|limit| now - r.observed_at > limit)
     }
 
     pub fn reading(&self, key: &str) -> Option<&Reading> {

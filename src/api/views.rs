@@ -77,6 +77,7 @@ pub struct DeviceDetail {
 
 impl DeviceDetail {
     pub fn from_state(s: &DeviceState, now: DateTime<Utc>) -> Self {
+        let device_stale = s.readings_stale_at(now);
         Self {
             id: s.id.to_string(),
             room: s.room.to_string(),
@@ -98,7 +99,7 @@ impl DeviceDetail {
                             observed_at: r.observed_at,
                             age_secs: (now - r.observed_at).num_milliseconds().max(0) as f64
                                 / 1000.0,
-                            stale: s.reading_stale(r, now),
+                            stale: device_stale || s.meter_stale(r, now),
                         },
                     )
                 })

@@ -162,9 +162,18 @@ impl Link {
     {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(frame) = decoder.decode(&mut self.rx)? {
-                self.unframed = 0;
-                return Ok(frame);
+            match decoder.decode(&mut self.rx) {
+                Ok(Some(frame)) => {
+                    self.unframed = 0;
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                // The decoder's own frame limit: the same flood, the same end.
+                Err(e @ ProtocolError::Oversized { .. }) => {
+                    self.disconnect();
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
             }
             let flood = self.unframed > self.max_buffer.saturating_mul(UNFRAMED_FACTOR);
             if self.rx.len() > self.max_buffer || flood {

@@ -68,7 +68,7 @@ struct MeterWatch {
 
 impl MeterWatch {
     fn limit(&self) -> Option<Duration> {
-        self.period.map(|p| p * 3)
+        self.period.map(|p| p * crate::model::METER_STALE_PERIODS)
     }
 
     fn within(&self, gap: chrono::Duration) -> bool {

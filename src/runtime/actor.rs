@@ -139,7 +139,6 @@ impl Actor {
     /// Open the link, start a session and read everything before reporting the device up.
     async fn connect(&mut self, link: &mut Link) -> Result<(), DriverError> {
         link.connect().await?;
-        self.obs.reset_metering();
         self.driver.open(link, &mut self.obs).await?;
         self.driver.read_all(link, &mut self.obs).await?;
         let now = self.obs.now();
@@ -165,7 +164,8 @@ impl Actor {
 
     fn link_down(&mut self, link: &mut Link, backoff: &mut Backoff, err: &DriverError) -> Conn {
         link.disconnect();
-        // Unreachable says it all; a lost meter of a device that is gone is no extra news.
+        // Unreachable says it all; a lost meter of a device that is gone is no extra news. The
+        // next session starts with no meter seen (a new actor starts with a new observer).
         self.obs.reset_metering();
         let delay = backoff.next_delay();
         let was_up = self.obs.snapshot().link.up;
@@ -277,11 +277,11 @@ impl Actor {
                         return self.link_down(link, backoff, &e);
                     }
                 }
-                // A frame past the limit is a device (or an impostor) sending without end:
-                // reading on costs a core. The session ends at the first one (issue 16.4).
-                // (A datagram is bounded by itself: an oversized one is dropped, not the peer.)
+                // A stream past the frame limit is a peer sending without end: the link has
+                // ended the session (issue 16.4). A datagram is bounded by itself, and its
+                // link stays open: only that datagram was dropped.
                 Err(DriverError::Protocol(p @ ProtocolError::Oversized { .. }))
-                    if link.spec().is_stream() =>
+                    if !link.is_open() =>
                 {
                     self.obs.bad_input(&p);
                     return self.link_down(link, backoff, &DriverError::Protocol(p));

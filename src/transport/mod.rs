@@ -107,13 +107,6 @@ pub enum LinkSpec {
 }
 
 impl LinkSpec {
-    /// A byte stream (serial line, TCP), where a frame has no end but its terminator.
-    pub fn is_stream(&self) -> bool {
-        matches!(self, LinkSpec::Serial(_) | LinkSpec::Tcp(_))
-    }
-}
-
-impl LinkSpec {
     pub fn describe(&self) -> String {
         match self {
             LinkSpec::Serial(s) => format!("serial {} {}", s.path, s.settings()),
