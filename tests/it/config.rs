@@ -113,6 +113,15 @@ fn a_simulator_table_mistake_is_a_located_error_with_exit_2() {
     }
 }
 
+/// `avwarden check-config FILE`, its output.
+fn check_config(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// Issue 16.5: a config with a byte that is not UTF-8 said only "stream did not contain valid
 /// UTF-8", without a place. It names the first bad byte's line:column, exit 2.
 #[test]
@@ -124,12 +133,7 @@ fn a_config_that_is_not_utf8_names_the_first_bad_bytes_line_and_column() {
     text.push(0xE9);
     text.extend_from_slice(b"\"\n");
     std::fs::write(&file, text).unwrap();
-    let bin = env!("CARGO_BIN_EXE_avwarden");
-    let out = Command::new(bin)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -152,11 +156,7 @@ fn check_config_reports_a_storage_directory_missing_or_not_writable() {
     let check = |text: String| {
         let file = dir.path().join("site.toml");
         std::fs::write(&file, text).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_avwarden"))
-            .arg("check-config")
-            .arg(&file)
-            .output()
-            .unwrap()
+        check_config(&file)
     };
     let out = check(site("not-mounted/avwarden.db"));
     let stderr = String::from_utf8_lossy(&out.stderr);

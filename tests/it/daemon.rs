@@ -10,6 +10,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{clock, spawn_settle_pump, wait_state};
 
+/// `SITE` with its API on an ephemeral port, written to `dir/site.toml`.
+fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("site.toml");
+    let text = SITE.replace("[shutdown]", "[api]\nbind = \"127.0.0.1:0\"\n\n[shutdown]");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `avwarden run --with-simulators` on `cfg`, stderr discarded.
+fn run_binary(cfg: &std::path::Path, stdout: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["run", "--with-simulators", "--config"])
+        .arg(cfg)
+        .env("P2_PASSWORD", "letmein")
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Kill `child` if it is still running after `limit`: a bound on a hang, so a broken binary
 /// fails the test instead of stalling CI. Not a wait for an event.
 fn hang_guard(child: &std::process::Child, limit: Duration) -> std::sync::mpsc::Sender<()> {
@@ -109,20 +129,11 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
 #[test]
 fn sigterm_stops_the_binary_cleanly() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("site.toml");
-    let text = SITE.replace("[shutdown]", "[api]\nbind = \"127.0.0.1:0\"\n\n[shutdown]");
-    std::fs::write(&cfg, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_avwarden"))
-        .args(["run", "--with-simulators", "--config"])
-        .arg(&cfg)
-        .env("P2_PASSWORD", "letmein")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let cfg = site_file(dir.path());
+    let mut child = run_binary(&cfg, Stdio::piped());
     let _guard = hang_guard(&child, Duration::from_secs(120));
     let stdout = child.stdout.take().unwrap();
     let mut url = None;
@@ -155,23 +166,14 @@ fn sigterm_stops_the_binary_cleanly() {
 /// main runs, which no program can cover).
 #[test]
 fn a_sigterm_right_after_start_is_a_clean_stop() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     const SIGTERM_BIT: u64 = 1 << (15 - 1);
     const SIGINT_BIT: u64 = 1 << (2 - 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("site.toml");
-    let text = SITE.replace("[shutdown]", "[api]\nbind = \"127.0.0.1:0\"\n\n[shutdown]");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = site_file(dir.path());
     let mut caught_early = 0;
     for _ in 0..10 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_avwarden"))
-            .args(["run", "--with-simulators", "--config"])
-            .arg(&cfg)
-            .env("P2_PASSWORD", "letmein")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run_binary(&cfg, Stdio::null());
         let _guard = hang_guard(&child, Duration::from_secs(60));
         let pid = child.id();
         let blocked = || {

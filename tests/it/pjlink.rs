@@ -64,6 +64,26 @@ impl Rig {
     }
 }
 
+/// A powered-on generic PJLink projector under the runtime, waited for until `ok`; with its
+/// poll interval.
+async fn projector_on_and_ok() -> (
+    Rig,
+    DeviceHandle,
+    tokio::sync::watch::Receiver<DeviceState>,
+    Duration,
+) {
+    let mut rig = rig(SimConfig {
+        power_on: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let prof = profile("generic-pjlink");
+    let h = rig.spawn(spec(&prof, &rig.sim, None));
+    let mut rx = h.watch();
+    wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
+    (rig, h, rx, prof.timing.poll_interval)
+}
+
 fn value(s: &DeviceState, key: &str) -> Value {
     s.reading(key)
         .unwrap_or_else(|| panic!("no reading {key}: {:#?}", s.readings))
@@ -486,16 +506,7 @@ async fn idle_session_dropped_by_projector_is_reopened_transparently() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_and_oversized_replies_are_counted_and_survived() {
-    let mut rig = rig(SimConfig {
-        power_on: true,
-        ..SimConfig::default()
-    })
-    .await;
-    let prof = profile("generic-pjlink");
-    let poll = prof.timing.poll_interval;
-    let h = rig.spawn(spec(&prof, &rig.sim, None));
-    let mut rx = h.watch();
-    wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
+    let (rig, h, mut rx, poll) = projector_on_and_ok().await;
 
     rig.sim.inject_garbage(3);
     wait_state(&mut rx, MINUTE, "garbage counted", |s| {
@@ -531,16 +542,7 @@ async fn garbage_and_oversized_replies_are_counted_and_survived() {
 /// once the projector answers.
 #[tokio::test(start_paused = true)]
 async fn faults_of_an_unreachable_projector_are_stale_with_their_last_confirmation() {
-    let mut rig = rig(SimConfig {
-        power_on: true,
-        ..SimConfig::default()
-    })
-    .await;
-    let prof = profile("generic-pjlink");
-    let poll = prof.timing.poll_interval;
-    let h = rig.spawn(spec(&prof, &rig.sim, None));
-    let mut rx = h.watch();
-    wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
+    let (rig, h, mut rx, poll) = projector_on_and_ok().await;
     rig.sim.set_error_status(ErrorStatus {
         lamp: ErrorLevel::Error,
         ..ErrorStatus::default()

@@ -53,6 +53,20 @@ fn start(
     Rig::start(spec, settings, tweak)
 }
 
+/// A default simulator on a real pseudo-terminal, and the serial link to it.
+async fn pty_sim(cancel: &CancellationToken) -> (TesiraSim, LinkSpec) {
+    let sim = tesira::spawn(
+        TesiraSimConfig::default(),
+        SimBind::Pty { link: None },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let path = sim.pty_path().unwrap();
+    let link = LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200));
+    (sim, link)
+}
+
 fn telnet_link(sim: &TesiraSim) -> LinkSpec {
     let a = sim.tcp_addr().unwrap();
     LinkSpec::Tcp(TcpSpec::new(a.ip().to_string(), a.port()))
@@ -677,16 +691,8 @@ async fn scripted_overload_and_feedback_arrive_in_dbfs() {
 #[tokio::test]
 async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
     let cancel = CancellationToken::new();
-    let sim = tesira::spawn(
-        TesiraSimConfig::default(),
-        SimBind::Pty { link: None },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    let path = sim.pty_path().unwrap();
+    let (sim, link) = pty_sim(&cancel).await;
     sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -18.0 });
-    let link = LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200));
     let mut rig = start("biamp-tesira-serial", link, ROOM, |spec| {
         spec.backoff_min = Duration::from_millis(100);
         spec.backoff_max = Duration::from_millis(500);
@@ -931,15 +937,7 @@ async fn telnet_meters_that_stop_publishing_are_stale_and_metering_lost() {
 #[tokio::test]
 async fn serial_meters_that_stop_publishing_are_stale_and_metering_lost() {
     let cancel = CancellationToken::new();
-    let sim = tesira::spawn(
-        TesiraSimConfig::default(),
-        SimBind::Pty { link: None },
-        cancel.clone(),
-    )
-    .await
-    .unwrap();
-    let path = sim.pty_path().unwrap();
-    let link = LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200));
+    let (sim, link) = pty_sim(&cancel).await;
     let mut rig = start("biamp-tesira-serial", link, ROOM, |_| {});
     stalled_meters_are_stale_and_lost_until_samples_return(&mut rig, &sim, Duration::ZERO).await;
     rig.cancel.cancel();
