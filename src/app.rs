@@ -63,8 +63,14 @@ pub struct Daemon {
 /// How the shutdown went.
 #[derive(Debug, Clone, Copy)]
 pub struct ShutdownReport {
+    /// Every task stopped within the deadline. The logbook writer is not one of them: when
+    /// the store holds it past the deadline, it is abandoned and `writer_done` is false.
     pub within_deadline: bool,
     pub elapsed: Duration,
+    /// The logbook writer committed everything before the deadline.
+    pub writer_done: bool,
+    /// Entries the writer still held when abandoned, when the store had said it was failing.
+    pub entries_lost: Option<u64>,
 }
 
 impl Daemon {
@@ -240,19 +246,32 @@ impl Daemon {
             clock,
             started: clock.now(),
             fleet: fleet.clone(),
-            metrics,
+            metrics: metrics.clone(),
             store: Some(logbook.watch_status()),
         };
         let app = api::router(state);
-        let api_cancel = cancel.clone();
-        tracker.spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { api_cancel.cancelled().await })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "api server failed");
+        let mut limits = cfg.api.clone();
+        if let Some(nofile) = api::server::descriptor_limit() {
+            let fitted =
+                api::server::fit_to_descriptors(limits.max_connections, devices.len(), nofile);
+            if fitted < limits.max_connections {
+                tracing::warn!(
+                    configured = limits.max_connections,
+                    fitted,
+                    nofile,
+                    "API connection limit lowered to leave device links their descriptors"
+                );
+                limits.max_connections = fitted;
             }
-        });
+        }
+        tracker.spawn(api::server::serve(
+            listener,
+            app,
+            limits,
+            metrics.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        ));
 
         events.emit(
             clock.now(),
@@ -319,16 +338,33 @@ impl Daemon {
         let writer_done = tokio::time::timeout(left, self.writer_tracker.wait())
             .await
             .is_ok();
+        // The writer does nothing but write the store: when it has not finished by the
+        // deadline, the store is what holds it (locked by another process, a slow or full
+        // disk; a locked store fails its first write only after SQLite's busy wait). That is
+        // the store's trouble, an alert of its own, and the stop is still orderly once the
+        // deadline bounds it (issue 16.1): the writer is abandoned on its attempt and what it
+        // held is lost, counted when the store has already said it is failing.
+        let mut entries_lost = None;
         if !writer_done {
-            tracing::error!("logbook writer did not finish within the shutdown deadline");
+            let store = self.logbook.watch_status().borrow().clone();
+            if let crate::records::writer::StoreStatus::Failing { pending, .. } = &store {
+                entries_lost = Some(*pending);
+            }
+            tracing::error!(
+                store = ?store,
+                entries_lost,
+                "the store was still being written at the shutdown deadline; \
+                 the entries not yet committed are lost"
+            );
         }
-        let within = within && writer_done;
         self.sim_cancel.cancel();
         self.sim_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sim_tracker.wait()).await;
         ShutdownReport {
             within_deadline: within,
             elapsed: start.elapsed(),
+            writer_done,
+            entries_lost,
         }
     }
 }

@@ -126,6 +126,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         hold_stop_signals(false);
+    } else {
+        // A daemon may use what its hard limit allows (a shell's soft 1,024 is too few for a
+        // large fleet); the API's connection limit is then fitted to it at start.
+        avwarden::api::server::raise_descriptor_limit();
     }
     init_logging(cli.log.as_deref());
     match cli.command {

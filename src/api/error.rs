@@ -51,7 +51,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(json!({"error": self.code, "detail": self.message})),
         )
             .into_response()
     }

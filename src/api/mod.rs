@@ -2,9 +2,11 @@
 //!
 //! Handlers are thin: they read device state from the runtime's `watch` channels and queue
 //! commands on device handles; no business logic lives here. Every error is a 4xx/5xx with a
-//! JSON body `{"error": {"code", "message"}}`, including malformed paths and bodies.
+//! JSON body `{"error": code, "detail": text}`, including malformed paths and bodies and the
+//! requests [`server`] refuses before the router.
 
 mod error;
+pub mod server;
 pub mod views;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ pub use error::ApiError;
 pub use views::{DeviceDetail, DeviceSummary, ReadingView};
 
 /// Largest request body accepted (commands are tiny).
-const BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]

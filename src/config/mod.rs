@@ -93,6 +93,24 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub bind: SocketAddr,
+    /// Open API connections at most; past it, the oldest connection with no request in
+    /// progress is closed for the new one (health probes answer under a connection flood).
+    pub max_connections: usize,
+    /// A request head must arrive within this; it is also the keep-alive idle timeout.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this once its head has.
+    pub body_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

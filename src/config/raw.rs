@@ -29,6 +29,9 @@ pub struct RawSiteInfo {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawApi {
     pub bind: Option<String>,
+    pub max_connections: Option<i64>,
+    pub header_timeout_ms: Option<i64>,
+    pub body_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -263,13 +263,13 @@ pub fn parse_site(
     // Pass 2: meaning.
     let site = validate_site(&raw, &mut pr);
     let api = {
-        let bind = raw
-            .api
-            .as_ref()
+        let a = raw.api.as_ref();
+        let dflt = ApiConfig::default();
+        let bind = a
             .and_then(|a| a.bind.clone())
-            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-        match bind.parse::<SocketAddr>() {
-            Ok(b) => Some(ApiConfig { bind: b }),
+            .unwrap_or_else(|| dflt.bind.to_string());
+        let bind = match bind.parse::<SocketAddr>() {
+            Ok(b) => Some(b),
             Err(_) => {
                 pr.at_path(
                     &[k("api"), k("bind")],
@@ -277,7 +277,47 @@ pub fn parse_site(
                 );
                 None
             }
-        }
+        };
+        let mut in_range = |key: &str, v: Option<i64>, dflt: u64, lo: i64, hi: i64| -> u64 {
+            match v {
+                None => dflt,
+                Some(v) if (lo..=hi).contains(&v) => v as u64,
+                Some(_) => {
+                    pr.at_path(
+                        &[k("api"), k(key)],
+                        format!("must be between {lo} and {hi}"),
+                    );
+                    dflt
+                }
+            }
+        };
+        let max_connections = in_range(
+            "max_connections",
+            a.and_then(|a| a.max_connections),
+            dflt.max_connections as u64,
+            1,
+            100_000,
+        ) as usize;
+        let header_timeout = Duration::from_millis(in_range(
+            "header_timeout_ms",
+            a.and_then(|a| a.header_timeout_ms),
+            dflt.header_timeout.as_millis() as u64,
+            100,
+            600_000,
+        ));
+        let body_timeout = Duration::from_millis(in_range(
+            "body_timeout_ms",
+            a.and_then(|a| a.body_timeout_ms),
+            dflt.body_timeout.as_millis() as u64,
+            100,
+            600_000,
+        ));
+        bind.map(|bind| ApiConfig {
+            bind,
+            max_connections,
+            header_timeout,
+            body_timeout,
+        })
     };
     let storage_path = raw
         .storage
@@ -450,7 +490,12 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
             "site", "api", "storage", "profiles", "links", "shutdown", "mqtt", "rooms", "devices",
         ],
         ["site"] => vec!["name", "time_zone"],
-        ["api"] => vec!["bind"],
+        ["api"] => vec![
+            "bind",
+            "max_connections",
+            "header_timeout_ms",
+            "body_timeout_ms",
+        ],
         ["storage"] => vec!["path", "max_size_mb"],
         ["profiles"] => vec!["dir"],
         ["links"] => vec!["backoff_min_ms", "backoff_max_ms"],

@@ -337,3 +337,77 @@ impl std::fmt::Debug for Link {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::tcp::TcpSpec;
+
+    /// A peer on loopback that writes `chunk` without end to whoever connects.
+    async fn flooder(chunk: &'static [u8]) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move { while s.write_all(chunk).await.is_ok() {} });
+            }
+        });
+        port
+    }
+
+    /// Issue 16.4: an endless line was read for 2–3 s a connection (~250 MB/s). The session
+    /// ends at the first oversized frame, having read about one frame limit of bytes.
+    #[tokio::test]
+    async fn an_endless_line_ends_the_session_after_one_frame_limit_of_bytes() {
+        let port = flooder(&[b'A'; 4096]).await;
+        let mut link = Link::new(LinkSpec::Tcp(TcpSpec::new("127.0.0.1", port)));
+        let limit = crate::codec::pjlink::LineDecoder::replies().max();
+        for session in 1..=3u64 {
+            // As the driver does on a fresh connection.
+            let mut decoder = crate::codec::pjlink::LineDecoder::replies();
+            link.connect().await.unwrap();
+            let r = link.read_frame(&mut decoder, Duration::from_secs(30)).await;
+            assert!(
+                matches!(
+                    r,
+                    Err(DriverError::Protocol(ProtocolError::Oversized { .. }))
+                ),
+                "{r:?}"
+            );
+            assert!(!link.is_open(), "the session ends");
+            let per_session = link.bytes_in() / session;
+            assert!(
+                per_session <= (limit + DEFAULT_MAX_BUFFER) as u64,
+                "read {per_session} bytes a session for a {limit}-byte limit"
+            );
+        }
+    }
+
+    /// Issue 16.4: garbage the decoder discards as it goes (never a frame) was read at full
+    /// speed. Past [`UNFRAMED_FACTOR`] frame limits without a frame, the session ends.
+    #[tokio::test]
+    async fn endless_garbage_without_a_frame_ends_the_session_after_a_bounded_read() {
+        let port = flooder(b"no frame here\r\n").await;
+        let mut link = Link::new(LinkSpec::Tcp(TcpSpec::new("127.0.0.1", port)));
+        let mut decoder = crate::codec::shure::ShureCodec::new();
+        link.connect().await.unwrap();
+        // The driver counts each garbage error and reads on, as Shure's does.
+        let mut garbage = 0;
+        let r = loop {
+            match link.read_frame(&mut decoder, Duration::from_secs(30)).await {
+                Err(DriverError::Protocol(ProtocolError::Garbage { .. })) => garbage += 1,
+                r => break r,
+            }
+        };
+        assert!(
+            matches!(
+                r,
+                Err(DriverError::Protocol(ProtocolError::Oversized { .. }))
+            ),
+            "{r:?} after {garbage} garbage errors"
+        );
+        assert!(!link.is_open());
+        let bound = (DEFAULT_MAX_BUFFER * (UNFRAMED_FACTOR + 2)) as u64;
+        assert!(link.bytes_in() <= bound, "read {} bytes", link.bytes_in());
+    }
+}

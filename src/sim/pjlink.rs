@@ -495,6 +495,8 @@ struct Inner {
     running: Mutex<Option<Running>>,
     /// Stops everything, including a restarted listener.
     root: CancellationToken,
+    /// Connections accepted so far, for tests that wait for a reconnect.
+    accepted: tokio::sync::watch::Sender<usize>,
 }
 
 /// Control handle of a running simulated projector. Cheap to clone.
@@ -538,6 +540,7 @@ impl PjlinkSim {
                 state: Mutex::new(State::new(cfg)),
                 running: Mutex::new(None),
                 root: cancel,
+                accepted: tokio::sync::watch::Sender::new(0),
             }),
         };
         sim.run(listener);
@@ -562,6 +565,7 @@ impl PjlinkSim {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
                             sim.state().connections.push(Instant::now());
+                            sim.inner.accepted.send_modify(|n| *n += 1);
                             tracing::debug!(%peer, "pjlink sim: connection");
                             let (sim, c) = (sim.clone(), c.clone());
                             t.spawn(async move { sim.serve(stream, c).await });
@@ -692,6 +696,12 @@ impl PjlinkSim {
 
     pub fn connections(&self) -> usize {
         self.state().connections.len()
+    }
+
+    /// Wait until `n` connections have been accepted since start.
+    pub async fn wait_connections(&self, n: usize) {
+        let mut rx = self.inner.accepted.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
     }
 
     /// The request lines received (digest prefixes included), oldest first, at most 512.

@@ -32,7 +32,10 @@ fn run_binary(cfg: &std::path::Path, stdout: std::process::Stdio) -> std::proces
 
 /// Kill `child` if it is still running after `limit`: a bound on a hang, so a broken binary
 /// fails the test instead of stalling CI. Not a wait for an event.
-fn hang_guard(child: &std::process::Child, limit: Duration) -> std::sync::mpsc::Sender<()> {
+pub(crate) fn hang_guard(
+    child: &std::process::Child,
+    limit: Duration,
+) -> std::sync::mpsc::Sender<()> {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -112,7 +115,7 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
 
     let fleet = daemon.fleet.clone();
     let report = daemon.shutdown("test").await;
-    assert!(report.within_deadline, "{report:?}");
+    assert!(report.within_deadline && report.writer_done, "{report:?}");
     assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
     // Every actor has ended: commands are refused at once.
     for h in fleet.handles() {
@@ -292,7 +295,7 @@ mode = "cool"
     )
     .await;
     let report = daemon.shutdown("test").await;
-    assert!(report.within_deadline);
+    assert!(report.within_deadline && report.writer_done, "{report:?}");
 }
 
 /// Issue 5 end to end: what a simulated projector says about itself fills the equipment
@@ -380,7 +383,7 @@ archive = {{ location = "ceiling, front", supplier = "AV Supplies Ltd", install_
     .await;
     daemon.logbook.flush().await.unwrap();
     let report = daemon.shutdown("test").await;
-    assert!(report.within_deadline);
+    assert!(report.within_deadline && report.writer_done, "{report:?}");
     stop_sim.cancel();
 
     // What the store says, read through the commands a technician uses.
@@ -794,7 +797,7 @@ async fn a_locked_store_never_holds_the_start_and_catches_up_once_free() {
     {
         let d = start_with_store(&db, 0).await;
         d.logbook.flush().await.unwrap();
-        assert!(d.shutdown("init").await.within_deadline);
+        assert!(d.shutdown("init").await.writer_done);
     }
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -830,5 +833,127 @@ async fn a_locked_store_never_holds_the_start_and_catches_up_once_free() {
         n, 50,
         "every device's record was written once the store was free"
     );
-    assert!(daemon.shutdown("test").await.within_deadline);
+    let report = daemon.shutdown("test").await;
+    assert!(report.within_deadline && report.writer_done, "{report:?}");
+}
+
+/// How the store is kept from being written in [`a_store_in_trouble_never_holds_ready_the_api_or_sigterm`].
+#[derive(Debug, Clone, Copy)]
+enum StoreTrouble {
+    MissingDirectory,
+    ReadOnlyDirectory,
+    Locked,
+}
+
+/// Issue 16.1, from outside as systemd sees it: with 50 devices and a store in a missing
+/// directory, a read-only directory, or locked by another process, the binary sends READY
+/// while the store still cannot be written, the API answers, and a SIGTERM is an orderly stop
+/// while the trouble lasts (so nothing waited for the store). As root, permission bits do not
+/// stop a write, so the read-only directory is a read-only mount in a private namespace.
+#[test]
+fn a_store_in_trouble_never_holds_ready_the_api_or_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+
+    for trouble in [
+        StoreTrouble::MissingDirectory,
+        StoreTrouble::ReadOnlyDirectory,
+        StoreTrouble::Locked,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        if !matches!(trouble, StoreTrouble::MissingDirectory) {
+            std::fs::create_dir(&store_dir).unwrap();
+        }
+        let db = store_dir.join("avwarden.db");
+        let cfg = dir.path().join("site.toml");
+        let site = site_with_store(&db, 50)
+            .replace("[shutdown]", "[api]\nbind = \"127.0.0.1:0\"\n\n[shutdown]");
+        std::fs::write(&cfg, site).unwrap();
+        let mut locker = None;
+        if let StoreTrouble::Locked = trouble {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("CREATE TABLE t(x); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+                .unwrap();
+            locker = Some(c);
+        }
+        let notify = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&notify).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let bin = env!("CARGO_BIN_EXE_avwarden");
+        let as_root = nix::unistd::geteuid().is_root();
+        let mut cmd = match trouble {
+            StoreTrouble::ReadOnlyDirectory if as_root => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs -o ro tmpfs \"$0\" && exec \"$@\"",
+                ])
+                .arg(&store_dir)
+                .arg(bin);
+                c
+            }
+            StoreTrouble::ReadOnlyDirectory => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o555))
+                    .unwrap();
+                Command::new(bin)
+            }
+            _ => Command::new(bin),
+        };
+        let start = tokio::time::Instant::now();
+        let mut child = cmd
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &notify)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _guard = hang_guard(&child, Duration::from_secs(120));
+        let mut buf = [0u8; 256];
+        let ready = loop {
+            let n = sock.recv(&mut buf).expect("a notification from the daemon");
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "READY=1") {
+                break start.elapsed();
+            }
+        };
+        eprintln!("{trouble:?}: READY after {ready:?}");
+        let url = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("status: ").map(str::to_owned))
+            .expect("the daemon prints its status URL");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let health: serde_json::Value = rt
+            .block_on(async { reqwest::get(&url).await?.json().await })
+            .expect("the API answers");
+        assert_eq!(
+            health["devices"]
+                .as_object()
+                .map(|d| d.values().filter_map(|v| v.as_u64()).sum::<u64>()),
+            Some(50),
+            "{trouble:?}: {health}"
+        );
+        // The store is still in trouble: nothing can have been written.
+        match trouble {
+            StoreTrouble::MissingDirectory => assert!(!store_dir.exists()),
+            StoreTrouble::ReadOnlyDirectory => assert!(!db.exists()),
+            StoreTrouble::Locked => assert!(locker.is_some()),
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{trouble:?}: an orderly stop");
+        eprintln!("{trouble:?}: stopped {:?} after start", start.elapsed());
+        drop(locker);
+    }
 }

@@ -288,13 +288,14 @@ async fn api_with_one_device() -> (String, CancellationToken, TaskTracker) {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let c = cancel.clone();
-    tracker.spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await
-            .unwrap();
-    });
+    tracker.spawn(api::server::serve(
+        listener,
+        api::router(state),
+        avwarden::config::ApiConfig::default(),
+        events.metrics().clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
     (base, cancel, tracker)
 }
 
@@ -417,10 +418,8 @@ async fn api_errors_are_json_with_4xx() {
         let r = req.send().await.unwrap();
         assert_eq!(r.status().as_u16(), status, "for {code}");
         let body: serde_json::Value = r.json().await.expect("json body");
-        assert_eq!(body["error"]["code"], code, "{body}");
-        assert!(body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["detail"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // A good command goes through.
     let ok = c
