@@ -40,7 +40,7 @@ use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -635,7 +635,7 @@ struct MeterCount {
 }
 
 async fn count_meters(
-    mut rx: broadcast::Receiver<Arc<avwarden::events::Event>>,
+    mut rx: avwarden::events::EventSink,
     measuring: Arc<AtomicBool>,
     profile_of: &HashMap<String, String>,
     stop: CancellationToken,
@@ -648,7 +648,10 @@ async fn count_meters(
         };
         let on = measuring.load(Ordering::Relaxed);
         match ev {
-            Ok(ev) => {
+            Some(ev) => {
+                if let (true, EventKind::EventsDropped { dropped, .. }) = (on, &ev.kind) {
+                    out.lagged += dropped;
+                }
                 if let (true, EventKind::Meter { device, .. }) = (on, &ev.kind) {
                     let profile = profile_of.get(device.as_str()).map_or("?", String::as_str);
                     match out.by_profile.get_mut(profile) {
@@ -659,12 +662,7 @@ async fn count_meters(
                     }
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                if on {
-                    out.lagged += n;
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => return out,
+            None => return out,
         }
     }
 }

@@ -5,11 +5,10 @@
 //! `cargo bench --bench records`. Figures and the machine they came from: docs/benchmarks.md.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::clock::Clock;
-use avwarden::events::{Event, EventBus, EventKind};
+use avwarden::events::{EventBus, EventKind};
 use avwarden::metrics::Metrics;
 use avwarden::model::{DeviceId, Health, RoomId};
 use avwarden::records::export::{self, Filter, Format};
@@ -18,7 +17,6 @@ use avwarden::records::writer::writer;
 use avwarden::records::{Actor, NewEntry, Store, StoreOptions, WriterConfig};
 use chrono::TimeZone;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A million entries under `cargo bench`; a few thousand when `cargo test --benches` runs each
@@ -59,8 +57,8 @@ fn bench_append(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PER_ITER));
     for appenders in [1u64, 16, 64] {
         let db = dir.path().join(format!("acked-{appenders}.db"));
-        let (tx, rx) = mpsc::channel::<Arc<Event>>(4096);
-        let bus = EventBus::new(Metrics::new()).with_logbook(tx);
+        let bus = EventBus::new(Metrics::new());
+        let rx = bus.sink("logbook", avwarden::events::EventFilter::logbook(), 4096);
         let (handle, task) = writer(WriterConfig::new(&db), rx, bus.clone(), Clock::system());
         let cancel = CancellationToken::new();
         let join = rt.spawn(task.run(cancel.clone()));
@@ -97,8 +95,8 @@ fn bench_append(c: &mut Criterion) {
     }
     // Events from the bus: no acknowledgement, batches fill up to max_batch.
     let db = dir.path().join("events.db");
-    let (tx, rx) = mpsc::channel::<Arc<Event>>(8192);
-    let bus = EventBus::new(Metrics::new()).with_logbook(tx);
+    let bus = EventBus::new(Metrics::new());
+    let rx = bus.sink("logbook", avwarden::events::EventFilter::logbook(), 8192);
     let (handle, task) = writer(WriterConfig::new(&db), rx, bus.clone(), Clock::system());
     let cancel = CancellationToken::new();
     let join = rt.spawn(task.run(cancel.clone()));

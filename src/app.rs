@@ -82,8 +82,8 @@ impl Daemon {
         let metrics = Metrics::new();
         // The logbook writer takes every logbook-worthy event from the bus. It runs under its
         // own token so it stops last and commits everyone's final events.
-        let (logbook_tx, logbook_rx) = tokio::sync::mpsc::channel(4096);
-        let events = EventBus::new(metrics.clone()).with_logbook(logbook_tx);
+        let events = EventBus::new(metrics.clone());
+        let logbook_rx = events.sink("logbook", crate::events::EventFilter::logbook(), 4096);
         let mut writer_config = WriterConfig::new(cfg.storage.path.clone());
         writer_config.store.max_size_bytes = cfg.storage.max_size_bytes;
         let (logbook, writer_task) =

@@ -7,11 +7,12 @@
 //! degraded, INFO lifecycle, DEBUG per poll.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::model::{DeviceId, Fault, Health, Identity, RoomId, Severity};
@@ -143,6 +144,12 @@ pub enum EventKind {
         room: RoomId,
         booking: String,
     },
+    /// A sink's consumer fell behind and `dropped` events it selects were not queued for it.
+    /// Delivered in-band to that consumer (never through the filters) before what follows.
+    EventsDropped {
+        sink: String,
+        dropped: u64,
+    },
 }
 
 impl EventKind {
@@ -170,6 +177,7 @@ impl EventKind {
             EventKind::StoreRecovered { .. } => "store_recovered",
             EventKind::BookingStarted { .. } => "booking_started",
             EventKind::BookingEnded { .. } => "booking_ended",
+            EventKind::EventsDropped { .. } => "events_dropped",
         }
     }
 
@@ -195,7 +203,8 @@ impl EventKind {
             | EventKind::StoreFailed { .. }
             | EventKind::StoreRecovered { .. }
             | EventKind::BookingStarted { .. }
-            | EventKind::BookingEnded { .. } => None,
+            | EventKind::BookingEnded { .. }
+            | EventKind::EventsDropped { .. } => None,
         }
     }
 
@@ -221,7 +230,8 @@ impl EventKind {
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
             | EventKind::StoreFailed { .. }
-            | EventKind::StoreRecovered { .. } => None,
+            | EventKind::StoreRecovered { .. }
+            | EventKind::EventsDropped { .. } => None,
         }
     }
 
@@ -351,6 +361,10 @@ impl fmt::Display for EventKind {
             EventKind::BookingEnded { room, booking } => {
                 write!(f, "{room}: booking {booking} ended")
             }
+            EventKind::EventsDropped { sink, dropped } => write!(
+                f,
+                "{dropped} events not delivered to {sink}: its consumer fell behind"
+            ),
         }
     }
 }
@@ -362,32 +376,133 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Fan-out of events. Cheap to clone.
+/// Which events a sink takes. Cheap to clone.
+#[derive(Clone)]
+pub struct EventFilter(Arc<dyn Fn(&EventKind) -> bool + Send + Sync>);
+
+impl EventFilter {
+    pub fn all() -> Self {
+        Self(Arc::new(|_| true))
+    }
+
+    /// What the maintenance logbook records ([`EventKind::is_logbook_worthy`]).
+    pub fn logbook() -> Self {
+        Self(Arc::new(EventKind::is_logbook_worthy))
+    }
+
+    /// Events selected by `f`.
+    pub fn matching(f: impl Fn(&EventKind) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn accepts(&self, kind: &EventKind) -> bool {
+        (self.0)(kind)
+    }
+}
+
+impl fmt::Debug for EventFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventFilter(..)")
+    }
+}
+
+/// The bus's end of one sink.
+struct SinkShared {
+    name: String,
+    filter: EventFilter,
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Selected events not queued since the consumer last heard of a drop.
+    dropped: AtomicU64,
+    /// When the last of them happened (µs since the epoch): the notice's instant.
+    last_drop_us: AtomicI64,
+}
+
+/// A consumer's end: every event its filter selects, in order, as long as it keeps up; when
+/// it falls behind by more than its capacity, the events that did not fit are counted and the
+/// consumer receives one [`EventKind::EventsDropped`] with the count. The producer never
+/// waits for a consumer, and no consumer's lag costs another anything.
+pub struct EventSink {
+    shared: Arc<SinkShared>,
+    rx: mpsc::Receiver<Arc<Event>>,
+}
+
+impl EventSink {
+    /// The next event, `None` once the bus is gone and everything queued was received. A
+    /// drop notice comes at the first receive after the drop, so possibly before events that
+    /// were queued earlier: it says "you missed some from about now", not where exactly.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        if let Some(notice) = self.drop_notice() {
+            return Some(notice);
+        }
+        self.rx.recv().await
+    }
+
+    /// An event if one is queued now.
+    pub fn try_recv(&mut self) -> Result<Arc<Event>, mpsc::error::TryRecvError> {
+        if let Some(notice) = self.drop_notice() {
+            return Ok(notice);
+        }
+        self.rx.try_recv()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn drop_notice(&mut self) -> Option<Arc<Event>> {
+        let dropped = self.shared.dropped.swap(0, Ordering::AcqRel);
+        (dropped > 0).then(|| {
+            let us = self.shared.last_drop_us.load(Ordering::Acquire);
+            Arc::new(Event {
+                at: DateTime::from_timestamp_micros(us).unwrap_or_default(),
+                kind: EventKind::EventsDropped {
+                    sink: self.shared.name.clone(),
+                    dropped,
+                },
+            })
+        })
+    }
+}
+
+/// Fan-out of events to every sink whose filter selects them. Cheap to clone.
 #[derive(Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Arc<Event>>,
-    logbook: Option<mpsc::Sender<Arc<Event>>>,
+    sinks: Arc<RwLock<Vec<Arc<SinkShared>>>>,
     metrics: Metrics,
 }
 
+/// What [`EventBus::subscribe`] buffers for a consumer that falls behind.
+pub const SUBSCRIBER_CAPACITY: usize = 4096;
+
 impl EventBus {
     pub fn new(metrics: Metrics) -> Self {
-        let (tx, _) = broadcast::channel(4096);
         Self {
-            tx,
-            logbook: None,
+            sinks: Arc::default(),
             metrics,
         }
     }
 
-    /// Route logbook-worthy events to the logbook writer as well.
-    pub fn with_logbook(mut self, sink: mpsc::Sender<Arc<Event>>) -> Self {
-        self.logbook = Some(sink);
-        self
+    /// A sink named `name` (in drop notices and `avwarden_events_dropped_total`) for the
+    /// events `filter` selects, holding up to `capacity` of them for a consumer that lags.
+    pub fn sink(&self, name: &str, filter: EventFilter, capacity: usize) -> EventSink {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(SinkShared {
+            name: name.to_owned(),
+            filter,
+            tx,
+            dropped: AtomicU64::new(0),
+            last_drop_us: AtomicI64::new(0),
+        });
+        self.sinks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shared.clone());
+        EventSink { shared, rx }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+    /// Every event, [`SUBSCRIBER_CAPACITY`] buffered (tests, diagnostics).
+    pub fn subscribe(&self) -> EventSink {
+        self.sink("subscriber", EventFilter::all(), SUBSCRIBER_CAPACITY)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -400,16 +515,41 @@ impl EventBus {
         self.metrics
             .inc_labeled_static("avwarden_events_total", "event", kind.name());
         let event = Arc::new(Event { at, kind });
-        if event.kind.is_logbook_worthy() {
-            if let Some(sink) = &self.logbook {
-                if let Err(e) = sink.try_send(event.clone()) {
-                    self.metrics.inc("avwarden_logbook_dropped_total");
-                    tracing::error!(error = %e, event = event.kind.name(), "logbook queue full, entry lost");
+        let mut closed = false;
+        {
+            let sinks = self.sinks.read().unwrap_or_else(|p| p.into_inner());
+            for sink in sinks.iter() {
+                if !sink.filter.accepts(&event.kind) {
+                    continue;
+                }
+                match sink.tx.try_send(event.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sink.last_drop_us
+                            .store(event.at.timestamp_micros(), Ordering::Release);
+                        if sink.dropped.fetch_add(1, Ordering::AcqRel) == 0 {
+                            tracing::error!(
+                                sink = %sink.name,
+                                event = event.kind.name(),
+                                "event sink full: its consumer fell behind; counting what it misses"
+                            );
+                        }
+                        self.metrics.inc_labeled(
+                            "avwarden_events_dropped_total",
+                            "sink",
+                            &sink.name,
+                        );
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                 }
             }
         }
-        // No subscribers is fine (e.g. check-config, unit tests).
-        let _ = self.tx.send(event);
+        if closed {
+            self.sinks
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|s| !s.tx.is_closed());
+        }
     }
 }
 
@@ -570,5 +710,100 @@ mod tests {
             metrics.get("avwarden_events_total", Some(("event", "meter"))),
             100.0
         );
+    }
+    fn link_up(n: u32) -> EventKind {
+        EventKind::LinkUp {
+            device: DeviceId::new(format!("d{n}")),
+            room: RoomId::new("r"),
+            peer: "tcp".into(),
+        }
+    }
+
+    fn at(s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_lags_is_told_how_many_it_missed_and_costs_no_one_else() {
+        let bus = EventBus::new(Metrics::new());
+        let mut slow = bus.sink("slow", EventFilter::all(), 4);
+        let mut other = bus.sink("other", EventFilter::all(), 64);
+        for n in 0..10 {
+            bus.emit(at(n), link_up(n));
+        }
+        let first = slow.recv().await.unwrap();
+        assert_eq!(
+            first.kind,
+            EventKind::EventsDropped {
+                sink: "slow".into(),
+                dropped: 6
+            }
+        );
+        assert_eq!(
+            first.at,
+            at(9),
+            "the notice carries the last drop's instant"
+        );
+        let kept: Vec<_> = std::iter::from_fn(|| slow.try_recv().ok())
+            .map(|e| e.kind.device().unwrap().to_string())
+            .collect();
+        assert_eq!(kept, ["d0", "d1", "d2", "d3"], "what fit, in order");
+        // Told once: what comes next is the next event.
+        bus.emit(at(10), link_up(10));
+        assert_eq!(slow.recv().await.unwrap().kind, link_up(10));
+        assert_eq!(
+            bus.metrics()
+                .get("avwarden_events_dropped_total", Some(("sink", "slow"))),
+            6.0
+        );
+        let all: Vec<_> = std::iter::from_fn(|| other.try_recv().ok()).collect();
+        assert_eq!(all.len(), 11, "the other sink lost nothing");
+    }
+
+    #[tokio::test]
+    async fn a_filtered_sink_gets_each_selected_event_once_through_a_flood() {
+        let bus = EventBus::new(Metrics::new());
+        let mut faults = bus.sink(
+            "faults",
+            EventFilter::matching(|k| matches!(k, EventKind::FaultRaised { .. })),
+            8,
+        );
+        let mut logbook = bus.sink("logbook", EventFilter::logbook(), 8);
+        let fault = EventKind::FaultRaised {
+            device: DeviceId::new("mic"),
+            room: RoomId::new("r"),
+            fault: Fault::new("battery_low", Severity::Warning, "ch 1 battery low"),
+        };
+        for n in 0..5_000u32 {
+            if n == 2_500 {
+                bus.emit(at(0), fault.clone());
+            }
+            bus.emit(
+                at(0),
+                EventKind::Meter {
+                    device: DeviceId::new("mic"),
+                    room: RoomId::new("r"),
+                    channel: "ch.1.audio".into(),
+                    dbfs: -20.0,
+                },
+            );
+        }
+        assert_eq!(faults.try_recv().unwrap().kind, fault);
+        assert!(faults.try_recv().is_err(), "exactly once");
+        assert_eq!(
+            logbook.try_recv().unwrap().kind,
+            fault,
+            "meters are not logbook events"
+        );
+        assert!(logbook.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sink_whose_consumer_is_gone_is_forgotten() {
+        let bus = EventBus::new(Metrics::new());
+        let sink = bus.sink("gone", EventFilter::all(), 1);
+        drop(sink);
+        bus.emit(at(0), link_up(0));
+        assert!(bus.sinks.read().unwrap().is_empty());
     }
 }

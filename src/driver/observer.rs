@@ -490,10 +490,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::model::{ProfileId, Severity};
 
-    fn observer() -> (
-        Observer,
-        tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
-    ) {
+    fn observer() -> (Observer, crate::events::EventSink) {
         let clock = Clock::starting_at(chrono::DateTime::UNIX_EPOCH);
         let state = DeviceState::new(
             "d".into(),
@@ -508,7 +505,7 @@ mod tests {
         (Observer::new(clock, Arc::new(tx), bus), events)
     }
 
-    fn names(rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>) -> Vec<String> {
+    fn names(rx: &mut crate::events::EventSink) -> Vec<String> {
         let mut v = Vec::new();
         while let Ok(e) = rx.try_recv() {
             match &e.kind {

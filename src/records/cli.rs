@@ -435,8 +435,13 @@ fn stress_append(
     rt.block_on(async {
         let clock = Clock::system();
         let bus = EventBus::new(Metrics::new());
-        let (_events_tx, events_rx) = mpsc::channel(16);
-        let (handle, task) = writer(WriterConfig::new(db), events_rx, bus, clock);
+        // The CLI's writer takes requests only: no device events reach this bus.
+        let events = bus.sink(
+            "logbook",
+            crate::events::EventFilter::matching(|_| false),
+            1,
+        );
+        let (handle, task) = writer(WriterConfig::new(db), events, bus, clock);
         let cancel = CancellationToken::new();
         let writer_done = tokio::spawn(task.run(cancel.clone()));
         let (acks_tx, mut acks) = mpsc::channel::<u64>(1024);

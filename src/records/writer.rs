@@ -1,7 +1,7 @@
 //! The single writer task: everything the records store writes goes through here.
 //!
 //! It owns the [`Store`] and reads two bounded channels: typed events from the bus
-//! ([`crate::events::EventBus::with_logbook`]) and requests from [`LogbookHandle`]s (API,
+//! ([`crate::events::EventBus::sink`]) and requests from [`LogbookHandle`]s (API,
 //! maintenance, archive fields, counter feeds, future self-test and playbook entries). It takes
 //! what is waiting — up to `max_batch` — and commits it in one transaction (group commit: no
 //! timer, the batch is whatever arrived during the previous commit). A caller that needs to
@@ -36,7 +36,7 @@ use super::maintenance::Maintenance;
 use super::store::{Applied, Op, Store, StoreOptions};
 use super::{Actor, StoreError};
 use crate::clock::Clock;
-use crate::events::{Event, EventBus, EventKind};
+use crate::events::{EventBus, EventKind};
 use crate::model::DeviceId;
 
 #[derive(Debug, Clone)]
@@ -233,18 +233,18 @@ impl LogbookHandle {
 pub struct WriterTask {
     config: WriterConfig,
     requests: mpsc::Receiver<Request>,
-    events: mpsc::Receiver<Arc<Event>>,
+    events: crate::events::EventSink,
     bus: EventBus,
     clock: Clock,
     status: watch::Sender<StoreStatus>,
 }
 
-/// Build the writer. `events` is the receiving end of the channel given to
-/// [`EventBus::with_logbook`]; `bus` is where the writer emits what it has to say
+/// Build the writer. `events` is the logbook's sink on the bus
+/// ([`EventBus::sink`] with [`crate::events::EventFilter::logbook`]); `bus` is where the writer emits what it has to say
 /// (`StoreFailed`, `DeviceSwapped`, …).
 pub fn writer(
     config: WriterConfig,
-    events: mpsc::Receiver<Arc<Event>>,
+    events: crate::events::EventSink,
     bus: EventBus,
     clock: Clock,
 ) -> (LogbookHandle, WriterTask) {

@@ -25,7 +25,6 @@ use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
 use avwarden::sim::escvp21::{Escvp21Sim, SimConfig};
 use avwarden::transport::serial::SerialSpec;
 use avwarden::transport::LinkSpec;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,7 +36,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 struct Room {
     handle: DeviceHandle,
     sim: Escvp21Sim,
-    events: broadcast::Receiver<Arc<Event>>,
+    events: avwarden::events::EventSink,
     path: PathBuf,
     _fleet: Fleet,
     _cancel: tokio_util::sync::DropGuard,

@@ -533,12 +533,12 @@ async fn count_meters(bus: &EventBus, channel: &str, over: Duration) -> usize {
     loop {
         match tokio::time::timeout_at(end, rx.recv()).await {
             Err(_) => return n,
-            Ok(Ok(e)) => {
+            Ok(Some(e)) => {
                 if matches!(&e.kind, EventKind::Meter { channel: c, .. } if c == channel) {
                     n += 1;
                 }
             }
-            Ok(Err(e)) => panic!("event bus: {e}"),
+            Ok(None) => panic!("event bus closed"),
         }
     }
 }
@@ -1081,9 +1081,7 @@ async fn archive_records_device_id_model_and_firmware_but_no_serial() {
 }
 
 /// `BadInput` events received so far.
-fn bad_input_events(
-    rx: &mut tokio::sync::broadcast::Receiver<Arc<avwarden::events::Event>>,
-) -> Vec<u64> {
+fn bad_input_events(rx: &mut avwarden::events::EventSink) -> Vec<u64> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         if let EventKind::BadInput { count, .. } = &e.kind {

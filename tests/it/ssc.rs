@@ -238,7 +238,7 @@ async fn subscriptions_are_renewed_before_they_expire() {
     let mut ev = rig.bus.subscribe();
     let end = Instant::now() + Duration::from_secs(10);
     let mut meters = 0;
-    while let Ok(Ok(e)) = tokio::time::timeout_at(end, ev.recv()).await {
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, ev.recv()).await {
         if matches!(&e.kind, EventKind::Meter { channel, .. } if channel == "ch.2.audio") {
             meters += 1;
         }

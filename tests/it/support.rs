@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::clock::Clock;
-use avwarden::events::{Event, EventBus, EventKind};
+use avwarden::events::{EventBus, EventKind};
 use avwarden::metrics::Metrics;
 use avwarden::model::{DeviceState, Fault, Value};
 use avwarden::profile::{Profile, ProfileSet};
 use avwarden::runtime::{DeviceHandle, DeviceSpec, Fleet};
 use chrono::TimeZone;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,7 +98,7 @@ pub struct Rig {
     pub rx: watch::Receiver<DeviceState>,
     pub bus: EventBus,
     /// Subscribed before the device started: no event is missed.
-    pub events: broadcast::Receiver<Arc<Event>>,
+    pub events: avwarden::events::EventSink,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     _fleet: Fleet,
@@ -178,7 +178,7 @@ pub fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Faul
 
 /// The next meter value on `channel` that satisfies `pred`, within `limit`.
 pub async fn meter_where(
-    rx: &mut broadcast::Receiver<Arc<Event>>,
+    rx: &mut avwarden::events::EventSink,
     channel: &str,
     limit: Duration,
     mut pred: impl FnMut(f64) -> bool,
@@ -186,7 +186,7 @@ pub async fn meter_where(
     let res = tokio::time::timeout(limit, async {
         loop {
             match rx.recv().await {
-                Ok(e) => {
+                Some(e) => {
                     if let EventKind::Meter {
                         channel: c, dbfs, ..
                     } = &e.kind
@@ -196,8 +196,7 @@ pub async fn meter_where(
                         }
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
+                None => panic!("event bus closed"),
             }
         }
     })

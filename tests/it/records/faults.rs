@@ -13,7 +13,6 @@ use avwarden::records::{
     store, Actor, NewEntry, Store, StoreError, StoreOptions, StoreStatus, WriterConfig,
 };
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::broadcast;
 
 use super::{t, Harness};
 
@@ -28,7 +27,7 @@ fn entry(i: usize) -> NewEntry {
 }
 
 async fn next_event(
-    rx: &mut broadcast::Receiver<Arc<Event>>,
+    rx: &mut avwarden::events::EventSink,
     what: &str,
     pred: impl Fn(&EventKind) -> bool,
 ) -> Arc<Event> {

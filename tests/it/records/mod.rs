@@ -13,17 +13,15 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use avwarden::clock::Clock;
-use avwarden::events::{Event, EventBus};
+use avwarden::events::EventBus;
 use avwarden::metrics::Metrics;
 use avwarden::records::cli::{LogbookCommand, ReportCommand, Status};
 use avwarden::records::writer::writer;
 use avwarden::records::{LogbookHandle, WriterConfig};
 use chrono::{DateTime, TimeZone, Utc};
 use clap::Parser;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -127,8 +125,8 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(config: WriterConfig, clock: Clock) -> Harness {
-        let (tx, rx) = mpsc::channel::<Arc<Event>>(4096);
-        let bus = EventBus::new(Metrics::new()).with_logbook(tx);
+        let bus = EventBus::new(Metrics::new());
+        let rx = bus.sink("logbook", avwarden::events::EventFilter::logbook(), 4096);
         let (handle, task) = writer(config, rx, bus.clone(), clock);
         let cancel = CancellationToken::new();
         let join = tokio::spawn(task.run(cancel.clone()));
