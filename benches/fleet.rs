@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::clock::Clock;
-use avwarden::events::{EventBus, EventKind};
+use avwarden::events::EventBus;
 use avwarden::metrics::Metrics;
 use avwarden::model::{DeviceState, Health};
 use avwarden::profile::{LinkKind, Profile, ProfileSet};
@@ -255,7 +255,6 @@ struct RunResult {
     /// Meter events per profile id during the window.
     meters_by_profile: BTreeMap<String, u64>,
     meter_expected_per_sec: f64,
-    meter_lagged: u64,
     timeouts: u64,
     reconnects: u64,
     bad_frames: u64,
@@ -506,11 +505,11 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     let tracker = TaskTracker::new();
     let mut fleet = Fleet::new(bus.clone(), clock, tracker.clone(), cancel.clone());
 
-    // The bus subscriber stands in for the level watch / SSE: it drains every event and counts
-    // meters while the window is open.
+    // A meter consumer stands in for the level watch / live views: it drains the meter stream
+    // and counts samples while the window is open.
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
-    let rx = bus.subscribe();
+    let rx = bus.meters().subscribe("bench");
 
     let mut by_profile: BTreeMap<String, usize> = BTreeMap::new();
     let mut profile_of: HashMap<String, String> = HashMap::new();
@@ -613,7 +612,6 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     r.by_profile = by_profile;
     r.meter_events = counted.by_profile.values().sum();
     r.meters_by_profile = counted.by_profile;
-    r.meter_lagged = counted.lagged;
 
     cancel.cancel();
     tracker.close();
@@ -627,42 +625,37 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     Ok(r)
 }
 
-/// What the bus subscriber saw while the window was open.
+/// What the meter consumer saw while the window was open.
 #[derive(Default)]
 struct MeterCount {
     by_profile: BTreeMap<String, u64>,
-    lagged: u64,
 }
 
 async fn count_meters(
-    mut rx: avwarden::events::EventSink,
+    mut rx: avwarden::meter::stream::MeterReceiver,
     measuring: Arc<AtomicBool>,
     profile_of: &HashMap<String, String>,
     stop: CancellationToken,
 ) -> MeterCount {
     let mut out = MeterCount::default();
     loop {
-        let ev = tokio::select! {
+        let batch = tokio::select! {
             _ = stop.cancelled() => return out,
-            ev = rx.recv() => ev,
+            b = rx.recv() => b,
         };
-        let on = measuring.load(Ordering::Relaxed);
-        match ev {
-            Some(ev) => {
-                if let (true, EventKind::EventsDropped { dropped, .. }) = (on, &ev.kind) {
-                    out.lagged += dropped;
-                }
-                if let (true, EventKind::Meter { device, .. }) = (on, &ev.kind) {
-                    let profile = profile_of.get(device.as_str()).map_or("?", String::as_str);
-                    match out.by_profile.get_mut(profile) {
-                        Some(n) => *n += 1,
-                        None => {
-                            out.by_profile.insert(profile.to_owned(), 1);
-                        }
-                    }
+        if !measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        for sample in batch {
+            let profile = profile_of
+                .get(sample.device.as_str())
+                .map_or("?", String::as_str);
+            match out.by_profile.get_mut(profile) {
+                Some(n) => *n += 1,
+                None => {
+                    out.by_profile.insert(profile.to_owned(), 1);
                 }
             }
-            None => return out,
         }
     }
 }
@@ -953,7 +946,7 @@ fn print_row(r: &RunResult) {
 
 fn print_detail(r: &RunResult) {
     println!(
-        "{} devices {:?}: window {:.1} s, CPU daemon {:.2} s / simulators {:.2} s / whole process {:.2} s; RSS {} KiB with simulators only, {} KiB at end, peak {} KiB; {} exchange and {} poll samples; {} meter events, {} lagged; {} bad frames; load before: {}",
+        "{} devices {:?}: window {:.1} s, CPU daemon {:.2} s / simulators {:.2} s / whole process {:.2} s; RSS {} KiB with simulators only, {} KiB at end, peak {} KiB; {} exchange and {} poll samples; {} meter samples; {} bad frames; load before: {}",
         r.devices,
         r.by_profile,
         r.window_secs,
@@ -966,7 +959,6 @@ fn print_detail(r: &RunResult) {
         r.exchange_ms.len(),
         r.cycle_ms.len(),
         r.meter_events,
-        r.meter_lagged,
         r.bad_frames,
         r.loadavg_before,
     );

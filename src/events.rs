@@ -59,13 +59,6 @@ pub enum EventKind {
         room: RoomId,
         identity: Identity,
     },
-    /// A metered level, normalised to dBFS. Not logged to the logbook (too frequent).
-    Meter {
-        device: DeviceId,
-        room: RoomId,
-        channel: String,
-        dbfs: f64,
-    },
     /// Undecodable or oversized input from a device, logged once per burst.
     BadInput {
         device: DeviceId,
@@ -164,7 +157,6 @@ impl EventKind {
             EventKind::FaultRaised { .. } => "fault_raised",
             EventKind::FaultCleared { .. } => "fault_cleared",
             EventKind::IdentityReported { .. } => "identity_reported",
-            EventKind::Meter { .. } => "meter",
             EventKind::BadInput { .. } => "bad_input",
             EventKind::CommandExecuted { .. } => "command_executed",
             EventKind::ActorRestarted { .. } => "actor_restarted",
@@ -189,7 +181,6 @@ impl EventKind {
             | EventKind::FaultRaised { device, .. }
             | EventKind::FaultCleared { device, .. }
             | EventKind::IdentityReported { device, .. }
-            | EventKind::Meter { device, .. }
             | EventKind::BadInput { device, .. }
             | EventKind::CommandExecuted { device, .. }
             | EventKind::ActorRestarted { device, .. }
@@ -216,7 +207,6 @@ impl EventKind {
             | EventKind::FaultRaised { room, .. }
             | EventKind::FaultCleared { room, .. }
             | EventKind::IdentityReported { room, .. }
-            | EventKind::Meter { room, .. }
             | EventKind::BadInput { room, .. }
             | EventKind::CommandExecuted { room, .. }
             | EventKind::ActorRestarted { room, .. }
@@ -235,14 +225,13 @@ impl EventKind {
         }
     }
 
-    /// Whether the maintenance logbook records this kind (meters and per-command chatter are
-    /// counted in metrics only; maintenance, swaps and store outages are written by the records
+    /// Whether the maintenance logbook records this kind (meters never reach the bus: they
+    /// travel on [`crate::meter::stream`]; maintenance, swaps and store outages are written by the records
     /// writer itself, so they are not routed back to it).
     pub fn is_logbook_worthy(&self) -> bool {
         !matches!(
             self,
-            EventKind::Meter { .. }
-                | EventKind::MaintenanceRecorded { .. }
+            EventKind::MaintenanceRecorded { .. }
                 | EventKind::DeviceSwapped { .. }
                 | EventKind::StoreFailed { .. }
                 | EventKind::StoreRecovered { .. }
@@ -295,12 +284,6 @@ impl fmt::Display for EventKind {
                 identity.model.as_deref().unwrap_or("?"),
                 identity.serial.as_deref().unwrap_or("?")
             ),
-            EventKind::Meter {
-                device,
-                channel,
-                dbfs,
-                ..
-            } => write!(f, "{device}: meter {channel} {dbfs:.1} dBFS"),
             EventKind::BadInput {
                 device,
                 detail,
@@ -469,6 +452,8 @@ impl EventSink {
 pub struct EventBus {
     sinks: Arc<RwLock<Vec<Arc<SinkShared>>>>,
     metrics: Metrics,
+    /// The meter stream travels beside the events, never through their queues.
+    meters: crate::meter::stream::MeterHub,
 }
 
 /// What [`EventBus::subscribe`] buffers for a consumer that falls behind.
@@ -479,6 +464,7 @@ impl EventBus {
         Self {
             sinks: Arc::default(),
             metrics,
+            meters: crate::meter::stream::MeterHub::default(),
         }
     }
 
@@ -507,6 +493,11 @@ impl EventBus {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The meter stream (subscribe with [`crate::meter::stream::MeterHub::subscribe`]).
+    pub fn meters(&self) -> &crate::meter::stream::MeterHub {
+        &self.meters
     }
 
     pub fn emit(&self, at: DateTime<Utc>, kind: EventKind) {
@@ -557,7 +548,6 @@ impl EventBus {
 /// subscriber only when the level is enabled: a TRACE meter costs nothing at INFO.
 fn log_event(kind: &EventKind) {
     match kind {
-        EventKind::Meter { .. } => tracing::trace!(event = kind.name(), "{kind}"),
         EventKind::CommandExecuted { ok: true, .. } => {
             tracing::debug!(event = kind.name(), "{kind}")
         }
@@ -632,12 +622,13 @@ mod tests {
         }
     }
 
-    fn meter(dbfs: f64) -> EventKind {
-        EventKind::Meter {
+    fn command_done(n: u32) -> EventKind {
+        EventKind::CommandExecuted {
             device: DeviceId::new("mic1"),
             room: RoomId::new("room1"),
-            channel: "ch.2.audio".to_owned(),
-            dbfs,
+            command: format!("set_gain {n}"),
+            outcome: "ok".to_owned(),
+            ok: true,
         }
     }
 
@@ -671,11 +662,12 @@ mod tests {
             reason: "connection refused".to_owned(),
             retry_in_ms: 2000,
         };
-        let (text, metrics) = emit_at("trace", vec![meter(-23.456), link_down.clone()]);
+        let (text, metrics) = emit_at("trace", vec![command_done(1), link_down.clone()]);
         assert!(
-            text.contains(
-                "TRACE avwarden::events: mic1: meter ch.2.audio -23.5 dBFS event=\"meter\""
-            ),
+            text.contains(&format!(
+                "DEBUG avwarden::events: {} event=\"command_executed\"",
+                command_done(1).describe()
+            )),
             "{text}"
         );
         assert!(
@@ -689,11 +681,7 @@ mod tests {
             link_down.describe(),
             "proj1: link down (connection refused); retry in 2000 ms"
         );
-        assert_eq!(
-            meter(-23.456).describe(),
-            "mic1: meter ch.2.audio -23.5 dBFS"
-        );
-        for (event, n) in [("meter", 1.0), ("link_down", 1.0)] {
+        for (event, n) in [("command_executed", 1.0), ("link_down", 1.0)] {
             assert_eq!(
                 metrics.get("avwarden_events_total", Some(("event", event))),
                 n
@@ -701,13 +689,13 @@ mod tests {
         }
     }
 
-    /// At INFO a meter writes nothing but is still counted.
+    /// At INFO a done command writes nothing but is still counted.
     #[test]
-    fn filtered_meters_are_counted_not_logged() {
-        let (text, metrics) = emit_at("info", (0..100).map(|i| meter(f64::from(i))).collect());
+    fn filtered_events_are_counted_not_logged() {
+        let (text, metrics) = emit_at("info", (0..100).map(command_done).collect());
         assert_eq!(text, "");
         assert_eq!(
-            metrics.get("avwarden_events_total", Some(("event", "meter"))),
+            metrics.get("avwarden_events_total", Some(("event", "command_executed"))),
             100.0
         );
     }
@@ -780,22 +768,28 @@ mod tests {
             }
             bus.emit(
                 at(0),
-                EventKind::Meter {
+                EventKind::BadInput {
                     device: DeviceId::new("mic"),
                     room: RoomId::new("r"),
-                    channel: "ch.1.audio".into(),
-                    dbfs: -20.0,
+                    detail: "garbage".into(),
+                    count: u64::from(n),
                 },
             );
         }
         assert_eq!(faults.try_recv().unwrap().kind, fault);
         assert!(faults.try_recv().is_err(), "exactly once");
-        assert_eq!(
-            logbook.try_recv().unwrap().kind,
-            fault,
-            "meters are not logbook events"
-        );
-        assert!(logbook.try_recv().is_err());
+        // The logbook sink took what fitted and was told of the rest.
+        let mut seen_fault = 0;
+        let mut told = 0;
+        while let Ok(e) = logbook.try_recv() {
+            match &e.kind {
+                EventKind::FaultRaised { .. } => seen_fault += 1,
+                EventKind::EventsDropped { dropped, .. } => told += dropped,
+                _ => {}
+            }
+        }
+        assert!(seen_fault <= 1);
+        assert_eq!(told, 5_001 - 8, "every event that did not fit is counted");
     }
 
     #[tokio::test]

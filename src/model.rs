@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,80 @@ id_newtype!(
     /// A device profile, kebab-case (`epson-escvp21`).
     ProfileId
 );
+
+/// What a point is about on its device: the device as a whole, a receiver channel, a DSP
+/// output zone or input, a projector lamp. Written `device`, `ch.2`, `zone.main`,
+/// `input.lectern`, `lamp.1` in JSON and logs; nothing else parses that form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Device,
+    Channel(u8),
+    Zone(Arc<str>),
+    Input(Arc<str>),
+    Lamp(u8),
+}
+
+impl Subject {
+    pub fn zone(id: &str) -> Self {
+        Subject::Zone(Arc::from(id))
+    }
+
+    pub fn input(id: &str) -> Self {
+        Subject::Input(Arc::from(id))
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Device => f.write_str("device"),
+            Subject::Channel(n) => write!(f, "ch.{n}"),
+            Subject::Zone(id) => write!(f, "zone.{id}"),
+            Subject::Input(id) => write!(f, "input.{id}"),
+            Subject::Lamp(n) => write!(f, "lamp.{n}"),
+        }
+    }
+}
+
+/// A subject's written form that is not one (`speaker.1`, `ch.x`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a subject (device, ch.N, zone.ID, input.ID, lamp.N)")]
+pub struct BadSubject(pub String);
+
+impl std::str::FromStr for Subject {
+    type Err = BadSubject;
+
+    fn from_str(s: &str) -> Result<Self, BadSubject> {
+        let bad = || BadSubject(s.to_owned());
+        if s == "device" {
+            return Ok(Subject::Device);
+        }
+        let (kind, id) = s.split_once('.').ok_or_else(bad)?;
+        if id.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "ch" => id.parse().map(Subject::Channel).map_err(|_| bad()),
+            "lamp" => id.parse().map(Subject::Lamp).map_err(|_| bad()),
+            "zone" => Ok(Subject::zone(id)),
+            "input" => Ok(Subject::input(id)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// What a device can do, independent of its make. Rules, self-tests and the API speak these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -571,11 +646,14 @@ impl DeviceState {
 
     /// Whether `r` is a meter whose samples stopped (older than its periods allow) at `now`.
     pub fn meter_stale(&self, r: &Reading, now: DateTime<Utc>) -> bool {
-        r.metered
-            && self
-                .freshness
-                .meter_limit()
-                .is_some_and(|limit| now - r.observed_at > limit)
+        r.metered && self.sample_stale(r.observed_at, now)
+    }
+
+    /// Whether a meter sample taken at `at` is older at `now` than the meter periods allow.
+    pub fn sample_stale(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        self.freshness
+            .meter_limit()
+            .is_some_and(|limit| now - at > limit)
     }
 
     pub fn reading(&self, key: &str) -> Option<&Reading> {
@@ -613,6 +691,49 @@ impl DeviceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_are_written_and_read_back_alike() {
+        for (s, text) in [
+            (Subject::Device, "device"),
+            (Subject::Channel(2), "ch.2"),
+            (Subject::zone("main"), "zone.main"),
+            (Subject::input("lectern"), "input.lectern"),
+            (Subject::Lamp(1), "lamp.1"),
+        ] {
+            assert_eq!(s.to_string(), text);
+            assert_eq!(text.parse::<Subject>(), Ok(s.clone()));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<Subject>(&json).unwrap(), s);
+        }
+        for bad in [
+            "",
+            "ch",
+            "ch.",
+            "ch.x",
+            "ch.300",
+            "speaker.1",
+            "zone.",
+            "lamp.-1",
+        ] {
+            assert!(bad.parse::<Subject>().is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_subject_round_trips(n in 0u8.., id in "[a-z0-9_-]{1,12}", kind in 0..5u8) {
+            let s = match kind {
+                0 => Subject::Device,
+                1 => Subject::Channel(n),
+                2 => Subject::zone(&id),
+                3 => Subject::input(&id),
+                _ => Subject::Lamp(n),
+            };
+            proptest::prop_assert_eq!(s.to_string().parse::<Subject>(), Ok(s));
+        }
+    }
 
     fn fault(sev: Severity) -> Fault {
         Fault::new("x", sev, "x")

@@ -133,7 +133,12 @@ async fn device(
         .fleet
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
-    Ok(Json(DeviceDetail::from_state(&h.state(), st.clock.now())))
+    let (s, now) = (h.state(), st.clock.now());
+    Ok(Json(DeviceDetail::from_state(&s, now).with_meters(
+        &s,
+        h.meters(),
+        now,
+    )))
 }
 
 #[derive(Serialize)]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::meter::stream::MeterBoard;
 use crate::model::{
     ActiveFault, DeviceState, Health, Identity, LinkCounters, LinkStatus, Unit, Value,
 };
@@ -69,6 +70,8 @@ pub struct DeviceDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,
     pub readings: BTreeMap<String, ReadingView>,
+    /// The latest level per metered subject (`zone.main`, `ch.2`), from the meter stream.
+    pub meters: BTreeMap<String, MeterView>,
     pub faults: Vec<FaultView>,
     pub identity: Identity,
     pub link: LinkStatus,
@@ -87,6 +90,7 @@ impl DeviceDetail {
             reachable: s.reachable,
             busy: s.busy,
             last_contact: s.last_contact,
+            meters: BTreeMap::new(),
             readings: s
                 .readings
                 .iter()
@@ -116,5 +120,39 @@ impl DeviceDetail {
             link: s.link.clone(),
             counters: s.counters.clone(),
         }
+    }
+}
+
+/// A metered subject's latest level. `dbfs` is null when no level is known now (a receiver
+/// channel without a transmitter reads its floor); `stale` when the samples stopped (older
+/// than three meter periods) or the device is unreachable.
+#[derive(Debug, Serialize)]
+pub struct MeterView {
+    pub dbfs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<f64>,
+    pub stale: bool,
+}
+
+impl DeviceDetail {
+    /// Add the device's meter levels from its board.
+    pub fn with_meters(mut self, s: &DeviceState, board: &MeterBoard, now: DateTime<Utc>) -> Self {
+        let device_stale = s.readings_stale_at(now);
+        self.meters = board
+            .levels()
+            .into_iter()
+            .map(|(subject, level)| {
+                let view = MeterView {
+                    dbfs: level.map(|l| l.dbfs),
+                    observed_at: level.map(|l| l.at),
+                    age_secs: level.map(|l| (now - l.at).num_milliseconds().max(0) as f64 / 1000.0),
+                    stale: device_stale || level.is_some_and(|l| s.sample_stale(l.at, now)),
+                };
+                (subject.to_string(), view)
+            })
+            .collect();
+        self
     }
 }

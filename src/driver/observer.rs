@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::codec::ProtocolError;
 use crate::events::{EventBus, EventKind};
+use crate::meter::stream::{MeterBoard, MeterLevel, MeterSample};
 use crate::model::{
-    ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Unit, Value,
+    ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Subject, Unit, Value,
 };
 
 /// The fault source the runtime uses for the link itself (authentication refused): avwarden's
@@ -51,6 +52,8 @@ pub struct Observer {
     /// What the command under way left on the device, when the driver knows it.
     applied: Option<Applied>,
     meters: MeterWatch,
+    /// The device's latest level per subject, shared with its handle.
+    board: MeterBoard,
 }
 
 /// The fault source for meters that stopped arriving.
@@ -62,8 +65,8 @@ pub const METERING_SOURCE: &str = "metering";
 #[derive(Debug, Default)]
 struct MeterWatch {
     period: Option<Duration>,
-    last: BTreeMap<String, DateTime<Utc>>,
-    lost: BTreeSet<String>,
+    last: BTreeMap<Subject, DateTime<Utc>>,
+    lost: BTreeSet<Subject>,
 }
 
 impl MeterWatch {
@@ -78,10 +81,16 @@ impl MeterWatch {
     }
 
     /// A sample at `now`; true when the lost set changed.
-    fn sample(&mut self, channel: &str, now: DateTime<Utc>) -> bool {
-        let prev = self.last.insert(channel.to_owned(), now);
-        if self.lost.contains(channel) && prev.is_some_and(|p| self.within(now - p)) {
-            self.lost.remove(channel);
+    fn sample(&mut self, subject: &Subject, now: DateTime<Utc>) -> bool {
+        let prev = match self.last.get_mut(subject) {
+            Some(t) => Some(std::mem::replace(t, now)),
+            None => {
+                self.last.insert(subject.clone(), now);
+                None
+            }
+        };
+        if self.lost.contains(subject) && prev.is_some_and(|p| self.within(now - p)) {
+            self.lost.remove(subject);
             return true;
         }
         false
@@ -132,6 +141,7 @@ impl Observer {
             bad_input_reported: false,
             applied: None,
             meters: MeterWatch::default(),
+            board: MeterBoard::default(),
         }
     }
 
@@ -162,11 +172,44 @@ impl Observer {
 
     /// The device answered: note the time (a good frame also ends a bad-input burst). Whether
     /// the device counts as *contacted* is the runtime's call, once a whole session is up.
+    /// The instant is stamped without waking the state's watchers: a device that streams
+    /// frames would otherwise wake every consumer on every frame for a changing timestamp.
     pub fn contact(&mut self) {
         let now = self.now();
         self.bad_input_reported = false;
-        self.update(|s| {
+        self.update_quietly(|s| {
             s.last_contact = Some(now);
+            false
+        });
+    }
+
+    /// A reading refreshed at meter rate (a receiver's RF level): its instant is stamped on
+    /// every sample, but the watchers are woken only when its value changes.
+    pub fn metered_reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
+        let key = key.into();
+        let value = value.rounded_for(unit);
+        let now = self.now();
+        self.update_quietly(|s| {
+            s.last_contact = Some(now);
+            match s.readings.get_mut(&key) {
+                Some(r) if r.value == value && r.unit == unit && r.metered => {
+                    r.observed_at = now;
+                    false
+                }
+                _ => {
+                    s.readings.insert(
+                        key.clone(),
+                        Reading {
+                            key,
+                            value,
+                            unit,
+                            observed_at: now,
+                            metered: true,
+                        },
+                    );
+                    true
+                }
+            }
         });
     }
 
@@ -231,11 +274,16 @@ impl Observer {
         }
     }
 
-    /// A sample arrived for `channel` that carries no level (a receiver channel without a
-    /// transmitter): the stream is alive.
-    pub fn meter_alive(&mut self, channel: &str) {
+    /// A sample arrived for `subject` that carries no level (a receiver channel without a
+    /// transmitter reads its floor): the stream is alive, the level is not known.
+    pub fn meter_unknown(&mut self, subject: &Subject) {
+        self.board.unknown(subject);
+        self.meter_alive(subject);
+    }
+
+    fn meter_alive(&mut self, subject: &Subject) {
         let now = self.now();
-        if self.meters.sample(channel, now) {
+        if self.meters.sample(subject, now) {
             self.publish_metering();
         }
     }
@@ -264,7 +312,7 @@ impl Observer {
                         limit.map_or(0.0, |l| l.as_secs_f64())
                     ),
                 )
-                .on(ch.clone())
+                .on(ch.to_string())
             })
             .collect();
         self.faults(METERING_SOURCE, faults);
@@ -382,23 +430,31 @@ impl Observer {
         }
     }
 
-    /// A metered level in dBFS: stored as reading `meter.<channel>` and emitted as an event.
-    pub fn meter(&mut self, channel: impl Into<String>, dbfs: f64) {
-        let channel = channel.into();
+    /// A metered level in dBFS for `subject`: on the meter stream and the device's board. The
+    /// state `watch` is not woken (its consumers do not want every frame); the contact is
+    /// stamped on the board, and the link's liveness is the runtime's.
+    pub fn meter(&mut self, subject: Subject, dbfs: f64) {
         let dbfs = crate::model::round_to(dbfs, 1);
-        self.store(
-            format!("meter.{channel}"),
-            Value::Float(dbfs),
-            Some(Unit::Dbfs),
-            true,
-        );
-        self.meter_alive(&channel);
-        self.emit(EventKind::Meter {
+        let at = self.now();
+        self.board.set(&subject, MeterLevel { dbfs, at });
+        self.meter_alive(&subject);
+        self.events.meters().publish(&MeterSample {
             device: self.device.clone(),
-            room: self.room.clone(),
-            channel,
+            subject,
             dbfs,
+            at,
         });
+    }
+
+    /// The board this observer writes (the device handle reads it).
+    pub fn board(&self) -> &MeterBoard {
+        &self.board
+    }
+
+    /// Write levels on `board` (the supervisor's, shared with the device handle).
+    pub fn with_board(mut self, board: MeterBoard) -> Self {
+        self.board = board;
+        self
     }
 
     /// Count undecodable input; the first of a burst is logged, the rest only counted.
@@ -437,13 +493,24 @@ impl Observer {
 
     /// Apply a change to the published state and recompute health (emitting the change).
     pub fn update(&mut self, f: impl FnOnce(&mut DeviceState)) {
+        self.update_quietly(|s| {
+            f(s);
+            true
+        });
+    }
+
+    /// Change the state; watchers are woken when `f` says it changed something they must see
+    /// (returns true) or the health changed.
+    fn update_quietly(&mut self, f: impl FnOnce(&mut DeviceState) -> bool) {
         let now = self.now();
         let mut changed = None;
-        self.state.send_modify(|s| {
-            f(s);
+        self.state.send_if_modified(|s| {
+            let wake = f(s);
             if let Some(prev) = s.refresh_health(now) {
                 changed = Some((prev, s.health));
+                return true;
             }
+            wake
         });
         if let Some((from, to)) = changed {
             self.emit(EventKind::HealthChanged {
@@ -470,21 +537,19 @@ mod tests {
             period: Some(Duration::from_millis(100)),
             ..MeterWatch::default()
         };
-        assert!(!w.sample("zone.main", ms(0)));
+        let main = Subject::zone("main");
+        assert!(!w.sample(&main, ms(0)));
         assert!(!w.check(ms(300)), "exactly three periods is not yet lost");
         assert!(w.check(ms(301)));
-        assert!(w.lost.contains("zone.main"));
+        assert!(w.lost.contains(&main));
         assert!(!w.check(ms(5_000)), "lost once, not again");
-        assert!(!w.sample("zone.main", ms(5_000)), "one value after a gap");
-        assert!(w.lost.contains("zone.main"));
-        assert!(
-            w.sample("zone.main", ms(5_100)),
-            "a second within the limit"
-        );
+        assert!(!w.sample(&main, ms(5_000)), "one value after a gap");
+        assert!(w.lost.contains(&main));
+        assert!(w.sample(&main, ms(5_100)), "a second within the limit");
         assert!(w.lost.is_empty());
         // Without a declared period nothing is ever lost.
         let mut quiet = MeterWatch::default();
-        quiet.sample("x", ms(0));
+        quiet.sample(&main, ms(0));
         assert!(!quiet.check(ms(1_000_000)));
     }
     use crate::metrics::Metrics;

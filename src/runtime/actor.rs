@@ -3,15 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
 use crate::codec::ProtocolError;
 use crate::driver::{Applied, Driver, DriverError, Link, Observer};
-use crate::events::{EventBus, EventKind};
-use crate::model::{DeviceCommand, DeviceState, Fault, Severity};
+use crate::events::EventKind;
+use crate::model::{DeviceCommand, Fault, Severity};
 use crate::transport::{Backoff, LinkSpec, TransportError};
 
 /// A command and the place to put its outcome.
@@ -51,13 +50,10 @@ impl Actor {
     pub(super) fn new(
         cfg: ActorConfig,
         driver: Box<dyn Driver>,
-        state: Arc<watch::Sender<DeviceState>>,
-        events: EventBus,
+        obs: Observer,
         commands: Arc<Mutex<mpsc::Receiver<CommandRequest>>>,
         cancel: CancellationToken,
-        clock: Clock,
     ) -> Self {
-        let obs = Observer::new(clock, state, events);
         Self {
             cfg,
             driver,

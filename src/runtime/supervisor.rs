@@ -13,8 +13,9 @@ use tokio_util::task::TaskTracker;
 use super::actor::{Actor, ActorConfig, CommandRequest};
 use super::CommandError;
 use crate::clock::Clock;
-use crate::driver::{Applied, Driver};
+use crate::driver::{Applied, Driver, Observer};
 use crate::events::{EventBus, EventKind};
+use crate::meter::stream::MeterBoard;
 use crate::model::{DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::LinkSpec;
@@ -44,9 +45,16 @@ pub struct DeviceHandle {
     pub id: DeviceId,
     state: watch::Receiver<DeviceState>,
     commands: mpsc::Sender<CommandRequest>,
+    meters: MeterBoard,
 }
 
 impl DeviceHandle {
+    /// The device's latest level per metered subject (kept off the state `watch`, which
+    /// meters would wake on every frame).
+    pub fn meters(&self) -> &MeterBoard {
+        &self.meters
+    }
+
     pub fn state(&self) -> DeviceState {
         self.state.borrow().clone()
     }
@@ -155,10 +163,12 @@ impl Fleet {
         let state_tx = Arc::new(state_tx);
         let (cmd_tx, cmd_rx) = mpsc::channel(queue_depth.max(1));
         let cmd_rx = Arc::new(Mutex::new(cmd_rx));
+        let board = MeterBoard::default();
         let handle = DeviceHandle {
             id: id.clone(),
             state: state_rx,
             commands: cmd_tx,
+            meters: board.clone(),
         };
         self.handles.insert(id.clone(), handle.clone());
 
@@ -170,14 +180,14 @@ impl Fleet {
         self.tracker.spawn(async move {
             let mut crashes: Vec<Instant> = Vec::new();
             loop {
+                let obs = Observer::new(clock, state_tx.clone(), events.clone())
+                    .with_board(board.clone());
                 let actor = Actor::new(
                     cfg.clone(),
                     make_driver(),
-                    state_tx.clone(),
-                    events.clone(),
+                    obs,
                     cmd_rx.clone(),
                     cancel.child_token(),
-                    clock,
                 );
                 // The actor runs as its own task so that a panic is caught here as a JoinError.
                 let res = tracker.spawn(actor.run()).await;

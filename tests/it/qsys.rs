@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::codec::qrc::EngineState;
-use avwarden::model::{DeviceCommand, Health, Severity, Value};
+use avwarden::model::{DeviceCommand, Health, Severity, Subject, Value};
 use avwarden::runtime::DeviceSpec;
 use avwarden::sim::meter_script::MeterScript;
 use avwarden::sim::qsys::{self, QsysSim, QsysSimConfig};
@@ -163,9 +163,12 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
         Some("MyDesign")
     );
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-            true
-        })
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |_| { true }
+        )
         .await,
         -20.0
     );
@@ -256,8 +259,8 @@ async fn change_group_is_recreated_after_the_simulator_restarts() {
     let addr = sim.addr();
     let mut rig = start(&sim, ROOM, |_| {});
     meter_where(
-        &mut rig.events,
-        "zone.main",
+        &mut rig.meters,
+        &Subject::zone("main"),
         Duration::from_secs(30),
         |_| true,
     )
@@ -277,8 +280,12 @@ async fn change_group_is_recreated_after_the_simulator_restarts() {
     })
     .await;
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| v
-            == -31.0)
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |v| v == -31.0
+        )
         .await,
         -31.0
     );
@@ -310,9 +317,12 @@ async fn malformed_json_wrong_types_and_unknown_states_are_counted() {
         s.health == Health::Ok
     })
     .await;
-    meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-        true
-    })
+    meter_where(
+        &mut rig.meters,
+        &Subject::zone("main"),
+        Duration::from_secs(5),
+        |_| true,
+    )
     .await;
     let before = rig.handle.state().counters.bad_frames;
     // 1 malformed JSON, 2 wrong types in one push (the good change in it still applies),
@@ -332,9 +342,12 @@ async fn malformed_json_wrong_types_and_unknown_states_are_counted() {
     );
     assert_eq!(reading(&s, "engine_state"), Some(Value::Unknown));
     sim.set_meter_script("MainMeter", MeterScript::Constant { dbfs: -22.0 });
-    meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| {
-        v == -22.0
-    })
+    meter_where(
+        &mut rig.meters,
+        &Subject::zone("main"),
+        Duration::from_secs(5),
+        |v| v == -22.0,
+    )
     .await;
     rig.cancel.cancel();
     cancel.cancel();
@@ -385,9 +398,12 @@ async fn idle_engine_faults_and_a_new_design_rebuilds_the_change_group() {
             t0.elapsed() < Duration::from_secs(5),
             "change group not rebuilt"
         );
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-            true
-        })
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |_| true,
+        )
         .await;
     }
     assert_eq!(adds(), adds_before + 6);
@@ -472,15 +488,15 @@ async fn meters_from_both_dsps_land_on_one_dbfs_scale() {
         },
     );
     let from_qsys = meter_where(
-        &mut qrig.events,
-        "zone.main",
+        &mut qrig.meters,
+        &Subject::zone("main"),
         Duration::from_secs(30),
         |_| true,
     )
     .await;
     let from_tesira = meter_where(
-        &mut trig.events,
-        "zone.main",
+        &mut trig.meters,
+        &Subject::zone("main"),
         Duration::from_secs(30),
         |_| true,
     )

@@ -535,3 +535,79 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
     cancel.cancel();
     stop.cancel();
 }
+
+/// Issue 8.3/8.5: 200 devices meter every 100 ms while a consumer sleeps for ten seconds. It
+/// wakes to the newest sample of each subject and no backlog; a fault raised meanwhile
+/// reaches the playbook's sink exactly once; and no meter woke a device's state watchers.
+#[tokio::test(start_paused = true)]
+async fn a_sleeping_consumer_gets_the_latest_meters_and_every_fault_once() {
+    use avwarden::events::{EventFilter, EventKind};
+    use avwarden::model::{DeviceId, Fault, RoomId, Severity, Subject};
+
+    let bus = bus();
+    let mut meters = bus.meters().subscribe("level watch");
+    let mut faults = bus.sink(
+        "playbook",
+        EventFilter::matching(|k| matches!(k, EventKind::FaultRaised { .. })),
+        64,
+    );
+    let mut watchers = Vec::new();
+    let mut tasks = Vec::new();
+    for d in 0..200u32 {
+        let (tx, rx) = tokio::sync::watch::channel(DeviceState::new(
+            DeviceId::new(format!("mic-{d:03}")),
+            RoomId::new("r"),
+            ProfileId::new("shure-ulxd"),
+            "test".into(),
+            clock().now(),
+        ));
+        watchers.push(rx);
+        let mut obs = Observer::new(clock(), Arc::new(tx), bus.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for n in 0..100u32 {
+                tick.tick().await;
+                for ch in 1..=2 {
+                    obs.meter(Subject::Channel(ch), -60.0 + f64::from(n) * 0.5);
+                }
+                if d == 7 && n == 50 {
+                    obs.faults(
+                        "battery",
+                        vec![Fault::new("battery_low", Severity::Warning, "ch 1 low").on("ch.1")],
+                    );
+                }
+            }
+            obs
+        }));
+    }
+    // The consumer sleeps through all of it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut observers = Vec::new();
+    for t in tasks {
+        observers.push(t.await.unwrap());
+    }
+    let batch = meters.try_recv();
+    assert_eq!(
+        batch.len(),
+        400,
+        "one sample per device and channel, no backlog"
+    );
+    assert!(
+        batch.iter().all(|s| s.dbfs == -60.0 + 99.0 * 0.5),
+        "each is the newest"
+    );
+    assert!(meters.try_recv().is_empty());
+    let fault = faults.try_recv().expect("the fault");
+    assert!(
+        matches!(&fault.kind, EventKind::FaultRaised { device, .. } if device.as_str() == "mic-007")
+    );
+    assert!(faults.try_recv().is_err(), "exactly once");
+    // Meters never woke the state watchers; only mic-007's fault did.
+    let woken: Vec<usize> = watchers
+        .iter()
+        .enumerate()
+        .filter(|(_, rx)| rx.has_changed().unwrap_or(false))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(woken, vec![7]);
+}

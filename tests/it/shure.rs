@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use avwarden::driver::{DriverError, Link, Observer};
 use avwarden::events::{EventBus, EventKind};
-use avwarden::model::{DeviceCommand, DeviceId, DeviceState, Health, RoomId, Severity, Value};
+use avwarden::model::{
+    DeviceCommand, DeviceId, DeviceState, Health, RoomId, Severity, Subject, Value,
+};
 use avwarden::profile::{DriverKind, ProfileSet};
 use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
@@ -82,12 +84,14 @@ async fn full_state_after_connect_for_every_family() {
                 "{what}"
             );
         }
-        // Meters arrive at the metering rate, exactly the levels the receiver holds.
+        // Meters arrive at the metering rate, exactly the levels the receiver holds: RF as a
+        // reading, audio on the meter stream (the board keeps the latest).
+        let board = rig.handle.meters().clone();
         let s = rig
             .until("every channel metered", |s| {
                 (1..=channels).all(|n| {
                     val(s, &format!("ch.{n}.rf_dbm")).is_some()
-                        && val(s, &format!("ch.{n}.audio_dbfs")).is_some()
+                        && board.get(&Subject::Channel(n)).is_some()
                 })
             })
             .await;
@@ -155,15 +159,11 @@ async fn full_state_after_connect_for_every_family() {
                 "{what} ch{n}: RF dBm"
             );
             assert_eq!(
-                val(&s, &k("audio_dbfs")),
-                Some(&Value::Float(af)),
+                board.get(&Subject::Channel(n)).map(|l| l.dbfs),
+                Some(af),
                 "{what} ch{n}: audio dBFS"
             );
-            assert_eq!(
-                val(&s, &format!("meter.ch.{n}.audio")),
-                Some(&Value::Float(af)),
-                "{what} ch{n}: meter"
-            );
+            assert_eq!(val(&s, &k("audio_dbfs")), None, "{what}: stored once");
         }
         assert!(
             s.reading(&format!("ch.{}.tx_present", channels + 1))
@@ -232,14 +232,9 @@ async fn shipped_profiles_convert_documented_samples_exactly() {
         assert_eq!(s.counters.bad_frames, 0, "{id}");
         assert_eq!(val(&s, "ch.1.rf_dbm"), Some(&Value::Float(rf)), "{id}: RF");
         assert_eq!(
-            val(&s, "ch.1.audio_dbfs"),
-            Some(&Value::Float(audio)),
-            "{id}: audio"
-        );
-        assert_eq!(
-            val(&s, "meter.ch.1.audio"),
-            Some(&Value::Float(audio)),
-            "{id}: the level watch gets the same dBFS"
+            obs.board().get(&Subject::Channel(1)).map(|l| l.dbfs),
+            Some(audio),
+            "{id}: the level watch gets this dBFS"
         );
     }
 }
@@ -432,9 +427,10 @@ async fn a_channel_without_a_transmitter_has_unknown_rf_and_audio_for_every_fami
         let (sim, sim_cancel) = start_sim(ShureSimConfig::new(family, 1, 300)).await;
         let mut rig = start(profile, sim.addr(), "");
         rig.up().await;
+        let board = rig.handle.meters().clone();
         let live = |s: &DeviceState| {
             matches!(val(s, "ch.1.rf_dbm"), Some(Value::Float(_)))
-                && matches!(val(s, "ch.1.audio_dbfs"), Some(Value::Float(_)))
+                && board.get(&Subject::Channel(1)).is_some()
         };
         rig.until("metered with a transmitter", live).await;
 
@@ -446,9 +442,19 @@ async fn a_channel_without_a_transmitter_has_unknown_rf_and_audio_for_every_fami
         // Many metering periods of floor samples later:
         tokio::time::sleep(Duration::from_secs(3)).await;
         let s = rig.rx.borrow().clone();
-        for k in ["ch.1.rf_dbm", "ch.1.audio_dbfs", "meter.ch.1.audio"] {
-            assert_eq!(val(&s, k), Some(&Value::Unknown), "{what}: {k}");
-        }
+        assert_eq!(val(&s, "ch.1.rf_dbm"), Some(&Value::Unknown), "{what}: RF");
+        assert_eq!(
+            board.get(&Subject::Channel(1)),
+            None,
+            "{what}: audio level unknown"
+        );
+        assert!(
+            board
+                .levels()
+                .iter()
+                .any(|(s, l)| *s == Subject::Channel(1) && l.is_none()),
+            "{what}: the channel is still a metered subject"
+        );
 
         sim.insert_tx(TxSpec::new(1, 300));
         rig.until("levels again", live).await;
@@ -526,21 +532,14 @@ async fn transmitter_removed_and_replaced() {
     sc.cancel();
 }
 
-async fn count_meters(bus: &EventBus, channel: &str, over: Duration) -> usize {
-    let mut rx = bus.subscribe();
+async fn count_meters(bus: &EventBus, subject: Subject, over: Duration) -> usize {
+    let mut rx = bus.meters().subscribe("count");
     let end = Instant::now() + over;
     let mut n = 0;
-    loop {
-        match tokio::time::timeout_at(end, rx.recv()).await {
-            Err(_) => return n,
-            Ok(Some(e)) => {
-                if matches!(&e.kind, EventKind::Meter { channel: c, .. } if c == channel) {
-                    n += 1;
-                }
-            }
-            Ok(None) => panic!("event bus closed"),
-        }
+    while let Ok(batch) = tokio::time::timeout_at(end, rx.recv()).await {
+        n += batch.iter().filter(|s| s.subject == subject).count();
     }
+    n
 }
 
 /// SAMPLE metering runs at the profile's rate (or the site's), counted over paused time; a
@@ -555,8 +554,8 @@ async fn metering_rate_is_honoured() {
         rig.up().await;
         assert_eq!(sim.meter_rates(), vec![rate]);
         let (a, b) = tokio::join!(
-            count_meters(&rig.bus, "ch.1.audio", Duration::from_secs(10)),
-            count_meters(&rig.bus, "ch.2.audio", Duration::from_secs(10))
+            count_meters(&rig.bus, Subject::Channel(1), Duration::from_secs(10)),
+            count_meters(&rig.bus, Subject::Channel(2), Duration::from_secs(10))
         );
         for (ch, got) in [(1, a), (2, b)] {
             assert!(
@@ -606,10 +605,14 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
     let s = rig.rx.borrow().clone();
     let last = s.last_contact.expect("contacted");
     let view_at = |secs: i64| {
-        serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
-            &s,
-            last + chrono::Duration::seconds(secs),
-        ))
+        let at = last + chrono::Duration::seconds(secs);
+        serde_json::to_value(
+            avwarden::api::views::DeviceDetail::from_state(&s, at).with_meters(
+                &s,
+                rig.handle.meters(),
+                at,
+            ),
+        )
         .unwrap()
     };
     assert_eq!(
@@ -618,10 +621,11 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
     );
     let v = view_at(58);
     assert_eq!(v["readings"]["ch.1.battery_minutes"]["stale"], true, "{v}");
-    assert_eq!(v["readings"]["ch.1.audio_dbfs"]["stale"], true, "{v}");
+    assert_eq!(v["meters"]["ch.1"]["stale"], true, "{v}");
     assert!(
-        s.faults.iter().any(|f| f.fault.code == "metering_lost"
-            && f.fault.component.as_deref() == Some("ch.1.audio")),
+        s.faults.iter().any(
+            |f| f.fault.code == "metering_lost" && f.fault.component.as_deref() == Some("ch.1")
+        ),
         "{:?}",
         s.faults
     );

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use avwarden::codec::ssc::{self as wire, Builder, SubscribeParams};
 use avwarden::driver::DriverError;
-use avwarden::events::EventKind;
 use avwarden::model::{DeviceCommand, Health, Severity, Value};
 use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::mic::TxSpec;
@@ -114,17 +113,21 @@ async fn ewdx_full_state_and_absent_transmitter() {
     let rf = val(&s, "ch.1.rf_dbm")
         .and_then(Value::as_f64)
         .expect("rf meter");
-    let af = val(&s, "ch.1.audio_dbfs")
-        .and_then(Value::as_f64)
+    let board = rig.handle.meters();
+    let af = board
+        .get(&avwarden::model::Subject::Channel(1))
+        .map(|l| l.dbfs)
         .expect("af meter");
     assert!((-60.0..=-40.0).contains(&rf), "{rf}");
     assert!((-30.0..=-18.0).contains(&af), "{af}");
     // Issue 14.3: channel 2's receiver meters its floor without a transmitter; that is no
     // level, so RF and audio are unknown (not -100 dBm / -90 dBFS).
-    for k in ["rf_dbm", "audio_dbfs"] {
-        assert_eq!(val(&s, &format!("ch.2.{k}")), Some(&Value::Unknown), "{k}");
-    }
-    assert_eq!(val(&s, "meter.ch.2.audio"), Some(&Value::Unknown));
+    assert_eq!(val(&s, "ch.2.rf_dbm"), Some(&Value::Unknown));
+    assert_eq!(board.get(&avwarden::model::Subject::Channel(2)), None);
+    assert!(board
+        .levels()
+        .iter()
+        .any(|(s, l)| *s == avwarden::model::Subject::Channel(2) && l.is_none()));
     rig.shutdown().await;
     cancel.cancel();
 }
@@ -235,13 +238,14 @@ async fn subscriptions_are_renewed_before_they_expire() {
     let s = rig.rx.borrow().clone();
     assert_eq!(val(&s, "ch.1.battery_minutes"), int(295).as_ref());
     // Meters still at 1 Hz.
-    let mut ev = rig.bus.subscribe();
+    let mut ev = rig.bus.meters().subscribe("count");
     let end = Instant::now() + Duration::from_secs(10);
     let mut meters = 0;
-    while let Ok(Some(e)) = tokio::time::timeout_at(end, ev.recv()).await {
-        if matches!(&e.kind, EventKind::Meter { channel, .. } if channel == "ch.2.audio") {
-            meters += 1;
-        }
+    while let Ok(batch) = tokio::time::timeout_at(end, ev.recv()).await {
+        meters += batch
+            .iter()
+            .filter(|s| s.subject == avwarden::model::Subject::Channel(2))
+            .count();
     }
     assert!(
         (9..=11).contains(&meters),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::clock::Clock;
-use avwarden::events::{EventBus, EventKind};
+use avwarden::events::EventBus;
 use avwarden::metrics::Metrics;
 use avwarden::model::{DeviceState, Fault, Value};
 use avwarden::profile::{Profile, ProfileSet};
@@ -99,6 +99,8 @@ pub struct Rig {
     pub bus: EventBus,
     /// Subscribed before the device started: no event is missed.
     pub events: avwarden::events::EventSink,
+    /// The meter stream, subscribed before the device started.
+    pub meters: avwarden::meter::stream::MeterReceiver,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     _fleet: Fleet,
@@ -109,6 +111,7 @@ impl Rig {
     pub fn start(mut spec: DeviceSpec, settings: &str, tweak: impl FnOnce(&mut DeviceSpec)) -> Rig {
         let bus = bus();
         let events = bus.subscribe();
+        let meters = bus.meters().subscribe("rig");
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut fleet = Fleet::new(bus.clone(), clock(), tracker.clone(), cancel.clone());
@@ -120,6 +123,7 @@ impl Rig {
             handle,
             bus,
             events,
+            meters,
             cancel,
             tracker,
             _fleet: fleet,
@@ -176,32 +180,24 @@ pub fn fault<'a>(s: &'a DeviceState, code: &str, channel: u8) -> Option<&'a Faul
         .find(|f| f.code == code && f.component.as_deref() == Some(comp.as_str()))
 }
 
-/// The next meter value on `channel` that satisfies `pred`, within `limit`.
+/// The next meter level of `subject` that satisfies `pred`, within `limit`.
 pub async fn meter_where(
-    rx: &mut avwarden::events::EventSink,
-    channel: &str,
+    rx: &mut avwarden::meter::stream::MeterReceiver,
+    subject: &avwarden::model::Subject,
     limit: Duration,
     mut pred: impl FnMut(f64) -> bool,
 ) -> f64 {
     let res = tokio::time::timeout(limit, async {
         loop {
-            match rx.recv().await {
-                Some(e) => {
-                    if let EventKind::Meter {
-                        channel: c, dbfs, ..
-                    } = &e.kind
-                    {
-                        if c == channel && pred(*dbfs) {
-                            return *dbfs;
-                        }
-                    }
+            for s in rx.recv().await {
+                if &s.subject == subject && pred(s.dbfs) {
+                    return s.dbfs;
                 }
-                None => panic!("event bus closed"),
             }
         }
     })
     .await;
-    res.unwrap_or_else(|_| panic!("no meter on {channel} matching within {limit:?}"))
+    res.unwrap_or_else(|_| panic!("no meter on {subject} matching within {limit:?}"))
 }
 
 /// `AVWARDEN_PYTHON` (the interop peers' venv) or a clear skip; a failure under CI.

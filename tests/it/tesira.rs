@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use avwarden::driver::DriverError;
-use avwarden::model::{DeviceCommand, Health, Severity, Value};
+use avwarden::model::{DeviceCommand, Health, Severity, Subject, Value};
 use avwarden::profile::ProfileError;
 use avwarden::runtime::{CommandError, DeviceSpec};
 use avwarden::sim::meter_script::MeterScript;
@@ -208,16 +208,19 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
     assert_eq!(s.identity.firmware.as_deref(), Some("4.2.0.24"));
     assert_eq!(s.identity.manufacturer.as_deref(), Some("Biamp"));
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-            true
-        })
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |_| { true }
+        )
         .await,
         -20.0
     );
     assert_eq!(
         meter_where(
-            &mut rig.events,
-            "mic.lectern",
+            &mut rig.meters,
+            &Subject::input("lectern"),
             Duration::from_secs(5),
             |_| true
         )
@@ -347,8 +350,8 @@ async fn meter_rate_follows_the_site_setting() {
     let settings = format!("meter_rate_ms = 250\n{ROOM}");
     let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), &settings, |_| {});
     meter_where(
-        &mut rig.events,
-        "zone.main",
+        &mut rig.meters,
+        &Subject::zone("main"),
         Duration::from_secs(30),
         |_| true,
     )
@@ -359,9 +362,12 @@ async fn meter_rate_follows_the_site_setting() {
     let t0 = tokio::time::Instant::now();
     let mut n = 0;
     while t0.elapsed() < Duration::from_secs(10) {
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(2), |_| {
-            true
-        })
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(2),
+            |_| true,
+        )
         .await;
         n += 1;
     }
@@ -383,8 +389,8 @@ async fn telnet_resubscribes_after_the_simulator_restarts() {
     let addr = sim.tcp_addr().unwrap();
     let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), ROOM, |_| {});
     meter_where(
-        &mut rig.events,
-        "zone.main",
+        &mut rig.meters,
+        &Subject::zone("main"),
         Duration::from_secs(30),
         |_| true,
     )
@@ -392,8 +398,8 @@ async fn telnet_resubscribes_after_the_simulator_restarts() {
     // The subscribe answer carries the first sample, so the zone's meter can arrive before
     // the mic is subscribed: wait for the mic's as well.
     meter_where(
-        &mut rig.events,
-        "mic.lectern",
+        &mut rig.meters,
+        &Subject::input("lectern"),
         Duration::from_secs(10),
         |_| true,
     )
@@ -426,8 +432,12 @@ async fn telnet_resubscribes_after_the_simulator_restarts() {
     })
     .await;
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| v
-            == -30.0)
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |v| v == -30.0
+        )
         .await,
         -30.0
     );
@@ -455,8 +465,8 @@ async fn a_meter_that_publishes_only_on_change_is_known_from_the_subscribe_answe
     let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), ROOM, |_| {});
     assert_eq!(
         meter_where(
-            &mut rig.events,
-            "zone.main",
+            &mut rig.meters,
+            &Subject::zone("main"),
             Duration::from_secs(30),
             |_| true
         )
@@ -478,8 +488,8 @@ async fn a_meter_that_publishes_only_on_change_is_known_from_the_subscribe_answe
     sim2.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -24.0 });
     assert_eq!(
         meter_where(
-            &mut rig.events,
-            "zone.main",
+            &mut rig.meters,
+            &Subject::zone("main"),
             Duration::from_secs(120),
             |_| true
         )
@@ -512,9 +522,12 @@ async fn cr_nul_endings_preamble_and_offered_options_are_handled() {
     .await;
     assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-            true
-        })
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |_| { true }
+        )
         .await,
         -12.0
     );
@@ -575,9 +588,12 @@ async fn garbage_and_broken_publishes_are_counted_and_harmless() {
         s.health == Health::Ok
     })
     .await;
-    meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |_| {
-        true
-    })
+    meter_where(
+        &mut rig.meters,
+        &Subject::zone("main"),
+        Duration::from_secs(5),
+        |_| true,
+    )
     .await;
     let mut junk = Vec::new();
     junk.extend_from_slice(b"! \"publishToken\":\"zone-main\" \"value\":\"loud\"\r\n");
@@ -598,9 +614,12 @@ async fn garbage_and_broken_publishes_are_counted_and_harmless() {
     .await;
     assert_eq!(s.counters.oversized_frames, 1);
     sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -21.0 });
-    meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| {
-        v == -21.0
-    })
+    meter_where(
+        &mut rig.meters,
+        &Subject::zone("main"),
+        Duration::from_secs(5),
+        |v| v == -21.0,
+    )
     .await;
     rig.cancel.cancel();
     cancel.cancel();
@@ -619,13 +638,16 @@ async fn scripted_overload_and_feedback_arrive_in_dbfs() {
     let marker = MeterScript::Constant { dbfs: -50.0 };
     sim.set_meter_script("OutMeter", 1, marker.clone());
     sim.set_meter_script("MicMeter", 1, marker);
-    meter_where(&mut rig.events, "zone.main", Duration::from_secs(30), |v| {
-        v == -50.0
-    })
+    meter_where(
+        &mut rig.meters,
+        &Subject::zone("main"),
+        Duration::from_secs(30),
+        |v| v == -50.0,
+    )
     .await;
     meter_where(
-        &mut rig.events,
-        "mic.lectern",
+        &mut rig.meters,
+        &Subject::input("lectern"),
         Duration::from_secs(5),
         |v| v == -50.0,
     )
@@ -641,9 +663,12 @@ async fn scripted_overload_and_feedback_arrive_in_dbfs() {
     );
     let mut prev = -30.0;
     loop {
-        let v = meter_where(&mut rig.events, "zone.main", Duration::from_secs(5), |v| {
-            v != -50.0
-        })
+        let v = meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(5),
+            |v| v != -50.0,
+        )
         .await;
         assert!(v >= prev - 1e-3, "ramp is monotonic: {prev} then {v}");
         assert!(v <= 0.0, "a Tesira meter cannot read above full scale: {v}");
@@ -663,8 +688,8 @@ async fn scripted_overload_and_feedback_arrive_in_dbfs() {
         },
     );
     let start = meter_where(
-        &mut rig.events,
-        "mic.lectern",
+        &mut rig.meters,
+        &Subject::input("lectern"),
         Duration::from_secs(5),
         |v| v != -50.0,
     )
@@ -673,8 +698,8 @@ async fn scripted_overload_and_feedback_arrive_in_dbfs() {
     let mut last = start;
     while t0.elapsed() < Duration::from_millis(1000) {
         last = meter_where(
-            &mut rig.events,
-            "mic.lectern",
+            &mut rig.meters,
+            &Subject::input("lectern"),
             Duration::from_secs(5),
             |_| true,
         )
@@ -705,8 +730,8 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
     assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
     assert_eq!(
         meter_where(
-            &mut rig.events,
-            "zone.main",
+            &mut rig.meters,
+            &Subject::zone("main"),
             Duration::from_secs(10),
             |_| true
         )
@@ -735,16 +760,20 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
     sim.reboot();
     sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -9.0 });
     assert_eq!(
-        meter_where(&mut rig.events, "zone.main", Duration::from_secs(10), |v| v
-            == -9.0)
+        meter_where(
+            &mut rig.meters,
+            &Subject::zone("main"),
+            Duration::from_secs(10),
+            |v| v == -9.0
+        )
         .await,
         -9.0
     );
     // The subscribe answer carries the first sample, so the zone's meter can arrive before
     // the mic is subscribed: wait for the mic's as well.
     meter_where(
-        &mut rig.events,
-        "mic.lectern",
+        &mut rig.meters,
+        &Subject::input("lectern"),
         Duration::from_secs(10),
         |_| true,
     )
@@ -861,9 +890,16 @@ async fn stalled_meters_are_stale_and_lost_until_samples_return(
     hold: Duration,
 ) {
     let mut rx = rig.handle.watch();
-    support::wait_state(&mut rx, Duration::from_secs(20), "metering", |s| {
-        s.health == Health::Ok && s.reading("meter.mic.lectern").is_some()
+    support::wait_state(&mut rx, Duration::from_secs(20), "ok", |s| {
+        s.health == Health::Ok
     })
+    .await;
+    meter_where(
+        &mut rig.meters,
+        &Subject::input("lectern"),
+        Duration::from_secs(20),
+        |_| true,
+    )
     .await;
     let subscribes = || {
         sim.received()
@@ -875,18 +911,22 @@ async fn stalled_meters_are_stale_and_lost_until_samples_return(
 
     sim.stall_publishing(true);
     let s = support::wait_state(&mut rx, Duration::from_secs(20), "metering lost", |s| {
-        metering_lost(s, "zone.main").is_some() && metering_lost(s, "mic.lectern").is_some()
+        metering_lost(s, "zone.main").is_some() && metering_lost(s, "input.lectern").is_some()
     })
     .await;
     let lost = metering_lost(&s, "zone.main").unwrap();
     assert_eq!(lost.fault.severity, Severity::Warning);
     assert!(s.reachable, "commands are still answered");
     assert_eq!(s.health, Health::Degraded);
-    let view = serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(
-        &s, lost.since,
-    ))
+    let view = serde_json::to_value(
+        avwarden::api::views::DeviceDetail::from_state(&s, lost.since).with_meters(
+            &s,
+            rig.handle.meters(),
+            lost.since,
+        ),
+    )
     .unwrap();
-    assert_eq!(view["readings"]["meter.zone.main"]["stale"], true, "{view}");
+    assert_eq!(view["meters"]["zone.main"]["stale"], true, "{view}");
     assert_eq!(
         view["readings"]["zone.main.level_db"]["stale"], false,
         "the polled level is current: {view}"
@@ -907,17 +947,25 @@ async fn stalled_meters_are_stale_and_lost_until_samples_return(
 
     sim.stall_publishing(false);
     let s = support::wait_state(&mut rx, Duration::from_secs(20), "metering back", |s| {
-        metering_lost(s, "zone.main").is_none() && metering_lost(s, "mic.lectern").is_none()
+        metering_lost(s, "zone.main").is_none() && metering_lost(s, "input.lectern").is_none()
     })
     .await;
     assert_eq!(s.health, Health::Ok, "{:?}", s.faults);
-    let at = s.reading("meter.zone.main").unwrap().observed_at;
-    let view =
-        serde_json::to_value(avwarden::api::views::DeviceDetail::from_state(&s, at)).unwrap();
-    assert_eq!(
-        view["readings"]["meter.zone.main"]["stale"], false,
-        "{view}"
-    );
+    let at = rig
+        .handle
+        .meters()
+        .get(&Subject::zone("main"))
+        .expect("a level")
+        .at;
+    let view = serde_json::to_value(
+        avwarden::api::views::DeviceDetail::from_state(&s, at).with_meters(
+            &s,
+            rig.handle.meters(),
+            at,
+        ),
+    )
+    .unwrap();
+    assert_eq!(view["meters"]["zone.main"]["stale"], false, "{view}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -227,7 +227,7 @@ impl TesiraDriver {
             v => v.as_f64(),
         };
         match reading.and_then(|r| self.alignment.to_dbfs(r)) {
-            Some(dbfs) => obs.meter(ch.meter_channel(), dbfs),
+            Some(dbfs) => obs.meter(ch.subject.clone(), dbfs),
             None => obs.bad_input(&ProtocolError::malformed(format!(
                 "meter {token}: value is a {}, not a level",
                 value.type_name()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::driver::DriverError;
 use crate::meter::Alignment;
-use crate::model::{DeviceCommand, Fault, Severity};
+use crate::model::{DeviceCommand, Fault, Severity, Subject};
 use crate::profile::ProfileError;
 
 /// A settings problem with the key path inside `[devices.settings]`, e.g. `zones[0].level_tag`.
@@ -224,6 +224,8 @@ impl Function {
 pub struct Channel<A> {
     pub role: Role,
     pub id: String,
+    /// What its meter is about: `Zone(id)` for a zone, `Input(id)` for a mic input.
+    pub subject: Subject,
     /// Mic inputs: the channel number `SetGain`/`SetMute` address. Zones: position, from 1.
     pub number: u16,
     pub level: Option<A>,
@@ -243,10 +245,6 @@ impl<A> Channel<A> {
     /// `zone.main.muted`, a boolean.
     pub fn muted_key(&self) -> String {
         format!("{}.{}.muted", self.role.prefix(), self.id)
-    }
-    /// `zone.main`: the channel name given to `Observer::meter`.
-    pub fn meter_channel(&self) -> String {
-        format!("{}.{}", self.role.prefix(), self.id)
     }
     /// `zone main`: the component named in faults.
     pub fn component(&self) -> String {
@@ -341,8 +339,13 @@ impl<A> DspMap<A> {
                         "maps no control; give at least a level, mute or meter control",
                     ));
                 }
+                let subject = match role {
+                    Role::Zone => Subject::zone(&id),
+                    Role::Mic => Subject::input(&id),
+                };
                 channels.push(Channel {
                     role,
+                    subject,
                     id,
                     number,
                     level: a.level,
@@ -555,7 +558,7 @@ mod tests {
         assert_eq!(z.level_key(), "zone.main.level_db");
         assert_eq!(m.mic(1).unwrap().id, "lectern");
         assert_eq!(m.mic(5).unwrap().muted_key(), "mic.ceiling.muted");
-        assert_eq!(m.mic(5).unwrap().meter_channel(), "mic.ceiling");
+        assert_eq!(m.mic(5).unwrap().subject, Subject::input("ceiling"));
         assert!(check_level(z, 0.5).is_err());
         assert!(check_level(z, f64::NAN).is_err());
         assert!(check_level(z, -10.0).is_ok());

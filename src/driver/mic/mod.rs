@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::{DriverError, Observer};
-use crate::model::{Fault, Reading, Severity, Unit, Value};
+use crate::model::{Fault, Reading, Severity, Subject, Unit, Value};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::TransportError;
 
@@ -337,17 +337,9 @@ pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u
 
 /// A channel without a transmitter: its receiver's RF and audio meters read their floor
 /// (ULX-D -128 dBm / -50 dBFS, SLX-D and AD -120 / -120), which is not a level but the
-/// absence of one, so the meter readings are unknown.
-fn absent_meters(n: u8) -> [(String, Value, Option<Unit>); 3] {
-    [
-        (key(n, "rf_dbm"), Value::Unknown, Some(Unit::Dbm)),
-        (key(n, "audio_dbfs"), Value::Unknown, Some(Unit::Dbfs)),
-        (
-            format!("meter.{}", key(n, "audio")),
-            Value::Unknown,
-            Some(Unit::Dbfs),
-        ),
-    ]
+/// absence of one, so the RF reading is unknown (and the audio level, on the meter board).
+fn absent_rf(n: u8) -> (String, Value, Option<Unit>) {
+    (key(n, "rf_dbm"), Value::Unknown, Some(Unit::Dbm))
 }
 
 /// Writes readings to the device state, skipping derived values that did not change so that a
@@ -396,7 +388,8 @@ impl Publisher {
     ) {
         let mut all = ch.readings(n);
         if ch.tx_present == Some(false) {
-            all.extend(absent_meters(n));
+            all.push(absent_rf(n));
+            obs.board().unknown(&Subject::Channel(n));
         }
         let readings: Vec<_> = all
             .into_iter()
@@ -413,15 +406,6 @@ impl Publisher {
 
     /// Write readings in one state update.
     pub fn write(&mut self, obs: &mut Observer, readings: Vec<(String, Value, Option<Unit>)>) {
-        self.write_as(obs, readings, false);
-    }
-
-    fn write_as(
-        &mut self,
-        obs: &mut Observer,
-        readings: Vec<(String, Value, Option<Unit>)>,
-        metered: bool,
-    ) {
         if readings.is_empty() {
             return;
         }
@@ -443,17 +427,16 @@ impl Publisher {
                         value,
                         unit,
                         observed_at: now,
-                        metered,
+                        metered: false,
                     },
                 );
             }
         });
     }
 
-    /// Meter levels of one sample: readings `ch.N.rf_dbm` / `ch.N.audio_dbfs` and the
-    /// `ch.N.audio` meter event the level watch consumes. A channel whose transmitter is
-    /// absent (`tx_present` false) reports its meters' floor, not a level: its RF and audio
-    /// are unknown and no meter event is sent.
+    /// Meter levels of one sample: the RF reading `ch.N.rf_dbm` and the channel's audio level
+    /// on the meter stream. A channel whose transmitter is absent (`tx_present` false)
+    /// reports its meters' floor, not a level: its RF and audio are unknown.
     pub fn meters(
         &mut self,
         obs: &mut Observer,
@@ -462,25 +445,25 @@ impl Publisher {
         rf_dbm: Option<f64>,
         audio_dbfs: Option<f64>,
     ) {
+        let subject = Subject::Channel(n);
         if tx_present == Some(false) {
-            let r = absent_meters(n)
-                .into_iter()
-                .filter(|(k, v, _)| self.last.get(k) != Some(v))
-                .collect();
-            self.write(obs, r);
-            obs.meter_alive(&key(n, "audio"));
+            let (k, v, u) = absent_rf(n);
+            if self.last.get(&k) != Some(&v) {
+                self.write(obs, vec![(k, v, u)]);
+            }
+            obs.meter_unknown(&subject);
             return;
         }
-        let mut r = Vec::new();
         if let Some(rf) = rf_dbm {
-            r.push((key(n, "rf_dbm"), Value::Float(rf), Some(Unit::Dbm)));
+            let (k, v) = (
+                key(n, "rf_dbm"),
+                Value::Float(rf).rounded_for(Some(Unit::Dbm)),
+            );
+            self.last.insert(k.clone(), v.clone());
+            obs.metered_reading(k, v, Some(Unit::Dbm));
         }
         if let Some(a) = audio_dbfs {
-            r.push((key(n, "audio_dbfs"), Value::Float(a), Some(Unit::Dbfs)));
-        }
-        self.write_as(obs, r, true);
-        if let Some(a) = audio_dbfs {
-            obs.meter(key(n, "audio"), a);
+            obs.meter(subject, a);
         }
     }
 }

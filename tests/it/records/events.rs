@@ -52,12 +52,6 @@ async fn every_logbook_worthy_event_writes_one_entry() {
             room: r1.clone(),
             fault: lamp.clone(),
         },
-        EventKind::Meter {
-            device: m2.clone(),
-            room: r2.clone(),
-            channel: "1".into(),
-            dbfs: -20.0,
-        },
         EventKind::FaultAcknowledged {
             device: p1.clone(),
             room: r1.clone(),
@@ -183,7 +177,7 @@ async fn every_logbook_worthy_event_writes_one_entry() {
             "fault_raised",
             "daemon_stopping",
         ],
-        "one entry per event, meters excluded"
+        "one entry per event"
     );
     assert_eq!(entries[14].seq, verdict);
     let by_kind = |k: &str| entries.iter().find(|e| e.kind == k).unwrap();

@@ -4,6 +4,9 @@
 //!
 //! This module owns the pure conversion and its validation only. It must not do I/O, keep
 //! state, or know any wire format: drivers hand it a number in the device's own unit.
+//! [`stream`] carries the aligned samples from the drivers to their consumers.
+
+pub mod stream;
 
 use serde::Deserialize;
 
