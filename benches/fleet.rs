@@ -120,13 +120,14 @@ const KINDS: &[Kind] = &[
     // Quad receiver metering every channel: the heaviest realistic stream per device.
     Kind {
         profile: "shure-ulxd",
-        simulator: "channels = {channels}",
+        // A transmitter on every channel: a channel without one meters no level.
+        simulator: "channels = {channels}\ntransmitters = {transmitters}",
         settings: "channels = {channels}\nmeter_rate_ms = {meter_ms}",
         meters: Meters::PerMicChannel,
     },
     Kind {
         profile: "shure-axient",
-        simulator: "channels = {channels}",
+        simulator: "channels = {channels}\ntransmitters = {transmitters}",
         settings: "channels = {channels}\nmeter_rate_ms = {meter_ms}",
         meters: Meters::PerMicChannel,
     },
@@ -612,6 +613,14 @@ async fn measure(p: &Params, planned: Vec<Planned>, clock: Clock) -> Result<RunR
     r.by_profile = by_profile;
     r.meter_events = counted.by_profile.values().sum();
     r.meters_by_profile = counted.by_profile;
+    // A mix that should meter and sent nothing measures the wrong thing (the Shure kinds
+    // once ran without transmitters, and a channel without one meters no level).
+    if meters_expected > 0.0 && r.meter_events == 0 {
+        cancel.cancel();
+        return Err(format!(
+            "no meter samples arrived, {meters_expected} a second expected"
+        ));
+    }
 
     cancel.cancel();
     tracker.close();

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{DeviceCommand, Health};
-use crate::runtime::{CommandError, Fleet};
+use crate::runtime::{CommandOutcome, Fleet};
 
 pub use error::ApiError;
 pub use views::{DeviceDetail, DeviceSummary, ReadingView};
@@ -164,37 +164,32 @@ async fn command(
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let name = cmd.name();
-    let applied = h.command(cmd).await.map_err(|e| match e {
-        CommandError::QueueFull(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", e.to_string())
-        }
-        CommandError::Driver(crate::driver::DriverError::Unsupported { .. }) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported",
-            e.to_string(),
-        ),
-        CommandError::Driver(crate::driver::DriverError::Busy { .. }) => {
-            ApiError::new(StatusCode::CONFLICT, "device_busy", e.to_string())
-        }
-        CommandError::Driver(crate::driver::DriverError::Refused { .. }) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", e.to_string())
-        }
-        CommandError::Driver(crate::driver::DriverError::Rejected { .. }) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e.to_string())
-        }
-        CommandError::Driver(crate::driver::DriverError::Unreachable) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "device_unreachable",
-            e.to_string(),
-        ),
-        _ => ApiError::new(StatusCode::BAD_GATEWAY, "command_failed", e.to_string()),
-    })?;
+    let applied = outcome_to_api(h.try_command(cmd).await)?;
     Ok(Json(CommandAccepted {
         device: id,
         command: name,
         result: "ok",
         applied,
     }))
+}
+
+/// A command's outcome as the API answers it: the applied value, or a status and code.
+fn outcome_to_api(outcome: CommandOutcome) -> Result<Option<crate::driver::Applied>, ApiError> {
+    let message = outcome.to_string();
+    let (status, code) = match outcome {
+        CommandOutcome::Done { applied } => return Ok(applied),
+        CommandOutcome::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+        CommandOutcome::Unsupported { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
+        CommandOutcome::Busy { .. } => (StatusCode::CONFLICT, "device_busy"),
+        CommandOutcome::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+        CommandOutcome::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+        CommandOutcome::Unreachable | CommandOutcome::Stopped => {
+            (StatusCode::SERVICE_UNAVAILABLE, "device_unreachable")
+        }
+        CommandOutcome::TimedOut { .. } => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+        CommandOutcome::Failed { .. } => (StatusCode::BAD_GATEWAY, "command_failed"),
+    };
+    Err(ApiError::new(status, code, message))
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {

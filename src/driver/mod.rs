@@ -63,6 +63,15 @@ impl DriverError {
     }
 }
 
+/// Where a poll cycle stands after [`Driver::poll_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollStep {
+    /// More steps to go in this cycle.
+    More,
+    /// The cycle is complete.
+    Done,
+}
+
 /// One protocol family's behaviour. The runtime calls these in order: [`Driver::open`] on a
 /// fresh link, [`Driver::read_all`] before reporting the device `ok`, then [`Driver::poll`] on
 /// the profile's interval and [`Driver::execute`] for commands, while [`Driver::listen`] waits
@@ -85,6 +94,18 @@ pub trait Driver: Send {
     /// One poll cycle. Defaults to a full read.
     async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         self.read_all(link, obs).await
+    }
+
+    /// The next step of a poll cycle. The runtime calls it until [`PollStep::Done`] and puts
+    /// a priority command between two steps, so a driver whose cycle is many exchanges (a DSP
+    /// reading 2×N controls) splits it into steps of one exchange. Defaults to the whole
+    /// [`Driver::poll`] as one step.
+    async fn poll_step(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<PollStep, DriverError> {
+        self.poll(link, obs).await.map(|()| PollStep::Done)
     }
 
     /// Carry out one command.

@@ -7,8 +7,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::CommandOutcome;
 use crate::codec::ProtocolError;
-use crate::driver::{Applied, Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
 use crate::events::EventKind;
 use crate::model::{DeviceCommand, Fault, Severity};
 use crate::transport::{Backoff, LinkSpec, TransportError};
@@ -17,7 +18,22 @@ use crate::transport::{Backoff, LinkSpec, TransportError};
 #[derive(Debug)]
 pub struct CommandRequest {
     pub command: DeviceCommand,
-    pub reply: oneshot::Sender<Result<Option<Applied>, DriverError>>,
+    pub reply: oneshot::Sender<CommandOutcome>,
+}
+
+/// Which queue a command waits in. Protection commands (a gain cut, a mute of an overdriven
+/// zone) take the priority lane: they go before queued commands and between the steps of a
+/// poll cycle, so they never wait behind a technician's queue or a DSP's 2×N poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Normal,
+    Priority,
+}
+
+/// The actor's two command queues (kept by the supervisor across actor restarts).
+pub(super) struct Queues {
+    pub normal: mpsc::Receiver<CommandRequest>,
+    pub priority: mpsc::Receiver<CommandRequest>,
 }
 
 /// Everything an actor needs besides its driver.
@@ -42,7 +58,7 @@ pub(super) struct Actor {
     pub cfg: ActorConfig,
     pub driver: Box<dyn Driver>,
     pub obs: Observer,
-    pub commands: Arc<Mutex<mpsc::Receiver<CommandRequest>>>,
+    pub commands: Arc<Mutex<Queues>>,
     pub cancel: CancellationToken,
 }
 
@@ -51,7 +67,7 @@ impl Actor {
         cfg: ActorConfig,
         driver: Box<dyn Driver>,
         obs: Observer,
-        commands: Arc<Mutex<mpsc::Receiver<CommandRequest>>>,
+        commands: Arc<Mutex<Queues>>,
         cancel: CancellationToken,
     ) -> Self {
         Self {
@@ -66,7 +82,8 @@ impl Actor {
     pub(super) async fn run(mut self) {
         // The command queue outlives a crashed actor: the supervisor's next actor takes it over.
         let commands = self.commands.clone();
-        let mut commands = commands.lock().await;
+        let mut guard = commands.lock().await;
+        let commands: &mut Queues = &mut guard;
         let mut link = Link::new(self.cfg.link.clone());
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut conn = Conn::Disconnected {
@@ -84,8 +101,12 @@ impl Actor {
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => break,
-                        req = commands.recv() => match req {
-                            Some(req) => { let _ = req.reply.send(Err(DriverError::Unreachable)); }
+                        req = commands.priority.recv() => match req {
+                            Some(req) => { let _ = req.reply.send(CommandOutcome::Unreachable); }
+                            None => break,
+                        },
+                        req = commands.normal.recv() => match req {
+                            Some(req) => { let _ = req.reply.send(CommandOutcome::Unreachable); }
                             None => break,
                         },
                         _ = tokio::time::sleep_until(retry_at) => {
@@ -116,7 +137,7 @@ impl Actor {
                 }
                 Conn::Connected => {
                     conn = self
-                        .connected(&mut link, &mut backoff, &mut commands, &mut last_io)
+                        .connected(&mut link, &mut backoff, commands, &mut last_io)
                         .await;
                     if self.cancel.is_cancelled() {
                         break;
@@ -209,7 +230,7 @@ impl Actor {
         &mut self,
         link: &mut Link,
         backoff: &mut Backoff,
-        commands: &mut mpsc::Receiver<CommandRequest>,
+        commands: &mut Queues,
         last_io: &mut Instant,
     ) -> Conn {
         let mut ticker = tokio::time::interval_at(
@@ -227,28 +248,17 @@ impl Actor {
             let step = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Conn::Connected,
-                req = commands.recv() => {
+                req = commands.priority.recv() => {
                     let Some(req) = req else { return Conn::Connected };
-                    // Pacing: many devices drop commands that arrive back to back.
-                    let ready = *last_io + self.cfg.command_gap;
-                    tokio::time::sleep_until(ready).await;
-                    self.obs.take_applied();
-                    let res = self.driver.execute(link, &mut self.obs, &req.command).await;
-                    *last_io = Instant::now();
-                    self.report_command(&req.command, &res);
-                    let outcome = match &res {
-                        Ok(()) => Ok(self.obs.take_applied()),
-                        Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout{..}) => {
-                            Err(DriverError::Unreachable)
-                        }
-                        Err(e) => Err(clone_refusal(e)),
-                    };
-                    let _ = req.reply.send(outcome);
-                    res.map(|_| ())
+                    self.run_command(link, req, last_io, false).await
+                }
+                req = commands.normal.recv() => {
+                    let Some(req) = req else { return Conn::Connected };
+                    self.run_command(link, req, last_io, true).await
                 }
                 _ = ticker.tick() => {
                     tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
-                    let res = self.driver.poll(link, &mut self.obs).await;
+                    let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
                     *last_io = Instant::now();
                     res
                 }
@@ -295,6 +305,55 @@ impl Actor {
         }
     }
 
+    /// Carry out one command and answer its caller. `paced` commands keep `command_gap` from
+    /// the previous exchange (many devices drop commands that arrive back to back); a priority
+    /// command does not wait for it.
+    async fn run_command(
+        &mut self,
+        link: &mut Link,
+        req: CommandRequest,
+        last_io: &mut Instant,
+        paced: bool,
+    ) -> Result<(), DriverError> {
+        if paced {
+            tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+        }
+        self.obs.take_applied();
+        let res = self.driver.execute(link, &mut self.obs, &req.command).await;
+        *last_io = Instant::now();
+        self.report_command(&req.command, &res);
+        let applied = self.obs.take_applied();
+        let _ = req
+            .reply
+            .send(CommandOutcome::from_driver(res.as_ref().map(|()| applied)));
+        res
+    }
+
+    /// One poll cycle, step by step; a priority command waiting goes between two steps.
+    async fn poll_cycle(
+        &mut self,
+        link: &mut Link,
+        priority: &mut mpsc::Receiver<CommandRequest>,
+        last_io: &mut Instant,
+    ) -> Result<(), DriverError> {
+        loop {
+            while let Ok(req) = priority.try_recv() {
+                // The command's own failure is its caller's news; only a link that failed
+                // under it ends the cycle.
+                match self.run_command(link, req, last_io, false).await {
+                    Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout { .. }) => {
+                        return Err(e)
+                    }
+                    _ => {}
+                }
+            }
+            match self.driver.poll_step(link, &mut self.obs).await? {
+                PollStep::More => {}
+                PollStep::Done => return Ok(()),
+            }
+        }
+    }
+
     fn report_command(&mut self, command: &DeviceCommand, res: &Result<(), DriverError>) {
         let ok = res.is_ok();
         self.obs.update(|s| {
@@ -319,29 +378,3 @@ impl Actor {
 
 /// How often a session looks for meters that stopped (three periods of silence).
 const METER_CHECK: Duration = Duration::from_secs(1);
-
-/// Errors are not `Clone` (they carry `io::Error`); the caller gets an equivalent refusal.
-fn clone_refusal(e: &DriverError) -> DriverError {
-    match e {
-        DriverError::Refused { command, reason } => DriverError::Refused {
-            command: command.clone(),
-            reason: reason.clone(),
-        },
-        DriverError::Rejected { command, reason } => DriverError::Rejected {
-            command: command.clone(),
-            reason: reason.clone(),
-        },
-        DriverError::Busy { command, reason } => DriverError::Busy {
-            command: command.clone(),
-            reason: reason.clone(),
-        },
-        DriverError::Unsupported { driver, command } => {
-            DriverError::Unsupported { driver, command }
-        }
-        DriverError::Protocol(p) => DriverError::Protocol(p.clone()),
-        other => DriverError::Refused {
-            command: "command".to_owned(),
-            reason: other.to_string(),
-        },
-    }
-}

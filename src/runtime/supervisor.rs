@@ -10,15 +10,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::actor::Queues;
 use super::actor::{Actor, ActorConfig, CommandRequest};
-use super::CommandError;
+use super::CommandOutcome;
 use crate::clock::Clock;
-use crate::driver::{Applied, Driver, Observer};
+use crate::driver::{Driver, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterBoard;
 use crate::model::{DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::LinkSpec;
+
+/// Priority commands waiting at most (protection steps come one a frame, not in bulk).
+const PRIORITY_DEPTH: usize = 8;
 
 /// How many crashes an actor may have within `window` before the supervisor gives up on it
 /// (the device then shows `faulted` with an `actor_crashed` fault; the daemon keeps running).
@@ -45,6 +49,7 @@ pub struct DeviceHandle {
     pub id: DeviceId,
     state: watch::Receiver<DeviceState>,
     commands: mpsc::Sender<CommandRequest>,
+    priority: mpsc::Sender<CommandRequest>,
     meters: MeterBoard,
 }
 
@@ -63,21 +68,72 @@ impl DeviceHandle {
         self.state.clone()
     }
 
-    /// Queue a command and wait for its outcome: done, with what it left on the device when
-    /// the driver knows it (the setpoint a unit really holds), or why not.
-    pub async fn command(&self, command: DeviceCommand) -> Result<Option<Applied>, CommandError> {
+    /// Queue a command, waiting for room in the device's queue if need be, and wait for its
+    /// outcome: done (with what it left on the device, when the driver knows it) or why not.
+    pub async fn command(&self, command: DeviceCommand) -> CommandOutcome {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .try_send(CommandRequest { command, reply: tx })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => CommandError::QueueFull(self.id.to_string()),
-                mpsc::error::TrySendError::Closed(_) => CommandError::Stopped(self.id.to_string()),
-            })?;
-        match rx.await {
-            Ok(r) => r.map_err(CommandError::from),
-            Err(_) => Err(CommandError::Stopped(self.id.to_string())),
+        if self
+            .commands
+            .send(CommandRequest { command, reply: tx })
+            .await
+            .is_err()
+        {
+            return CommandOutcome::Stopped;
+        }
+        rx.await.unwrap_or(CommandOutcome::Stopped)
+    }
+
+    /// [`DeviceHandle::command`] that never waits for queue space: `QueueFull` at once when
+    /// the queue is full (a person clicking; they are told to retry).
+    pub async fn try_command(&self, command: DeviceCommand) -> CommandOutcome {
+        self.enqueue(&self.commands, command).await
+    }
+
+    /// A command on the priority lane (protection: a gain cut, a mute): it goes before the
+    /// queued commands and between the steps of a poll cycle. Never waits for queue space.
+    pub async fn priority_command(&self, command: DeviceCommand) -> CommandOutcome {
+        self.enqueue(&self.priority, command).await
+    }
+
+    async fn enqueue(
+        &self,
+        queue: &mpsc::Sender<CommandRequest>,
+        command: DeviceCommand,
+    ) -> CommandOutcome {
+        let (tx, rx) = oneshot::channel();
+        match queue.try_send(CommandRequest { command, reply: tx }) {
+            Ok(()) => rx.await.unwrap_or(CommandOutcome::Stopped),
+            Err(mpsc::error::TrySendError::Full(_)) => CommandOutcome::QueueFull,
+            Err(mpsc::error::TrySendError::Closed(_)) => CommandOutcome::Stopped,
         }
     }
+
+    /// Wait until the device's state satisfies `pred` ("until the projector reports `on`",
+    /// "until the setpoint reads back"), at most `deadline`. Checked at once, then on every
+    /// state change.
+    pub async fn wait_for(
+        &self,
+        mut pred: impl FnMut(&DeviceState) -> bool,
+        deadline: Duration,
+    ) -> Result<DeviceState, TimedOut> {
+        let mut rx = self.state.clone();
+        let waited = tokio::time::timeout(deadline, async {
+            rx.wait_for(|s| pred(s)).await.map(|s| s.clone()).ok()
+        })
+        .await;
+        match waited {
+            Ok(Some(s)) => Ok(s),
+            // Timed out, or the actor is gone for good (nothing more will be published).
+            _ => Err(TimedOut { waited: deadline }),
+        }
+    }
+}
+
+/// [`DeviceHandle::wait_for`] gave up: the state never satisfied the predicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the device did not reach the state within {waited:?}")]
+pub struct TimedOut {
+    pub waited: Duration,
 }
 
 /// What the supervisor needs to run one configured device.
@@ -161,13 +217,15 @@ impl Fleet {
         let id = initial.id.clone();
         let (state_tx, state_rx) = watch::channel(initial);
         let state_tx = Arc::new(state_tx);
-        let (cmd_tx, cmd_rx) = mpsc::channel(queue_depth.max(1));
-        let cmd_rx = Arc::new(Mutex::new(cmd_rx));
+        let (cmd_tx, normal) = mpsc::channel(queue_depth.max(1));
+        let (priority_tx, priority) = mpsc::channel(PRIORITY_DEPTH);
+        let cmd_rx = Arc::new(Mutex::new(Queues { normal, priority }));
         let board = MeterBoard::default();
         let handle = DeviceHandle {
             id: id.clone(),
             state: state_rx,
             commands: cmd_tx,
+            priority: priority_tx,
             meters: board.clone(),
         };
         self.handles.insert(id.clone(), handle.clone());
@@ -238,14 +296,19 @@ impl Fleet {
                         s.refresh_health(now);
                     });
                     // Keep refusing commands so callers do not hang.
-                    let mut rx = cmd_rx.lock().await;
+                    let mut guard = cmd_rx.lock().await;
+                    let q = &mut *guard;
                     loop {
-                        tokio::select! {
+                        let r = tokio::select! {
                             _ = cancel.cancelled() => break,
-                            r = rx.recv() => match r {
-                                Some(req) => { let _ = req.reply.send(Err(crate::driver::DriverError::Unreachable)); }
-                                None => break,
+                            r = q.priority.recv() => r,
+                            r = q.normal.recv() => r,
+                        };
+                        match r {
+                            Some(req) => {
+                                let _ = req.reply.send(CommandOutcome::Unreachable);
                             }
+                            None => break,
                         }
                     }
                     break;
@@ -318,17 +381,6 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
-    }
-
-    pub async fn command(
-        &self,
-        id: &str,
-        cmd: DeviceCommand,
-    ) -> Result<Option<Applied>, CommandError> {
-        let h = self
-            .get(id)
-            .ok_or_else(|| CommandError::UnknownDevice(id.to_owned()))?;
-        h.command(cmd).await
     }
 }
 

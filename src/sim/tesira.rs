@@ -277,6 +277,8 @@ struct Shared {
     sessions: usize,
     subscriptions: usize,
     received: VecDeque<String>,
+    /// Command lines received in all, for tests that wait for the next one.
+    received_total: tokio::sync::watch::Sender<u64>,
     /// Publishing stalled: commands are still answered (a subscribe answer included), but
     /// no `!` publish line is sent for existing subscriptions.
     stalled: bool,
@@ -381,6 +383,17 @@ impl TesiraSim {
         lock(&self.shared).received.iter().cloned().collect()
     }
 
+    /// Command lines received since start (more than [`TesiraSim::received`] keeps).
+    pub fn received_total(&self) -> u64 {
+        *lock(&self.shared).received_total.borrow()
+    }
+
+    /// Wait until `n` command lines have been received since start.
+    pub async fn wait_received(&self, n: u64) {
+        let mut rx = lock(&self.shared).received_total.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
     /// Stall publishing (true) or resume it: the DSP keeps answering commands but its
     /// subscriptions stop sending, as a design push gone wrong leaves them.
     pub fn stall_publishing(&self, stalled: bool) {
@@ -463,6 +476,7 @@ pub async fn spawn(
         sessions: 0,
         subscriptions: 0,
         received: VecDeque::new(),
+        received_total: tokio::sync::watch::Sender::new(0),
         stalled: false,
     }));
     let (ctl, _) = broadcast::channel(256);
@@ -734,6 +748,7 @@ impl Session {
                 sh.received.pop_front();
             }
             sh.received.push_back(line.to_owned());
+            sh.received_total.send_modify(|n| *n += 1);
         }
         let words = match split_command(line) {
             Ok(w) => w,
@@ -1061,6 +1076,7 @@ mod tests {
             sessions: 0,
             subscriptions: 0,
             received: VecDeque::new(),
+            received_total: tokio::sync::watch::Sender::new(0),
             stalled: false,
         }));
         let mut s = Session::new(Arc::new(TesiraSimConfig::default()), shared, true);

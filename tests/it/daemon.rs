@@ -122,6 +122,7 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
         assert!(h
             .command(avwarden::model::DeviceCommand::Refresh)
             .await
+            .into_result()
             .is_err());
     }
     pump.cancel();
@@ -280,6 +281,7 @@ mode = "cool"
     let applied = h
         .command(avwarden::model::DeviceCommand::SetSetpoint { celsius: 22.5 })
         .await
+        .into_result()
         .expect("setpoint accepted")
         .expect("the thermostat's setpoint is reported back");
     assert_eq!(

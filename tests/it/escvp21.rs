@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::codec::escvp21::PowerCode;
-use avwarden::driver::DriverError;
 use avwarden::events::{Event, EventKind};
 use avwarden::model::{DeviceCommand, DeviceState, Health, PowerState, Value};
 use avwarden::profile::Profile;
-use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::runtime::{CommandOutcome, DeviceHandle, DeviceSpec, Fleet};
 use avwarden::sim::escvp21::{Escvp21Sim, SimConfig};
 use avwarden::transport::serial::SerialSpec;
 use avwarden::transport::LinkSpec;
@@ -57,10 +56,11 @@ impl Room {
     }
 
     /// Send a command; a command that never ends fails the test instead of hanging it.
-    async fn command(&self, c: DeviceCommand) -> Result<(), CommandError> {
+    async fn command(&self, c: DeviceCommand) -> Result<(), CommandOutcome> {
         tokio::time::timeout(LIMIT, self.handle.command(c))
             .await
             .expect("command ends")
+            .into_result()
             .map(|_| ())
     }
 
@@ -229,7 +229,12 @@ async fn power_on_is_busy_through_the_ignition_silence_then_on() {
     assert_eq!(power(&s), Some(Value::Power(PowerState::Off)));
 
     let handle = r.handle.clone();
-    let cmd = tokio::spawn(async move { handle.command(DeviceCommand::Power { on: true }).await });
+    let cmd = tokio::spawn(async move {
+        handle
+            .command(DeviceCommand::Power { on: true })
+            .await
+            .into_result()
+    });
     let mut sim = r.sim.watch();
     tokio::time::timeout(LIMIT, sim.wait_for(|s| s.igniting))
         .await
@@ -281,7 +286,7 @@ async fn failed_ignition_is_a_lamp_fault_and_the_projector_stays_reachable() {
     r.wait("ok", |s| s.health == Health::Ok).await;
     let res = r.command(DeviceCommand::Power { on: true }).await;
     assert!(
-        matches!(res, Err(CommandError::Driver(DriverError::Refused { .. }))),
+        matches!(res, Err(CommandOutcome::Refused { .. })),
         "{res:?}"
     );
     let s = r.handle.state();
@@ -336,7 +341,7 @@ async fn abnormal_silence_is_a_fault_not_unreachable() {
     assert_eq!(s.health, Health::Faulted);
     let res = r.command(DeviceCommand::AvMute { on: true }).await;
     assert!(
-        matches!(res, Err(CommandError::Driver(DriverError::Refused { .. }))),
+        matches!(res, Err(CommandOutcome::Refused { .. })),
         "{res:?}"
     );
     assert!(!r

@@ -748,6 +748,7 @@ async fn modbus_runtime_over_a_pty() {
     .await;
     h.command(DeviceCommand::SetSetpoint { celsius: 21.5 })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(ctl.controls().setpoint_c, 21.5);
     ctl.faults(|f| f.silent = true);
@@ -857,8 +858,12 @@ async fn modbus_driver_against_pymodbus_server() {
 
     h.command(DeviceCommand::SetSetpoint { celsius: 22.0 })
         .await
+        .into_result()
         .unwrap();
-    h.command(DeviceCommand::Power { on: false }).await.unwrap();
+    h.command(DeviceCommand::Power { on: false })
+        .await
+        .into_result()
+        .unwrap();
     let mut seen = Vec::new();
     let read_writes = async {
         while let Ok(Some(line)) = writes.next_line().await {

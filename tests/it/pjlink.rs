@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus, InputCode};
-use avwarden::driver::DriverError;
 use avwarden::model::{DeviceCommand, DeviceState, Health, PowerState, Severity, Unit, Value};
 use avwarden::profile::Profile;
-use avwarden::runtime::{CommandError, DeviceHandle, DeviceSpec, Fleet};
+use avwarden::runtime::{CommandOutcome, DeviceHandle, DeviceSpec, Fleet};
 use avwarden::sim::pjlink::{ClssQuirk, PjlinkSim, SimConfig};
 use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
@@ -252,14 +251,15 @@ async fn power_on_goes_through_warm_up_while_busy() {
     let e = h
         .command(DeviceCommand::SelectInput { input: "31".into() })
         .await
+        .into_result()
         .unwrap_err();
-    assert!(
-        matches!(e, CommandError::Driver(DriverError::Busy { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, CommandOutcome::Busy { .. }), "{e}");
 
     let t = Instant::now();
-    h.command(DeviceCommand::Power { on: true }).await.unwrap();
+    h.command(DeviceCommand::Power { on: true })
+        .await
+        .into_result()
+        .unwrap();
     let s = h.state();
     assert_eq!(power(&s), Some(PowerState::WarmingUp));
     assert!(s.busy);
@@ -277,8 +277,12 @@ async fn power_on_goes_through_warm_up_while_busy() {
 
     h.command(DeviceCommand::SelectInput { input: "32".into() })
         .await
+        .into_result()
         .unwrap();
-    h.command(DeviceCommand::AvMute { on: true }).await.unwrap();
+    h.command(DeviceCommand::AvMute { on: true })
+        .await
+        .into_result()
+        .unwrap();
     let s = h.state();
     assert_eq!(value(&s, "input"), Value::Text("32".into()));
     assert_eq!(value(&s, "av_mute"), Value::Bool(true));
@@ -286,11 +290,9 @@ async fn power_on_goes_through_warm_up_while_busy() {
     let e = h
         .command(DeviceCommand::SelectInput { input: "59".into() })
         .await
+        .into_result()
         .unwrap_err();
-    assert!(
-        matches!(e, CommandError::Driver(DriverError::Refused { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, CommandOutcome::Refused { .. }), "{e}");
     assert!(h.state().reachable);
 }
 
@@ -306,16 +308,17 @@ async fn power_on_while_cooling_is_busy_not_offline() {
     let mut rx = h.watch();
     wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
 
-    h.command(DeviceCommand::Power { on: false }).await.unwrap();
+    h.command(DeviceCommand::Power { on: false })
+        .await
+        .into_result()
+        .unwrap();
     assert_eq!(power(&h.state()), Some(PowerState::CoolingDown));
     let e = h
         .command(DeviceCommand::Power { on: true })
         .await
+        .into_result()
         .unwrap_err();
-    assert!(
-        matches!(e, CommandError::Driver(DriverError::Busy { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, CommandOutcome::Busy { .. }), "{e}");
     let s = h.state();
     assert!(s.reachable);
     assert_eq!(s.health, Health::Busy);
@@ -332,7 +335,10 @@ async fn power_on_while_cooling_is_busy_not_offline() {
     let s = h.state();
     assert_eq!(power(&s), Some(PowerState::Off));
     assert_eq!(s.health, Health::Ok);
-    h.command(DeviceCommand::Power { on: true }).await.unwrap();
+    h.command(DeviceCommand::Power { on: true })
+        .await
+        .into_result()
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -446,6 +452,7 @@ async fn per_exchange_projector_hangs_up_after_every_reply() {
     // A Class 2 input with a letter index goes out as %2INPT.
     h.command(DeviceCommand::SelectInput { input: "3b".into() })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(value(&h.state(), "input"), Value::Text("3B".into()));
     assert!(rig.sim.requests().iter().any(|r| r.ends_with("%2INPT 3B")));
@@ -862,4 +869,43 @@ async fn interop_aiopjlink_client_talks_to_our_simulator() {
     // The client's power-on reached the projector, and its wrong-password try was refused.
     assert_eq!(sim.power(), avwarden::codec::pjlink::PowerStatus::WarmUp);
     cancel.cancel();
+}
+
+/// Issue 8.4: `wait_for` returns when the projector reports `on` after its warm-up (paused
+/// time), and gives up at its deadline when the warm-up never ends in time.
+#[tokio::test(start_paused = true)]
+async fn wait_for_returns_when_warm_up_ends_and_times_out_when_it_does_not() {
+    for (warm_up, deadline, done) in [
+        (Duration::from_secs(30), Duration::from_secs(60), true),
+        (Duration::from_secs(600), Duration::from_secs(60), false),
+    ] {
+        let mut rig = rig(SimConfig {
+            warm_up,
+            ..SimConfig::default()
+        })
+        .await;
+        let prof = profile("generic-pjlink");
+        let h = rig.spawn(spec(&prof, &rig.sim, None));
+        h.wait_for(|s| s.health == Health::Ok, MINUTE)
+            .await
+            .expect("up");
+        let on = h.command(DeviceCommand::Power { on: true }).await;
+        assert!(on.is_done(), "{on:?}");
+        let t = Instant::now();
+        let r = h
+            .wait_for(|s| power(s) == Some(PowerState::On), deadline)
+            .await;
+        match (done, r) {
+            (true, Ok(s)) => {
+                assert!(!s.busy);
+                assert!(t.elapsed() >= warm_up, "{:?}", t.elapsed());
+            }
+            (false, Err(e)) => {
+                assert_eq!(e.waited, deadline);
+                assert_eq!(t.elapsed(), deadline);
+                assert_eq!(power(&h.state()), Some(PowerState::WarmingUp));
+            }
+            (_, r) => panic!("warm-up {warm_up:?}: {r:?}"),
+        }
+    }
 }

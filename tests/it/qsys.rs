@@ -192,7 +192,7 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
             on: true,
         },
     ] {
-        rig.handle.command(cmd).await.unwrap();
+        rig.handle.command(cmd).await.into_result().unwrap();
     }
     assert_eq!(sim.control("MainGain"), Some(-18.0));
     assert_eq!(sim.control("MainMute"), Some(1.0));
@@ -210,6 +210,7 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
             db: 1.0
         })
         .await
+        .into_result()
         .is_err());
     assert_eq!(sim.control("MainGain"), Some(-18.0));
 

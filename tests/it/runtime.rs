@@ -209,7 +209,11 @@ async fn supervisor_restarts_a_crashed_actor_then_gives_up_past_its_budget() {
 
     // One panic: the command fails (its reply channel is dropped), the actor is restarted and
     // the device comes back by itself.
-    assert!(h.command(DeviceCommand::Refresh).await.is_err());
+    assert!(h
+        .command(DeviceCommand::Refresh)
+        .await
+        .into_result()
+        .is_err());
     wait_state(
         &mut rx,
         Duration::from_secs(30),
@@ -222,14 +226,17 @@ async fn supervisor_restarts_a_crashed_actor_then_gives_up_past_its_budget() {
     })
     .await;
     assert!(
-        h.command(DeviceCommand::Refresh).await.is_ok(),
+        h.command(DeviceCommand::Refresh)
+            .await
+            .into_result()
+            .is_ok(),
         "the queue survived the crash"
     );
 
     // Past the budget: faulted with actor_crashed, and commands are refused, not hung.
     panics.store(10, Ordering::SeqCst);
     for _ in 0..3 {
-        let _ = h.command(DeviceCommand::Refresh).await;
+        let _ = h.command(DeviceCommand::Refresh).await.into_result();
         let _ = tokio::time::timeout(
             Duration::from_secs(30),
             rx.wait_for(|s| s.health == Health::Ok),
@@ -245,7 +252,7 @@ async fn supervisor_restarts_a_crashed_actor_then_gives_up_past_its_budget() {
     let refused = tokio::time::timeout(Duration::from_secs(5), h.command(DeviceCommand::Refresh))
         .await
         .expect("refused at once, not hung");
-    assert!(refused.is_err());
+    assert_eq!(refused, avwarden::runtime::CommandOutcome::Unreachable);
     let mut names = Vec::new();
     while let Ok(e) = ev.try_recv() {
         names.push(e.kind.name());
@@ -471,7 +478,10 @@ async fn commands_get_through_when_polls_take_longer_than_the_interval() {
     .await;
     let done =
         tokio::time::timeout(Duration::from_secs(10), h.command(DeviceCommand::Refresh)).await;
-    assert!(matches!(done, Ok(Ok(_))), "command starved: {done:?}");
+    assert!(
+        matches!(done, Ok(avwarden::runtime::CommandOutcome::Done { .. })),
+        "command starved: {done:?}"
+    );
     cancel.cancel();
     stop.cancel();
 }
@@ -503,7 +513,7 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
     for _ in 0..10 {
         let h = h.clone();
         tasks.push(tokio::spawn(async move {
-            h.command(DeviceCommand::Refresh).await
+            h.try_command(DeviceCommand::Refresh).await.into_result()
         }));
     }
     let mut ok = 0;
@@ -511,7 +521,7 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(avwarden::runtime::CommandError::QueueFull(_)) => full += 1,
+            Err(avwarden::runtime::CommandOutcome::QueueFull) => full += 1,
             Err(e) => panic!("unexpected {e}"),
         }
     }
@@ -522,7 +532,10 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
 
     // Let polls interleave with more commands, then check every gap on the wire.
     for _ in 0..5 {
-        h.command(DeviceCommand::Refresh).await.unwrap();
+        h.command(DeviceCommand::Refresh)
+            .await
+            .into_result()
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let instants = log.lock().unwrap().clone();

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avwarden::driver::{DriverError, Link, Observer};
+use avwarden::driver::{Link, Observer};
 use avwarden::events::{EventBus, EventKind};
 use avwarden::model::{
     DeviceCommand, DeviceId, DeviceState, Health, RoomId, Severity, Subject, Value,
 };
 use avwarden::profile::{DriverKind, ProfileSet};
-use avwarden::runtime::{CommandError, DeviceSpec};
+use avwarden::runtime::{CommandOutcome, DeviceSpec};
 use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
@@ -852,6 +852,7 @@ async fn gain_and_mute_commands() {
             db: 12.0,
         })
         .await
+        .into_result()
         .expect("gain set");
     assert_eq!(sim.gain_db(2), Some(12));
     assert_eq!(
@@ -865,9 +866,10 @@ async fn gain_and_mute_commands() {
             db: 50.0,
         })
         .await
+        .into_result()
         .expect_err("beyond +42 dB");
     assert!(
-        matches!(err, CommandError::Driver(DriverError::Rejected { .. })),
+        matches!(err, CommandOutcome::Rejected { .. }),
         "issue 14.5: avwarden's own limit, nothing sent: {err}"
     );
     assert_eq!(sim.gain_db(2), Some(12));
@@ -878,17 +880,16 @@ async fn gain_and_mute_commands() {
             db: 0.0,
         })
         .await
+        .into_result()
         .expect_err("no channel 3");
-    assert!(matches!(
-        err,
-        CommandError::Driver(DriverError::Rejected { .. })
-    ));
+    assert!(matches!(err, CommandOutcome::Rejected { .. }));
     rig.handle
         .command(DeviceCommand::SetMute {
             channel: 1,
             on: true,
         })
         .await
+        .into_result()
         .expect("muted");
     assert_eq!(sim.rx_muted(1), Some(true));
     assert_eq!(
@@ -908,11 +909,9 @@ async fn gain_and_mute_commands() {
             on: true,
         })
         .await
+        .into_result()
         .expect_err("QLX-D has no receiver mute");
-    assert!(matches!(
-        err,
-        CommandError::Driver(DriverError::Unsupported { .. })
-    ));
+    assert!(matches!(err, CommandOutcome::Unsupported { .. }));
     rig.shutdown().await;
     sc.cancel();
 }

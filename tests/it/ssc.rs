@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use avwarden::codec::ssc::{self as wire, Builder, SubscribeParams};
-use avwarden::driver::DriverError;
 use avwarden::model::{DeviceCommand, Health, Severity, Value};
-use avwarden::runtime::{CommandError, DeviceSpec};
+use avwarden::runtime::{CommandOutcome, DeviceSpec};
 use avwarden::sim::mic::TxSpec;
 use avwarden::sim::ssc::{Product, SscSim, SscSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
@@ -338,6 +337,7 @@ async fn gain_and_mute_commands() {
             db: 13.0,
         })
         .await
+        .into_result()
         .expect("gain");
     assert_eq!(sim.gain_db(1), Some(12));
     assert_eq!(
@@ -351,9 +351,10 @@ async fn gain_and_mute_commands() {
             db: 60.0,
         })
         .await
+        .into_result()
         .expect_err("too loud");
     assert!(
-        matches!(err, CommandError::Driver(DriverError::Rejected { .. })),
+        matches!(err, CommandOutcome::Rejected { .. }),
         "issue 14.5: avwarden's own limit, nothing sent: {err}"
     );
     rig.handle
@@ -362,6 +363,7 @@ async fn gain_and_mute_commands() {
             on: true,
         })
         .await
+        .into_result()
         .expect("mute");
     assert_eq!(sim.rx_muted(2), Some(true));
     assert_eq!(

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use avwarden::driver::DriverError;
 use avwarden::model::{DeviceCommand, Health, Severity, Subject, Value};
 use avwarden::profile::ProfileError;
-use avwarden::runtime::{CommandError, DeviceSpec};
+use avwarden::runtime::{CommandOutcome, DeviceSpec};
 use avwarden::sim::meter_script::MeterScript;
 use avwarden::sim::tesira::{self, LineEnding, TesiraSim, TesiraSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
@@ -238,6 +237,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             db: -20.0,
         })
         .await
+        .into_result()
         .unwrap();
     rig.handle
         .command(DeviceCommand::SetZoneMute {
@@ -245,6 +245,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             on: true,
         })
         .await
+        .into_result()
         .unwrap();
     rig.handle
         .command(DeviceCommand::SetGain {
@@ -252,6 +253,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             db: -6.5,
         })
         .await
+        .into_result()
         .unwrap();
     rig.handle
         .command(DeviceCommand::SetMute {
@@ -259,6 +261,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             on: true,
         })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(sim.level("Level1", 1), Some(-20.0));
     assert_eq!(sim.mute("Level1", 1), Some(true));
@@ -301,8 +304,8 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             "9",
         ),
     ] {
-        match rig.handle.command(cmd.clone()).await {
-            Err(CommandError::Driver(e @ DriverError::Rejected { .. })) => {
+        match rig.handle.command(cmd.clone()).await.into_result() {
+            Err(e @ CommandOutcome::Rejected { .. }) => {
                 let text = e.to_string();
                 assert!(text.starts_with("avwarden rejected"), "{text}");
                 assert!(text.contains(why), "{cmd:?}: {text}");
@@ -310,12 +313,13 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
             other => panic!("{cmd:?}: {other:?}"),
         }
     }
-    let r = rig.handle.command(DeviceCommand::Power { on: true }).await;
+    let r = rig
+        .handle
+        .command(DeviceCommand::Power { on: true })
+        .await
+        .into_result();
     assert!(
-        matches!(
-            r,
-            Err(CommandError::Driver(DriverError::Unsupported { .. }))
-        ),
+        matches!(r, Err(CommandOutcome::Unsupported { .. })),
         "{r:?}"
     );
     assert_eq!(
@@ -744,6 +748,7 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
             db: -23.5,
         })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(sim.level("Level1", 1), Some(-23.5));
     assert_eq!(
@@ -989,5 +994,101 @@ async fn serial_meters_that_stop_publishing_are_stale_and_metering_lost() {
     let mut rig = start("biamp-tesira-serial", link, ROOM, |_| {});
     stalled_meters_are_stale_and_lost_until_samples_return(&mut rig, &sim, Duration::ZERO).await;
     rig.cancel.cancel();
+    cancel.cancel();
+}
+
+/// Issue 8.4: a protection command on the priority lane of a Tesira with 16 zones polled over
+/// a 115200-baud pseudo-terminal is written after at most the one exchange in flight, not
+/// after the rest of the 2×16-read poll cycle; a normal command waits for the cycle. Counted
+/// in exchanges the DSP received, not in wall-clock time.
+#[tokio::test]
+async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
+    use avwarden::sim::tesira::{BlockKind, BlockSpec};
+    let cancel = CancellationToken::new();
+    let mut cfg = TesiraSimConfig::default();
+    cfg.blocks
+        .push(BlockSpec::new("Zones", BlockKind::Level, 16).level_db(-20.0));
+    let sim = tesira::spawn(cfg, SimBind::Pty { link: None }, cancel.clone())
+        .await
+        .unwrap();
+    let link = LinkSpec::Serial(SerialSpec::new(
+        sim.pty_path().unwrap().display().to_string(),
+        115_200,
+    ));
+    let zones: String = (1..=16)
+        .map(|n| format!("[[zones]]\nid = \"z{n}\"\nlevel_tag = \"Zones\"\nindex = {n}\n"))
+        .collect();
+    let mut rig = start("biamp-tesira-serial", link, &zones, |spec| {
+        let mut p = (*spec.profile).clone();
+        p.timing.poll_interval = Duration::from_secs(1);
+        spec.profile = std::sync::Arc::new(p);
+    });
+    rig.until("ok", |s| s.health == Health::Ok).await;
+
+    // Exchanges of the cycle that ran between `from` (a received-line count) and the line
+    // `set`, and whether `set` came at all.
+    let gets_between = |from: u64, set: &str| -> Option<usize> {
+        let lines = sim.received();
+        let first = sim.received_total() - lines.len() as u64;
+        let start = usize::try_from(from.saturating_sub(first)).unwrap();
+        let at = lines.iter().rposition(|l| l == set)?;
+        Some(
+            lines[start..at]
+                .iter()
+                .filter(|l| l.starts_with("Zones get"))
+                .count(),
+        )
+    };
+    // Wait for the start of a poll cycle (zone 1's level read), then act at once.
+    let cycle_start = |sim: &TesiraSim, after: u64| {
+        let lines = sim.received();
+        let first = sim.received_total() - lines.len() as u64;
+        lines
+            .iter()
+            .enumerate()
+            .any(|(i, l)| first + i as u64 >= after && l == "Zones get level 1")
+    };
+    for (lane, set, db) in [
+        (
+            avwarden::runtime::Lane::Priority,
+            "Zones set level 16 -30",
+            -30.0,
+        ),
+        (
+            avwarden::runtime::Lane::Normal,
+            "Zones set level 16 -31",
+            -31.0,
+        ),
+    ] {
+        let after = sim.received_total();
+        while !cycle_start(&sim, after) {
+            let n = sim.received_total();
+            sim.wait_received(n + 1).await;
+        }
+        let issued = sim.received_total();
+        let cmd = DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db,
+        };
+        let outcome = match lane {
+            avwarden::runtime::Lane::Priority => rig.handle.priority_command(cmd).await,
+            avwarden::runtime::Lane::Normal => rig.handle.command(cmd).await,
+        };
+        assert!(outcome.is_done(), "{outcome:?}");
+        let gets = gets_between(issued, set).expect("the set was sent");
+        match lane {
+            avwarden::runtime::Lane::Priority => {
+                assert!(
+                    gets <= 1,
+                    "{gets} poll exchanges before the priority command"
+                )
+            }
+            avwarden::runtime::Lane::Normal => {
+                assert!(gets >= 8, "a normal command waits for the cycle: {gets}")
+            }
+        }
+        eprintln!("{lane:?}: {gets} poll exchanges between the command and its write");
+    }
+    rig.shutdown().await;
     cancel.cancel();
 }

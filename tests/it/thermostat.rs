@@ -268,6 +268,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 21.0 })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(
         next_payload(&mut wire, &set_topic).await,
@@ -296,6 +297,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         .device
         .command(DeviceCommand::SetSetpoint { celsius: 20.0 })
         .await
+        .into_result()
         .unwrap_err();
     assert!(e.to_string().contains("unreachable"), "{e}");
     rig.sim.set_temperature(25.0);
@@ -315,6 +317,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
             mode: "cool".into(),
         })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(rig.sim.controls().mode, Mode::Cool);
     // The subscription made before the restart was renewed too.
@@ -425,6 +428,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 22.5 })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(
         next_payload(&mut wire, "cmnd/room101/TempTargetSet").await,
@@ -436,6 +440,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
             mode: "cool".into(),
         })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(
         next_payload(&mut wire, "cmnd/room101/ClimateModeSet").await,
@@ -445,6 +450,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
     rig.device
         .command(DeviceCommand::Power { on: false })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(
         next_payload(&mut wire, "cmnd/room101/ThermostatModeSet").await,
@@ -459,6 +465,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
         .device
         .command(DeviceCommand::SetHvacMode { mode: "dry".into() })
         .await
+        .into_result()
         .unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
     rig.stop().await;
@@ -504,6 +511,7 @@ async fn embedded_broker_serves_a_thermostat() {
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 24.0 })
         .await
+        .into_result()
         .unwrap();
     assert_eq!(rig.sim.controls().setpoint_c, 24.0);
     rig.stop().await;

@@ -47,7 +47,7 @@ use crate::codec::tesira::{
     self as ttp, parse_line, InstanceTag, TtpArg, TtpDecoder, TtpFrame, TtpLine, TtpValue,
 };
 use crate::codec::ProtocolError;
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
 use crate::meter::Alignment;
 use crate::model::{DeviceCommand, Unit, Value};
 use crate::profile::{Profile, ProfileError};
@@ -94,6 +94,9 @@ pub struct TesiraDriver {
     last_publish: Option<Instant>,
     subscribed_at: Option<Instant>,
     mapping: MappingFaults,
+    /// The next step of the poll cycle under way: 0 starts it (re-subscribing if due), then
+    /// one control read per step (level, mute of each channel in turn).
+    poll_cursor: usize,
 }
 
 fn addr_keys(
@@ -197,6 +200,7 @@ impl TesiraDriver {
             last_publish: None,
             subscribed_at: None,
             mapping: MappingFaults::default(),
+            poll_cursor: 0,
         })
     }
 
@@ -516,6 +520,7 @@ impl Driver for TesiraDriver {
         self.outstanding = 0;
         self.tokens.clear();
         self.last_publish = None;
+        self.poll_cursor = 0;
         if self.telnet {
             // Refuse whatever the server offers, then wait for the banner: anything sent
             // before it is lost (protocols.md §4.1).
@@ -562,14 +567,42 @@ impl Driver for TesiraDriver {
     }
 
     async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        if self.meters_stale() {
-            tracing::debug!(device = %obs.device(), "meters silent, re-subscribing");
-            self.resubscribe = true;
+        self.poll_cursor = 0;
+        while self.poll_step(link, obs).await? == PollStep::More {}
+        Ok(())
+    }
+
+    /// One exchange per step, so a protection command waits for one exchange at most, not a
+    /// 2×N cycle (16 zones over 115200 baud are 32 serial exchanges).
+    async fn poll_step(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<PollStep, DriverError> {
+        let step = self.poll_cursor;
+        // A failed step restarts the cycle on the next poll.
+        self.poll_cursor = 0;
+        if step == 0 {
+            if self.meters_stale() {
+                tracing::debug!(device = %obs.device(), "meters silent, re-subscribing");
+                self.resubscribe = true;
+            }
+            if self.resubscribe {
+                self.subscribe_all(link, obs).await?;
+            }
+        } else {
+            let (idx, f) = (
+                (step - 1) / 2,
+                [Function::Level, Function::Mute][(step - 1) % 2],
+            );
+            self.read_value(link, obs, idx, f).await?;
         }
-        if self.resubscribe {
-            self.subscribe_all(link, obs).await?;
+        if step >= 2 * self.map.channels.len() {
+            obs.faults(MAPPING_SOURCE, self.mapping.current());
+            return Ok(PollStep::Done);
         }
-        self.read_levels(link, obs).await
+        self.poll_cursor = step + 1;
+        Ok(PollStep::More)
     }
 
     async fn execute(
