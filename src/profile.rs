@@ -32,6 +32,9 @@ pub enum ProfileError {
         key: String,
         message: String,
     },
+    /// Several problems found at once (a zone map with three mistakes).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Many(Vec<ProfileError>),
 }
 
 /// The protocol families avwarden speaks.

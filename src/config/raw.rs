@@ -82,6 +82,8 @@ pub struct RawDevice {
     pub settings: Option<toml::Table>,
     /// Equipment archive facts a technician keeps (location, supplier, warranty …).
     pub archive: Option<toml::Table>,
+    /// Overrides the profile's poll interval for this device.
+    pub poll_interval_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -513,6 +513,7 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
             "simulator",
             "settings",
             "archive",
+            "poll_interval_secs",
         ],
         ["devices", "link"] => vec![
             "kind",
@@ -735,6 +736,22 @@ fn validate_devices(
                 None
             }
         };
+        // A site may poll one device more or less often than its profile says.
+        let profile = match (profile, d.poll_interval_secs) {
+            (Some(prof), Some(secs)) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => {
+                let mut prof = (*prof).clone();
+                prof.timing.poll_interval = std::time::Duration::from_secs_f64(secs);
+                Some(Arc::new(prof))
+            }
+            (prof, Some(_)) => {
+                pr.at_path(
+                    &p(&at, &[k("poll_interval_secs")]),
+                    "must be between 0.1 and 3600 seconds",
+                );
+                prof
+            }
+            (prof, None) => prof,
+        };
         let simulated = d.simulated.unwrap_or(false);
         let link = match (&profile, &d.link) {
             (Some(prof), Some(l)) => validate_link(prof, l, &p(&at, &[k("link")]), pr),
@@ -752,7 +769,7 @@ fn validate_devices(
                 secret.as_ref().map(|s| s.expose().to_owned()),
                 settings,
             ) {
-                pr.at_path(&p(&at, &[k("settings")]), e.to_string());
+                settings_problem(&at, e, pr);
             }
         }
         if let (Some(prof), Some(options)) = (&profile, &d.simulator) {
@@ -818,20 +835,44 @@ fn simulator_problem(at: &[Seg], e: crate::sim::SimError, pr: &mut Problems<'_>)
     let mut path = at.to_vec();
     // "simulator" is the whole table: the error belongs to no single key in it.
     if key != "simulator" {
-        for part in key.split('.').filter(|s| !s.is_empty()) {
-            let mut pieces = part.split('[');
-            if let Some(name) = pieces.next() {
-                path.push(k(name));
-            }
-            for index in pieces {
-                match index.trim_end_matches(']').parse() {
-                    Ok(i) => path.push(Seg::Index(i)),
-                    Err(_) => break,
-                }
+        push_key_path(&mut path, &key);
+    }
+    pr.at_path(&path, message);
+}
+
+/// `zones[0].level_tag` onto `path` as segments.
+fn push_key_path(path: &mut Vec<Seg>, key: &str) {
+    for part in key.split('.').filter(|s| !s.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next() {
+            path.push(k(name));
+        }
+        for index in pieces {
+            match index.trim_end_matches(']').parse() {
+                Ok(i) => path.push(Seg::Index(i)),
+                Err(_) => break,
             }
         }
     }
-    pr.at_path(&path, message);
+}
+
+/// A driver's verdict on `[devices.settings]`: each problem at its own key (`settings.zones[2]
+/// .max_db`), all of them; a profile option's problem at the settings table.
+fn settings_problem(at: &[Seg], e: crate::profile::ProfileError, pr: &mut Problems<'_>) {
+    use crate::profile::ProfileError;
+    match e {
+        ProfileError::Many(list) => {
+            for e in list {
+                settings_problem(at, e, pr);
+            }
+        }
+        ProfileError::Option { key, message, .. } if key.starts_with("settings.") => {
+            let mut path = at.to_vec();
+            push_key_path(&mut path, &key);
+            pr.at_path(&path, message);
+        }
+        other => pr.at_path(&p(at, &[k("settings")]), other.to_string()),
+    }
 }
 
 fn validate_secret(

@@ -281,3 +281,28 @@ fn shipped_site_configs_validate() {
         assert!(cfg.devices.len() >= 7, "{name}");
     }
 }
+
+/// Issue 8.8: a site may poll one device more or less often than its profile says; a value out
+/// of range is a located error.
+#[test]
+fn a_device_may_override_its_profiles_poll_interval() {
+    let site = |secs: &str| {
+        format!(
+            "[site]\nname = \"x\"\ntime_zone = \"UTC\"\n[[rooms]]\nid = \"r\"\ncapacity = 1\n\
+             [[devices]]\nid = \"p\"\nroom = \"r\"\nprofile = \"generic-pjlink\"\n\
+             link = {{ host = \"192.0.2.1\" }}\npoll_interval_secs = {secs}\n"
+        )
+    };
+    let cfg = parse_site(&site("2.5"), "site.toml", Path::new("."), &Env::fixed(&[])).unwrap();
+    assert_eq!(
+        cfg.devices[0].profile.timing.poll_interval,
+        std::time::Duration::from_millis(2500)
+    );
+    let err = parse_site(&site("0"), "site.toml", Path::new("."), &Env::fixed(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err.trim(),
+        "site.toml:12:1: devices[0].poll_interval_secs: must be between 0.1 and 3600 seconds"
+    );
+}

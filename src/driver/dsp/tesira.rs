@@ -183,9 +183,16 @@ impl TesiraDriver {
                 None,
             )?;
             Ok(Addresses { level, mute, meter })
-        })
-        .map_err(site)?;
-        top.finish().map_err(site)?;
+        });
+        let mut problems = top.unknown_keys();
+        let map = match map {
+            Ok(m) if problems.is_empty() => m,
+            Ok(_) => return Err(SettingsError::all_into_profile_error(problems, &pid)),
+            Err(mut e) => {
+                e.append(&mut problems);
+                return Err(SettingsError::all_into_profile_error(e, &pid));
+            }
+        };
         Ok(Self {
             map,
             telnet,

@@ -40,6 +40,19 @@ impl SettingsError {
             message: self.message,
         }
     }
+
+    /// Several problems as one error, each keeping its key path.
+    pub fn all_into_profile_error(errors: Vec<SettingsError>, profile: &str) -> ProfileError {
+        let mut list: Vec<ProfileError> = errors
+            .into_iter()
+            .map(|e| e.into_profile_error(profile))
+            .collect();
+        if list.len() == 1 {
+            list.remove(0)
+        } else {
+            ProfileError::Many(list)
+        }
+    }
 }
 
 /// Strict reader over one TOML table: typed getters that name the key path, and a final check
@@ -166,16 +179,31 @@ impl<'a> Entry<'a> {
 
     /// Refuse keys that no getter asked for.
     pub fn finish(self) -> Result<(), SettingsError> {
-        for k in self.table.keys() {
-            if !self.used.contains(k.as_str()) {
-                let expected: Vec<&str> = self.used.iter().copied().collect();
-                return Err(SettingsError::new(
-                    self.key(k),
-                    format!("unknown key; expected one of: {}", expected.join(", ")),
-                ));
-            }
+        match self.unknown_keys().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Every key no getter asked for, each with the known key it most likely misspells.
+    pub fn unknown_keys(&self) -> Vec<SettingsError> {
+        let expected: Vec<&str> = self.used.iter().copied().collect();
+        self.table
+            .keys()
+            .filter(|k| !self.used.contains(k.as_str()))
+            .map(|k| {
+                let close = expected
+                    .iter()
+                    .map(|e| (strsim::jaro_winkler(k, e), *e))
+                    .filter(|(score, _)| *score >= 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                let message = match close {
+                    Some((_, e)) => format!("unknown key; did you mean {e}?"),
+                    None => format!("unknown key; expected one of: {}", expected.join(", ")),
+                };
+                SettingsError::new(self.key(k), message)
+            })
+            .collect()
     }
 }
 
@@ -282,81 +310,116 @@ pub struct LevelRange {
 impl<A> DspMap<A> {
     /// Parse `[[zones]]` and `[[mics]]` from the settings table; `addr` reads the vendor keys of
     /// one entry. Keys other than the common ones and those `addr` reads are refused.
+    /// Every zone and mic of the map, or every problem found: each entry is read on its own,
+    /// so three mistakes in three entries are three errors, each at its key.
     pub fn parse(
         settings: &mut Entry<'_>,
         range: LevelRange,
         mut addr: impl FnMut(&mut Entry<'_>, Role) -> Result<Addresses<A>, SettingsError>,
-    ) -> Result<DspMap<A>, SettingsError> {
+    ) -> Result<DspMap<A>, Vec<SettingsError>> {
         let mut channels = Vec::new();
+        let mut errors = Vec::new();
         for role in [Role::Zone, Role::Mic] {
             let list_key = role.list_key();
-            let tables = settings.tables(list_key)?;
+            let tables = match settings.tables(list_key) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             let mut ids = BTreeSet::new();
             let mut numbers = BTreeSet::new();
             for (i, t) in tables.into_iter().enumerate() {
                 let mut e = Entry::new(t, format!("{}[{i}]", settings.key(list_key)));
-                let id = e
-                    .string("id")?
-                    .ok_or_else(|| e.err("id", "missing; every entry needs an id"))?;
-                if id.is_empty()
-                    || id.len() > 32
-                    || !id
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                {
-                    return Err(e.err(
-                        "id",
-                        format!("{id:?} must be 1 to 32 characters of a-z, 0-9 and _"),
-                    ));
+                match Self::entry(&mut e, role, i, range, &mut addr, &mut ids, &mut numbers) {
+                    Ok(ch) => {
+                        // Unknown keys are only known once every getter has run; a misspelt
+                        // control key says more than "maps no control".
+                        let unknown = e.unknown_keys();
+                        if !unknown.is_empty() {
+                            errors.extend(unknown);
+                        } else if ch.level.is_none() && ch.mute.is_none() && ch.meter.is_none() {
+                            errors.push(SettingsError::new(
+                                e.path.clone(),
+                                "maps no control; give at least a level, mute or meter control",
+                            ));
+                        } else {
+                            channels.push(ch);
+                        }
+                    }
+                    Err(err) => errors.push(err),
                 }
-                if !ids.insert(id.clone()) {
-                    return Err(e.err("id", format!("{id:?} is used twice in {list_key}")));
-                }
-                let number = match role {
-                    Role::Mic => e.integer("channel", 1..=999)?.unwrap_or(i as i64 + 1) as u16,
-                    Role::Zone => i as u16 + 1,
-                };
-                if !numbers.insert(number) {
-                    return Err(e.err(
-                        "channel",
-                        format!("channel {number} is used twice in {list_key}"),
-                    ));
-                }
-                let min_db = e.number("min_db", -140.0..=40.0)?.unwrap_or(range.min_db);
-                let max_db = e.number("max_db", -140.0..=40.0)?.unwrap_or(range.max_db);
-                if min_db >= max_db {
-                    return Err(e.err(
-                        "max_db",
-                        format!("must be above min_db ({min_db}), got {max_db}"),
-                    ));
-                }
-                let a = addr(&mut e, role)?;
-                let path = e.path.clone();
-                e.finish()?;
-                if a.level.is_none() && a.mute.is_none() && a.meter.is_none() {
-                    return Err(SettingsError::new(
-                        path,
-                        "maps no control; give at least a level, mute or meter control",
-                    ));
-                }
-                let subject = match role {
-                    Role::Zone => Subject::zone(&id),
-                    Role::Mic => Subject::input(&id),
-                };
-                channels.push(Channel {
-                    role,
-                    subject,
-                    id,
-                    number,
-                    level: a.level,
-                    mute: a.mute,
-                    meter: a.meter,
-                    min_db,
-                    max_db,
-                });
             }
         }
-        Ok(DspMap { channels })
+        if errors.is_empty() {
+            Ok(DspMap { channels })
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn entry(
+        e: &mut Entry<'_>,
+        role: Role,
+        i: usize,
+        range: LevelRange,
+        addr: &mut impl FnMut(&mut Entry<'_>, Role) -> Result<Addresses<A>, SettingsError>,
+        ids: &mut BTreeSet<String>,
+        numbers: &mut BTreeSet<u16>,
+    ) -> Result<Channel<A>, SettingsError> {
+        let list_key = role.list_key();
+        let id = e
+            .string("id")?
+            .ok_or_else(|| e.err("id", "missing; every entry needs an id"))?;
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(e.err(
+                "id",
+                format!("{id:?} must be 1 to 32 characters of a-z, 0-9 and _"),
+            ));
+        }
+        if !ids.insert(id.clone()) {
+            return Err(e.err("id", format!("{id:?} is used twice in {list_key}")));
+        }
+        let number = match role {
+            Role::Mic => e.integer("channel", 1..=999)?.unwrap_or(i as i64 + 1) as u16,
+            Role::Zone => i as u16 + 1,
+        };
+        if !numbers.insert(number) {
+            return Err(e.err(
+                "channel",
+                format!("channel {number} is used twice in {list_key}"),
+            ));
+        }
+        let min_db = e.number("min_db", -140.0..=40.0)?.unwrap_or(range.min_db);
+        let max_db = e.number("max_db", -140.0..=40.0)?.unwrap_or(range.max_db);
+        if min_db >= max_db {
+            return Err(e.err(
+                "max_db",
+                format!("must be above min_db ({min_db}), got {max_db}"),
+            ));
+        }
+        let a = addr(e, role)?;
+        let subject = match role {
+            Role::Zone => Subject::zone(&id),
+            Role::Mic => Subject::input(&id),
+        };
+        Ok(Channel {
+            role,
+            subject,
+            id,
+            number,
+            level: a.level,
+            mute: a.mute,
+            meter: a.meter,
+            min_db,
+            max_db,
+        })
     }
 
     pub fn zone(&self, id: &str) -> Option<&Channel<A>> {
@@ -525,7 +588,12 @@ impl MappingFaults {
 mod tests {
     use super::*;
 
+    /// The first problem, as the older single-error tests expect.
     fn parse(text: &str) -> Result<DspMap<String>, SettingsError> {
+        parse_all(text).map_err(|mut e| e.remove(0))
+    }
+
+    fn parse_all(text: &str) -> Result<DspMap<String>, Vec<SettingsError>> {
         let t: toml::Table = toml::from_str(text).unwrap();
         let mut e = Entry::new(&t, "");
         let map = DspMap::parse(
@@ -542,8 +610,32 @@ mod tests {
                 })
             },
         )?;
-        e.finish()?;
+        let unknown = e.unknown_keys();
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
         Ok(map)
+    }
+
+    #[test]
+    fn every_mistake_of_a_map_is_reported_at_its_key_with_a_suggestion() {
+        let errs = parse_all(
+            "[[zones]]\nid = \"main\"\nlevl = \"L\"\nmeter = \"M\"\n\
+             [[zones]]\nid = \"side\"\nlevel = \"L\"\nmax_db = 99\n\
+             [[mics]]\nid = \"Lectern\"\nmeter = \"M\"\n",
+        )
+        .unwrap_err();
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            got[0],
+            ("zones[0].levl", "unknown key; did you mean level?")
+        );
+        assert_eq!(got[1].0, "zones[1].max_db");
+        assert_eq!(got[2].0, "mics[0].id");
     }
 
     #[test]
