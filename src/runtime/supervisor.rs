@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::driver::{Driver, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterBoard;
-use crate::model::{DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
+use crate::model::{Capability, DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::LinkSpec;
 
@@ -47,6 +47,11 @@ impl Default for RestartBudget {
 #[derive(Clone)]
 pub struct DeviceHandle {
     pub id: DeviceId,
+    /// The room the device serves.
+    pub room: RoomId,
+    /// Its profile, when started from one ([`Fleet::spawn_device`]): make, timing and what it
+    /// can do.
+    pub profile: Option<Arc<Profile>>,
     state: watch::Receiver<DeviceState>,
     commands: mpsc::Sender<CommandRequest>,
     priority: mpsc::Sender<CommandRequest>,
@@ -54,6 +59,15 @@ pub struct DeviceHandle {
 }
 
 impl DeviceHandle {
+    /// What the device can do, from its profile (nothing known without one).
+    pub fn capabilities(&self) -> &[Capability] {
+        self.profile.as_deref().map_or(&[], |p| &p.capabilities)
+    }
+
+    pub fn can(&self, capability: Capability) -> bool {
+        self.capabilities().contains(&capability)
+    }
+
     /// The device's latest level per metered subject (kept off the state `watch`, which
     /// meters would wake on every frame).
     pub fn meters(&self) -> &MeterBoard {
@@ -214,7 +228,19 @@ impl Fleet {
         make_driver: DriverFactory,
         queue_depth: usize,
     ) -> DeviceHandle {
+        self.spawn_with(initial, None, cfg, make_driver, queue_depth)
+    }
+
+    fn spawn_with(
+        &mut self,
+        initial: DeviceState,
+        profile: Option<Arc<Profile>>,
+        cfg: ActorConfig,
+        make_driver: DriverFactory,
+        queue_depth: usize,
+    ) -> DeviceHandle {
         let id = initial.id.clone();
+        let room = initial.room.clone();
         let (state_tx, state_rx) = watch::channel(initial);
         let state_tx = Arc::new(state_tx);
         let (cmd_tx, normal) = mpsc::channel(queue_depth.max(1));
@@ -223,6 +249,8 @@ impl Fleet {
         let board = MeterBoard::default();
         let handle = DeviceHandle {
             id: id.clone(),
+            room,
+            profile,
             state: state_rx,
             commands: cmd_tx,
             priority: priority_tx,
@@ -364,7 +392,8 @@ impl Fleet {
             spec.link.describe(),
             self.clock.now(),
         );
-        Ok(self.spawn(initial, cfg, factory, spec.queue_depth))
+        let profile = Some(spec.profile.clone());
+        Ok(self.spawn_with(initial, profile, cfg, factory, spec.queue_depth))
     }
 
     pub fn get(&self, id: &str) -> Option<&DeviceHandle> {
@@ -373,6 +402,27 @@ impl Fleet {
 
     pub fn handles(&self) -> impl Iterator<Item = &DeviceHandle> {
         self.handles.values()
+    }
+
+    /// Every room with at least one device, in order.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        let rooms: std::collections::BTreeSet<&RoomId> =
+            self.handles.values().map(|h| &h.room).collect();
+        rooms.into_iter().cloned().collect()
+    }
+
+    /// The devices of `room`, in id order.
+    pub fn room(&self, room: &RoomId) -> Vec<&DeviceHandle> {
+        self.handles.values().filter(|h| &h.room == room).collect()
+    }
+
+    /// The devices of `room` that can do `capability` ("the room's projectors": `Power` and
+    /// `Lamp`; "its mic receivers": `Battery`).
+    pub fn in_room_with(&self, room: &RoomId, capability: Capability) -> Vec<&DeviceHandle> {
+        self.handles
+            .values()
+            .filter(|h| &h.room == room && h.can(capability))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -624,3 +624,54 @@ async fn a_sleeping_consumer_gets_the_latest_meters_and_every_fault_once() {
         .collect();
     assert_eq!(woken, vec![7]);
 }
+
+/// Issue 8.2: the fleet knows its rooms, and which of a room's devices can do what, from their
+/// profiles (the self-test asks "the projector of room 301", the level watch "its DSP").
+#[tokio::test(start_paused = true)]
+async fn the_fleet_answers_rooms_and_devices_by_capability() {
+    use avwarden::model::{Capability, RoomId};
+    use avwarden::runtime::DeviceSpec;
+    let cancel = CancellationToken::new();
+    let mut fleet = Fleet::new(bus(), clock(), TaskTracker::new(), cancel.clone());
+    for (id, room, profile) in [
+        ("proj-301", "r301", "generic-pjlink"),
+        ("mics-301", "r301", "shure-ulxd"),
+        ("dsp-301", "r301", "biamp-tesira-telnet"),
+        ("proj-302", "r302", "epson-escvp21"),
+        ("hvac-302", "r302", "avwarden-sim-modbus"),
+    ] {
+        // Nothing listens on port 9: the devices stay unreachable, which is beside the point.
+        let spec = DeviceSpec::new(
+            id,
+            room,
+            crate::support::profile(profile),
+            LinkSpec::Tcp(TcpSpec::new("127.0.0.1", 9)),
+        );
+        let spec = DeviceSpec {
+            settings: if profile == "biamp-tesira-telnet" {
+                toml::from_str("[[zones]]\nid = \"main\"\nlevel_tag = \"Level1\"\n").unwrap()
+            } else {
+                toml::Table::new()
+            },
+            ..spec
+        };
+        fleet.spawn_device(spec).unwrap();
+    }
+    let r301 = RoomId::new("r301");
+    assert_eq!(fleet.rooms(), vec![r301.clone(), RoomId::new("r302")]);
+    let ids = |hs: Vec<&avwarden::runtime::DeviceHandle>| {
+        hs.into_iter().map(|h| h.id.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(fleet.room(&r301)), ["dsp-301", "mics-301", "proj-301"]);
+    assert_eq!(ids(fleet.in_room_with(&r301, Capability::Lamp)), ["proj-301"]);
+    assert_eq!(ids(fleet.in_room_with(&r301, Capability::Battery)), ["mics-301"]);
+    assert_eq!(
+        ids(fleet.in_room_with(&RoomId::new("r302"), Capability::Setpoint)),
+        ["hvac-302"]
+    );
+    let h = fleet.get("dsp-301").unwrap();
+    assert_eq!(h.room, r301);
+    assert_eq!(h.profile.as_ref().unwrap().id.as_str(), "biamp-tesira-telnet");
+    assert!(h.can(Capability::Level) && !h.can(Capability::Power));
+    cancel.cancel();
+}
