@@ -4,6 +4,8 @@
 //! This module owns plain data only. It must not do I/O or use tokio, so that every other layer
 //! (and every pure decision core) can depend on it freely.
 
+pub mod plan;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;

@@ -29,100 +29,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write;
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use rusqlite::Connection;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::logbook::{Entry, Head};
 use super::{archive, format_time, to_micros, StoreError};
 use crate::model::Severity;
 
-/// The plan's three classes, used for faults as for complaints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultClass {
-    /// 重大: same-day response, answer within 2 days.
-    Major,
-    /// 重要: taken within 1 hour, resolved within 3 days.
-    Important,
-    /// 一般: handling starts within 10 minutes, resolved within 2 days.
-    General,
-}
-
-impl FaultClass {
-    pub const ALL: [FaultClass; 3] = [
-        FaultClass::Major,
-        FaultClass::Important,
-        FaultClass::General,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultClass::Major => "major",
-            FaultClass::Important => "important",
-            FaultClass::General => "general",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<FaultClass> {
-        match s {
-            "major" => Some(FaultClass::Major),
-            "important" => Some(FaultClass::Important),
-            "general" => Some(FaultClass::General),
-            _ => None,
-        }
-    }
-
-    /// When handling must have started (domain.md): major the same (local) day, important
-    /// within 1 hour, general within 10 minutes.
-    pub fn response_deadline(self, raised: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
-        match self {
-            FaultClass::Major => {
-                let day = raised.with_timezone(&tz).date_naive();
-                local_midnight(day + Duration::days(1), tz)
-            }
-            FaultClass::Important => raised + Duration::hours(1),
-            FaultClass::General => raised + Duration::minutes(10),
-        }
-    }
-
-    /// When it must be resolved: major 2 days, important 3 days, general 2 days.
-    pub fn resolution_deadline(self, raised: DateTime<Utc>) -> DateTime<Utc> {
-        match self {
-            FaultClass::Major | FaultClass::General => raised + Duration::days(2),
-            FaultClass::Important => raised + Duration::days(3),
-        }
-    }
-}
-
-/// The class of a fault. An explicit class (set by the playbook or a person, carried in the
-/// entry's data as `class`) wins; otherwise a fault that makes a function unusable is major
-/// during a booking and important outside one, and a warning is general. Pure.
-pub fn fault_class(
-    severity: Severity,
-    explicit: Option<FaultClass>,
-    during_booking: bool,
-) -> FaultClass {
-    if let Some(c) = explicit {
-        return c;
-    }
-    match (severity, during_booking) {
-        (Severity::Fault, true) => FaultClass::Major,
-        (Severity::Fault, false) => FaultClass::Important,
-        (Severity::Warning, _) => FaultClass::General,
-    }
-}
-
-fn local_midnight(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
-    let naive = day.and_hms_opt(0, 0, 0).unwrap_or_default();
-    // A zone whose midnight is skipped by a DST change starts the day at the first instant.
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|| Utc.from_utc_datetime(&naive))
-}
+pub use crate::model::plan::{fault_class, local_midnight, FaultClass};
 
 /// A calendar month in the site's time zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1191,50 +1108,9 @@ pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()>
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
-
-    #[test]
-    fn class_rule() {
-        use FaultClass::*;
-        assert_eq!(fault_class(Severity::Fault, None, true), Major);
-        assert_eq!(fault_class(Severity::Fault, None, false), Important);
-        assert_eq!(fault_class(Severity::Warning, None, true), General);
-        assert_eq!(fault_class(Severity::Warning, None, false), General);
-        assert_eq!(fault_class(Severity::Warning, Some(Major), false), Major);
-        assert_eq!(fault_class(Severity::Fault, Some(General), true), General);
-    }
-
-    #[test]
-    fn deadlines_follow_the_plan() {
-        let tz: Tz = "Asia/Shanghai".parse().unwrap();
-        // 2026-11-03 23:30 local = 15:30 UTC.
-        let raised = Utc.with_ymd_and_hms(2026, 11, 3, 15, 30, 0).unwrap();
-        assert_eq!(
-            FaultClass::Major.response_deadline(raised, tz),
-            Utc.with_ymd_and_hms(2026, 11, 3, 16, 0, 0).unwrap(),
-            "same local day"
-        );
-        assert_eq!(
-            FaultClass::Important.response_deadline(raised, tz),
-            raised + Duration::hours(1)
-        );
-        assert_eq!(
-            FaultClass::General.response_deadline(raised, tz),
-            raised + Duration::minutes(10)
-        );
-        assert_eq!(
-            FaultClass::Major.resolution_deadline(raised),
-            raised + Duration::days(2)
-        );
-        assert_eq!(
-            FaultClass::Important.resolution_deadline(raised),
-            raised + Duration::days(3)
-        );
-        assert_eq!(
-            FaultClass::General.resolution_deadline(raised),
-            raised + Duration::days(2)
-        );
-    }
 
     #[test]
     fn months_parse_and_bound_in_local_time() {

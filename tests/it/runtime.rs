@@ -663,15 +663,24 @@ async fn the_fleet_answers_rooms_and_devices_by_capability() {
         hs.into_iter().map(|h| h.id.to_string()).collect::<Vec<_>>()
     };
     assert_eq!(ids(fleet.room(&r301)), ["dsp-301", "mics-301", "proj-301"]);
-    assert_eq!(ids(fleet.in_room_with(&r301, Capability::Lamp)), ["proj-301"]);
-    assert_eq!(ids(fleet.in_room_with(&r301, Capability::Battery)), ["mics-301"]);
+    assert_eq!(
+        ids(fleet.in_room_with(&r301, Capability::Lamp)),
+        ["proj-301"]
+    );
+    assert_eq!(
+        ids(fleet.in_room_with(&r301, Capability::Battery)),
+        ["mics-301"]
+    );
     assert_eq!(
         ids(fleet.in_room_with(&RoomId::new("r302"), Capability::Setpoint)),
         ["hvac-302"]
     );
     let h = fleet.get("dsp-301").unwrap();
     assert_eq!(h.room, r301);
-    assert_eq!(h.profile.as_ref().unwrap().id.as_str(), "biamp-tesira-telnet");
+    assert_eq!(
+        h.profile.as_ref().unwrap().id.as_str(),
+        "biamp-tesira-telnet"
+    );
     assert!(h.can(Capability::Level) && !h.can(Capability::Power));
     cancel.cancel();
 }
