@@ -331,6 +331,31 @@ pub struct Reading {
 /// A meter is stale, and lost, once silent for this many of its periods.
 pub const METER_STALE_PERIODS: u32 = 3;
 
+/// When a device's silence becomes news: from its profile's timing, or declared by its driver
+/// for the session (a receiver with a heartbeat: a heartbeat unanswered, then its silence
+/// limit). Silent for `warn_after` the device is `comms_slow`, for `offline_after`
+/// unreachable; the runtime's comms monitor applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommsPolicy {
+    pub warn_after: std::time::Duration,
+    pub offline_after: std::time::Duration,
+}
+
+impl CommsPolicy {
+    /// For a polled device: one poll without an answer is slow, `polls` of them offline.
+    pub fn polled(
+        poll_interval: std::time::Duration,
+        reply_timeout: std::time::Duration,
+        polls: u32,
+    ) -> Self {
+        let warn_after = poll_interval + reply_timeout;
+        Self {
+            warn_after,
+            offline_after: (poll_interval * polls.max(1) + reply_timeout).max(warn_after),
+        }
+    }
+}
+
 /// How long what a device said stays current, as its driver declares it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Freshness {

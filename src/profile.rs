@@ -133,6 +133,11 @@ struct RawTiming {
     cool_down_secs: u64,
     #[serde(default = "default_unreachable_after")]
     unreachable_after_polls: u32,
+    /// The comms monitor's times; derived from the polls when absent.
+    #[serde(default)]
+    comms_warn_after_secs: Option<f64>,
+    #[serde(default)]
+    comms_offline_after_secs: Option<f64>,
 }
 
 fn default_reply_timeout_ms() -> u64 {
@@ -157,6 +162,23 @@ pub struct Timing {
     pub cool_down: Duration,
     /// Polls without a reply before the device is `unreachable`.
     pub unreachable_after_polls: u32,
+    /// The profile's own comms monitor times (`comms_warn_after_secs`,
+    /// `comms_offline_after_secs`); see [`Timing::comms`].
+    pub comms_override: Option<crate::model::CommsPolicy>,
+}
+
+impl Timing {
+    /// When silence is `comms_slow`, then `unreachable`: the profile's own times, or one poll
+    /// missed and `unreachable_after_polls` missed (so they follow a changed poll interval).
+    pub fn comms(&self) -> crate::model::CommsPolicy {
+        self.comms_override.unwrap_or_else(|| {
+            crate::model::CommsPolicy::polled(
+                self.poll_interval,
+                self.reply_timeout,
+                self.unreachable_after_polls,
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -262,6 +284,42 @@ impl Profile {
                 "timing.unreachable_after_polls: must be at least 1".to_owned(),
             ));
         }
+        let poll_interval = Duration::from_secs_f64(raw.timing.poll_interval_secs);
+        let reply_timeout = Duration::from_millis(raw.timing.reply_timeout_ms);
+        let derived = crate::model::CommsPolicy::polled(
+            poll_interval,
+            reply_timeout,
+            raw.timing.unreachable_after_polls,
+        );
+        let explicit = raw.timing.comms_warn_after_secs.is_some()
+            || raw.timing.comms_offline_after_secs.is_some();
+        let secs = |key: &str, v: Option<f64>, or: Duration| match v {
+            None => Ok(or),
+            Some(s) if s.is_finite() && (0.1..=86_400.0).contains(&s) => {
+                Ok(Duration::from_secs_f64(s))
+            }
+            Some(_) => Err(invalid(format!(
+                "timing.{key}: must be between 0.1 and 86400"
+            ))),
+        };
+        let comms = crate::model::CommsPolicy {
+            warn_after: secs(
+                "comms_warn_after_secs",
+                raw.timing.comms_warn_after_secs,
+                derived.warn_after,
+            )?,
+            offline_after: secs(
+                "comms_offline_after_secs",
+                raw.timing.comms_offline_after_secs,
+                derived.offline_after,
+            )?,
+        };
+        if comms.offline_after < comms.warn_after {
+            return Err(invalid(
+                "timing.comms_offline_after_secs: must not be below comms_warn_after_secs"
+                    .to_owned(),
+            ));
+        }
         Ok(Profile {
             id: ProfileId::new(raw.id),
             kind: raw.kind,
@@ -272,12 +330,13 @@ impl Profile {
             capabilities: raw.capabilities,
             link: raw.link,
             timing: Timing {
-                poll_interval: Duration::from_secs_f64(raw.timing.poll_interval_secs),
-                reply_timeout: Duration::from_millis(raw.timing.reply_timeout_ms),
+                poll_interval,
+                reply_timeout,
                 command_gap: Duration::from_millis(raw.timing.command_gap_ms),
                 warm_up: Duration::from_secs(raw.timing.warm_up_secs),
                 cool_down: Duration::from_secs(raw.timing.cool_down_secs),
                 unreachable_after_polls: raw.timing.unreachable_after_polls,
+                comms_override: explicit.then_some(comms),
             },
             lamp: raw.lamp,
             filter_life_hours: raw.filter_life_hours,
@@ -461,10 +520,46 @@ mod tests {
             "poll_interval_secs = 5\ncommand_gap_ms = 99999999999",
             "poll_interval_secs = 5\nreply_timeout_ms = 99999999999",
             "poll_interval_secs = 5\nunreachable_after_polls = 0",
+            "poll_interval_secs = 5\ncomms_warn_after_secs = 0",
+            "poll_interval_secs = 5\ncomms_warn_after_secs = 30\ncomms_offline_after_secs = 20",
         ] {
             let e = Profile::parse(&base(bad), "t").expect_err(bad);
             assert!(e.to_string().contains("timing."), "{bad}: {e}");
         }
+    }
+
+    /// Issue 8.6: a profile's comms times, its own or following its polls.
+    #[test]
+    fn comms_times_are_the_profiles_own_or_follow_the_polls() {
+        let base = |timing: &str| {
+            format!(
+                "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
+                 capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
+            )
+        };
+        let p = Profile::parse(
+            &base("poll_interval_secs = 5\nunreachable_after_polls = 3"),
+            "t",
+        )
+        .unwrap();
+        let mut t = p.timing.clone();
+        assert_eq!(t.comms().warn_after, Duration::from_secs(7));
+        assert_eq!(t.comms().offline_after, Duration::from_secs(17));
+        t.poll_interval = Duration::from_secs(1);
+        assert_eq!(
+            t.comms().offline_after,
+            Duration::from_secs(5),
+            "follows the polls"
+        );
+        let own = Profile::parse(
+            &base(
+                "poll_interval_secs = 5\ncomms_warn_after_secs = 40\ncomms_offline_after_secs = 90",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(own.timing.comms().warn_after, Duration::from_secs(40));
+        assert_eq!(own.timing.comms().offline_after, Duration::from_secs(90));
     }
 
     #[test]

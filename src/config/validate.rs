@@ -740,6 +740,7 @@ fn validate_devices(
         let profile = match (profile, d.poll_interval_secs) {
             (Some(prof), Some(secs)) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => {
                 let mut prof = (*prof).clone();
+                // Comms times that follow from the interval follow the new one.
                 prof.timing.poll_interval = std::time::Duration::from_secs_f64(secs);
                 Some(Arc::new(prof))
             }

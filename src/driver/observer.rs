@@ -16,7 +16,8 @@ use crate::codec::ProtocolError;
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::{MeterBoard, MeterLevel, MeterSample};
 use crate::model::{
-    ActiveFault, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Subject, Unit, Value,
+    ActiveFault, CommsPolicy, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Subject,
+    Unit, Value,
 };
 
 /// The fault source the runtime uses for the link itself (authentication refused): avwarden's
@@ -54,6 +55,8 @@ pub struct Observer {
     meters: MeterWatch,
     /// The device's latest level per subject, shared with its handle.
     board: MeterBoard,
+    /// The comms policy the driver declared for this session, if it has its own.
+    comms: Option<CommsPolicy>,
 }
 
 /// The fault source for meters that stopped arriving.
@@ -142,6 +145,7 @@ impl Observer {
             applied: None,
             meters: MeterWatch::default(),
             board: MeterBoard::default(),
+            comms: None,
         }
     }
 
@@ -163,6 +167,11 @@ impl Observer {
 
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// When the device was last heard from (without cloning the state).
+    pub fn last_contact(&self) -> Option<DateTime<Utc>> {
+        self.state.borrow().last_contact
     }
 
     /// A snapshot of the current state.
@@ -259,7 +268,19 @@ impl Observer {
         self.update(|s| s.freshness.meter_period_ms = Some(ms));
     }
 
-    /// A device connected but silent for longer than `after` has stale readings.
+    /// The driver's own comms policy for this session (a receiver that pushes and answers a
+    /// heartbeat is judged by that, not by polls). The runtime's comms monitor applies it.
+    pub fn comms(&mut self, policy: CommsPolicy) {
+        self.comms = Some(policy);
+    }
+
+    /// What [`Observer::comms`] declared, taken by the runtime at session start.
+    pub fn take_comms(&mut self) -> Option<CommsPolicy> {
+        self.comms.take()
+    }
+
+    /// A device connected but silent for longer than `after` has stale readings (the comms
+    /// monitor sets this to its warning time).
     pub fn quiet_after(&mut self, after: Duration) {
         let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         self.update(|s| s.freshness.quiet_after_ms = Some(ms));

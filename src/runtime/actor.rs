@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::comms::{CommsMonitor, CommsStage};
 use super::CommandOutcome;
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
@@ -42,7 +43,8 @@ pub struct ActorConfig {
     pub link: LinkSpec,
     pub poll_interval: Duration,
     pub command_gap: Duration,
-    pub unreachable_after_polls: u32,
+    /// When silence is `comms_slow`, then `unreachable` (a driver may declare its own).
+    pub comms: crate::model::CommsPolicy,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
 }
@@ -181,9 +183,11 @@ impl Actor {
 
     fn link_down(&mut self, link: &mut Link, backoff: &mut Backoff, err: &DriverError) -> Conn {
         link.disconnect();
-        // Unreachable says it all; a lost meter of a device that is gone is no extra news. The
-        // next session starts with no meter seen (a new actor starts with a new observer).
+        // Unreachable says it all; a lost meter or slow comms of a device that is gone is no
+        // extra news. The next session starts with no meter seen (a new actor starts with a
+        // new observer).
         self.obs.reset_metering();
+        self.comms_slow(None);
         let delay = backoff.next_delay();
         let was_up = self.obs.snapshot().link.up;
         let attempts = backoff.attempts();
@@ -238,10 +242,15 @@ impl Actor {
             self.cfg.poll_interval,
         );
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Meters that stop arriving are noticed between polls (a poll may be 30 s away).
+        // Meters that stop arriving, and a device gone silent, are noticed between polls (a
+        // poll may be 30 s away).
         let mut meter_check = tokio::time::interval(METER_CHECK);
         meter_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut missed: u32 = 0;
+        let policy = self.obs.take_comms().unwrap_or(self.cfg.comms);
+        // Readings are no longer current once the device is slow to answer.
+        self.obs.quiet_after(policy.warn_after);
+        let mut comms = CommsMonitor::new(policy, Instant::now());
+        let mut heard = (link.bytes_in(), self.obs.last_contact());
         loop {
             // Order matters: commands before the poll tick, or a device whose polls take longer
             // than the interval (a silent projector) would never get a command through.
@@ -250,38 +259,53 @@ impl Actor {
                 _ = self.cancel.cancelled() => return Conn::Connected,
                 req = commands.priority.recv() => {
                     let Some(req) = req else { return Conn::Connected };
-                    self.run_command(link, req, last_io, false).await
+                    Some(self.run_command(link, req, last_io, false).await)
                 }
                 req = commands.normal.recv() => {
                     let Some(req) = req else { return Conn::Connected };
-                    self.run_command(link, req, last_io, true).await
+                    Some(self.run_command(link, req, last_io, true).await)
                 }
                 _ = ticker.tick() => {
                     tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
                     let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
                     *last_io = Instant::now();
-                    res
+                    Some(res)
                 }
                 _ = meter_check.tick() => {
                     self.obs.check_metering();
-                    continue;
+                    // Not an exchange: says nothing of the device, resets nothing; only the
+                    // silence is judged below.
+                    None
                 }
-                r = self.driver.listen(link, &mut self.obs) => r,
+                r = self.driver.listen(link, &mut self.obs) => Some(r),
             };
-            match step {
-                Ok(()) => {
-                    missed = 0;
-                    backoff.reset();
+            // Every byte or message from the device is contact; silence is judged on every step
+            // and every second.
+            let now = Instant::now();
+            let now_heard = (link.bytes_in(), self.obs.last_contact());
+            if now_heard != heard {
+                heard = now_heard;
+                if comms.heard(now).is_some() {
+                    self.comms_slow(None);
                 }
+            }
+            match comms.check(now) {
+                Some(CommsStage::Offline) => {
+                    let secs = comms.silent_for(now).as_secs();
+                    let e = DriverError::Transport(TransportError::Silent { secs });
+                    return self.link_down(link, backoff, &e);
+                }
+                Some(CommsStage::Slow) => self.comms_slow(Some(&comms)),
+                Some(CommsStage::Ok) => self.comms_slow(None),
+                None => {}
+            }
+            let Some(step) = step else { continue };
+            match step {
+                Ok(()) => backoff.reset(),
                 Err(e) if e.is_link_failure() => return self.link_down(link, backoff, &e),
                 Err(DriverError::Timeout { .. }) => {
-                    missed += 1;
                     self.obs.update(|s| s.counters.timeouts += 1);
                     link.discard_input();
-                    if missed >= self.cfg.unreachable_after_polls {
-                        let e = DriverError::Transport(TransportError::NoReply { polls: missed });
-                        return self.link_down(link, backoff, &e);
-                    }
                 }
                 // A stream past the frame limit is a peer sending without end: the link has
                 // ended the session (issue 16.4). A datagram is bounded by itself, and its
@@ -297,12 +321,30 @@ impl Actor {
                 }
                 // Nothing was sent: says nothing about the device.
                 Err(DriverError::Rejected { .. }) => {}
-                Err(_) => {
-                    // Refusals and busy answers are the device talking: it is reachable.
-                    missed = 0;
-                }
+                // Refusals and busy answers are the device talking: contact, counted above.
+                Err(_) => {}
             }
         }
+    }
+
+    /// Raise `comms_slow` (the device has been silent past its warning time) or clear it.
+    fn comms_slow(&mut self, slow: Option<&CommsMonitor>) {
+        let faults = match slow {
+            None => Vec::new(),
+            Some(m) => {
+                let p = m.policy();
+                vec![Fault::new(
+                    COMMS_SLOW,
+                    Severity::Warning,
+                    format!(
+                        "no answer for over {:.0} s; unreachable after {:.0} s of silence",
+                        p.warn_after.as_secs_f64(),
+                        p.offline_after.as_secs_f64()
+                    ),
+                )]
+            }
+        };
+        self.obs.faults(COMMS_SOURCE, faults);
     }
 
     /// Carry out one command and answer its caller. `paced` commands keep `command_gap` from
@@ -375,6 +417,10 @@ impl Actor {
         });
     }
 }
+
+/// The fault source and code of the comms monitor's warning stage.
+pub const COMMS_SOURCE: &str = "comms";
+pub const COMMS_SLOW: &str = "comms_slow";
 
 /// How often a session looks for meters that stopped (three periods of silence).
 const METER_CHECK: Duration = Duration::from_secs(1);

@@ -6,6 +6,7 @@
 //! goes out on `watch`, events on the bus. Actors never block and hold no lock across `.await`.
 
 mod actor;
+pub mod comms;
 mod supervisor;
 
 pub use actor::{ActorConfig, CommandRequest, Lane};

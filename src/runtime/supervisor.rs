@@ -381,7 +381,7 @@ impl Fleet {
             link: spec.link.clone(),
             poll_interval: t.poll_interval,
             command_gap: t.command_gap,
-            unreachable_after_polls: t.unreachable_after_polls,
+            comms: t.comms(),
             backoff_min: spec.backoff_min,
             backoff_max: spec.backoff_max,
         };

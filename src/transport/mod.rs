@@ -29,6 +29,9 @@ pub enum TransportError {
     SerialOpen { path: String, reason: String },
     #[error("no reply for {polls} polls")]
     NoReply { polls: u32 },
+    /// The comms monitor's verdict: nothing heard from the device for this long.
+    #[error("device silent for {secs} s")]
+    Silent { secs: u64 },
     #[error("link closed by peer")]
     Closed,
     #[error("i/o error: {0}")]

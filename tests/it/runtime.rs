@@ -168,7 +168,7 @@ fn spawn_ping_every(
         link: LinkSpec::Tcp(TcpSpec::new("127.0.0.1", addr.port())),
         poll_interval,
         command_gap: Duration::from_millis(100),
-        unreachable_after_polls: 2,
+        comms: avwarden::model::CommsPolicy::polled(poll_interval, Duration::from_secs(2), 2),
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
     };

@@ -629,6 +629,14 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
         "{:?}",
         s.faults
     );
+    // Issue 8.6: the comms monitor's warning stage, a heartbeat unanswered, before the drop.
+    let slow = s
+        .faults
+        .iter()
+        .find(|f| f.fault.code == "comms_slow")
+        .unwrap_or_else(|| panic!("comms_slow before the drop: {:?}", s.faults));
+    assert_eq!(slow.fault.severity, Severity::Warning);
+    assert_eq!(s.health, Health::Degraded);
     let s = wait_state(&mut rig.rx, Duration::from_secs(10), "silence drop", |s| {
         !s.reachable
     })
@@ -643,7 +651,7 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
         .last_error
         .as_deref()
         .unwrap_or("")
-        .contains("nothing for 60 s"));
+        .contains("silent for 60 s"));
     let s = rig
         .until("silent receiver reported", |s| {
             s.faults

@@ -273,10 +273,15 @@ impl crate::driver::Driver for MqttClimateDriver {
         self.wait_until(obs, "read", |_, _| true).await
     }
 
-    async fn poll(&mut self, _link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
+    async fn poll(&mut self, _link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         let connected = self.client.as_ref().is_some_and(MqttHandle::is_connected);
-        // A request that went unanswered for a whole poll interval is a missed poll; devices
-        // without a get topic only report on change, so silence says nothing about them.
+        // A request that went unanswered for a whole poll interval is a missed poll, and the
+        // comms monitor judges the silence. Devices without a get topic only report on change,
+        // so their silence says nothing: while the broker is up (its availability topic would
+        // say the device went offline) they count as heard.
+        if connected && encode_get(&self.map, &self.topic).is_none() {
+            obs.contact();
+        }
         let missed = self.get_outstanding || !connected;
         if connected {
             self.request_state()?;

@@ -11,14 +11,12 @@ pub mod shure;
 pub mod ssc;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
 use super::{DriverError, Observer};
 use crate::model::{Fault, Reading, Severity, Subject, Unit, Value};
 use crate::profile::{Profile, ProfileError};
-use crate::transport::TransportError;
 
 /// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
 /// it: no reading is published then).
@@ -293,15 +291,6 @@ impl<'a> Options<'a> {
     }
 }
 
-/// A receiver silent for `silence` is gone although its socket is not: a transport failure, so
-/// the runtime reconnects.
-pub fn silent_error(silence: Duration) -> DriverError {
-    DriverError::Transport(TransportError::Io(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("receiver sent nothing for {} s", silence.as_secs()),
-    )))
-}
-
 /// A command's channel as the receiver numbers it (1 to `count`), or a refusal.
 pub fn channel_arg(channel: u16, count: u8) -> Result<u8, DriverError> {
     u8::try_from(channel)
@@ -569,12 +558,6 @@ mod tests {
                 "{bad}"
             );
         }
-        let e = silent_error(Duration::from_secs(60));
-        assert!(e.is_link_failure(), "{e}");
-        assert!(
-            e.to_string().contains("receiver sent nothing for 60 s"),
-            "{e}"
-        );
     }
 
     #[test]

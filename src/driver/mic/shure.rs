@@ -27,13 +27,12 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{
-    channel_arg, channels_for_model, check_gain, silent_error, Channel, FaultPolicy, Known,
-    Options, Publisher,
+    channel_arg, channels_for_model, check_gain, Channel, FaultPolicy, Known, Options, Publisher,
 };
 use crate::codec::shure::{self, Message, Runtime, SampleField, ShureCodec};
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::{DeviceCommand, Fault, Severity};
+use crate::model::{CommsPolicy, DeviceCommand, Fault, Severity};
 use crate::profile::{Profile, ProfileError};
 
 /// Companion re-arms a `GET` every 30 s and reconnects after 60 s without input
@@ -790,9 +789,12 @@ impl Driver for ShureDriver {
                 obs.metering(Duration::from_millis(u64::from(self.cfg.meter_rate_ms)));
             }
         }
-        // The comms monitor's warning time: a heartbeat unanswered. A receiver connected but
-        // silent that long has readings that are no longer current.
-        obs.quiet_after(self.cfg.heartbeat + self.cfg.reply_timeout);
+        // The comms monitor judges a receiver that pushes by its heartbeat: slow once one went
+        // unanswered (its readings are then no longer current), gone after the silence limit.
+        obs.comms(CommsPolicy {
+            warn_after: self.cfg.heartbeat + self.cfg.reply_timeout,
+            offline_after: self.cfg.silence,
+        });
         Ok(())
     }
 
@@ -800,16 +802,13 @@ impl Driver for ShureDriver {
         self.read_everything(link, obs).await
     }
 
-    /// Heartbeat, silence watch and an occasional full re-read; everything else arrives
-    /// unsolicited.
+    /// Heartbeat and an occasional full re-read; everything else arrives unsolicited. Silence
+    /// is the runtime's comms monitor's to judge.
     async fn poll(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         let now = Instant::now();
-        if now.duration_since(self.last_rx) >= self.cfg.silence {
-            return Err(silent_error(self.cfg.silence));
-        }
         if now.duration_since(self.last_heartbeat) >= self.cfg.heartbeat {
-            // Fire and forget: the REP is applied by `listen`, and silence is judged by the
-            // silence timer alone.
+            // Fire and forget: the REP is applied by `listen`, and its absence is the comms
+            // monitor's news.
             link.send(&Message::get(Some(1), "METER_RATE").encode())
                 .await?;
             self.last_heartbeat = now;
@@ -868,23 +867,21 @@ impl Driver for ShureDriver {
     }
 
     async fn listen(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        let deadline = self.last_rx + self.cfg.silence;
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(silent_error(self.cfg.silence));
-        }
-        match link.read_frame(&mut self.codec, deadline - now).await {
-            Ok(frame) => {
-                self.last_rx = Instant::now();
-                self.apply(obs, &frame);
-                Ok(())
+        loop {
+            match link.read_frame(&mut self.codec, self.cfg.silence).await {
+                Ok(frame) => {
+                    self.last_rx = Instant::now();
+                    self.apply(obs, &frame);
+                    return Ok(());
+                }
+                // Nothing to hear is not an error; the comms monitor judges the silence.
+                Err(DriverError::Timeout { .. }) => continue,
+                Err(DriverError::Protocol(e)) => {
+                    self.last_rx = Instant::now();
+                    return Err(DriverError::Protocol(e));
+                }
+                Err(e) => return Err(e),
             }
-            Err(DriverError::Timeout { .. }) => Err(silent_error(self.cfg.silence)),
-            Err(DriverError::Protocol(e)) => {
-                self.last_rx = Instant::now();
-                Err(DriverError::Protocol(e))
-            }
-            Err(e) => Err(e),
         }
     }
 

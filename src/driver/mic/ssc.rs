@@ -23,12 +23,11 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use super::{
-    channel_arg, channels_for_model, check_gain, silent_error, Channel, FaultPolicy, Known,
-    Options, Publisher,
+    channel_arg, channels_for_model, check_gain, Channel, FaultPolicy, Known, Options, Publisher,
 };
 use crate::codec::ssc::{self, Builder, Message, SubscribeParams};
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::DeviceCommand;
+use crate::model::{CommsPolicy, DeviceCommand};
 use crate::profile::{Profile, ProfileError};
 
 /// What an address carries, in neutral terms.
@@ -811,6 +810,11 @@ impl Driver for SscDriver {
         self.echoes_xid = false;
         self.last_subscribe = None;
         self.last_rx = Instant::now();
+        // A keep-alive unanswered is slow; the silence limit is gone.
+        obs.comms(CommsPolicy {
+            warn_after: (self.cfg.keepalive * 2).min(self.cfg.silence),
+            offline_after: self.cfg.silence,
+        });
         let ping = Builder::new().ping().encode();
         self.exchange(link, obs, &ping, |m| m.ping).await?;
         let product = self
@@ -854,9 +858,6 @@ impl Driver for SscDriver {
     async fn poll(&mut self, link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
         let now = Instant::now();
         let quiet = now.duration_since(self.last_rx);
-        if quiet >= self.cfg.silence {
-            return Err(silent_error(self.cfg.silence));
-        }
         let half_life = Duration::from_secs(u64::from(self.cfg.lifetime_secs)) / 2;
         let due = self
             .last_subscribe
@@ -865,7 +866,7 @@ impl Driver for SscDriver {
             self.subscribe(link).await?;
         }
         if quiet >= self.cfg.keepalive {
-            // The answer (or its absence) is judged by the silence timer.
+            // The answer, or its absence, is the comms monitor's to judge.
             link.send_datagram(&Builder::new().ping().encode()).await?;
         }
         Ok(())
@@ -908,15 +909,13 @@ impl Driver for SscDriver {
     }
 
     async fn listen(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        let deadline = self.last_rx + self.cfg.silence;
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(silent_error(self.cfg.silence));
-        }
-        let bytes = match link.recv_datagram(deadline - now).await {
-            Ok(b) => b,
-            Err(DriverError::Timeout { .. }) => return Err(silent_error(self.cfg.silence)),
-            Err(e) => return Err(e),
+        let bytes = loop {
+            match link.recv_datagram(self.cfg.silence).await {
+                Ok(b) => break b,
+                // Nothing to hear is not an error; the comms monitor judges the silence.
+                Err(DriverError::Timeout { .. }) => continue,
+                Err(e) => return Err(e),
+            }
         };
         self.last_rx = Instant::now();
         let msg = ssc::parse(&bytes)?;

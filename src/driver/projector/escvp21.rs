@@ -203,6 +203,9 @@ impl Escvp21Driver {
         match res {
             Err(DriverError::Timeout { .. }) if self.answered => {
                 self.enter_silence(obs);
+                // In the abnormal state silence is the projector's answer (the protocol's,
+                // not a lost link): the comms monitor hears it as contact.
+                obs.contact();
                 Ok(())
             }
             other => other,
@@ -454,7 +457,11 @@ impl Escvp21Driver {
         }
         match self.exchange(link, obs, &Request::Null).await {
             Ok(_) => Ok(false),
-            Err(DriverError::Timeout { .. }) => Ok(true),
+            Err(DriverError::Timeout { .. }) => {
+                // Still the abnormal state's silence: the answer the protocol gives.
+                obs.contact();
+                Ok(true)
+            }
             Err(e) => Err(e),
         }
     }
@@ -510,6 +517,7 @@ impl Escvp21Driver {
             Ok(_) => Ok(()),
             Err(DriverError::Timeout { .. }) if self.answered => {
                 self.enter_silence(obs);
+                obs.contact();
                 Err(Self::silent_refusal(req))
             }
             Err(e) => Err(e),
