@@ -328,6 +328,27 @@ pub struct Reading {
     pub metered: bool,
 }
 
+impl Reading {
+    /// A polled or reported value observed `at`.
+    pub fn new(key: String, value: Value, unit: Option<Unit>, at: DateTime<Utc>) -> Self {
+        Self {
+            key,
+            value,
+            unit,
+            observed_at: at,
+            metered: false,
+        }
+    }
+
+    /// A value refreshed at the device's meter period.
+    pub fn metered(key: String, value: Value, unit: Option<Unit>, at: DateTime<Utc>) -> Self {
+        Self {
+            metered: true,
+            ..Self::new(key, value, unit, at)
+        }
+    }
+}
+
 /// A meter is stale, and lost, once silent for this many of its periods.
 pub const METER_STALE_PERIODS: u32 = 3;
 

@@ -504,14 +504,16 @@ fn collect_embedded<'a>(dir: &'a Dir<'a>, out: &mut Vec<(String, &'a str)>) {
 mod tests {
     use super::*;
 
+    /// A minimal projector profile with `timing` as its `[timing]` table.
+    fn base(timing: &str) -> String {
+        format!(
+            "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
+             capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
+        )
+    }
+
     #[test]
     fn timing_out_of_range_is_an_error_not_a_panic() {
-        let base = |timing: &str| {
-            format!(
-                "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
-                 capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
-            )
-        };
         assert!(Profile::parse(&base("poll_interval_secs = 5"), "t").is_ok());
         for bad in [
             "poll_interval_secs = 1e300",
@@ -531,12 +533,6 @@ mod tests {
     /// Issue 8.6: a profile's comms times, its own or following its polls.
     #[test]
     fn comms_times_are_the_profiles_own_or_follow_the_polls() {
-        let base = |timing: &str| {
-            format!(
-                "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
-                 capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
-            )
-        };
         let p = Profile::parse(
             &base("poll_interval_secs = 5\nunreachable_after_polls = 3"),
             "t",

@@ -206,16 +206,8 @@ impl Observer {
                     false
                 }
                 _ => {
-                    s.readings.insert(
-                        key.clone(),
-                        Reading {
-                            key,
-                            value,
-                            unit,
-                            observed_at: now,
-                            metered: true,
-                        },
-                    );
+                    s.readings
+                        .insert(key.clone(), Reading::metered(key, value, unit, now));
                     true
                 }
             }
@@ -239,24 +231,13 @@ impl Observer {
 
     /// Store a reading, rounded to its unit's meaningful precision.
     pub fn reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
-        self.store(key.into(), value, unit, false);
-    }
-
-    fn store(&mut self, key: String, value: Value, unit: Option<Unit>, metered: bool) {
+        let key = key.into();
         let now = self.now();
         let value = value.rounded_for(unit);
         self.update(|s| {
             s.last_contact = Some(now);
-            s.readings.insert(
-                key.clone(),
-                Reading {
-                    key,
-                    value,
-                    unit,
-                    observed_at: now,
-                    metered,
-                },
-            );
+            s.readings
+                .insert(key.clone(), Reading::new(key, value, unit, now));
         });
     }
 

@@ -2,19 +2,17 @@
 //! header, idle and body timeouts, and JSON for the requests refused before the router.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use avwarden::api::{self, ApiState};
 use avwarden::config::ApiConfig;
 use avwarden::metrics::Metrics;
 use avwarden::runtime::Fleet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{bus, clock};
+use crate::support::{bus, clock, serve_api};
 
 /// The API with no devices under `limits`, on an ephemeral port.
 async fn serve(limits: ApiConfig) -> (SocketAddr, Metrics, CancellationToken) {
@@ -22,25 +20,7 @@ async fn serve(limits: ApiConfig) -> (SocketAddr, Metrics, CancellationToken) {
     let tracker = TaskTracker::new();
     let events = bus();
     let fleet = Fleet::new(events.clone(), clock(), tracker.clone(), cancel.clone());
-    let state = ApiState {
-        site: "test".into(),
-        version: "test",
-        clock: clock(),
-        started: clock().now(),
-        fleet: Arc::new(fleet),
-        metrics: events.metrics().clone(),
-        store: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(api::server::serve(
-        listener,
-        api::router(state),
-        limits,
-        events.metrics().clone(),
-        tracker,
-        cancel.clone(),
-    ));
+    let addr = serve_api(fleet, &events, limits, &tracker, &cancel).await;
     (addr, events.metrics().clone(), cancel)
 }
 

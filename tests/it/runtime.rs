@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use avwarden::api::{self, ApiState};
 use avwarden::codec::ProtocolError;
 use avwarden::driver::{Driver, DriverError, Link, Observer};
 use avwarden::model::{DeviceCommand, DeviceState, Health, ProfileId, Value};
@@ -284,26 +283,15 @@ async fn api_with_one_device() -> (String, CancellationToken, TaskTracker) {
         s.health == Health::Ok
     })
     .await;
-    let state = ApiState {
-        site: "test".into(),
-        version: "test",
-        clock: clock(),
-        started: clock().now(),
-        fleet: Arc::new(fleet),
-        metrics: events.metrics().clone(),
-        store: None,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tracker.spawn(api::server::serve(
-        listener,
-        api::router(state),
+    let addr = crate::support::serve_api(
+        fleet,
+        &events,
         avwarden::config::ApiConfig::default(),
-        events.metrics().clone(),
-        tracker.clone(),
-        cancel.clone(),
-    ));
-    (base, cancel, tracker)
+        &tracker,
+        &cancel,
+    )
+    .await;
+    (format!("http://{addr}"), cancel, tracker)
 }
 
 #[tokio::test]

@@ -219,3 +219,34 @@ pub fn python() -> Option<String> {
 pub fn data(file: &str) -> String {
     format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The status API over `fleet` on an ephemeral port, served under `limits` until `cancel`.
+pub async fn serve_api(
+    fleet: Fleet,
+    events: &EventBus,
+    limits: avwarden::config::ApiConfig,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> std::net::SocketAddr {
+    use avwarden::api::{self, ApiState};
+    let state = ApiState {
+        site: "test".into(),
+        version: "test",
+        clock: clock(),
+        started: clock().now(),
+        fleet: Arc::new(fleet),
+        metrics: events.metrics().clone(),
+        store: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tracker.spawn(api::server::serve(
+        listener,
+        api::router(state),
+        limits,
+        events.metrics().clone(),
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    addr
+}

@@ -141,15 +141,7 @@ impl QsysDriver {
                 meter: control_name(e, "meter_control")?,
             })
         });
-        let mut problems = top.unknown_keys();
-        let map = match map {
-            Ok(m) if problems.is_empty() => m,
-            Ok(_) => return Err(SettingsError::all_into_profile_error(problems, &pid)),
-            Err(mut e) => {
-                e.append(&mut problems);
-                return Err(SettingsError::all_into_profile_error(e, &pid));
-            }
-        };
+        let map = SettingsError::settle(map, &top, &pid)?;
         Ok(Self {
             map,
             user,

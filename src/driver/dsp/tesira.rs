@@ -184,15 +184,7 @@ impl TesiraDriver {
             )?;
             Ok(Addresses { level, mute, meter })
         });
-        let mut problems = top.unknown_keys();
-        let map = match map {
-            Ok(m) if problems.is_empty() => m,
-            Ok(_) => return Err(SettingsError::all_into_profile_error(problems, &pid)),
-            Err(mut e) => {
-                e.append(&mut problems);
-                return Err(SettingsError::all_into_profile_error(e, &pid));
-            }
-        };
+        let map = SettingsError::settle(map, &top, &pid)?;
         Ok(Self {
             map,
             telnet,

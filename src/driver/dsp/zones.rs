@@ -41,6 +41,25 @@ impl SettingsError {
         }
     }
 
+    /// The map, or every problem of it and of the settings table around it (`top`'s unknown
+    /// keys), as one error.
+    pub fn settle<A>(
+        map: Result<DspMap<A>, Vec<SettingsError>>,
+        top: &Entry<'_>,
+        profile: &str,
+    ) -> Result<DspMap<A>, ProfileError> {
+        let unknown = top.unknown_keys();
+        let problems = match map {
+            Ok(m) if unknown.is_empty() => return Ok(m),
+            Ok(_) => unknown,
+            Err(mut e) => {
+                e.extend(unknown);
+                e
+            }
+        };
+        Err(Self::all_into_profile_error(problems, profile))
+    }
+
     /// Several problems as one error, each keeping its key path.
     pub fn all_into_profile_error(errors: Vec<SettingsError>, profile: &str) -> ProfileError {
         let mut list: Vec<ProfileError> = errors

@@ -409,16 +409,8 @@ impl Publisher {
         obs.update(|s| {
             s.last_contact = Some(now);
             for (key, value, unit) in readings {
-                s.readings.insert(
-                    key.clone(),
-                    Reading {
-                        key,
-                        value,
-                        unit,
-                        observed_at: now,
-                        metered: false,
-                    },
-                );
+                s.readings
+                    .insert(key.clone(), Reading::new(key, value, unit, now));
             }
         });
     }
