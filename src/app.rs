@@ -37,6 +37,49 @@ pub struct StartOptions {
     pub api_bind: Option<SocketAddr>,
 }
 
+/// One part of the daemon: the tasks it runs and the token that stops them. The daemon is a
+/// list of these, started in order (the store, MQTT, simulators, devices, archive, API); a
+/// subsystem plugs in as one more. At shutdown every service is told at once and each is
+/// waited for, newest first, within the deadline; the store's writer comes after them (it
+/// commits what the others said on their way out), and the simulators last of all.
+pub struct Service {
+    pub name: &'static str,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Service {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The token the service's tasks stop on.
+    pub fn cancel(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The tracker its tasks run on.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    fn stop(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+    }
+
+    /// Whether its tasks ended by `until`.
+    async fn stopped_by(&self, until: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(until, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     pub api_addr: SocketAddr,
@@ -48,24 +91,24 @@ pub struct Daemon {
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
     /// The equipment archive and maintenance logbook.
     pub logbook: LogbookHandle,
-    writer_cancel: CancellationToken,
-    writer_tracker: TaskTracker,
+    /// Everything but the store and the simulators, in start order.
+    services: Vec<Service>,
+    store: Service,
+    simulation: Service,
     /// Kept for the daemon's lifetime (rumqttd runs until the process exits).
     _broker: Option<crate::transport::mqtt::EmbeddedBroker>,
     site: String,
-    cancel: CancellationToken,
-    sim_cancel: CancellationToken,
-    tracker: TaskTracker,
-    sim_tracker: TaskTracker,
     deadline: Duration,
 }
 
 /// How the shutdown went.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ShutdownReport {
-    /// Every task stopped within the deadline. The logbook writer is not one of them: when
+    /// Every service stopped within the deadline. The logbook writer is not one of them: when
     /// the store holds it past the deadline, it is abandoned and `writer_done` is false.
     pub within_deadline: bool,
+    /// The services still running at the deadline.
+    pub late: Vec<&'static str>,
     pub elapsed: Duration,
     /// The logbook writer committed everything before the deadline.
     pub writer_done: bool,
@@ -80,198 +123,42 @@ impl Daemon {
         clock: Clock,
     ) -> anyhow::Result<Daemon> {
         let metrics = Metrics::new();
-        // The logbook writer takes every logbook-worthy event from the bus. It runs under its
-        // own token so it stops last and commits everyone's final events.
         let events = EventBus::new(metrics.clone());
-        let logbook_rx = events.sink("logbook", crate::events::EventFilter::logbook(), 4096);
-        let mut writer_config = WriterConfig::new(cfg.storage.path.clone());
-        writer_config.store.max_size_bytes = cfg.storage.max_size_bytes;
-        let (logbook, writer_task) =
-            crate::records::writer::writer(writer_config, logbook_rx, events.clone(), clock);
-        let writer_cancel = CancellationToken::new();
-        let writer_tracker = TaskTracker::new();
-        writer_tracker.spawn(writer_task.run(writer_cancel.clone()));
-        let cancel = CancellationToken::new();
-        let sim_cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let sim_tracker = TaskTracker::new();
-
-        // The broker (embedded, when the site has none) and the daemon's one MQTT client come
-        // before devices and simulators, which both use them.
-        let mut mqtt = None;
-        let mut broker = None;
-        if let Some(m) = &cfg.mqtt {
-            if let Some(e) = &m.settings.embedded {
-                let b = crate::transport::mqtt::spawn_embedded_broker(e)
-                    .await
-                    .context("start the embedded MQTT broker")?;
-                tracing::info!(addr = %b.addr, "embedded mqtt broker listening");
-                broker = Some(b);
-            }
-            let will = crate::transport::mqtt::Will {
-                topic: format!("avwarden/{}/daemon", site_slug(&cfg.site.name)),
-                payload: b"offline".to_vec(),
-                retain: true,
-            };
-            let handle = crate::transport::mqtt::start(
-                &m.settings,
-                m.password.as_ref().map(|p| p.expose().to_owned()),
-                Some(will),
-                &tracker,
-                cancel.clone(),
-            );
-            // Announce `online` (retained) on every connect; the will says `offline`.
-            let online = handle.clone();
-            let topic = format!("avwarden/{}/daemon", site_slug(&cfg.site.name));
-            let stop = cancel.clone();
-            tracker.spawn(async move {
-                let mut connected = online.connected();
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        r = connected.wait_for(|c| *c) => if r.is_err() { break },
-                    }
-                    if let Err(e) = online.publish(&topic, "online", true) {
-                        tracing::warn!(error = %e, "could not announce the daemon online");
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        r = connected.wait_for(|c| !*c) => if r.is_err() { break },
-                    }
-                }
-            });
-            mqtt = Some(handle);
+        let (store, logbook) = start_store(&cfg, &events, clock);
+        let mut services = Vec::new();
+        let mqtt_service = Service::new("mqtt");
+        let (mqtt, broker) = start_mqtt(&cfg, &mqtt_service).await?;
+        if mqtt.is_some() {
+            services.push(mqtt_service);
         }
-        let broker_addr = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
-
-        // Simulators first, so the devices can connect to them.
-        let mut simulators = Vec::new();
-        let mut devices: Vec<DeviceConfig> = Vec::new();
-        for d in &cfg.devices {
-            let mut d = d.clone();
-            if d.simulated && opts.with_simulators {
-                let bind = sim_bind_for(&d, broker_addr.as_ref())?;
-                let endpoint = crate::sim::spawn(
-                    &d.profile,
-                    &d.simulator,
-                    bind,
-                    clock,
-                    sim_cancel.child_token(),
-                )
-                .await
-                .with_context(|| format!("start simulator for device {}", d.id))?;
-                d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
-                simulators.push((d.id.clone(), endpoint));
-            }
-            devices.push(d);
-        }
-
-        let mut fleet = Fleet::new(events.clone(), clock, tracker.clone(), cancel.clone());
-        for d in &devices {
-            let Some(link) = d.link.clone() else {
-                anyhow::bail!(
-                    "device {} is simulated without a fixed address; run it with the demo or give it a link",
-                    d.id
-                );
-            };
-            let mut spec = DeviceSpec::new(d.id.as_str(), d.room.as_str(), d.profile.clone(), link);
-            spec.secret = d.secret.as_ref().map(|s| s.expose().to_owned());
-            spec.settings = d.settings.clone();
-            spec.backoff_min = cfg.links.backoff_min;
-            spec.backoff_max = cfg.links.backoff_max;
-            if matches!(spec.link, LinkSpec::Mqtt { .. }) {
-                spec.mqtt = mqtt.clone();
-            }
-            fleet
-                .spawn_device(spec)
-                .with_context(|| format!("start device {}", d.id))?;
-        }
-        let fleet = Arc::new(fleet);
-
-        // The equipment archive: one record per device, then counters from its state. Neither
-        // devices, the API nor READY wait for the store (issue 16.1: a missing or locked store
-        // held the start for 5 s per device): registrations are queued through the writer's
-        // bounded buffer like every other entry, in order, so each device's counters follow
-        // its record. A store in trouble is the writer's `store_failed` event and the health
-        // answer's `store` field.
-        let seeds: Vec<EquipmentSeed> = devices
-            .iter()
-            .map(|d| {
-                EquipmentSeed::from_profile(
-                    d.id.clone(),
-                    d.room.clone(),
-                    &d.profile,
-                    d.archive.clone(),
-                    clock.now(),
-                )
-            })
-            .collect();
-        let watches: Vec<_> = devices
-            .iter()
-            .filter_map(|d| fleet.get(d.id.as_str()).map(|h| h.watch()))
-            .collect();
-        {
-            let logbook = logbook.clone();
-            let counters = tracker.clone();
-            let cancel = cancel.clone();
-            tracker.spawn(async move {
-                for seed in seeds {
-                    let device = seed.device.clone();
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = logbook.register_queued(seed) => if let Err(e) = r {
-                            tracing::warn!(%device, error = %e, "equipment not registered");
-                        },
-                    }
-                }
-                for rx in watches {
-                    counters.spawn(crate::records::archive::feed_counters(
-                        logbook.clone(),
-                        rx,
-                        clock,
-                        cancel.clone(),
-                    ));
-                }
-            });
-        }
-
-        let bind = opts.api_bind.unwrap_or(cfg.api.bind);
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("bind the API to {bind}"))?;
-        let api_addr = listener.local_addr()?;
-        let state = ApiState {
-            site: cfg.site.name.clone(),
-            version: VERSION,
+        let simulation = Service::new("simulators");
+        let (devices, simulators) = start_simulators(&cfg, &opts, clock, &simulation).await?;
+        let devices_service = Service::new("devices");
+        let fleet = start_devices(
+            &cfg,
+            &devices,
+            &events,
             clock,
-            started: clock.now(),
-            fleet: fleet.clone(),
-            metrics: metrics.clone(),
-            store: Some(logbook.watch_status()),
-        };
-        let app = api::router(state);
-        let mut limits = cfg.api.clone();
-        if let Some(nofile) = api::server::descriptor_limit() {
-            let fitted =
-                api::server::fit_to_descriptors(limits.max_connections, devices.len(), nofile);
-            if fitted < limits.max_connections {
-                tracing::warn!(
-                    configured = limits.max_connections,
-                    fitted,
-                    nofile,
-                    "API connection limit lowered to leave device links their descriptors"
-                );
-                limits.max_connections = fitted;
-            }
-        }
-        tracker.spawn(api::server::serve(
-            listener,
-            app,
-            limits,
-            metrics.clone(),
-            tracker.clone(),
-            cancel.clone(),
-        ));
+            mqtt.as_ref(),
+            &devices_service,
+        )?;
+        services.push(devices_service);
+        let archive = Service::new("archive");
+        start_archive(&devices, &fleet, &logbook, clock, &archive);
+        services.push(archive);
+        let api_service = Service::new("api");
+        let api_addr = start_api(
+            &cfg,
+            &opts,
+            &fleet,
+            &metrics,
+            &logbook,
+            clock,
+            devices.len(),
+            &api_service,
+        )
+        .await?;
+        services.push(api_service);
 
         events.emit(
             clock.now(),
@@ -287,15 +174,12 @@ impl Daemon {
             clock,
             simulators,
             logbook,
-            writer_cancel,
-            writer_tracker,
+            services,
+            store,
+            simulation,
             mqtt,
             _broker: broker,
             site: cfg.site.name.clone(),
-            cancel,
-            sim_cancel,
-            tracker,
-            sim_tracker,
             deadline: cfg.shutdown_deadline,
         })
     }
@@ -304,40 +188,43 @@ impl Daemon {
         &self.site
     }
 
-    /// The root of the shutdown tree.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+    /// The daemon's services, in start order (the store and the simulators apart).
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(|s| s.name)
     }
 
-    /// Cancel everything and wait for the tasks to finish their step (close ports, switch off
-    /// metering, flush), at most until the deadline. Simulators stop last.
+    /// Stop every service and wait for its tasks to finish their step (close ports, switch off
+    /// metering, flush), at most until the deadline; then the writer; simulators last.
     pub async fn shutdown(self, reason: &str) -> ShutdownReport {
         let start = tokio::time::Instant::now();
+        let deadline = start + self.deadline;
         self.events.emit(
             self.clock.now(),
             EventKind::DaemonStopping {
                 reason: reason.to_owned(),
             },
         );
-        self.cancel.cancel();
-        self.tracker.close();
-        let within = tokio::time::timeout(self.deadline, self.tracker.wait())
-            .await
-            .is_ok();
-        if !within {
+        // All at once, as a device's command in flight ends with its device, not after it.
+        for s in &self.services {
+            s.stop();
+        }
+        let mut late = Vec::new();
+        for s in self.services.iter().rev() {
+            if !s.stopped_by(deadline).await {
+                late.push(s.name);
+            }
+        }
+        if !late.is_empty() {
             tracing::error!(
                 deadline_ms = self.deadline.as_millis() as u64,
+                ?late,
                 "shutdown deadline passed; exiting with tasks still running"
             );
         }
         // The logbook writer last: it drains and commits every event the others sent,
         // `DaemonStopping` included, within what is left of the deadline.
-        let left = self.deadline.saturating_sub(start.elapsed());
-        self.writer_cancel.cancel();
-        self.writer_tracker.close();
-        let writer_done = tokio::time::timeout(left, self.writer_tracker.wait())
-            .await
-            .is_ok();
+        self.store.stop();
+        let writer_done = self.store.stopped_by(deadline).await;
         // The writer does nothing but write the store: when it has not finished by the
         // deadline, the store is what holds it (locked by another process, a slow or full
         // disk; a locked store fails its first write only after SQLite's busy wait). That is
@@ -357,16 +244,248 @@ impl Daemon {
                  the entries not yet committed are lost"
             );
         }
-        self.sim_cancel.cancel();
-        self.sim_tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.sim_tracker.wait()).await;
+        self.simulation.stop();
+        let _ = self
+            .simulation
+            .stopped_by(tokio::time::Instant::now() + Duration::from_secs(2))
+            .await;
         ShutdownReport {
-            within_deadline: within,
+            within_deadline: late.is_empty(),
+            late,
             elapsed: start.elapsed(),
             writer_done,
             entries_lost,
         }
     }
+}
+
+/// The store: the logbook writer takes every logbook-worthy event from the bus, under its own
+/// service so it stops after the others and commits everyone's final events.
+fn start_store(cfg: &SiteConfig, events: &EventBus, clock: Clock) -> (Service, LogbookHandle) {
+    let store = Service::new("store");
+    let logbook_rx = events.sink("logbook", crate::events::EventFilter::logbook(), 4096);
+    let mut writer_config = WriterConfig::new(cfg.storage.path.clone());
+    writer_config.store.max_size_bytes = cfg.storage.max_size_bytes;
+    let (logbook, writer_task) =
+        crate::records::writer::writer(writer_config, logbook_rx, events.clone(), clock);
+    store.tasks.spawn(writer_task.run(store.cancel()));
+    (store, logbook)
+}
+
+/// The broker (embedded, when the site has none) and the daemon's one MQTT client, before
+/// devices and simulators, which both use them.
+async fn start_mqtt(
+    cfg: &SiteConfig,
+    svc: &Service,
+) -> anyhow::Result<(
+    Option<crate::transport::mqtt::MqttHandle>,
+    Option<crate::transport::mqtt::EmbeddedBroker>,
+)> {
+    let Some(m) = &cfg.mqtt else {
+        return Ok((None, None));
+    };
+    let mut broker = None;
+    if let Some(e) = &m.settings.embedded {
+        let b = crate::transport::mqtt::spawn_embedded_broker(e)
+            .await
+            .context("start the embedded MQTT broker")?;
+        tracing::info!(addr = %b.addr, "embedded mqtt broker listening");
+        broker = Some(b);
+    }
+    let will = crate::transport::mqtt::Will {
+        topic: format!("avwarden/{}/daemon", site_slug(&cfg.site.name)),
+        payload: b"offline".to_vec(),
+        retain: true,
+    };
+    let handle = crate::transport::mqtt::start(
+        &m.settings,
+        m.password.as_ref().map(|p| p.expose().to_owned()),
+        Some(will),
+        svc.tasks(),
+        svc.cancel(),
+    );
+    // Announce `online` (retained) on every connect; the will says `offline`.
+    let online = handle.clone();
+    let topic = format!("avwarden/{}/daemon", site_slug(&cfg.site.name));
+    let stop = svc.cancel();
+    svc.tasks.spawn(async move {
+        let mut connected = online.connected();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = connected.wait_for(|c| *c) => if r.is_err() { break },
+            }
+            if let Err(e) = online.publish(&topic, "online", true) {
+                tracing::warn!(error = %e, "could not announce the daemon online");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = connected.wait_for(|c| !*c) => if r.is_err() { break },
+            }
+        }
+    });
+    Ok((Some(handle), broker))
+}
+
+/// The simulators of simulated devices, first, so the devices can connect to them; returns
+/// the devices with their links filled in.
+async fn start_simulators(
+    cfg: &SiteConfig,
+    opts: &StartOptions,
+    clock: Clock,
+    svc: &Service,
+) -> anyhow::Result<(Vec<DeviceConfig>, Vec<(DeviceId, SimEndpoint)>)> {
+    let broker_addr = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
+    let mut simulators = Vec::new();
+    let mut devices: Vec<DeviceConfig> = Vec::new();
+    for d in &cfg.devices {
+        let mut d = d.clone();
+        if d.simulated && opts.with_simulators {
+            let bind = sim_bind_for(&d, broker_addr.as_ref())?;
+            let endpoint = crate::sim::spawn(&d.profile, &d.simulator, bind, clock, svc.cancel())
+                .await
+                .with_context(|| format!("start simulator for device {}", d.id))?;
+            d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
+            simulators.push((d.id.clone(), endpoint));
+        }
+        devices.push(d);
+    }
+    Ok((devices, simulators))
+}
+
+/// One supervised actor per device.
+fn start_devices(
+    cfg: &SiteConfig,
+    devices: &[DeviceConfig],
+    events: &EventBus,
+    clock: Clock,
+    mqtt: Option<&crate::transport::mqtt::MqttHandle>,
+    svc: &Service,
+) -> anyhow::Result<Arc<Fleet>> {
+    let mut fleet = Fleet::new(events.clone(), clock, svc.tasks().clone(), svc.cancel());
+    for d in devices {
+        let Some(link) = d.link.clone() else {
+            anyhow::bail!(
+                "device {} is simulated without a fixed address; run it with the demo or give it a link",
+                d.id
+            );
+        };
+        let mut spec = DeviceSpec::new(d.id.as_str(), d.room.as_str(), d.profile.clone(), link);
+        spec.secret = d.secret.as_ref().map(|s| s.expose().to_owned());
+        spec.settings = d.settings.clone();
+        spec.backoff_min = cfg.links.backoff_min;
+        spec.backoff_max = cfg.links.backoff_max;
+        if matches!(spec.link, LinkSpec::Mqtt { .. }) {
+            spec.mqtt = mqtt.cloned();
+        }
+        fleet
+            .spawn_device(spec)
+            .with_context(|| format!("start device {}", d.id))?;
+    }
+    Ok(Arc::new(fleet))
+}
+
+/// The equipment archive: one record per device, then counters from its state. Neither
+/// devices, the API nor READY wait for the store (issue 16.1: a missing or locked store held
+/// the start for 5 s per device): registrations are queued through the writer's bounded
+/// buffer like every other entry, in order, so each device's counters follow its record. A
+/// store in trouble is the writer's `store_failed` event and the health answer's `store`.
+fn start_archive(
+    devices: &[DeviceConfig],
+    fleet: &Fleet,
+    logbook: &LogbookHandle,
+    clock: Clock,
+    svc: &Service,
+) {
+    let seeds: Vec<EquipmentSeed> = devices
+        .iter()
+        .map(|d| {
+            EquipmentSeed::from_profile(
+                d.id.clone(),
+                d.room.clone(),
+                &d.profile,
+                d.archive.clone(),
+                clock.now(),
+            )
+        })
+        .collect();
+    let watches: Vec<_> = devices
+        .iter()
+        .filter_map(|d| fleet.get(d.id.as_str()).map(|h| h.watch()))
+        .collect();
+    let logbook = logbook.clone();
+    let counters = svc.tasks().clone();
+    let cancel = svc.cancel();
+    svc.tasks.spawn(async move {
+        for seed in seeds {
+            let device = seed.device.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = logbook.register_queued(seed) => if let Err(e) = r {
+                    tracing::warn!(%device, error = %e, "equipment not registered");
+                },
+            }
+        }
+        for rx in watches {
+            counters.spawn(crate::records::archive::feed_counters(
+                logbook.clone(),
+                rx,
+                clock,
+                cancel.clone(),
+            ));
+        }
+    });
+}
+
+/// The status API, its connection limit fitted to the descriptors the devices leave.
+#[allow(clippy::too_many_arguments)]
+async fn start_api(
+    cfg: &SiteConfig,
+    opts: &StartOptions,
+    fleet: &Arc<Fleet>,
+    metrics: &Metrics,
+    logbook: &LogbookHandle,
+    clock: Clock,
+    devices: usize,
+    svc: &Service,
+) -> anyhow::Result<SocketAddr> {
+    let bind = opts.api_bind.unwrap_or(cfg.api.bind);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("bind the API to {bind}"))?;
+    let api_addr = listener.local_addr()?;
+    let state = ApiState {
+        site: cfg.site.name.clone(),
+        version: VERSION,
+        clock,
+        started: clock.now(),
+        fleet: fleet.clone(),
+        metrics: metrics.clone(),
+        store: Some(logbook.watch_status()),
+    };
+    let app = api::router(state);
+    let mut limits = cfg.api.clone();
+    if let Some(nofile) = api::server::descriptor_limit() {
+        let fitted = api::server::fit_to_descriptors(limits.max_connections, devices, nofile);
+        if fitted < limits.max_connections {
+            tracing::warn!(
+                configured = limits.max_connections,
+                fitted,
+                nofile,
+                "API connection limit lowered to leave device links their descriptors"
+            );
+            limits.max_connections = fitted;
+        }
+    }
+    svc.tasks.spawn(api::server::serve(
+        listener,
+        app,
+        limits,
+        metrics.clone(),
+        svc.tasks().clone(),
+        svc.cancel(),
+    ));
+    Ok(api_addr)
 }
 
 /// `Building A / 2nd floor` → `building-a-2nd-floor`: safe in MQTT topics and ids.
@@ -485,9 +604,11 @@ pub fn notify_ready(tracker: &TaskTracker, cancel: CancellationToken) {
 }
 
 impl Daemon {
-    /// Start the systemd watchdog pings under this daemon's shutdown tree.
-    pub fn notify_systemd(&self) {
-        notify_ready(&self.tracker, self.cancel.clone());
+    /// Tell systemd the daemon is ready and feed its watchdog, as a service of its own.
+    pub fn notify_systemd(&mut self) {
+        let svc = Service::new("systemd");
+        notify_ready(svc.tasks(), svc.cancel());
+        self.services.push(svc);
     }
 }
 
@@ -510,7 +631,7 @@ impl Signals {
 
 /// Run until SIGTERM or SIGINT, then shut down within the deadline.
 pub async fn run_until_signal(
-    daemon: Daemon,
+    mut daemon: Daemon,
     mut signals: Signals,
 ) -> anyhow::Result<ShutdownReport> {
     daemon.notify_systemd();

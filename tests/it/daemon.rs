@@ -113,9 +113,16 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
     let body = body.await.unwrap().expect("api answers");
     assert_eq!(body["devices"]["ok"], 2, "{body}");
 
+    // Issue 8.9: the daemon is a list of services, started in order (the store first and
+    // the simulators apart; no [mqtt], no MQTT service).
+    assert_eq!(
+        daemon.services().collect::<Vec<_>>(),
+        ["devices", "archive", "api"]
+    );
     let fleet = daemon.fleet.clone();
     let report = daemon.shutdown("test").await;
     assert!(report.within_deadline && report.writer_done, "{report:?}");
+    assert!(report.late.is_empty(), "{report:?}");
     assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
     // Every actor has ended: commands are refused at once.
     for h in fleet.handles() {
