@@ -756,9 +756,9 @@ fn impostors(n: usize, secs: u64) -> ExitCode {
                 .await
                 .expect("bind");
             ports.push(l.local_addr().expect("addr").port());
-            tokio::spawn(async move {
+            tokio_util::task::TaskTracker::new().spawn(async move {
                 while let Ok((mut s, _)) = l.accept().await {
-                    tokio::spawn(async move {
+                    tokio_util::task::TaskTracker::new().spawn(async move {
                         use tokio::io::AsyncWriteExt;
                         let chunk = vec![b'A'; 64 * 1024];
                         while s.write_all(&chunk).await.is_ok() {}

@@ -71,7 +71,7 @@ fn bench_append(c: &mut Criterion) {
                         let mut tasks = Vec::new();
                         for a in 0..appenders {
                             let handle = handle.clone();
-                            tasks.push(tokio::spawn(async move {
+                            tasks.push(tokio_util::task::TaskTracker::new().spawn(async move {
                                 for i in 0..PER_ITER / appenders {
                                     handle.append(entry(a * PER_ITER + i)).await.unwrap();
                                 }

@@ -21,3 +21,14 @@ pub mod records;
 pub mod runtime;
 pub mod sim;
 pub mod transport;
+
+/// `tokio::spawn` for unit tests, which are outside the shutdown tree by nature (the ban in
+/// clippy.toml is for the daemon's own tasks).
+#[cfg(test)]
+pub(crate) fn test_spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio_util::task::TaskTracker::new().spawn(task)
+}

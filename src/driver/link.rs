@@ -347,9 +347,9 @@ mod tests {
     async fn flooder(chunk: &'static [u8]) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
+        crate::test_spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move { while s.write_all(chunk).await.is_ok() {} });
+                crate::test_spawn(async move { while s.write_all(chunk).await.is_ok() {} });
             }
         });
         port

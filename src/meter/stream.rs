@@ -253,7 +253,7 @@ mod tests {
         let hub = MeterHub::default();
         let mut rx = hub.subscribe("waiter");
         let h = hub.clone();
-        tokio::spawn(async move {
+        crate::test_spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             h.publish(&sample("mic", Subject::Channel(1), -6.0, 0));
         });

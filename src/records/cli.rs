@@ -443,12 +443,13 @@ fn stress_append(
         );
         let (handle, task) = writer(WriterConfig::new(db), events, bus, clock);
         let cancel = CancellationToken::new();
-        let writer_done = tokio::spawn(task.run(cancel.clone()));
+        let tasks = tokio_util::task::TaskTracker::new();
+        let writer_done = tasks.spawn(task.run(cancel.clone()));
         let (acks_tx, mut acks) = mpsc::channel::<u64>(1024);
         for w in 0..writers.max(1) {
             let handle = handle.clone();
             let acks_tx = acks_tx.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 for i in 0u64.. {
                     let e = NewEntry::new(
                         clock.now(),

@@ -647,7 +647,7 @@ impl Escvp21Sim {
             cancel,
             lines: LineBuf::default(),
         };
-        tokio::spawn(task.run());
+        crate::sim::detached(task.run());
         Escvp21Sim {
             ctl: ctl_tx,
             status: status_rx,

@@ -187,6 +187,18 @@ fn key_path(e: &toml::de::Error) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
+/// Run a simulator's task on its own. A simulator ends with its own cancel token, and the
+/// daemon gives simulators a bounded grace at shutdown rather than waiting for each task, so
+/// this is the one place outside the shutdown tree allowed to spawn.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn detached<F>(task: F)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(task);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -553,7 +553,7 @@ pub async fn serve_on(
             let pty = PtyMaster::open(link.as_deref())?;
             let shown = pty.path().to_path_buf();
             // The master (and with it the symlink) goes when serving ends.
-            tokio::spawn(async move {
+            crate::sim::detached(async move {
                 if let Err(e) = ctl.serve(pty, cancel).await {
                     tracing::warn!(error = %e, "modbus simulator pty closed");
                 }
@@ -563,7 +563,7 @@ pub async fn serve_on(
         SimBind::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let local = listener.local_addr()?;
-            tokio::spawn(async move {
+            crate::sim::detached(async move {
                 loop {
                     let accepted = tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -572,7 +572,7 @@ pub async fn serve_on(
                     let Ok((sock, _)) = accepted else { continue };
                     let ctl = ctl.clone();
                     let cancel = cancel.clone();
-                    tokio::spawn(async move {
+                    crate::sim::detached(async move {
                         let _ = ctl.serve(sock, cancel).await;
                     });
                 }

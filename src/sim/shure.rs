@@ -366,7 +366,7 @@ impl ShureSim {
             }),
         };
         let s = sim.clone();
-        tokio::spawn(async move { s.run(listener, cancel).await });
+        crate::sim::detached(async move { s.run(listener, cancel).await });
         Ok(sim)
     }
 
@@ -539,7 +539,7 @@ impl ShureSim {
                     let sim = self.clone();
                     let cancel = cancel.clone();
                     let id = conn_id;
-                    tokio::spawn(async move {
+                    crate::sim::detached(async move {
                         sim.serve(stream, id, cancel).await;
                         {
                             let mut st = sim.lock();

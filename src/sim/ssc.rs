@@ -192,7 +192,7 @@ impl SscSim {
             }),
         };
         let s = sim.clone();
-        tokio::spawn(async move { s.run(cancel).await });
+        crate::sim::detached(async move { s.run(cancel).await });
         Ok(sim)
     }
 

@@ -224,7 +224,7 @@ pub async fn spawn_from_config(
     let loop_cancel = cancel.clone();
     // The event loop runs alone in its task: rumqttc's poll must not be cancelled half-way
     // through a write, so nothing else shares its select.
-    tokio::spawn(async move {
+    crate::sim::detached(async move {
         let mut delay = Duration::from_millis(100);
         loop {
             let ev = tokio::select! {
@@ -277,7 +277,7 @@ pub async fn spawn_from_config(
         connected: false,
         last_available: None,
     };
-    tokio::spawn(device.run(rx, cancel));
+    crate::sim::detached(device.run(rx, cancel));
     Ok((SimEndpoint::Mqtt { topic }, control))
 }
 

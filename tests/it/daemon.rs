@@ -109,7 +109,9 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
     // The API answers while devices are connected.
     let url = format!("http://{}/api/v1/health", daemon.api_addr);
     let body =
-        tokio::spawn(async move { reqwest::get(url).await?.json::<serde_json::Value>().await });
+        crate::support::spawn(
+            async move { reqwest::get(url).await?.json::<serde_json::Value>().await },
+        );
     let body = body.await.unwrap().expect("api answers");
     assert_eq!(body["devices"]["ok"], 2, "{body}");
 
@@ -598,10 +600,12 @@ link = {{ host = "127.0.0.1", port = {port} }}
     .unwrap();
     let url = format!("http://{}/api/v1/devices/proj", daemon.api_addr);
     let get = |url: String| async move {
-        tokio::spawn(async move { reqwest::get(url).await?.json::<serde_json::Value>().await })
-            .await
-            .unwrap()
-            .unwrap()
+        crate::support::spawn(
+            async move { reqwest::get(url).await?.json::<serde_json::Value>().await },
+        )
+        .await
+        .unwrap()
+        .unwrap()
     };
     let h = daemon.fleet.get("proj").unwrap().clone();
     let mut rx = h.watch();

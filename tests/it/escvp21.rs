@@ -229,7 +229,7 @@ async fn power_on_is_busy_through_the_ignition_silence_then_on() {
     assert_eq!(power(&s), Some(Value::Power(PowerState::Off)));
 
     let handle = r.handle.clone();
-    let cmd = tokio::spawn(async move {
+    let cmd = crate::support::spawn(async move {
         handle
             .command(DeviceCommand::Power { on: true })
             .await

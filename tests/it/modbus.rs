@@ -72,7 +72,7 @@ impl Bench {
         let cancel = CancellationToken::new();
         let served = ctl.clone();
         let c = cancel.clone();
-        tokio::spawn(async move { served.serve(theirs, c).await });
+        crate::support::spawn(async move { served.serve(theirs, c).await });
         let settings: toml::Table = toml::from_str(settings).expect("settings");
         let (driver, obs, state) = observed(profile, &settings);
         Bench {
@@ -408,7 +408,7 @@ async fn against_raw_unit(
     let p = profile(id);
     let unit = RawUnit::new(regs);
     let (ours, theirs) = tokio::io::duplex(1024);
-    tokio::spawn(unit.clone().serve(theirs));
+    crate::support::spawn(unit.clone().serve(theirs));
     let (mut driver, mut obs, state) = observed(&p, &toml::Table::new());
     let mut link = Link::from_stream(Stream::new(ours, "duplex"));
     driver.open(&mut link, &mut obs).await.unwrap();
@@ -695,7 +695,7 @@ async fn modbus_write_exception_is_a_refusal() {
     b.ctl = RoomController::new(map, &opts(21.0, 22.0, "heat", true)).unwrap();
     let (ours, theirs) = tokio::io::duplex(1024);
     let served = b.ctl.clone();
-    tokio::spawn(async move { served.serve(theirs, CancellationToken::new()).await });
+    crate::support::spawn(async move { served.serve(theirs, CancellationToken::new()).await });
     b.link = Link::from_stream(Stream::new(ours, "duplex"));
     b.connect().await;
     let e = b
@@ -802,7 +802,7 @@ async fn modbus_driver_against_pymodbus_server() {
     let (a_path, b_path) = (am.path().to_path_buf(), bm.path().to_path_buf());
     let cancel = CancellationToken::new();
     let relay_cancel = cancel.clone();
-    tokio::spawn(async move {
+    crate::support::spawn(async move {
         tokio::select! {
             _ = relay_cancel.cancelled() => {}
             _ = tokio::io::copy_bidirectional(&mut am, &mut bm) => {}

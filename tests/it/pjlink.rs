@@ -611,13 +611,13 @@ async fn an_endless_line_impostor_is_dropped_at_once_and_retried_ever_more_slowl
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, mut connects) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
+    let server = crate::support::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
             let _ = tx.send(Instant::now());
-            tokio::spawn(async move {
+            crate::support::spawn(async move {
                 let chunk = vec![b'A'; 4096];
                 while s.write_all(&chunk).await.is_ok() {}
             });

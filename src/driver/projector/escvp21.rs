@@ -876,7 +876,7 @@ mod tests {
         let mut watch = r.state.clone();
         let sim = r.sim.clone();
         // Sample the published state 45 s into the wait: first window over, prompt not yet.
-        let probe = tokio::spawn(async move {
+        let probe = crate::test_spawn(async move {
             tokio::time::sleep(Duration::from_secs(45)).await;
             let s = watch.borrow_and_update().clone();
             (s, sim.status())

@@ -917,7 +917,7 @@ life_hours = 2000
     #[tokio::test]
     async fn digest_goes_on_the_first_command_only() {
         let (mut link, peer) = link();
-        let proj = tokio::spawn(scripted(
+        let proj = crate::test_spawn(scripted(
             peer,
             "PJLINK 1 498e4a67\r",
             vec![
@@ -957,7 +957,7 @@ life_hours = 2000
         let (mut link, peer) = link();
         // The digest is right for the configured password, but the projector's password was
         // changed: only its ERRA tells.
-        let proj = tokio::spawn(scripted(
+        let proj = crate::test_spawn(scripted(
             peer,
             "PJLINK 1 498e4a67\r",
             vec![(
@@ -980,7 +980,7 @@ life_hours = 2000
     #[tokio::test]
     async fn read_all_maps_every_answer() {
         let (mut link, peer) = link();
-        let proj = tokio::spawn(scripted(
+        let proj = crate::test_spawn(scripted(
             peer,
             "PJLINK 0\r",
             vec![
@@ -1045,7 +1045,7 @@ life_hours = 2000
     #[tokio::test]
     async fn err3_is_busy_err2_refused_err4_a_fault() {
         let (mut link, peer) = link();
-        let proj = tokio::spawn(scripted(
+        let proj = crate::test_spawn(scripted(
             peer,
             "PJLINK 0\r",
             vec![
@@ -1100,7 +1100,7 @@ life_hours = 2000
     #[tokio::test]
     async fn stale_replies_are_skipped_and_garbage_is_a_protocol_error() {
         let (mut link, peer) = link();
-        let proj = tokio::spawn(scripted(
+        let proj = crate::test_spawn(scripted(
             peer,
             "PJLINK 0\r",
             vec![

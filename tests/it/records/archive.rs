@@ -556,7 +556,7 @@ async fn counters_follow_readings_and_maintenance_resets_them() {
         ("lamp.1.hours", Value::Int(1200)),
         ("filter.hours", Value::Int(480)),
     ]));
-    let feed = tokio::spawn(feed_counters(
+    let feed = crate::support::spawn(feed_counters(
         h.handle.clone(),
         rx,
         clock,

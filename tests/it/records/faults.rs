@@ -70,7 +70,7 @@ async fn commits_are_batched_and_acknowledged_only_once_durable() {
     for i in 0..300 {
         let handle = h.handle.clone();
         let db = db.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::support::spawn(async move {
             let seq = handle.append(entry(i)).await.unwrap();
             // Acknowledged means committed: a fresh connection sees it at once.
             let c = store::open_reader(&db).unwrap();
@@ -129,7 +129,9 @@ async fn a_full_store_keeps_the_daemon_running_and_recovers() {
     let mut appends = Vec::new();
     for i in 0..30 {
         let handle = h.handle.clone();
-        appends.push(tokio::spawn(async move { handle.append(entry(i)).await }));
+        appends.push(crate::support::spawn(async move {
+            handle.append(entry(i)).await
+        }));
     }
     let failed = next_event(&mut events, "StoreFailed", |k| {
         matches!(k, EventKind::StoreFailed { .. })
@@ -276,7 +278,7 @@ async fn a_store_that_cannot_open_at_start_is_retried() {
     );
     let pending_append = {
         let handle = h.handle.clone();
-        tokio::spawn(async move { handle.append(entry(1)).await })
+        crate::support::spawn(async move { handle.append(entry(1)).await })
     };
     // The directory appears (the state directory was mounted late).
     std::fs::create_dir(dir.path().join("not-yet")).unwrap();

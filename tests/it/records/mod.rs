@@ -129,7 +129,7 @@ impl Harness {
         let rx = bus.sink("logbook", avwarden::events::EventFilter::logbook(), 4096);
         let (handle, task) = writer(config, rx, bus.clone(), clock);
         let cancel = CancellationToken::new();
-        let join = tokio::spawn(task.run(cancel.clone()));
+        let join = crate::support::spawn(task.run(cancel.clone()));
         Harness {
             handle,
             bus,
