@@ -560,6 +560,52 @@ pub enum DeviceCommand {
 }
 
 impl DeviceCommand {
+    /// One of each command, for tables that go through them all (arguments are examples).
+    pub fn samples() -> Vec<DeviceCommand> {
+        vec![
+            DeviceCommand::Power { on: true },
+            DeviceCommand::SelectInput { input: "31".into() },
+            DeviceCommand::AvMute { on: false },
+            DeviceCommand::SetGain {
+                channel: 1,
+                db: 0.0,
+            },
+            DeviceCommand::SetMute {
+                channel: 1,
+                on: false,
+            },
+            DeviceCommand::SetLevel {
+                zone: "main".into(),
+                db: -20.0,
+            },
+            DeviceCommand::SetZoneMute {
+                zone: "main".into(),
+                on: false,
+            },
+            DeviceCommand::SetSetpoint { celsius: 23.0 },
+            DeviceCommand::SetHvacMode {
+                mode: "cool".into(),
+            },
+            DeviceCommand::Refresh,
+        ]
+    }
+
+    /// The capability a device must have to take this command (`None`: every device).
+    pub fn capability(&self) -> Option<Capability> {
+        Some(match self {
+            DeviceCommand::Power { .. } => Capability::Power,
+            DeviceCommand::SelectInput { .. } => Capability::Input,
+            DeviceCommand::AvMute { .. } => Capability::AvMute,
+            DeviceCommand::SetGain { .. } => Capability::Gain,
+            DeviceCommand::SetMute { .. } => Capability::Mute,
+            // Zones are what a device with output levels has (a DSP), not a mic's channels.
+            DeviceCommand::SetLevel { .. } | DeviceCommand::SetZoneMute { .. } => Capability::Level,
+            DeviceCommand::SetSetpoint { .. } => Capability::Setpoint,
+            DeviceCommand::SetHvacMode { .. } => Capability::HvacMode,
+            DeviceCommand::Refresh => return None,
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             DeviceCommand::Power { .. } => "power",

@@ -68,6 +68,13 @@ impl DeviceHandle {
         self.capabilities().contains(&capability)
     }
 
+    /// Whether the device takes `command` at all, by its profile (it may still refuse it
+    /// now: busy, out of range). A consumer asks before sending; the driver agrees (a test
+    /// holds every shipped profile to it).
+    pub fn takes(&self, command: &DeviceCommand) -> bool {
+        command.capability().is_none_or(|c| self.can(c))
+    }
+
     /// The device's latest level per metered subject (kept off the state `watch`, which
     /// meters would wake on every frame).
     pub fn meters(&self) -> &MeterBoard {

@@ -970,3 +970,65 @@ fn a_store_in_trouble_never_holds_ready_the_api_or_sigterm() {
         drop(locker);
     }
 }
+
+/// Issue 8.2: what a device takes, by its profile, is what its driver does. Every device of
+/// the demo site (PJLink, ESC/VP21, Shure, Sennheiser, Tesira, Modbus and MQTT HVAC) against
+/// its simulator: each command its profile does not declare answers `unsupported`, and each
+/// one it declares answers anything else (done, refused, rejected, busy: the device's or
+/// avwarden's verdict on the value, not "cannot").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_driver_takes_exactly_the_commands_its_profile_declares() {
+    use avwarden::model::DeviceCommand;
+    use avwarden::runtime::CommandOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
+    )
+    .unwrap();
+    let mut cfg = parse_site(
+        &text,
+        "config/demo.toml",
+        dir.path(),
+        &Env::fixed(&[("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo")]),
+    )
+    .expect("the demo site validates");
+    // Ports of this test's own: the embedded broker on a free port.
+    if let Some(e) = cfg.mqtt.as_mut().and_then(|m| m.settings.embedded.as_mut()) {
+        e.bind = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+    }
+    let daemon = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: true,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        avwarden::clock::Clock::system(),
+    )
+    .await
+    .expect("daemon starts");
+    let mut mismatches = Vec::new();
+    for h in daemon.fleet.handles() {
+        h.wait_for(|s| s.reachable, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|_| panic!("{} never came up", h.id));
+        for cmd in DeviceCommand::samples() {
+            let outcome = tokio::time::timeout(Duration::from_secs(60), h.command(cmd.clone()))
+                .await
+                .unwrap_or_else(|_| panic!("{} {cmd:?}: no outcome", h.id));
+            let unsupported = matches!(outcome, CommandOutcome::Unsupported { .. });
+            if unsupported == h.takes(&cmd) {
+                mismatches.push(format!(
+                    "{} ({}): {} -> {outcome:?}",
+                    h.id,
+                    h.profile.as_ref().unwrap().id,
+                    cmd.name()
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    daemon.shutdown("test").await;
+}
