@@ -12,6 +12,8 @@ pub mod mic;
 pub mod observer;
 pub mod projector;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::codec::ProtocolError;
@@ -43,7 +45,13 @@ pub enum DriverError {
     Rejected { command: String, reason: String },
     /// The device cannot do it now (PJLink ERR3 during warm-up): retry later, not a failure.
     #[error("device busy, {command} not accepted now: {reason}")]
-    Busy { command: String, reason: String },
+    Busy {
+        command: String,
+        reason: String,
+        /// How long until the device expects to be ready, when the driver knows (the rest
+        /// of a warm-up it started itself).
+        ready_in: Option<Duration>,
+    },
     #[error("{driver} driver does not support {command}")]
     Unsupported {
         driver: &'static str,

@@ -365,9 +365,10 @@ impl Actor {
         *last_io = Instant::now();
         self.report_command(&req.command, &res);
         let applied = self.obs.take_applied();
-        let _ = req
-            .reply
-            .send(CommandOutcome::from_driver(res.as_ref().map(|()| applied)));
+        let _ = req.reply.send(CommandOutcome::from_driver(
+            res.as_ref().map(|()| applied),
+            self.obs.now(),
+        ));
         res
     }
 

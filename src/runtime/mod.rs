@@ -62,8 +62,9 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
-    /// The outcome of a driver's `execute`.
-    pub fn from_driver(res: Result<Option<Applied>, &DriverError>) -> Self {
+    /// The outcome of a driver's `execute` at `now` (a busy device's `until` is reckoned from
+    /// it).
+    pub fn from_driver(res: Result<Option<Applied>, &DriverError>, now: DateTime<Utc>) -> Self {
         let e = match res {
             Ok(applied) => return CommandOutcome::Done { applied },
             Err(e) => e,
@@ -75,9 +76,11 @@ impl CommandOutcome {
             DriverError::Rejected { reason, .. } => CommandOutcome::Rejected {
                 reason: reason.clone(),
             },
-            DriverError::Busy { reason, .. } => CommandOutcome::Busy {
+            DriverError::Busy {
+                reason, ready_in, ..
+            } => CommandOutcome::Busy {
                 reason: reason.clone(),
-                until: None,
+                until: ready_in.and_then(|d| chrono::Duration::from_std(d).ok().map(|d| now + d)),
             },
             DriverError::Unsupported { command, .. } => CommandOutcome::Unsupported { command },
             DriverError::Timeout { waited_ms } => CommandOutcome::TimedOut {
@@ -109,6 +112,10 @@ mod tests {
     use crate::codec::ProtocolError;
     use crate::transport::TransportError;
 
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
     #[test]
     fn driver_errors_map_to_one_outcome_each() {
         let cases: Vec<(DriverError, CommandOutcome)> = vec![
@@ -134,10 +141,22 @@ mod tests {
                 DriverError::Busy {
                     command: "select_input".into(),
                     reason: "warming up".into(),
+                    ready_in: None,
                 },
                 CommandOutcome::Busy {
                     reason: "warming up".into(),
                     until: None,
+                },
+            ),
+            (
+                DriverError::Busy {
+                    command: "select_input".into(),
+                    reason: "warming up".into(),
+                    ready_in: Some(std::time::Duration::from_secs(25)),
+                },
+                CommandOutcome::Busy {
+                    reason: "warming up".into(),
+                    until: Some(t0() + chrono::Duration::seconds(25)),
                 },
             ),
             (
@@ -162,15 +181,15 @@ mod tests {
             ),
         ];
         for (e, want) in cases {
-            assert_eq!(CommandOutcome::from_driver(Err(&e)), want, "{e}");
+            assert_eq!(CommandOutcome::from_driver(Err(&e), t0()), want, "{e}");
         }
         let garbage = DriverError::Protocol(ProtocolError::malformed("x"));
         assert!(matches!(
-            CommandOutcome::from_driver(Err(&garbage)),
+            CommandOutcome::from_driver(Err(&garbage), t0()),
             CommandOutcome::Failed { .. }
         ));
         assert_eq!(
-            CommandOutcome::from_driver(Ok(None)).into_result(),
+            CommandOutcome::from_driver(Ok(None), t0()).into_result(),
             Ok(None)
         );
     }

@@ -264,6 +264,22 @@ async fn power_on_goes_through_warm_up_while_busy() {
     assert_eq!(power(&s), Some(PowerState::WarmingUp));
     assert!(s.busy);
     assert_eq!(s.health, Health::Busy);
+    // Issue 8.4: busy, and when it will be ready: the rest of the warm-up it started.
+    let busy = h
+        .command(DeviceCommand::SelectInput { input: "31".into() })
+        .await;
+    let CommandOutcome::Busy {
+        until: Some(until), ..
+    } = busy
+    else {
+        panic!("busy until the warm-up ends: {busy:?}");
+    };
+    // Reckoned on the daemon's clock, from the answer just heard.
+    let left = until - h.state().last_contact.expect("heard");
+    assert!(
+        left > chrono::Duration::seconds(25) && left <= chrono::Duration::seconds(30),
+        "ready in {left}"
+    );
 
     let s = wait_state(&mut rx, MINUTE, "on", |s| power(s) == Some(PowerState::On)).await;
     let took = t.elapsed();

@@ -288,6 +288,7 @@ impl TesiraDriver {
                     return Err(DriverError::Busy {
                         command: echo.to_owned(),
                         reason: "the DSP restarted its control session".to_owned(),
+                        ready_in: None,
                     });
                 }
                 Ok(TtpLine::Text(t)) => {

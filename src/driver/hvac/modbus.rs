@@ -518,6 +518,7 @@ impl ModbusDriver {
                     Err(DriverError::Busy {
                         command: command.to_owned(),
                         reason,
+                        ready_in: None,
                     })
                 } else {
                     Err(refused(command, reason))

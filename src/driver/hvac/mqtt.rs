@@ -77,6 +77,7 @@ impl MqttClimateDriver {
                 MqttError::QueueFull => DriverError::Busy {
                     command: "publish".to_owned(),
                     reason: e.to_string(),
+                    ready_in: None,
                 },
                 other => DriverError::Refused {
                     command: "publish".to_owned(),

@@ -481,6 +481,7 @@ impl Escvp21Driver {
             return DriverError::Busy {
                 command,
                 reason: format!("projector is in {}", p.describe()),
+                ready_in: None,
             };
         }
         if matches!(req, Request::SourceSet(_))
@@ -491,6 +492,7 @@ impl Escvp21Driver {
             return DriverError::Busy {
                 command,
                 reason: "input signal is still changing".into(),
+                ready_in: None,
             };
         }
         DriverError::Refused {

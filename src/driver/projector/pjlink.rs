@@ -647,6 +647,11 @@ impl PjlinkDriver {
             Outcome::Error(ErrorCode::UnavailableTime) => Err(DriverError::Busy {
                 command: what.into(),
                 reason: "projector is warming up, cooling down or in standby (ERR3)".into(),
+                // The rest of a warm-up or cool-down we started, when one is under way.
+                ready_in: self
+                    .transition_until
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .filter(|d| !d.is_zero()),
             }),
             Outcome::Error(ErrorCode::Undefined) => Err(DriverError::Unsupported {
                 driver: "pjlink",
