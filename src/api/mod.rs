@@ -134,11 +134,9 @@ async fn device(
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let (s, now) = (h.state(), st.clock.now());
-    Ok(Json(DeviceDetail::from_state(&s, now).with_meters(
-        &s,
-        h.meters(),
-        now,
-    )))
+    let mut detail = DeviceDetail::from_state(&s, now).with_meters(&s, h.meters(), now);
+    detail.catalogue = Some(views::Catalogue::of(h));
+    Ok(Json(detail))
 }
 
 #[derive(Serialize)]

@@ -72,6 +72,9 @@ pub struct DeviceDetail {
     pub readings: BTreeMap<String, ReadingView>,
     /// The latest level per metered subject (`zone.main`, `ch.2`), from the meter stream.
     pub meters: BTreeMap<String, MeterView>,
+    /// What the device can do and which commands it takes, from its profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalogue: Option<Catalogue>,
     pub faults: Vec<FaultView>,
     pub identity: Identity,
     pub link: LinkStatus,
@@ -91,6 +94,7 @@ impl DeviceDetail {
             busy: s.busy,
             last_contact: s.last_contact,
             meters: BTreeMap::new(),
+            catalogue: None,
             readings: s
                 .readings
                 .iter()
@@ -119,6 +123,26 @@ impl DeviceDetail {
             identity: s.identity.clone(),
             link: s.link.clone(),
             counters: s.counters.clone(),
+        }
+    }
+}
+
+/// A device's capabilities and the commands it takes (`POST …/commands` with one of these).
+#[derive(Debug, Serialize)]
+pub struct Catalogue {
+    pub capabilities: Vec<crate::model::Capability>,
+    pub commands: Vec<&'static str>,
+}
+
+impl Catalogue {
+    pub fn of(h: &crate::runtime::DeviceHandle) -> Self {
+        Self {
+            capabilities: h.capabilities().to_vec(),
+            commands: crate::model::DeviceCommand::samples()
+                .iter()
+                .filter(|c| h.takes(c))
+                .map(|c| c.name())
+                .collect(),
         }
     }
 }

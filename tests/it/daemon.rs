@@ -636,6 +636,16 @@ link = {{ host = "127.0.0.1", port = {port} }}
     assert!(filter["since"].is_string());
     assert_eq!(d["readings"]["power"]["value"], "on");
     assert_eq!(d["readings"]["power"]["stale"], false);
+    // Issue 8.2: what it can do and which commands it takes, from its profile.
+    assert_eq!(
+        d["catalogue"]["commands"],
+        serde_json::json!(["power", "select_input", "av_mute", "refresh"]),
+        "{d}"
+    );
+    assert!(d["catalogue"]["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("lamp")));
 
     // The projector disappears: unreachable, last values kept and marked stale, and their
     // age grows with time.
