@@ -132,6 +132,13 @@ pub trait Driver: Send {
 
     /// Orderly end of a session (switch metering off, unsubscribe). Best effort.
     async fn close(&mut self, _link: &mut Link, _obs: &mut Observer) {}
+
+    /// A copy of this driver as built, before any session: its profile options and settings
+    /// already parsed, so a restarted actor gets one without parsing them again. Shipped
+    /// drivers give one; `None` makes the runtime build the driver anew.
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        None
+    }
 }
 
 /// Build the driver a profile names. A profile cannot add a protocol; this match can.
@@ -171,4 +178,27 @@ pub fn for_device(
         DriverKind::Tesira => Box::new(dsp::tesira::TesiraDriver::new(profile, settings)?),
         DriverKind::Qsys => Box::new(dsp::qsys::QsysDriver::new(profile, secret, settings)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8.8: a restarted actor gets a copy of the driver built (and its settings parsed)
+    /// once, not a new parse: every shipped driver gives one.
+    #[test]
+    fn every_shipped_driver_gives_a_fresh_copy_of_itself() {
+        let set = crate::profile::ProfileSet::embedded().expect("embedded profiles");
+        let mut families = std::collections::BTreeSet::new();
+        for p in set.iter() {
+            let driver = for_profile(p, None, &toml::Table::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.id));
+            let copy = driver
+                .fresh()
+                .unwrap_or_else(|| panic!("{}: no fresh copy", p.id));
+            assert_eq!(copy.name(), driver.name());
+            families.insert(driver.name());
+        }
+        assert_eq!(families.len(), 8, "{families:?}");
+    }
 }

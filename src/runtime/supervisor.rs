@@ -368,20 +368,26 @@ impl Fleet {
 
     /// Start a device from its profile: the driver the profile names, the profile's timing.
     pub fn spawn_device(&mut self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
-        // Build once now so a bad profile option is reported before anything runs.
-        drop(crate::driver::for_device(
+        // Build once now: a bad profile option is reported before anything runs, and every
+        // actor (the first and any restarted one) gets a fresh copy of this one, its options
+        // and settings parsed once.
+        let built = crate::driver::for_device(
             &spec.profile,
             spec.secret.clone(),
             &spec.settings,
             spec.mqtt.as_ref(),
-        )?);
+        )?;
+        let prototype = std::sync::Mutex::new(built);
         let profile = spec.profile.clone();
         let secret = spec.secret.clone();
         let settings = spec.settings.clone();
         let mqtt = spec.mqtt.clone();
         let factory: DriverFactory = Box::new(move || {
-            crate::driver::for_device(&profile, secret.clone(), &settings, mqtt.as_ref())
-                .expect("profile options were validated when the device was spawned")
+            let fresh = prototype.lock().unwrap_or_else(|p| p.into_inner()).fresh();
+            fresh.unwrap_or_else(|| {
+                crate::driver::for_device(&profile, secret.clone(), &settings, mqtt.as_ref())
+                    .expect("profile options were validated when the device was spawned")
+            })
         });
         let t = &spec.profile.timing;
         let cfg = ActorConfig {

@@ -57,6 +57,7 @@ const QSYS_RANGE: LevelRange = LevelRange {
 /// The one change group this driver keeps per session.
 pub const CHANGE_GROUP: &str = "avwarden";
 
+#[derive(Clone)]
 pub struct QsysDriver {
     map: DspMap<String>,
     user: Option<String>,
@@ -483,6 +484,10 @@ impl QsysDriver {
 impl Driver for QsysDriver {
     fn name(&self) -> &'static str {
         "qsys"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

@@ -76,6 +76,7 @@ enum Answer {
     Err(String),
 }
 
+#[derive(Clone)]
 pub struct TesiraDriver {
     map: DspMap<TtpAddr>,
     telnet: bool,
@@ -512,6 +513,10 @@ impl TesiraDriver {
 impl Driver for TesiraDriver {
     fn name(&self) -> &'static str {
         "tesira"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

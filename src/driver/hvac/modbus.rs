@@ -70,6 +70,7 @@ struct Known {
     last_active_mode: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ModbusDriver {
     map: RegisterMap,
     vendor: String,
@@ -653,6 +654,10 @@ fn refused(command: &str, reason: String) -> DriverError {
 impl crate::driver::Driver for ModbusDriver {
     fn name(&self) -> &'static str {
         "modbus"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn crate::driver::Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

@@ -38,6 +38,21 @@ pub struct MqttClimateDriver {
     get_outstanding: bool,
 }
 
+/// A copy before any session: the subscription is the session's and is made by `open`.
+impl Clone for MqttClimateDriver {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            client: self.client.clone(),
+            reply_timeout: self.reply_timeout,
+            topic: self.topic.clone(),
+            sub: None,
+            state: self.state.clone(),
+            get_outstanding: false,
+        }
+    }
+}
+
 impl MqttClimateDriver {
     pub fn new(
         profile: &Profile,
@@ -224,6 +239,10 @@ fn setpoint_of(st: &ClimateState, map: &ClimateMap, cooling: bool) -> Option<f64
 impl crate::driver::Driver for MqttClimateDriver {
     fn name(&self) -> &'static str {
         "mqtt"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn crate::driver::Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

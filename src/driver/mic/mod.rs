@@ -333,7 +333,7 @@ fn absent_rf(n: u8) -> (String, Value, Option<Unit>) {
 
 /// Writes readings to the device state, skipping derived values that did not change so that a
 /// reading's instant stays the instant the receiver told us, and faults per channel.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Publisher {
     last: HashMap<String, Value>,
     /// While a full read is under way, faults wait until the channel is read completely:

@@ -320,6 +320,7 @@ impl Config {
     }
 }
 
+#[derive(Clone)]
 pub struct ShureDriver {
     cfg: Config,
     codec: ShureCodec,
@@ -715,6 +716,10 @@ fn forget_transmitter(ch: &mut Channel) {
 impl Driver for ShureDriver {
     fn name(&self) -> &'static str {
         "shure"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

@@ -276,6 +276,7 @@ enum Answer {
     Error(u16),
 }
 
+#[derive(Clone)]
 pub struct SscDriver {
     cfg: Config,
     count: u8,
@@ -801,6 +802,10 @@ fn words(v: &Json) -> Vec<String> {
 impl Driver for SscDriver {
     fn name(&self) -> &'static str {
         "ssc"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {

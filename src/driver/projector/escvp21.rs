@@ -61,6 +61,7 @@ enum Answer {
     Refused,
 }
 
+#[derive(Clone)]
 pub struct Escvp21Driver {
     codec: Escvp21Codec,
     reply_timeout: Duration,
@@ -646,6 +647,10 @@ fn error_fault(code: u8) -> Fault {
 impl Driver for Escvp21Driver {
     fn name(&self) -> &'static str {
         "escvp21"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     /// Null commands until the `:` prompt: the projector is there and ready.

@@ -47,6 +47,7 @@ enum Answer {
 /// projector is noticed even when its link never looked down.
 const IDENTITY_EVERY_POLLS: u32 = 30;
 
+#[derive(Clone)]
 pub struct PjlinkDriver {
     password: Option<String>,
     lamp: Option<LampSpec>,
@@ -719,6 +720,10 @@ fn report_mute(obs: &mut Observer, m: AvMute) {
 impl Driver for PjlinkDriver {
     fn name(&self) -> &'static str {
         "pjlink"
+    }
+
+    fn fresh(&self) -> Option<Box<dyn Driver>> {
+        Some(Box::new(self.clone()))
     }
 
     async fn open(&mut self, link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
