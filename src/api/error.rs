@@ -11,6 +11,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// When to try again (a busy device's expected ready time): `until` in the body and a
+    /// `Retry-After` header.
+    pub retry_at: Option<(chrono::DateTime<chrono::Utc>, u64)>,
 }
 
 impl ApiError {
@@ -19,7 +22,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_at: None,
         }
+    }
+
+    /// Tell the caller to retry at `until`, `secs` from now.
+    pub fn retry_at(mut self, until: chrono::DateTime<chrono::Utc>, secs: u64) -> Self {
+        self.retry_at = Some((until, secs));
+        self
     }
 
     pub fn unknown_device(id: &str) -> Self {
@@ -49,9 +59,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "detail": self.message});
+        let Some((until, secs)) = self.retry_at else {
+            return (self.status, Json(body)).into_response();
+        };
+        body["until"] = json!(until);
         (
             self.status,
-            Json(json!({"error": self.code, "detail": self.message})),
+            [(axum::http::header::RETRY_AFTER, secs.max(1).to_string())],
+            Json(body),
         )
             .into_response()
     }

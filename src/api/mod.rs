@@ -162,7 +162,7 @@ async fn command(
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let name = cmd.name();
-    let applied = outcome_to_api(h.try_command(cmd).await)?;
+    let applied = outcome_to_api(h.try_command(cmd).await, st.clock.now())?;
     Ok(Json(CommandAccepted {
         device: id,
         command: name,
@@ -172,10 +172,21 @@ async fn command(
 }
 
 /// A command's outcome as the API answers it: the applied value, or a status and code.
-fn outcome_to_api(outcome: CommandOutcome) -> Result<Option<crate::driver::Applied>, ApiError> {
+fn outcome_to_api(
+    outcome: CommandOutcome,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<crate::driver::Applied>, ApiError> {
     let message = outcome.to_string();
     let (status, code) = match outcome {
         CommandOutcome::Done { applied } => return Ok(applied),
+        CommandOutcome::Busy {
+            until: Some(until), ..
+        } => {
+            let secs = (until - now).num_seconds().max(1) as u64;
+            return Err(
+                ApiError::new(StatusCode::CONFLICT, "device_busy", message).retry_at(until, secs)
+            );
+        }
         CommandOutcome::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
         CommandOutcome::Unsupported { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
         CommandOutcome::Busy { .. } => (StatusCode::CONFLICT, "device_busy"),

@@ -543,28 +543,25 @@ link = {{ path = "{tty}" }}
     drop(lines);
 }
 
-/// The status API over a real projector simulator: an active fault with its first sighting,
-/// health and the instant it changed, then, with the projector gone, `unreachable` with the
-/// last readings kept and marked stale (power still "on", never "off").
-#[tokio::test(start_paused = true)]
-async fn api_shows_faults_then_stale_readings_when_unreachable() {
-    use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus};
-    use avwarden::sim::pjlink::{PjlinkSim, SimConfig};
-
+/// A daemon with one PJLink projector, `proj`, simulated by `sim_cfg`, its store in `dir`.
+/// Returns the daemon, the simulator, the simulator's stop token and the settle pump's (paused
+/// time with real sockets).
+async fn daemon_with_projector(
+    sim_cfg: avwarden::sim::pjlink::SimConfig,
+    dir: &std::path::Path,
+) -> (
+    Daemon,
+    avwarden::sim::pjlink::PjlinkSim,
+    CancellationToken,
+    CancellationToken,
+) {
+    use avwarden::sim::pjlink::PjlinkSim;
     let pump = CancellationToken::new();
     spawn_settle_pump(pump.clone());
     let stop_sim = CancellationToken::new();
-    let sim = PjlinkSim::start(
-        SimConfig {
-            power_on: true,
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-        stop_sim.clone(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let sim = PjlinkSim::start(sim_cfg, "127.0.0.1:0".parse().unwrap(), stop_sim.clone())
+        .await
+        .unwrap();
     let site = format!(
         r#"
 [site]
@@ -584,10 +581,10 @@ room = "r1"
 profile = "generic-pjlink"
 link = {{ host = "127.0.0.1", port = {port} }}
 "#,
-        db = dir.path().join("r.db").display(),
+        db = dir.join("r.db").display(),
         port = sim.addr().port()
     );
-    let cfg = parse_site(&site, "site.toml", dir.path(), &Env::fixed(&[])).unwrap();
+    let cfg = parse_site(&site, "site.toml", dir, &Env::fixed(&[])).unwrap();
     let daemon = Daemon::start(
         cfg,
         StartOptions {
@@ -598,6 +595,82 @@ link = {{ host = "127.0.0.1", port = {port} }}
     )
     .await
     .unwrap();
+    (daemon, sim, stop_sim, pump)
+}
+
+/// Issue 8.4: a command refused while the projector warms up answers 409 with the instant it
+/// expects to be ready and a `Retry-After` for clients that only read headers.
+#[tokio::test(start_paused = true)]
+async fn a_busy_projector_answers_when_to_retry() {
+    use avwarden::sim::pjlink::SimConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _sim, stop_sim, pump) = daemon_with_projector(
+        SimConfig {
+            warm_up: Duration::from_secs(30),
+            ..SimConfig::default()
+        },
+        dir.path(),
+    )
+    .await;
+    let h = daemon.fleet.get("proj").unwrap().clone();
+    h.wait_for(|s| s.health == Health::Ok, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let url = format!("http://{}/api/v1/devices/proj/commands", daemon.api_addr);
+    let post = |body: serde_json::Value| {
+        let url = url.clone();
+        crate::support::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                r.status().as_u16(),
+                retry,
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let (status, _, _) = post(serde_json::json!({"command":"power","on":true}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, retry, body) = post(serde_json::json!({"command":"select_input","input":"31"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "device_busy");
+    assert!(body["until"].is_string(), "{body}");
+    let secs: u64 = retry.expect("retry-after").parse().unwrap();
+    assert!((25..=30).contains(&secs), "retry after {secs} s");
+    daemon.shutdown("test").await;
+    stop_sim.cancel();
+    pump.cancel();
+}
+
+/// The status API over a real projector simulator: an active fault with its first sighting,
+/// health and the instant it changed, then, with the projector gone, `unreachable` with the
+/// last readings kept and marked stale (power still "on", never "off").
+#[tokio::test(start_paused = true)]
+async fn api_shows_faults_then_stale_readings_when_unreachable() {
+    use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus};
+    use avwarden::sim::pjlink::SimConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, sim, stop_sim, pump) = daemon_with_projector(
+        SimConfig {
+            power_on: true,
+            ..SimConfig::default()
+        },
+        dir.path(),
+    )
+    .await;
     let url = format!("http://{}/api/v1/devices/proj", daemon.api_addr);
     let get = |url: String| async move {
         crate::support::spawn(
