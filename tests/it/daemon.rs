@@ -46,6 +46,20 @@ pub(crate) fn hang_guard(
     done_tx
 }
 
+/// `cfg` on the system clock with its simulators and the API on an ephemeral port.
+async fn start_simulated(cfg: avwarden::config::SiteConfig) -> Daemon {
+    Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: true,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        avwarden::clock::Clock::system(),
+    )
+    .await
+    .expect("daemon starts")
+}
+
 const SITE: &str = r#"
 [site]
 name = "Shutdown test"
@@ -268,16 +282,7 @@ mode = "cool"
         &Env::fixed(&[]),
     )
     .expect("config validates");
-    let daemon = Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: true,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-        },
-        avwarden::clock::Clock::system(),
-    )
-    .await
-    .expect("daemon starts");
+    let daemon = start_simulated(cfg).await;
     let mqtt = daemon.mqtt.clone().expect("the daemon has an MQTT client");
     assert!(mqtt.wait_connected(Duration::from_secs(20)).await);
     let h = daemon.fleet.get("t1").unwrap().clone();
@@ -1082,16 +1087,7 @@ async fn every_shipped_driver_takes_exactly_the_commands_its_profile_declares() 
             .local_addr()
             .unwrap();
     }
-    let daemon = Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: true,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-        },
-        avwarden::clock::Clock::system(),
-    )
-    .await
-    .expect("daemon starts");
+    let daemon = start_simulated(cfg).await;
     let mut mismatches = Vec::new();
     for h in daemon.fleet.handles() {
         h.wait_for(|s| s.reachable, Duration::from_secs(60))
