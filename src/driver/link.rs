@@ -12,7 +12,7 @@ use tokio_util::codec::Decoder;
 
 use super::DriverError;
 use crate::codec::ProtocolError;
-use crate::transport::{LinkSpec, Stream, TransportError};
+use crate::transport::{Connection, LinkSpec, Stream, TransportError};
 
 /// Bytes we keep at most while waiting for a frame end; a device that streams more without a
 /// terminator is sending garbage, and the decoder is told to resynchronise.
@@ -85,23 +85,28 @@ impl Link {
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
     pub async fn connect(&mut self) -> Result<(), TransportError> {
-        if let LinkSpec::Udp { host, port } = &self.spec {
-            if self.udp.is_none() {
-                self.udp = Some(udp_connect(host, *port).await?);
-                self.fresh = true;
-            }
+        if self.is_connected() {
             return Ok(());
         }
-        if matches!(self.spec, LinkSpec::Mqtt { .. }) {
-            return self.connect_mqtt();
+        match crate::transport::open(&self.spec).await? {
+            Connection::Stream(s) => {
+                self.stream = Some(s);
+                self.rx.clear();
+            }
+            Connection::Datagram(sock) => self.udp = Some(sock),
+            Connection::Topic => self.mqtt_session = true,
         }
-        if self.stream.is_none() {
-            let s = self.spec.open_stream().await?;
-            self.stream = Some(s);
-            self.rx.clear();
-            self.fresh = true;
-        }
+        self.fresh = true;
         Ok(())
+    }
+
+    /// Whether the connection its spec calls for is open.
+    fn is_connected(&self) -> bool {
+        match self.spec {
+            LinkSpec::Udp { .. } => self.udp.is_some(),
+            LinkSpec::Mqtt { .. } => self.mqtt_session,
+            LinkSpec::Serial(_) | LinkSpec::Tcp(_) => self.stream.is_some(),
+        }
     }
 
     /// Whether the current connection is new since the last call (a greeting is due).
@@ -272,48 +277,8 @@ impl Link {
     }
 }
 
-/// A UDP socket bound to an ephemeral port and connected to the peer, so that only the peer's
-/// datagrams are received and ICMP errors are reported.
-async fn udp_connect(host: &str, port: u16) -> Result<tokio::net::UdpSocket, TransportError> {
-    let target = format!("{host}:{port}");
-    let connect_err = |source: std::io::Error| TransportError::Connect {
-        target: target.clone(),
-        source,
-    };
-    let peer = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(connect_err)?
-        .next()
-        .ok_or_else(|| {
-            connect_err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "host has no address",
-            ))
-        })?;
-    let local: std::net::SocketAddr = if peer.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = tokio::net::UdpSocket::bind(local)
-        .await
-        .map_err(connect_err)?;
-    sock.connect(peer).await.map_err(connect_err)?;
-    Ok(sock)
-}
-
 /// Links whose bytes a protocol library carries itself.
 impl Link {
-    /// MQTT devices travel over the daemon's one MQTT client, which their driver holds: there
-    /// is no connection of their own to open, so the session starts fresh at once.
-    fn connect_mqtt(&mut self) -> Result<(), TransportError> {
-        if !self.mqtt_session {
-            self.mqtt_session = true;
-            self.fresh = true;
-        }
-        Ok(())
-    }
-
     /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
     /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
     pub fn take_stream(&mut self) -> Option<Stream> {

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod mqtt;
 pub mod serial;
 pub mod tcp;
+pub mod udp;
 
 use std::fmt;
 use std::io;
@@ -119,7 +120,7 @@ impl LinkSpec {
         }
     }
 
-    /// Open a stream link (serial or TCP). UDP and MQTT links are opened by their drivers.
+    /// Open a stream link (serial or TCP).
     pub async fn open_stream(&self) -> Result<Stream, TransportError> {
         match self {
             LinkSpec::Serial(s) => serial::open(s),
@@ -130,4 +131,24 @@ impl LinkSpec {
             }),
         }
     }
+}
+
+/// An open connection to a device, whatever carries it.
+pub enum Connection {
+    /// A byte stream: serial port or TCP socket.
+    Stream(Stream),
+    /// A UDP socket connected to the device.
+    Datagram(tokio::net::UdpSocket),
+    /// The device is a topic on the daemon's MQTT client, which its driver holds: nothing of
+    /// its own to open.
+    Topic,
+}
+
+/// Open the connection `spec` describes: the one place where a link becomes a connection.
+pub async fn open(spec: &LinkSpec) -> Result<Connection, TransportError> {
+    Ok(match spec {
+        LinkSpec::Serial(_) | LinkSpec::Tcp(_) => Connection::Stream(spec.open_stream().await?),
+        LinkSpec::Udp { host, port } => Connection::Datagram(udp::connect(host, *port).await?),
+        LinkSpec::Mqtt { .. } => Connection::Topic,
+    })
 }
