@@ -245,7 +245,11 @@ pub async fn serve(
                 }
             },
         };
-        let admitted = lock(&table).admit(limits.max_connections);
+        let (admitted, open) = {
+            let mut t = lock(&table);
+            let a = t.admit(limits.max_connections);
+            (a, t.open.len())
+        };
         let (id, slot) = match admitted {
             Admit::Serve { id, slot, evicted } => {
                 if evicted {
@@ -259,11 +263,7 @@ pub async fn serve(
                 continue;
             }
         };
-        metrics.set_gauge(
-            "avwarden_api_connections",
-            None,
-            lock(&table).open.len() as f64,
-        );
+        metrics.set_gauge("avwarden_api_connections", None, open as f64);
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             app: app.clone(),

@@ -85,7 +85,7 @@ impl Link {
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
     pub async fn connect(&mut self) -> Result<(), TransportError> {
-        if self.is_connected() {
+        if self.is_open() {
             return Ok(());
         }
         match crate::transport::open(&self.spec).await? {
@@ -98,15 +98,6 @@ impl Link {
         }
         self.fresh = true;
         Ok(())
-    }
-
-    /// Whether the connection its spec calls for is open.
-    fn is_connected(&self) -> bool {
-        match self.spec {
-            LinkSpec::Udp { .. } => self.udp.is_some(),
-            LinkSpec::Mqtt { .. } => self.mqtt_session,
-            LinkSpec::Serial(_) | LinkSpec::Tcp(_) => self.stream.is_some(),
-        }
     }
 
     /// Whether the current connection is new since the last call (a greeting is due).

@@ -43,11 +43,6 @@ impl CommsMonitor {
         self.policy
     }
 
-    /// Use `policy` from now on (a driver declared its own for the session).
-    pub fn set_policy(&mut self, policy: CommsPolicy) {
-        self.policy = policy;
-    }
-
     pub fn stage(&self) -> CommsStage {
         self.stage
     }

@@ -442,12 +442,25 @@ impl TesiraDriver {
         link: &mut Link,
         obs: &mut Observer,
     ) -> Result<(), DriverError> {
-        for idx in 0..self.map.channels.len() {
-            self.read_value(link, obs, idx, Function::Level).await?;
-            self.read_value(link, obs, idx, Function::Mute).await?;
+        for step in 1..=2 * self.map.channels.len() {
+            self.read_control(link, obs, step).await?;
         }
         obs.faults(MAPPING_SOURCE, self.mapping.current());
         Ok(())
+    }
+
+    /// Step `step` (from 1) of reading every control: level, then mute, of each channel.
+    async fn read_control(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        step: usize,
+    ) -> Result<(), DriverError> {
+        let (idx, f) = (
+            (step - 1) / 2,
+            [Function::Level, Function::Mute][(step - 1) % 2],
+        );
+        self.read_value(link, obs, idx, f).await
     }
 
     async fn read_identity(
@@ -596,11 +609,7 @@ impl Driver for TesiraDriver {
                 self.subscribe_all(link, obs).await?;
             }
         } else {
-            let (idx, f) = (
-                (step - 1) / 2,
-                [Function::Level, Function::Mute][(step - 1) % 2],
-            );
-            self.read_value(link, obs, idx, f).await?;
+            self.read_control(link, obs, step).await?;
         }
         if step >= 2 * self.map.channels.len() {
             obs.faults(MAPPING_SOURCE, self.mapping.current());
