@@ -31,7 +31,7 @@ use std::time::Duration;
 use avwarden::clock::Clock;
 use avwarden::events::EventBus;
 use avwarden::metrics::Metrics;
-use avwarden::model::{DeviceState, Health};
+use avwarden::model::{DeviceState, Health, Point, Quantity};
 use avwarden::profile::{LinkKind, Profile, ProfileSet};
 use avwarden::runtime::{DeviceSpec, Fleet};
 use avwarden::sim::{self, SimBind, SimEndpoint};
@@ -688,12 +688,12 @@ struct Cycles {
 }
 
 /// Readings of consecutive exchanges (LAMP, INPT, AVMT, FILT, IRES) in poll order.
-const CHAIN: [&str; 5] = [
-    "lamp.1.hours",
-    "input",
-    "av_mute",
-    "filter.hours",
-    "resolution",
+const CHAIN: [Point; 5] = [
+    Point::lamp(1, Quantity::LampHours),
+    Point::device(Quantity::Input),
+    Point::device(Quantity::AvMute),
+    Point::device(Quantity::FilterHours),
+    Point::device(Quantity::Resolution),
 ];
 
 impl Cycles {
@@ -708,8 +708,11 @@ impl Cycles {
 
     fn sample(&mut self, since: DateTime<Utc>) {
         let s = self.rx.borrow();
-        let at = |k: &str| s.readings.get(k).map(|r| r.observed_at);
-        let (Some(start), Some(end)) = (at("power"), at("resolution")) else {
+        let at = |p: &Point| s.readings.get(p).map(|r| r.observed_at);
+        let (Some(start), Some(end)) = (
+            at(&Point::device(Quantity::Power)),
+            at(&Point::device(Quantity::Resolution)),
+        ) else {
             return;
         };
         // A finished poll that began inside the window and was not counted yet; mid-poll the
@@ -717,7 +720,7 @@ impl Cycles {
         if start < since || end < start || Some(end) == self.last_end {
             return;
         }
-        let chain: Option<Vec<DateTime<Utc>>> = CHAIN.iter().map(|k| at(k)).collect();
+        let chain: Option<Vec<DateTime<Utc>>> = CHAIN.iter().map(at).collect();
         let Some(chain) = chain else { return };
         if chain.first().is_some_and(|&t| t < start) || chain.windows(2).any(|w| w[1] < w[0]) {
             return;

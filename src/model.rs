@@ -5,6 +5,9 @@
 //! (and every pure decision core) can depend on it freely.
 
 pub mod plan;
+mod point;
+
+pub use point::{BadPoint, Point, Quantity};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -313,13 +316,12 @@ pub fn round_to(f: f64, decimals: i32) -> f64 {
     }
 }
 
-/// One observed value, keyed by a dotted name (`power`, `lamp.1.hours`, `ch.2.battery_minutes`).
+/// One observed value of a [`Point`], with the instant the device told us it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
-    pub key: String,
+    #[serde(rename = "key")]
+    pub point: Point,
     pub value: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<Unit>,
     /// The instant the device told us this value (not the instant we show it).
     pub observed_at: DateTime<Utc>,
     /// A meter level, refreshed at the device's meter period: stale once older than three
@@ -329,23 +331,28 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// A polled or reported value observed `at`.
-    pub fn new(key: String, value: Value, unit: Option<Unit>, at: DateTime<Utc>) -> Self {
+    /// A polled or reported value observed `at`, rounded to its unit's meaningful precision.
+    pub fn new(point: Point, value: Value, at: DateTime<Utc>) -> Self {
+        let value = value.rounded_for(point.unit());
         Self {
-            key,
+            point,
             value,
-            unit,
             observed_at: at,
             metered: false,
         }
     }
 
     /// A value refreshed at the device's meter period.
-    pub fn metered(key: String, value: Value, unit: Option<Unit>, at: DateTime<Utc>) -> Self {
+    pub fn metered(point: Point, value: Value, at: DateTime<Utc>) -> Self {
         Self {
             metered: true,
-            ..Self::new(key, value, unit, at)
+            ..Self::new(point, value, at)
         }
+    }
+
+    /// The unit of its value, from its quantity.
+    pub fn unit(&self) -> Option<Unit> {
+        self.point.unit()
     }
 }
 
@@ -685,7 +692,7 @@ pub struct DeviceState {
     pub busy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,
-    pub readings: BTreeMap<String, Reading>,
+    pub readings: BTreeMap<Point, Reading>,
     pub faults: Vec<ActiveFault>,
     pub identity: Identity,
     pub link: LinkStatus,
@@ -750,8 +757,13 @@ impl DeviceState {
             .is_some_and(|limit| now - at > limit)
     }
 
-    pub fn reading(&self, key: &str) -> Option<&Reading> {
-        self.readings.get(key)
+    pub fn reading(&self, point: &Point) -> Option<&Reading> {
+        self.readings.get(point)
+    }
+
+    /// The value of `point`, if the device reported it.
+    pub fn value(&self, point: &Point) -> Option<&Value> {
+        self.readings.get(point).map(|r| &r.value)
     }
 
     /// Readings are stale while the device is unreachable: they are the last known values, not

@@ -1,4 +1,4 @@
-//! JSON views of device state: readings with their age and staleness.
+//! JSON views of device state: points grouped by subject, with their age and staleness.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::meter::stream::MeterBoard;
 use crate::model::{
-    ActiveFault, DeviceState, Health, Identity, LinkCounters, LinkStatus, Unit, Value,
+    ActiveFault, DeviceState, Health, Identity, LinkCounters, LinkStatus, Quantity, Subject, Unit,
+    Value,
 };
 
 #[derive(Debug, Serialize)]
@@ -36,17 +37,28 @@ impl DeviceSummary {
     }
 }
 
+/// One point's value as the API shows it. A meter level without a level now (a receiver
+/// channel without a transmitter reads its floor) has the value `unknown` and no instant.
 #[derive(Debug, Serialize)]
 pub struct ReadingView {
     #[serde(flatten)]
     pub value: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<Unit>,
-    pub observed_at: DateTime<Utc>,
-    pub age_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<f64>,
     /// The last known value, not the present one: the device is unreachable or silent, or
     /// this meter's samples stopped.
     pub stale: bool,
+    /// Refreshed at meter rate (from the meter stream, or a receiver's RF level).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
+}
+
+fn age_secs(at: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (now - at).num_milliseconds().max(0) as f64 / 1000.0
 }
 
 /// An active fault as the API shows it. `stale`: reported by a device that is now
@@ -69,9 +81,10 @@ pub struct DeviceDetail {
     pub busy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<DateTime<Utc>>,
-    pub readings: BTreeMap<String, ReadingView>,
-    /// The latest level per metered subject (`zone.main`, `ch.2`), from the meter stream.
-    pub meters: BTreeMap<String, MeterView>,
+    /// What the device reports, grouped by subject: `{"device": {"power": …}, "ch.2":
+    /// {"battery_minutes": …, "rf_dbm": …, "audio_dbfs": …}}`. Audio levels come from the
+    /// meter stream (see [`DeviceDetail::with_meters`]).
+    pub points: BTreeMap<Subject, BTreeMap<Quantity, ReadingView>>,
     /// What the device can do and which commands it takes, from its profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catalogue: Option<Catalogue>,
@@ -93,25 +106,25 @@ impl DeviceDetail {
             reachable: s.reachable,
             busy: s.busy,
             last_contact: s.last_contact,
-            meters: BTreeMap::new(),
             catalogue: None,
-            readings: s
-                .readings
-                .iter()
-                .map(|(k, r)| {
-                    (
-                        k.clone(),
+            points: {
+                let mut points: BTreeMap<Subject, BTreeMap<Quantity, ReadingView>> =
+                    BTreeMap::new();
+                for (p, r) in &s.readings {
+                    points.entry(p.subject.clone()).or_default().insert(
+                        p.quantity,
                         ReadingView {
                             value: r.value.clone(),
-                            unit: r.unit,
-                            observed_at: r.observed_at,
-                            age_secs: (now - r.observed_at).num_milliseconds().max(0) as f64
-                                / 1000.0,
+                            unit: r.unit(),
+                            observed_at: Some(r.observed_at),
+                            age_secs: Some(age_secs(r.observed_at, now)),
                             stale: device_stale || s.meter_stale(r, now),
+                            metered: r.metered,
                         },
-                    )
-                })
-                .collect(),
+                    );
+                }
+                points
+            },
             faults: s
                 .faults
                 .iter()
@@ -147,36 +160,26 @@ impl Catalogue {
     }
 }
 
-/// A metered subject's latest level. `dbfs` is null when no level is known now (a receiver
-/// channel without a transmitter reads its floor); `stale` when the samples stopped (older
-/// than three meter periods) or the device is unreachable.
-#[derive(Debug, Serialize)]
-pub struct MeterView {
-    pub dbfs: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub age_secs: Option<f64>,
-    pub stale: bool,
-}
-
 impl DeviceDetail {
-    /// Add the device's meter levels from its board.
+    /// Add the device's latest audio level per metered subject, from its board, as the
+    /// subject's `audio_dbfs` point. Stale when the samples stopped (older than three meter
+    /// periods) or the device is unreachable.
     pub fn with_meters(mut self, s: &DeviceState, board: &MeterBoard, now: DateTime<Utc>) -> Self {
         let device_stale = s.readings_stale_at(now);
-        self.meters = board
-            .levels()
-            .into_iter()
-            .map(|(subject, level)| {
-                let view = MeterView {
-                    dbfs: level.map(|l| l.dbfs),
-                    observed_at: level.map(|l| l.at),
-                    age_secs: level.map(|l| (now - l.at).num_milliseconds().max(0) as f64 / 1000.0),
-                    stale: device_stale || level.is_some_and(|l| s.sample_stale(l.at, now)),
-                };
-                (subject.to_string(), view)
-            })
-            .collect();
+        for (subject, level) in board.levels() {
+            let view = ReadingView {
+                value: level.map_or(Value::Unknown, |l| Value::Float(l.dbfs)),
+                unit: Quantity::AudioDbfs.unit(),
+                observed_at: level.map(|l| l.at),
+                age_secs: level.map(|l| age_secs(l.at, now)),
+                stale: device_stale || level.is_some_and(|l| s.sample_stale(l.at, now)),
+                metered: true,
+            };
+            self.points
+                .entry(subject)
+                .or_default()
+                .insert(Quantity::AudioDbfs, view);
+        }
         self
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::ProtocolError;
-use crate::model::{Unit, Value};
+use crate::model::{Quantity, Value};
 
 /// Canonical HVAC modes (the `hvac_mode` reading and `SetHvacMode` command).
 pub const MODES: &[&str] = &["off", "heat", "cool", "auto", "fan", "dry"];
@@ -391,28 +391,28 @@ impl ClimateState {
 
     /// Readings for everything known: `temperature`, `setpoint` (°C), `hvac_mode`,
     /// `hvac_running`, `fan` (text), `power` (bool).
-    pub fn readings(&self, map: &ClimateMap) -> Vec<(&'static str, Value, Option<Unit>)> {
+    pub fn readings(&self, map: &ClimateMap) -> Vec<(Quantity, Value)> {
         let mut r = Vec::new();
         let num = |v: Option<f64>| v.map_or(Value::Unknown, Value::Float);
         let text = |v: Option<String>| v.map_or(Value::Unknown, Value::Text);
         if let Some(t) = self.temperature {
-            r.push(("temperature", num(t), Some(Unit::Celsius)));
+            r.push((Quantity::Temperature, num(t)));
         }
         if let Some(s) = self.setpoint() {
-            r.push(("setpoint", num(s), Some(Unit::Celsius)));
+            r.push((Quantity::Setpoint, num(s)));
         }
         if let Some(m) = self.effective_mode(map) {
-            r.push(("hvac_mode", text(m), None));
+            r.push((Quantity::HvacMode, text(m)));
         }
         if let Some(x) = self.running.clone() {
-            r.push(("hvac_running", text(x), None));
+            r.push((Quantity::HvacRunning, text(x)));
         }
         if let Some(x) = self.fan.clone() {
-            r.push(("fan", text(x), None));
+            r.push((Quantity::Fan, text(x)));
         }
         if map.fields.power.is_some() || map.fields.mode.is_some() {
             if let Some(p) = self.power_on(map) {
-                r.push(("power", Value::Bool(p), None));
+                r.push((Quantity::Power, Value::Bool(p)));
             }
         }
         r
@@ -929,12 +929,12 @@ mod tests {
         let applied = s.apply(&map, payload).unwrap();
         assert!(applied.problems.is_empty());
         let r = s.readings(&map);
-        let get = |k: &str| r.iter().find(|x| x.0 == k).map(|x| x.1.clone());
-        assert_eq!(get("temperature"), Some(Value::Float(21.5)));
-        assert_eq!(get("setpoint"), Some(Value::Float(22.0)));
-        assert_eq!(get("hvac_mode"), Some(Value::Text("heat".into())));
-        assert_eq!(get("hvac_running"), Some(Value::Text("heat".into())));
-        assert_eq!(get("power"), Some(Value::Bool(true)));
+        let get = |q: Quantity| r.iter().find(|x| x.0 == q).map(|x| x.1.clone());
+        assert_eq!(get(Quantity::Temperature), Some(Value::Float(21.5)));
+        assert_eq!(get(Quantity::Setpoint), Some(Value::Float(22.0)));
+        assert_eq!(get(Quantity::HvacMode), Some(Value::Text("heat".into())));
+        assert_eq!(get(Quantity::HvacRunning), Some(Value::Text("heat".into())));
+        assert_eq!(get(Quantity::Power), Some(Value::Bool(true)));
     }
 
     // protocols.md 5.2: `{"occupied_heating_setpoint":21}` on `<topic>/set`.
@@ -1051,7 +1051,7 @@ mod tests {
         let r = s.readings(&map);
         assert!(r
             .iter()
-            .any(|x| x.0 == "temperature" && x.1 == Value::Unknown));
+            .any(|x| x.0 == Quantity::Temperature && x.1 == Value::Unknown));
         // null is the device saying "unknown", not a fault.
         let a = s.apply(&map, br#"{"local_temperature":null}"#).unwrap();
         assert!(a.problems.is_empty());

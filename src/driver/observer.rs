@@ -16,8 +16,8 @@ use crate::codec::ProtocolError;
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::{MeterBoard, MeterLevel, MeterSample};
 use crate::model::{
-    ActiveFault, CommsPolicy, DeviceId, DeviceState, Fault, Identity, Reading, RoomId, Subject,
-    Unit, Value,
+    ActiveFault, CommsPolicy, DeviceId, DeviceState, Fault, Identity, Point, Reading, RoomId,
+    Subject, Unit, Value,
 };
 
 /// The fault source the runtime uses for the link itself (authentication refused): avwarden's
@@ -27,15 +27,8 @@ pub const LINK_SOURCE: &str = "link";
 /// One thing a driver learnt, for drivers that prefer to collect before applying.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
-    Reading {
-        key: String,
-        value: Value,
-        unit: Option<Unit>,
-    },
-    Faults {
-        source: String,
-        faults: Vec<Fault>,
-    },
+    Reading { point: Point, value: Value },
+    Faults { source: String, faults: Vec<Fault> },
     Busy(bool),
 }
 
@@ -120,12 +113,24 @@ impl MeterWatch {
 /// caller is told this value, not the one it asked for.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Applied {
-    /// The reading the command set (`setpoint`, `zone.main.level_db`).
-    pub key: String,
+    /// The point the command set (`setpoint`, `zone.main.level_db`).
+    #[serde(rename = "key")]
+    pub point: Point,
     #[serde(flatten)]
     pub value: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<Unit>,
+}
+
+impl Applied {
+    pub fn new(point: Point, value: Value) -> Self {
+        let unit = point.unit();
+        Self {
+            value: value.rounded_for(unit),
+            unit,
+            point,
+        }
+    }
 }
 
 impl Observer {
@@ -194,33 +199,28 @@ impl Observer {
 
     /// A reading refreshed at meter rate (a receiver's RF level): its instant is stamped on
     /// every sample, but the watchers are woken only when its value changes.
-    pub fn metered_reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
-        let key = key.into();
-        let value = value.rounded_for(unit);
+    pub fn metered_reading(&mut self, point: Point, value: Value) {
+        let value = value.rounded_for(point.unit());
         let now = self.now();
         self.update_quietly(|s| {
             s.last_contact = Some(now);
-            match s.readings.get_mut(&key) {
-                Some(r) if r.value == value && r.unit == unit && r.metered => {
+            match s.readings.get_mut(&point) {
+                Some(r) if r.value == value && r.metered => {
                     r.observed_at = now;
                     false
                 }
                 _ => {
                     s.readings
-                        .insert(key.clone(), Reading::metered(key, value, unit, now));
+                        .insert(point.clone(), Reading::metered(point, value, now));
                     true
                 }
             }
         });
     }
 
-    /// The command under way left `key` at `value` (read back, or as the device rounded it).
-    pub fn applied(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
-        self.applied = Some(Applied {
-            key: key.into(),
-            value: value.rounded_for(unit),
-            unit,
-        });
+    /// The command under way left `point` at `value` (read back, or as the device rounded it).
+    pub fn applied(&mut self, point: Point, value: Value) {
+        self.applied = Some(Applied::new(point, value));
     }
 
     /// What the last command reported with [`Observer::applied`], taken (the runtime asks
@@ -230,14 +230,12 @@ impl Observer {
     }
 
     /// Store a reading, rounded to its unit's meaningful precision.
-    pub fn reading(&mut self, key: impl Into<String>, value: Value, unit: Option<Unit>) {
-        let key = key.into();
+    pub fn reading(&mut self, point: Point, value: Value) {
         let now = self.now();
-        let value = value.rounded_for(unit);
         self.update(|s| {
             s.last_contact = Some(now);
             s.readings
-                .insert(key.clone(), Reading::new(key, value, unit, now));
+                .insert(point.clone(), Reading::new(point, value, now));
         });
     }
 
@@ -322,16 +320,16 @@ impl Observer {
 
     pub fn apply(&mut self, obs: Observation) {
         match obs {
-            Observation::Reading { key, value, unit } => self.reading(key, value, unit),
+            Observation::Reading { point, value } => self.reading(point, value),
             Observation::Faults { source, faults } => self.faults(&source, faults),
             Observation::Busy(b) => self.busy(b),
         }
     }
 
     /// Forget a reading that no longer exists (a lamp the projector stopped reporting).
-    pub fn remove_reading(&mut self, key: &str) {
+    pub fn remove_reading(&mut self, point: &Point) {
         self.update(|s| {
-            s.readings.remove(key);
+            s.readings.remove(point);
         });
     }
 

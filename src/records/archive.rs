@@ -30,7 +30,9 @@ use super::writer::LogbookHandle;
 use super::{from_micros, to_micros, Actor, StoreError};
 use crate::clock::Clock;
 use crate::events::EventKind;
-use crate::model::{DeviceId, DeviceState, Identity, PowerState, RoomId, Value};
+use crate::model::{
+    DeviceId, DeviceState, Identity, Point, PowerState, Quantity, RoomId, Subject, Value,
+};
 use crate::profile::Profile;
 
 /// Facts a technician keeps about a device (site config `archive` table or the API). In an
@@ -860,39 +862,45 @@ pub const BATTERY_CYCLE_RISE_PERCENT: f64 = 50.0;
 ///   `tx.<n>.battery_cycles`; otherwise `ch.<n>.battery_percent` (or `battery_bars` × 20)
 ///   rising by at least [`BATTERY_CYCLE_RISE_PERCENT`] → `tx.<n>.battery_cycles` + 1.
 pub fn counter_updates(prev: Option<&DeviceState>, next: &DeviceState) -> Vec<CounterUpdate> {
-    let num = |s: &DeviceState, key: &str| s.reading(key).and_then(|r| r.value.as_f64());
+    let num = |s: &DeviceState, p: &Point| s.value(p).and_then(Value::as_f64);
     let mut out = Vec::new();
-    for (key, reading) in &next.readings {
+    for (point, reading) in &next.readings {
         let Some(v) = reading.value.as_f64() else {
             continue;
         };
-        let prev_v = prev.and_then(|p| num(p, key));
+        let prev_v = prev.and_then(|p| num(p, point));
         if prev_v == Some(v) {
             continue;
         }
-        let parts: Vec<&str> = key.split('.').collect();
-        match parts.as_slice() {
-            ["lamp", n, "hours"] if n.parse::<u8>().is_ok() => out.push(CounterUpdate::Total {
-                name: key.clone(),
+        // The counters' names are the archive's, written as they always were.
+        let tx_cycles = |n: u8| format!("tx.{n}.battery_cycles");
+        match (&point.subject, point.quantity) {
+            (Subject::Lamp(_), Quantity::LampHours) | (Subject::Device, Quantity::FilterHours) => {
+                out.push(CounterUpdate::Total {
+                    name: point.to_string(),
+                    value: v,
+                })
+            }
+            (Subject::Channel(n), Quantity::BatteryCycles) => out.push(CounterUpdate::Total {
+                name: tx_cycles(*n),
                 value: v,
             }),
-            ["filter", "hours"] => out.push(CounterUpdate::Total {
-                name: key.clone(),
-                value: v,
-            }),
-            ["ch", n, "battery_cycles"] => out.push(CounterUpdate::Total {
-                name: format!("tx.{n}.battery_cycles"),
-                value: v,
-            }),
-            ["ch", n, level @ ("battery_percent" | "battery_bars")] => {
-                if next.reading(&format!("ch.{n}.battery_cycles")).is_some() {
+            (&Subject::Channel(n), level @ (Quantity::BatteryPercent | Quantity::BatteryBars)) => {
+                if next
+                    .reading(&Point::channel(n, Quantity::BatteryCycles))
+                    .is_some()
+                {
                     continue;
                 }
-                let scale = if *level == "battery_bars" { 20.0 } else { 1.0 };
+                let scale = if level == Quantity::BatteryBars {
+                    20.0
+                } else {
+                    1.0
+                };
                 if let Some(p) = prev_v {
                     if (v - p) * scale >= BATTERY_CYCLE_RISE_PERCENT {
                         out.push(CounterUpdate::Add {
-                            name: format!("tx.{n}.battery_cycles"),
+                            name: tx_cycles(n),
                             delta: 1.0,
                         });
                     }
@@ -902,10 +910,11 @@ pub fn counter_updates(prev: Option<&DeviceState>, next: &DeviceState) -> Vec<Co
         }
     }
     let power = |s: &DeviceState| {
-        s.reading("power").and_then(|r| match &r.value {
-            Value::Power(p) => Some(*p),
-            _ => None,
-        })
+        s.reading(&Point::device(Quantity::Power))
+            .and_then(|r| match &r.value {
+                Value::Power(p) => Some(*p),
+                _ => None,
+            })
     };
     if let (Some(from), Some(to)) = (prev.and_then(power), power(next)) {
         let was_off = matches!(
@@ -956,7 +965,7 @@ mod tests {
     use crate::model::{ProfileId, Reading};
     use chrono::TimeZone;
 
-    fn state(readings: &[(&str, Value)]) -> DeviceState {
+    fn state(readings: &[(Point, Value)]) -> DeviceState {
         let at = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap();
         let mut s = DeviceState::new(
             DeviceId::new("p"),
@@ -965,17 +974,9 @@ mod tests {
             "tcp".into(),
             at,
         );
-        for (k, v) in readings {
-            s.readings.insert(
-                (*k).to_owned(),
-                Reading {
-                    key: (*k).to_owned(),
-                    value: v.clone(),
-                    unit: None,
-                    observed_at: at,
-                    metered: false,
-                },
-            );
+        for (p, v) in readings {
+            s.readings
+                .insert(p.clone(), Reading::new(p.clone(), v.clone(), at));
         }
         s
     }
@@ -983,12 +984,12 @@ mod tests {
     #[test]
     fn lamp_and_filter_hours_are_totals_sent_on_change() {
         let a = state(&[
-            ("lamp.1.hours", Value::Int(100)),
-            ("filter.hours", Value::Int(50)),
+            (Point::lamp(1, Quantity::LampHours), Value::Int(100)),
+            (Point::device(Quantity::FilterHours), Value::Int(50)),
         ]);
         let b = state(&[
-            ("lamp.1.hours", Value::Int(101)),
-            ("filter.hours", Value::Int(50)),
+            (Point::lamp(1, Quantity::LampHours), Value::Int(101)),
+            (Point::device(Quantity::FilterHours), Value::Int(50)),
         ]);
         assert_eq!(
             counter_updates(None, &a),
@@ -1012,13 +1013,13 @@ mod tests {
         );
         assert!(counter_updates(Some(&b), &b).is_empty());
         // Unknown (device sentinel) is never a number.
-        let u = state(&[("lamp.1.hours", Value::Unknown)]);
+        let u = state(&[(Point::lamp(1, Quantity::LampHours), Value::Unknown)]);
         assert!(counter_updates(Some(&b), &u).is_empty());
     }
 
     #[test]
     fn power_cycles_count_off_to_on_only() {
-        let p = |ps| state(&[("power", Value::Power(ps))]);
+        let p = |ps| state(&[(Point::device(Quantity::Power), Value::Power(ps))]);
         let cyc = vec![CounterUpdate::Add {
             name: "power_cycles".into(),
             delta: 1.0,
@@ -1042,7 +1043,7 @@ mod tests {
 
     #[test]
     fn battery_cycles_reported_or_inferred() {
-        let lvl = |p| state(&[("ch.2.battery_percent", Value::Int(p))]);
+        let lvl = |p| state(&[(Point::channel(2, Quantity::BatteryPercent), Value::Int(p))]);
         assert_eq!(
             counter_updates(Some(&lvl(15)), &lvl(100)),
             vec![CounterUpdate::Add {
@@ -1055,13 +1056,13 @@ mod tests {
             "a top-up is no cycle"
         );
         assert!(counter_updates(None, &lvl(100)).is_empty());
-        let bars = |b| state(&[("ch.1.battery_bars", Value::Int(b))]);
+        let bars = |b| state(&[(Point::channel(1, Quantity::BatteryBars), Value::Int(b))]);
         assert_eq!(counter_updates(Some(&bars(1)), &bars(5)).len(), 1);
         // A device that counts cycles itself is believed, not second-guessed.
         let counted = |p, c| {
             state(&[
-                ("ch.2.battery_percent", Value::Int(p)),
-                ("ch.2.battery_cycles", Value::Int(c)),
+                (Point::channel(2, Quantity::BatteryPercent), Value::Int(p)),
+                (Point::channel(2, Quantity::BatteryCycles), Value::Int(c)),
             ])
         };
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The whole daemon from a site config: simulated devices, supervised actors, the API, and the
 //! shutdown tree with its deadline.
 
+use avwarden::model::{Point, Quantity};
 use std::time::Duration;
 
 use avwarden::app::{Daemon, StartOptions};
@@ -288,10 +289,17 @@ mode = "cool"
     let h = daemon.fleet.get("t1").unwrap().clone();
     let mut rx = h.watch();
     let s = wait_state(&mut rx, Duration::from_secs(30), "thermostat ok", |s| {
-        s.health == Health::Ok && s.reading("temperature").is_some()
+        s.health == Health::Ok && s.reading(&Point::device(Quantity::Temperature)).is_some()
     })
     .await;
-    assert!(s.reading("temperature").unwrap().value.as_f64().unwrap() > 20.0);
+    assert!(
+        s.reading(&Point::device(Quantity::Temperature))
+            .unwrap()
+            .value
+            .as_f64()
+            .unwrap()
+            > 20.0
+    );
     let applied = h
         .command(avwarden::model::DeviceCommand::SetSetpoint { celsius: 22.5 })
         .await
@@ -307,7 +315,11 @@ mode = "cool"
         &mut rx,
         Duration::from_secs(30),
         "setpoint read back",
-        |s| s.reading("setpoint").and_then(|r| r.value.as_f64()) == Some(22.5),
+        |s| {
+            s.reading(&Point::device(Quantity::Setpoint))
+                .and_then(|r| r.value.as_f64())
+                == Some(22.5)
+        },
     )
     .await;
     let report = daemon.shutdown("test").await;
@@ -712,8 +724,8 @@ async fn api_shows_faults_then_stale_readings_when_unreachable() {
         .unwrap_or_else(|| panic!("no filter fault in {d}"));
     assert_eq!(filter["severity"], "warning");
     assert!(filter["since"].is_string());
-    assert_eq!(d["readings"]["power"]["value"], "on");
-    assert_eq!(d["readings"]["power"]["stale"], false);
+    assert_eq!(d["points"]["device"]["power"]["value"], "on");
+    assert_eq!(d["points"]["device"]["power"]["stale"], false);
     // Issue 8.2: what it can do and which commands it takes, from its profile.
     assert_eq!(
         d["catalogue"]["commands"],
@@ -738,11 +750,11 @@ async fn api_shows_faults_then_stale_readings_when_unreachable() {
     assert_eq!(d["health"], "unreachable");
     assert_eq!(d["reachable"], false);
     assert_eq!(
-        d["readings"]["power"]["value"], "on",
+        d["points"]["device"]["power"]["value"], "on",
         "never shown as off: {d}"
     );
-    assert_eq!(d["readings"]["power"]["stale"], true);
-    let age = |v: &serde_json::Value| v["readings"]["power"]["age_secs"].as_f64().unwrap();
+    assert_eq!(d["points"]["device"]["power"]["stale"], true);
+    let age = |v: &serde_json::Value| v["points"]["device"]["power"]["age_secs"].as_f64().unwrap();
     assert!(
         age(&d) >= age(&before) + 29.0,
         "{} then {}",

@@ -12,6 +12,7 @@
 //! driver's full-scale 40/70/100 s windows are tested in paused time over an in-memory duplex
 //! in `src/driver/projector/escvp21.rs`.
 
+use avwarden::model::{Point, Quantity};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,8 @@ impl Room {
         self.handle.watch()
     }
 
-    fn value(&self, key: &str) -> Option<Value> {
-        self.handle.state().reading(key).map(|r| r.value.clone())
+    fn value(&self, point: &Point) -> Option<Value> {
+        self.handle.state().reading(point).map(|r| r.value.clone())
     }
 
     async fn wait(&self, what: &str, pred: impl FnMut(&DeviceState) -> bool) -> DeviceState {
@@ -75,7 +76,8 @@ impl Room {
 }
 
 fn power(s: &DeviceState) -> Option<Value> {
-    s.reading("power").map(|r| r.value.clone())
+    s.reading(&Point::device(Quantity::Power))
+        .map(|r| r.value.clone())
 }
 
 async fn room(cfg: SimConfig) -> Room {
@@ -165,15 +167,18 @@ async fn full_read_over_a_real_pty() {
     assert!(s.link.describe.contains("serial") && s.link.describe.contains("9600 8N1"));
     assert_eq!(power(&s), Some(Value::Power(PowerState::On)));
     assert_eq!(
-        s.reading("lamp.1.hours").map(|r| r.value.clone()),
+        s.reading(&Point::lamp(1, Quantity::LampHours))
+            .map(|r| r.value.clone()),
         Some(Value::Int(1234))
     );
     assert_eq!(
-        s.reading("input").map(|r| r.value.clone()),
+        s.reading(&Point::device(Quantity::Input))
+            .map(|r| r.value.clone()),
         Some(Value::Text("30".into()))
     );
     assert_eq!(
-        s.reading("av_mute").map(|r| r.value.clone()),
+        s.reading(&Point::device(Quantity::AvMute))
+            .map(|r| r.value.clone()),
         Some(Value::Bool(false))
     );
     assert_eq!(s.identity.serial.as_deref(), Some("PTGF7700321"));
@@ -196,7 +201,10 @@ async fn polling_follows_lamp_hours_and_error_codes() {
         .wait("lamp life warning", |s| has_fault(s, "lamp_life"))
         .await;
     assert_eq!(s.health, Health::Degraded);
-    assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(4600)));
+    assert_eq!(
+        r.value(&Point::lamp(1, Quantity::LampHours)),
+        Some(Value::Int(4600))
+    );
 
     r.sim.set_error_code(0x0C).await;
     let s = r.wait("air flow fault", |s| has_fault(s, "air_flow")).await;
@@ -259,7 +267,7 @@ async fn power_on_is_busy_through_the_ignition_silence_then_on() {
         .wait("on after warm-up, picture read", |s| {
             power(s) == Some(Value::Power(PowerState::On))
                 && !s.busy
-                && s.reading("input").is_some()
+                && s.reading(&Point::device(Quantity::Input)).is_some()
         })
         .await;
     assert_eq!(s.health, Health::Ok);
@@ -382,11 +390,15 @@ async fn hang_up_is_unreachable_and_reopen_reads_everything_again() {
     let s = r.wait("ok again", |s| s.health == Health::Ok).await;
     // The full re-read happened before ok: the new values are there the moment it is ok.
     assert_eq!(
-        s.reading("lamp.1.hours").map(|r| r.value.clone()),
+        s.reading(&Point::lamp(1, Quantity::LampHours))
+            .map(|r| r.value.clone()),
         Some(Value::Int(2222))
     );
     assert_eq!(power(&s), Some(Value::Power(PowerState::Off)));
-    assert!(s.reading("input").is_none(), "no input in standby");
+    assert!(
+        s.reading(&Point::device(Quantity::Input)).is_none(),
+        "no input in standby"
+    );
     assert!(s.counters.reconnects >= 1);
 }
 
@@ -413,7 +425,9 @@ async fn garbage_and_oversized_lines_are_bounded_and_counted() {
     let s = r
         .wait("reading through noise", |s| {
             s.reachable
-                && s.reading("lamp.1.hours").map(|r| r.value.clone()) == Some(Value::Int(999))
+                && s.reading(&Point::lamp(1, Quantity::LampHours))
+                    .map(|r| r.value.clone())
+                    == Some(Value::Int(999))
         })
         .await;
     assert!(s.reachable);

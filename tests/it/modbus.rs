@@ -3,6 +3,7 @@
 //! knows no profile, the FC16 write path, the thermal model's pre-conditioning time, counted
 //! faults, the runtime over a real pseudo-terminal, and interop with pymodbus in both roles.
 
+use avwarden::model::{Point, Quantity};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,21 +112,21 @@ impl Bench {
         self.driver.poll(&mut self.link, &mut self.obs).await
     }
 
-    fn reading(&self, key: &str) -> Option<Value> {
-        self.state.borrow().reading(key).map(|r| r.value.clone())
+    fn reading(&self, point: &Point) -> Option<Value> {
+        self.state.borrow().reading(point).map(|r| r.value.clone())
     }
 
-    fn float(&self, key: &str) -> f64 {
-        match self.reading(key) {
+    fn float(&self, point: &Point) -> f64 {
+        match self.reading(point) {
             Some(Value::Float(f)) => f,
-            other => panic!("{key}: {other:?}"),
+            other => panic!("{point}: {other:?}"),
         }
     }
 
-    fn text(&self, key: &str) -> String {
-        match self.reading(key) {
+    fn text(&self, point: &Point) -> String {
+        match self.reading(point) {
             Some(Value::Text(t)) => t,
-            other => panic!("{key}: {other:?}"),
+            other => panic!("{point}: {other:?}"),
         }
     }
 }
@@ -148,7 +149,7 @@ async fn modbus_every_profile_reads_and_writes() {
         let p = profile(id);
         let mut b = Bench::new(&p, opts(26.0, 22.0, "cool", true));
         b.connect().await;
-        let t = b.float("temperature");
+        let t = b.float(&Point::device(Quantity::Temperature));
         let step: f64 = if *id == "mundoclima-mup-w9" { 0.5 } else { 0.1 };
         let expect = if *id == "kaysun-kc-fcd2" {
             26.0
@@ -156,15 +157,19 @@ async fn modbus_every_profile_reads_and_writes() {
             (26.0 / step).round() * step
         };
         assert!((t - expect).abs() < 1e-9, "{id}: temperature {t}");
-        assert_eq!(b.float("setpoint"), 22.0, "{id}");
-        assert_eq!(b.text("hvac_mode"), "cool", "{id}");
-        assert_eq!(b.reading("power"), Some(Value::Bool(true)), "{id}");
+        assert_eq!(b.float(&Point::device(Quantity::Setpoint)), 22.0, "{id}");
+        assert_eq!(b.text(&Point::device(Quantity::HvacMode)), "cool", "{id}");
+        assert_eq!(
+            b.reading(&Point::device(Quantity::Power)),
+            Some(Value::Bool(true)),
+            "{id}"
+        );
 
         b.run(DeviceCommand::SetSetpoint { celsius: 23.0 })
             .await
             .unwrap();
         assert_eq!(b.ctl.controls().setpoint_c, 23.0, "{id}");
-        assert_eq!(b.float("setpoint"), 23.0, "{id}");
+        assert_eq!(b.float(&Point::device(Quantity::Setpoint)), 23.0, "{id}");
 
         // Issue 14.6: a half degree on a whole-degree unit is applied as the unit holds it,
         // and the command says so instead of answering a silent "ok".
@@ -180,8 +185,8 @@ async fn modbus_every_profile_reads_and_writes() {
         assert_eq!(b.ctl.controls().setpoint_c, held, "{id}");
         let applied = b.obs.take_applied().expect("applied setpoint");
         assert_eq!(
-            (applied.key.as_str(), applied.value),
-            ("setpoint", Value::Float(held)),
+            (applied.point, applied.value),
+            (Point::device(Quantity::Setpoint), Value::Float(held)),
             "{id}"
         );
         b.run(DeviceCommand::SetSetpoint { celsius: 23.0 })
@@ -194,19 +199,23 @@ async fn modbus_every_profile_reads_and_writes() {
         .await
         .unwrap();
         assert_eq!(b.ctl.controls().mode, Mode::Heat, "{id}");
-        assert_eq!(b.text("hvac_mode"), "heat", "{id}");
+        assert_eq!(b.text(&Point::device(Quantity::HvacMode)), "heat", "{id}");
 
         b.run(DeviceCommand::Power { on: false }).await.unwrap();
         b.poll().await.unwrap();
-        assert_eq!(b.reading("power"), Some(Value::Bool(false)), "{id}");
-        assert_eq!(b.text("hvac_mode"), "off", "{id}");
+        assert_eq!(
+            b.reading(&Point::device(Quantity::Power)),
+            Some(Value::Bool(false)),
+            "{id}"
+        );
+        assert_eq!(b.text(&Point::device(Quantity::HvacMode)), "off", "{id}");
         let c = b.ctl.controls();
         assert!(!c.power || c.mode == Mode::Off, "{id}: {c:?}");
 
         // Power on restores the last active mode.
         b.run(DeviceCommand::Power { on: true }).await.unwrap();
         b.poll().await.unwrap();
-        assert_eq!(b.text("hvac_mode"), "heat", "{id}");
+        assert_eq!(b.text(&Point::device(Quantity::HvacMode)), "heat", "{id}");
 
         // A setpoint outside the unit's range is rejected by avwarden before it reaches the
         // wire (issue 14.5: rejected, with the limit, not "device refused").
@@ -303,7 +312,7 @@ async fn modbus_fc16_setpoint_write_bytes_on_the_wire() {
         ])
     );
     assert_eq!(b.ctl.controls().setpoint_c, 21.0);
-    assert_eq!(b.float("setpoint"), 21.0);
+    assert_eq!(b.float(&Point::device(Quantity::Setpoint)), 21.0);
     assert_eq!(b.ctl.counters().exceptions, 0);
 }
 
@@ -421,8 +430,8 @@ fn sorted(mut frames: Vec<Vec<u8>>) -> Vec<String> {
     dump(&frames)
 }
 
-fn value(state: &watch::Receiver<DeviceState>, key: &str) -> Option<Value> {
-    state.borrow().reading(key).map(|r| r.value.clone())
+fn value(state: &watch::Receiver<DeviceState>, point: &Point) -> Option<Value> {
+    state.borrow().reading(point).map(|r| r.value.clone())
 }
 
 /// Kaysun KC-FCD2-M pinned to protocols.md 5.1 (FC03 holding registers, unit 1; the manual's
@@ -446,11 +455,26 @@ async fn modbus_kaysun_map_matches_the_manual() {
             hex("01 03 00 06 00 01 64 0B"), // fan
         ])
     );
-    assert_eq!(value(&state, "temperature"), Some(Value::Float(23.0)));
-    assert_eq!(value(&state, "setpoint"), Some(Value::Float(22.0)));
-    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("cool".into())));
-    assert_eq!(value(&state, "fan"), Some(Value::Text("medium".into())));
-    assert_eq!(value(&state, "power"), Some(Value::Bool(true)));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Temperature)),
+        Some(Value::Float(23.0))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(22.0))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("cool".into()))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Fan)),
+        Some(Value::Text("medium".into()))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Power)),
+        Some(Value::Bool(true))
+    );
     assert!(
         state.borrow().faults.is_empty(),
         "{:?}",
@@ -460,12 +484,21 @@ async fn modbus_kaysun_map_matches_the_manual() {
     // 3 and 4 are the auxiliary-heater variants of heating.
     unit.set(5, 4);
     driver.poll(&mut link, &mut obs).await.unwrap();
-    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("heat".into())));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("heat".into()))
+    );
     unit.set(3, 0);
     driver.poll(&mut link, &mut obs).await.unwrap();
     unit.take();
-    assert_eq!(value(&state, "power"), Some(Value::Bool(false)));
-    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("off".into())));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Power)),
+        Some(Value::Bool(false))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("off".into()))
+    );
 
     driver
         .execute(
@@ -483,7 +516,10 @@ async fn modbus_kaysun_map_matches_the_manual() {
         ])
     );
     assert_eq!(unit.get(4), Some(21));
-    assert_eq!(value(&state, "setpoint"), Some(Value::Float(21.0)));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(21.0))
+    );
 }
 
 /// Mundoclima MUP-W9 pinned to protocols.md 5.1: holding registers 1601 mode (3 heat), 1602
@@ -505,11 +541,26 @@ async fn modbus_mundoclima_map_matches_the_manual() {
             hex("01 03 06 46 00 01 65 57"), // 1606 room temperature
         ])
     );
-    assert_eq!(value(&state, "temperature"), Some(Value::Float(25.0)));
-    assert_eq!(value(&state, "setpoint"), Some(Value::Float(24.0)));
-    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("heat".into())));
-    assert_eq!(value(&state, "fan"), Some(Value::Text("medium".into())));
-    assert_eq!(value(&state, "power"), Some(Value::Bool(true)));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Temperature)),
+        Some(Value::Float(25.0))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(24.0))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("heat".into()))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Fan)),
+        Some(Value::Text("medium".into()))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Power)),
+        Some(Value::Bool(true))
+    );
     assert!(
         state.borrow().faults.is_empty(),
         "{:?}",
@@ -520,9 +571,18 @@ async fn modbus_mundoclima_map_matches_the_manual() {
     unit.set(1601, 0);
     driver.poll(&mut link, &mut obs).await.unwrap();
     unit.take();
-    assert_eq!(value(&state, "temperature"), Some(Value::Float(20.5)));
-    assert_eq!(value(&state, "power"), Some(Value::Bool(false)));
-    assert_eq!(value(&state, "hvac_mode"), Some(Value::Text("off".into())));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Temperature)),
+        Some(Value::Float(20.5))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Power)),
+        Some(Value::Bool(false))
+    );
+    assert_eq!(
+        value(&state, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("off".into()))
+    );
 
     driver
         .execute(
@@ -540,7 +600,10 @@ async fn modbus_mundoclima_map_matches_the_manual() {
         ])
     );
     assert_eq!(unit.get(1602), Some(21));
-    assert_eq!(value(&state, "setpoint"), Some(Value::Float(21.0)));
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(21.0))
+    );
 }
 
 /// The thermal model under a real driver: from 28 °C, cooling to 23 °C at the model's rate
@@ -550,7 +613,7 @@ async fn modbus_preconditioning_reaches_the_band_when_the_rate_predicts() {
     let p = profile("avwarden-sim-modbus");
     let mut b = Bench::new(&p, opts(28.0, 22.0, "off", false));
     b.connect().await;
-    assert_eq!(b.float("temperature"), 28.0);
+    assert_eq!(b.float(&Point::device(Quantity::Temperature)), 28.0);
     let start = tokio::time::Instant::now();
     b.run(DeviceCommand::SetSetpoint { celsius: 23.0 })
         .await
@@ -561,13 +624,13 @@ async fn modbus_preconditioning_reaches_the_band_when_the_rate_predicts() {
     .await
     .unwrap();
     b.poll().await.unwrap();
-    assert_eq!(b.text("hvac_running"), "cool");
+    assert_eq!(b.text(&Point::device(Quantity::HvacRunning)), "cool");
     let predicted = Duration::from_secs_f64(b.ctl.params().predicted_minutes(28.0, 24.0) * 60.0);
     assert_eq!(predicted, Duration::from_secs(16 * 60));
     let reached = loop {
         tokio::time::sleep(Duration::from_secs(15)).await;
         b.poll().await.unwrap();
-        if b.float("temperature") <= 24.0 {
+        if b.float(&Point::device(Quantity::Temperature)) <= 24.0 {
             break start.elapsed();
         }
         assert!(start.elapsed() < predicted * 2, "never reached the band");
@@ -579,12 +642,12 @@ async fn modbus_preconditioning_reaches_the_band_when_the_rate_predicts() {
         reached + slack >= predicted && reached <= predicted + slack,
         "reached after {reached:?}, predicted {predicted:?}"
     );
-    let t = b.float("temperature");
+    let t = b.float(&Point::device(Quantity::Temperature));
     assert!((22.0..=24.0).contains(&t), "{t}");
     // It holds the band: cooling stops at the setpoint and restarts past the deadband.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     b.poll().await.unwrap();
-    let t = b.float("temperature");
+    let t = b.float(&Point::device(Quantity::Temperature));
     assert!((22.0..=24.0).contains(&t), "after an hour: {t}");
 }
 
@@ -608,7 +671,7 @@ async fn modbus_faults_are_counted_and_reported() {
     b.poll().await.unwrap();
     assert_eq!(bad(&b), 3);
     // One bad reply among good ones is not a run: still reachable, readings fresh.
-    assert_eq!(b.float("temperature"), 21.0);
+    assert_eq!(b.float(&Point::device(Quantity::Temperature)), 21.0);
 
     // Exception 04 on the temperature register: a fault on that point.
     b.ctl.faults(|f| f.exception_at = Some((0, 4)));
@@ -671,7 +734,7 @@ async fn modbus_faults_are_counted_and_reported() {
     assert!(matches!(e, DriverError::Timeout { .. }), "{e}");
     b.ctl.faults(|f| f.silent = false);
     b.driver.read_all(&mut b.link, &mut b.obs).await.unwrap();
-    assert_eq!(b.float("temperature"), 21.0);
+    assert_eq!(b.float(&Point::device(Quantity::Temperature)), 21.0);
 
     // A run of garbled answers points at the line's framing, not at the address.
     b.ctl.faults(|f| f.bad_crc = 10);
@@ -743,7 +806,9 @@ async fn modbus_runtime_over_a_pty() {
     let limit = Duration::from_secs(20);
     wait_state(&mut rx, limit, "ok over the pty", |s| {
         s.health == Health::Ok
-            && s.reading("temperature").map(|r| r.value.clone()) == Some(Value::Float(24.5))
+            && s.reading(&Point::device(Quantity::Temperature))
+                .map(|r| r.value.clone())
+                == Some(Value::Float(24.5))
     })
     .await;
     h.command(DeviceCommand::SetSetpoint { celsius: 21.5 })
@@ -837,24 +902,40 @@ async fn modbus_driver_against_pymodbus_server() {
     let s = wait_state(&mut rx, limit, "ok against pymodbus", |s| {
         s.health == Health::Ok
             && [
-                "temperature",
-                "setpoint",
-                "hvac_mode",
-                "hvac_running",
-                "power",
-                "fan",
+                Quantity::Temperature,
+                Quantity::Setpoint,
+                Quantity::HvacMode,
+                Quantity::HvacRunning,
+                Quantity::Power,
+                Quantity::Fan,
             ]
-            .iter()
-            .all(|k| s.reading(k).is_some())
+            .into_iter()
+            .all(|q| s.reading(&Point::device(q)).is_some())
     })
     .await;
-    let v = |k: &str| s.reading(k).map(|r| r.value.clone());
-    assert_eq!(v("temperature"), Some(Value::Float(24.1)), "{s:#?}");
-    assert_eq!(v("setpoint"), Some(Value::Float(22.5)));
-    assert_eq!(v("hvac_mode"), Some(Value::Text("cool".into())));
-    assert_eq!(v("hvac_running"), Some(Value::Text("cool".into())));
-    assert_eq!(v("power"), Some(Value::Bool(true)));
-    assert_eq!(v("fan"), Some(Value::Text("auto".into())));
+    let v = |p: &Point| s.reading(p).map(|r| r.value.clone());
+    assert_eq!(
+        v(&Point::device(Quantity::Temperature)),
+        Some(Value::Float(24.1)),
+        "{s:#?}"
+    );
+    assert_eq!(
+        v(&Point::device(Quantity::Setpoint)),
+        Some(Value::Float(22.5))
+    );
+    assert_eq!(
+        v(&Point::device(Quantity::HvacMode)),
+        Some(Value::Text("cool".into()))
+    );
+    assert_eq!(
+        v(&Point::device(Quantity::HvacRunning)),
+        Some(Value::Text("cool".into()))
+    );
+    assert_eq!(v(&Point::device(Quantity::Power)), Some(Value::Bool(true)));
+    assert_eq!(
+        v(&Point::device(Quantity::Fan)),
+        Some(Value::Text("auto".into()))
+    );
 
     h.command(DeviceCommand::SetSetpoint { celsius: 22.0 })
         .await
@@ -884,12 +965,17 @@ async fn modbus_driver_against_pymodbus_server() {
     // FC06 holding 0 = 220 (22.0 °C ×10, protocols.md 5.1), then FC05 coil 0 off.
     assert_eq!(seen, vec![(6, 0, 220), (5, 0, 0)]);
     let s = wait_state(&mut rx, limit, "read back", |s| {
-        s.reading("power").map(|r| r.value.clone()) == Some(Value::Bool(false))
+        s.reading(&Point::device(Quantity::Power))
+            .map(|r| r.value.clone())
+            == Some(Value::Bool(false))
     })
     .await;
-    assert_eq!(s.reading("setpoint").unwrap().value, Value::Float(22.0));
     assert_eq!(
-        s.reading("hvac_mode").unwrap().value,
+        s.reading(&Point::device(Quantity::Setpoint)).unwrap().value,
+        Value::Float(22.0)
+    );
+    assert_eq!(
+        s.reading(&Point::device(Quantity::HvacMode)).unwrap().value,
         Value::Text("off".into())
     );
     // On a loaded machine a reply may come after its deadline and be counted as a bad frame

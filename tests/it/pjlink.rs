@@ -2,6 +2,7 @@
 //! loopback sockets, in paused tokio time; and the simulator against a third-party Python
 //! client (aiopjlink2) in real time.
 
+use avwarden::model::{Point, Quantity};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,15 +84,16 @@ async fn projector_on_and_ok() -> (
     (rig, h, rx, prof.timing.poll_interval)
 }
 
-fn value(s: &DeviceState, key: &str) -> Value {
-    s.reading(key)
-        .unwrap_or_else(|| panic!("no reading {key}: {:#?}", s.readings))
+fn value(s: &DeviceState, point: &Point) -> Value {
+    s.reading(point)
+        .unwrap_or_else(|| panic!("no reading {point}: {:#?}", s.readings))
         .value
         .clone()
 }
 
 fn power(s: &DeviceState) -> Option<PowerState> {
-    s.reading("power").and_then(|r| r.value.as_power())
+    s.reading(&Point::device(Quantity::Power))
+        .and_then(|r| r.value.as_power())
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -118,15 +120,44 @@ async fn full_read_reports_state_identity_and_faults() {
     let s = wait_state(&mut h.watch(), MINUTE, "first full read", |s| s.reachable).await;
 
     assert_eq!(power(&s), Some(PowerState::On));
-    assert_eq!(value(&s, "lamp.1.hours"), Value::Int(12345));
-    assert_eq!(s.reading("lamp.1.hours").unwrap().unit, Some(Unit::Hours));
-    assert_eq!(value(&s, "lamp.1.on"), Value::Bool(true));
-    assert_eq!(value(&s, "lamp.2.hours"), Value::Int(678));
-    assert_eq!(value(&s, "inputs"), Value::Text("11 31 32 33".into()));
-    assert_eq!(value(&s, "input"), Value::Text("11".into()));
-    assert_eq!(value(&s, "av_mute"), Value::Bool(false));
-    assert_eq!(value(&s, "resolution"), Value::Text("1920x1080".into()));
-    assert_eq!(value(&s, "filter.hours"), Value::Int(1200));
+    assert_eq!(
+        value(&s, &Point::lamp(1, Quantity::LampHours)),
+        Value::Int(12345)
+    );
+    assert_eq!(
+        s.reading(&Point::lamp(1, Quantity::LampHours))
+            .unwrap()
+            .unit(),
+        Some(Unit::Hours)
+    );
+    assert_eq!(
+        value(&s, &Point::lamp(1, Quantity::LampOn)),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        value(&s, &Point::lamp(2, Quantity::LampHours)),
+        Value::Int(678)
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Inputs)),
+        Value::Text("11 31 32 33".into())
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Input)),
+        Value::Text("11".into())
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::AvMute)),
+        Value::Bool(false)
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Resolution)),
+        Value::Text("1920x1080".into())
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::FilterHours)),
+        Value::Int(1200)
+    );
     let id = &s.identity;
     assert_eq!(id.manufacturer.as_deref(), Some("Panasonic"));
     assert_eq!(id.model.as_deref(), Some("PT-EZ580"));
@@ -177,7 +208,7 @@ async fn class_1_quirky_projector_gets_no_class_2_questions() {
         Some("1")
     );
     // ERR1 on LAMP = a lamp-less model: no lamp readings, no fault.
-    assert!(s.reading("lamp.1.hours").is_none());
+    assert!(s.reading(&Point::lamp(1, Quantity::LampHours)).is_none());
     assert_eq!(power(&s), Some(PowerState::On));
     assert_eq!(s.counters.bad_frames, 0);
     assert!(
@@ -228,7 +259,9 @@ async fn polling_follows_error_status_and_lamp_hours() {
     rig.sim.add_lamp_hours(25);
     let t = Instant::now();
     wait_state(&mut rx, MINUTE, "lamp hours", |s| {
-        s.reading("lamp.1.hours").map(|r| r.value.clone()) == Some(Value::Int(125))
+        s.reading(&Point::lamp(1, Quantity::LampHours))
+            .map(|r| r.value.clone())
+            == Some(Value::Int(125))
     })
     .await;
     assert!(t.elapsed() <= poll, "seen after {:?}", t.elapsed());
@@ -300,8 +333,14 @@ async fn power_on_goes_through_warm_up_while_busy() {
         .into_result()
         .unwrap();
     let s = h.state();
-    assert_eq!(value(&s, "input"), Value::Text("32".into()));
-    assert_eq!(value(&s, "av_mute"), Value::Bool(true));
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Input)),
+        Value::Text("32".into())
+    );
+    assert_eq!(
+        value(&s, &Point::device(Quantity::AvMute)),
+        Value::Bool(true)
+    );
     // Not an input of this projector: ERR2, refused.
     let e = h
         .command(DeviceCommand::SelectInput { input: "59".into() })
@@ -450,7 +489,10 @@ async fn per_exchange_projector_hangs_up_after_every_reply() {
     let h = rig.spawn(spec(&prof, &rig.sim, Some("panasonic")));
     let mut rx = h.watch();
     let s = wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
-    assert_eq!(value(&s, "inputs"), Value::Text("31 3A 3B".into()));
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Inputs)),
+        Value::Text("31 3A 3B".into())
+    );
     let asked = rig.sim.requests();
     assert_eq!(
         rig.sim.connections(),
@@ -470,7 +512,10 @@ async fn per_exchange_projector_hangs_up_after_every_reply() {
         .await
         .into_result()
         .unwrap();
-    assert_eq!(value(&h.state(), "input"), Value::Text("3B".into()));
+    assert_eq!(
+        value(&h.state(), &Point::device(Quantity::Input)),
+        Value::Text("3B".into())
+    );
     assert!(rig.sim.requests().iter().any(|r| r.ends_with("%2INPT 3B")));
 
     // The lamp crosses the profile's warning threshold: lamp_life warning, degraded.
@@ -520,7 +565,10 @@ async fn idle_session_dropped_by_projector_is_reopened_transparently() {
     let s = h.state();
     assert_eq!(s.counters.reconnects, 0);
     assert_eq!(s.counters.timeouts, 0);
-    let seen = s.reading("power").unwrap().observed_at;
+    let seen = s
+        .reading(&Point::device(Quantity::Power))
+        .unwrap()
+        .observed_at;
     assert!(
         seen >= crate::support::t0() + chrono::Duration::from_std(poll * 5).unwrap(),
         "power last observed {seen}"
@@ -549,7 +597,10 @@ async fn garbage_and_oversized_replies_are_counted_and_survived() {
     assert!(s.reachable);
     assert_eq!(s.health, Health::Ok);
     assert_eq!(power(&s), Some(PowerState::On));
-    let fresh = s.reading("power").unwrap().observed_at;
+    let fresh = s
+        .reading(&Point::device(Quantity::Power))
+        .unwrap()
+        .observed_at;
     assert!(fresh >= crate::support::t0() + chrono::Duration::from_std(poll).unwrap());
 
     // Lower-case replies are a quirk, not bad input.
@@ -691,7 +742,10 @@ async fn killed_projector_goes_unreachable_then_back_after_full_read_with_backof
     let mut rx = h.watch();
     wait_state(&mut rx, MINUTE, "ok", |s| s.health == Health::Ok).await;
     let before = h.state();
-    let power_seen_at = before.reading("power").unwrap().observed_at;
+    let power_seen_at = before
+        .reading(&Point::device(Quantity::Power))
+        .unwrap()
+        .observed_at;
 
     // Kill the projector.
     let stopped = Instant::now();
@@ -716,7 +770,9 @@ async fn killed_projector_goes_unreachable_then_back_after_full_read_with_backof
         assert!(!s.reachable);
         assert_eq!(power(&s), Some(PowerState::On), "never shown as off");
         assert!(
-            s.reading("power").unwrap().observed_at
+            s.reading(&Point::device(Quantity::Power))
+                .unwrap()
+                .observed_at
                 <= power_seen_at + chrono::Duration::from_std(poll).unwrap()
         );
         if s.link.reconnect_attempts as usize > failures.len() {
@@ -808,10 +864,16 @@ power_on = true
     spec.secret = Some("pw".into());
     let h = fleet.spawn_device(spec).unwrap();
     let s = wait_state(&mut h.watch(), MINUTE, "ok", |s| s.health == Health::Ok).await;
-    assert_eq!(value(&s, "lamp.1.hours"), Value::Int(321));
+    assert_eq!(
+        value(&s, &Point::lamp(1, Quantity::LampHours)),
+        Value::Int(321)
+    );
     assert_eq!(s.identity.manufacturer.as_deref(), Some("Maker"));
     assert_eq!(s.identity.serial.as_deref(), Some("S-1"));
-    assert_eq!(value(&s, "inputs"), Value::Text("11 31".into()));
+    assert_eq!(
+        value(&s, &Point::device(Quantity::Inputs)),
+        Value::Text("11 31".into())
+    );
     cancel.cancel();
 
     let bad: toml::Table = toml::from_str("colour = \"red\"").unwrap();

@@ -3,6 +3,7 @@
 //! NoOp inside the idle limit, change groups re-created after a restart or a design change,
 //! Logon, and bad input (malformed JSON, wrong types, unknown enum values) counted, never fatal.
 
+use avwarden::model::{Point, Quantity};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,13 +149,21 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
     let mut rig = start(&sim, ROOM, |_| {});
     let mut rx = rig.handle.watch();
     let s = support::wait_state(&mut rx, Duration::from_secs(30), "ok with levels", |s| {
-        s.health == Health::Ok && s.reading("mic.lectern.muted").is_some()
+        s.health == Health::Ok
+            && s.reading(&Point::new(Subject::input("lectern"), Quantity::Muted))
+                .is_some()
     })
     .await;
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
-    assert_eq!(reading(&s, "zone.main.muted"), Some(Value::Bool(false)));
     assert_eq!(
-        reading(&s, "engine_state"),
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::Muted)),
+        Some(Value::Bool(false))
+    );
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::EngineState)),
         Some(Value::Text("active".into()))
     );
     assert_eq!(s.identity.model.as_deref(), Some("Core 500i"));
@@ -199,10 +208,25 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
     assert_eq!(sim.control("MicGain"), Some(6.0));
     assert_eq!(sim.control("MicMute"), Some(1.0));
     let s = rig.handle.state();
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-18.0)));
-    assert_eq!(reading(&s, "zone.main.muted"), Some(Value::Bool(true)));
-    assert_eq!(reading(&s, "mic.lectern.level_db"), Some(Value::Float(6.0)));
-    assert_eq!(reading(&s, "mic.lectern.muted"), Some(Value::Bool(true)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-18.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::Muted)),
+        Some(Value::Bool(true))
+    );
+    assert_eq!(
+        reading(
+            &s,
+            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
+        ),
+        Some(Value::Float(6.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::Muted)),
+        Some(Value::Bool(true))
+    );
     assert!(rig
         .handle
         .command(DeviceCommand::SetLevel {
@@ -217,7 +241,9 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
     // A change at the Core arrives through the change group, long before the next poll.
     sim.set_control("MainGain", -33.0);
     support::wait_state(&mut rx, Duration::from_millis(500), "pushed level", |s| {
-        s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-33.0))
+        s.reading(&Point::new(Subject::zone("main"), Quantity::LevelDb))
+            .map(|r| r.value.clone())
+            == Some(Value::Float(-33.0))
     })
     .await;
     assert_eq!(rig.handle.state().counters.bad_frames, 0);
@@ -338,10 +364,16 @@ async fn malformed_json_wrong_types_and_unknown_states_are_counted() {
     assert_eq!(s.counters.bad_frames, before + 4);
     assert_eq!(s.health, Health::Ok, "bad input is not a fault");
     assert_eq!(
-        reading(&s, "mic.lectern.level_db"),
+        reading(
+            &s,
+            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
+        ),
         Some(Value::Float(-4.0))
     );
-    assert_eq!(reading(&s, "engine_state"), Some(Value::Unknown));
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::EngineState)),
+        Some(Value::Unknown)
+    );
     sim.set_meter_script("MainMeter", MeterScript::Constant { dbfs: -22.0 });
     meter_where(
         &mut rig.meters,
@@ -460,7 +492,10 @@ async fn unknown_control_names_raise_a_mapping_fault() {
         .collect();
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].fault.component.as_deref(), Some("zone foyer level"));
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
     rig.cancel.cancel();
     cancel.cancel();
 }

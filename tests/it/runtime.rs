@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use avwarden::codec::ProtocolError;
 use avwarden::driver::{Driver, DriverError, Link, Observer};
-use avwarden::model::{DeviceCommand, DeviceState, Health, ProfileId, Value};
+use avwarden::model::{DeviceCommand, DeviceState, Health, Point, ProfileId, Quantity, Value};
 use avwarden::runtime::{ActorConfig, Fleet, RestartBudget};
 use avwarden::transport::tcp::TcpSpec;
 use avwarden::transport::LinkSpec;
@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::support::{bus, clock, wait_state};
+
+const PONGS: Point = Point::device(Quantity::BatteryCycles);
 
 struct Lines;
 impl Decoder for Lines {
@@ -38,7 +40,8 @@ impl Decoder for Lines {
 }
 
 /// Polls with PING; panics on `Refresh` while `panic_on_refresh` is set (to test the
-/// supervisor), reports `pongs` as a reading.
+/// supervisor), reports its pong count as a reading (any counting point would do; it uses
+/// `battery_cycles`).
 struct PingDriver {
     panic_on_refresh: Arc<AtomicU32>,
 }
@@ -58,7 +61,7 @@ impl Driver for PingDriver {
             .strip_prefix("PONG ")
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| ProtocolError::malformed(line.clone()))?;
-        o.reading("pongs", Value::Int(n), None);
+        o.reading(PONGS, Value::Int(n));
         Ok(())
     }
     async fn execute(
@@ -91,9 +94,8 @@ impl Driver for PingDriver {
             }
             DeviceCommand::SetSetpoint { celsius } => {
                 o.applied(
-                    "setpoint",
+                    Point::device(Quantity::Setpoint),
                     avwarden::model::Value::Float(celsius.round()),
-                    Some(avwarden::model::Unit::Celsius),
                 );
                 Ok(())
             }
@@ -327,8 +329,8 @@ async fn api_reports_devices_with_reading_ages() {
         .await
         .unwrap();
     assert_eq!(d["reachable"], true);
-    assert_eq!(d["readings"]["pongs"]["type"], "int");
-    assert_eq!(d["readings"]["pongs"]["stale"], false);
+    assert_eq!(d["points"]["device"]["battery_cycles"]["type"], "int");
+    assert_eq!(d["points"]["device"]["battery_cycles"]["stale"], false);
     let m = c
         .get(format!("{base}/metrics"))
         .send()
@@ -461,7 +463,7 @@ async fn commands_get_through_when_polls_take_longer_than_the_interval() {
     let mut rx = h.watch();
     // Let polls run back to back first: the tick is then always overdue.
     wait_state(&mut rx, Duration::from_secs(30), "polling", |s| {
-        s.reading("pongs").and_then(|r| r.value.as_f64()) >= Some(3.0)
+        s.reading(&PONGS).and_then(|r| r.value.as_f64()) >= Some(3.0)
     })
     .await;
     let done =

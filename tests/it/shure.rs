@@ -2,6 +2,7 @@
 //! tokio time: full state per family, unsolicited updates, sentinels, transmitters leaving and
 //! arriving, metering rate, heartbeat and silence, shutdown, battery drain, bad input, commands.
 
+use avwarden::model::{Point, Quantity};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,63 +91,63 @@ async fn full_state_after_connect_for_every_family() {
         let s = rig
             .until("every channel metered", |s| {
                 (1..=channels).all(|n| {
-                    val(s, &format!("ch.{n}.rf_dbm")).is_some()
+                    val(s, &Point::channel(n, Quantity::RfDbm)).is_some()
                         && board.get(&Subject::Channel(n)).is_some()
                 })
             })
             .await;
         for n in 1..=channels {
-            let k = |name: &str| format!("ch.{n}.{name}");
+            let k = |q: Quantity| Point::channel(n, q);
             assert_eq!(
-                val(&s, &k("tx_present")),
+                val(&s, &k(Quantity::TxPresent)),
                 Some(&Value::Bool(true)),
                 "{what} ch{n}"
             );
             assert_eq!(
-                val(&s0, &k("battery_minutes")),
+                val(&s0, &k(Quantity::BatteryMinutes)),
                 int(300 + i64::from(n)).as_ref(),
                 "{what} ch{n}: as connected (it drains while we wait for meters)"
             );
             assert_eq!(
-                val(&s, &k("battery_bars")),
+                val(&s, &k(Quantity::BatteryBars)),
                 int(3).as_ref(),
                 "{what} ch{n}: 46 % is 3 bars"
             );
             assert_eq!(
-                val(&s, &k("battery_percent")).is_some(),
+                val(&s, &k(Quantity::BatteryPercent)).is_some(),
                 percent,
                 "{what} ch{n}: percent only where the family reports it"
             );
             assert_eq!(
-                val(&s, &k("gain_db")),
+                val(&s, &k(Quantity::GainDb)),
                 Some(&Value::Float(0.0)),
                 "{what} ch{n}"
             );
             assert_eq!(
-                val(&s, &k("name")),
+                val(&s, &k(Quantity::Name)),
                 Some(&Value::Text(format!("MIC {n}"))),
                 "{what} ch{n}"
             );
             assert!(
-                matches!(val(&s, &k("tx_model")), Some(Value::Text(_))),
+                matches!(val(&s, &k(Quantity::TxModel)), Some(Value::Text(_))),
                 "{what} ch{n}"
             );
             assert_eq!(
-                val(&s, &k("muted")),
+                val(&s, &k(Quantity::Muted)),
                 rx_mute.then_some(&Value::Bool(false)),
                 "{what} ch{n}: receiver mute only on ULX-D and AD"
             );
             assert_eq!(
-                val(&s, &k("interference")),
+                val(&s, &k(Quantity::Interference)),
                 rf_status.then_some(&Value::Bool(false)),
                 "{what} ch{n}"
             );
             assert_eq!(
-                val(&s, &k("encryption_ok")),
+                val(&s, &k(Quantity::EncryptionOk)),
                 (rf_status || family == Family::Qlxd).then_some(&Value::Bool(true)),
                 "{what} ch{n}"
             );
-            let mhz = val(&s, &k("frequency_mhz")).and_then(Value::as_f64);
+            let mhz = val(&s, &k(Quantity::FrequencyMhz)).and_then(Value::as_f64);
             let want = 578.35 + f64::from(n);
             assert!(
                 mhz.is_some_and(|f| (f - want).abs() < 1e-6),
@@ -154,7 +155,7 @@ async fn full_state_after_connect_for_every_family() {
             );
             let (rf, af) = levels(n);
             assert_eq!(
-                val(&s, &k("rf_dbm")),
+                val(&s, &k(Quantity::RfDbm)),
                 Some(&Value::Float(rf)),
                 "{what} ch{n}: RF dBm"
             );
@@ -163,10 +164,14 @@ async fn full_state_after_connect_for_every_family() {
                 Some(af),
                 "{what} ch{n}: audio dBFS"
             );
-            assert_eq!(val(&s, &k("audio_dbfs")), None, "{what}: stored once");
+            assert_eq!(
+                val(&s, &k(Quantity::AudioDbfs)),
+                None,
+                "{what}: stored once"
+            );
         }
         assert!(
-            s.reading(&format!("ch.{}.tx_present", channels + 1))
+            s.reading(&Point::channel(channels + 1, Quantity::TxPresent))
                 .is_none(),
             "{what}: no phantom channel"
         );
@@ -230,7 +235,11 @@ async fn shipped_profiles_convert_documented_samples_exactly() {
             .unwrap_or_else(|e| panic!("{id}: {e}"));
         let s = state.borrow().clone();
         assert_eq!(s.counters.bad_frames, 0, "{id}");
-        assert_eq!(val(&s, "ch.1.rf_dbm"), Some(&Value::Float(rf)), "{id}: RF");
+        assert_eq!(
+            val(&s, &Point::channel(1, Quantity::RfDbm)),
+            Some(&Value::Float(rf)),
+            "{id}: RF"
+        );
         assert_eq!(
             obs.board().get(&Subject::Channel(1)).map(|l| l.dbfs),
             Some(audio),
@@ -273,16 +282,37 @@ async fn simulator_from_config_through_sim_spawn() {
         s.identity.extra.get("channels").map(String::as_str),
         Some("4")
     );
-    assert_eq!(val(&s, "ch.1.battery_minutes"), int(90).as_ref());
-    assert_eq!(val(&s, "ch.2.tx_present"), Some(&Value::Bool(false)));
-    // AA cells: bars only; minutes, percent and cycles are the receiver's "unknown".
-    assert_eq!(val(&s, "ch.3.tx_present"), Some(&Value::Bool(true)));
-    assert!(matches!(val(&s, "ch.3.battery_bars"), Some(Value::Int(_))));
-    assert_eq!(val(&s, "ch.3.battery_minutes"), Some(&Value::Unknown));
-    assert_eq!(val(&s, "ch.3.battery_percent"), Some(&Value::Unknown));
-    assert_eq!(val(&s, "ch.3.battery_cycles"), Some(&Value::Unknown));
     assert_eq!(
-        val(&s, "ch.3.battery_type"),
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        int(90).as_ref()
+    );
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::TxPresent)),
+        Some(&Value::Bool(false))
+    );
+    // AA cells: bars only; minutes, percent and cycles are the receiver's "unknown".
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::TxPresent)),
+        Some(&Value::Bool(true))
+    );
+    assert!(matches!(
+        val(&s, &Point::channel(3, Quantity::BatteryBars)),
+        Some(Value::Int(_))
+    ));
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::BatteryPercent)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::BatteryCycles)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::BatteryType)),
         Some(&Value::Text("ALKA".into()))
     );
     assert!(fault(&s, "battery_low", 1).is_none(), "90 min is enough");
@@ -309,7 +339,10 @@ async fn unsolicited_reports_update_state_at_once() {
         "took {:?}",
         t.elapsed()
     );
-    assert_eq!(val(&s, "ch.2.interference"), Some(&Value::Bool(true)));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::Interference)),
+        Some(&Value::Bool(true))
+    );
     assert_eq!(s.health, Health::Degraded);
 
     let t = Instant::now();
@@ -320,7 +353,10 @@ async fn unsolicited_reports_update_state_at_once() {
         })
         .await;
     assert!(t.elapsed() < Duration::from_millis(100));
-    assert_eq!(val(&s, "ch.1.encryption_ok"), Some(&Value::Bool(false)));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::EncryptionOk)),
+        Some(&Value::Bool(false))
+    );
     assert_eq!(
         s.health,
         Health::Faulted,
@@ -329,7 +365,7 @@ async fn unsolicited_reports_update_state_at_once() {
 
     sim.set_tx_muted(1, true);
     rig.until("tx muted", |s| {
-        val(s, "ch.1.tx_muted") == Some(&Value::Bool(true))
+        val(s, &Point::channel(1, Quantity::TxMuted)) == Some(&Value::Bool(true))
     })
     .await;
     sim.set_interference(2, false);
@@ -350,10 +386,13 @@ async fn sentinels_become_unknown() {
     sim.set_battery_state(1, BatteryState::Calculating);
     let s = rig
         .until("65534", |s| {
-            val(s, "ch.1.battery_minutes") == Some(&Value::Unknown)
+            val(s, &Point::channel(1, Quantity::BatteryMinutes)) == Some(&Value::Unknown)
         })
         .await;
-    assert_eq!(val(&s, "ch.1.tx_present"), Some(&Value::Bool(true)));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::TxPresent)),
+        Some(&Value::Bool(true))
+    );
     assert!(
         fault(&s, "battery_low", 1).is_none(),
         "calculating is not low"
@@ -368,14 +407,17 @@ async fn sentinels_become_unknown() {
         fault(&s, "battery_comm", 1).map(|f| f.severity),
         Some(Severity::Warning)
     );
-    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
     assert_eq!(
-        val(&s, "ch.1.battery_bars"),
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryBars)),
         Some(&Value::Unknown),
         "bars 255"
     );
     assert_eq!(
-        val(&s, "ch.1.tx_present"),
+        val(&s, &Point::channel(1, Quantity::TxPresent)),
         Some(&Value::Bool(true)),
         "a battery it cannot read still sits in a transmitter on air"
     );
@@ -383,7 +425,10 @@ async fn sentinels_become_unknown() {
     sim.set_battery_state(1, BatteryState::Normal);
     let s = rig
         .until("back to minutes", |s| {
-            matches!(val(s, "ch.1.battery_minutes"), Some(Value::Int(_)))
+            matches!(
+                val(s, &Point::channel(1, Quantity::BatteryMinutes)),
+                Some(Value::Int(_))
+            )
         })
         .await;
     assert!(fault(&s, "battery_comm", 1).is_none());
@@ -392,19 +437,19 @@ async fn sentinels_become_unknown() {
     sim.set_tx_on(2, false);
     let s = rig
         .until("tx off", |s| {
-            val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+            val(s, &Point::channel(2, Quantity::TxPresent)) == Some(&Value::Bool(false))
         })
         .await;
     for k in [
-        "tx_model",
-        "battery_bars",
-        "battery_minutes",
-        "battery_percent",
-        "battery_cycles",
-        "battery_type",
-        "tx_muted",
+        Quantity::TxModel,
+        Quantity::BatteryBars,
+        Quantity::BatteryMinutes,
+        Quantity::BatteryPercent,
+        Quantity::BatteryCycles,
+        Quantity::BatteryType,
+        Quantity::TxMuted,
     ] {
-        assert_eq!(val(&s, &format!("ch.2.{k}")), Some(&Value::Unknown), "{k}");
+        assert_eq!(val(&s, &Point::channel(2, k)), Some(&Value::Unknown), "{k}");
     }
     rig.shutdown().await;
     sc.cancel();
@@ -429,20 +474,26 @@ async fn a_channel_without_a_transmitter_has_unknown_rf_and_audio_for_every_fami
         rig.up().await;
         let board = rig.handle.meters().clone();
         let live = |s: &DeviceState| {
-            matches!(val(s, "ch.1.rf_dbm"), Some(Value::Float(_)))
-                && board.get(&Subject::Channel(1)).is_some()
+            matches!(
+                val(s, &Point::channel(1, Quantity::RfDbm)),
+                Some(Value::Float(_))
+            ) && board.get(&Subject::Channel(1)).is_some()
         };
         rig.until("metered with a transmitter", live).await;
 
         sim.remove_tx(1);
         rig.until("tx gone", |s| {
-            val(s, "ch.1.tx_present") == Some(&Value::Bool(false))
+            val(s, &Point::channel(1, Quantity::TxPresent)) == Some(&Value::Bool(false))
         })
         .await;
         // Many metering periods of floor samples later:
         tokio::time::sleep(Duration::from_secs(3)).await;
         let s = rig.rx.borrow().clone();
-        assert_eq!(val(&s, "ch.1.rf_dbm"), Some(&Value::Unknown), "{what}: RF");
+        assert_eq!(
+            val(&s, &Point::channel(1, Quantity::RfDbm)),
+            Some(&Value::Unknown),
+            "{what}: RF"
+        );
         assert_eq!(
             board.get(&Subject::Channel(1)),
             None,
@@ -479,12 +530,21 @@ async fn transmitter_removed_and_replaced() {
     sim.remove_tx(2);
     let s = rig
         .until("tx gone", |s| {
-            val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+            val(s, &Point::channel(2, Quantity::TxPresent)) == Some(&Value::Bool(false))
         })
         .await;
-    assert_eq!(val(&s, "ch.2.battery_minutes"), Some(&Value::Unknown));
-    assert_eq!(val(&s, "ch.2.battery_bars"), Some(&Value::Unknown));
-    assert_eq!(val(&s, "ch.2.tx_model"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::BatteryBars)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::TxModel)),
+        Some(&Value::Unknown)
+    );
     assert!(
         fault(&s, "battery_low", 2).is_none(),
         "no battery, no battery fault"
@@ -498,7 +558,7 @@ async fn transmitter_removed_and_replaced() {
     sim.remove_tx(1);
     let s = rig
         .until("tx1 gone", |s| {
-            val(s, "ch.1.tx_present") == Some(&Value::Bool(false))
+            val(s, &Point::channel(1, Quantity::TxPresent)) == Some(&Value::Bool(false))
         })
         .await;
     assert!(
@@ -511,18 +571,21 @@ async fn transmitter_removed_and_replaced() {
     sim.insert_tx(spec);
     let s = rig
         .until("new tx", |s| {
-            val(s, "ch.2.tx_present") == Some(&Value::Bool(true))
+            val(s, &Point::channel(2, Quantity::TxPresent)) == Some(&Value::Bool(true))
         })
         .await;
-    let s = if val(&s, "ch.2.battery_minutes") == int(420).as_ref() {
+    let s = if val(&s, &Point::channel(2, Quantity::BatteryMinutes)) == int(420).as_ref() {
         s
     } else {
         rig.until("new minutes", |s| {
-            val(s, "ch.2.battery_minutes") == int(420).as_ref()
+            val(s, &Point::channel(2, Quantity::BatteryMinutes)) == int(420).as_ref()
         })
         .await
     };
-    assert_eq!(val(&s, "ch.2.tx_model"), Some(&Value::Text("ULXD1".into())));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::TxModel)),
+        Some(&Value::Text("ULXD1".into()))
+    );
     assert!(fault(&s, "tx_absent", 2).is_none());
     assert!(
         fault(&s, "battery_low", 2).is_none(),
@@ -616,12 +679,12 @@ async fn heartbeat_every_30_s_and_reconnect_after_60_s_of_silence() {
         .unwrap()
     };
     assert_eq!(
-        view_at(1)["readings"]["ch.1.battery_minutes"]["stale"],
+        view_at(1)["points"]["ch.1"]["battery_minutes"]["stale"],
         false
     );
     let v = view_at(58);
-    assert_eq!(v["readings"]["ch.1.battery_minutes"]["stale"], true, "{v}");
-    assert_eq!(v["meters"]["ch.1"]["stale"], true, "{v}");
+    assert_eq!(v["points"]["ch.1"]["battery_minutes"]["stale"], true, "{v}");
+    assert_eq!(v["points"]["ch.1"]["audio_dbfs"]["stale"], true, "{v}");
     assert!(
         s.faults.iter().any(
             |f| f.fault.code == "metering_lost" && f.fault.component.as_deref() == Some("ch.1")
@@ -752,7 +815,7 @@ async fn battery_drain_raises_low_battery_at_the_thresholds() {
             "drain stalled at {seen:?}"
         );
         let s = rig.rx.borrow_and_update().clone();
-        if let Some(Value::Int(m)) = val(&s, "ch.1.battery_minutes") {
+        if let Some(Value::Int(m)) = val(&s, &Point::channel(1, Quantity::BatteryMinutes)) {
             if seen.last() != Some(m) {
                 seen.push(*m);
             }
@@ -794,7 +857,7 @@ async fn garbage_split_and_oversized_frames() {
     sim.inject(b"BARS 002 >");
     let s = rig
         .until("split frame", |s| {
-            val(s, "ch.1.battery_bars") == int(2).as_ref()
+            val(s, &Point::channel(1, Quantity::BatteryBars)) == int(2).as_ref()
         })
         .await;
     assert_eq!(
@@ -819,7 +882,10 @@ async fn garbage_split_and_oversized_frames() {
         .await;
     assert_eq!(s.counters.oversized_frames, 1);
     assert_eq!(sim.stats().connections, 2);
-    assert_eq!(val(&s, "ch.1.name"), Some(&Value::Text("MIC 1".into())));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::Name)),
+        Some(&Value::Text("MIC 1".into()))
+    );
     rig.shutdown().await;
     sc.cancel();
 }
@@ -864,7 +930,7 @@ async fn gain_and_mute_commands() {
         .expect("gain set");
     assert_eq!(sim.gain_db(2), Some(12));
     assert_eq!(
-        val(&rig.rx.borrow(), "ch.2.gain_db"),
+        val(&rig.rx.borrow(), &Point::channel(2, Quantity::GainDb)),
         Some(&Value::Float(12.0))
     );
     let err = rig
@@ -901,7 +967,7 @@ async fn gain_and_mute_commands() {
         .expect("muted");
     assert_eq!(sim.rx_muted(1), Some(true));
     assert_eq!(
-        val(&rig.rx.borrow(), "ch.1.muted"),
+        val(&rig.rx.borrow(), &Point::channel(1, Quantity::Muted)),
         Some(&Value::Bool(true))
     );
     rig.shutdown().await;
@@ -933,9 +999,12 @@ async fn alkaline_batteries_warn_by_bars() {
     let (sim, sc) = start_sim(cfg).await;
     let mut rig = start("shure-ulxd", sim.addr(), "channels = 1");
     let s = rig.up().await;
-    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
     assert_eq!(
-        val(&s, "ch.1.battery_bars"),
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryBars)),
         int(2).as_ref(),
         "100/480 = 21 % = 2 bars"
     );
@@ -945,7 +1014,9 @@ async fn alkaline_batteries_warn_by_bars() {
     );
     sim.set_battery_minutes(1, 40.0);
     let s = rig
-        .until("1 bar", |s| val(s, "ch.1.battery_bars") == int(1).as_ref())
+        .until("1 bar", |s| {
+            val(s, &Point::channel(1, Quantity::BatteryBars)) == int(1).as_ref()
+        })
         .await;
     assert_eq!(
         fault(&s, "battery_low", 1).map(|f| f.severity),
@@ -963,21 +1034,27 @@ async fn a_new_transmitter_never_inherits_the_old_batterys_readings() {
     let (sim, sc) = start_sim(ShureSimConfig::new(Family::Ulxd, 2, 45)).await;
     let mut rig = start("shure-ulxd", sim.addr(), "meter_rate_ms = 0");
     let s = rig.up().await;
-    assert_eq!(val(&s, "ch.2.battery_minutes"), int(45).as_ref());
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::BatteryMinutes)),
+        int(45).as_ref()
+    );
     sim.inject(b"< REP 2 TX_TYPE UNKN >");
     rig.until("gone", |s| {
-        val(s, "ch.2.tx_present") == Some(&Value::Bool(false))
+        val(s, &Point::channel(2, Quantity::TxPresent)) == Some(&Value::Bool(false))
     })
     .await;
     sim.inject(b"< REP 2 TX_TYPE ULXD1 >< REP 2 BATT_BARS 005 >");
     let s = rig
         .until("back", |s| {
-            val(s, "ch.2.tx_present") == Some(&Value::Bool(true))
+            val(s, &Point::channel(2, Quantity::TxPresent)) == Some(&Value::Bool(true))
         })
         .await;
-    assert_eq!(val(&s, "ch.2.battery_bars"), int(5).as_ref());
     assert_eq!(
-        val(&s, "ch.2.battery_minutes"),
+        val(&s, &Point::channel(2, Quantity::BatteryBars)),
+        int(5).as_ref()
+    );
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::BatteryMinutes)),
         Some(&Value::Unknown),
         "not the 45 min of the battery that left"
     );
@@ -1020,7 +1097,10 @@ async fn full_read_raises_no_fault_it_clears_a_moment_later() {
     let s = rig
         .until("ok after the full read", |s| s.health == Health::Ok)
         .await;
-    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Int(70)));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        Some(&Value::Int(70))
+    );
     let mut raised = Vec::new();
     while let Ok(e) = rig.events.try_recv() {
         if let avwarden::events::EventKind::FaultRaised { fault, .. } = &e.kind {
@@ -1137,7 +1217,7 @@ async fn bad_input_is_logged_once_per_burst() {
 
     sim.inject(b"< REP 1 BATT_BARS 002 >");
     rig.until("good frame", |s| {
-        val(s, "ch.1.battery_bars") == int(2).as_ref()
+        val(s, &Point::channel(1, Quantity::BatteryBars)) == int(2).as_ref()
     })
     .await;
     sim.inject(&burst);

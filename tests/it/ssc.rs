@@ -2,6 +2,7 @@
 //! paused tokio time: full state, absent transmitters (424), SpeechLine seconds, subscription
 //! renewal before expiry, silence, commands and bad datagrams.
 
+use avwarden::model::{Point, Quantity};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -75,41 +76,74 @@ async fn ewdx_full_state_and_absent_transmitter() {
         s.identity.extra.get("channels").map(String::as_str),
         Some("2")
     );
-    assert_eq!(val(&s, "ch.1.tx_present"), Some(&Value::Bool(true)));
-    assert_eq!(val(&s, "ch.1.battery_minutes"), int(333).as_ref());
-    assert_eq!(val(&s, "ch.1.battery_percent"), int(51).as_ref());
     assert_eq!(
-        val(&s, "ch.1.battery_type"),
+        val(&s, &Point::channel(1, Quantity::TxPresent)),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        int(333).as_ref()
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryPercent)),
+        int(51).as_ref()
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryType)),
         Some(&Value::Text("Battery".into()))
     );
-    assert_eq!(val(&s, "ch.1.tx_model"), Some(&Value::Text("SKM".into())));
-    assert_eq!(val(&s, "ch.1.tx_muted"), Some(&Value::Bool(false)));
-    assert_eq!(val(&s, "ch.1.name"), Some(&Value::Text("MIC1".into())));
-    assert_eq!(val(&s, "ch.1.muted"), Some(&Value::Bool(false)));
-    assert_eq!(val(&s, "ch.1.gain_db"), Some(&Value::Float(0.0)));
-    assert_eq!(val(&s, "ch.1.encryption_ok"), Some(&Value::Bool(true)));
     assert_eq!(
-        val(&s, "ch.1.interference"),
+        val(&s, &Point::channel(1, Quantity::TxModel)),
+        Some(&Value::Text("SKM".into()))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::TxMuted)),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::Name)),
+        Some(&Value::Text("MIC1".into()))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::Muted)),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::GainDb)),
+        Some(&Value::Float(0.0))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::EncryptionOk)),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::Interference)),
         None,
         "EW-DX has no interference word"
     );
-    assert_eq!(val(&s, "ch.1.frequency_mhz"), Some(&Value::Float(548.0)));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::FrequencyMhz)),
+        Some(&Value::Float(548.0))
+    );
 
-    assert_eq!(val(&s, "ch.2.tx_present"), Some(&Value::Bool(false)));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::TxPresent)),
+        Some(&Value::Bool(false))
+    );
     for k in [
-        "battery_minutes",
-        "battery_percent",
-        "battery_type",
-        "tx_model",
-        "tx_muted",
+        Quantity::BatteryMinutes,
+        Quantity::BatteryPercent,
+        Quantity::BatteryType,
+        Quantity::TxModel,
+        Quantity::TxMuted,
     ] {
-        assert_eq!(val(&s, &format!("ch.2.{k}")), Some(&Value::Unknown), "{k}");
+        assert_eq!(val(&s, &Point::channel(2, k)), Some(&Value::Unknown), "{k}");
     }
     assert_eq!(s.health, Health::Ok, "{:?}", s.faults);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = rig.rx.borrow().clone();
-    let rf = val(&s, "ch.1.rf_dbm")
+    let rf = val(&s, &Point::channel(1, Quantity::RfDbm))
         .and_then(Value::as_f64)
         .expect("rf meter");
     let board = rig.handle.meters();
@@ -121,7 +155,10 @@ async fn ewdx_full_state_and_absent_transmitter() {
     assert!((-30.0..=-18.0).contains(&af), "{af}");
     // Issue 14.3: channel 2's receiver meters its floor without a transmitter; that is no
     // level, so RF and audio are unknown (not -100 dBm / -90 dBFS).
-    assert_eq!(val(&s, "ch.2.rf_dbm"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::RfDbm)),
+        Some(&Value::Unknown)
+    );
     assert_eq!(board.get(&avwarden::model::Subject::Channel(2)), None);
     assert!(board
         .levels()
@@ -143,20 +180,35 @@ async fn speechline_lifetime_seconds_become_minutes() {
         s.identity.extra.get("channels").map(String::as_str),
         Some("4")
     );
-    assert_eq!(val(&s, "ch.1.battery_minutes"), int(604).as_ref());
-    assert_eq!(val(&s, "ch.1.battery_bars"), int(5).as_ref());
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        int(604).as_ref()
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryBars)),
+        int(5).as_ref()
+    );
     assert!(matches!(
-        val(&s, "ch.1.battery_cycles"),
+        val(&s, &Point::channel(1, Quantity::BatteryCycles)),
         Some(Value::Int(_))
     ));
-    assert_eq!(val(&s, "ch.3.tx_present"), Some(&Value::Bool(false)));
-    assert_eq!(val(&s, "ch.3.battery_minutes"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::TxPresent)),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(
+        val(&s, &Point::channel(3, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
     // The receiver's own low-battery word ("Low Bat") and the minute thresholds agree.
     sim.set_battery_minutes(2, 25.0);
     let s = rig
         .until("low battery", |s| fault(s, "battery_low", 2).is_some())
         .await;
-    assert_eq!(val(&s, "ch.2.battery_minutes"), int(25).as_ref());
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::BatteryMinutes)),
+        int(25).as_ref()
+    );
     assert_eq!(
         fault(&s, "battery_low", 2).map(|f| f.severity),
         Some(Severity::Warning),
@@ -221,8 +273,10 @@ async fn subscriptions_are_renewed_before_they_expire() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
     let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
-    rig.until("meters flow", |s| s.reading("ch.2.rf_dbm").is_some())
-        .await;
+    rig.until("meters flow", |s| {
+        s.reading(&Point::channel(2, Quantity::RfDbm)).is_some()
+    })
+    .await;
     assert_eq!(sim.subscriptions(), 4, "state + meters for two channels");
     tokio::time::sleep(Duration::from_secs(300)).await;
     let st = sim.stats();
@@ -235,7 +289,10 @@ async fn subscriptions_are_renewed_before_they_expire() {
     assert_eq!(sim.subscriptions(), 4);
     // Battery drain arrived through the state subscription.
     let s = rig.rx.borrow().clone();
-    assert_eq!(val(&s, "ch.1.battery_minutes"), int(295).as_ref());
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        int(295).as_ref()
+    );
     // Meters still at 1 Hz.
     let mut ev = rig.bus.meters().subscribe("count");
     let end = Instant::now() + Duration::from_secs(10);
@@ -265,21 +322,33 @@ async fn transmitter_changes_and_warnings_arrive_unasked() {
     sim.remove_tx(1);
     let s = rig
         .until("tx gone", |s| {
-            val(s, "ch.1.tx_present") == Some(&Value::Bool(false))
+            val(s, &Point::channel(1, Quantity::TxPresent)) == Some(&Value::Bool(false))
         })
         .await;
-    assert_eq!(val(&s, "ch.1.battery_minutes"), Some(&Value::Unknown));
-    assert_eq!(val(&s, "ch.1.battery_percent"), Some(&Value::Unknown));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryMinutes)),
+        Some(&Value::Unknown)
+    );
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::BatteryPercent)),
+        Some(&Value::Unknown)
+    );
     assert!(fault(&s, "tx_absent", 1).is_some());
 
     sim.insert_tx(TxSpec::new(1, 500));
     let s = rig
         .until("new tx", |s| {
             // 500 min at insertion, reported on the simulator's next 100 ms tick (rounded down).
-            matches!(val(s, "ch.1.battery_minutes"), Some(Value::Int(499 | 500)))
+            matches!(
+                val(s, &Point::channel(1, Quantity::BatteryMinutes)),
+                Some(Value::Int(499 | 500))
+            )
         })
         .await;
-    assert_eq!(val(&s, "ch.1.tx_present"), Some(&Value::Bool(true)));
+    assert_eq!(
+        val(&s, &Point::channel(1, Quantity::TxPresent)),
+        Some(&Value::Bool(true))
+    );
     assert!(fault(&s, "tx_absent", 1).is_none());
 
     sim.set_encryption_mismatch(2, true);
@@ -288,7 +357,10 @@ async fn transmitter_changes_and_warnings_arrive_unasked() {
             fault(s, "encryption_mismatch", 2).is_some()
         })
         .await;
-    assert_eq!(val(&s, "ch.2.encryption_ok"), Some(&Value::Bool(false)));
+    assert_eq!(
+        val(&s, &Point::channel(2, Quantity::EncryptionOk)),
+        Some(&Value::Bool(false))
+    );
     assert_eq!(s.health, Health::Faulted);
     sim.set_encryption_mismatch(2, false);
     rig.until("aes ok", |s| s.faults.is_empty()).await;
@@ -341,7 +413,7 @@ async fn gain_and_mute_commands() {
         .expect("gain");
     assert_eq!(sim.gain_db(1), Some(12));
     assert_eq!(
-        val(&rig.rx.borrow(), "ch.1.gain_db"),
+        val(&rig.rx.borrow(), &Point::channel(1, Quantity::GainDb)),
         Some(&Value::Float(12.0))
     );
     let err = rig
@@ -367,7 +439,7 @@ async fn gain_and_mute_commands() {
         .expect("mute");
     assert_eq!(sim.rx_muted(2), Some(true));
     assert_eq!(
-        val(&rig.rx.borrow(), "ch.2.muted"),
+        val(&rig.rx.borrow(), &Point::channel(2, Quantity::Muted)),
         Some(&Value::Bool(true))
     );
     rig.shutdown().await;
@@ -381,15 +453,17 @@ async fn bad_datagrams_are_counted_not_fatal() {
     let (sim, sc) = start_sim(SscSimConfig::new(Product::EwDx, 2, 300)).await;
     let mut rig = start("sennheiser-ewdx", sim.addr(), "");
     rig.up().await;
-    rig.until("meters flow", |s| s.reading("ch.1.rf_dbm").is_some())
-        .await;
+    rig.until("meters flow", |s| {
+        s.reading(&Point::channel(1, Quantity::RfDbm)).is_some()
+    })
+    .await;
     let client = sim.subscribers()[0];
     sim.inject(client, b"{not json").await;
     sim.inject(client, &vec![b'x'; 20_000]).await;
     sim.inject(client, br#"{"rx1":{"name":"AFTER"}}"#).await;
     let s = rig
         .until("good datagram", |s| {
-            val(s, "ch.1.name") == Some(&Value::Text("AFTER".into()))
+            val(s, &Point::channel(1, Quantity::Name)) == Some(&Value::Text("AFTER".into()))
         })
         .await;
     assert_eq!(s.counters.bad_frames, 1);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use avwarden::model::Point;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,13 +155,13 @@ impl Rig {
 }
 
 /// A reading's value, owned.
-pub fn reading(s: &DeviceState, key: &str) -> Option<Value> {
-    s.reading(key).map(|r| r.value.clone())
+pub fn reading(s: &DeviceState, point: &Point) -> Option<Value> {
+    s.reading(point).map(|r| r.value.clone())
 }
 
 /// A reading's value, borrowed.
-pub fn val<'a>(s: &'a DeviceState, key: &str) -> Option<&'a Value> {
-    s.reading(key).map(|r| &r.value)
+pub fn val<'a>(s: &'a DeviceState, point: &Point) -> Option<&'a Value> {
+    s.reading(point).map(|r| &r.value)
 }
 
 pub fn int(v: i64) -> Option<Value> {

@@ -3,6 +3,7 @@
 //! pseudo-terminal, real time): get/set, meter subscriptions and their rate, re-subscription
 //! after a restart or a banner, mapping faults, and bad input counted without harm.
 
+use avwarden::model::{Point, Quantity};
 use std::time::Duration;
 
 use avwarden::model::{DeviceCommand, Health, Severity, Subject, Value};
@@ -198,12 +199,26 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
     let mut rig = start("biamp-tesira-telnet", telnet_link(&sim), ROOM, |_| {});
     let mut rx = rig.handle.watch();
     let s = support::wait_state(&mut rx, Duration::from_secs(30), "ok with levels", |s| {
-        s.health == Health::Ok && s.reading("mic.lectern.muted").is_some()
+        s.health == Health::Ok
+            && s.reading(&Point::new(Subject::input("lectern"), Quantity::Muted))
+                .is_some()
     })
     .await;
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
-    assert_eq!(reading(&s, "zone.main.muted"), Some(Value::Bool(false)));
-    assert_eq!(reading(&s, "mic.lectern.level_db"), Some(Value::Float(0.0)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::Muted)),
+        Some(Value::Bool(false))
+    );
+    assert_eq!(
+        reading(
+            &s,
+            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
+        ),
+        Some(Value::Float(0.0))
+    );
     assert_eq!(s.identity.firmware.as_deref(), Some("4.2.0.24"));
     assert_eq!(s.identity.manufacturer.as_deref(), Some("Biamp"));
     assert_eq!(
@@ -268,13 +283,25 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
     assert_eq!(sim.level("MicGain", 1), Some(-6.5));
     assert_eq!(sim.mute("MicGain", 1), Some(true));
     let s = rig.handle.state();
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-20.0)));
-    assert_eq!(reading(&s, "zone.main.muted"), Some(Value::Bool(true)));
     assert_eq!(
-        reading(&s, "mic.lectern.level_db"),
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-20.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::Muted)),
+        Some(Value::Bool(true))
+    );
+    assert_eq!(
+        reading(
+            &s,
+            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
+        ),
         Some(Value::Float(-6.5))
     );
-    assert_eq!(reading(&s, "mic.lectern.muted"), Some(Value::Bool(true)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::Muted)),
+        Some(Value::Bool(true))
+    );
     assert!(sim
         .received()
         .contains(&"Level1 set level 1 -20".to_owned()));
@@ -330,14 +357,18 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
     // Someone changes the level at the DSP: the next poll shows it.
     sim.set_level("Level1", 1, -14.0);
     support::wait_state(&mut rx, Duration::from_secs(30), "polled level", |s| {
-        s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-14.0))
+        s.reading(&Point::new(Subject::zone("main"), Quantity::LevelDb))
+            .map(|r| r.value.clone())
+            == Some(Value::Float(-14.0))
     })
     .await;
     // Issue 14.7: the DSP prints single-precision floats (-33.3 → "-33.299999"); a level
     // means something to 0.1 dB, so that is what the reading holds.
     sim.set_level("Level1", 1, -33.3);
     support::wait_state(&mut rx, Duration::from_secs(30), "rounded level", |s| {
-        s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-33.3))
+        s.reading(&Point::new(Subject::zone("main"), Quantity::LevelDb))
+            .map(|r| r.value.clone())
+            == Some(Value::Float(-33.3))
     })
     .await;
     assert_eq!(rig.handle.state().counters.bad_frames, 0);
@@ -524,7 +555,10 @@ async fn cr_nul_endings_preamble_and_offered_options_are_handled() {
         s.health == Health::Ok
     })
     .await;
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
     assert_eq!(
         meter_where(
             &mut rig.meters,
@@ -573,8 +607,13 @@ async fn tags_missing_from_the_design_raise_a_mapping_fault() {
         .faults
         .iter()
         .all(|f| f.fault.severity == Severity::Warning));
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
-    assert!(s.reading("zone.foyer.level_db").is_none());
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
+    assert!(s
+        .reading(&Point::new(Subject::zone("foyer"), Quantity::LevelDb))
+        .is_none());
     rig.cancel.cancel();
     cancel.cancel();
 }
@@ -728,10 +767,15 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
     });
     let mut rx = rig.handle.watch();
     let s = support::wait_state(&mut rx, Duration::from_secs(20), "ok over serial", |s| {
-        s.health == Health::Ok && s.reading("mic.lectern.muted").is_some()
+        s.health == Health::Ok
+            && s.reading(&Point::new(Subject::input("lectern"), Quantity::Muted))
+                .is_some()
     })
     .await;
-    assert_eq!(reading(&s, "zone.main.level_db"), Some(Value::Float(-10.0)));
+    assert_eq!(
+        reading(&s, &Point::new(Subject::zone("main"), Quantity::LevelDb)),
+        Some(Value::Float(-10.0))
+    );
     assert_eq!(
         meter_where(
             &mut rig.meters,
@@ -752,7 +796,10 @@ async fn serial_over_a_pty_reads_sets_meters_and_resubscribes_after_a_banner() {
         .unwrap();
     assert_eq!(sim.level("Level1", 1), Some(-23.5));
     assert_eq!(
-        reading(&rig.handle.state(), "zone.main.level_db"),
+        reading(
+            &rig.handle.state(),
+            &Point::new(Subject::zone("main"), Quantity::LevelDb)
+        ),
         Some(Value::Float(-23.5))
     );
     assert_eq!(sim.subscriptions(), 2);
@@ -858,7 +905,11 @@ async fn uniform_simulator_entry_reads_site_options() {
         &mut rx,
         Duration::from_secs(30),
         "level from configured design",
-        |s| s.reading("zone.main.level_db").map(|r| r.value.clone()) == Some(Value::Float(-7.0)),
+        |s| {
+            s.reading(&Point::new(Subject::zone("main"), Quantity::LevelDb))
+                .map(|r| r.value.clone())
+                == Some(Value::Float(-7.0))
+        },
     )
     .await;
     let bad: toml::Table = toml::from_str("colour = \"red\"\n").unwrap();
@@ -931,9 +982,12 @@ async fn stalled_meters_are_stale_and_lost_until_samples_return(
         ),
     )
     .unwrap();
-    assert_eq!(view["meters"]["zone.main"]["stale"], true, "{view}");
     assert_eq!(
-        view["readings"]["zone.main.level_db"]["stale"], false,
+        view["points"]["zone.main"]["audio_dbfs"]["stale"], true,
+        "{view}"
+    );
+    assert_eq!(
+        view["points"]["zone.main"]["level_db"]["stale"], false,
         "the polled level is current: {view}"
     );
 
@@ -970,7 +1024,10 @@ async fn stalled_meters_are_stale_and_lost_until_samples_return(
         ),
     )
     .unwrap();
-    assert_eq!(view["meters"]["zone.main"]["stale"], false, "{view}");
+    assert_eq!(
+        view["points"]["zone.main"]["audio_dbfs"]["stale"], false,
+        "{view}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //! These run in real time (the broker is another process); every wait is bounded generously
 //! and only catches a hang.
 
+use avwarden::model::{Point, Quantity};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -203,8 +204,8 @@ impl Rig {
     }
 }
 
-fn float(s: &DeviceState, key: &str) -> Option<f64> {
-    match reading(s, key) {
+fn float(s: &DeviceState, point: &Point) -> Option<f64> {
+    match reading(s, point) {
         Some(Value::Float(f)) => Some(f),
         _ => None,
     }
@@ -250,18 +251,27 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     .await;
     let s = rig
         .wait("ok with the thermostat's state", |s| {
-            s.health == Health::Ok && s.reading("hvac_running").is_some()
+            s.health == Health::Ok && s.reading(&Point::device(Quantity::HvacRunning)).is_some()
         })
         .await;
-    let t = float(&s, "temperature").unwrap();
+    let t = float(&s, &Point::device(Quantity::Temperature)).unwrap();
     assert!((21.4..=21.8).contains(&t), "{t}");
-    assert_eq!(reading(&s, "setpoint"), Some(Value::Float(22.0)));
-    assert_eq!(reading(&s, "hvac_mode"), Some(Value::Text("heat".into())));
     assert_eq!(
-        reading(&s, "hvac_running"),
+        reading(&s, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(22.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::HvacMode)),
         Some(Value::Text("heat".into()))
     );
-    assert_eq!(reading(&s, "power"), Some(Value::Bool(true)));
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::HvacRunning)),
+        Some(Value::Text("heat".into()))
+    );
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::Power)),
+        Some(Value::Bool(true))
+    );
 
     let mut wire = live_subscription(&rig.mqtt, &format!("{Z2M_TOPIC}/#")).await;
     let set_topic = format!("{Z2M_TOPIC}/set");
@@ -276,7 +286,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     );
     assert_eq!(rig.sim.controls().setpoint_c, 21.0);
     rig.wait("setpoint read back", |s| {
-        reading(s, "setpoint") == Some(Value::Float(21.0))
+        reading(s, &Point::device(Quantity::Setpoint)) == Some(Value::Float(21.0))
     })
     .await;
 
@@ -288,7 +298,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         })
         .await;
     assert_eq!(
-        reading(&s, "hvac_mode"),
+        reading(&s, &Point::device(Quantity::HvacMode)),
         Some(Value::Text("heat".into())),
         "stale, not off"
     );
@@ -307,7 +317,8 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     let s = rig
         .wait("ok again with the new temperature", |s| {
             s.health == Health::Ok
-                && float(s, "temperature").is_some_and(|t| (24.9..=25.3).contains(&t))
+                && float(s, &Point::device(Quantity::Temperature))
+                    .is_some_and(|t| (24.9..=25.3).contains(&t))
         })
         .await;
     assert!(s.counters.reconnects >= 1, "{:?}", s.counters);
@@ -357,11 +368,11 @@ async fn thermostat_bad_payloads_and_availability() {
     });
     let s = rig
         .wait("unknown mode counted and unknown", |s| {
-            bad(s) >= 2 && reading(s, "hvac_mode") == Some(Value::Unknown)
+            bad(s) >= 2 && reading(s, &Point::device(Quantity::HvacMode)) == Some(Value::Unknown)
         })
         .await;
     assert_eq!(
-        reading(&s, "setpoint"),
+        reading(&s, &Point::device(Quantity::Setpoint)),
         Some(Value::Float(23.2)),
         "the rest of the payload applies"
     );
@@ -375,7 +386,7 @@ async fn thermostat_bad_payloads_and_availability() {
         )
         .unwrap();
     rig.wait("wrong types counted", |s| {
-        bad(s) >= 4 && reading(s, "temperature") == Some(Value::Unknown)
+        bad(s) >= 4 && reading(s, &Point::device(Quantity::Temperature)) == Some(Value::Unknown)
     })
     .await;
     rig.mqtt
@@ -388,8 +399,8 @@ async fn thermostat_bad_payloads_and_availability() {
     rig.sim.set_temperature(23.5);
     rig.wait("repaired", |s| {
         s.health == Health::Ok
-            && reading(s, "hvac_mode") == Some(Value::Text("auto".into()))
-            && float(s, "temperature") == Some(23.5)
+            && reading(s, &Point::device(Quantity::HvacMode)) == Some(Value::Text("auto".into()))
+            && float(s, &Point::device(Quantity::Temperature)) == Some(23.5)
     })
     .await;
 
@@ -419,11 +430,17 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
     .await;
     let s = rig
         .wait("ok", |s| {
-            s.health == Health::Ok && s.reading("temperature").is_some()
+            s.health == Health::Ok && s.reading(&Point::device(Quantity::Temperature)).is_some()
         })
         .await;
-    assert_eq!(reading(&s, "setpoint"), Some(Value::Float(21.0)));
-    assert_eq!(reading(&s, "hvac_mode"), Some(Value::Text("heat".into())));
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(21.0))
+    );
+    assert_eq!(
+        reading(&s, &Point::device(Quantity::HvacMode)),
+        Some(Value::Text("heat".into()))
+    );
     let mut wire = live_subscription(&rig.mqtt, "+/room101/#").await;
     rig.device
         .command(DeviceCommand::SetSetpoint { celsius: 22.5 })
@@ -458,7 +475,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
     );
     assert!(!rig.sim.controls().power);
     rig.wait("off", |s| {
-        reading(s, "hvac_mode") == Some(Value::Text("off".into()))
+        reading(s, &Point::device(Quantity::HvacMode)) == Some(Value::Text("off".into()))
     })
     .await;
     let e = rig
@@ -501,11 +518,11 @@ async fn embedded_broker_serves_a_thermostat() {
     .await;
     let s = rig
         .wait("ok through the embedded broker", |s| {
-            s.health == Health::Ok && s.reading("temperature").is_some()
+            s.health == Health::Ok && s.reading(&Point::device(Quantity::Temperature)).is_some()
         })
         .await;
     assert_eq!(
-        reading(&s, "hvac_running"),
+        reading(&s, &Point::device(Quantity::HvacRunning)),
         Some(Value::Text("cool".into()))
     );
     rig.device

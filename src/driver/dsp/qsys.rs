@@ -45,7 +45,7 @@ use crate::codec::qrc::{
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer};
 use crate::meter::Alignment;
-use crate::model::{DeviceCommand, Fault, Severity, Unit, Value};
+use crate::model::{DeviceCommand, Fault, Point, Quantity, Severity, Value};
 use crate::profile::{Profile, ProfileError};
 
 /// Gain controls in Q-SYS span −100…+20 dB; the site may narrow it per zone.
@@ -267,7 +267,7 @@ impl QsysDriver {
                 (Value::Unknown, Vec::new())
             }
         };
-        obs.reading("engine_state", state, None);
+        obs.reading(Point::device(Quantity::EngineState), state);
         if !matches!(s.state, EngineState::Unrecognised(_)) {
             obs.faults("engine", faults);
         }
@@ -310,11 +310,11 @@ impl QsysDriver {
             };
             match f {
                 Function::Level => match c.value.as_f64() {
-                    Some(db) => obs.reading(ch.level_key(), Value::Float(db), Some(Unit::Db)),
+                    Some(db) => obs.reading(ch.level_point(), Value::Float(db)),
                     None => obs.bad_input(&wrong("a level in dB")),
                 },
                 Function::Mute => match c.value.as_bool() {
-                    Some(m) => obs.reading(ch.muted_key(), Value::Bool(m), None),
+                    Some(m) => obs.reading(ch.muted_point(), Value::Bool(m)),
                     None => obs.bad_input(&wrong("a mute state")),
                 },
                 Function::Meter => match c.value.as_f64().and_then(|v| self.alignment.to_dbfs(v)) {

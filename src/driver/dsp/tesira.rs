@@ -49,7 +49,7 @@ use crate::codec::tesira::{
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
 use crate::meter::Alignment;
-use crate::model::{DeviceCommand, Unit, Value};
+use crate::model::{DeviceCommand, Value};
 use crate::profile::{Profile, ProfileError};
 
 /// Tesira Level blocks span −100…+12 dB; the site may narrow it per zone.
@@ -409,16 +409,14 @@ impl TesiraDriver {
         match answer {
             Answer::Ok(Some(v)) => {
                 let value = match f {
-                    Function::Level => v
-                        .as_f64()
-                        .map(|db| (ch.level_key(), Value::Float(db), Some(Unit::Db))),
-                    Function::Mute => v.as_bool().map(|m| (ch.muted_key(), Value::Bool(m), None)),
+                    Function::Level => v.as_f64().map(|db| (ch.level_point(), Value::Float(db))),
+                    Function::Mute => v.as_bool().map(|m| (ch.muted_point(), Value::Bool(m))),
                     Function::Meter => None,
                 };
                 match value {
-                    Some((key, value, unit)) => {
+                    Some((point, value)) => {
                         self.mapping.ok(ch, f);
-                        obs.reading(key, value, unit);
+                        obs.reading(point, value);
                     }
                     None => obs.bad_input(&ProtocolError::Unexpected {
                         expected: format!("{} of {}", f.as_str(), ch.component()),

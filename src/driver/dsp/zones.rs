@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::driver::DriverError;
 use crate::meter::Alignment;
-use crate::model::{DeviceCommand, Fault, Severity, Subject};
+use crate::model::{DeviceCommand, Fault, Point, Quantity, Severity, Subject};
 use crate::profile::ProfileError;
 
 /// A settings problem with the key path inside `[devices.settings]`, e.g. `zones[0].level_tag`.
@@ -285,13 +285,13 @@ pub struct Channel<A> {
 }
 
 impl<A> Channel<A> {
-    /// `zone.main.level_db`, Unit::Db.
-    pub fn level_key(&self) -> String {
-        format!("{}.{}.level_db", self.role.prefix(), self.id)
+    /// `zone.main.level_db`.
+    pub fn level_point(&self) -> Point {
+        Point::new(self.subject.clone(), Quantity::LevelDb)
     }
     /// `zone.main.muted`, a boolean.
-    pub fn muted_key(&self) -> String {
-        format!("{}.{}.muted", self.role.prefix(), self.id)
+    pub fn muted_point(&self) -> Point {
+        Point::new(self.subject.clone(), Quantity::Muted)
     }
     /// `zone main`: the component named in faults.
     pub fn component(&self) -> String {
@@ -666,9 +666,12 @@ mod tests {
         assert_eq!(m.channels.len(), 3);
         let z = m.zone("main").unwrap();
         assert_eq!((z.min_db, z.max_db), (-100.0, 0.0));
-        assert_eq!(z.level_key(), "zone.main.level_db");
+        assert_eq!(z.level_point().to_string(), "zone.main.level_db");
         assert_eq!(m.mic(1).unwrap().id, "lectern");
-        assert_eq!(m.mic(5).unwrap().muted_key(), "mic.ceiling.muted");
+        assert_eq!(
+            m.mic(5).unwrap().muted_point().to_string(),
+            "input.ceiling.muted"
+        );
         assert_eq!(m.mic(5).unwrap().subject, Subject::input("ceiling"));
         assert!(check_level(z, 0.5).is_err());
         assert!(check_level(z, f64::NAN).is_err());

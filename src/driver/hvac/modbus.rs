@@ -30,7 +30,7 @@ use crate::codec::modbus::{
 use crate::codec::modbus_map::{MapError, Point, RegisterMap, Table, WriteFunction};
 use crate::codec::ProtocolError;
 use crate::driver::{DriverError, Link, Observer};
-use crate::model::{DeviceCommand, Fault, Severity, Unit, Value};
+use crate::model::{self, DeviceCommand, Fault, Quantity, Severity, Value};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::{LinkSpec, Stream, TransportError};
 
@@ -400,14 +400,14 @@ impl ModbusDriver {
         let num = |v: Option<f64>| v.map_or(Value::Unknown, Value::Float);
         let text = |v: Option<String>| v.map_or(Value::Unknown, Value::Text);
         if let Some(t) = k.temperature {
-            obs.reading("temperature", num(t), Some(Unit::Celsius));
+            obs.reading(model::Point::device(Quantity::Temperature), num(t));
         }
         if let Some(s) = k.setpoint {
-            obs.reading("setpoint", num(s), Some(Unit::Celsius));
+            obs.reading(model::Point::device(Quantity::Setpoint), num(s));
         }
         let power = self.power();
         if let Some(p) = power {
-            obs.reading("power", Value::Bool(p), None);
+            obs.reading(model::Point::device(Quantity::Power), Value::Bool(p));
         }
         if let Some(m) = k.mode {
             // A unit switched off shows mode `off`, whatever its mode register holds.
@@ -416,12 +416,15 @@ impl ModbusDriver {
             } else {
                 m
             };
-            obs.reading("hvac_mode", text(m), None);
+            obs.reading(model::Point::device(Quantity::HvacMode), text(m));
         } else if power == Some(false) {
-            obs.reading("hvac_mode", Value::Text("off".to_owned()), None);
+            obs.reading(
+                model::Point::device(Quantity::HvacMode),
+                Value::Text("off".to_owned()),
+            );
         }
         if let Some(f) = k.fan {
-            obs.reading("fan", text(f), None);
+            obs.reading(model::Point::device(Quantity::Fan), text(f));
         }
         if let Some(r) = k.running {
             let r = if power == Some(false) {
@@ -429,7 +432,7 @@ impl ModbusDriver {
             } else {
                 r
             };
-            obs.reading("hvac_running", text(r), None);
+            obs.reading(model::Point::device(Quantity::HvacRunning), text(r));
         }
         let alarms: Vec<Fault> = k
             .alarms
@@ -726,7 +729,7 @@ impl crate::driver::Driver for ModbusDriver {
                     .flatten()
                     .or_else(|| p.decode_number(raw));
                 if let Some(c) = held {
-                    obs.applied("setpoint", Value::Float(c), Some(Unit::Celsius));
+                    obs.applied(model::Point::device(Quantity::Setpoint), Value::Float(c));
                 }
                 Ok(())
             }

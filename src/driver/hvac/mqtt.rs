@@ -19,7 +19,7 @@ use crate::codec::climate_json::{
     encode_get, encode_set, parse_availability, ClimateMap, ClimateSet, ClimateState, Outgoing,
 };
 use crate::driver::{DriverError, Link, Observer};
-use crate::model::{DeviceCommand, Unit, Value};
+use crate::model::{DeviceCommand, Point, Quantity, Value};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::mqtt::{Message, MqttError, MqttHandle, Subscription};
 use crate::transport::{LinkSpec, TransportError};
@@ -135,8 +135,8 @@ impl MqttClimateDriver {
         if !applied.fields.is_empty() {
             self.get_outstanding = false;
             obs.contact();
-            for (key, value, unit) in self.state.readings(&self.map) {
-                obs.reading(key, value, unit);
+            for (quantity, value) in self.state.readings(&self.map) {
+                obs.reading(Point::device(quantity), value);
             }
         }
         Ok(applied.fields)
@@ -217,7 +217,7 @@ impl MqttClimateDriver {
         .await?;
         // The thermostat's own steps (0.5 °C) decide what it holds: say that value.
         if let Some(c) = setpoint.and_then(|cooling| setpoint_of(&self.state, &self.map, cooling)) {
-            obs.applied("setpoint", Value::Float(c), Some(Unit::Celsius));
+            obs.applied(Point::device(Quantity::Setpoint), Value::Float(c));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::de::DeserializeOwned;
 
 use super::{DriverError, Observer};
-use crate::model::{Fault, Reading, Severity, Subject, Unit, Value};
+use crate::model::{Fault, Point, Quantity, Reading, Severity, Subject, Value};
 use crate::profile::{Profile, ProfileError};
 
 /// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
@@ -77,10 +77,6 @@ fn known<T: Clone>(k: &Known<T>, f: impl Fn(T) -> Value) -> Option<Value> {
     }
 }
 
-pub fn key(n: u8, name: &str) -> String {
-    format!("ch.{n}.{name}")
-}
-
 impl Channel {
     /// Whether a transmitter is on air now (unknown counts as absent for battery purposes).
     pub fn present(&self) -> bool {
@@ -89,60 +85,52 @@ impl Channel {
 
     /// The readings this channel publishes. A transmitter that is gone makes its battery and
     /// transmitter readings `unknown` (never 0), whatever stale values the receiver still holds.
-    pub fn readings(&self, n: u8) -> Vec<(String, Value, Option<Unit>)> {
+    pub fn readings(&self, n: u8) -> Vec<(Point, Value)> {
         let mut out = Vec::new();
-        let mut push = |name: &str, v: Option<Value>, unit: Option<Unit>| {
+        let mut push = |q: Quantity, v: Option<Value>| {
             if let Some(v) = v {
-                out.push((key(n, name), v, unit));
+                out.push((Point::channel(n, q), v));
             }
         };
         let gone = self.tx_present == Some(false);
         let tx = |v: Option<Value>| if gone { v.map(|_| Value::Unknown) } else { v };
-        push("tx_present", self.tx_present.map(Value::Bool), None);
-        push("tx_model", tx(known(&self.tx_model, Value::Text)), None);
-        push("tx_muted", tx(known(&self.tx_muted, Value::Bool)), None);
+        push(Quantity::TxPresent, self.tx_present.map(Value::Bool));
+        push(Quantity::TxModel, tx(known(&self.tx_model, Value::Text)));
+        push(Quantity::TxMuted, tx(known(&self.tx_muted, Value::Bool)));
         push(
-            "battery_bars",
+            Quantity::BatteryBars,
             tx(known(&self.battery_bars, |b| Value::Int(b.into()))),
-            Some(Unit::Count),
         );
         push(
-            "battery_percent",
+            Quantity::BatteryPercent,
             tx(known(&self.battery_percent, |p| Value::Int(p.into()))),
-            Some(Unit::Percent),
         );
         push(
-            "battery_minutes",
+            Quantity::BatteryMinutes,
             tx(known(&self.battery_minutes, |m| Value::Int(m.into()))),
-            Some(Unit::Minutes),
         );
         push(
-            "battery_type",
+            Quantity::BatteryType,
             tx(known(&self.battery_type, Value::Text)),
-            None,
         );
         push(
-            "battery_cycles",
+            Quantity::BatteryCycles,
             tx(known(&self.battery_cycles, |c| Value::Int(c.into()))),
-            Some(Unit::Count),
+        );
+        push(Quantity::GainDb, known(&self.gain_db, Value::Float));
+        push(Quantity::Muted, known(&self.muted, Value::Bool));
+        push(
+            Quantity::Interference,
+            known(&self.interference, Value::Bool),
         );
         push(
-            "gain_db",
-            known(&self.gain_db, Value::Float),
-            Some(Unit::Db),
-        );
-        push("muted", known(&self.muted, Value::Bool), None);
-        push("interference", known(&self.interference, Value::Bool), None);
-        push(
-            "encryption_ok",
+            Quantity::EncryptionOk,
             tx(known(&self.encryption_ok, Value::Bool)),
-            None,
         );
-        push("name", known(&self.name, Value::Text), None);
+        push(Quantity::Name, known(&self.name, Value::Text));
         push(
-            "frequency_mhz",
+            Quantity::FrequencyMhz,
             known(&self.frequency_mhz, Value::Float),
-            None,
         );
         out
     }
@@ -327,15 +315,15 @@ pub fn channels_for_model(table: &BTreeMap<String, u8>, model: &str) -> Option<u
 /// A channel without a transmitter: its receiver's RF and audio meters read their floor
 /// (ULX-D -128 dBm / -50 dBFS, SLX-D and AD -120 / -120), which is not a level but the
 /// absence of one, so the RF reading is unknown (and the audio level, on the meter board).
-fn absent_rf(n: u8) -> (String, Value, Option<Unit>) {
-    (key(n, "rf_dbm"), Value::Unknown, Some(Unit::Dbm))
+fn absent_rf(n: u8) -> (Point, Value) {
+    (Point::channel(n, Quantity::RfDbm), Value::Unknown)
 }
 
 /// Writes readings to the device state, skipping derived values that did not change so that a
 /// reading's instant stays the instant the receiver told us, and faults per channel.
 #[derive(Debug, Default, Clone)]
 pub struct Publisher {
-    last: HashMap<String, Value>,
+    last: HashMap<Point, Value>,
     /// While a full read is under way, faults wait until the channel is read completely:
     /// judged from half a channel (bars before minutes), a good battery would be raised as
     /// low and cleared a moment later, in the log and the logbook.
@@ -362,10 +350,10 @@ impl Publisher {
         ch: &Channel,
         policy: &FaultPolicy,
     ) {
-        obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
+        obs.faults(&Subject::Channel(n).to_string(), channel_faults(n, ch, policy));
     }
 
-    /// Publish a channel's readings and faults. `touched` are the reading names the receiver
+    /// Publish a channel's readings and faults. `touched` are the quantities the receiver
     /// just reported: they are re-stamped even when unchanged.
     pub fn channel(
         &mut self,
@@ -373,7 +361,7 @@ impl Publisher {
         n: u8,
         ch: &Channel,
         policy: &FaultPolicy,
-        touched: &[&str],
+        touched: &[Quantity],
     ) {
         let mut all = ch.readings(n);
         if ch.tx_present == Some(false) {
@@ -382,35 +370,31 @@ impl Publisher {
         }
         let readings: Vec<_> = all
             .into_iter()
-            .filter(|(k, v, _)| {
-                let name = k.rsplit('.').next().unwrap_or("");
-                touched.contains(&name) || self.last.get(k) != Some(v)
-            })
+            .filter(|(p, v)| touched.contains(&p.quantity) || self.last.get(p) != Some(v))
             .collect();
         self.write(obs, readings);
         if !self.hold_faults {
-            obs.faults(&format!("ch.{n}"), channel_faults(n, ch, policy));
+            obs.faults(&Subject::Channel(n).to_string(), channel_faults(n, ch, policy));
         }
     }
 
     /// Write readings in one state update.
-    pub fn write(&mut self, obs: &mut Observer, readings: Vec<(String, Value, Option<Unit>)>) {
+    pub fn write(&mut self, obs: &mut Observer, readings: Vec<(Point, Value)>) {
         if readings.is_empty() {
             return;
         }
-        let readings: Vec<_> = readings
-            .into_iter()
-            .map(|(k, v, u)| (k, v.rounded_for(u), u))
-            .collect();
-        for (k, v, _) in &readings {
-            self.last.insert(k.clone(), v.clone());
-        }
         let now = obs.now();
+        let readings: Vec<Reading> = readings
+            .into_iter()
+            .map(|(p, v)| Reading::new(p, v, now))
+            .collect();
+        for r in &readings {
+            self.last.insert(r.point.clone(), r.value.clone());
+        }
         obs.update(|s| {
             s.last_contact = Some(now);
-            for (key, value, unit) in readings {
-                s.readings
-                    .insert(key.clone(), Reading::new(key, value, unit, now));
+            for r in readings {
+                s.readings.insert(r.point.clone(), r);
             }
         });
     }
@@ -428,20 +412,18 @@ impl Publisher {
     ) {
         let subject = Subject::Channel(n);
         if tx_present == Some(false) {
-            let (k, v, u) = absent_rf(n);
-            if self.last.get(&k) != Some(&v) {
-                self.write(obs, vec![(k, v, u)]);
+            let (p, v) = absent_rf(n);
+            if self.last.get(&p) != Some(&v) {
+                self.write(obs, vec![(p, v)]);
             }
             obs.meter_unknown(&subject);
             return;
         }
         if let Some(rf) = rf_dbm {
-            let (k, v) = (
-                key(n, "rf_dbm"),
-                Value::Float(rf).rounded_for(Some(Unit::Dbm)),
-            );
-            self.last.insert(k.clone(), v.clone());
-            obs.metered_reading(k, v, Some(Unit::Dbm));
+            let p = Point::channel(n, Quantity::RfDbm);
+            let v = Value::Float(rf).rounded_for(p.unit());
+            self.last.insert(p.clone(), v.clone());
+            obs.metered_reading(p, v);
         }
         if let Some(a) = audio_dbfs {
             obs.meter(subject, a);
@@ -511,13 +493,17 @@ mod tests {
             ..Default::default()
         };
         let r = ch.readings(2);
-        let get = |k: &str| r.iter().find(|(key, _, _)| key == k).map(|(_, v, _)| v);
-        assert_eq!(get("ch.2.battery_minutes"), Some(&Value::Unknown));
-        assert_eq!(get("ch.2.battery_bars"), Some(&Value::Unknown));
-        assert_eq!(get("ch.2.tx_model"), Some(&Value::Unknown));
-        assert_eq!(get("ch.2.tx_present"), Some(&Value::Bool(false)));
+        let get = |q: Quantity| {
+            r.iter()
+                .find(|(p, _)| *p == Point::channel(2, q))
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get(Quantity::BatteryMinutes), Some(&Value::Unknown));
+        assert_eq!(get(Quantity::BatteryBars), Some(&Value::Unknown));
+        assert_eq!(get(Quantity::TxModel), Some(&Value::Unknown));
+        assert_eq!(get(Quantity::TxPresent), Some(&Value::Bool(false)));
         assert_eq!(
-            get("ch.2.battery_percent"),
+            get(Quantity::BatteryPercent),
             None,
             "never reported: no reading"
         );

@@ -32,7 +32,7 @@ use super::{
 use crate::codec::shure::{self, Message, Runtime, SampleField, ShureCodec};
 use crate::codec::ProtocolError;
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::{CommsPolicy, DeviceCommand, Fault, Severity};
+use crate::model::{CommsPolicy, DeviceCommand, Fault, Quantity, Severity};
 use crate::profile::{Profile, ProfileError};
 
 /// Companion re-arms a `GET` every 30 s and reconnects after 60 s without input
@@ -76,22 +76,22 @@ impl Field {
         Field::Frequency,
     ];
 
-    /// The reading name it updates.
-    fn reading(self) -> &'static str {
+    /// The quantity it updates.
+    fn reading(self) -> Quantity {
         match self {
-            Field::Name => "name",
-            Field::TxModel => "tx_model",
-            Field::Bars => "battery_bars",
-            Field::Minutes => "battery_minutes",
-            Field::Percent => "battery_percent",
-            Field::BatteryType => "battery_type",
-            Field::Cycles => "battery_cycles",
-            Field::TxMuted => "tx_muted",
-            Field::Gain => "gain_db",
-            Field::Muted => "muted",
-            Field::Interference => "interference",
-            Field::Encryption => "encryption_ok",
-            Field::Frequency => "frequency_mhz",
+            Field::Name => Quantity::Name,
+            Field::TxModel => Quantity::TxModel,
+            Field::Bars => Quantity::BatteryBars,
+            Field::Minutes => Quantity::BatteryMinutes,
+            Field::Percent => Quantity::BatteryPercent,
+            Field::BatteryType => Quantity::BatteryType,
+            Field::Cycles => Quantity::BatteryCycles,
+            Field::TxMuted => Quantity::TxMuted,
+            Field::Gain => Quantity::GainDb,
+            Field::Muted => Quantity::Muted,
+            Field::Interference => Quantity::Interference,
+            Field::Encryption => Quantity::EncryptionOk,
+            Field::Frequency => Quantity::FrequencyMhz,
         }
     }
 }
@@ -625,7 +625,7 @@ impl ShureDriver {
                 }
             }
             let ch = self.channels[usize::from(n) - 1].clone();
-            let all: Vec<&str> = Field::ALL.iter().map(|f| f.reading()).collect();
+            let all: Vec<Quantity> = Field::ALL.iter().map(|f| f.reading()).collect();
             self.publisher.channel(obs, n, &ch, &self.cfg.policy, &all);
             self.publisher.channel_faults(obs, n, &ch, &self.cfg.policy);
         }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::codec::ssc::{self, Builder, Message, SubscribeParams};
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::{CommsPolicy, DeviceCommand};
+use crate::model::{CommsPolicy, DeviceCommand, Quantity};
 use crate::profile::{Profile, ProfileError};
 
 /// What an address carries, in neutral terms.
@@ -88,23 +88,23 @@ impl Field {
         matches!(self, Field::RfMeter | Field::AudioMeter)
     }
 
-    fn reading(self) -> &'static str {
+    fn reading(self) -> Quantity {
         match self {
-            Field::BatteryPercent => "battery_percent",
-            Field::BatteryLifetime => "battery_minutes",
-            Field::BatteryBars => "battery_bars",
-            Field::BatteryType => "battery_type",
-            Field::BatteryCycles => "battery_cycles",
-            Field::TxModel => "tx_model",
-            Field::TxMuted => "tx_muted",
-            Field::TxWarnings => "warnings",
-            Field::Name => "name",
-            Field::Muted => "muted",
-            Field::Gain => "gain_db",
-            Field::RxWarnings => "warnings",
-            Field::Frequency => "frequency_mhz",
-            Field::RfMeter => "rf_dbm",
-            Field::AudioMeter => "audio_dbfs",
+            Field::BatteryPercent => Quantity::BatteryPercent,
+            Field::BatteryLifetime => Quantity::BatteryMinutes,
+            Field::BatteryBars => Quantity::BatteryBars,
+            Field::BatteryType => Quantity::BatteryType,
+            Field::BatteryCycles => Quantity::BatteryCycles,
+            Field::TxModel => Quantity::TxModel,
+            Field::TxMuted => Quantity::TxMuted,
+            Field::TxWarnings => Quantity::Warnings,
+            Field::Name => Quantity::Name,
+            Field::Muted => Quantity::Muted,
+            Field::Gain => Quantity::GainDb,
+            Field::RxWarnings => Quantity::Warnings,
+            Field::Frequency => Quantity::FrequencyMhz,
+            Field::RfMeter => Quantity::RfDbm,
+            Field::AudioMeter => Quantity::AudioDbfs,
         }
     }
 }
@@ -412,7 +412,7 @@ impl SscDriver {
 
     fn apply(&mut self, obs: &mut Observer, msg: &Message) {
         obs.contact();
-        let mut touched: BTreeMap<u8, Vec<&'static str>> = BTreeMap::new();
+        let mut touched: BTreeMap<u8, Vec<Quantity>> = BTreeMap::new();
         let mut meters: BTreeMap<u8, (Option<f64>, Option<f64>)> = BTreeMap::new();
         for (address, value) in &msg.values {
             if let Some(&(n, f)) = self.index.get(address) {
@@ -440,7 +440,7 @@ impl SscDriver {
             if e.code == ssc::ERR_FAILED_DEPENDENCY && f.is_tx() {
                 self.set_present(n, false);
                 self.mark_unknown(n);
-                touched.entry(n).or_default().push("tx_present");
+                touched.entry(n).or_default().push(Quantity::TxPresent);
             } else if matches!(e.code, ssc::ERR_NOT_FOUND | ssc::ERR_ADDRESS_NOT_FOUND) {
                 self.unsupported.insert(e.address.clone());
             }
@@ -454,9 +454,8 @@ impl SscDriver {
             self.publisher.write(
                 obs,
                 vec![(
-                    super::key(n, "warnings"),
+                    crate::model::Point::channel(n, Quantity::Warnings),
                     crate::model::Value::Text(warnings),
-                    None,
                 )],
             );
         }
@@ -691,7 +690,7 @@ impl SscDriver {
             }
             let i = usize::from(n) - 1;
             let ch = self.channels[i].clone();
-            let all: Vec<&str> = Field::ALL.iter().map(|f| f.reading()).collect();
+            let all: Vec<Quantity> = Field::ALL.iter().map(|f| f.reading()).collect();
             self.publisher.channel(obs, n, &ch, &self.cfg.policy, &all);
         }
         Ok(())

@@ -40,7 +40,7 @@ use crate::codec::escvp21::{
 };
 use crate::codec::{printable, ProtocolError};
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::{DeviceCommand, Fault, PowerState, Severity, Unit, Value};
+use crate::model::{DeviceCommand, Fault, Point, PowerState, Quantity, Severity, Value};
 use crate::profile::{LampSpec, Profile, ProfileError};
 
 /// What the technician reads when the projector falls silent.
@@ -303,7 +303,7 @@ impl Escvp21Driver {
             | PowerCode::WirelessHdStandby
             | PowerCode::AvStandby => PowerState::Off,
         };
-        obs.reading("power", Value::Power(state), None);
+        obs.reading(Point::device(Quantity::Power), Value::Power(state));
         obs.busy(code.is_transitional());
         let pwr = if code == PowerCode::AbnormalStandby {
             vec![Fault::new(
@@ -327,12 +327,12 @@ impl Escvp21Driver {
                 Err(e) => {
                     obs.bad_input(&e);
                     self.power = None;
-                    obs.reading("power", Value::Unknown, None);
+                    obs.reading(Point::device(Quantity::Power), Value::Unknown);
                 }
             },
             Answer::Refused => {
                 self.power = None;
-                obs.reading("power", Value::Unknown, None);
+                obs.reading(Point::device(Quantity::Power), Value::Unknown);
             }
             Answer::Done => {}
         }
@@ -358,7 +358,10 @@ impl Escvp21Driver {
         match self.exchange(link, obs, &Request::LampQuery).await? {
             Answer::Line(l) => match parse_lamp_hours(&l) {
                 Ok(hours) => {
-                    obs.reading("lamp.1.hours", Value::Int(hours.into()), Some(Unit::Hours));
+                    obs.reading(
+                        Point::lamp(1, Quantity::LampHours),
+                        Value::Int(hours.into()),
+                    );
                     let faults = self.lamp_faults(hours);
                     obs.faults("lamp", faults);
                 }
@@ -366,7 +369,7 @@ impl Escvp21Driver {
             },
             // Laser models without a lamp timer refuse LAMP?.
             Answer::Refused => {
-                obs.remove_reading("lamp.1.hours");
+                obs.remove_reading(&Point::lamp(1, Quantity::LampHours));
                 obs.faults("lamp", Vec::new());
             }
             Answer::Done => {}
@@ -392,19 +395,19 @@ impl Escvp21Driver {
     ) -> Result<(), DriverError> {
         if self.power != Some(PowerCode::LampOn) {
             // Input and mute mean nothing without a picture; the projector refuses the queries.
-            obs.remove_reading("input");
-            obs.remove_reading("av_mute");
+            obs.remove_reading(&Point::device(Quantity::Input));
+            obs.remove_reading(&Point::device(Quantity::AvMute));
             return Ok(());
         }
         if let Answer::Line(l) = self.exchange(link, obs, &Request::SourceQuery).await? {
             match parse_source(&l) {
-                Ok(code) => obs.reading("input", Value::Text(code), None),
+                Ok(code) => obs.reading(Point::device(Quantity::Input), Value::Text(code)),
                 Err(e) => obs.bad_input(&e),
             }
         }
         if let Answer::Line(l) = self.exchange(link, obs, &Request::MuteQuery).await? {
             match parse_mute(&l) {
-                Ok(on) => obs.reading("av_mute", Value::Bool(on), None),
+                Ok(on) => obs.reading(Point::device(Quantity::AvMute), Value::Bool(on)),
                 Err(e) => obs.bad_input(&e),
             }
         }
@@ -551,7 +554,10 @@ impl Escvp21Driver {
         link.discard_input();
         self.codec.reset();
         obs.busy(true);
-        obs.reading("power", Value::Power(PowerState::WarmingUp), None);
+        obs.reading(
+            Point::device(Quantity::Power),
+            Value::Power(PowerState::WarmingUp),
+        );
         if let Err(e) = link.send(&req.encode()).await {
             obs.busy(false);
             return Err(e);
@@ -606,7 +612,7 @@ impl Escvp21Driver {
         tracing::error!(device = %obs.device(), attempts, waited, "escvp21: lamp ignition failed");
         self.power = None;
         obs.busy(false);
-        obs.reading("power", Value::Unknown, None);
+        obs.reading(Point::device(Quantity::Power), Value::Unknown);
         obs.faults(
             "ignition",
             vec![Fault::new(
@@ -702,13 +708,13 @@ impl Driver for Escvp21Driver {
                 self.command(link, obs, &req).await?;
                 self.source_changed = Some(Instant::now());
                 if let Request::SourceSet(code) = req {
-                    obs.reading("input", Value::Text(code), None);
+                    obs.reading(Point::device(Quantity::Input), Value::Text(code));
                 }
                 Ok(())
             }
             DeviceCommand::AvMute { on } => {
                 self.command(link, obs, &Request::MuteSet(*on)).await?;
-                obs.reading("av_mute", Value::Bool(*on), None);
+                obs.reading(Point::device(Quantity::AvMute), Value::Bool(*on));
                 Ok(())
             }
             DeviceCommand::Refresh => self.read_all(link, obs).await,
@@ -781,8 +787,8 @@ mod tests {
         fn state(&self) -> DeviceState {
             self.state.borrow().clone()
         }
-        fn value(&self, key: &str) -> Option<Value> {
-            self.state().reading(key).map(|r| r.value.clone())
+        fn value(&self, point: &Point) -> Option<Value> {
+            self.state().reading(point).map(|r| r.value.clone())
         }
         fn fault_codes(&self) -> Vec<String> {
             self.state()
@@ -845,9 +851,19 @@ mod tests {
     async fn full_read_in_standby_follows_the_section_8_dialogue() {
         let mut r = rig(SimConfig::default()).await;
         r.read_all().await.unwrap();
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::Off)));
-        assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(1234)));
-        assert_eq!(r.value("input"), None, "no input without a picture");
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::Off))
+        );
+        assert_eq!(
+            r.value(&Point::lamp(1, Quantity::LampHours)),
+            Some(Value::Int(1234))
+        );
+        assert_eq!(
+            r.value(&Point::device(Quantity::Input)),
+            None,
+            "no input without a picture"
+        );
         let s = r.state();
         assert_eq!(s.identity.serial.as_deref(), Some("X4Y5Z6000123"));
         assert_eq!(s.identity.manufacturer.as_deref(), Some("Epson"));
@@ -864,9 +880,18 @@ mod tests {
     async fn full_read_with_the_lamp_on() {
         let mut r = rig(on()).await;
         r.read_all().await.unwrap();
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::On)));
-        assert_eq!(r.value("input"), Some(Value::Text("30".into())));
-        assert_eq!(r.value("av_mute"), Some(Value::Bool(false)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::On))
+        );
+        assert_eq!(
+            r.value(&Point::device(Quantity::Input)),
+            Some(Value::Text("30".into()))
+        );
+        assert_eq!(
+            r.value(&Point::device(Quantity::AvMute)),
+            Some(Value::Bool(false))
+        );
         assert_eq!(r.state().health, Health::Ok);
     }
 
@@ -900,15 +925,22 @@ mod tests {
         assert_eq!(mid.health, Health::Busy);
         assert!(sim_mid.igniting && sim_mid.ignition_attempt == 2);
         assert_eq!(
-            mid.reading("power").map(|r| r.value.clone()),
+            mid.reading(&Point::device(Quantity::Power))
+                .map(|r| r.value.clone()),
             Some(Value::Power(PowerState::WarmingUp))
         );
         // Lit: warming up now, still busy; on after the warm-up.
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::WarmingUp)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::WarmingUp))
+        );
         assert!(r.state().busy);
         tokio::time::sleep(Duration::from_secs(31)).await;
         r.poll().await.unwrap();
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::On)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::On))
+        );
         assert!(!r.state().busy);
         assert_eq!(r.state().health, Health::Ok);
         // The projector got exactly one PWR ON.
@@ -939,7 +971,8 @@ mod tests {
         assert!(!s.busy);
         assert_eq!(s.health, Health::Faulted);
         assert_eq!(
-            s.reading("power").map(|r| r.value.clone()),
+            s.reading(&Point::device(Quantity::Power))
+                .map(|r| r.value.clone()),
             Some(Value::Unknown)
         );
         // The projector is now silent (lamp failure is an abnormal state): reported, not an error.
@@ -1012,7 +1045,10 @@ mod tests {
         r.sim.set_abnormal(false).await;
         r.poll().await.unwrap();
         assert!(r.fault_codes().is_empty());
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::Off)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::Off))
+        );
         assert_eq!(r.state().health, Health::Ok);
     }
 
@@ -1055,7 +1091,10 @@ mod tests {
         r.exec(DeviceCommand::SelectInput { input: "a0".into() })
             .await
             .unwrap();
-        assert_eq!(r.value("input"), Some(Value::Text("A0".into())));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Input)),
+            Some(Value::Text("A0".into()))
+        );
         let err = r
             .exec(DeviceCommand::SelectInput { input: "30".into() })
             .await
@@ -1068,11 +1107,14 @@ mod tests {
         assert_eq!(r.sim.status().source, "30");
         r.exec(DeviceCommand::AvMute { on: true }).await.unwrap();
         assert!(r.sim.status().mute);
-        assert_eq!(r.value("av_mute"), Some(Value::Bool(true)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::AvMute)),
+            Some(Value::Bool(true))
+        );
         // Off: cooling down, busy; PWR ON meanwhile is busy too.
         r.exec(DeviceCommand::Power { on: false }).await.unwrap();
         assert_eq!(
-            r.value("power"),
+            r.value(&Point::device(Quantity::Power)),
             Some(Value::Power(PowerState::CoolingDown))
         );
         assert!(r.state().busy);
@@ -1121,11 +1163,17 @@ mod tests {
         })
         .await;
         r.read_all().await.unwrap();
-        assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(4498)));
+        assert_eq!(
+            r.value(&Point::lamp(1, Quantity::LampHours)),
+            Some(Value::Int(4498))
+        );
         assert!(r.fault_codes().is_empty());
         tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
         r.poll().await.unwrap();
-        assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(4500)));
+        assert_eq!(
+            r.value(&Point::lamp(1, Quantity::LampHours)),
+            Some(Value::Int(4500))
+        );
         assert_eq!(r.fault_codes(), vec!["lamp_life"]);
         assert_eq!(r.state().health, Health::Degraded);
         r.sim.set_lamp_hours(5100).await;
@@ -1142,14 +1190,23 @@ mod tests {
         let mut r = rig(on()).await;
         r.sim.set_reply_noise(b"\xff\x00\x13".to_vec()).await;
         r.read_all().await.unwrap();
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::On)));
-        assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(1234)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::On))
+        );
+        assert_eq!(
+            r.value(&Point::lamp(1, Quantity::LampHours)),
+            Some(Value::Int(1234))
+        );
         assert!(r.state().counters.bad_frames >= 1);
         // Printable noise glued to the key is tolerated too.
         r.sim.set_reply_noise(b"x#".to_vec()).await;
         r.sim.set_lamp_hours(77).await;
         r.poll().await.unwrap();
-        assert_eq!(r.value("lamp.1.hours"), Some(Value::Int(77)));
+        assert_eq!(
+            r.value(&Point::lamp(1, Quantity::LampHours)),
+            Some(Value::Int(77))
+        );
         assert_eq!(r.state().health, Health::Ok);
     }
 
@@ -1170,7 +1227,10 @@ mod tests {
         // The link ends the session at the oversized line (issue 16.4); the runtime reopens it
         // after its backoff (escvp21::garbage_and_oversized_lines_are_bounded_and_counted).
         assert!(!r.link.is_open());
-        assert_eq!(r.value("power"), Some(Value::Power(PowerState::On)));
+        assert_eq!(
+            r.value(&Point::device(Quantity::Power)),
+            Some(Value::Power(PowerState::On))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::codec::pjlink::{
 };
 use crate::codec::{printable, ProtocolError};
 use crate::driver::{Driver, DriverError, Link, Observer};
-use crate::model::{DeviceCommand, Fault, PowerState, Severity, Unit, Value};
+use crate::model::{DeviceCommand, Fault, Point, PowerState, Quantity, Severity, Value};
 use crate::profile::{LampSpec, Profile, ProfileError};
 use crate::transport::TransportError;
 
@@ -359,7 +359,7 @@ impl PjlinkDriver {
         // warm-up/cool-down time after a power command.
         let pending =
             !self.reports_transitions && self.transition_until.is_some_and(|t| Instant::now() < t);
-        obs.reading("power", Value::Power(state), None);
+        obs.reading(Point::device(Quantity::Power), Value::Power(state));
         obs.busy(state.is_transitional() || pending);
     }
 
@@ -394,12 +394,12 @@ impl PjlinkDriver {
                 let mut faults = Vec::new();
                 for (i, l) in lamps.iter().enumerate() {
                     let n = i + 1;
+                    let lamp = u8::try_from(n).unwrap_or(u8::MAX);
                     obs.reading(
-                        format!("lamp.{n}.hours"),
+                        Point::lamp(lamp, Quantity::LampHours),
                         Value::Int(i64::from(l.hours)),
-                        Some(Unit::Hours),
                     );
-                    obs.reading(format!("lamp.{n}.on"), Value::Bool(l.on), None);
+                    obs.reading(Point::lamp(lamp, Quantity::LampOn), Value::Bool(l.on));
                     if let Some(spec) = &self.lamp {
                         if l.hours >= spec.warn_at() {
                             faults.push(
@@ -432,8 +432,9 @@ impl PjlinkDriver {
     /// Drop readings of lamps beyond `count` (the projector reports fewer than before).
     fn forget_lamps(&mut self, obs: &mut Observer, count: usize) {
         for n in count + 1..=self.lamp_count.max(count) {
-            obs.remove_reading(&format!("lamp.{n}.hours"));
-            obs.remove_reading(&format!("lamp.{n}.on"));
+            let lamp = u8::try_from(n).unwrap_or(u8::MAX);
+            obs.remove_reading(&Point::lamp(lamp, Quantity::LampHours));
+            obs.remove_reading(&Point::lamp(lamp, Quantity::LampOn));
         }
         self.lamp_count = count;
     }
@@ -443,9 +444,12 @@ impl PjlinkDriver {
         match self.query(link, obs, class, Command::INPT).await? {
             Answer::Value(v) => {
                 let code = InputCode::parse(&v)?;
-                obs.reading("input", Value::Text(code.to_string()), None);
+                obs.reading(
+                    Point::device(Quantity::Input),
+                    Value::Text(code.to_string()),
+                );
             }
-            Answer::Absent => obs.remove_reading("input"),
+            Answer::Absent => obs.remove_reading(&Point::device(Quantity::Input)),
             Answer::Skipped => {}
         }
         Ok(())
@@ -464,7 +468,7 @@ impl PjlinkDriver {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" ");
-            obs.reading("inputs", Value::Text(text), None);
+            obs.reading(Point::device(Quantity::Inputs), Value::Text(text));
         }
         Ok(())
     }
@@ -486,9 +490,8 @@ impl PjlinkDriver {
             Answer::Value(v) => {
                 let hours = parse_hours(&v)?;
                 obs.reading(
-                    "filter.hours",
+                    Point::device(Quantity::FilterHours),
                     Value::Int(i64::from(hours)),
-                    Some(Unit::Hours),
                 );
                 let mut faults = Vec::new();
                 if let Some(life) = self.filter_life_hours {
@@ -506,7 +509,7 @@ impl PjlinkDriver {
             }
             // ERR1 on FILT: no filter (protocols.md §1.5).
             Answer::Absent => {
-                obs.remove_reading("filter.hours");
+                obs.remove_reading(&Point::device(Quantity::FilterHours));
                 obs.faults(SRC_FILTER, Vec::new());
             }
             Answer::Skipped => {}
@@ -525,7 +528,7 @@ impl PjlinkDriver {
                 Resolution::NoSignal => Value::Text("no_signal".into()),
                 Resolution::Unknown => Value::Unknown,
             };
-            obs.reading("resolution", value, None);
+            obs.reading(Point::device(Quantity::Resolution), value);
         }
         Ok(())
     }
@@ -711,9 +714,12 @@ fn erst_faults(e: &ErrorStatus) -> Vec<Fault> {
 }
 
 fn report_mute(obs: &mut Observer, m: AvMute) {
-    obs.reading("av_mute", Value::Bool(m.video || m.audio), None);
-    obs.reading("av_mute.video", Value::Bool(m.video), None);
-    obs.reading("av_mute.audio", Value::Bool(m.audio), None);
+    obs.reading(
+        Point::device(Quantity::AvMute),
+        Value::Bool(m.video || m.audio),
+    );
+    obs.reading(Point::device(Quantity::VideoMute), Value::Bool(m.video));
+    obs.reading(Point::device(Quantity::AudioMute), Value::Bool(m.audio));
 }
 
 #[async_trait]
@@ -822,7 +828,10 @@ impl Driver for PjlinkDriver {
                     .exchange(link, class, Command::INPT, &code.to_string())
                     .await?;
                 self.expect_ok(obs, "select_input", &r)?;
-                obs.reading("input", Value::Text(code.to_string()), None);
+                obs.reading(
+                    Point::device(Quantity::Input),
+                    Value::Text(code.to_string()),
+                );
                 Ok(())
             }
             DeviceCommand::AvMute { on } => {
@@ -944,7 +953,7 @@ life_hours = 2000
         proj.await.unwrap();
         let s = rx.borrow();
         assert_eq!(
-            s.reading("power").unwrap().value,
+            s.reading(&Point::device(Quantity::Power)).unwrap().value,
             Value::Power(PowerState::WarmingUp)
         );
         assert!(s.busy);
@@ -1013,16 +1022,22 @@ life_hours = 2000
         d.read_all(&mut link, &mut obs).await.unwrap();
         proj.await.unwrap();
         let s = rx.borrow();
-        let v = |k: &str| s.reading(k).unwrap_or_else(|| panic!("{k}")).value.clone();
-        assert_eq!(v("power"), Value::Power(PowerState::On));
-        assert_eq!(v("lamp.1.hours"), Value::Int(12345));
-        assert_eq!(v("lamp.1.on"), Value::Bool(true));
-        assert_eq!(v("lamp.2.hours"), Value::Int(678));
-        assert_eq!(v("lamp.2.on"), Value::Bool(false));
-        assert_eq!(v("inputs"), Value::Text("11 12 31 32".into()));
-        assert_eq!(v("input"), Value::Text("31".into()));
-        assert_eq!(v("av_mute.video"), Value::Bool(true));
-        assert_eq!(v("av_mute.audio"), Value::Bool(false));
+        let v = |p: &Point| s.reading(p).unwrap_or_else(|| panic!("{p}")).value.clone();
+        assert_eq!(
+            v(&Point::device(Quantity::Power)),
+            Value::Power(PowerState::On)
+        );
+        assert_eq!(v(&Point::lamp(1, Quantity::LampHours)), Value::Int(12345));
+        assert_eq!(v(&Point::lamp(1, Quantity::LampOn)), Value::Bool(true));
+        assert_eq!(v(&Point::lamp(2, Quantity::LampHours)), Value::Int(678));
+        assert_eq!(v(&Point::lamp(2, Quantity::LampOn)), Value::Bool(false));
+        assert_eq!(
+            v(&Point::device(Quantity::Inputs)),
+            Value::Text("11 12 31 32".into())
+        );
+        assert_eq!(v(&Point::device(Quantity::Input)), Value::Text("31".into()));
+        assert_eq!(v(&Point::device(Quantity::VideoMute)), Value::Bool(true));
+        assert_eq!(v(&Point::device(Quantity::AudioMute)), Value::Bool(false));
         let codes: Vec<(&str, Severity)> = s
             .faults
             .iter()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use avwarden::clock::Clock;
 use avwarden::events::EventKind;
 use avwarden::model::{
-    DeviceId, DeviceState, Identity, PowerState, ProfileId, Reading, RoomId, Value,
+    DeviceId, DeviceState, Identity, Point, PowerState, ProfileId, Quantity, Reading, RoomId, Value,
 };
 use avwarden::profile::Profile;
 use avwarden::records::archive::{self, feed_counters};
@@ -517,7 +517,7 @@ async fn technician_fields_are_set_and_logged() {
     );
 }
 
-fn state_with(readings: &[(&str, Value)]) -> DeviceState {
+fn state_with(readings: &[(Point, Value)]) -> DeviceState {
     let mut s = DeviceState::new(
         DeviceId::new("proj-1"),
         RoomId::new("r-301"),
@@ -525,16 +525,10 @@ fn state_with(readings: &[(&str, Value)]) -> DeviceState {
         "tcp 127.0.0.1:4352".into(),
         t(2026, 11, 2, 8, 0),
     );
-    for (k, v) in readings {
+    for (p, v) in readings {
         s.readings.insert(
-            (*k).to_owned(),
-            Reading {
-                key: (*k).to_owned(),
-                value: v.clone(),
-                unit: None,
-                observed_at: t(2026, 11, 2, 8, 0),
-                metered: false,
-            },
+            p.clone(),
+            Reading::new(p.clone(), v.clone(), t(2026, 11, 2, 8, 0)),
         );
     }
     s
@@ -552,9 +546,12 @@ async fn counters_follow_readings_and_maintenance_resets_them() {
         .await
         .unwrap();
     let (tx, rx) = watch::channel(state_with(&[
-        ("power", Value::Power(PowerState::Off)),
-        ("lamp.1.hours", Value::Int(1200)),
-        ("filter.hours", Value::Int(480)),
+        (
+            Point::device(Quantity::Power),
+            Value::Power(PowerState::Off),
+        ),
+        (Point::lamp(1, Quantity::LampHours), Value::Int(1200)),
+        (Point::device(Quantity::FilterHours), Value::Int(480)),
     ]));
     let feed = crate::support::spawn(feed_counters(
         h.handle.clone(),
@@ -586,15 +583,18 @@ async fn counters_follow_readings_and_maintenance_resets_them() {
 
     // Switched on (a power cycle), an hour of use.
     tx.send_replace(state_with(&[
-        ("power", Value::Power(PowerState::WarmingUp)),
-        ("lamp.1.hours", Value::Int(1200)),
-        ("filter.hours", Value::Int(480)),
+        (
+            Point::device(Quantity::Power),
+            Value::Power(PowerState::WarmingUp),
+        ),
+        (Point::lamp(1, Quantity::LampHours), Value::Int(1200)),
+        (Point::device(Quantity::FilterHours), Value::Int(480)),
     ]));
     settle(&h).await;
     tx.send_replace(state_with(&[
-        ("power", Value::Power(PowerState::On)),
-        ("lamp.1.hours", Value::Int(1201)),
-        ("filter.hours", Value::Int(481)),
+        (Point::device(Quantity::Power), Value::Power(PowerState::On)),
+        (Point::lamp(1, Quantity::LampHours), Value::Int(1201)),
+        (Point::device(Quantity::FilterHours), Value::Int(481)),
     ]));
     settle(&h).await;
     assert_eq!(counter("power_cycles").unwrap().value, 1.0);
@@ -619,17 +619,17 @@ async fn counters_follow_readings_and_maintenance_resets_them() {
     assert_eq!(counter("lamp.1.replacements").unwrap().value, 1.0);
     // The projector keeps counting its total…
     tx.send_replace(state_with(&[
-        ("power", Value::Power(PowerState::On)),
-        ("lamp.1.hours", Value::Int(1210)),
-        ("filter.hours", Value::Int(490)),
+        (Point::device(Quantity::Power), Value::Power(PowerState::On)),
+        (Point::lamp(1, Quantity::LampHours), Value::Int(1210)),
+        (Point::device(Quantity::FilterHours), Value::Int(490)),
     ]));
     settle(&h).await;
     assert_eq!(counter("lamp.1.hours").unwrap().since_service(), 9.0);
     // …or the technician resets it in the projector's menu: a drop restarts the series.
     tx.send_replace(state_with(&[
-        ("power", Value::Power(PowerState::On)),
-        ("lamp.1.hours", Value::Int(2)),
-        ("filter.hours", Value::Int(490)),
+        (Point::device(Quantity::Power), Value::Power(PowerState::On)),
+        (Point::lamp(1, Quantity::LampHours), Value::Int(2)),
+        (Point::device(Quantity::FilterHours), Value::Int(490)),
     ]));
     settle(&h).await;
     let lamp = counter("lamp.1.hours").unwrap();
