@@ -1,0 +1,6 @@
+//! Bookings and what follows from them: the sources bookings come from (the API, iCalendar
+//! feeds), the plan of timed jobs around each booking (T-24 h, T-60, T-30, T-20, HVAC
+//! pre-conditioning, start, end), the self-test runner and its verdicts.
+//!
+//! Must not read the wall clock directly (it is handed `now` or a `Clock`), and must not talk
+//! to a device except through the runtime's handles.
