@@ -462,6 +462,7 @@ async fn start_api(
         fleet: fleet.clone(),
         metrics: metrics.clone(),
         store: Some(logbook.watch_status()),
+        schedule: None,
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

@@ -1,6 +1,6 @@
 //! API errors: always a status code and a JSON body.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -49,6 +49,11 @@ impl ApiError {
             _ => "bad_body",
         };
         Self::new(status, code, r.body_text())
+    }
+
+    /// A query string that does not parse (`?from=yesterday`).
+    pub fn from_query_rejection(r: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
     }
 
     /// A path segment that does not decode (`/api/v1/devices/%ff%fe` is not UTF-8).

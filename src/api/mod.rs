@@ -5,6 +5,7 @@
 //! JSON body `{"error": code, "detail": text}`, including malformed paths and bodies and the
 //! requests [`server`] refuses before the router.
 
+mod bookings;
 mod error;
 pub mod server;
 pub mod views;
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// The records store's condition, shown by `/api/v1/health` (absent in API-only tests).
     pub store: Option<tokio::sync::watch::Receiver<crate::records::writer::StoreStatus>>,
+    /// Bookings, self-tests and the board (absent in API-only tests).
+    pub schedule: Option<crate::schedule::ScheduleHandle>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -49,6 +52,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/commands", post(command))
+        .route(
+            "/api/v1/bookings",
+            get(bookings::list).post(bookings::create),
+        )
+        .route(
+            "/api/v1/bookings/{id}",
+            get(bookings::get_one)
+                .patch(bookings::update)
+                .delete(bookings::cancel),
+        )
+        .route("/api/v1/rooms/{id}/selftest", post(bookings::run_selftest))
+        .route("/api/v1/selftests", get(bookings::selftests))
+        .route("/api/v1/board", get(bookings::board))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,6 +13,7 @@
 //! them read while the writer writes.
 
 pub mod archive;
+pub mod bookings;
 pub mod cli;
 pub mod export;
 pub mod logbook;

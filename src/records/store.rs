@@ -17,15 +17,19 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::archive::{self, ArchiveFields, CounterUpdate, EquipmentSeed};
+use super::bookings::{self, BookingChange, DoneJob};
 use super::logbook::{self, Head, NewEntry};
 use super::maintenance::{self, Maintenance};
 use super::report::fault_class;
 use super::{Actor, StoreError};
 use crate::events::{Event, EventKind};
-use crate::model::{DeviceId, RoomId};
+use crate::model::{Booking, DeviceId, RoomId, Verdict};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds the last one applied.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_bookings.sql")),
+];
 
 /// The schema version this build writes.
 pub fn schema_version() -> u32 {
@@ -72,6 +76,30 @@ pub enum Op {
         device: DeviceId,
         at: chrono::DateTime<chrono::Utc>,
         updates: Vec<CounterUpdate>,
+    },
+    /// A booking made, changed or cancelled (API, demo).
+    Booking {
+        booking: Box<Booking>,
+        change: BookingChange,
+        actor: Actor,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    /// What an iCalendar feed lists now (bookings it no longer lists are cancelled).
+    FeedBookings {
+        feed: String,
+        bookings: Vec<Booking>,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    /// A self-test's verdict, with details for its logbook entry (steps, lamp hours spent).
+    Verdict {
+        verdict: Box<Verdict>,
+        extra: serde_json::Value,
+    },
+    /// A job of the plan ran (or was given up as missed).
+    JobDone {
+        job: DoneJob,
+        ran: chrono::DateTime<chrono::Utc>,
+        outcome: &'static str,
     },
     /// Writes nothing: a barrier whose acknowledgement means everything before it is
     /// committed.
@@ -340,6 +368,19 @@ fn apply_op(
             at,
             updates,
         } => archive::apply_counters(conn, device, *at, updates),
+        Op::Booking {
+            booking,
+            change,
+            actor,
+            at,
+        } => bookings::apply_booking(conn, head, booking, *change, actor, *at),
+        Op::FeedBookings {
+            feed,
+            bookings: list,
+            at,
+        } => bookings::apply_feed(conn, head, feed, list, *at),
+        Op::Verdict { verdict, extra } => bookings::apply_verdict(conn, head, verdict, extra),
+        Op::JobDone { job, ran, outcome } => bookings::apply_job_done(conn, job, *ran, outcome),
         Op::Flush => Ok(Applied::default()),
     }
 }

@@ -31,13 +31,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::archive::{ArchiveFields, CounterUpdate, EquipmentSeed};
+use super::bookings::{BookingChange, DoneJob};
 use super::logbook::NewEntry;
 use super::maintenance::Maintenance;
 use super::store::{Applied, Op, Store, StoreOptions};
 use super::{Actor, StoreError};
 use crate::clock::Clock;
 use crate::events::{EventBus, EventKind};
-use crate::model::DeviceId;
+use crate::model::{Booking, DeviceId, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -201,6 +202,61 @@ impl LogbookHandle {
             updates,
         })
         .await
+    }
+
+    /// Store a booking made, changed or cancelled, and log it; returns once committed.
+    pub async fn booking(
+        &self,
+        booking: Booking,
+        change: BookingChange,
+        actor: Actor,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let op = Op::Booking {
+            booking: Box::new(booking),
+            change,
+            actor,
+            at,
+        };
+        self.acked(op).await.map(drop)
+    }
+
+    /// Store what a feed lists now; returns once committed.
+    pub async fn feed_bookings(
+        &self,
+        feed: String,
+        bookings: Vec<Booking>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.acked(Op::FeedBookings { feed, bookings, at })
+            .await
+            .map(drop)
+    }
+
+    /// Store a verdict and its logbook entry; returns once committed.
+    pub async fn verdict(
+        &self,
+        verdict: Verdict,
+        extra: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.acked(Op::Verdict {
+            verdict: Box::new(verdict),
+            extra,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Remember that a job ran; returns once committed, so a restart never runs it again.
+    pub async fn job_done(
+        &self,
+        job: DoneJob,
+        ran: DateTime<Utc>,
+        outcome: &'static str,
+    ) -> Result<(), StoreError> {
+        self.acked(Op::JobDone { job, ran, outcome })
+            .await
+            .map(drop)
     }
 
     /// Change the size limit (config reload). Takes effect at the next commit; a store that

@@ -1,0 +1,307 @@
+//! Bookings, self-tests and the readiness board under `/api/v1`: thin handlers over the
+//! schedule's [`crate::schedule::ScheduleHandle`]. A confidential booking's title is withheld
+//! in every answer (the records keep it).
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::model::{Booking, BookingId, Needs, Readiness, Reason, RoomId, Verdict};
+use crate::records::Actor;
+use crate::schedule::book::{BookingError, BookingFields};
+use crate::schedule::{RunError, ScheduleHandle};
+
+/// A booking as the API shows it: the title withheld when confidential, the newest verdict.
+#[derive(Debug, Serialize)]
+pub struct BookingView {
+    pub id: BookingId,
+    pub room: RoomId,
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organiser: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub attendees: u32,
+    pub needs: Needs,
+    pub important: bool,
+    pub confidential: bool,
+    pub status: crate::model::BookingStatus,
+    pub source: crate::model::BookingSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<VerdictView>,
+}
+
+/// A verdict as the board shows it.
+#[derive(Debug, Serialize)]
+pub struct VerdictView {
+    pub readiness: Readiness,
+    pub kind: crate::model::TestKind,
+    pub checked_at: DateTime<Utc>,
+    pub reasons: Vec<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternative: Option<RoomId>,
+}
+
+impl From<&Verdict> for VerdictView {
+    fn from(v: &Verdict) -> Self {
+        Self {
+            readiness: v.readiness,
+            kind: v.kind,
+            checked_at: v.finished_at,
+            reasons: v.reasons.clone(),
+            alternative: v.alternative.clone(),
+        }
+    }
+}
+
+impl BookingView {
+    pub fn of(b: &Booking, verdict: Option<&Verdict>) -> Self {
+        Self {
+            id: b.id.clone(),
+            room: b.room.clone(),
+            title: b.public_title().to_owned(),
+            organiser: if b.confidential {
+                None
+            } else {
+                b.organiser.clone()
+            },
+            department: b.department.clone(),
+            start: b.start,
+            end: b.end,
+            attendees: b.attendees,
+            needs: b.needs.clone(),
+            important: b.important,
+            confidential: b.confidential,
+            status: b.status,
+            source: b.source.clone(),
+            verdict: verdict.map(VerdictView::from),
+        }
+    }
+}
+
+fn schedule(st: &ApiState) -> Result<&ScheduleHandle, ApiError> {
+    st.schedule.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_schedule",
+            "this daemon runs no schedule",
+        )
+    })
+}
+
+fn booking_error(e: BookingError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        BookingError::UnknownBooking(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_booking", msg)
+        }
+        BookingError::UnknownRoom(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_room", msg)
+        }
+        BookingError::Overlaps { .. } => ApiError::new(StatusCode::CONFLICT, "room_booked", msg),
+        BookingError::FromFeed(_) => ApiError::new(StatusCode::CONFLICT, "from_feed", msg),
+        BookingError::Store(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+        }
+        BookingError::EndBeforeStart { .. }
+        | BookingError::TooLong(_)
+        | BookingError::OverCapacity { .. }
+        | BookingError::Invalid(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_booking", msg)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    room: Option<RoomId>,
+}
+
+pub async fn list(
+    State(st): State<ApiState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<BookingView>>, ApiError> {
+    let Query(q) = q.map_err(ApiError::from_query_rejection)?;
+    let sched = schedule(&st)?;
+    let now = st.clock.now();
+    let from = q.from.unwrap_or(now);
+    let to = q.to.unwrap_or(from + Duration::days(7));
+    if to <= from {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_window",
+            "`to` must be after `from`",
+        ));
+    }
+    Ok(Json(
+        sched
+            .book
+            .between(from, to)
+            .iter()
+            .filter(|b| q.room.as_ref().is_none_or(|r| &b.room == r))
+            .map(|b| BookingView::of(b, sched.book.verdict(&b.id).as_ref()))
+            .collect(),
+    ))
+}
+
+pub async fn get_one(
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<BookingView>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
+    let sched = schedule(&st)?;
+    let id = BookingId::new(id);
+    let b = sched
+        .book
+        .get(&id)
+        .ok_or_else(|| booking_error(BookingError::UnknownBooking(id.to_string())))?;
+    Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
+}
+
+pub async fn create(
+    State(st): State<ApiState>,
+    body: Result<Json<BookingFields>, JsonRejection>,
+) -> Result<(StatusCode, Json<BookingView>), ApiError> {
+    let Json(f) = body.map_err(ApiError::from_json_rejection)?;
+    let sched = schedule(&st)?;
+    let b = sched
+        .book
+        .create(f, Actor::person("api"), st.clock.now())
+        .await
+        .map_err(booking_error)?;
+    Ok((StatusCode::CREATED, Json(BookingView::of(&b, None))))
+}
+
+pub async fn update(
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<BookingFields>, JsonRejection>,
+) -> Result<Json<BookingView>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
+    let Json(f) = body.map_err(ApiError::from_json_rejection)?;
+    let sched = schedule(&st)?;
+    let id = BookingId::new(id);
+    let b = sched
+        .book
+        .update(&id, f, Actor::person("api"), st.clock.now())
+        .await
+        .map_err(booking_error)?;
+    Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
+}
+
+pub async fn cancel(
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<BookingView>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
+    let sched = schedule(&st)?;
+    let id = BookingId::new(id);
+    let b = sched
+        .book
+        .cancel(&id, Actor::person("api"), st.clock.now())
+        .await
+        .map_err(booking_error)?;
+    Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    booking: Option<BookingId>,
+}
+
+/// `POST /api/v1/rooms/{id}/selftest`: run the room's self-test now (for a booking, when one
+/// is named) and answer its verdict.
+pub async fn run_selftest(
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<Verdict>, ApiError> {
+    let Path(room) = id.map_err(ApiError::from_path_rejection)?;
+    // The body is optional: none (or whitespace) runs the room's test without a booking.
+    let body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", e.to_string())
+        })?
+    };
+    let sched = schedule(&st)?;
+    let v = sched
+        .run_now(RoomId::new(room), body.booking)
+        .await
+        .map_err(|e| {
+            let msg = e.to_string();
+            match e {
+                RunError::UnknownRoom(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown_room", msg)
+                }
+                RunError::UnknownBooking(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "unknown_booking", msg)
+                }
+                RunError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", msg),
+            }
+        })?;
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelftestQuery {
+    room: Option<RoomId>,
+    booking: Option<BookingId>,
+}
+
+/// `GET /api/v1/selftests`: the newest verdict of each booking and room still in memory.
+pub async fn selftests(
+    State(st): State<ApiState>,
+    q: Result<Query<SelftestQuery>, QueryRejection>,
+) -> Result<Json<Vec<Verdict>>, ApiError> {
+    let Query(q) = q.map_err(ApiError::from_query_rejection)?;
+    let sched = schedule(&st)?;
+    let mut out = sched.book.verdicts();
+    out.retain(|v| {
+        q.room.as_ref().is_none_or(|r| &v.room == r)
+            && q.booking
+                .as_ref()
+                .is_none_or(|b| v.booking.as_ref() == Some(b))
+    });
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/board`: the next bookings across all rooms by time, each with its verdict,
+/// reasons and alternative room; a running booking first.
+pub async fn board(
+    State(st): State<ApiState>,
+    q: Result<Query<BoardQuery>, QueryRejection>,
+) -> Result<Json<Vec<BookingView>>, ApiError> {
+    let Query(q) = q.map_err(ApiError::from_query_rejection)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let sched = schedule(&st)?;
+    let now = st.clock.now();
+    Ok(Json(
+        sched
+            .book
+            .upcoming(now)
+            .iter()
+            .filter(|b| b.is_active())
+            .take(limit)
+            .map(|b| BookingView::of(b, sched.book.verdict(&b.id).as_ref()))
+            .collect(),
+    ))
+}
