@@ -5,6 +5,7 @@
 //! Must not read the wall clock directly (it is handed `now` or a `Clock`), and must not talk
 //! to a device except through the runtime's handles.
 pub mod book;
+pub mod meeting;
 pub mod service;
 
 pub use service::{RunError, RunRequest, ScheduleHandle};
