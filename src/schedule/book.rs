@@ -177,7 +177,7 @@ impl Book {
                 .filter(|r| r.booking.is_none())
                 .cloned(),
         );
-        v.sort_by(|a, b| b.finished_at.cmp(&a.finished_at));
+        v.sort_by_key(|v| std::cmp::Reverse(v.finished_at));
         v
     }
 
