@@ -65,6 +65,23 @@ enum Command {
         #[command(subcommand)]
         command: avwarden::records::cli::ReportCommand,
     },
+    /// Run a room's self-test now in the running daemon (it owns the device links) and print
+    /// the verdict. Exit 0 ready, 1 degraded, 2 not ready; 3 when no test could run.
+    Selftest {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        room: String,
+        /// Test for this booking's needs (else for everything the room has).
+        #[arg(long)]
+        booking: Option<String>,
+        /// The daemon's API address, when it is not the config's `[api] bind`.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a simulator for every simulated device of a site, at the addresses its config
     /// names, until interrupted.
     Simulate {
@@ -199,12 +216,81 @@ fn main() -> ExitCode {
         Command::Report { store, command } => {
             run_store_command(&store, |db, out| command.run(db, out))
         }
+        Command::Selftest {
+            config,
+            room,
+            booking,
+            api,
+            json,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let addr = api.unwrap_or(cfg.api.bind);
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(selftest(addr, room, booking, json)),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
         Command::Simulate { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             runtime_block_on(simulate(cfg))
+        }
+    }
+}
+
+/// `avwarden selftest`: ask the running daemon, print its verdict, exit by readiness.
+async fn selftest(addr: SocketAddr, room: String, booking: Option<String>, json: bool) -> ExitCode {
+    use avwarden::model::Verdict;
+    let path = format!("/api/v1/rooms/{room}/selftest");
+    let body = serde_json::json!({ "booking": booking });
+    // A projector's warm-up and a setpoint read-back take minutes at most.
+    let timeout = std::time::Duration::from_secs(600);
+    let answer = avwarden::api::client::request(
+        addr,
+        avwarden::api::client::Method::POST,
+        &path,
+        Some(body),
+        timeout,
+    )
+    .await;
+    let (status, bytes) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    if status != 200 {
+        let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        eprintln!("error: the daemon answered {status}: {detail}");
+        return ExitCode::from(3);
+    }
+    match serde_json::from_slice::<Verdict>(&bytes) {
+        Ok(v) => {
+            if json {
+                println!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                print!("{}", avwarden::schedule::render_verdict(&v));
+            }
+            ExitCode::from(v.readiness.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("error: the daemon's answer is not a verdict: {e}");
+            ExitCode::from(3)
         }
     }
 }

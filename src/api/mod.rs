@@ -6,6 +6,7 @@
 //! requests [`server`] refuses before the router.
 
 mod bookings;
+pub mod client;
 mod error;
 pub mod server;
 pub mod views;

@@ -8,4 +8,4 @@ pub mod book;
 pub mod meeting;
 pub mod service;
 
-pub use service::{RunError, RunRequest, ScheduleHandle};
+pub use service::{render_verdict, RunError, RunRequest, ScheduleHandle};

@@ -62,3 +62,48 @@ impl ScheduleHandle {
         rx.await.map_err(|_| RunError::Stopped)?
     }
 }
+
+/// A verdict as a technician reads it in a terminal: the readiness, then each reason with its
+/// device, point, when a battery runs out, and the remedy.
+pub fn render_verdict(v: &Verdict) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}{}: {} ({} test, {})",
+        v.room,
+        v.booking
+            .as_ref()
+            .map(|b| format!(" for {b}"))
+            .unwrap_or_default(),
+        v.readiness.as_str().replace('_', " "),
+        v.kind.as_str().replace('_', "-"),
+        v.finished_at.format("%Y-%m-%d %H:%M:%SZ")
+    );
+    for r in &v.reasons {
+        let _ = write!(
+            out,
+            "  - {}: {}",
+            r.readiness.as_str().replace('_', " "),
+            r.message
+        );
+        if let Some(d) = &r.device {
+            let _ = write!(out, " [{d}");
+            if let Some(p) = &r.point {
+                let _ = write!(out, " {p}");
+            }
+            out.push(']');
+        }
+        if let Some(t) = r.runs_out_at {
+            let _ = write!(out, " (runs out at {})", t.format("%H:%MZ"));
+        }
+        out.push('\n');
+        if let Some(remedy) = &r.remedy {
+            let _ = writeln!(out, "    remedy: {remedy}");
+        }
+    }
+    if let Some(alt) = &v.alternative {
+        let _ = writeln!(out, "  alternative room: {alt}");
+    }
+    out
+}
