@@ -137,6 +137,22 @@ pub enum EventKind {
         room: RoomId,
         booking: String,
     },
+    /// A room's self-test finished (the records writer stores the verdict and its logbook
+    /// entry itself, so this event is for live consumers: the playbook, MQTT, SSE).
+    SelfTestFinished {
+        room: RoomId,
+        booking: Option<String>,
+        kind: crate::model::TestKind,
+        readiness: crate::model::Readiness,
+        reasons: usize,
+    },
+    /// A booking's room was not ready at its T-30 deadline (domain.md: "what is not ready
+    /// then is escalated"). `readiness` is `None` when no test had a verdict by then.
+    NotReadyAtDeadline {
+        room: RoomId,
+        booking: String,
+        readiness: Option<crate::model::Readiness>,
+    },
     /// A sink's consumer fell behind and `dropped` events it selects were not queued for it.
     /// Delivered in-band to that consumer (never through the filters) before what follows.
     EventsDropped {
@@ -170,6 +186,8 @@ impl EventKind {
             EventKind::BookingStarted { .. } => "booking_started",
             EventKind::BookingEnded { .. } => "booking_ended",
             EventKind::EventsDropped { .. } => "events_dropped",
+            EventKind::SelfTestFinished { .. } => "self_test_finished",
+            EventKind::NotReadyAtDeadline { .. } => "not_ready_at_deadline",
         }
     }
 
@@ -195,6 +213,8 @@ impl EventKind {
             | EventKind::StoreRecovered { .. }
             | EventKind::BookingStarted { .. }
             | EventKind::BookingEnded { .. }
+            | EventKind::SelfTestFinished { .. }
+            | EventKind::NotReadyAtDeadline { .. }
             | EventKind::EventsDropped { .. } => None,
         }
     }
@@ -214,7 +234,9 @@ impl EventKind {
             | EventKind::FaultAcknowledged { room, .. }
             | EventKind::DeviceSwapped { room, .. }
             | EventKind::BookingStarted { room, .. }
-            | EventKind::BookingEnded { room, .. } => Some(room),
+            | EventKind::BookingEnded { room, .. }
+            | EventKind::SelfTestFinished { room, .. }
+            | EventKind::NotReadyAtDeadline { room, .. } => Some(room),
             EventKind::MaintenanceRecorded { room, .. } => room.as_ref(),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
@@ -235,6 +257,7 @@ impl EventKind {
                 | EventKind::DeviceSwapped { .. }
                 | EventKind::StoreFailed { .. }
                 | EventKind::StoreRecovered { .. }
+                | EventKind::SelfTestFinished { .. }
         )
     }
 
@@ -344,6 +367,31 @@ impl fmt::Display for EventKind {
             EventKind::BookingEnded { room, booking } => {
                 write!(f, "{room}: booking {booking} ended")
             }
+            EventKind::SelfTestFinished {
+                room,
+                booking,
+                kind,
+                readiness,
+                reasons,
+            } => write!(
+                f,
+                "{room}: {} self-test{}: {} ({reasons} reasons)",
+                kind.as_str(),
+                booking
+                    .as_ref()
+                    .map(|b| format!(" for {b}"))
+                    .unwrap_or_default(),
+                readiness.as_str()
+            ),
+            EventKind::NotReadyAtDeadline {
+                room,
+                booking,
+                readiness,
+            } => write!(
+                f,
+                "{room}: not ready 30 minutes before booking {booking} ({})",
+                readiness.map_or("no verdict", |r| r.as_str())
+            ),
             EventKind::EventsDropped { sink, dropped } => write!(
                 f,
                 "{dropped} events not delivered to {sink}: its consumer fell behind"
@@ -564,6 +612,11 @@ fn log_event(kind: &EventKind) {
             ..
         }
         | EventKind::ActorGaveUp { .. }
+        | EventKind::NotReadyAtDeadline { .. }
+        | EventKind::SelfTestFinished {
+            readiness: crate::model::Readiness::NotReady,
+            ..
+        }
         | EventKind::StoreFailed { .. } => tracing::error!(event = kind.name(), "{kind}"),
         EventKind::StoreRecovered { dropped, .. } if *dropped > 0 => {
             tracing::error!(event = kind.name(), "{kind}")
@@ -575,6 +628,10 @@ fn log_event(kind: &EventKind) {
         | EventKind::BadInput { .. }
         | EventKind::CommandExecuted { ok: false, .. }
         | EventKind::ActorRestarted { .. }
+        | EventKind::SelfTestFinished {
+            readiness: crate::model::Readiness::Degraded,
+            ..
+        }
         | EventKind::HealthChanged {
             to: Health::Degraded,
             ..
