@@ -6,5 +6,6 @@
 //! to a device except through the runtime's handles.
 
 pub mod battery;
+pub mod checks;
 pub mod remedies;
 pub mod thermal;
