@@ -7,5 +7,7 @@
 
 pub mod battery;
 pub mod checks;
+pub mod history;
 pub mod remedies;
+pub mod selftest;
 pub mod thermal;
