@@ -65,7 +65,8 @@ pub fn since_last_swap(samples: &[BatterySample]) -> &[BatterySample] {
 /// known of it. Minutes are used when the latest sample has them; bars × `minutes_per_bar`
 /// otherwise.
 ///
-/// The drain rate is the one observed since the swap over at least ten minutes, never below
+/// The drain rate is the one observed since the swap over at least ten minutes (a
+/// least-squares fit), never below
 /// real time: the receiver's own estimate assumes real-time drain, a slower observed rate is
 /// far more often its coarse steps than a real saving, and a wrong "ready" costs a meeting.
 pub fn predict(
@@ -80,8 +81,12 @@ pub fn predict(
             .iter()
             .filter_map(|s| s.minutes.map(|m| (s.at, m)))
             .collect();
-        let rate = observed_rate(&with_minutes).unwrap_or(1.0);
-        (last.at, m, rate, false)
+        match observed_rate(&with_minutes) {
+            // The lower of the reading and the fitted line: a receiver that rounds down
+            // and one that rounds up both err on the safe side.
+            Some((rate, fitted)) => (last.at, m.min(fitted), rate, false),
+            None => (last.at, m, 1.0, false),
+        }
     } else {
         let bars = last.bars?;
         // The battery has been draining since this bar count was first seen, not since the
@@ -111,16 +116,28 @@ pub fn predict(
     })
 }
 
-/// Battery minutes used per minute between the first and the last sample, when they are far
-/// enough apart; at least 1.
-fn observed_rate(samples: &[(DateTime<Utc>, f64)]) -> Option<f64> {
+/// Battery minutes used per minute, as the least-squares slope over the samples (so one
+/// coarse step of the receiver's estimate at either end does not skew it), when they span
+/// long enough; at least 1. With the line's value at the last sample.
+fn observed_rate(samples: &[(DateTime<Utc>, f64)]) -> Option<(f64, f64)> {
     let (first, last) = (samples.first()?, samples.last()?);
-    let window = (last.0 - first.0).num_milliseconds() as f64 / 60_000.0;
+    let x = |at: DateTime<Utc>| (at - first.0).num_milliseconds() as f64 / 60_000.0;
+    let window = x(last.0);
     if window < MIN_RATE_WINDOW_MINUTES {
         return None;
     }
-    let rate = (first.1 - last.1) / window;
-    rate.is_finite().then(|| rate.clamp(1.0, MAX_RATE))
+    let n = samples.len() as f64;
+    let mean_x = samples.iter().map(|s| x(s.0)).sum::<f64>() / n;
+    let mean_y = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let (mut cov, mut var) = (0.0, 0.0);
+    for s in samples {
+        let dx = x(s.0) - mean_x;
+        cov += dx * (s.1 - mean_y);
+        var += dx * dx;
+    }
+    let slope = cov / var;
+    let at_last = mean_y + slope * (window - mean_x);
+    (slope.is_finite() && at_last.is_finite()).then(|| ((-slope).clamp(1.0, MAX_RATE), at_last))
 }
 
 fn minutes(m: f64) -> Duration {

@@ -278,7 +278,7 @@ fn fault_code(code: &str, severity: Severity) -> &'static str {
         ("lamp", _) => "lamp_fault",
         ("fan", _) => "fan_fault",
         ("temperature", _) => "temperature_fault",
-        ("cover", _) => "cover_fault",
+        ("cover_open", _) => "cover_fault",
         ("filter", _) => "filter_fault",
         _ => "device_fault",
     }

@@ -319,6 +319,19 @@ async fn test_device(
         }
     }
 
+    // The projector reads its input on the poll after it is on; the input check needs it.
+    let input = Point::device(Quantity::Input);
+    let input_known = |s: &DeviceState| s.value(&input).is_some_and(|v| *v != Value::Unknown);
+    if matches!(results.power_on, Some(Ok(())))
+        && checks.contains(&crate::profile::Check::Input)
+        && !input_known(&h.state())
+    {
+        // A timeout leaves the missing input for the input check to report.
+        let _ = steps
+            .wait(h, "input", "input read", input_known, read_back)
+            .await;
+    }
+
     if reachable && checks.contains(&crate::profile::Check::Setpoint) && needs.contains(&Need::Hvac)
     {
         let asked = settings.setpoint_c;
