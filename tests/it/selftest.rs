@@ -534,3 +534,111 @@ async fn a_need_no_device_serves_is_missing_equipment() {
     assert_eq!(codes(&run), vec![("missing_equipment".into(), None)]);
     assert!(run.steps.is_empty());
 }
+
+const CONFIG: &str = r#"
+[site]
+name = "t"
+time_zone = "Europe/Berlin"
+
+[selftest]
+battery_margin_minutes = 20
+setpoint_c = 22.5
+concurrency = 4
+device_timeout_secs = 120
+
+[[rooms]]
+id = "r1"
+capacity = 20
+[[rooms.presets]]
+name = "large"
+max_attendees = 20
+levels = { main = -12.0 }
+[[rooms.presets]]
+name = "small"
+max_attendees = 8
+levels = { main = -20.0, ceiling = -24.0 }
+"#;
+
+/// `[selftest]` and `[[rooms.presets]]` are read with their defaults; presets come sorted and
+/// the one for a meeting is the smallest that holds it.
+#[test]
+fn selftest_settings_and_room_presets_are_read() {
+    let cfg = avwarden::config::parse_site(
+        CONFIG,
+        "site.toml",
+        std::path::Path::new("."),
+        &avwarden::config::Env::fixed(&[]),
+    )
+    .expect("valid");
+    let st = &cfg.selftest;
+    assert_eq!(st.battery_margin_minutes, 20);
+    assert_eq!(st.setpoint_c, 22.5);
+    assert_eq!((st.comfort_min_c, st.comfort_max_c), (22.0, 24.0));
+    assert_eq!(st.concurrency, 4);
+    assert_eq!(st.device_timeout, Duration::from_secs(120));
+    let room = &cfg.rooms[0];
+    let names: Vec<&str> = room.presets.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["small", "large"]);
+    assert_eq!(room.preset_for(5).map(|p| p.name.as_str()), Some("small"));
+    assert_eq!(room.preset_for(12).map(|p| p.name.as_str()), Some("large"));
+    assert_eq!(room.preset_for(50).map(|p| p.name.as_str()), Some("large"));
+}
+
+/// Every problem of `[selftest]`, the presets and a site's playbook file, each with its file,
+/// line:column and key path.
+#[test]
+fn selftest_problems_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("playbook.toml"),
+        "[remedies]\nunreachable = \"ring {devise}\"\n",
+    )
+    .unwrap();
+    let text = r#"[site]
+name = "t"
+time_zone = "Europe/Berlin"
+
+[selftest]
+battery_margin_minute = 20
+setpoint_c = 40
+concurrency = 0
+playbook = "playbook.toml"
+
+[[rooms]]
+id = "r1"
+capacity = 20
+[[rooms.presets]]
+max_attendees = 8
+levels = { main = 99.0 }
+[[rooms.presets]]
+max_attendees = 8
+levels = { main = -20.0 }
+[[rooms.presets]]
+levels = { main = -20.0 }
+"#;
+    let err = avwarden::config::parse_site(
+        text,
+        "site.toml",
+        dir.path(),
+        &avwarden::config::Env::fixed(&[]),
+    )
+    .expect_err("invalid");
+    let shown: Vec<String> = err
+        .problems
+        .iter()
+        .map(|p| {
+            p.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+        .collect();
+    let want = [
+        "site.toml:6:1: selftest.battery_margin_minute: unknown key (did you mean \"battery_margin_minutes\"?)",
+        "site.toml:7:1: selftest.setpoint_c: must be between 10 and 35 °C",
+        "site.toml:8:1: selftest.concurrency: must be between 1 and 256",
+        "site.toml:16:12: rooms[0].presets[0].levels.main: must be between -100 and 20 dB",
+        "site.toml:18:1: rooms[0].presets[1].max_attendees: preset \"up to 8\" is for 8 attendees already",
+        "site.toml:20:1: rooms[0].presets[2]: missing key max_attendees (the largest meeting it is for)",
+        "DIR/playbook.toml:2:15: remedies.unreachable: unknown placeholder {devise} (this code knows {device}, {room}, {need}, {point})",
+    ];
+    assert_eq!(shown, want, "{shown:#?}");
+}
