@@ -1,8 +1,9 @@
 //! Device profiles: data files that describe one model family on top of a driver.
 //!
 //! A profile (`devices/<kind>/<vendor>-<family>.toml`) picks a driver, gives transport
-//! defaults, poll interval, pacing, warm-up/cool-down times, capabilities, lamp life and a
-//! driver-specific `[options]` table that only its driver reads. A profile cannot add a
+//! defaults, poll interval, pacing, warm-up/cool-down times, capabilities, lamp life, the
+//! self-test checks it runs (`[selftest]`) and a driver-specific `[options]` table that only its
+//! driver reads. A profile cannot add a
 //! protocol; that takes a driver in Rust. The profiles shipped in `devices/` are embedded in the
 //! binary; a site may add or override them from a directory.
 
@@ -218,7 +219,224 @@ struct RawProfile {
     #[serde(default)]
     options: toml::Table,
     #[serde(default)]
+    selftest: Option<RawSelfTest>,
+    #[serde(default)]
     notes: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelfTest {
+    #[serde(default)]
+    checks: Option<Vec<Check>>,
+    #[serde(default)]
+    lamp_margin_hours: Option<u32>,
+    #[serde(default)]
+    minutes_per_bar: Option<f64>,
+    #[serde(default)]
+    thermal_rate_c_per_min: Option<f64>,
+    #[serde(default)]
+    power_on_margin_secs: Option<u64>,
+}
+
+/// One self-test check a profile declares. Which checks a model runs is data; what each one
+/// looks at is code in `schedule::checks`, the same for every model of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Connected, with readings fresher than the comms monitor's warning time.
+    Reachable,
+    /// No fault or warning on the device.
+    Faults,
+    /// Projector: powers on within its warm-up time (an active step).
+    PowerOn,
+    /// Projector: lamp hours below life minus the margin.
+    LampLife,
+    /// Projector: an input selected, with a signal where the device reports one.
+    Input,
+    /// Mic: at least the booked number of transmitters on air.
+    Transmitters,
+    /// Mic: no transmitter muted.
+    TxMuted,
+    /// Mic: no RF interference.
+    Interference,
+    /// Mic: every transmitter's encryption key matches.
+    Encryption,
+    /// Mic: every battery lasts the meeting.
+    Battery,
+    /// DSP: the room preset for the attendee count applied (an active step).
+    Preset,
+    /// DSP: no speaker zone muted.
+    ZonesUnmuted,
+    /// DSP: zone levels inside the room preset.
+    Levels,
+    /// DSP: meters alive.
+    Meters,
+    /// HVAC: the setpoint written and read back (an active step).
+    Setpoint,
+    /// HVAC: the predicted temperature at the start inside the comfort band.
+    Temperature,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Reachable => "reachable",
+            Check::Faults => "faults",
+            Check::PowerOn => "power_on",
+            Check::LampLife => "lamp_life",
+            Check::Input => "input",
+            Check::Transmitters => "transmitters",
+            Check::TxMuted => "tx_muted",
+            Check::Interference => "interference",
+            Check::Encryption => "encryption",
+            Check::Battery => "battery",
+            Check::Preset => "preset",
+            Check::ZonesUnmuted => "zones_unmuted",
+            Check::Levels => "levels",
+            Check::Meters => "meters",
+            Check::Setpoint => "setpoint",
+            Check::Temperature => "temperature",
+        }
+    }
+
+    /// The device kinds a check means something for.
+    pub fn applies_to(self, kind: DeviceKind) -> bool {
+        use DeviceKind as K;
+        match self {
+            Check::Reachable | Check::Faults => true,
+            Check::PowerOn | Check::LampLife | Check::Input => {
+                matches!(kind, K::Projector | K::Display)
+            }
+            Check::Transmitters
+            | Check::TxMuted
+            | Check::Interference
+            | Check::Encryption
+            | Check::Battery => kind == K::Mic,
+            Check::Preset | Check::ZonesUnmuted | Check::Levels | Check::Meters => kind == K::Dsp,
+            Check::Setpoint | Check::Temperature => kind == K::Hvac,
+        }
+    }
+
+    /// The checks a profile of `kind` runs when its `[selftest]` names none.
+    pub fn defaults_for(kind: DeviceKind) -> Vec<Check> {
+        use Check as C;
+        match kind {
+            DeviceKind::Projector => {
+                vec![C::Reachable, C::Faults, C::PowerOn, C::LampLife, C::Input]
+            }
+            // A display has no lamp.
+            DeviceKind::Display => vec![C::Reachable, C::Faults, C::PowerOn, C::Input],
+            DeviceKind::Mic => vec![
+                C::Reachable,
+                C::Faults,
+                C::Transmitters,
+                C::TxMuted,
+                C::Interference,
+                C::Encryption,
+                C::Battery,
+            ],
+            DeviceKind::Dsp => vec![
+                C::Reachable,
+                C::Faults,
+                C::Preset,
+                C::ZonesUnmuted,
+                C::Levels,
+                C::Meters,
+            ],
+            DeviceKind::Hvac => vec![C::Reachable, C::Faults, C::Setpoint, C::Temperature],
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A profile's self-test facts, validated, defaults filled in per kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfTestSpec {
+    pub checks: Vec<Check>,
+    /// Lamp hours kept in reserve below the rated life (a lamp this close to its end may fail
+    /// mid-meeting). The site's `[selftest] lamp_margin_hours` overrides it.
+    pub lamp_margin_hours: u32,
+    /// Minutes of talk time one battery bar stands for when the receiver reports bars only
+    /// (alkaline cells).
+    pub minutes_per_bar: f64,
+    /// How fast the unit moves the room towards its setpoint when the room has no history yet.
+    pub thermal_rate_c_per_min: f64,
+    /// Added to the warm-up time when waiting for a projector to report `on`.
+    pub power_on_margin: Duration,
+}
+
+/// Defaults: a lamp margin of 100 h (a week of a busy room), one bar an hour (AA cells in a
+/// current bodypack give 8-10 h over 5 bars; an hour per bar stays on the safe side), 0.1 °C per
+/// minute (a fan coil in a closed meeting room), 30 s more than the warm-up.
+impl SelfTestSpec {
+    pub fn defaults_for(kind: DeviceKind) -> Self {
+        Self {
+            checks: Check::defaults_for(kind),
+            lamp_margin_hours: 100,
+            minutes_per_bar: 60.0,
+            thermal_rate_c_per_min: 0.1,
+            power_on_margin: Duration::from_secs(30),
+        }
+    }
+
+    fn from_raw(
+        kind: DeviceKind,
+        raw: Option<RawSelfTest>,
+        invalid: impl Fn(String) -> ProfileError,
+    ) -> Result<Self, ProfileError> {
+        let mut spec = Self::defaults_for(kind);
+        let Some(raw) = raw else { return Ok(spec) };
+        if let Some(checks) = raw.checks {
+            for c in &checks {
+                if !c.applies_to(kind) {
+                    return Err(invalid(format!(
+                        "selftest.checks: {c} is not a check of a {}",
+                        kind.as_str()
+                    )));
+                }
+            }
+            spec.checks = checks;
+        }
+        if let Some(h) = raw.lamp_margin_hours {
+            if h > 100_000 {
+                return Err(invalid(
+                    "selftest.lamp_margin_hours: must be at most 100000".to_owned(),
+                ));
+            }
+            spec.lamp_margin_hours = h;
+        }
+        if let Some(m) = raw.minutes_per_bar {
+            if !(m.is_finite() && m > 0.0 && m <= 1_440.0) {
+                return Err(invalid(
+                    "selftest.minutes_per_bar: must be above 0 and at most 1440".to_owned(),
+                ));
+            }
+            spec.minutes_per_bar = m;
+        }
+        if let Some(r) = raw.thermal_rate_c_per_min {
+            if !(r.is_finite() && r > 0.0 && r <= 5.0) {
+                return Err(invalid(
+                    "selftest.thermal_rate_c_per_min: must be above 0 and at most 5".to_owned(),
+                ));
+            }
+            spec.thermal_rate_c_per_min = r;
+        }
+        if let Some(s) = raw.power_on_margin_secs {
+            if s > 3_600 {
+                return Err(invalid(
+                    "selftest.power_on_margin_secs: must be at most 3600".to_owned(),
+                ));
+            }
+            spec.power_on_margin = Duration::from_secs(s);
+        }
+        Ok(spec)
+    }
 }
 
 /// A validated device profile.
@@ -236,6 +454,8 @@ pub struct Profile {
     pub lamp: Option<LampSpec>,
     pub filter_life_hours: Option<u32>,
     pub options: toml::Table,
+    /// What its self-test checks, and the facts the checks use.
+    pub selftest: SelfTestSpec,
     pub notes: Option<String>,
     /// Where it came from (`embedded:projector/epson-escvp21.toml` or a path).
     pub source: String,
@@ -320,6 +540,7 @@ impl Profile {
                     .to_owned(),
             ));
         }
+        let selftest = SelfTestSpec::from_raw(raw.kind, raw.selftest, invalid)?;
         Ok(Profile {
             id: ProfileId::new(raw.id),
             kind: raw.kind,
@@ -341,6 +562,7 @@ impl Profile {
             lamp: raw.lamp,
             filter_life_hours: raw.filter_life_hours,
             options: raw.options,
+            selftest,
             notes: raw.notes,
             source: source.to_owned(),
         })
@@ -556,6 +778,48 @@ mod tests {
         .unwrap();
         assert_eq!(own.timing.comms().warn_after, Duration::from_secs(40));
         assert_eq!(own.timing.comms().offline_after, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn selftest_checks_default_per_kind_and_are_validated() {
+        let p = Profile::parse(&base("poll_interval_secs = 5"), "t").unwrap();
+        assert_eq!(
+            p.selftest.checks,
+            Check::defaults_for(DeviceKind::Projector)
+        );
+        let own = Profile::parse(
+            &(base("poll_interval_secs = 5")
+                + "[selftest]\nchecks = [\"reachable\", \"lamp_life\"]\nlamp_margin_hours = 250\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(own.selftest.checks, vec![Check::Reachable, Check::LampLife]);
+        assert_eq!(own.selftest.lamp_margin_hours, 250);
+        for (bad, key) in [
+            ("checks = [\"battery\"]", "selftest.checks"),
+            ("checks = [\"warp_drive\"]", "unknown variant"),
+            ("minutes_per_bar = 0", "selftest.minutes_per_bar"),
+            (
+                "thermal_rate_c_per_min = -1",
+                "selftest.thermal_rate_c_per_min",
+            ),
+            ("colour = 1", "unknown field"),
+        ] {
+            let text = base("poll_interval_secs = 5") + "[selftest]\n" + bad + "\n";
+            let e = Profile::parse(&text, "t").expect_err(bad);
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_shipped_profile_declares_only_checks_of_its_kind() {
+        let set = ProfileSet::embedded().expect("embedded profiles parse");
+        for p in set.iter() {
+            assert!(!p.selftest.checks.is_empty(), "{}", p.id);
+            for c in &p.selftest.checks {
+                assert!(c.applies_to(p.kind), "{}: {c}", p.id);
+            }
+        }
     }
 
     #[test]

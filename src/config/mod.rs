@@ -6,7 +6,7 @@
 //! Unknown keys are collected with `serde_ignored` rather than rejected by
 //! `deny_unknown_fields`, which would stop at the first one.
 
-mod locate;
+pub(crate) mod locate;
 mod raw;
 mod validate;
 
@@ -20,7 +20,7 @@ use crate::model::{DeviceId, RoomId};
 use crate::profile::{Profile, ProfileSet};
 use crate::transport::LinkSpec;
 
-pub use validate::{parse_site, storage_problems, Env};
+pub use validate::{parse_site, storage_problems, suggest, Env};
 
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +135,74 @@ pub struct Room {
     pub floor: Option<i32>,
     pub capacity: u32,
     pub equipment: Vec<String>,
+    /// Audio presets by meeting size, smallest first (`[[rooms.presets]]`).
+    pub presets: Vec<RoomPreset>,
+}
+
+/// A room's audio levels for meetings of up to `max_attendees` ("set audio to the best effect
+/// for the size of the meeting").
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomPreset {
+    pub name: String,
+    pub max_attendees: u32,
+    /// Level per DSP zone id, dB.
+    pub levels: std::collections::BTreeMap<String, f64>,
+}
+
+impl Room {
+    /// The preset for a meeting of `attendees`: the smallest that holds them, else the
+    /// largest.
+    pub fn preset_for(&self, attendees: u32) -> Option<&RoomPreset> {
+        preset_for(&self.presets, attendees)
+    }
+}
+
+/// [`Room::preset_for`] over a list of presets sorted by `max_attendees`.
+pub fn preset_for(presets: &[RoomPreset], attendees: u32) -> Option<&RoomPreset> {
+    presets
+        .iter()
+        .find(|p| p.max_attendees >= attendees)
+        .or_else(|| presets.last())
+}
+
+/// `[selftest]`: margins, targets and limits of the pre-meeting self-test.
+#[derive(Debug, Clone)]
+pub struct SelfTestSettings {
+    /// A battery must last the meeting and this much more.
+    pub battery_margin_minutes: u32,
+    /// Overrides every profile's lamp margin when set.
+    pub lamp_margin_hours: Option<u32>,
+    /// The setpoint the self-test writes.
+    pub setpoint_c: f64,
+    pub comfort_min_c: f64,
+    pub comfort_max_c: f64,
+    /// Devices tested at once.
+    pub concurrency: usize,
+    /// The longest one device's test may take (a projector's warm-up included).
+    pub device_timeout: Duration,
+    /// How far a zone level may be from its preset.
+    pub level_tolerance_db: f64,
+    /// Remedy texts (the playbook's `[remedies]`).
+    pub remedies: Arc<crate::schedule::remedies::Remedies>,
+}
+
+impl Default for SelfTestSettings {
+    fn default() -> Self {
+        Self {
+            battery_margin_minutes: 15,
+            lamp_margin_hours: None,
+            setpoint_c: 23.0,
+            comfort_min_c: 22.0,
+            comfort_max_c: 24.0,
+            concurrency: 8,
+            device_timeout: Duration::from_secs(300),
+            level_tolerance_db: 1.0,
+            remedies: Arc::new(
+                crate::schedule::remedies::Remedies::embedded()
+                    .expect("the shipped playbook validates (a unit test holds it to that)"),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +239,7 @@ pub struct SiteConfig {
     pub storage: StorageConfig,
     pub links: LinkPolicy,
     pub shutdown_deadline: Duration,
+    pub selftest: SelfTestSettings,
     pub rooms: Vec<Room>,
     pub devices: Vec<DeviceConfig>,
     pub profiles: ProfileSet,

@@ -12,6 +12,7 @@ pub struct RawSite {
     pub profiles: Option<RawProfiles>,
     pub links: Option<RawLinks>,
     pub shutdown: Option<RawShutdown>,
+    pub selftest: Option<RawSelfTest>,
     /// Validated by the MQTT transport, which owns its settings.
     pub mqtt: Option<toml::Table>,
     #[serde(default)]
@@ -64,6 +65,28 @@ pub struct RawRoom {
     pub floor: Option<i64>,
     pub capacity: Option<i64>,
     pub equipment: Option<Vec<String>>,
+    pub presets: Option<Vec<RawPreset>>,
+}
+
+/// `[[rooms.presets]]`: the audio levels for meetings up to `max_attendees`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPreset {
+    pub name: Option<String>,
+    pub max_attendees: Option<i64>,
+    pub levels: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSelfTest {
+    pub battery_margin_minutes: Option<i64>,
+    pub lamp_margin_hours: Option<i64>,
+    pub setpoint_c: Option<f64>,
+    pub comfort_min_c: Option<f64>,
+    pub comfort_max_c: Option<f64>,
+    pub concurrency: Option<i64>,
+    pub device_timeout_secs: Option<f64>,
+    pub level_tolerance_db: Option<f64>,
+    pub playbook: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,10 +9,10 @@ use std::time::Duration;
 use toml_edit::ImDocument;
 
 use super::locate::{self, Seg};
-use super::raw::{RawDevice, RawLink, RawSite};
+use super::raw::{RawDevice, RawLink, RawRoom, RawSite};
 use super::{
-    ApiConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room, Secret, Site,
-    SiteConfig, StorageConfig,
+    ApiConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room, RoomPreset, Secret,
+    SelfTestSettings, Site, SiteConfig, StorageConfig,
 };
 use crate::model::{DeviceId, RoomId};
 use crate::profile::{LinkKind, Profile, ProfileSet};
@@ -423,6 +423,7 @@ pub fn parse_site(
         }
     }
 
+    let selftest = validate_selftest(&raw, base, &mut pr);
     let rooms = validate_rooms(&raw, &mut pr);
     let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
     let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
@@ -445,6 +446,7 @@ pub fn parse_site(
             storage,
             links,
             shutdown_deadline,
+            selftest,
             rooms,
             devices,
             profiles,
@@ -487,8 +489,21 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
         .collect();
     match names.as_slice() {
         [] => vec![
-            "site", "api", "storage", "profiles", "links", "shutdown", "mqtt", "rooms", "devices",
+            "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
+            "devices",
         ],
+        ["selftest"] => vec![
+            "battery_margin_minutes",
+            "lamp_margin_hours",
+            "setpoint_c",
+            "comfort_min_c",
+            "comfort_max_c",
+            "concurrency",
+            "device_timeout_secs",
+            "level_tolerance_db",
+            "playbook",
+        ],
+        ["rooms", "presets"] => vec!["name", "max_attendees", "levels"],
         ["site"] => vec!["name", "time_zone"],
         ["api"] => vec![
             "bind",
@@ -500,7 +515,15 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
         ["profiles"] => vec!["dir"],
         ["links"] => vec!["backoff_min_ms", "backoff_max_ms"],
         ["shutdown"] => vec!["deadline_secs"],
-        ["rooms"] => vec!["id", "name", "building", "floor", "capacity", "equipment"],
+        ["rooms"] => vec![
+            "id",
+            "name",
+            "building",
+            "floor",
+            "capacity",
+            "equipment",
+            "presets",
+        ],
         ["devices"] => vec![
             "id",
             "room",
@@ -680,8 +703,10 @@ fn validate_rooms(raw: &RawSite, pr: &mut Problems<'_>) -> Vec<Room> {
             }
             None => None,
         };
+        let presets = validate_presets(r, &at, pr);
         if let Some(id) = id {
             out.push(Room {
+                presets,
                 name: r.name.clone().unwrap_or_else(|| id.clone()),
                 id: RoomId::new(id),
                 building: r.building.clone(),
@@ -689,6 +714,161 @@ fn validate_rooms(raw: &RawSite, pr: &mut Problems<'_>) -> Vec<Room> {
                 capacity,
                 equipment: r.equipment.clone().unwrap_or_default(),
             });
+        }
+    }
+    out
+}
+
+/// `[[rooms.presets]]`, sorted by `max_attendees`; each problem located.
+fn validate_presets(r: &RawRoom, at: &[Seg], pr: &mut Problems<'_>) -> Vec<RoomPreset> {
+    let mut out: Vec<RoomPreset> = Vec::new();
+    for (j, raw) in r.presets.iter().flatten().enumerate() {
+        let here = p(at, &[k("presets"), Seg::Index(j)]);
+        let max_attendees = match raw.max_attendees {
+            Some(n) if (1..=100_000).contains(&n) => n as u32,
+            Some(_) => {
+                pr.at_path(
+                    &p(&here, &[k("max_attendees")]),
+                    "must be between 1 and 100000",
+                );
+                continue;
+            }
+            None => {
+                pr.at_path(
+                    &here,
+                    "missing key max_attendees (the largest meeting it is for)",
+                );
+                continue;
+            }
+        };
+        if let Some(other) = out.iter().find(|o| o.max_attendees == max_attendees) {
+            pr.at_path(
+                &p(&here, &[k("max_attendees")]),
+                format!(
+                    "preset {:?} is for {max_attendees} attendees already",
+                    other.name
+                ),
+            );
+            continue;
+        }
+        let levels = raw.levels.clone().unwrap_or_default();
+        if levels.is_empty() {
+            pr.at_path(&here, "missing key levels (zone = level in dB)");
+        }
+        for (zone, db) in &levels {
+            if !(db.is_finite() && (-100.0..=20.0).contains(db)) {
+                pr.at_path(
+                    &p(&here, &[k("levels"), k(zone)]),
+                    "must be between -100 and 20 dB",
+                );
+            }
+        }
+        out.push(RoomPreset {
+            name: raw
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("up to {max_attendees}")),
+            max_attendees,
+            levels,
+        });
+    }
+    out.sort_by_key(|p| p.max_attendees);
+    out
+}
+
+/// `[selftest]`, with the playbook it names (or the shipped one).
+fn validate_selftest(raw: &RawSite, base: &Path, pr: &mut Problems<'_>) -> SelfTestSettings {
+    let mut out = SelfTestSettings::default();
+    let Some(st) = raw.selftest.as_ref() else {
+        return out;
+    };
+    let at = |key: &str| [k("selftest"), k(key)];
+    let mut int = |key: &str, v: Option<i64>, lo: i64, hi: i64| -> Option<i64> {
+        match v {
+            Some(v) if (lo..=hi).contains(&v) => Some(v),
+            Some(_) => {
+                pr.at_path(&at(key), format!("must be between {lo} and {hi}"));
+                None
+            }
+            None => None,
+        }
+    };
+    if let Some(m) = int("battery_margin_minutes", st.battery_margin_minutes, 0, 600) {
+        out.battery_margin_minutes = m as u32;
+    }
+    if let Some(h) = int("lamp_margin_hours", st.lamp_margin_hours, 0, 100_000) {
+        out.lamp_margin_hours = Some(h as u32);
+    }
+    if let Some(c) = int("concurrency", st.concurrency, 1, 256) {
+        out.concurrency = c as usize;
+    }
+    let mut float = |key: &str, v: Option<f64>, lo: f64, hi: f64, unit: &str| -> Option<f64> {
+        match v {
+            Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Some(v),
+            Some(_) => {
+                pr.at_path(&at(key), format!("must be between {lo} and {hi}{unit}"));
+                None
+            }
+            None => None,
+        }
+    };
+    if let Some(c) = float("setpoint_c", st.setpoint_c, 10.0, 35.0, " °C") {
+        out.setpoint_c = c;
+    }
+    if let Some(c) = float("comfort_min_c", st.comfort_min_c, 10.0, 35.0, " °C") {
+        out.comfort_min_c = c;
+    }
+    if let Some(c) = float("comfort_max_c", st.comfort_max_c, 10.0, 35.0, " °C") {
+        out.comfort_max_c = c;
+    }
+    if let Some(s) = float(
+        "device_timeout_secs",
+        st.device_timeout_secs,
+        1.0,
+        3_600.0,
+        " s",
+    ) {
+        out.device_timeout = Duration::from_secs_f64(s);
+    }
+    if let Some(d) = float(
+        "level_tolerance_db",
+        st.level_tolerance_db,
+        0.0,
+        20.0,
+        " dB",
+    ) {
+        out.level_tolerance_db = d;
+    }
+    if out.comfort_max_c < out.comfort_min_c {
+        pr.at_path(&at("comfort_max_c"), "must not be below comfort_min_c");
+    } else if !(out.comfort_min_c..=out.comfort_max_c).contains(&out.setpoint_c) {
+        pr.at_path(
+            &at("setpoint_c"),
+            format!(
+                "must be inside the comfort band {} to {} °C",
+                out.comfort_min_c, out.comfort_max_c
+            ),
+        );
+    }
+    if let Some(file) = st.playbook.as_ref() {
+        let path = resolve(base, file);
+        match std::fs::read_to_string(&path) {
+            Err(e) => pr.at_path(
+                &at("playbook"),
+                format!("cannot read {}: {e}", path.display()),
+            ),
+            Ok(text) => {
+                match crate::schedule::remedies::Remedies::parse_over_embedded(
+                    &text,
+                    &path.display().to_string(),
+                ) {
+                    Ok(r) => out.remedies = Arc::new(r),
+                    // The playbook's problems are in its own file, with its own places.
+                    Err(problems) => pr
+                        .list
+                        .extend(problems.into_iter().map(|p| (usize::MAX, p))),
+                }
+            }
         }
     }
     out
