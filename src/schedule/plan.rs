@@ -1,0 +1,395 @@
+//! The plan of timed jobs around each booking (../shared/domain.md, "Before the meeting"): the
+//! T-24 h full test of important bookings, the T-60 self-test, the T-30 ready deadline, the T-20
+//! re-check, the HVAC pre-conditioning start, the start and the end; and which of them are due
+//! at a given instant.
+//!
+//! Pure: a function of the bookings, the settings, the site's zone, the set of jobs already
+//! handled and `now`. It must not read the clock, wait, or run a job; the scheduler task asks
+//! it what is due, runs that, persists each handled job's [`JobKey`] and sleeps until
+//! [`Due::next_at`].
+//!
+//! The rules, each one a row of the tests below:
+//! - Every offset is an exact duration before the start, except the full test's: "the day
+//!   before" is the same local wall time one day earlier in the site's zone, so it is 23 h or
+//!   25 h before the start across a DST change. A wall time that does not exist that day (in
+//!   the spring gap) moves forward by the gap; a repeated one (autumn) takes its first
+//!   occurrence.
+//! - A job runs when `at <= now <= until`. `until` is the job's instant plus its grace, never
+//!   past the job's hard bound: the full test is worth running only until the self-test is due
+//!   (T-60); the other preparations only until the start; the start job until the end.
+//! - A booking made late is the same case as a job missed while the daemon was down (a booking
+//!   carries no creation instant, so the planner cannot tell them apart): whatever is still
+//!   inside its grace runs at once, the rest is reported missed. So the self-test's default
+//!   grace reaches the start: a booking made ten minutes before it still gets a self-test.
+//! - When a booking's self-test and re-check are due in the same call, the re-check is
+//!   reported missed: the self-test about to run checks everything the re-check would.
+//! - A job is identified by its booking, its kind and its planned instant. A moved booking
+//!   therefore gets new keys and its jobs run again for the new time; a cancelled booking (or
+//!   one that ends before it starts) has no jobs.
+//! - At one instant the end of a meeting comes before the start of the next one in the room,
+//!   and each preparation comes before what it prepares ([`JobKind`]'s order).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, Days, Duration, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::model::booking::{Booking, BookingId};
+use crate::model::RoomId;
+
+/// What a job does. The declaration order is the order of jobs planned for the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Restore defaults; power down unless another booking follows soon ([`Job::power_down`]).
+    End,
+    /// T-24 h (the day before), important bookings only.
+    FullTest,
+    /// T-60: every device the booking needs.
+    SelfTest,
+    /// T-30: what is not ready now is escalated.
+    ReadyDeadline,
+    /// T-20: after this, faults are "in meeting" priority.
+    Recheck,
+    /// Start bringing the room to temperature (bookings that need HVAC).
+    Precondition,
+    Start,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 7] = [
+        JobKind::End,
+        JobKind::FullTest,
+        JobKind::SelfTest,
+        JobKind::ReadyDeadline,
+        JobKind::Recheck,
+        JobKind::Precondition,
+        JobKind::Start,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::End => "end",
+            JobKind::FullTest => "full_test",
+            JobKind::SelfTest => "self_test",
+            JobKind::ReadyDeadline => "ready_deadline",
+            JobKind::Recheck => "recheck",
+            JobKind::Precondition => "precondition",
+            JobKind::Start => "start",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the records database keeps of a job once it has been handled (run or logged as
+/// missed), so that a restart never handles it twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobKey {
+    pub booking: BookingId,
+    pub kind: JobKind,
+    /// The planned instant, not when it ran: a moved booking has new keys.
+    pub at: DateTime<Utc>,
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.booking,
+            self.kind,
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// One timed job of one booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub booking: BookingId,
+    pub room: RoomId,
+    pub kind: JobKind,
+    /// When it is planned.
+    pub at: DateTime<Utc>,
+    /// The last instant it may still run (inclusive); later it is missed.
+    pub until: DateTime<Utc>,
+    /// For [`JobKind::End`]: no other booking starts in the room within
+    /// [`PlanSettings::power_down_gap`] of the end. False for the other kinds. Not part of the
+    /// key, so a booking added after the end job ran does not run it again.
+    pub power_down: bool,
+}
+
+impl Job {
+    pub fn key(&self) -> JobKey {
+        JobKey {
+            booking: self.booking.clone(),
+            kind: self.kind,
+            at: self.at,
+        }
+    }
+
+    /// Order of execution: by instant, then by kind; room and booking only make it total.
+    fn order(&self) -> (DateTime<Utc>, JobKind, &RoomId, &BookingId) {
+        (self.at, self.kind, &self.room, &self.booking)
+    }
+}
+
+/// How late after its planned instant each kind of job may still run, before the hard bound
+/// of its kind (see the module doc) cuts it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    pub full_test: Duration,
+    pub self_test: Duration,
+    pub ready_deadline: Duration,
+    pub recheck: Duration,
+    pub precondition: Duration,
+    pub start: Duration,
+    pub end: Duration,
+}
+
+impl Grace {
+    pub fn of(&self, kind: JobKind) -> Duration {
+        match kind {
+            JobKind::End => self.end,
+            JobKind::FullTest => self.full_test,
+            JobKind::SelfTest => self.self_test,
+            JobKind::ReadyDeadline => self.ready_deadline,
+            JobKind::Recheck => self.recheck,
+            JobKind::Precondition => self.precondition,
+            JobKind::Start => self.start,
+        }
+    }
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Self {
+            // Bounded by the self-test at T-60, which covers what a late full test would find.
+            full_test: Duration::hours(25),
+            // Up to the start: a booking made ten minutes before still gets its self-test.
+            self_test: Duration::minutes(60),
+            // Until the re-check at T-20, which escalates on its own.
+            ready_deadline: Duration::minutes(10),
+            recheck: Duration::minutes(20),
+            // Bounded by the start; after it the start job owns the room's state.
+            precondition: Duration::hours(24),
+            // Bounded by the end: the room is set up for the rest of the meeting.
+            start: Duration::hours(24),
+            // Restore defaults and power down after a restart that came soon after the end.
+            end: Duration::hours(2),
+        }
+    }
+}
+
+/// The plan's timings; defaults from ../shared/domain.md, overridable by the site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSettings {
+    /// Local days before the start of the full test of an important booking.
+    pub full_test_days: u32,
+    pub self_test_before: Duration,
+    pub ready_before: Duration,
+    pub recheck_before: Duration,
+    /// Pre-conditioning lead for a room without its own in `precondition_leads`.
+    pub precondition_lead: Duration,
+    /// Per room, computed by the caller from the room's thermal rate.
+    pub precondition_leads: HashMap<RoomId, Duration>,
+    /// An end job powers the room down unless another booking starts within this gap.
+    pub power_down_gap: Duration,
+    pub grace: Grace,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            full_test_days: 1,
+            self_test_before: Duration::minutes(60),
+            ready_before: Duration::minutes(30),
+            recheck_before: Duration::minutes(20),
+            precondition_lead: Duration::minutes(30),
+            precondition_leads: HashMap::new(),
+            power_down_gap: Duration::minutes(30),
+            grace: Grace::default(),
+        }
+    }
+}
+
+impl PlanSettings {
+    pub fn precondition_lead_for(&self, room: &RoomId) -> Duration {
+        self.precondition_leads
+            .get(room)
+            .copied()
+            .unwrap_or(self.precondition_lead)
+    }
+}
+
+/// What the scheduler does now, and when to ask again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Due {
+    /// Due now, in order of execution.
+    pub run: Vec<Job>,
+    /// Past their grace (or a re-check covered by the self-test in `run`): not to run, to log.
+    /// The caller persists their keys like those of jobs that ran.
+    pub missed: Vec<Job>,
+    /// The earliest planned instant after `now` of a job not yet handled.
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// The same local wall time `days` days before `start` in `tz` (module doc: gap forward,
+/// repeated time first). `None` only outside chrono's range.
+pub fn days_before(start: DateTime<Utc>, days: u32, tz: Tz) -> Option<DateTime<Utc>> {
+    let wall = start
+        .with_timezone(&tz)
+        .naive_local()
+        .checked_sub_days(Days::new(days.into()))?;
+    if let Some(t) = tz.from_local_datetime(&wall).earliest() {
+        return Some(t.with_timezone(&Utc));
+    }
+    in_gap(wall, tz)
+}
+
+/// A wall time inside a spring-forward gap, read with the offset in force before the gap: that
+/// is the instant the clocks show `wall` plus the gap. Zones change offset at most a few times
+/// a year, so the offset a day earlier is the one before this gap.
+fn in_gap(wall: NaiveDateTime, tz: Tz) -> Option<DateTime<Utc>> {
+    let probe = wall.checked_sub_signed(Duration::days(1))?;
+    let before = tz.offset_from_utc_datetime(&probe).fix().local_minus_utc();
+    let utc = wall.checked_sub_signed(Duration::seconds(before.into()))?;
+    Some(utc.and_utc())
+}
+
+/// Every job of one booking, in order. `following` is the next booking in the same room (the
+/// first active one starting at or after this one's end), which decides the end job's
+/// `power_down`.
+pub fn jobs_of(
+    booking: &Booking,
+    settings: &PlanSettings,
+    tz: Tz,
+    following: Option<&Booking>,
+) -> Vec<Job> {
+    let mut jobs = Vec::with_capacity(7);
+    if !booking.is_active() || booking.end <= booking.start {
+        return jobs;
+    }
+    let start = booking.start;
+    let end = booking.end;
+    let before = |d: Duration| start.checked_sub_signed(d);
+    let self_test_at = before(settings.self_test_before);
+    let mut push = |kind: JobKind, at: Option<DateTime<Utc>>, bound: Option<DateTime<Utc>>| {
+        let Some(at) = at else { return };
+        let grace_end = at
+            .checked_add_signed(settings.grace.of(kind))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let until = bound.map_or(grace_end, |b| grace_end.min(b)).max(at);
+        jobs.push(Job {
+            booking: booking.id.clone(),
+            room: booking.room.clone(),
+            kind,
+            at,
+            until,
+            power_down: false,
+        });
+    };
+    if booking.important {
+        let at = days_before(start, settings.full_test_days, tz);
+        push(JobKind::FullTest, at, Some(self_test_at.unwrap_or(start)));
+    }
+    push(JobKind::SelfTest, self_test_at, Some(start));
+    push(
+        JobKind::ReadyDeadline,
+        before(settings.ready_before),
+        Some(start),
+    );
+    push(
+        JobKind::Recheck,
+        before(settings.recheck_before),
+        Some(start),
+    );
+    if booking.needs.hvac {
+        let lead = settings.precondition_lead_for(&booking.room);
+        push(JobKind::Precondition, before(lead), Some(start));
+    }
+    push(JobKind::Start, Some(start), Some(end));
+    push(JobKind::End, Some(end), None);
+    let power_down = following.is_none_or(|next| {
+        end.checked_add_signed(settings.power_down_gap)
+            .is_some_and(|quiet_until| next.start > quiet_until)
+    });
+    if let Some(job) = jobs.iter_mut().find(|j| j.kind == JobKind::End) {
+        job.power_down = power_down;
+    }
+    jobs.sort_by(|a, b| a.order().cmp(&b.order()));
+    jobs
+}
+
+/// Every job of every active booking, each end job knowing what follows it in its room; in
+/// order of execution.
+pub fn plan(bookings: &[Booking], settings: &PlanSettings, tz: Tz) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for_each_job(bookings, settings, tz, |job| jobs.push(job));
+    jobs.sort_by(|a, b| a.order().cmp(&b.order()));
+    jobs
+}
+
+fn for_each_job(bookings: &[Booking], settings: &PlanSettings, tz: Tz, mut f: impl FnMut(Job)) {
+    let mut rooms: BTreeMap<&RoomId, Vec<&Booking>> = BTreeMap::new();
+    for b in bookings.iter().filter(|b| b.is_active()) {
+        rooms.entry(&b.room).or_default().push(b);
+    }
+    for in_room in rooms.values_mut() {
+        in_room.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+        for b in in_room.iter() {
+            let from = in_room.partition_point(|n| n.start < b.end);
+            let following = in_room[from..].iter().find(|n| n.id != b.id).copied();
+            jobs_of(b, settings, tz, following)
+                .into_iter()
+                .for_each(&mut f);
+        }
+    }
+}
+
+/// What is due at `now` of the jobs of `bookings` that `done` does not know yet.
+pub fn due(
+    bookings: &[Booking],
+    settings: &PlanSettings,
+    tz: Tz,
+    done: &impl Fn(&JobKey) -> bool,
+    now: DateTime<Utc>,
+) -> Due {
+    let mut out = Due::default();
+    for_each_job(bookings, settings, tz, |job| {
+        if job.at > now {
+            if out.next_at.is_none_or(|next| job.at < next) && !done(&job.key()) {
+                out.next_at = Some(job.at);
+            }
+        } else if !done(&job.key()) {
+            if now <= job.until {
+                out.run.push(job);
+            } else {
+                out.missed.push(job);
+            }
+        }
+    });
+    let self_tests: HashSet<BookingId> = out
+        .run
+        .iter()
+        .filter(|j| j.kind == JobKind::SelfTest)
+        .map(|j| j.booking.clone())
+        .collect();
+    if !self_tests.is_empty() {
+        let (covered, run) = std::mem::take(&mut out.run)
+            .into_iter()
+            .partition(|j| j.kind == JobKind::Recheck && self_tests.contains(&j.booking));
+        out.run = run;
+        out.missed.extend::<Vec<Job>>(covered);
+    }
+    out.run.sort_by(|a, b| a.order().cmp(&b.order()));
+    out.missed.sort_by(|a, b| a.order().cmp(&b.order()));
+    out
+}
