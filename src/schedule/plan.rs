@@ -244,9 +244,11 @@ pub struct Due {
 /// The same local wall time `days` days before `start` in `tz` (module doc: gap forward,
 /// repeated time first). `None` only outside chrono's range.
 pub fn days_before(start: DateTime<Utc>, days: u32, tz: Tz) -> Option<DateTime<Utc>> {
+    // `naive_local` panics at the edges of chrono's range; bookings come from outside.
+    let offset = tz.offset_from_utc_datetime(&start.naive_utc()).fix();
     let wall = start
-        .with_timezone(&tz)
-        .naive_local()
+        .naive_utc()
+        .checked_add_signed(Duration::seconds(offset.local_minus_utc().into()))?
         .checked_sub_days(Days::new(days.into()))?;
     if let Some(t) = tz.from_local_datetime(&wall).earliest() {
         return Some(t.with_timezone(&Utc));
@@ -392,4 +394,422 @@ pub fn due(
     out.run.sort_by(|a, b| a.order().cmp(&b.order()));
     out.missed.sort_by(|a, b| a.order().cmp(&b.order()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use chrono::NaiveDate;
+    use chrono_tz::{America::New_York, Asia::Shanghai, Europe::Berlin};
+
+    use super::*;
+    use crate::model::booking::{BookingSource, BookingStatus, Needs};
+
+    /// A local wall time in `tz`, which must exist and be unambiguous.
+    fn local(tz: Tz, y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        let wall = NaiveDate::from_ymd_opt(y, mo, d)
+            .and_then(|date| date.and_hms_opt(h, mi, 0))
+            .expect("valid date");
+        tz.from_local_datetime(&wall)
+            .single()
+            .expect("one instant")
+            .with_timezone(&Utc)
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid")
+    }
+
+    fn booking(id: &str, room: &str, start: DateTime<Utc>, minutes: i64) -> Booking {
+        Booking {
+            id: BookingId::new(id),
+            room: RoomId::new(room),
+            title: "board".into(),
+            organiser: None,
+            department: None,
+            start,
+            end: start + Duration::minutes(minutes),
+            attendees: 8,
+            needs: Needs {
+                projection: true,
+                ..Needs::default()
+            },
+            important: false,
+            confidential: false,
+            status: BookingStatus::Confirmed,
+            source: BookingSource::Api,
+            source_uid: None,
+        }
+    }
+
+    fn important(mut b: Booking) -> Booking {
+        b.important = true;
+        b
+    }
+
+    fn with_hvac(mut b: Booking) -> Booking {
+        b.needs.hvac = true;
+        b
+    }
+
+    fn kinds_and_instants(jobs: &[Job]) -> Vec<(JobKind, DateTime<Utc>)> {
+        jobs.iter().map(|j| (j.kind, j.at)).collect()
+    }
+
+    fn m(n: i64) -> Duration {
+        Duration::minutes(n)
+    }
+
+    #[test]
+    fn an_ordinary_booking_gets_self_test_deadline_recheck_start_and_end() {
+        let s = local(Berlin, 2026, 5, 4, 10, 0);
+        let b = booking("b", "r", s, 90);
+        let jobs = jobs_of(&b, &PlanSettings::default(), Berlin, None);
+        assert_eq!(
+            kinds_and_instants(&jobs),
+            [
+                (JobKind::SelfTest, s - m(60)),
+                (JobKind::ReadyDeadline, s - m(30)),
+                (JobKind::Recheck, s - m(20)),
+                (JobKind::Start, s),
+                (JobKind::End, s + m(90)),
+            ]
+        );
+        let until: Vec<_> = jobs.iter().map(|j| j.until).collect();
+        assert_eq!(until, [s, s - m(20), s, s + m(90), s + m(90 + 120)]);
+        assert!(jobs
+            .iter()
+            .all(|j| j.power_down == (j.kind == JobKind::End)));
+    }
+
+    #[test]
+    fn an_important_booking_with_hvac_adds_the_day_before_and_preconditioning() {
+        let s = local(Shanghai, 2026, 5, 4, 9, 0);
+        let mut settings = PlanSettings::default();
+        settings
+            .precondition_leads
+            .insert(RoomId::new("cold"), m(75));
+        let b = with_hvac(important(booking("b", "cold", s, 60)));
+        let jobs = jobs_of(&b, &settings, Shanghai, None);
+        assert_eq!(
+            kinds_and_instants(&jobs),
+            [
+                (JobKind::FullTest, s - Duration::hours(24)),
+                (JobKind::Precondition, s - m(75)),
+                (JobKind::SelfTest, s - m(60)),
+                (JobKind::ReadyDeadline, s - m(30)),
+                (JobKind::Recheck, s - m(20)),
+                (JobKind::Start, s),
+                (JobKind::End, s + m(60)),
+            ]
+        );
+        assert_eq!(
+            jobs[0].until,
+            s - m(60),
+            "the full test gives way to the self-test"
+        );
+        assert_eq!(
+            jobs[1].until, s,
+            "pre-conditioning is worth starting until the start"
+        );
+        // A room without its own lead takes the default.
+        let other = with_hvac(booking("o", "warm", s, 60));
+        let pre = jobs_of(&other, &settings, Shanghai, None);
+        assert!(pre.contains(&Job {
+            booking: BookingId::new("o"),
+            room: RoomId::new("warm"),
+            kind: JobKind::Precondition,
+            at: s - m(30),
+            until: s,
+            power_down: false,
+        }));
+    }
+
+    #[test]
+    fn zero_preconditioning_lead_runs_it_just_before_the_start() {
+        let s = local(Berlin, 2026, 5, 4, 9, 0);
+        let settings = PlanSettings {
+            precondition_lead: Duration::zero(),
+            ..PlanSettings::default()
+        };
+        let jobs = jobs_of(
+            &with_hvac(booking("b", "r", s, 60)),
+            &settings,
+            Berlin,
+            None,
+        );
+        let at_start: Vec<_> = jobs.iter().filter(|j| j.at == s).map(|j| j.kind).collect();
+        assert_eq!(at_start, [JobKind::Precondition, JobKind::Start]);
+    }
+
+    /// (case, zone, start as local wall time, expected full-test instant in UTC, hours before)
+    #[test]
+    fn the_day_before_is_local_wall_time_across_dst() {
+        let cases = [
+            // Spring forward 2026-03-29 02:00 CET -> 03:00 CEST: the day before is 23 h earlier.
+            (
+                "berlin spring",
+                Berlin,
+                (2026, 3, 29, 10, 0),
+                utc(2026, 3, 28, 9, 0),
+                23,
+            ),
+            // 2026-03-29 02:30 does not exist in Berlin: forward by the gap to 03:30 CEST.
+            (
+                "berlin gap",
+                Berlin,
+                (2026, 3, 30, 2, 30),
+                utc(2026, 3, 29, 1, 30),
+                23,
+            ),
+            // Fall back 2026-10-25 03:00 CEST -> 02:00 CET: 25 h.
+            (
+                "berlin autumn",
+                Berlin,
+                (2026, 10, 25, 10, 0),
+                utc(2026, 10, 24, 8, 0),
+                25,
+            ),
+            // 2026-10-25 02:30 happens twice in Berlin: the first one, still CEST.
+            (
+                "berlin repeat",
+                Berlin,
+                (2026, 10, 26, 2, 30),
+                utc(2026, 10, 25, 0, 30),
+                25,
+            ),
+            // New York 2026-03-08 02:00 EST -> 03:00 EDT.
+            (
+                "new york spring",
+                New_York,
+                (2026, 3, 8, 9, 0),
+                utc(2026, 3, 7, 14, 0),
+                23,
+            ),
+            (
+                "new york gap",
+                New_York,
+                (2026, 3, 9, 2, 30),
+                utc(2026, 3, 8, 7, 30),
+                23,
+            ),
+            // New York 2026-11-01 02:00 EDT -> 01:00 EST.
+            (
+                "new york autumn",
+                New_York,
+                (2026, 11, 1, 9, 0),
+                utc(2026, 10, 31, 13, 0),
+                25,
+            ),
+            (
+                "new york repeat",
+                New_York,
+                (2026, 11, 2, 1, 30),
+                utc(2026, 11, 1, 5, 30),
+                25,
+            ),
+            // Shanghai keeps UTC+8 all year.
+            (
+                "shanghai",
+                Shanghai,
+                (2026, 3, 29, 10, 0),
+                utc(2026, 3, 28, 2, 0),
+                24,
+            ),
+            (
+                "shanghai autumn",
+                Shanghai,
+                (2026, 10, 25, 2, 30),
+                utc(2026, 10, 23, 18, 30),
+                24,
+            ),
+        ];
+        for (case, tz, (y, mo, d, h, mi), full_test_at, hours) in cases {
+            let s = local(tz, y, mo, d, h, mi);
+            let b = important(booking(case, "r", s, 60));
+            let jobs = jobs_of(&b, &PlanSettings::default(), tz, None);
+            assert_eq!(jobs[0].kind, JobKind::FullTest, "{case}");
+            assert_eq!(jobs[0].at, full_test_at, "{case}");
+            assert_eq!(s - jobs[0].at, Duration::hours(hours), "{case}");
+            // The other offsets stay exact durations.
+            let rest: Vec<_> = jobs[1..].iter().map(|j| s - j.at).collect();
+            assert_eq!(rest, [m(60), m(30), m(20), m(0), m(-60)], "{case}");
+        }
+    }
+
+    #[test]
+    fn a_meeting_across_the_dst_night_keeps_its_real_duration() {
+        // 01:30 to 03:30 on the wall clock; the real length differs by the changed hour.
+        let cases = [
+            (Berlin, utc(2026, 3, 29, 0, 30), 60),
+            (Berlin, utc(2026, 10, 24, 23, 30), 180),
+            (New_York, utc(2026, 3, 8, 6, 30), 60),
+            (New_York, utc(2026, 11, 1, 5, 30), 180),
+            (Shanghai, utc(2026, 3, 28, 17, 30), 120),
+        ];
+        for (tz, s, minutes) in cases {
+            let b = booking("night", "r", s, minutes);
+            let jobs = jobs_of(&b, &PlanSettings::default(), tz, None);
+            let end = jobs.iter().find(|j| j.kind == JobKind::End).map(|j| j.at);
+            assert_eq!(end, Some(s + m(minutes)), "{tz}");
+            assert_eq!(jobs[0].at, s - m(60), "{tz}");
+        }
+    }
+
+    #[test]
+    fn back_to_back_bookings_end_before_start_and_stay_powered() {
+        let s = local(Berlin, 2026, 5, 4, 9, 0);
+        let first = booking("a", "r", s, 60);
+        let second = booking("b", "r", s + m(60), 60);
+        let later = booking("c", "r", s + m(60 + 60 + 45), 30);
+        let elsewhere = booking("d", "other", s + m(60), 60);
+        let jobs = plan(
+            &[later.clone(), second.clone(), elsewhere, first.clone()],
+            &PlanSettings::default(),
+            Berlin,
+        );
+        let in_r: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.room.as_str() == "r")
+            .filter(|j| matches!(j.kind, JobKind::Start | JobKind::End))
+            .map(|j| (j.booking.as_str(), j.kind, j.power_down))
+            .collect();
+        assert_eq!(
+            in_r,
+            [
+                ("a", JobKind::Start, false),
+                ("a", JobKind::End, false),
+                ("b", JobKind::Start, false),
+                // 45 min until the next booking is more than the 30 min gap.
+                ("b", JobKind::End, true),
+                ("c", JobKind::Start, false),
+                ("c", JobKind::End, true),
+            ]
+        );
+        // A following booking exactly at the gap keeps the room on.
+        let at_gap = booking("e", "r", s + m(60 + 30), 30);
+        let ends = jobs_of(&first, &PlanSettings::default(), Berlin, Some(&at_gap));
+        assert!(ends.iter().all(|j| !j.power_down));
+    }
+
+    #[test]
+    fn cancelled_and_inverted_bookings_have_no_jobs() {
+        let s = local(Berlin, 2026, 5, 4, 9, 0);
+        let mut cancelled = booking("c", "r", s, 60);
+        cancelled.status = BookingStatus::Cancelled;
+        assert!(jobs_of(&cancelled, &PlanSettings::default(), Berlin, None).is_empty());
+        let inverted = booking("i", "r", s, -5);
+        assert!(jobs_of(&inverted, &PlanSettings::default(), Berlin, None).is_empty());
+        // A cancelled booking does not keep the room from powering down either.
+        let first = booking("a", "r", s - m(60), 60);
+        let jobs = plan(&[first, cancelled], &PlanSettings::default(), Berlin);
+        assert!(jobs.iter().any(|j| j.kind == JobKind::End && j.power_down));
+    }
+
+    #[test]
+    fn extreme_instants_do_not_panic() {
+        let b = important(with_hvac(booking("x", "r", DateTime::<Utc>::MIN_UTC, 60)));
+        let jobs = jobs_of(&b, &PlanSettings::default(), Berlin, None);
+        assert!(jobs.iter().all(|j| j.kind != JobKind::FullTest));
+        let mut late = booking("y", "r", DateTime::<Utc>::MAX_UTC - m(30), 10);
+        late.important = true;
+        let jobs = jobs_of(&late, &PlanSettings::default(), Berlin, None);
+        assert!(jobs.iter().any(|j| j.kind == JobKind::End));
+        let _ = due(
+            &[b, late],
+            &PlanSettings::default(),
+            Berlin,
+            &|_| false,
+            Utc.timestamp_opt(0, 0).unwrap(),
+        );
+    }
+
+    /// (case, minutes before the start at which the planner first sees the booking, what runs
+    /// at once, what is missed)
+    #[test]
+    fn a_booking_made_late_gets_what_still_makes_sense() {
+        use JobKind::*;
+        let cases: [(&str, i64, &[JobKind], &[JobKind]); 6] = [
+            ("a day ahead", 25 * 60, &[], &[]),
+            ("three hours ahead", 180, &[FullTest], &[]),
+            ("50 min ahead", 50, &[SelfTest], &[FullTest]),
+            (
+                "25 min ahead",
+                25,
+                &[SelfTest, ReadyDeadline, Precondition],
+                &[FullTest],
+            ),
+            // The self-test covers the re-check; the deadline has passed.
+            (
+                "10 min ahead",
+                10,
+                &[SelfTest, Precondition],
+                &[FullTest, ReadyDeadline, Recheck],
+            ),
+            (
+                "10 min late",
+                -10,
+                &[Start],
+                &[FullTest, SelfTest, ReadyDeadline, Recheck, Precondition],
+            ),
+        ];
+        let s = local(Berlin, 2026, 5, 4, 9, 0);
+        let settings = PlanSettings::default();
+        for (case, ahead, run, missed) in cases {
+            let b = with_hvac(important(booking("b", "r", s, 60)));
+            let d = due(&[b], &settings, Berlin, &|_| false, s - m(ahead));
+            let kinds =
+                |jobs: &[Job]| -> HashSet<JobKind> { jobs.iter().map(|j| j.kind).collect() };
+            assert_eq!(kinds(&d.run), run.iter().copied().collect(), "{case}: run");
+            assert_eq!(
+                kinds(&d.missed),
+                missed.iter().copied().collect(),
+                "{case}: missed"
+            );
+            assert!(d.next_at.is_some_and(|n| n > s - m(ahead)), "{case}");
+        }
+    }
+
+    #[test]
+    fn handled_jobs_are_not_due_again_and_next_at_skips_them() {
+        let s = local(Berlin, 2026, 5, 4, 9, 0);
+        let b = booking("b", "r", s, 60);
+        let settings = PlanSettings::default();
+        let d = due(
+            std::slice::from_ref(&b),
+            &settings,
+            Berlin,
+            &|_| false,
+            s - m(60),
+        );
+        assert_eq!(d.run.len(), 1);
+        let handled: HashSet<JobKey> = d.run.iter().map(Job::key).collect();
+        let again = due(
+            std::slice::from_ref(&b),
+            &settings,
+            Berlin,
+            &|k| handled.contains(k),
+            s - m(60),
+        );
+        assert!(again.run.is_empty());
+        assert_eq!(again.next_at, Some(s - m(30)));
+        // Moving the booking gives new keys: its self-test is due again for the new time.
+        let mut moved = b.clone();
+        moved.start = s - m(5);
+        moved.end = s + m(55);
+        let d = due(
+            &[moved],
+            &settings,
+            Berlin,
+            &|k| handled.contains(k),
+            s - m(60),
+        );
+        assert_eq!(
+            d.run.iter().map(|j| j.kind).collect::<Vec<_>>(),
+            [JobKind::SelfTest]
+        );
+    }
 }
