@@ -812,4 +812,305 @@ mod tests {
             [JobKind::SelfTest]
         );
     }
+
+    /// The scheduler task's loop on paused tokio time: ask what is due, run it, sleep until
+    /// `next_at`. Every wake-up must land on a planned instant, across the autumn night.
+    #[tokio::test(start_paused = true)]
+    async fn wakeups_land_on_the_planned_instants_across_a_dst_night() {
+        let tz = Berlin;
+        let clock = crate::clock::Clock::starting_at(local(tz, 2026, 10, 23, 12, 0));
+        let bookings = [
+            // 09:00 CET; the day before is 09:00 CEST, 25 h earlier.
+            important(booking("morning", "r", local(tz, 2026, 10, 25, 9, 0), 60)),
+            // Starts 01:30 CEST, ends 02:30 CET: three real hours through the repeated hour.
+            with_hvac(booking("night", "r", utc(2026, 10, 24, 23, 30), 180)),
+            important(booking("evening", "s", local(tz, 2026, 10, 24, 18, 0), 30)),
+        ];
+        let settings = PlanSettings::default();
+        let mut handled: HashSet<JobKey> = HashSet::new();
+        let mut ran: Vec<Job> = Vec::new();
+        let mut wakeups = 0;
+        loop {
+            let now = clock.now();
+            let d = due(&bookings, &settings, tz, &|k| handled.contains(k), now);
+            assert!(d.missed.is_empty(), "{:?}", d.missed);
+            for job in d.run {
+                assert_eq!(job.at, now, "{job:?} ran at {now}");
+                handled.insert(job.key());
+                ran.push(job);
+            }
+            let Some(next) = d.next_at else { break };
+            let wait = (next - now).to_std().expect("next_at is after now");
+            tokio::time::sleep_until(clock.instant() + wait).await;
+            wakeups += 1;
+        }
+        assert_eq!(ran, plan(&bookings, &settings, tz));
+        let at = |id: &str, kind| {
+            ran.iter()
+                .find(|j| j.booking.as_str() == id && j.kind == kind)
+                .map(|j| j.at)
+        };
+        assert_eq!(
+            at("morning", JobKind::FullTest),
+            Some(utc(2026, 10, 24, 7, 0))
+        );
+        assert_eq!(at("morning", JobKind::Start), Some(utc(2026, 10, 25, 8, 0)));
+        assert_eq!(
+            at("evening", JobKind::FullTest),
+            Some(utc(2026, 10, 23, 16, 0))
+        );
+        assert_eq!(at("night", JobKind::End), Some(utc(2026, 10, 25, 2, 30)));
+        assert!(wakeups < ran.len(), "jobs at one instant share a wake-up");
+    }
+
+    mod simulation {
+        //! Random bookings, a daemon that wakes at `next_at`, changes and cancellations
+        //! between steps, and restarts that keep only the handled keys.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        struct Spec {
+            room: u8,
+            start_min: i64,
+            minutes: i64,
+            important: bool,
+            hvac: bool,
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Advance(i64),
+            /// Down for this many minutes, then a restart.
+            Down(i64),
+            Move(usize, i64),
+            Cancel(usize),
+            /// A booking made now, starting `start_min % 600 - 30` minutes from now.
+            Add(Spec),
+        }
+
+        fn spec() -> impl Strategy<Value = Spec> {
+            (
+                0u8..3,
+                0i64..3 * 288,
+                1i64..48,
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(room, start5, len5, important, hvac)| Spec {
+                    room,
+                    start_min: start5 * 5,
+                    minutes: len5 * 5,
+                    important,
+                    hvac,
+                })
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1i64..720).prop_map(Op::Advance),
+                1 => (1i64..1500).prop_map(Op::Down),
+                1 => (any::<usize>(), -60i64..60).prop_map(|(i, s)| Op::Move(i, s * 5)),
+                1 => any::<usize>().prop_map(Op::Cancel),
+                1 => spec().prop_map(Op::Add),
+            ]
+        }
+
+        /// A day before each 2026 change, and Shanghai for a zone without one.
+        fn origin(zone: usize) -> (Tz, DateTime<Utc>) {
+            match zone {
+                0 => (Berlin, local(Berlin, 2026, 3, 28, 0, 0)),
+                1 => (Berlin, local(Berlin, 2026, 10, 24, 0, 0)),
+                2 => (New_York, local(New_York, 2026, 3, 7, 0, 0)),
+                3 => (New_York, local(New_York, 2026, 10, 31, 0, 0)),
+                _ => (Shanghai, local(Shanghai, 2026, 3, 28, 0, 0)),
+            }
+        }
+
+        struct Sim {
+            tz: Tz,
+            settings: PlanSettings,
+            bookings: Vec<Booking>,
+            now: DateTime<Utc>,
+            /// What the records database would hold: survives restarts.
+            handled: HashSet<JobKey>,
+            /// The plan's keys at the last call, when no restart came since.
+            last: Option<(DateTime<Utc>, HashSet<JobKey>)>,
+            /// Every call's plan, and every job run with the call that ran it.
+            plans: Vec<HashSet<JobKey>>,
+            ran: Vec<(usize, Job)>,
+        }
+
+        impl Sim {
+            fn booking(&self, id: String, start: DateTime<Utc>, s: &Spec) -> Booking {
+                let mut b = booking(&id, &format!("room{}", s.room), start, s.minutes);
+                b.important = s.important;
+                b.needs.hvac = s.hvac;
+                b
+            }
+
+            /// One call of the planner at `now`, checked; returns its `next_at`.
+            fn call(&mut self) -> Result<Option<DateTime<Utc>>, TestCaseError> {
+                let now = self.now;
+                let jobs = plan(&self.bookings, &self.settings, self.tz);
+                let keys: HashSet<JobKey> = jobs.iter().map(Job::key).collect();
+                let handled = &self.handled;
+                let d = due(
+                    &self.bookings,
+                    &self.settings,
+                    self.tz,
+                    &|k| handled.contains(k),
+                    now,
+                );
+                let run: HashSet<JobKey> = d.run.iter().map(Job::key).collect();
+                let missed: HashSet<JobKey> = d.missed.iter().map(Job::key).collect();
+                prop_assert!(run.is_disjoint(&missed));
+                prop_assert!(d.run.windows(2).all(|w| w[0].order() <= w[1].order()));
+                // Every job of an active booking that has come and is not handled is either
+                // run or missed, by its grace; nothing else is.
+                for job in &jobs {
+                    let k = job.key();
+                    let pending = job.at <= now && !self.handled.contains(&k);
+                    prop_assert_eq!(
+                        pending,
+                        run.contains(&k) || missed.contains(&k),
+                        "{:?}",
+                        job
+                    );
+                }
+                for job in &d.run {
+                    prop_assert!(jobs.contains(job), "runs only jobs of active bookings");
+                    prop_assert!(job.at <= now && now <= job.until, "{:?} at {}", job, now);
+                }
+                for job in &d.missed {
+                    let covered = job.kind == JobKind::Recheck
+                        && d.run
+                            .iter()
+                            .any(|r| r.kind == JobKind::SelfTest && r.booking == job.booking);
+                    prop_assert!(now > job.until || covered, "{:?} missed at {}", job, now);
+                }
+                // While up, a job known at the last call whose instant has come since runs
+                // now, on its instant (the daemon woke at `next_at`).
+                if let Some((last_now, last_keys)) = &self.last {
+                    for k in last_keys {
+                        if *last_now < k.at && k.at <= now && keys.contains(k) {
+                            prop_assert!(run.contains(k), "{:?} not run while up", k);
+                            prop_assert_eq!(k.at, now);
+                        }
+                    }
+                }
+                let call = self.plans.len();
+                for job in d.run {
+                    prop_assert!(self.handled.insert(job.key()), "{:?} ran twice", job);
+                    self.ran.push((call, job));
+                }
+                self.handled.extend(missed);
+                if let Some(next) = d.next_at {
+                    prop_assert!(next > now);
+                }
+                self.last = Some((now, keys.clone()));
+                self.plans.push(keys);
+                Ok(d.next_at)
+            }
+
+            fn advance(&mut self, minutes: i64) -> Result<(), TestCaseError> {
+                let target = self.now + Duration::minutes(minutes);
+                while let Some(next) = self.call()? {
+                    if next > target {
+                        break;
+                    }
+                    self.now = next;
+                }
+                self.now = target;
+                Ok(())
+            }
+
+            fn pick(&self, i: usize) -> Option<usize> {
+                (!self.bookings.is_empty()).then(|| i % self.bookings.len())
+            }
+
+            fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+                match op {
+                    Op::Advance(minutes) => self.advance(*minutes),
+                    Op::Down(minutes) => {
+                        self.last = None;
+                        self.now += Duration::minutes(*minutes);
+                        self.call().map(drop)
+                    }
+                    Op::Move(i, shift) => {
+                        if let Some(i) = self.pick(*i) {
+                            let b = &mut self.bookings[i];
+                            b.start += Duration::minutes(*shift);
+                            b.end += Duration::minutes(*shift);
+                        }
+                        self.call().map(drop)
+                    }
+                    Op::Cancel(i) => {
+                        if let Some(i) = self.pick(*i) {
+                            self.bookings[i].status = BookingStatus::Cancelled;
+                        }
+                        self.call().map(drop)
+                    }
+                    Op::Add(s) => {
+                        let start = self.now + Duration::minutes(s.start_min % 600 - 30);
+                        let b = self.booking(format!("n{}", self.bookings.len()), start, s);
+                        self.bookings.push(b);
+                        self.call().map(drop)
+                    }
+                }
+            }
+
+            /// Jobs of one room ran in order: a job that was already planned when another
+            /// ran never runs after it if it comes earlier.
+            fn check_room_order(&self) -> Result<(), TestCaseError> {
+                for (i, (ci, x)) in self.ran.iter().enumerate() {
+                    for (cj, y) in &self.ran[i + 1..] {
+                        if x.room == y.room && cj > ci && self.plans[*ci].contains(&y.key()) {
+                            prop_assert!(
+                                (x.at, x.kind) <= (y.at, y.kind),
+                                "{:?} ran before {:?}",
+                                x,
+                                y
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn no_job_lost_none_twice_order_kept(
+                zone in 0usize..5,
+                initial in prop::collection::vec(spec(), 0..10),
+                ops in prop::collection::vec(op(), 1..40),
+            ) {
+                let (tz, t0) = origin(zone);
+                let mut sim = Sim {
+                    tz,
+                    settings: PlanSettings::default(),
+                    bookings: Vec::new(),
+                    now: t0,
+                    handled: HashSet::new(),
+                    last: None,
+                    plans: Vec::new(),
+                    ran: Vec::new(),
+                };
+                for (n, s) in initial.iter().enumerate() {
+                    let b = sim.booking(format!("b{n}"), t0 + Duration::minutes(s.start_min), s);
+                    sim.bookings.push(b);
+                }
+                sim.call()?;
+                for op in &ops {
+                    sim.step(op)?;
+                }
+                sim.check_room_order()?;
+            }
+        }
+    }
 }
