@@ -4,7 +4,7 @@
 //! This module owns plain data only. It must not do I/O or use tokio, so that every other layer
 //! (and every pure decision core) can depend on it freely.
 
-mod booking;
+pub mod booking;
 pub mod plan;
 mod point;
 

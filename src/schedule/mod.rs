@@ -5,11 +5,13 @@
 //! Must not read the wall clock directly (it is handed `now` or a `Clock`), and must not talk
 //! to a device except through the runtime's handles.
 
+pub mod alternative;
 pub mod battery;
 pub mod book;
 pub mod checks;
 pub mod history;
 pub mod meeting;
+pub mod plan;
 pub mod remedies;
 pub mod selftest;
 pub mod service;
