@@ -35,6 +35,8 @@ pub struct StartOptions {
     pub with_simulators: bool,
     /// Override the API bind address (tests use port 0).
     pub api_bind: Option<SocketAddr>,
+    /// Make the demo's bookings over the next hours at start.
+    pub demo_bookings: bool,
 }
 
 /// One part of the daemon: the tasks it runs and the token that stops them. The daemon is a
@@ -91,6 +93,8 @@ pub struct Daemon {
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
     /// The equipment archive and maintenance logbook.
     pub logbook: LogbookHandle,
+    /// Bookings, self-tests and verdicts.
+    pub schedule: crate::schedule::ScheduleHandle,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -146,6 +150,17 @@ impl Daemon {
         let archive = Service::new("archive");
         start_archive(&devices, &fleet, &logbook, clock, &archive);
         services.push(archive);
+        let schedule_service = Service::new("schedule");
+        let schedule = start_schedule(
+            &cfg,
+            &opts,
+            &fleet,
+            &logbook,
+            &events,
+            clock,
+            &schedule_service,
+        );
+        services.push(schedule_service);
         let api_service = Service::new("api");
         let api_addr = start_api(
             &cfg,
@@ -155,6 +170,7 @@ impl Daemon {
             &logbook,
             clock,
             devices.len(),
+            schedule.clone(),
             &api_service,
         )
         .await?;
@@ -174,6 +190,7 @@ impl Daemon {
             clock,
             simulators,
             logbook,
+            schedule,
             services,
             store,
             simulation,
@@ -437,6 +454,94 @@ fn start_archive(
     });
 }
 
+/// The schedule: the booking book restored from the records file, the battery and
+/// temperature history, the scheduler task that runs each booking's jobs, and (for the demo)
+/// the demo's bookings.
+fn start_schedule(
+    cfg: &SiteConfig,
+    opts: &StartOptions,
+    fleet: &Arc<Fleet>,
+    logbook: &LogbookHandle,
+    events: &EventBus,
+    clock: Clock,
+    svc: &Service,
+) -> crate::schedule::ScheduleHandle {
+    use crate::schedule::{book::Book, history, scheduler::Scheduler, ScheduleHandle};
+    let book = Book::new(&cfg.rooms, logbook.clone());
+    let (tx, requests) = tokio::sync::mpsc::channel(16);
+    let handle = ScheduleHandle::new(book.clone(), tx);
+    let history = Arc::new(std::sync::Mutex::new(history::History::new()));
+    svc.tasks.spawn(history::track(
+        fleet.handles().cloned().collect(),
+        history.clone(),
+        svc.cancel(),
+    ));
+    let mut scheduler = Scheduler {
+        book: book.clone(),
+        fleet: fleet.clone(),
+        logbook: logbook.clone(),
+        events: events.clone(),
+        clock,
+        tz: cfg.site.time_zone,
+        plan: crate::schedule::plan::PlanSettings::default(),
+        selftest: cfg.selftest.clone(),
+        rooms: cfg.rooms.clone(),
+        history,
+        requests,
+        done: Default::default(),
+    };
+    let path = cfg.storage.path.clone();
+    let logbook = logbook.clone();
+    let demo = opts.demo_bookings;
+    let cancel = svc.cancel();
+    svc.tasks.spawn(async move {
+        // What the records file holds: bookings, verdicts, the jobs that ran. The writer has
+        // opened and migrated the file once it acknowledges a flush; a store in trouble must
+        // not hold the schedule, which then starts from what the API and feeds tell it.
+        let ready = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(10), logbook.flush()) => matches!(r, Ok(Ok(()))),
+        };
+        if ready {
+            match restore(&path, clock.now()) {
+                Ok((bookings, verdicts, done)) => {
+                    tracing::info!(bookings = bookings.len(), jobs_done = done.len(), "schedule restored from the records");
+                    book.restore(bookings, verdicts);
+                    scheduler.done = done;
+                }
+                Err(e) => tracing::warn!(error = %e, "schedule not restored from the records; starting empty"),
+            }
+        } else {
+            tracing::warn!("the records store is not available; the schedule starts empty");
+        }
+        if demo {
+            crate::schedule::demo::seed(&book, clock.now()).await;
+        }
+        scheduler.run(cancel).await;
+    });
+    handle
+}
+
+type Restored = (
+    Vec<crate::model::Booking>,
+    Vec<crate::model::Verdict>,
+    std::collections::HashSet<crate::records::bookings::DoneJob>,
+);
+
+fn restore(
+    path: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Restored, crate::records::StoreError> {
+    use crate::records::bookings;
+    let conn = crate::records::store::open_reader(path)?;
+    let since = now - chrono::Duration::days(2);
+    Ok((
+        bookings::load_bookings(&conn, since)?,
+        bookings::latest_verdicts(&conn, since)?,
+        bookings::jobs_done(&conn, since)?,
+    ))
+}
+
 /// The status API, its connection limit fitted to the descriptors the devices leave.
 #[allow(clippy::too_many_arguments)]
 async fn start_api(
@@ -447,6 +552,7 @@ async fn start_api(
     logbook: &LogbookHandle,
     clock: Clock,
     devices: usize,
+    schedule: crate::schedule::ScheduleHandle,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -462,7 +568,7 @@ async fn start_api(
         fleet: fleet.clone(),
         metrics: metrics.clone(),
         store: Some(logbook.watch_status()),
-        schedule: None,
+        schedule: Some(schedule),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

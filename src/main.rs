@@ -165,6 +165,7 @@ fn main() -> ExitCode {
                 StartOptions {
                     with_simulators,
                     api_bind: None,
+                    demo_bookings: false,
                 },
             )
         }
@@ -207,6 +208,7 @@ fn main() -> ExitCode {
                 StartOptions {
                     with_simulators: true,
                     api_bind: Some(bind),
+                    demo_bookings: true,
                 },
             )
         }

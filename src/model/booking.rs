@@ -80,7 +80,9 @@ impl Needs {
         if self.wired_mics > 0 {
             out.push((Need::WiredMics, Capability::Gain));
         }
-        if self.speech_reinforcement || self.wireless_mics > 0 || self.wired_mics > 0 {
+        // Microphones alone do not imply the room's loudspeakers (a video call or a recording
+        // takes them too): a booking that needs the room's sound says so.
+        if self.speech_reinforcement {
             out.push((Need::SpeechReinforcement, Capability::Level));
         }
         if self.hvac {
@@ -324,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn mics_need_speaker_zones_and_projection_needs_power_and_input() {
+    fn needs_ask_for_exactly_their_capabilities() {
         let n = Needs {
             projection: true,
             wireless_mics: 2,
@@ -334,7 +336,14 @@ mod tests {
         assert!(caps.contains(&Capability::Power));
         assert!(caps.contains(&Capability::Input));
         assert!(caps.contains(&Capability::TxPresent));
-        assert!(caps.contains(&Capability::Level));
+        assert!(!caps.contains(&Capability::Level));
+        let loud = Needs {
+            speech_reinforcement: true,
+            ..Needs::default()
+        };
+        assert!(loud
+            .capabilities()
+            .contains(&(Need::SpeechReinforcement, Capability::Level)));
         assert!(!Needs::default().any());
     }
 }

@@ -1068,9 +1068,10 @@ mod tests {
                 capabilities: &[Capability::Power, Capability::Setpoint],
             },
         ];
-        // Mics need speaker zones: no DSP here.
+        // Loudspeakers asked for: no DSP here.
         let needs = Needs {
             wireless_mics: 1,
+            speech_reinforcement: true,
             hvac: true,
             ..Needs::default()
         };

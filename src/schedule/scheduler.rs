@@ -26,8 +26,8 @@ use crate::clock::Clock;
 use crate::config::{Room, SelfTestSettings};
 use crate::events::{EventBus, EventKind};
 use crate::model::{
-    Booking, BookingId, Capability, DeviceCommand, Quantity, Readiness, RoomId, Subject,
-    TestKind, Verdict,
+    Booking, BookingId, Capability, DeviceCommand, Quantity, Readiness, RoomId, Subject, TestKind,
+    Verdict,
 };
 use crate::records::bookings::DoneJob;
 use crate::records::{Actor, LogbookHandle, NewEntry};
@@ -123,15 +123,16 @@ impl Scheduler {
                 else {
                     continue;
                 };
-                let profile_rate = h
+                let Some(profile_rate) = h
                     .profile
                     .as_ref()
-                    .map_or(super::thermal::DEFAULT_RATE_C_PER_MIN, |p| {
-                        p.selftest.thermal_rate_c_per_min
-                    });
+                    .map(|p| p.selftest.thermal_rate_c_per_min)
+                else {
+                    continue;
+                };
                 let rate = {
                     let hist = self.history.lock().unwrap_or_else(|p| p.into_inner());
-                    super::thermal::rate_or(hist.temperatures(&h.id), profile_rate)
+                    super::thermal::rate_or(&hist.temperatures(&h.id), profile_rate)
                 };
                 let lead = super::thermal::precondition_lead(t, target, rate);
                 leads.insert(room.id.clone(), lead.max(self.plan.precondition_lead));
@@ -186,7 +187,9 @@ impl Scheduler {
             Some(id) => match self.book.get(id) {
                 Some(b) => Some(b),
                 None => {
-                    let _ = req.reply.send(Err(RunError::UnknownBooking(id.to_string())));
+                    let _ = req
+                        .reply
+                        .send(Err(RunError::UnknownBooking(id.to_string())));
                     return;
                 }
             },
@@ -275,7 +278,9 @@ impl Scheduler {
             })
             .collect();
         let others = self.book.between(booking.start, booking.end);
-        alternatives(booking, &candidates, &others).into_iter().next()
+        alternatives(booking, &candidates, &others)
+            .into_iter()
+            .next()
     }
 
     async fn execute(

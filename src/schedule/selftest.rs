@@ -92,15 +92,21 @@ pub async fn run(
     let preset = booking.and_then(|b| crate::config::preset_for(&ctx.presets, b.attendees));
 
     let concurrency = ctx.settings.concurrency.max(1);
-    let results: Vec<DeviceOutcome> = stream::iter(
-        in_room
-            .iter()
-            .filter_map(|h| tested.get(&h.id).map(|needs| (*h, needs.as_slice()))),
-    )
-    .map(|(h, needs)| test_with_timeout(h, needs, booking, preset, ctx))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
+    // The futures are made first and then run a bounded number at a time: a lazy `map` over
+    // borrowed items makes the whole run's future not `Send` (rustc's higher-ranked lifetime
+    // limits), and the scheduler runs it on a multi-threaded runtime.
+    let tests: Vec<_> = in_room
+        .iter()
+        .filter_map(|h| {
+            tested
+                .get(&h.id)
+                .map(|needs| test_with_timeout(h, needs.as_slice(), booking, preset, ctx))
+        })
+        .collect();
+    let results: Vec<DeviceOutcome> = stream::iter(tests)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
 
     let remedies = &ctx.settings.remedies;
     let mut findings: Vec<Finding> = missing;

@@ -54,6 +54,7 @@ async fn start_simulated(cfg: avwarden::config::SiteConfig) -> Daemon {
         StartOptions {
             with_simulators: true,
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
         },
         avwarden::clock::Clock::system(),
     )
@@ -108,6 +109,7 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
         StartOptions {
             with_simulators: true,
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
         },
         clock(),
     )
@@ -378,6 +380,7 @@ archive = {{ location = "ceiling, front", supplier = "AV Supplies Ltd", install_
         StartOptions {
             with_simulators: false,
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
         },
         avwarden::clock::Clock::system(),
     )
@@ -607,6 +610,7 @@ link = {{ host = "127.0.0.1", port = {port} }}
         StartOptions {
             with_simulators: false,
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
         },
         clock(),
     )
@@ -867,6 +871,7 @@ async fn start_with_store(db: &std::path::Path, n: usize) -> Daemon {
         StartOptions {
             with_simulators: false,
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
         },
         avwarden::clock::Clock::system(),
     )

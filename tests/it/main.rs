@@ -10,6 +10,7 @@ mod pjlink;
 mod qsys;
 mod records;
 mod runtime;
+mod schedule;
 mod selftest;
 mod shure;
 mod ssc;
