@@ -19,6 +19,7 @@ pub mod model;
 pub mod profile;
 pub mod records;
 pub mod runtime;
+pub mod schedule;
 pub mod sim;
 pub mod transport;
 

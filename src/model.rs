@@ -4,9 +4,14 @@
 //! This module owns plain data only. It must not do I/O or use tokio, so that every other layer
 //! (and every pure decision core) can depend on it freely.
 
+mod booking;
 pub mod plan;
 mod point;
 
+pub use booking::{
+    Booking, BookingId, BookingSource, BookingStatus, Need, Needs, Readiness, Reason, TestKind,
+    Verdict,
+};
 pub use point::{BadPoint, Point, Quantity};
 
 use std::collections::BTreeMap;

@@ -17,7 +17,9 @@ use crate::clock::Clock;
 use crate::driver::{Driver, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterBoard;
-use crate::model::{Capability, DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
+use crate::model::{
+    Capability, DeviceCommand, DeviceId, DeviceState, Fault, Quantity, RoomId, Severity,
+};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::LinkSpec;
 
@@ -66,6 +68,22 @@ impl DeviceHandle {
 
     pub fn can(&self, capability: Capability) -> bool {
         self.capabilities().contains(&capability)
+    }
+
+    /// The quantities the device reports, by its profile: those of its capabilities, and
+    /// those no capability owns (the warnings a receiver words itself). A test holds every
+    /// shipped driver to publishing these and only these.
+    pub fn quantities(&self) -> Vec<Quantity> {
+        Quantity::ALL
+            .iter()
+            .copied()
+            .filter(|q| self.declares(*q))
+            .collect()
+    }
+
+    /// Whether the device's profile declares `quantity` (see [`DeviceHandle::quantities`]).
+    pub fn declares(&self, quantity: Quantity) -> bool {
+        quantity.capability().is_none_or(|c| self.can(c))
     }
 
     /// Whether the device takes `command` at all, by its profile (it may still refuse it

@@ -213,10 +213,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         Some(Value::Bool(false))
     );
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(0.0))
     );
     assert_eq!(s.identity.firmware.as_deref(), Some("4.2.0.24"));
@@ -292,10 +289,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         Some(Value::Bool(true))
     );
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(-6.5))
     );
     assert_eq!(

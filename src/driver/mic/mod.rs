@@ -350,7 +350,10 @@ impl Publisher {
         ch: &Channel,
         policy: &FaultPolicy,
     ) {
-        obs.faults(&Subject::Channel(n).to_string(), channel_faults(n, ch, policy));
+        obs.faults(
+            &Subject::Channel(n).to_string(),
+            channel_faults(n, ch, policy),
+        );
     }
 
     /// Publish a channel's readings and faults. `touched` are the quantities the receiver
@@ -374,7 +377,10 @@ impl Publisher {
             .collect();
         self.write(obs, readings);
         if !self.hold_faults {
-            obs.faults(&Subject::Channel(n).to_string(), channel_faults(n, ch, policy));
+            obs.faults(
+                &Subject::Channel(n).to_string(),
+                channel_faults(n, ch, policy),
+            );
         }
     }
 
