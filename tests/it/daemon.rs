@@ -1128,6 +1128,14 @@ level_tag = "Level1"
 index = 1
 meter_tag = "OutMeter"
 meter_index = 1
+# The profile declares gain: it is a mic input's, so the design maps one.
+[[devices.settings.mics]]
+id = "lectern"
+channel = 1
+level_tag = "MicGain"
+index = 1
+meter_tag = "MicMeter"
+meter_index = 1
 
 [[devices]]
 id = "x-qsys"

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::de::DeserializeOwned;
 
 use super::{DriverError, Observer};
-use crate::model::{Fault, Point, Quantity, Reading, Severity, Subject, Value};
+use crate::model::{Capability, Fault, Point, Quantity, Reading, Severity, Subject, Value};
 use crate::profile::{Profile, ProfileError};
 
 /// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
@@ -328,9 +328,28 @@ pub struct Publisher {
     /// judged from half a channel (bars before minutes), a good battery would be raised as
     /// low and cleared a moment later, in the log and the logbook.
     hold_faults: bool,
+    /// The capabilities the profile declares (`None`: all). A receiver may report more than
+    /// its profile promises (QLX-D's transmitter mute, SpeechLine's absent-transmitter RF
+    /// floor); a consumer must be able to trust the catalogue, so the rest is not published.
+    declared: Option<Vec<Capability>>,
 }
 
 impl Publisher {
+    /// A publisher that publishes only what `profile` declares.
+    pub fn for_profile(profile: &Profile) -> Self {
+        Self {
+            declared: Some(profile.capabilities.clone()),
+            ..Self::default()
+        }
+    }
+
+    fn declares(&self, quantity: Quantity) -> bool {
+        match (&self.declared, quantity.capability()) {
+            (Some(caps), Some(c)) => caps.contains(&c),
+            _ => true,
+        }
+    }
+
     /// Forget what was published (after a reconnect everything is re-stamped).
     pub fn reset(&mut self) {
         self.last.clear();
@@ -369,11 +388,14 @@ impl Publisher {
         let mut all = ch.readings(n);
         if ch.tx_present == Some(false) {
             all.push(absent_rf(n));
-            obs.board().unknown(&Subject::Channel(n));
+            if self.declares(Quantity::AudioDbfs) {
+                obs.board().unknown(&Subject::Channel(n));
+            }
         }
         let readings: Vec<_> = all
             .into_iter()
             .filter(|(p, v)| touched.contains(&p.quantity) || self.last.get(p) != Some(v))
+            .filter(|(p, _)| self.declares(p.quantity))
             .collect();
         self.write(obs, readings);
         if !self.hold_faults {
@@ -417,21 +439,24 @@ impl Publisher {
         audio_dbfs: Option<f64>,
     ) {
         let subject = Subject::Channel(n);
+        let metered = self.declares(Quantity::AudioDbfs);
         if tx_present == Some(false) {
             let (p, v) = absent_rf(n);
-            if self.last.get(&p) != Some(&v) {
+            if self.declares(p.quantity) && self.last.get(&p) != Some(&v) {
                 self.write(obs, vec![(p, v)]);
             }
-            obs.meter_unknown(&subject);
+            if metered {
+                obs.meter_unknown(&subject);
+            }
             return;
         }
-        if let Some(rf) = rf_dbm {
+        if let Some(rf) = rf_dbm.filter(|_| self.declares(Quantity::RfDbm)) {
             let p = Point::channel(n, Quantity::RfDbm);
             let v = Value::Float(rf).rounded_for(p.unit());
             self.last.insert(p.clone(), v.clone());
             obs.metered_reading(p, v);
         }
-        if let Some(a) = audio_dbfs {
+        if let Some(a) = audio_dbfs.filter(|_| metered) {
             obs.meter(subject, a);
         }
     }

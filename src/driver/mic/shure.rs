@@ -345,7 +345,7 @@ impl ShureDriver {
             channels: vec![Channel::default(); usize::from(cfg.max_channels)],
             cfg,
             codec: ShureCodec::new(),
-            publisher: Publisher::default(),
+            publisher: Publisher::for_profile(profile),
             unsupported: HashSet::new(),
             last_rx: now,
             last_heartbeat: now,
