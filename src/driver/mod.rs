@@ -19,9 +19,7 @@ use async_trait::async_trait;
 use crate::codec::ProtocolError;
 use crate::model::DeviceCommand;
 use crate::profile::Profile;
-use crate::transport::TransportError;
-
-pub use link::Link;
+pub use link::{Connection, Link, LinkError, LinkFacts, Reply};
 pub use observer::{Applied, Observation, Observer};
 
 /// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
@@ -29,7 +27,7 @@ pub use observer::{Applied, Observation, Observer};
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Link(#[from] LinkError),
     #[error("no reply within {waited_ms} ms")]
     Timeout { waited_ms: u64 },
     #[error("protocol error: {0}")]
@@ -66,7 +64,7 @@ impl DriverError {
     pub fn is_link_failure(&self) -> bool {
         matches!(
             self,
-            DriverError::Transport(_) | DriverError::Auth(_) | DriverError::Unreachable
+            DriverError::Link(_) | DriverError::Auth(_) | DriverError::Unreachable
         )
     }
 }

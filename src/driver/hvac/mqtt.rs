@@ -8,7 +8,6 @@
 //! enumeration values are counted as bad input and leave the reading unknown. The driver must
 //! not own a broker connection: it holds an [`MqttHandle`] and speaks topics and payloads.
 
-use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,11 +17,10 @@ use super::{check_mode, merged_options, option_error};
 use crate::codec::climate_json::{
     encode_get, encode_set, parse_availability, ClimateMap, ClimateSet, ClimateState, Outgoing,
 };
-use crate::driver::{DriverError, Link, Observer};
+use crate::driver::{DriverError, Link, LinkError, Observer};
 use crate::model::{DeviceCommand, Point, Quantity, Value};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::mqtt::{Message, MqttError, MqttHandle, Subscription};
-use crate::transport::{LinkSpec, TransportError};
 
 /// Messages buffered per device between two reads of the driver.
 const QUEUE: usize = 64;
@@ -74,13 +72,10 @@ impl MqttClimateDriver {
 
     fn client(&self) -> Result<&MqttHandle, DriverError> {
         self.client.as_ref().ok_or_else(|| {
-            DriverError::Transport(TransportError::Connect {
-                target: format!("mqtt {}", self.topic),
-                source: io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "no mqtt client: add an [mqtt] section to the site config",
-                ),
-            })
+            DriverError::Link(LinkError::Open(format!(
+                "connect to mqtt {} failed: no mqtt client: add an [mqtt] section to the site config",
+                self.topic
+            )))
         })
     }
 
@@ -118,13 +113,10 @@ impl MqttClimateDriver {
         if self.map.availability_topic_for(&self.topic).as_deref() == Some(msg.topic.as_str()) {
             return match parse_availability(&self.map, &msg.payload) {
                 Ok(true) => Ok(Vec::new()),
-                Ok(false) => Err(DriverError::Transport(TransportError::Connect {
-                    target: msg.topic.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "the availability topic reports the device offline",
-                    ),
-                })),
+                Ok(false) => Err(DriverError::Link(LinkError::Open(format!(
+                    "connect to {} failed: the availability topic reports the device offline",
+                    msg.topic
+                )))),
                 Err(e) => Err(DriverError::Protocol(e)),
             };
         }
@@ -166,7 +158,7 @@ impl MqttClimateDriver {
                         waited_ms: self.reply_timeout.as_millis() as u64,
                     })
                 }
-                Ok(None) => return Err(TransportError::Closed.into()),
+                Ok(None) => return Err(LinkError::Closed.into()),
                 Ok(Some(m)) => m,
             };
             match self.handle(obs, &msg) {
@@ -247,25 +239,18 @@ impl crate::driver::Driver for MqttClimateDriver {
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         link.take_fresh();
-        let LinkSpec::Mqtt { topic } = link.spec() else {
-            return Err(TransportError::Connect {
-                target: link.spec().describe(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "an mqtt thermostat needs an mqtt link",
-                ),
-            }
-            .into());
+        let Some(topic) = link.topic() else {
+            return Err(LinkError::Open("an mqtt thermostat needs an mqtt link".to_owned()).into());
         };
-        self.topic = topic.clone();
+        self.topic = topic.to_owned();
         let client = self.client()?.clone();
         // At daemon start the client connects alongside the devices: give it a moment rather
         // than reporting a thermostat unreachable for a race with our own broker connection.
         if !client.is_connected() && !client.wait_connected(Duration::from_secs(5)).await {
-            return Err(TransportError::Connect {
-                target: format!("mqtt broker {}", client.broker()),
-                source: io::Error::new(io::ErrorKind::NotConnected, "not connected to the broker"),
-            }
+            return Err(LinkError::Open(format!(
+                "connect to mqtt broker {} failed: not connected to the broker",
+                client.broker()
+            ))
             .into());
         }
         if self.sub.is_none() {
@@ -360,7 +345,7 @@ impl crate::driver::Driver for MqttClimateDriver {
         };
         // Cancel-safe: a message is either taken whole or left in the channel.
         let Some(msg) = sub.recv().await else {
-            return Err(TransportError::Closed.into());
+            return Err(LinkError::Closed.into());
         };
         self.handle(obs, &msg).map(|_| ())
     }
