@@ -40,8 +40,57 @@ pub enum Connection {
     Stream(Box<dyn ByteStream>),
     /// A datagram socket connected to its one peer.
     Datagram(tokio::net::UdpSocket),
-    /// The device is a topic on the daemon's message bus; its driver holds the client.
-    Topic { topic: String },
+    /// The device is a topic on the daemon's message bus, reached through `bus`.
+    Topic {
+        topic: String,
+        bus: std::sync::Arc<dyn Topics>,
+    },
+}
+
+/// One message from a subscribed topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Why the bus did not take a subscription or a publish.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TopicError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("request queue is full")]
+    QueueFull,
+    #[error("client stopped")]
+    Stopped,
+    /// A topic or filter the bus refuses, in its words.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The daemon's message bus as a topic device's driver sees it: the runtime hands it over in
+/// [`Connection::Topic`], so the driver never names the client that carries it.
+#[async_trait::async_trait]
+pub trait Topics: Send + Sync {
+    /// The broker, for messages.
+    fn broker(&self) -> String;
+    fn is_connected(&self) -> bool;
+    /// Wait at most `within` for the bus to connect; whether it did.
+    async fn wait_connected(&self, within: Duration) -> bool;
+    /// Messages on any of `filters`, at most `capacity` queued.
+    fn subscribe(
+        &self,
+        filters: &[&str],
+        capacity: usize,
+    ) -> Result<Box<dyn TopicFeed>, TopicError>;
+    fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), TopicError>;
+}
+
+/// The messages of one subscription; dropping it unsubscribes.
+#[async_trait::async_trait]
+pub trait TopicFeed: Send {
+    /// The next message; `None` once the bus has stopped. Cancel-safe.
+    async fn recv(&mut self) -> Option<TopicMessage>;
 }
 
 /// Why bytes could not be moved. The runtime treats every one of these as "link down".
@@ -99,8 +148,8 @@ pub struct Link {
     bytes_out: u64,
     /// The connected datagram socket of a datagram link.
     udp: Option<tokio::net::UdpSocket>,
-    /// A topic device's session is up (it has no stream): its topic.
-    topic: Option<String>,
+    /// A topic device's session is up (it has no stream): its topic and bus.
+    topic: Option<(String, std::sync::Arc<dyn Topics>)>,
 }
 
 impl Link {
@@ -145,9 +194,9 @@ impl Link {
         self.stream.is_some() || self.udp.is_some() || self.topic.is_some()
     }
 
-    /// The topic of a topic device's open session.
-    pub fn topic(&self) -> Option<&str> {
-        self.topic.as_deref()
+    /// The topic of a topic device's open session, and the bus it is on.
+    pub fn topic(&self) -> Option<(&str, &std::sync::Arc<dyn Topics>)> {
+        self.topic.as_ref().map(|(t, bus)| (t.as_str(), bus))
     }
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
@@ -161,7 +210,7 @@ impl Link {
                 self.rx.clear();
             }
             Connection::Datagram(sock) => self.udp = Some(sock),
-            Connection::Topic { topic } => self.topic = Some(topic),
+            Connection::Topic { topic, bus } => self.topic = Some((topic, bus)),
         }
         self.fresh = true;
         Ok(())

@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use crate::codec::ProtocolError;
 use crate::model::DeviceCommand;
 use crate::profile::Profile;
-pub use link::{Connection, Link, LinkError, LinkFacts, Reply};
+pub use link::{
+    Connection, Link, LinkError, LinkFacts, Reply, TopicError, TopicFeed, TopicMessage, Topics,
+};
 pub use observer::{Applied, Observation, Observer};
 
 /// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
@@ -149,18 +151,15 @@ pub fn for_profile(
     secret: Option<String>,
     settings: &toml::Table,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
-    for_device(profile, secret, settings, None)
+    build(profile, secret, settings)
 }
 
-/// [`for_profile`] for a running device: MQTT drivers also get the daemon's MQTT client
-/// (without one they build, so config validation can check their options, but cannot open).
-pub fn for_device(
+/// Build the driver a profile names (see [`for_profile`]).
+fn build(
     profile: &Profile,
     secret: Option<String>,
     settings: &toml::Table,
-    mqtt: Option<&crate::transport::mqtt::MqttHandle>,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
-    let _ = settings;
     use crate::profile::DriverKind;
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
@@ -168,11 +167,7 @@ pub fn for_device(
         DriverKind::Shure => Box::new(mic::shure::ShureDriver::new(profile, settings)?),
         DriverKind::Ssc => Box::new(mic::ssc::SscDriver::new(profile, settings)?),
         DriverKind::Modbus => Box::new(hvac::modbus::ModbusDriver::new(profile, settings)?),
-        DriverKind::Mqtt => Box::new(hvac::mqtt::MqttClimateDriver::new(
-            profile,
-            settings,
-            mqtt.cloned(),
-        )?),
+        DriverKind::Mqtt => Box::new(hvac::mqtt::MqttClimateDriver::new(profile, settings)?),
         DriverKind::Tesira => Box::new(dsp::tesira::TesiraDriver::new(profile, settings)?),
         DriverKind::Qsys => Box::new(dsp::qsys::QsysDriver::new(profile, secret, settings)?),
     })
@@ -198,5 +193,47 @@ mod tests {
             families.insert(driver.name());
         }
         assert_eq!(families.len(), 8, "{families:?}");
+    }
+
+    /// Issue 8.7, the driver/transport cut: a driver must not know which transport carries
+    /// it, so no file under `src/driver/` names the transport module; the runtime hands a
+    /// driver a [`Link`] (and a topic device its bus) instead.
+    #[test]
+    fn no_driver_names_the_transport() {
+        // Spelt in pieces so this test does not find itself.
+        let module = ["trans", "port"].concat();
+        let path_of = format!("{module}::");
+        let visit = |dir: &std::path::Path, offenders: &mut Vec<String>| {
+            visit_dir(dir, &module, &path_of, offenders)
+        };
+        fn visit_dir(
+            dir: &std::path::Path,
+            module: &str,
+            path_of: &str,
+            offenders: &mut Vec<String>,
+        ) {
+            for entry in std::fs::read_dir(dir).expect("src/driver is readable") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    visit_dir(&path, module, path_of, offenders);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    let names = code.contains(path_of)
+                        || (code.contains("crate::{") && code.contains(module));
+                    if names {
+                        offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        let mut offenders = Vec::new();
+        visit(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/driver"),
+            &mut offenders,
+        );
+        assert!(offenders.is_empty(), "{}", offenders.join("\n"));
     }
 }

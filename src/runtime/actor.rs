@@ -48,6 +48,8 @@ pub struct ActorConfig {
     pub comms: crate::model::CommsPolicy,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The daemon's MQTT client, the bus of a topic device's link.
+    pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
 }
 
 /// Reconnect is a state, not a loop (STYLE.md §4).
@@ -87,7 +89,7 @@ impl Actor {
         let commands = self.commands.clone();
         let mut guard = commands.lock().await;
         let commands: &mut Queues = &mut guard;
-        let mut link = super::link::for_spec(&self.cfg.link);
+        let mut link = super::link::for_spec(&self.cfg.link, self.cfg.mqtt.as_ref());
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut conn = Conn::Disconnected {
             retry_at: Instant::now(),

@@ -389,21 +389,15 @@ impl Fleet {
         // Build once now: a bad profile option is reported before anything runs, and every
         // actor (the first and any restarted one) gets a fresh copy of this one, its options
         // and settings parsed once.
-        let built = crate::driver::for_device(
-            &spec.profile,
-            spec.secret.clone(),
-            &spec.settings,
-            spec.mqtt.as_ref(),
-        )?;
+        let built = crate::driver::for_profile(&spec.profile, spec.secret.clone(), &spec.settings)?;
         let prototype = std::sync::Mutex::new(built);
         let profile = spec.profile.clone();
         let secret = spec.secret.clone();
         let settings = spec.settings.clone();
-        let mqtt = spec.mqtt.clone();
         let factory: DriverFactory = Box::new(move || {
             let fresh = prototype.lock().unwrap_or_else(|p| p.into_inner()).fresh();
             fresh.unwrap_or_else(|| {
-                crate::driver::for_device(&profile, secret.clone(), &settings, mqtt.as_ref())
+                crate::driver::for_profile(&profile, secret.clone(), &settings)
                     .expect("profile options were validated when the device was spawned")
             })
         });
@@ -415,6 +409,7 @@ impl Fleet {
             comms: t.comms(),
             backoff_min: spec.backoff_min,
             backoff_max: spec.backoff_max,
+            mqtt: spec.mqtt.clone(),
         };
         let initial = DeviceState::new(
             spec.id,
