@@ -151,15 +151,6 @@ pub fn for_profile(
     secret: Option<String>,
     settings: &toml::Table,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
-    build(profile, secret, settings)
-}
-
-/// Build the driver a profile names (see [`for_profile`]).
-fn build(
-    profile: &Profile,
-    secret: Option<String>,
-    settings: &toml::Table,
-) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
     use crate::profile::DriverKind;
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
