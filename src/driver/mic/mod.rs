@@ -580,4 +580,52 @@ mod tests {
         assert_eq!(channels_for_model(&t, "slxd4q+"), Some(4));
         assert_eq!(channels_for_model(&t, "AD4Q"), None);
     }
+
+    /// Issue 8.2: SpeechLine declares neither RF nor meters, yet an absent transmitter wrote
+    /// `ch.N.rf_dbm` unknown and marked its meter; QLX-D declares no mute, yet published
+    /// `tx_muted`. A publisher for a profile publishes only what the profile declares.
+    #[test]
+    fn a_publisher_publishes_only_what_its_profile_declares() {
+        let set = crate::profile::ProfileSet::embedded().expect("embedded profiles");
+        let clock = crate::clock::Clock::starting_at(chrono::DateTime::UNIX_EPOCH);
+        let state = crate::model::DeviceState::new(
+            "d".into(),
+            "r".into(),
+            crate::model::ProfileId::new("p"),
+            "test".into(),
+            clock.now(),
+        );
+        let (tx, rx) = tokio::sync::watch::channel(state);
+        let bus = crate::events::EventBus::new(crate::metrics::Metrics::new());
+        let mut obs = Observer::new(clock, std::sync::Arc::new(tx), bus);
+        let ch = Channel {
+            tx_present: Some(false),
+            tx_muted: Known::Value(true),
+            ..Channel::default()
+        };
+        let all = [Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent];
+        for (id, want) in [
+            ("sennheiser-speechline", vec![Quantity::TxPresent]),
+            ("shure-qlxd", vec![Quantity::RfDbm, Quantity::TxPresent]),
+            (
+                "shure-ulxd",
+                vec![Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent],
+            ),
+        ] {
+            let mut p = Publisher::for_profile(set.get(id).expect("shipped profile"));
+            obs.update(|s| s.readings.clear());
+            p.channel(&mut obs, 1, &ch, &policy(), &all);
+            p.meters(&mut obs, 1, Some(false), Some(-90.0), Some(-40.0));
+            let got: std::collections::BTreeSet<&str> = rx
+                .borrow()
+                .readings
+                .keys()
+                .map(|k| k.quantity)
+                .filter(|q| all.contains(q))
+                .map(|q| q.as_str())
+                .collect();
+            let want: std::collections::BTreeSet<&str> = want.iter().map(|q| q.as_str()).collect();
+            assert_eq!(got, want, "{id}");
+        }
+    }
 }
