@@ -140,10 +140,12 @@ impl DeviceDetail {
     }
 }
 
-/// A device's capabilities and the commands it takes (`POST …/commands` with one of these).
+/// A device's capabilities, the quantities it reports (per subject, in `points`; meter levels
+/// as `audio_dbfs`), and the commands it takes (`POST …/commands` with one of these).
 #[derive(Debug, Serialize)]
 pub struct Catalogue {
     pub capabilities: Vec<crate::model::Capability>,
+    pub quantities: Vec<Quantity>,
     pub commands: Vec<&'static str>,
 }
 
@@ -151,6 +153,7 @@ impl Catalogue {
     pub fn of(h: &crate::runtime::DeviceHandle) -> Self {
         Self {
             capabilities: h.capabilities().to_vec(),
+            quantities: h.quantities(),
             commands: crate::model::DeviceCommand::samples()
                 .iter()
                 .filter(|c| h.takes(c))

@@ -1,18 +1,25 @@
 //! The runtime's open connection as a driver sees it: a byte stream with a bounded receive
-//! buffer, frame reads with a deadline, and (for devices that close the socket after every
-//! reply) a fresh connection per exchange.
+//! buffer, frame reads with a deadline, one request/answer [`Link::exchange`], and (for
+//! devices that close the socket after every reply) a fresh connection per exchange.
 //! UDP devices (Sennheiser SSC) get a connected datagram socket instead of a stream:
 //! [`Link::send_datagram`] / [`Link::recv_datagram`].
+//!
+//! This module owns the connection abstraction the driver layer sees ([`Connection`],
+//! [`LinkFacts`], [`LinkError`]). It must not name the transport: the runtime builds a `Link`
+//! from an [`Opener`] (its way to `transport::open`) and the facts it knows of the link, so a
+//! driver cannot tell RS-232 from TCP.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
-use super::DriverError;
+use super::{DriverError, Observer};
 use crate::codec::ProtocolError;
-use crate::transport::{Connection, LinkSpec, Stream, TransportError};
 
 /// Bytes we keep at most while waiting for a frame end; a device that streams more without a
 /// terminator is sending garbage, and the decoder is told to resynchronise.
@@ -22,12 +29,115 @@ pub const DEFAULT_MAX_BUFFER: usize = 16 * 1024;
 /// stream is taken for a flood and its session ends like an oversized frame.
 const UNFRAMED_FACTOR: usize = 4;
 
-pub struct Link {
-    spec: LinkSpec,
-    stream: Option<Stream>,
-    rx: BytesMut,
+/// Any byte stream a driver can talk over: serial port, TCP socket, or an in-memory duplex in
+/// unit tests.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// An open connection to a device, as the driver layer sees it.
+pub enum Connection {
+    /// A byte stream (whatever carries it).
+    Stream(Box<dyn ByteStream>),
+    /// A datagram socket connected to its one peer.
+    Datagram(tokio::net::UdpSocket),
+    /// The device is a topic on the daemon's message bus, reached through `bus`.
+    Topic {
+        topic: String,
+        bus: std::sync::Arc<dyn Topics>,
+    },
+}
+
+/// One message from a subscribed topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Why the bus did not take a subscription or a publish.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TopicError {
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("request queue is full")]
+    QueueFull,
+    #[error("client stopped")]
+    Stopped,
+    /// A topic or filter the bus refuses, in its words.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The daemon's message bus as a topic device's driver sees it: the runtime hands it over in
+/// [`Connection::Topic`], so the driver never names the client that carries it.
+#[async_trait::async_trait]
+pub trait Topics: Send + Sync {
+    /// The broker, for messages.
+    fn broker(&self) -> String;
+    fn is_connected(&self) -> bool;
+    /// Wait at most `within` for the bus to connect; whether it did.
+    async fn wait_connected(&self, within: Duration) -> bool;
+    /// Messages on any of `filters`, at most `capacity` queued.
+    fn subscribe(
+        &self,
+        filters: &[&str],
+        capacity: usize,
+    ) -> Result<Box<dyn TopicFeed>, TopicError>;
+    fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), TopicError>;
+}
+
+/// The messages of one subscription; dropping it unsubscribes.
+#[async_trait::async_trait]
+pub trait TopicFeed: Send {
+    /// The next message; `None` once the bus has stopped. Cancel-safe.
+    async fn recv(&mut self) -> Option<TopicMessage>;
+}
+
+/// Why bytes could not be moved. The runtime treats every one of these as "link down".
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The runtime could not open the connection; its reason, as the transport worded it.
+    #[error("{0}")]
+    Open(String),
+    /// The comms monitor's verdict: nothing heard from the device for this long.
+    #[error("device silent for {secs} s")]
+    Silent { secs: u64 },
+    #[error("link closed by peer")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What the runtime knows of a link that the driver must honour without knowing the medium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkFacts {
+    /// Silence that separates two frames on the line (Modbus RTU's t3.5 at the port's baud
+    /// rate); zero where the medium frames by itself.
+    pub frame_gap: Duration,
     /// A fresh connection per exchange (PJLink projectors that hang up after each reply).
-    per_exchange: bool,
+    pub per_exchange: bool,
+}
+
+/// How the runtime opens (and reopens) the connection behind a [`Link`].
+pub type Opener =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<Connection, LinkError>> + Send>> + Send>;
+
+/// What a frame read during [`Link::exchange`] is to the request.
+#[derive(Debug)]
+pub enum Reply {
+    /// The answer: the exchange ends with it.
+    Answer,
+    /// Not ours (a late answer to an earlier request, an unsolicited push): skipped.
+    Skip,
+    /// A frame that cannot be a reply: counted as bad input, and the exchange reads on.
+    Bad(ProtocolError),
+}
+
+pub struct Link {
+    opener: Opener,
+    facts: LinkFacts,
+    stream: Option<Box<dyn ByteStream>>,
+    rx: BytesMut,
     /// True right after a new connection was made, until the driver calls [`Link::take_fresh`].
     fresh: bool,
     max_buffer: usize,
@@ -36,65 +146,71 @@ pub struct Link {
     unframed: usize,
     bytes_in: u64,
     bytes_out: u64,
-    /// The connected datagram socket of a [`LinkSpec::Udp`] link.
+    /// The connected datagram socket of a datagram link.
     udp: Option<tokio::net::UdpSocket>,
-    /// An MQTT device's session is up (it has no stream; see [`Link::connect_mqtt`]).
-    mqtt_session: bool,
+    /// A topic device's session is up (it has no stream): its topic and bus.
+    topic: Option<(String, std::sync::Arc<dyn Topics>)>,
 }
 
 impl Link {
-    pub fn new(spec: LinkSpec) -> Self {
-        let per_exchange = matches!(&spec, LinkSpec::Tcp(t) if t.connect_per_command);
+    /// A link the runtime opens with `opener`, honouring `facts`.
+    pub fn new(facts: LinkFacts, opener: Opener) -> Self {
         Self {
-            spec,
+            opener,
+            facts,
             stream: None,
             rx: BytesMut::with_capacity(512),
-            per_exchange,
             fresh: false,
             max_buffer: DEFAULT_MAX_BUFFER,
             unframed: 0,
             bytes_in: 0,
             bytes_out: 0,
             udp: None,
-            mqtt_session: false,
+            topic: None,
         }
     }
 
-    /// A link over an already connected stream (unit tests with `tokio::io::duplex`).
-    pub fn from_stream(stream: Stream) -> Self {
-        let mut link = Self::new(LinkSpec::Tcp(crate::transport::tcp::TcpSpec::new(
-            stream.peer().to_owned(),
-            0,
-        )));
-        link.stream = Some(stream);
+    /// A link over an already connected stream (unit tests with `tokio::io::duplex`); once
+    /// closed it cannot be reopened.
+    pub fn over(stream: impl ByteStream + 'static) -> Self {
+        let mut link = Self::new(
+            LinkFacts::default(),
+            Box::new(|| Box::pin(async { Err(LinkError::Closed) })),
+        );
+        link.stream = Some(Box::new(stream));
         link.fresh = true;
         link
     }
 
-    pub fn spec(&self) -> &LinkSpec {
-        &self.spec
+    pub fn facts(&self) -> LinkFacts {
+        self.facts
     }
 
     pub fn is_per_exchange(&self) -> bool {
-        self.per_exchange
+        self.facts.per_exchange
     }
 
     pub fn is_open(&self) -> bool {
-        self.stream.is_some() || self.udp.is_some() || self.mqtt_session
+        self.stream.is_some() || self.udp.is_some() || self.topic.is_some()
+    }
+
+    /// The topic of a topic device's open session, and the bus it is on.
+    pub fn topic(&self) -> Option<(&str, &std::sync::Arc<dyn Topics>)> {
+        self.topic.as_ref().map(|(t, bus)| (t.as_str(), bus))
     }
 
     /// Open the link (no-op when open). In per-exchange mode this connects lazily.
-    pub async fn connect(&mut self) -> Result<(), TransportError> {
+    pub async fn connect(&mut self) -> Result<(), LinkError> {
         if self.is_open() {
             return Ok(());
         }
-        match crate::transport::open(&self.spec).await? {
+        match (self.opener)().await? {
             Connection::Stream(s) => {
                 self.stream = Some(s);
                 self.rx.clear();
             }
             Connection::Datagram(sock) => self.udp = Some(sock),
-            Connection::Topic => self.mqtt_session = true,
+            Connection::Topic { topic, bus } => self.topic = Some((topic, bus)),
         }
         self.fresh = true;
         Ok(())
@@ -107,7 +223,7 @@ impl Link {
 
     /// Drop the connection. Per-exchange drivers call this after every reply.
     pub fn disconnect(&mut self) {
-        self.mqtt_session = false;
+        self.topic = None;
         self.stream = None;
         self.udp = None;
         self.rx.clear();
@@ -128,7 +244,7 @@ impl Link {
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
         self.connect().await?;
-        let stream = self.stream.as_mut().ok_or(TransportError::Closed)?;
+        let stream = self.stream.as_mut().ok_or(LinkError::Closed)?;
         let res = async {
             stream.write_all(bytes).await?;
             stream.flush().await
@@ -136,7 +252,7 @@ impl Link {
         .await;
         if let Err(e) = res {
             self.disconnect();
-            return Err(TransportError::Io(e).into());
+            return Err(LinkError::Io(e).into());
         }
         self.bytes_out += bytes.len() as u64;
         Ok(())
@@ -186,7 +302,7 @@ impl Link {
                 }
                 .into());
             }
-            let stream = self.stream.as_mut().ok_or(TransportError::Closed)?;
+            let stream = self.stream.as_mut().ok_or(LinkError::Closed)?;
             self.rx.reserve(512);
             let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut self.rx)).await;
             match read {
@@ -202,7 +318,7 @@ impl Link {
                         return Ok(frame);
                     }
                     self.disconnect();
-                    return Err(TransportError::Closed.into());
+                    return Err(LinkError::Closed.into());
                 }
                 Ok(Ok(n)) => {
                     self.bytes_in += n as u64;
@@ -210,8 +326,58 @@ impl Link {
                 }
                 Ok(Err(e)) => {
                     self.disconnect();
-                    return Err(TransportError::Io(e).into());
+                    return Err(LinkError::Io(e).into());
                 }
+            }
+        }
+    }
+
+    /// One request and its answer: send `request` (nothing when empty: the answer to a
+    /// greeting or a command already on the line), then read frames until `is_answer` says
+    /// one is the answer or `wait` has passed.
+    ///
+    /// Every frame read goes through `is_answer` with the observer, so a driver can apply
+    /// what it skips (a meter push between request and answer). A skipped frame (a late
+    /// answer to a request that timed out, an unsolicited push) keeps one slow reply from
+    /// shifting every later answer by one. Bad input, from the decoder or judged by
+    /// `is_answer`, is counted on `obs` and the exchange reads on until its deadline. An
+    /// oversized frame or a flood ends the session ([`Link::read_frame`]) and the exchange
+    /// with it. Cancel-safe like [`Link::read_frame`].
+    pub async fn exchange<D>(
+        &mut self,
+        codec: &mut D,
+        request: &[u8],
+        wait: Duration,
+        obs: &mut Observer,
+        mut is_answer: impl FnMut(&D::Item, &mut Observer) -> Reply,
+    ) -> Result<D::Item, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
+        if !request.is_empty() {
+            self.send(request).await?;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(codec, left).await {
+                Ok(frame) => match is_answer(&frame, obs) {
+                    Reply::Answer => return Ok(frame),
+                    Reply::Skip => tracing::debug!("skipped a frame that is not the answer"),
+                    Reply::Bad(p) => obs.bad_input(&p),
+                },
+                Err(DriverError::Timeout { .. }) => {
+                    return Err(DriverError::Timeout {
+                        waited_ms: wait.as_millis() as u64,
+                    })
+                }
+                Err(DriverError::Protocol(p)) => {
+                    obs.bad_input(&p);
+                    if !self.is_open() {
+                        return Err(p.into());
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -228,10 +394,10 @@ impl Link {
     /// Send one datagram on a UDP link (connecting first if needed).
     pub async fn send_datagram(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
         self.connect().await?;
-        let sock = self.udp.as_ref().ok_or(TransportError::Closed)?;
+        let sock = self.udp.as_ref().ok_or(LinkError::Closed)?;
         if let Err(e) = sock.send(bytes).await {
             self.disconnect();
-            return Err(TransportError::Io(e).into());
+            return Err(LinkError::Io(e).into());
         }
         self.bytes_out += bytes.len() as u64;
         Ok(())
@@ -242,7 +408,7 @@ impl Link {
     /// [`ProtocolError::Oversized`] and dropped; the link stays usable. An ICMP "port
     /// unreachable" from the peer surfaces here as an I/O error and drops the link.
     pub async fn recv_datagram(&mut self, timeout: Duration) -> Result<Vec<u8>, DriverError> {
-        let sock = self.udp.as_ref().ok_or(TransportError::Closed)?;
+        let sock = self.udp.as_ref().ok_or(LinkError::Closed)?;
         let mut buf = vec![0u8; self.max_buffer + 1];
         match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
             Err(_) => Err(DriverError::Timeout {
@@ -250,7 +416,7 @@ impl Link {
             }),
             Ok(Err(e)) => {
                 self.disconnect();
-                Err(TransportError::Io(e).into())
+                Err(LinkError::Io(e).into())
             }
             Ok(Ok(n)) => {
                 self.bytes_in += n as u64;
@@ -272,13 +438,13 @@ impl Link {
 impl Link {
     /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
     /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
-    pub fn take_stream(&mut self) -> Option<Stream> {
+    pub fn take_stream(&mut self) -> Option<Box<dyn ByteStream>> {
         self.rx.clear();
         self.stream.take()
     }
 
     /// Return a lent stream, counting the bytes that moved while it was away.
-    pub fn restore_stream(&mut self, stream: Stream, bytes_in: u64, bytes_out: u64) {
+    pub fn restore_stream(&mut self, stream: Box<dyn ByteStream>, bytes_in: u64, bytes_out: u64) {
         self.stream = Some(stream);
         self.bytes_in += bytes_in;
         self.bytes_out += bytes_out;
@@ -288,8 +454,8 @@ impl Link {
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("spec", &self.spec.describe())
-            .field("open", &self.stream.is_some())
+            .field("facts", &self.facts)
+            .field("open", &self.is_open())
             .finish()
     }
 }
@@ -297,7 +463,19 @@ impl std::fmt::Debug for Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::tcp::TcpSpec;
+
+    /// A link the way the runtime builds one, opening a TCP connection to `port` on loopback.
+    fn tcp_link(port: u16) -> Link {
+        Link::new(
+            LinkFacts::default(),
+            Box::new(move || {
+                Box::pin(async move {
+                    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                    Ok(Connection::Stream(Box::new(s)))
+                })
+            }),
+        )
+    }
 
     /// A peer on loopback that writes `chunk` without end to whoever connects.
     async fn flooder(chunk: &'static [u8]) -> u16 {
@@ -316,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn an_endless_line_ends_the_session_after_one_frame_limit_of_bytes() {
         let port = flooder(&[b'A'; 4096]).await;
-        let mut link = Link::new(LinkSpec::Tcp(TcpSpec::new("127.0.0.1", port)));
+        let mut link = tcp_link(port);
         let limit = crate::codec::pjlink::LineDecoder::replies().max();
         for session in 1..=3u64 {
             // As the driver does on a fresh connection.
@@ -344,7 +522,7 @@ mod tests {
     #[tokio::test]
     async fn endless_garbage_without_a_frame_ends_the_session_after_a_bounded_read() {
         let port = flooder(b"no frame here\r\n").await;
-        let mut link = Link::new(LinkSpec::Tcp(TcpSpec::new("127.0.0.1", port)));
+        let mut link = tcp_link(port);
         let mut decoder = crate::codec::shure::ShureCodec::new();
         link.connect().await.unwrap();
         // The driver counts each garbage error and reads on, as Shure's does.
@@ -365,5 +543,166 @@ mod tests {
         assert!(!link.is_open());
         let bound = (DEFAULT_MAX_BUFFER * (UNFRAMED_FACTOR + 2)) as u64;
         assert!(link.bytes_in() <= bound, "read {} bytes", link.bytes_in());
+    }
+
+    /// Lines ending in `\n`; a line starting with `!` is garbage; a line longer than 64 bytes
+    /// is oversized. Enough framing to drive [`Link::exchange`] through every path.
+    struct Lines;
+
+    impl Decoder for Lines {
+        type Item = String;
+        type Error = ProtocolError;
+        fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<String>, ProtocolError> {
+            let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                if buf.len() > 64 {
+                    return Err(ProtocolError::Oversized {
+                        limit: 64,
+                        got: buf.len(),
+                    });
+                }
+                return Ok(None);
+            };
+            let line = buf.split_to(end + 1);
+            let text = String::from_utf8_lossy(&line[..end]).into_owned();
+            if text.starts_with('!') {
+                return Err(ProtocolError::Garbage { skipped: end + 1 });
+            }
+            Ok(Some(text))
+        }
+    }
+
+    fn observer() -> (
+        Observer,
+        tokio::sync::watch::Receiver<crate::model::DeviceState>,
+    ) {
+        use crate::model::{DeviceId, DeviceState, ProfileId, RoomId};
+        let clock = crate::clock::Clock::starting_at(chrono::DateTime::UNIX_EPOCH);
+        let st = DeviceState::new(
+            DeviceId::new("d1"),
+            RoomId::new("r1"),
+            ProfileId::new("test"),
+            "test".into(),
+            clock.now(),
+        );
+        let (tx, rx) = tokio::sync::watch::channel(st);
+        let bus = crate::events::EventBus::new(crate::metrics::Metrics::new());
+        (Observer::new(clock, std::sync::Arc::new(tx), bus), rx)
+    }
+
+    /// The answer to `GET x` is `x=…`; anything else is someone else's.
+    #[allow(clippy::ptr_arg)] // it is an `is_answer` for the decoder's `String` items
+    fn answer_to_x(line: &String, _: &mut Observer) -> Reply {
+        if line.starts_with("x=") {
+            Reply::Answer
+        } else {
+            Reply::Skip
+        }
+    }
+
+    async fn request_seen(peer: &mut tokio::io::DuplexStream) -> String {
+        let mut buf = vec![0u8; 64];
+        let n = peer.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exchange_without_an_answer_times_out_after_its_wait() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let (mut obs, _rx) = observer();
+        let start = tokio::time::Instant::now();
+        let r = link
+            .exchange(
+                &mut Lines,
+                b"GET x\n",
+                Duration::from_secs(2),
+                &mut obs,
+                answer_to_x,
+            )
+            .await;
+        assert!(
+            matches!(r, Err(DriverError::Timeout { waited_ms: 2000 })),
+            "{r:?}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(request_seen(&mut peer).await, "GET x\n");
+        assert!(link.is_open(), "a timeout does not end the session");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_frame_is_skipped_and_the_answer_taken() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let (mut obs, rx) = observer();
+        // A late answer to an earlier request, then ours.
+        peer.write_all(b"y=1\nx=2\n").await.unwrap();
+        let mut seen = Vec::new();
+        let r = link
+            .exchange(
+                &mut Lines,
+                b"GET x\n",
+                Duration::from_secs(2),
+                &mut obs,
+                |l, o| {
+                    seen.push(l.clone());
+                    answer_to_x(l, o)
+                },
+            )
+            .await;
+        assert_eq!(r.unwrap(), "x=2");
+        assert_eq!(seen, ["y=1", "x=2"], "every frame goes through is_answer");
+        assert_eq!(
+            rx.borrow().counters.bad_frames,
+            0,
+            "a stale frame is not bad input"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_input_is_counted_and_the_exchange_reads_on() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let (mut obs, rx) = observer();
+        // Garbage the decoder rejects, a frame `is_answer` rejects, then the answer.
+        peer.write_all(b"!!noise\nx=?\nx=3\n").await.unwrap();
+        let r = link
+            .exchange(&mut Lines, b"", Duration::from_secs(2), &mut obs, |l, o| {
+                if l == "x=?" {
+                    Reply::Bad(ProtocolError::malformed("no value"))
+                } else {
+                    answer_to_x(l, o)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), "x=3");
+        assert_eq!(rx.borrow().counters.bad_frames, 2);
+        assert!(link.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_ends_the_session_and_the_exchange() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut link = Link::over(ours);
+        link.set_max_buffer(64);
+        let (mut obs, rx) = observer();
+        peer.write_all(&[b'A'; 200]).await.unwrap();
+        let r = link
+            .exchange(
+                &mut Lines,
+                b"GET x\n",
+                Duration::from_secs(2),
+                &mut obs,
+                answer_to_x,
+            )
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(DriverError::Protocol(ProtocolError::Oversized { .. }))
+            ),
+            "{r:?}"
+        );
+        assert!(!link.is_open(), "the session ends");
+        assert_eq!(rx.borrow().counters.oversized_frames, 1);
     }
 }

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use crate::codec::ProtocolError;
 use crate::model::DeviceCommand;
 use crate::profile::Profile;
-use crate::transport::TransportError;
-
-pub use link::Link;
+pub use link::{
+    Connection, Link, LinkError, LinkFacts, Reply, TopicError, TopicFeed, TopicMessage, Topics,
+};
 pub use observer::{Applied, Observation, Observer};
 
 /// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
@@ -29,7 +29,7 @@ pub use observer::{Applied, Observation, Observer};
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Link(#[from] LinkError),
     #[error("no reply within {waited_ms} ms")]
     Timeout { waited_ms: u64 },
     #[error("protocol error: {0}")]
@@ -66,7 +66,7 @@ impl DriverError {
     pub fn is_link_failure(&self) -> bool {
         matches!(
             self,
-            DriverError::Transport(_) | DriverError::Auth(_) | DriverError::Unreachable
+            DriverError::Link(_) | DriverError::Auth(_) | DriverError::Unreachable
         )
     }
 }
@@ -151,18 +151,6 @@ pub fn for_profile(
     secret: Option<String>,
     settings: &toml::Table,
 ) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
-    for_device(profile, secret, settings, None)
-}
-
-/// [`for_profile`] for a running device: MQTT drivers also get the daemon's MQTT client
-/// (without one they build, so config validation can check their options, but cannot open).
-pub fn for_device(
-    profile: &Profile,
-    secret: Option<String>,
-    settings: &toml::Table,
-    mqtt: Option<&crate::transport::mqtt::MqttHandle>,
-) -> Result<Box<dyn Driver>, crate::profile::ProfileError> {
-    let _ = settings;
     use crate::profile::DriverKind;
     Ok(match profile.driver {
         DriverKind::Pjlink => Box::new(projector::pjlink::PjlinkDriver::new(profile, secret)?),
@@ -170,11 +158,7 @@ pub fn for_device(
         DriverKind::Shure => Box::new(mic::shure::ShureDriver::new(profile, settings)?),
         DriverKind::Ssc => Box::new(mic::ssc::SscDriver::new(profile, settings)?),
         DriverKind::Modbus => Box::new(hvac::modbus::ModbusDriver::new(profile, settings)?),
-        DriverKind::Mqtt => Box::new(hvac::mqtt::MqttClimateDriver::new(
-            profile,
-            settings,
-            mqtt.cloned(),
-        )?),
+        DriverKind::Mqtt => Box::new(hvac::mqtt::MqttClimateDriver::new(profile, settings)?),
         DriverKind::Tesira => Box::new(dsp::tesira::TesiraDriver::new(profile, settings)?),
         DriverKind::Qsys => Box::new(dsp::qsys::QsysDriver::new(profile, secret, settings)?),
     })
@@ -200,5 +184,47 @@ mod tests {
             families.insert(driver.name());
         }
         assert_eq!(families.len(), 8, "{families:?}");
+    }
+
+    /// Issue 8.7, the driver/transport cut: a driver must not know which transport carries
+    /// it, so no file under `src/driver/` names the transport module; the runtime hands a
+    /// driver a [`Link`] (and a topic device its bus) instead.
+    #[test]
+    fn no_driver_names_the_transport() {
+        // Spelt in pieces so this test does not find itself.
+        let module = ["trans", "port"].concat();
+        let path_of = format!("{module}::");
+        let visit = |dir: &std::path::Path, offenders: &mut Vec<String>| {
+            visit_dir(dir, &module, &path_of, offenders)
+        };
+        fn visit_dir(
+            dir: &std::path::Path,
+            module: &str,
+            path_of: &str,
+            offenders: &mut Vec<String>,
+        ) {
+            for entry in std::fs::read_dir(dir).expect("src/driver is readable") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    visit_dir(&path, module, path_of, offenders);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    let names = code.contains(path_of)
+                        || (code.contains("crate::{") && code.contains(module));
+                    if names {
+                        offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        let mut offenders = Vec::new();
+        visit(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/driver"),
+            &mut offenders,
+        );
+        assert!(offenders.is_empty(), "{}", offenders.join("\n"));
     }
 }

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::comms::{CommsMonitor, CommsStage};
 use super::CommandOutcome;
 use crate::codec::ProtocolError;
+use crate::driver::LinkError;
 use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
 use crate::events::EventKind;
 use crate::model::{DeviceCommand, Fault, Severity};
-use crate::transport::{Backoff, LinkSpec, TransportError};
+use crate::transport::{Backoff, LinkSpec};
 
 /// A command and the place to put its outcome.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct ActorConfig {
     pub comms: crate::model::CommsPolicy,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The daemon's MQTT client, the bus of a topic device's link.
+    pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
 }
 
 /// Reconnect is a state, not a loop (STYLE.md §4).
@@ -86,7 +89,7 @@ impl Actor {
         let commands = self.commands.clone();
         let mut guard = commands.lock().await;
         let commands: &mut Queues = &mut guard;
-        let mut link = Link::new(self.cfg.link.clone());
+        let mut link = super::link::for_spec(&self.cfg.link, self.cfg.mqtt.as_ref());
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut conn = Conn::Disconnected {
             retry_at: Instant::now(),
@@ -161,7 +164,7 @@ impl Actor {
         self.driver.open(link, &mut self.obs).await?;
         self.driver.read_all(link, &mut self.obs).await?;
         let now = self.obs.now();
-        let peer = link.spec().describe();
+        let peer = self.cfg.link.describe();
         self.obs
             .faults(crate::driver::observer::LINK_SOURCE, Vec::new());
         self.obs.update(|s| {
@@ -292,7 +295,7 @@ impl Actor {
             match comms.check(now) {
                 Some(CommsStage::Offline) => {
                     let secs = comms.silent_for(now).as_secs();
-                    let e = DriverError::Transport(TransportError::Silent { secs });
+                    let e = DriverError::Link(LinkError::Silent { secs });
                     return self.link_down(link, backoff, &e);
                 }
                 Some(CommsStage::Slow) => self.comms_slow(Some(&comms)),

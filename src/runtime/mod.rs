@@ -7,6 +7,7 @@
 
 mod actor;
 pub mod comms;
+pub mod link;
 mod supervisor;
 
 pub use actor::{ActorConfig, CommandRequest, Lane};
@@ -110,7 +111,6 @@ impl CommandOutcome {
 mod tests {
     use super::*;
     use crate::codec::ProtocolError;
-    use crate::transport::TransportError;
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
@@ -172,7 +172,7 @@ mod tests {
             ),
             (DriverError::Unreachable, CommandOutcome::Unreachable),
             (
-                DriverError::Transport(TransportError::Closed),
+                DriverError::Link(crate::driver::LinkError::Closed),
                 CommandOutcome::Unreachable,
             ),
             (

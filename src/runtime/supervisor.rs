@@ -17,7 +17,9 @@ use crate::clock::Clock;
 use crate::driver::{Driver, Observer};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterBoard;
-use crate::model::{Capability, DeviceCommand, DeviceId, DeviceState, Fault, RoomId, Severity};
+use crate::model::{
+    Capability, DeviceCommand, DeviceId, DeviceState, Fault, Quantity, RoomId, Severity,
+};
 use crate::profile::{Profile, ProfileError};
 use crate::transport::LinkSpec;
 
@@ -66,6 +68,22 @@ impl DeviceHandle {
 
     pub fn can(&self, capability: Capability) -> bool {
         self.capabilities().contains(&capability)
+    }
+
+    /// The quantities the device reports, by its profile: those of its capabilities, and
+    /// those no capability owns (the warnings a receiver words itself). A test holds every
+    /// shipped driver to publishing these and only these.
+    pub fn quantities(&self) -> Vec<Quantity> {
+        Quantity::ALL
+            .iter()
+            .copied()
+            .filter(|q| self.declares(*q))
+            .collect()
+    }
+
+    /// Whether the device's profile declares `quantity` (see [`DeviceHandle::quantities`]).
+    pub fn declares(&self, quantity: Quantity) -> bool {
+        quantity.capability().is_none_or(|c| self.can(c))
     }
 
     /// Whether the device takes `command` at all, by its profile (it may still refuse it
@@ -371,21 +389,15 @@ impl Fleet {
         // Build once now: a bad profile option is reported before anything runs, and every
         // actor (the first and any restarted one) gets a fresh copy of this one, its options
         // and settings parsed once.
-        let built = crate::driver::for_device(
-            &spec.profile,
-            spec.secret.clone(),
-            &spec.settings,
-            spec.mqtt.as_ref(),
-        )?;
+        let built = crate::driver::for_profile(&spec.profile, spec.secret.clone(), &spec.settings)?;
         let prototype = std::sync::Mutex::new(built);
         let profile = spec.profile.clone();
         let secret = spec.secret.clone();
         let settings = spec.settings.clone();
-        let mqtt = spec.mqtt.clone();
         let factory: DriverFactory = Box::new(move || {
             let fresh = prototype.lock().unwrap_or_else(|p| p.into_inner()).fresh();
             fresh.unwrap_or_else(|| {
-                crate::driver::for_device(&profile, secret.clone(), &settings, mqtt.as_ref())
+                crate::driver::for_profile(&profile, secret.clone(), &settings)
                     .expect("profile options were validated when the device was spawned")
             })
         });
@@ -397,6 +409,7 @@ impl Fleet {
             comms: t.comms(),
             backoff_min: spec.backoff_min,
             backoff_max: spec.backoff_max,
+            mqtt: spec.mqtt.clone(),
         };
         let initial = DeviceState::new(
             spec.id,

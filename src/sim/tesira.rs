@@ -955,6 +955,9 @@ impl Session {
         let mut started = !self.telnet;
         let mut line: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 1024];
+        // The handle that sends control messages may be gone (the daemon keeps only the
+        // endpoint): that ends control, not the session, which ends on `cancel` or EOF.
+        let mut controlled = true;
         let hello = if self.telnet {
             let mut b = Vec::new();
             for &o in &self.cfg.telnet_do {
@@ -980,7 +983,7 @@ impl Session {
             let before = self.subs.len();
             let out: Vec<u8> = tokio::select! {
                 _ = cancel.cancelled() => break,
-                c = ctl.recv() => match c {
+                c = ctl.recv(), if controlled => match c {
                     Ok(Ctl::Raw(b)) => b,
                     Ok(Ctl::Reboot) => {
                         if self.telnet {
@@ -991,7 +994,10 @@ impl Session {
                         self.banner()
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        controlled = false;
+                        continue;
+                    }
                 },
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     let lines = self.due_publishes(Instant::now());

@@ -141,7 +141,7 @@ pub enum Connection {
     Datagram(tokio::net::UdpSocket),
     /// The device is a topic on the daemon's MQTT client, which its driver holds: nothing of
     /// its own to open.
-    Topic,
+    Topic { topic: String },
 }
 
 /// Open the connection `spec` describes: the one place where a link becomes a connection.
@@ -149,6 +149,8 @@ pub async fn open(spec: &LinkSpec) -> Result<Connection, TransportError> {
     Ok(match spec {
         LinkSpec::Serial(_) | LinkSpec::Tcp(_) => Connection::Stream(spec.open_stream().await?),
         LinkSpec::Udp { host, port } => Connection::Datagram(udp::connect(host, *port).await?),
-        LinkSpec::Mqtt { .. } => Connection::Topic,
+        LinkSpec::Mqtt { topic } => Connection::Topic {
+            topic: topic.clone(),
+        },
     })
 }

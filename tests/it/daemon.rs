@@ -1076,20 +1076,132 @@ fn a_store_in_trouble_never_holds_ready_the_api_or_sigterm() {
     }
 }
 
+/// One simulated device of every shipped profile the demo site leaves out.
+const EVERY_OTHER_PROFILE: &str = r#"
+[[devices]]
+id = "x-generic-pjlink"
+room = "r102"
+profile = "generic-pjlink"
+simulated = true
+[devices.simulator]
+power_on = true
+
+[[devices]]
+id = "x-slxd"
+room = "r102"
+profile = "shure-slxd"
+simulated = true
+[[devices.simulator.transmitters]]
+channel = 1
+minutes = 300
+
+[[devices]]
+id = "x-qlxd"
+room = "r102"
+profile = "shure-qlxd"
+simulated = true
+[[devices.simulator.transmitters]]
+channel = 1
+minutes = 300
+
+[[devices]]
+id = "x-axient"
+room = "r102"
+profile = "shure-axient"
+simulated = true
+[[devices.simulator.transmitters]]
+channel = 1
+minutes = 300
+
+[[devices]]
+id = "x-speechline"
+room = "r102"
+profile = "sennheiser-speechline"
+simulated = true
+[devices.simulator]
+product = "speechline"
+
+[[devices]]
+id = "x-tesira-serial"
+room = "r102"
+profile = "biamp-tesira-serial"
+simulated = true
+[devices.settings]
+[[devices.settings.zones]]
+id = "main"
+level_tag = "Level1"
+index = 1
+meter_tag = "OutMeter"
+meter_index = 1
+# The profile declares gain: it is a mic input's, so the design maps one.
+[[devices.settings.mics]]
+id = "lectern"
+channel = 1
+level_tag = "MicGain"
+index = 1
+meter_tag = "MicMeter"
+meter_index = 1
+
+[[devices]]
+id = "x-qsys"
+room = "r102"
+profile = "qsys-core"
+simulated = true
+[devices.settings]
+[[devices.settings.zones]]
+id = "main"
+level_control = "MainGain"
+mute_control = "MainMute"
+meter_control = "MainMeter"
+[[devices.settings.mics]]
+id = "lectern"
+channel = 1
+level_control = "MicGain"
+mute_control = "MicMute"
+meter_control = "MicMeter"
+
+[[devices]]
+id = "x-aermec"
+room = "r102"
+profile = "aermec-fcwi"
+simulated = true
+
+[[devices]]
+id = "x-kaysun"
+room = "r102"
+profile = "kaysun-kc-fcd2"
+simulated = true
+
+[[devices]]
+id = "x-mundoclima"
+room = "r102"
+profile = "mundoclima-mup-w9"
+simulated = true
+
+[[devices]]
+id = "x-tasmota"
+room = "r102"
+profile = "tasmota-thermostat"
+simulated = true
+link = { topic = "room102" }
+"#;
+
 /// Issue 8.2: what a device takes, by its profile, is what its driver does. Every device of
 /// the demo site (PJLink, ESC/VP21, Shure, Sennheiser, Tesira, Modbus and MQTT HVAC) against
 /// its simulator: each command its profile does not declare answers `unsupported`, and each
 /// one it declares answers anything else (done, refused, rejected, busy: the device's or
 /// avwarden's verdict on the value, not "cannot").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_shipped_driver_takes_exactly_the_commands_its_profile_declares() {
-    use avwarden::model::DeviceCommand;
+async fn every_shipped_driver_publishes_and_takes_exactly_what_its_profile_declares() {
+    use avwarden::model::{Capability, DeviceCommand, PowerState, Value};
     use avwarden::runtime::CommandOutcome;
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
     )
     .unwrap();
+    // The demo site, and one simulated device of every shipped profile it leaves out.
+    let text = format!("{text}\n{EVERY_OTHER_PROFILE}");
     let mut cfg = parse_site(
         &text,
         "config/demo.toml",
@@ -1104,9 +1216,18 @@ async fn every_shipped_driver_takes_exactly_the_commands_its_profile_declares() 
             .local_addr()
             .unwrap();
     }
+    let shipped = avwarden::profile::ProfileSet::embedded().unwrap();
+    let in_site: std::collections::BTreeSet<_> =
+        cfg.devices.iter().map(|d| d.profile.id.clone()).collect();
+    for p in shipped.iter() {
+        assert!(in_site.contains(&p.id), "{} is not in the test site", p.id);
+    }
     let daemon = start_simulated(cfg).await;
+    let mut meters = daemon.events.meters().subscribe("test");
     let mut mismatches = Vec::new();
     for h in daemon.fleet.handles() {
+        let profile = h.profile.as_ref().unwrap().id.clone();
+        // Commands first: a Tasmota thermostat tells its mode only in a command's RESULT.
         h.wait_for(|s| s.reachable, Duration::from_secs(60))
             .await
             .unwrap_or_else(|_| panic!("{} never came up", h.id));
@@ -1117,10 +1238,67 @@ async fn every_shipped_driver_takes_exactly_the_commands_its_profile_declares() 
             let unsupported = matches!(outcome, CommandOutcome::Unsupported { .. });
             if unsupported == h.takes(&cmd) {
                 mismatches.push(format!(
-                    "{} ({}): {} -> {outcome:?}",
+                    "{} ({profile}): {} -> {outcome:?}",
                     h.id,
-                    h.profile.as_ref().unwrap().id,
                     cmd.name()
+                ));
+            }
+        }
+        // Points: every capability that has quantities shows up (identity is the device's
+        // identity block, not a point; audio and meters stream on the meter board), and no
+        // point outside the profile's catalogue ever does.
+        let polled: Vec<Capability> = h
+            .capabilities()
+            .iter()
+            .copied()
+            .filter(|c| {
+                !matches!(c, Capability::Meter | Capability::Identity)
+                    && Quantity::ALL.iter().any(|q| q.capability() == Some(*c))
+            })
+            .collect();
+        let s = h
+            .wait_for(
+                |s| {
+                    // A projector in standby answers input and A/V mute queries with an
+                    // error (ESC/VP21 `ERR`): those exist only while it is on.
+                    let on = s.value(&Point::device(Quantity::Power))
+                        == Some(&Value::Power(PowerState::On));
+                    s.reachable
+                        && polled
+                            .iter()
+                            .filter(|c| on || !matches!(c, Capability::Input | Capability::AvMute))
+                            .all(|c| s.readings.keys().any(|p| p.capability() == Some(*c)))
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} ({profile}) never reported all of {polled:?}: {:#?}",
+                    h.id,
+                    h.state().readings.keys()
+                )
+            });
+        for p in s.readings.keys().filter(|p| !h.declares(p.quantity)) {
+            mismatches.push(format!(
+                "{} ({profile}): publishes {p}, not in its catalogue",
+                h.id
+            ));
+        }
+        if h.can(Capability::Meter) {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while !h.meters().levels().iter().any(|(_, l)| l.is_some()) {
+                    meters.recv().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{} ({profile}) declares meters but streams none", h.id));
+        }
+        for (subject, _) in h.meters().levels() {
+            if !h.declares(Quantity::AudioDbfs) {
+                mismatches.push(format!(
+                    "{} ({profile}): meters {subject} without the meter capability",
+                    h.id
                 ));
             }
         }

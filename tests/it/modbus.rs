@@ -17,7 +17,7 @@ use avwarden::sim::pty::PtyMaster;
 use avwarden::sim::thermal::Mode;
 use avwarden::sim::SimBind;
 use avwarden::transport::serial::{Parity, SerialSpec};
-use avwarden::transport::{LinkSpec, Stream};
+use avwarden::transport::LinkSpec;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,7 @@ impl Bench {
         let (driver, obs, state) = observed(profile, &settings);
         Bench {
             driver,
-            link: Link::from_stream(Stream::new(ours, "duplex")),
+            link: Link::over(ours),
             obs,
             state,
             ctl,
@@ -419,7 +419,7 @@ async fn against_raw_unit(
     let (ours, theirs) = tokio::io::duplex(1024);
     crate::support::spawn(unit.clone().serve(theirs));
     let (mut driver, mut obs, state) = observed(&p, &toml::Table::new());
-    let mut link = Link::from_stream(Stream::new(ours, "duplex"));
+    let mut link = Link::over(ours);
     driver.open(&mut link, &mut obs).await.unwrap();
     driver.read_all(&mut link, &mut obs).await.unwrap();
     (driver, link, obs, state, unit)
@@ -759,7 +759,7 @@ async fn modbus_write_exception_is_a_refusal() {
     let (ours, theirs) = tokio::io::duplex(1024);
     let served = b.ctl.clone();
     crate::support::spawn(async move { served.serve(theirs, CancellationToken::new()).await });
-    b.link = Link::from_stream(Stream::new(ours, "duplex"));
+    b.link = Link::over(ours);
     b.connect().await;
     let e = b
         .run(DeviceCommand::SetSetpoint { celsius: 28.0 })

@@ -217,10 +217,7 @@ async fn driver_reads_sets_and_streams_normalised_meters() {
         Some(Value::Bool(true))
     );
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(6.0))
     );
     assert_eq!(
@@ -364,10 +361,7 @@ async fn malformed_json_wrong_types_and_unknown_states_are_counted() {
     assert_eq!(s.counters.bad_frames, before + 4);
     assert_eq!(s.health, Health::Ok, "bad input is not a fault");
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(-4.0))
     );
     assert_eq!(

@@ -172,6 +172,7 @@ fn spawn_ping_every(
         comms: avwarden::model::CommsPolicy::polled(poll_interval, Duration::from_secs(2), 2),
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
+        mqtt: None,
     };
     fleet.spawn(
         initial,

@@ -18,7 +18,7 @@ use avwarden::sim::mic::{BatteryKind, BatteryState, TxSpec};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use avwarden::sim::{SimBind, SimEndpoint};
 use avwarden::transport::tcp::TcpSpec;
-use avwarden::transport::{LinkSpec, Stream};
+use avwarden::transport::LinkSpec;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +219,7 @@ async fn shipped_profiles_convert_documented_samples_exactly() {
         let mut driver = avwarden::driver::for_profile(profile, None, &toml::Table::new())
             .unwrap_or_else(|e| panic!("{id}: {e}"));
         let (ours, mut receiver) = tokio::io::duplex(1024);
-        let mut link = Link::from_stream(Stream::new(ours, "duplex"));
+        let mut link = Link::over(ours);
         let (tx, state) = tokio::sync::watch::channel(DeviceState::new(
             DeviceId::new("rx-1"),
             RoomId::new("room-1"),

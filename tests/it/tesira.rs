@@ -213,10 +213,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         Some(Value::Bool(false))
     );
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(0.0))
     );
     assert_eq!(s.identity.firmware.as_deref(), Some("4.2.0.24"));
@@ -292,10 +289,7 @@ async fn telnet_driver_reads_sets_and_streams_normalised_meters() {
         Some(Value::Bool(true))
     );
     assert_eq!(
-        reading(
-            &s,
-            &Point::new(Subject::input("lectern"), Quantity::LevelDb)
-        ),
+        reading(&s, &Point::new(Subject::input("lectern"), Quantity::GainDb)),
         Some(Value::Float(-6.5))
     );
     assert_eq!(
@@ -1147,5 +1141,37 @@ async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
         eprintln!("{lane:?}: {gets} poll exchanges between the command and its write");
     }
     rig.shutdown().await;
+    cancel.cancel();
+}
+
+/// Regression (x-tesira-serial "never came up" in the daemon): the daemon keeps only a
+/// simulator's endpoint, and dropping the handle closed the serial session's control channel,
+/// which ended the session and closed the pty before the driver could open it. A pty
+/// simulator started from config must serve the driver with its handle gone.
+#[tokio::test]
+async fn serial_simulator_started_from_config_outlives_its_handle() {
+    let cancel = CancellationToken::new();
+    let endpoint = tesira::spawn_from_config(
+        &toml::Table::new(),
+        SimBind::Pty { link: None },
+        avwarden::clock::Clock::system(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let SimEndpoint::Pty(path) = endpoint else {
+        panic!("a pty bind gives a pty endpoint, got {endpoint:?}")
+    };
+    let link = LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200));
+    let rig = start("biamp-tesira-serial", link, ROOM, |spec| {
+        spec.backoff_min = Duration::from_millis(100);
+        spec.backoff_max = Duration::from_millis(500);
+    });
+    let mut rx = rig.handle.watch();
+    support::wait_state(&mut rx, Duration::from_secs(20), "ok over serial", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+    rig.cancel.cancel();
     cancel.cancel();
 }

@@ -43,7 +43,7 @@ use crate::codec::qrc::{
     self, ControlState, EngineState, EngineStatus, QValue, QrcDecoder, QrcMessage, RpcError,
 };
 use crate::codec::ProtocolError;
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, Reply};
 use crate::meter::Alignment;
 use crate::model::{DeviceCommand, Fault, Point, Quantity, Severity, Value};
 use crate::profile::{Profile, ProfileError};
@@ -190,33 +190,43 @@ impl QsysDriver {
     ) -> Result<Result<Json, RpcError>, DriverError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.send(link, &build(id)).await?;
-        let deadline = Instant::now() + self.reply_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match link.read_frame(&mut self.dec, left).await {
-                Ok(QrcMessage::Response { id: rid, result }) if rid == id => {
-                    obs.contact();
-                    return Ok(result);
+        let sent = link.bytes_out();
+        // The decoder is lent to the exchange so `is_answer` may apply what the Core pushes
+        // meanwhile; taking a `Default` one in its place allocates nothing.
+        let mut dec = std::mem::take(&mut self.dec);
+        let res = link
+            .exchange(&mut dec, &build(id), self.reply_timeout, obs, |msg, obs| {
+                match msg {
+                    QrcMessage::Response { id: rid, .. } if *rid == id => return Reply::Answer,
+                    QrcMessage::Response { id: rid, .. } => {
+                        // The answer to a request whose wait was cancelled or timed out.
+                        tracing::debug!(device = %obs.device(), id = rid, "late QRC response ignored");
+                    }
+                    other => self.apply(obs, other),
                 }
-                Ok(QrcMessage::Response { id: rid, .. }) => {
-                    // The answer to a request whose wait was cancelled or timed out.
-                    tracing::debug!(device = %obs.device(), id = rid, "late QRC response ignored");
-                }
-                Ok(other) => self.apply(obs, other),
-                Err(DriverError::Protocol(p)) => obs.bad_input(&p),
-                Err(DriverError::Timeout { .. }) => {
-                    return Err(DriverError::Timeout {
-                        waited_ms: self.reply_timeout.as_millis() as u64,
-                    })
-                }
-                Err(e) => return Err(e),
+                Reply::Skip
+            })
+            .await;
+        self.dec = dec;
+        if link.bytes_out() != sent {
+            self.last_sent = Instant::now();
+        }
+        match res? {
+            QrcMessage::Response { result, .. } => {
+                obs.contact();
+                Ok(result)
             }
+            // `is_answer` takes nothing else for the answer.
+            other => Err(ProtocolError::Unexpected {
+                expected: format!("the response to request {id}"),
+                got: format!("{other:?}"),
+            }
+            .into()),
         }
     }
 
     /// Apply an unsolicited message.
-    fn apply(&mut self, obs: &mut Observer, msg: QrcMessage) {
+    fn apply(&mut self, obs: &mut Observer, msg: &QrcMessage) {
         match msg {
             QrcMessage::EngineStatus(s) => self.engine_status(obs, s),
             QrcMessage::ChangeGroupPoll { id, changes } => {
@@ -227,7 +237,7 @@ impl QsysDriver {
                 for c in changes {
                     match c {
                         Ok(c) => self.control(obs, c),
-                        Err(p) => obs.bad_input(&p),
+                        Err(p) => obs.bad_input(p),
                     }
                 }
             }
@@ -240,7 +250,7 @@ impl QsysDriver {
         }
     }
 
-    fn engine_status(&mut self, obs: &mut Observer, s: EngineStatus) {
+    fn engine_status(&mut self, obs: &mut Observer, s: &EngineStatus) {
         let (state, faults) = match &s.state {
             EngineState::Active => (Value::Text("active".into()), Vec::new()),
             EngineState::Idle => (
@@ -297,7 +307,7 @@ impl QsysDriver {
     }
 
     /// A control's value arrived (change group push or `Control.Get`).
-    fn control(&mut self, obs: &mut Observer, c: ControlState) {
+    fn control(&mut self, obs: &mut Observer, c: &ControlState) {
         let Some(uses) = self.routes.get(&c.name) else {
             tracing::debug!(device = %obs.device(), control = %c.name, "value for an unmapped control");
             return;
@@ -393,7 +403,7 @@ impl QsysDriver {
     async fn read_state(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         match self.call(link, obs, qrc::status_get).await? {
             Ok(v) => match qrc::parse_engine_status(&v) {
-                Ok(s) => self.engine_status(obs, s),
+                Ok(s) => self.engine_status(obs, &s),
                 Err(p) => obs.bad_input(&p),
             },
             Err(e) => return Err(Self::refused("StatusGet", &e)),
@@ -414,7 +424,7 @@ impl QsysDriver {
                 Ok(list) => {
                     for c in list {
                         match c {
-                            Ok(c) => self.control(obs, c),
+                            Ok(c) => self.control(obs, &c),
                             Err(p) => obs.bad_input(&p),
                         }
                     }
@@ -472,7 +482,7 @@ impl QsysDriver {
                         // knows it now: report it anyway.
                         self.routes.insert(name.clone(), vec![(idx, f)]);
                     }
-                    self.control(obs, c);
+                    self.control(obs, &c);
                 }
             }
         }
@@ -545,7 +555,7 @@ impl Driver for QsysDriver {
             }
             match link.read_frame(&mut self.dec, due - now).await {
                 Ok(msg) => {
-                    self.apply(obs, msg);
+                    self.apply(obs, &msg);
                     return Ok(());
                 }
                 Err(DriverError::Timeout { .. }) => continue,

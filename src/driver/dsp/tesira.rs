@@ -27,7 +27,7 @@
 //! min_db = -100                            # levels outside are refused (default -100…12)
 //! max_db = 0
 //! [[mics]]
-//! id = "lectern"                           # readings mic.lectern.level_db / .muted
+//! id = "lectern"                           # points input.lectern.gain_db / .muted
 //! channel = 1                              # SetGain/SetMute channel; default: position from 1
 //! level_tag = "MicGain"                    # same keys as zones
 //! ```

@@ -285,9 +285,13 @@ pub struct Channel<A> {
 }
 
 impl<A> Channel<A> {
-    /// `zone.main.level_db`.
+    /// `zone.main.level_db` for a zone; a mic input's level is its gain, `input.lectern.gain_db`.
     pub fn level_point(&self) -> Point {
-        Point::new(self.subject.clone(), Quantity::LevelDb)
+        let quantity = match self.role {
+            Role::Zone => Quantity::LevelDb,
+            Role::Mic => Quantity::GainDb,
+        };
+        Point::new(self.subject.clone(), quantity)
     }
     /// `zone.main.muted`, a boolean.
     pub fn muted_point(&self) -> Point {

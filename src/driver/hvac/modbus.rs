@@ -29,10 +29,10 @@ use crate::codec::modbus::{
 };
 use crate::codec::modbus_map::{MapError, Point, RegisterMap, Table, WriteFunction};
 use crate::codec::ProtocolError;
-use crate::driver::{DriverError, Link, Observer};
+use crate::driver::link::ByteStream;
+use crate::driver::{DriverError, Link, LinkError, Observer};
 use crate::model::{self, DeviceCommand, Fault, Quantity, Severity, Value};
 use crate::profile::{Profile, ProfileError};
-use crate::transport::{LinkSpec, Stream, TransportError};
 
 /// How one exchange ended, when it did not bring a usable reply.
 #[derive(Debug)]
@@ -117,7 +117,7 @@ impl ModbusDriver {
             tokio::time::sleep_until(t + self.frame_gap).await;
         }
         let Some(stream) = link.take_stream() else {
-            return Err(Failure::Link(TransportError::Closed.into()));
+            return Err(Failure::Link(LinkError::Closed.into()));
         };
         let tap = Tap::new(stream);
         let stale = tap.discard_pending();
@@ -133,7 +133,7 @@ impl ModbusDriver {
         self.last_frame = Some(Instant::now());
         let Some((stream, captured, n_in, n_out)) = tap.into_parts() else {
             link.disconnect();
-            return Err(Failure::Link(TransportError::Closed.into()));
+            return Err(Failure::Link(LinkError::Closed.into()));
         };
         link.restore_stream(stream, n_in, n_out);
         match res {
@@ -156,7 +156,7 @@ impl ModbusDriver {
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 link.disconnect();
-                Err(Failure::Link(TransportError::Io(e).into()))
+                Err(Failure::Link(LinkError::Io(e).into()))
             }
             Err(_elapsed) => match diagnose_reply(&captured) {
                 ReplyDiagnosis::Silence => Err(Failure::Silence),
@@ -197,7 +197,7 @@ impl ModbusDriver {
                 failure_hint(self.map.slave, self.run_timeouts, self.run_bad)
             );
             self.reset_run();
-            return Err(DriverError::Transport(TransportError::Io(io::Error::new(
+            return Err(DriverError::Link(LinkError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,
                 msg,
             ))));
@@ -665,8 +665,9 @@ impl crate::driver::Driver for ModbusDriver {
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         link.take_fresh();
-        if let LinkSpec::Serial(s) = link.spec() {
-            self.frame_gap = silent_interval(s.baud);
+        let gap = link.facts().frame_gap;
+        if !gap.is_zero() {
+            self.frame_gap = gap;
         }
         self.reset_run();
         self.last_frame = None;
@@ -749,16 +750,26 @@ impl crate::driver::Driver for ModbusDriver {
 #[derive(Debug, Clone)]
 struct Tap(Arc<Mutex<TapInner>>);
 
-#[derive(Debug)]
+/// The link's stream while it is lent to tokio-modbus.
+type Lent = Box<dyn ByteStream>;
+
 struct TapInner {
-    stream: Stream,
+    stream: Lent,
     captured: Vec<u8>,
     bytes_in: u64,
     bytes_out: u64,
 }
 
+impl std::fmt::Debug for TapInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TapInner")
+            .field("captured", &self.captured.len())
+            .finish()
+    }
+}
+
 impl Tap {
-    fn new(stream: Stream) -> Self {
+    fn new(stream: Box<dyn ByteStream>) -> Self {
         Tap(Arc::new(Mutex::new(TapInner {
             stream,
             captured: Vec::new(),
@@ -786,7 +797,7 @@ impl Tap {
         total
     }
 
-    fn into_parts(self) -> Option<(Stream, Vec<u8>, u64, u64)> {
+    fn into_parts(self) -> Option<(Lent, Vec<u8>, u64, u64)> {
         let inner = Arc::try_unwrap(self.0).ok()?;
         let t = inner.into_inner().unwrap_or_else(|e| e.into_inner());
         Some((t.stream, t.captured, t.bytes_in, t.bytes_out))

@@ -6,9 +6,9 @@
 //! topic); its availability topic says whether the bridge can reach it. A set is published and
 //! then confirmed by the state the device sends back. Malformed JSON, wrong types and unknown
 //! enumeration values are counted as bad input and leave the reading unknown. The driver must
-//! not own a broker connection: it holds an [`MqttHandle`] and speaks topics and payloads.
+//! not own a broker connection: it speaks topics and payloads on the bus its link hands it
+//! ([`Topics`]), and never names the client behind it.
 
-use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,21 +18,23 @@ use super::{check_mode, merged_options, option_error};
 use crate::codec::climate_json::{
     encode_get, encode_set, parse_availability, ClimateMap, ClimateSet, ClimateState, Outgoing,
 };
-use crate::driver::{DriverError, Link, Observer};
+use crate::driver::{
+    DriverError, Link, LinkError, Observer, TopicError, TopicFeed, TopicMessage, Topics,
+};
 use crate::model::{DeviceCommand, Point, Quantity, Value};
 use crate::profile::{Profile, ProfileError};
-use crate::transport::mqtt::{Message, MqttError, MqttHandle, Subscription};
-use crate::transport::{LinkSpec, TransportError};
+use std::sync::Arc;
 
 /// Messages buffered per device between two reads of the driver.
 const QUEUE: usize = 64;
 
 pub struct MqttClimateDriver {
     map: ClimateMap,
-    client: Option<MqttHandle>,
+    /// The bus of the open session (from the link).
+    client: Option<Arc<dyn Topics>>,
     reply_timeout: Duration,
     topic: String,
-    sub: Option<Subscription>,
+    sub: Option<Box<dyn TopicFeed>>,
     state: ClimateState,
     /// A `get` went out and no state has come back since.
     get_outstanding: bool,
@@ -54,16 +56,12 @@ impl Clone for MqttClimateDriver {
 }
 
 impl MqttClimateDriver {
-    pub fn new(
-        profile: &Profile,
-        settings: &toml::Table,
-        client: Option<MqttHandle>,
-    ) -> Result<Self, ProfileError> {
+    pub fn new(profile: &Profile, settings: &toml::Table) -> Result<Self, ProfileError> {
         let map = ClimateMap::from_table(&merged_options(profile, settings))
             .map_err(|m| option_error(profile, m))?;
         Ok(Self {
             map,
-            client,
+            client: None,
             reply_timeout: profile.timing.reply_timeout,
             topic: String::new(),
             sub: None,
@@ -72,15 +70,12 @@ impl MqttClimateDriver {
         })
     }
 
-    fn client(&self) -> Result<&MqttHandle, DriverError> {
+    fn client(&self) -> Result<&Arc<dyn Topics>, DriverError> {
         self.client.as_ref().ok_or_else(|| {
-            DriverError::Transport(TransportError::Connect {
-                target: format!("mqtt {}", self.topic),
-                source: io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "no mqtt client: add an [mqtt] section to the site config",
-                ),
-            })
+            DriverError::Link(LinkError::Open(format!(
+                "connect to mqtt {} failed: no mqtt client: add an [mqtt] section to the site config",
+                self.topic
+            )))
         })
     }
 
@@ -88,8 +83,8 @@ impl MqttClimateDriver {
         self.client()?
             .publish(&out.topic, out.payload.clone(), false)
             .map_err(|e| match e {
-                MqttError::NotConnected | MqttError::Stopped => DriverError::Unreachable,
-                MqttError::QueueFull => DriverError::Busy {
+                TopicError::NotConnected | TopicError::Stopped => DriverError::Unreachable,
+                TopicError::QueueFull => DriverError::Busy {
                     command: "publish".to_owned(),
                     reason: e.to_string(),
                     ready_in: None,
@@ -113,18 +108,15 @@ impl MqttClimateDriver {
     fn handle(
         &mut self,
         obs: &mut Observer,
-        msg: &Message,
+        msg: &TopicMessage,
     ) -> Result<Vec<&'static str>, DriverError> {
         if self.map.availability_topic_for(&self.topic).as_deref() == Some(msg.topic.as_str()) {
             return match parse_availability(&self.map, &msg.payload) {
                 Ok(true) => Ok(Vec::new()),
-                Ok(false) => Err(DriverError::Transport(TransportError::Connect {
-                    target: msg.topic.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "the availability topic reports the device offline",
-                    ),
-                })),
+                Ok(false) => Err(DriverError::Link(LinkError::Open(format!(
+                    "connect to {} failed: the availability topic reports the device offline",
+                    msg.topic
+                )))),
                 Err(e) => Err(DriverError::Protocol(e)),
             };
         }
@@ -166,7 +158,7 @@ impl MqttClimateDriver {
                         waited_ms: self.reply_timeout.as_millis() as u64,
                     })
                 }
-                Ok(None) => return Err(TransportError::Closed.into()),
+                Ok(None) => return Err(LinkError::Closed.into()),
                 Ok(Some(m)) => m,
             };
             match self.handle(obs, &msg) {
@@ -247,25 +239,23 @@ impl crate::driver::Driver for MqttClimateDriver {
 
     async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         link.take_fresh();
-        let LinkSpec::Mqtt { topic } = link.spec() else {
-            return Err(TransportError::Connect {
-                target: link.spec().describe(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "an mqtt thermostat needs an mqtt link",
-                ),
-            }
-            .into());
+        let Some((topic, bus)) = link.topic() else {
+            return Err(LinkError::Open("an mqtt thermostat needs an mqtt link".to_owned()).into());
         };
-        self.topic = topic.clone();
+        self.topic = topic.to_owned();
+        if !self.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, bus)) {
+            // A subscription belongs to the bus it was made on.
+            self.sub = None;
+            self.client = Some(bus.clone());
+        }
         let client = self.client()?.clone();
         // At daemon start the client connects alongside the devices: give it a moment rather
         // than reporting a thermostat unreachable for a race with our own broker connection.
         if !client.is_connected() && !client.wait_connected(Duration::from_secs(5)).await {
-            return Err(TransportError::Connect {
-                target: format!("mqtt broker {}", client.broker()),
-                source: io::Error::new(io::ErrorKind::NotConnected, "not connected to the broker"),
-            }
+            return Err(LinkError::Open(format!(
+                "connect to mqtt broker {} failed: not connected to the broker",
+                client.broker()
+            ))
             .into());
         }
         if self.sub.is_none() {
@@ -273,7 +263,7 @@ impl crate::driver::Driver for MqttClimateDriver {
             filters.extend(self.map.availability_topic_for(&self.topic));
             let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
             let sub = client
-                .subscribe_many(&refs, QUEUE)
+                .subscribe(&refs, QUEUE)
                 .map_err(|e| DriverError::Refused {
                     command: "subscribe".to_owned(),
                     reason: e.to_string(),
@@ -294,7 +284,7 @@ impl crate::driver::Driver for MqttClimateDriver {
     }
 
     async fn poll(&mut self, _link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        let connected = self.client.as_ref().is_some_and(MqttHandle::is_connected);
+        let connected = self.client.as_ref().is_some_and(|c| c.is_connected());
         // A request that went unanswered for a whole poll interval is a missed poll, and the
         // comms monitor judges the silence. Devices without a get topic only report on change,
         // so their silence says nothing: while the broker is up (its availability topic would
@@ -360,7 +350,7 @@ impl crate::driver::Driver for MqttClimateDriver {
         };
         // Cancel-safe: a message is either taken whole or left in the channel.
         let Some(msg) = sub.recv().await else {
-            return Err(TransportError::Closed.into());
+            return Err(LinkError::Closed.into());
         };
         self.handle(obs, &msg).map(|_| ())
     }

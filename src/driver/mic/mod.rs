@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::de::DeserializeOwned;
 
 use super::{DriverError, Observer};
-use crate::model::{Fault, Point, Quantity, Reading, Severity, Subject, Value};
+use crate::model::{Capability, Fault, Point, Quantity, Reading, Severity, Subject, Value};
 use crate::profile::{Profile, ProfileError};
 
 /// A value a receiver reports, or says it does not know, or never mentioned (the family lacks
@@ -328,9 +328,28 @@ pub struct Publisher {
     /// judged from half a channel (bars before minutes), a good battery would be raised as
     /// low and cleared a moment later, in the log and the logbook.
     hold_faults: bool,
+    /// The capabilities the profile declares (`None`: all). A receiver may report more than
+    /// its profile promises (QLX-D's transmitter mute, SpeechLine's absent-transmitter RF
+    /// floor); a consumer must be able to trust the catalogue, so the rest is not published.
+    declared: Option<Vec<Capability>>,
 }
 
 impl Publisher {
+    /// A publisher that publishes only what `profile` declares.
+    pub fn for_profile(profile: &Profile) -> Self {
+        Self {
+            declared: Some(profile.capabilities.clone()),
+            ..Self::default()
+        }
+    }
+
+    fn declares(&self, quantity: Quantity) -> bool {
+        match (&self.declared, quantity.capability()) {
+            (Some(caps), Some(c)) => caps.contains(&c),
+            _ => true,
+        }
+    }
+
     /// Forget what was published (after a reconnect everything is re-stamped).
     pub fn reset(&mut self) {
         self.last.clear();
@@ -369,11 +388,14 @@ impl Publisher {
         let mut all = ch.readings(n);
         if ch.tx_present == Some(false) {
             all.push(absent_rf(n));
-            obs.board().unknown(&Subject::Channel(n));
+            if self.declares(Quantity::AudioDbfs) {
+                obs.board().unknown(&Subject::Channel(n));
+            }
         }
         let readings: Vec<_> = all
             .into_iter()
             .filter(|(p, v)| touched.contains(&p.quantity) || self.last.get(p) != Some(v))
+            .filter(|(p, _)| self.declares(p.quantity))
             .collect();
         self.write(obs, readings);
         if !self.hold_faults {
@@ -417,21 +439,24 @@ impl Publisher {
         audio_dbfs: Option<f64>,
     ) {
         let subject = Subject::Channel(n);
+        let metered = self.declares(Quantity::AudioDbfs);
         if tx_present == Some(false) {
             let (p, v) = absent_rf(n);
-            if self.last.get(&p) != Some(&v) {
+            if self.declares(p.quantity) && self.last.get(&p) != Some(&v) {
                 self.write(obs, vec![(p, v)]);
             }
-            obs.meter_unknown(&subject);
+            if metered {
+                obs.meter_unknown(&subject);
+            }
             return;
         }
-        if let Some(rf) = rf_dbm {
+        if let Some(rf) = rf_dbm.filter(|_| self.declares(Quantity::RfDbm)) {
             let p = Point::channel(n, Quantity::RfDbm);
             let v = Value::Float(rf).rounded_for(p.unit());
             self.last.insert(p.clone(), v.clone());
             obs.metered_reading(p, v);
         }
-        if let Some(a) = audio_dbfs {
+        if let Some(a) = audio_dbfs.filter(|_| metered) {
             obs.meter(subject, a);
         }
     }
@@ -554,5 +579,53 @@ mod tests {
         assert_eq!(channels_for_model(&t, "SLXD4"), Some(1));
         assert_eq!(channels_for_model(&t, "slxd4q+"), Some(4));
         assert_eq!(channels_for_model(&t, "AD4Q"), None);
+    }
+
+    /// Issue 8.2: SpeechLine declares neither RF nor meters, yet an absent transmitter wrote
+    /// `ch.N.rf_dbm` unknown and marked its meter; QLX-D declares no mute, yet published
+    /// `tx_muted`. A publisher for a profile publishes only what the profile declares.
+    #[test]
+    fn a_publisher_publishes_only_what_its_profile_declares() {
+        let set = crate::profile::ProfileSet::embedded().expect("embedded profiles");
+        let clock = crate::clock::Clock::starting_at(chrono::DateTime::UNIX_EPOCH);
+        let state = crate::model::DeviceState::new(
+            "d".into(),
+            "r".into(),
+            crate::model::ProfileId::new("p"),
+            "test".into(),
+            clock.now(),
+        );
+        let (tx, rx) = tokio::sync::watch::channel(state);
+        let bus = crate::events::EventBus::new(crate::metrics::Metrics::new());
+        let mut obs = Observer::new(clock, std::sync::Arc::new(tx), bus);
+        let ch = Channel {
+            tx_present: Some(false),
+            tx_muted: Known::Value(true),
+            ..Channel::default()
+        };
+        let all = [Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent];
+        for (id, want) in [
+            ("sennheiser-speechline", vec![Quantity::TxPresent]),
+            ("shure-qlxd", vec![Quantity::RfDbm, Quantity::TxPresent]),
+            (
+                "shure-ulxd",
+                vec![Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent],
+            ),
+        ] {
+            let mut p = Publisher::for_profile(set.get(id).expect("shipped profile"));
+            obs.update(|s| s.readings.clear());
+            p.channel(&mut obs, 1, &ch, &policy(), &all);
+            p.meters(&mut obs, 1, Some(false), Some(-90.0), Some(-40.0));
+            let got: std::collections::BTreeSet<&str> = rx
+                .borrow()
+                .readings
+                .keys()
+                .map(|k| k.quantity)
+                .filter(|q| all.contains(q))
+                .map(|q| q.as_str())
+                .collect();
+            let want: std::collections::BTreeSet<&str> = want.iter().map(|q| q.as_str()).collect();
+            assert_eq!(got, want, "{id}");
+        }
     }
 }

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::codec::shure::{self, Message, Runtime, SampleField, ShureCodec};
 use crate::codec::ProtocolError;
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, Reply};
 use crate::model::{CommsPolicy, DeviceCommand, Fault, Quantity, Severity};
 use crate::profile::{Profile, ProfileError};
 
@@ -345,7 +345,7 @@ impl ShureDriver {
             channels: vec![Channel::default(); usize::from(cfg.max_channels)],
             cfg,
             codec: ShureCodec::new(),
-            publisher: Publisher::default(),
+            publisher: Publisher::for_profile(profile),
             unsupported: HashSet::new(),
             last_rx: now,
             last_heartbeat: now,
@@ -363,34 +363,30 @@ impl ShureDriver {
         msg: &Message,
         timeout: Duration,
     ) -> Result<Option<Message>, DriverError> {
-        link.send(&msg.encode()).await?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(DriverError::Timeout {
-                    waited_ms: timeout.as_millis() as u64,
-                });
-            }
-            match link.read_frame(&mut self.codec, deadline - now).await {
-                Ok(frame) => {
-                    self.last_rx = Instant::now();
-                    if is_error(&frame) {
-                        return Ok(None);
-                    }
-                    let answered = answers(msg, &frame);
-                    self.apply(obs, &frame);
-                    if answered {
-                        return Ok(Some(frame));
-                    }
+        let heard = link.bytes_in();
+        // The codec is lent to the exchange so `is_answer` may apply what it skips; it is
+        // one flag, so the swap costs nothing.
+        let mut codec = std::mem::take(&mut self.codec);
+        let res = link
+            .exchange(&mut codec, &msg.encode(), timeout, obs, |frame, obs| {
+                if is_error(frame) {
+                    return Reply::Answer;
                 }
-                Err(DriverError::Protocol(e)) => {
-                    self.last_rx = Instant::now();
-                    obs.bad_input(&e);
+                let answered = answers(msg, frame);
+                self.apply(obs, frame);
+                if answered {
+                    Reply::Answer
+                } else {
+                    Reply::Skip
                 }
-                Err(e) => return Err(e),
-            }
+            })
+            .await;
+        self.codec = codec;
+        if link.bytes_in() != heard {
+            self.last_rx = Instant::now();
         }
+        let frame = res?;
+        Ok((!is_error(&frame)).then_some(frame))
     }
 
     /// Apply one frame from the receiver to the state, wherever it came from. Only a frame that

@@ -307,7 +307,7 @@ impl SscDriver {
             extra: Vec::new(),
             index: HashMap::new(),
             unsupported: BTreeSet::new(),
-            publisher: Publisher::default(),
+            publisher: Publisher::for_profile(profile),
             last_rx: Instant::now(),
             last_subscribe: None,
             resubscribe: false,

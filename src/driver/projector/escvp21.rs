@@ -763,7 +763,6 @@ mod tests {
     use crate::model::{DeviceId, DeviceState, Health, ProfileId, RoomId};
     use crate::profile::ProfileSet;
     use crate::sim::escvp21::{Escvp21Sim, SimConfig};
-    use crate::transport::Stream;
 
     struct Rig {
         driver: Escvp21Driver,
@@ -811,7 +810,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let cancel = CancellationToken::new();
         let sim = Escvp21Sim::spawn_stream(cfg, theirs, cancel.clone());
-        let link = Link::from_stream(Stream::new(ours, "duplex"));
+        let link = Link::over(ours);
         let clock =
             Clock::starting_at(chrono::Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).unwrap());
         let mut initial = DeviceState::new(
@@ -995,7 +994,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let sim = Escvp21Sim::spawn_stream(SimConfig::default(), theirs, cancel.clone());
         sim.set_abnormal(true).await;
-        let mut link = Link::from_stream(Stream::new(ours, "duplex"));
+        let mut link = Link::over(ours);
         let clock =
             Clock::starting_at(chrono::Utc.with_ymd_and_hms(2026, 11, 27, 9, 0, 0).unwrap());
         let (tx, rx) = watch::channel(DeviceState::new(

@@ -19,10 +19,9 @@ use crate::codec::pjlink::{
     Response,
 };
 use crate::codec::{printable, ProtocolError};
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, LinkError, Observer};
 use crate::model::{DeviceCommand, Fault, Point, PowerState, Quantity, Severity, Value};
 use crate::profile::{LampSpec, Profile, ProfileError};
-use crate::transport::TransportError;
 
 /// Replies to other commands skipped while waiting for ours (late answers to a request that
 /// timed out) before the session is declared out of step.
@@ -191,7 +190,7 @@ impl PjlinkDriver {
             match res {
                 // A persistent session the projector dropped while idle (~30 s, protocols.md
                 // §1.1): open a new one and ask again, once. PJLink sets are idempotent.
-                Err(DriverError::Transport(TransportError::Closed | TransportError::Io(_)))
+                Err(DriverError::Link(LinkError::Closed | LinkError::Io(_)))
                     if reused && first_try =>
                 {
                     link.disconnect();
@@ -869,7 +868,6 @@ mod tests {
     use crate::events::EventBus;
     use crate::metrics::Metrics;
     use crate::model::{DeviceId, DeviceState, Health, ProfileId, RoomId};
-    use crate::transport::Stream;
 
     fn profile() -> Profile {
         Profile::parse(
@@ -930,7 +928,7 @@ life_hours = 2000
 
     fn link() -> (Link, DuplexStream) {
         let (a, b) = tokio::io::duplex(4096);
-        (Link::from_stream(Stream::new(a, "duplex")), b)
+        (Link::over(a), b)
     }
 
     #[tokio::test]
