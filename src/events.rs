@@ -143,6 +143,17 @@ pub enum EventKind {
         sink: String,
         dropped: u64,
     },
+    /// An iCalendar feed could not be fetched or is not a calendar: its rooms keep the last
+    /// good bookings, which go stale until it recovers.
+    BookingFeedFailed {
+        feed: String,
+        reason: String,
+    },
+    /// A feed that had failed was read again.
+    BookingFeedRecovered {
+        feed: String,
+        bookings: usize,
+    },
 }
 
 impl EventKind {
@@ -170,6 +181,8 @@ impl EventKind {
             EventKind::BookingStarted { .. } => "booking_started",
             EventKind::BookingEnded { .. } => "booking_ended",
             EventKind::EventsDropped { .. } => "events_dropped",
+            EventKind::BookingFeedFailed { .. } => "booking_feed_failed",
+            EventKind::BookingFeedRecovered { .. } => "booking_feed_recovered",
         }
     }
 
@@ -195,7 +208,9 @@ impl EventKind {
             | EventKind::StoreRecovered { .. }
             | EventKind::BookingStarted { .. }
             | EventKind::BookingEnded { .. }
-            | EventKind::EventsDropped { .. } => None,
+            | EventKind::EventsDropped { .. }
+            | EventKind::BookingFeedFailed { .. }
+            | EventKind::BookingFeedRecovered { .. } => None,
         }
     }
 
@@ -221,7 +236,9 @@ impl EventKind {
             | EventKind::ConfigReloaded { .. }
             | EventKind::StoreFailed { .. }
             | EventKind::StoreRecovered { .. }
-            | EventKind::EventsDropped { .. } => None,
+            | EventKind::EventsDropped { .. }
+            | EventKind::BookingFeedFailed { .. }
+            | EventKind::BookingFeedRecovered { .. } => None,
         }
     }
 
@@ -348,6 +365,13 @@ impl fmt::Display for EventKind {
                 f,
                 "{dropped} events not delivered to {sink}: its consumer fell behind"
             ),
+            EventKind::BookingFeedFailed { feed, reason } => write!(
+                f,
+                "booking feed {feed} failed: {reason}; its last good bookings are kept"
+            ),
+            EventKind::BookingFeedRecovered { feed, bookings } => {
+                write!(f, "booking feed {feed} read again: {bookings} bookings")
+            }
         }
     }
 }
@@ -575,6 +599,7 @@ fn log_event(kind: &EventKind) {
         | EventKind::BadInput { .. }
         | EventKind::CommandExecuted { ok: false, .. }
         | EventKind::ActorRestarted { .. }
+        | EventKind::BookingFeedFailed { .. }
         | EventKind::HealthChanged {
             to: Health::Degraded,
             ..

@@ -5,4 +5,5 @@
 //! Must not read the wall clock directly (it is handed `now` or a `Clock`), and must not talk
 //! to a device except through the runtime's handles.
 
+pub mod feed;
 pub mod ical;
