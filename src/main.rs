@@ -126,7 +126,12 @@ fn bookings(command: BookingsCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cal = match avwarden::schedule::ical::parse(&text, floating_tz) {
+    // A technician checks a file on purpose: allow far more than a polled feed's default.
+    let limits = avwarden::schedule::ical::Limits {
+        max_bytes: 256 * 1024 * 1024,
+        ..Default::default()
+    };
+    let cal = match avwarden::schedule::ical::parse_with_limits(&text, floating_tz, limits) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}: {e}", file.display());

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::ical::{FeedProblem, Instance, ProblemAction};
+use chrono::{DateTime, Utc};
+
+use super::ical::{self, FeedProblem, Instance, Limits, NotACalendar, ProblemAction};
 use crate::model::{Booking, BookingId, BookingSource, BookingStatus, Needs, RoomId};
 
 /// Feeds are polled every 5 minutes unless the config says otherwise.
@@ -56,6 +58,37 @@ impl FeedConfig {
             needs: None,
         }
     }
+}
+
+impl FeedConfig {
+    /// The parse bounds for this feed: its own size limit, the default bounds otherwise.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
+/// One poll's worth, after [`fetch`]: the feed's text parsed within its bounds, expanded in
+/// `[from, to)` and mapped to bookings, with every problem found on the way (parse, expand,
+/// mapping). `Err` means the text is not a calendar at all: keep the last good bookings.
+/// `floating` is the site's zone (floating times and all-day dates).
+pub fn bookings_from_text(
+    feed: &FeedConfig,
+    text: &str,
+    floating: chrono_tz::Tz,
+    rooms: &[RoomRef],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(Vec<Booking>, Vec<FeedProblem>), NotACalendar> {
+    let cal = ical::parse_with_limits(text, floating, feed.limits())?;
+    let (instances, expand_problems) = cal.expand_with_problems(from, to);
+    let (bookings, map_problems) = to_bookings(feed, &instances, rooms);
+    let mut problems = cal.problems;
+    problems.extend(expand_problems);
+    problems.extend(map_problems);
+    Ok((bookings, problems))
 }
 
 /// A room as LOCATION may name it: by id or by name.
@@ -400,6 +433,40 @@ mod tests {
             fetch(&f).await,
             Err(FeedError::Status { status: 404, .. })
         ));
+    }
+
+    #[test]
+    fn a_feed_text_becomes_bookings_with_its_problems() {
+        let text = concat!(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID:w\r\nDTSTART;TZID=Europe/Berlin:20260601T090000\r\n",
+            "DTEND;TZID=Europe/Berlin:20260601T100000\r\nRRULE:FREQ=WEEKLY;COUNT=2\r\n",
+            "LOCATION:Room Elbe\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:x\r\n",
+            "DTSTART:20260601T090000Z\r\nLOCATION:Atrium\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        );
+        let (b, p) = bookings_from_text(
+            &feed(),
+            text,
+            chrono_tz::Europe::Berlin,
+            &rooms(),
+            utc("2026-06-01T00:00:00Z"),
+            utc("2026-07-01T00:00:00Z"),
+        )
+        .unwrap();
+        let ids: Vec<_> = b.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["hq:w@2026-06-01T07:00:00Z", "hq:w@2026-06-08T07:00:00Z"]
+        );
+        assert_eq!(p.len(), 1);
+        assert!(bookings_from_text(
+            &feed(),
+            "<html>",
+            chrono_tz::UTC,
+            &rooms(),
+            utc("2026-06-01T00:00:00Z"),
+            utc("2026-07-01T00:00:00Z"),
+        )
+        .is_err());
     }
 
     #[test]
