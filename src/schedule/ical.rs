@@ -3,7 +3,8 @@
 //! on.
 //!
 //! Owns the content-line reader (unfolding, parameters, escapes), time zone resolution (IANA
-//! names, the Windows names Exchange writes, X-WR-TIMEZONE, floating times in a given zone,
+//! names, the Windows names Exchange writes, the feed's VTIMEZONE for any other TZID,
+//! X-WR-TIMEZONE, floating times in a given zone,
 //! RFC 5545 §3.3.5 for local times that do not exist or occur twice) and recurrence (RRULE
 //! through the `rrule` crate, with COUNT, UNTIL, RDATE, EXDATE and RECURRENCE-ID done here to
 //! RFC 5545's letter). A dirty feed loses only its bad series, each with a `FeedProblem`; a
@@ -20,6 +21,7 @@ pub mod windows_zones;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -233,7 +235,10 @@ pub fn parse_with_limits(
             }
         })
         .unwrap_or(floating);
-    let ctx = Ctx { floating };
+    let zones = Zones::new(floating, &raw.vtimezones, &mut problems);
+    let ctx = Ctx {
+        zones: Arc::new(zones),
+    };
     let mut events = Vec::new();
     for comp in &raw.events {
         match Event::from_component(comp, &ctx, &mut problems) {
@@ -453,7 +458,19 @@ impl Component {
 struct RawCalendar {
     events: Vec<Component>,
     x_wr_timezone: Option<String>,
+    vtimezones: Vec<RawVTimezone>,
 }
+
+/// A VTIMEZONE as written: its TZID and its STANDARD/DAYLIGHT observances.
+#[derive(Debug, Default)]
+struct RawVTimezone {
+    tzid: Option<String>,
+    line: usize,
+    observances: Vec<Component>,
+}
+
+/// VTIMEZONEs past this many are ignored: a real feed has a handful.
+const MAX_VTIMEZONES: usize = 100;
 
 /// Walk BEGIN/END nesting and collect each VEVENT's own properties (not its VALARMs').
 fn read_components(
@@ -466,6 +483,7 @@ fn read_components(
     let mut events = Vec::new();
     let mut current: Option<Component> = None;
     let mut x_wr_timezone = None;
+    let mut vtimezones: Vec<RawVTimezone> = Vec::new();
     let mut dropped = 0usize;
     for (number, text) in lines {
         let Some(prop) = parse_line(text, *number) else {
@@ -488,6 +506,25 @@ fn read_components(
                         line: *number,
                         props: Vec::new(),
                     });
+                }
+                if kind == "VTIMEZONE"
+                    && stack.last().is_some_and(|k| k == "VCALENDAR")
+                    && vtimezones.len() < MAX_VTIMEZONES
+                {
+                    vtimezones.push(RawVTimezone {
+                        line: *number,
+                        ..RawVTimezone::default()
+                    });
+                }
+                if (kind == "STANDARD" || kind == "DAYLIGHT")
+                    && stack.last().is_some_and(|k| k == "VTIMEZONE")
+                {
+                    if let Some(vtz) = vtimezones.last_mut() {
+                        vtz.observances.push(Component {
+                            line: *number,
+                            props: Vec::new(),
+                        });
+                    }
                 }
                 stack.push(kind);
             }
@@ -531,6 +568,17 @@ fn read_components(
                 Some("VCALENDAR") if prop.name == "X-WR-TIMEZONE" => {
                     x_wr_timezone = Some(unescape(prop.value.trim()));
                 }
+                Some("VTIMEZONE") if prop.name == "TZID" => {
+                    if let Some(vtz) = vtimezones.last_mut() {
+                        vtz.tzid = Some(prop.value.trim().to_owned());
+                    }
+                }
+                Some("STANDARD" | "DAYLIGHT") => {
+                    if let Some(obs) = vtimezones.last_mut().and_then(|v| v.observances.last_mut())
+                    {
+                        obs.props.push(prop);
+                    }
+                }
                 _ => {}
             },
         }
@@ -562,6 +610,7 @@ fn read_components(
     Ok(RawCalendar {
         events,
         x_wr_timezone,
+        vtimezones,
     })
 }
 
@@ -581,7 +630,7 @@ fn shorten(s: &str) -> String {
 enum When {
     Utc(DateTime<Utc>),
     /// Local time in a zone (TZID, or floating read in the floating zone).
-    Local(NaiveDateTime, Tz),
+    Local(NaiveDateTime, Zone),
     Date(NaiveDate),
 }
 
@@ -592,11 +641,11 @@ impl When {
 
     /// The instant, with RFC 5545 §3.3.5 for gaps and folds; a date is its midnight in the
     /// floating zone.
-    fn to_utc(self, floating: Tz) -> DateTime<Utc> {
+    fn to_utc(self, zones: &Zones) -> DateTime<Utc> {
         match self {
             When::Utc(t) => t,
-            When::Local(n, tz) => local_to_utc(n, tz),
-            When::Date(d) => local_to_utc(d.and_time(NaiveTime::MIN), floating),
+            When::Local(n, zone) => zones.local_to_utc(n, zone),
+            When::Date(d) => local_to_utc(d.and_time(NaiveTime::MIN), zones.floating),
         }
     }
 
@@ -609,10 +658,10 @@ impl When {
         }
     }
 
-    fn recurrence_id(self, floating: Tz) -> RecurrenceId {
+    fn recurrence_id(self, zones: &Zones) -> RecurrenceId {
         match self {
             When::Date(d) => RecurrenceId::Date(d),
-            other => RecurrenceId::Instant(other.to_utc(floating)),
+            other => RecurrenceId::Instant(other.to_utc(zones)),
         }
     }
 }
@@ -657,8 +706,217 @@ pub fn resolve_tzid(tzid: &str) -> Option<Tz> {
     (1..parts.len()).find_map(|skip| parts[skip..].join("/").parse::<Tz>().ok())
 }
 
-struct Ctx {
+/// A zone a local time is in: an IANA zone (also for Windows names), or a VTIMEZONE of the
+/// feed whose TZID is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zone {
+    Iana(Tz),
+    Custom(usize),
+}
+
+/// The zones of one feed: the floating zone and the feed's own VTIMEZONE definitions.
+#[derive(Debug)]
+struct Zones {
     floating: Tz,
+    custom: Vec<VZone>,
+}
+
+impl Zones {
+    /// IANA and Windows names resolve through tzdata (CLDR for Windows names), which is
+    /// right for every year; a VTIMEZONE is used only for a TZID they do not know
+    /// ("Customized Time Zone", a display name), as Outlook writes for edited zones.
+    fn new(floating: Tz, raw: &[RawVTimezone], problems: &mut Vec<FeedProblem>) -> Self {
+        let mut custom = Vec::new();
+        for vtz in raw {
+            let Some(tzid) = vtz.tzid.as_deref() else {
+                continue;
+            };
+            if resolve_tzid(tzid).is_some() {
+                continue;
+            }
+            match VZone::from_raw(tzid, &vtz.observances) {
+                Ok(z) => custom.push(z),
+                Err(reason) => problems.push(FeedProblem::new(
+                    None,
+                    Some(vtz.line),
+                    ProblemAction::Skipped,
+                    format!("VTIMEZONE {tzid:?}: {reason}"),
+                )),
+            }
+        }
+        Self { floating, custom }
+    }
+
+    fn resolve(&self, tzid: &str) -> Option<Zone> {
+        if let Some(tz) = resolve_tzid(tzid) {
+            return Some(Zone::Iana(tz));
+        }
+        let name = tzid.trim().trim_matches('"');
+        self.custom
+            .iter()
+            .position(|z| z.tzid == name)
+            .map(Zone::Custom)
+    }
+
+    fn local_to_utc(&self, local: NaiveDateTime, zone: Zone) -> DateTime<Utc> {
+        match zone {
+            Zone::Iana(tz) => local_to_utc(local, tz),
+            Zone::Custom(i) => match self.custom.get(i) {
+                Some(z) => z.local_to_utc(local),
+                None => local_to_utc(local, self.floating),
+            },
+        }
+    }
+}
+
+/// A VTIMEZONE's transitions, as instants with the UTC offsets (seconds) before and after.
+#[derive(Debug)]
+struct VZone {
+    tzid: String,
+    transitions: Vec<(DateTime<Utc>, i32, i32)>,
+}
+
+/// Transitions computed per VTIMEZONE observance at most; a yearly rule from 1601 to 2200 is
+/// 600.
+const MAX_TRANSITIONS: usize = 2_000;
+
+impl VZone {
+    fn from_raw(tzid: &str, observances: &[Component]) -> Result<Self, String> {
+        let mut transitions = Vec::new();
+        for obs in observances {
+            let offset = |name: &str| {
+                obs.get(name)
+                    .and_then(|p| parse_utc_offset(&p.value))
+                    .ok_or_else(|| format!("{name} missing or not an offset"))
+            };
+            let from = offset("TZOFFSETFROM")?;
+            let to = offset("TZOFFSETTO")?;
+            let start = obs
+                .get("DTSTART")
+                .and_then(|p| NaiveDateTime::parse_from_str(p.value.trim(), "%Y%m%dT%H%M%S").ok())
+                .ok_or("observance without a local DTSTART")?;
+            let onset = |wall: NaiveDateTime| wall.and_utc() - Duration::seconds(i64::from(from));
+            transitions.push((onset(start), from, to));
+            if let Some(rule) = obs.get("RRULE") {
+                let mut kept = Vec::new();
+                let mut until = None;
+                let mut count = None;
+                for part in rule.value.split(';') {
+                    match part.split_once('=') {
+                        Some((k, v)) if k.eq_ignore_ascii_case("UNTIL") => {
+                            let v = v.trim();
+                            until = match v.strip_suffix(['Z', 'z']) {
+                                Some(u) => NaiveDateTime::parse_from_str(u, "%Y%m%dT%H%M%S")
+                                    .ok()
+                                    .map(|n| n.and_utc()),
+                                None => NaiveDateTime::parse_from_str(v, "%Y%m%dT%H%M%S")
+                                    .ok()
+                                    .map(onset),
+                            };
+                        }
+                        Some((k, v)) if k.eq_ignore_ascii_case("COUNT") => {
+                            count = v.trim().parse::<usize>().ok();
+                        }
+                        _ => kept.push(part),
+                    }
+                }
+                let set = rrule::RRule::<rrule::Unvalidated>::from_str(&kept.join(";"))
+                    .and_then(|r| r.build(rrule::Tz::UTC.from_utc_datetime(&start)))
+                    .map_err(|e| format!("RRULE: {e}"))?;
+                let last_year = NaiveDate::from_ymd_opt(2200, 1, 1)
+                    .map(|d| d.and_time(NaiveTime::MIN))
+                    .unwrap_or(NaiveDateTime::MAX);
+                for (n, occ) in set.into_iter().enumerate() {
+                    let wall = occ.naive_utc();
+                    let at = onset(wall);
+                    if n >= MAX_TRANSITIONS
+                        || wall > last_year
+                        || until.is_some_and(|u| at > u)
+                        || count.is_some_and(|c| n >= c)
+                    {
+                        break;
+                    }
+                    if wall != start {
+                        transitions.push((at, from, to));
+                    }
+                }
+            }
+            for rdate in obs.all("RDATE") {
+                for v in rdate.value.split(',') {
+                    if let Ok(wall) = NaiveDateTime::parse_from_str(v.trim(), "%Y%m%dT%H%M%S") {
+                        transitions.push((onset(wall), from, to));
+                    }
+                }
+            }
+        }
+        if transitions.is_empty() {
+            return Err("no STANDARD or DAYLIGHT observance".into());
+        }
+        transitions.sort_by_key(|t| t.0);
+        Ok(Self {
+            tzid: tzid.trim().trim_matches('"').to_owned(),
+            transitions,
+        })
+    }
+
+    fn offset_at(&self, at: DateTime<Utc>) -> i32 {
+        match self.transitions.partition_point(|t| t.0 <= at) {
+            0 => self.transitions.first().map_or(0, |t| t.1),
+            i => self.transitions[i - 1].2,
+        }
+    }
+
+    /// RFC 5545 §3.3.5 as for IANA zones: the first of two, the offset before a gap.
+    fn local_to_utc(&self, local: NaiveDateTime) -> DateTime<Utc> {
+        let mut offsets: Vec<i32> = self.transitions.iter().flat_map(|t| [t.1, t.2]).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let candidate = |o: i32| local.and_utc() - Duration::seconds(i64::from(o));
+        if let Some(first) = offsets
+            .iter()
+            .map(|&o| (o, candidate(o)))
+            .filter(|&(o, u)| self.offset_at(u) == o)
+            .map(|(_, u)| u)
+            .min()
+        {
+            return first;
+        }
+        // In a gap: the transition whose skipped wall times hold `local`.
+        self.transitions
+            .iter()
+            .find(|(at, from, to)| {
+                let before = at.naive_utc() + Duration::seconds(i64::from(*from));
+                let after = at.naive_utc() + Duration::seconds(i64::from(*to));
+                before <= local && local < after
+            })
+            .map(|&(_, from, _)| candidate(from))
+            .unwrap_or_else(|| candidate(self.offset_at(local.and_utc())))
+    }
+}
+
+/// A UTC-OFFSET value (§3.3.14): `+0100`, `-0500`, `+053000`.
+fn parse_utc_offset(s: &str) -> Option<i32> {
+    let s = s.trim();
+    let (sign, digits) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    if !(digits.len() == 4 || digits.len() == 6) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let h: i32 = digits[0..2].parse().ok()?;
+    let m: i32 = digits[2..4].parse().ok()?;
+    let sec: i32 = if digits.len() == 6 {
+        digits[4..6].parse().ok()?
+    } else {
+        0
+    };
+    Some(sign * (h * 3600 + m * 60 + sec))
+}
+
+struct Ctx {
+    zones: Arc<Zones>,
 }
 
 impl Ctx {
@@ -685,10 +943,12 @@ impl Ctx {
         let n = NaiveDateTime::parse_from_str(v, "%Y%m%dT%H%M%S")
             .map_err(|_| format!("{v:?} is not a DATE-TIME"))?;
         match tzid {
-            None => Ok(When::Local(n, self.floating)),
-            Some(id) => match resolve_tzid(id) {
-                Some(tz) => Ok(When::Local(n, tz)),
-                None => Err(format!("unknown TZID {id:?}")),
+            None => Ok(When::Local(n, Zone::Iana(self.zones.floating))),
+            Some(id) => match self.zones.resolve(id) {
+                Some(zone) => Ok(When::Local(n, zone)),
+                None => Err(format!(
+                    "unknown TZID {id:?} (not IANA, not a Windows name, no VTIMEZONE)"
+                )),
             },
         }
     }
@@ -773,7 +1033,7 @@ struct Event {
     status: Option<String>,
     important: bool,
     categories: Vec<String>,
-    floating: Tz,
+    zones: Arc<Zones>,
 }
 
 #[derive(Debug, Clone)]
@@ -831,7 +1091,7 @@ impl Event {
                         return Err("DTSTART and DTEND are not both dates or both times".into())
                     }
                     (s, e) => {
-                        let d = e.to_utc(ctx.floating) - s.to_utc(ctx.floating);
+                        let d = e.to_utc(&ctx.zones) - s.to_utc(&ctx.zones);
                         if d < Duration::zero() {
                             return Err("DTEND is before DTSTART".into());
                         }
@@ -862,7 +1122,7 @@ impl Event {
                 Some(
                     ctx.when(&p.value, p.param("TZID"), p.param("VALUE"))
                         .map_err(|e| format!("RECURRENCE-ID: {e}"))?
-                        .recurrence_id(ctx.floating),
+                        .recurrence_id(&ctx.zones),
                 )
             }
             None => None,
@@ -934,7 +1194,7 @@ impl Event {
                 .map(|p| p.value.trim().to_ascii_uppercase()),
             important,
             categories,
-            floating: ctx.floating,
+            zones: ctx.zones.clone(),
         })
     }
 
@@ -945,14 +1205,14 @@ impl Event {
     /// The end of an instance that starts at `start` (wall time `wall` in the series' zone).
     fn end_of(&self, start: When) -> DateTime<Utc> {
         match self.length {
-            Length::Exact(d) => start.to_utc(self.floating) + d,
+            Length::Exact(d) => start.to_utc(&self.zones) + d,
             Length::Nominal { days, secs } => {
                 let later = match start {
                     When::Utc(t) => When::Utc(t + Duration::days(days)),
                     When::Local(n, tz) => When::Local(n + Duration::days(days), tz),
                     When::Date(d) => When::Date(d + Duration::days(days)),
                 };
-                later.to_utc(self.floating) + Duration::seconds(secs)
+                later.to_utc(&self.zones) + Duration::seconds(secs)
             }
         }
     }
@@ -963,7 +1223,7 @@ impl Event {
             recurrence_id,
             summary: self.summary.clone(),
             location: self.location.clone(),
-            start_utc: start.to_utc(self.floating),
+            start_utc: start.to_utc(&self.zones),
             end_utc: self.end_of(start),
             status: self.status.clone(),
             all_day: start.is_date(),
@@ -1002,14 +1262,13 @@ fn parse_rule(value: &str, start: When, ctx: &Ctx) -> Result<Rule, String> {
             "UNTIL" => {
                 // §3.3.10: UNTIL with a zoned DTSTART is UTC; a floating UNTIL is read in the
                 // DTSTART's own zone, which is what a sloppy writer meant.
-                let tzid = match start {
-                    When::Local(_, tz) => Some(tz.name()),
-                    _ => None,
-                };
                 let u = ctx
-                    .when(v, tzid, None)
+                    .when(v, None, None)
                     .map_err(|e| format!("RRULE UNTIL: {e}"))?;
-                until = Some(u);
+                until = Some(match (u, start) {
+                    (When::Local(n, _), When::Local(_, zone)) => When::Local(n, zone),
+                    (u, _) => u,
+                });
             }
             _ => kept.push(part.trim()),
         }
@@ -1025,7 +1284,7 @@ fn parse_rule(value: &str, start: When, ctx: &Ctx) -> Result<Rule, String> {
         .build(dtstart)
         .map_err(|e| format!("unusable RRULE {value:?}: {e}"))?;
     if let Some(u) = until {
-        if !until_admits(u, start, ctx.floating) {
+        if !until_admits(u, start, &ctx.zones) {
             return Err("RRULE UNTIL is before DTSTART".into());
         }
     }
@@ -1033,11 +1292,11 @@ fn parse_rule(value: &str, start: When, ctx: &Ctx) -> Result<Rule, String> {
 }
 
 /// Whether an occurrence starting at `occ` is within UNTIL (inclusive, §3.3.10).
-fn until_admits(until: When, occ: When, floating: Tz) -> bool {
+fn until_admits(until: When, occ: When, zones: &Zones) -> bool {
     match (until, occ) {
         (When::Date(u), o) => o.wall().date() <= u,
         (u, When::Date(d)) => d <= u.wall().date(),
-        (u, o) => o.to_utc(floating) <= u.to_utc(floating),
+        (u, o) => o.to_utc(zones) <= u.to_utc(zones),
     }
 }
 
@@ -1150,7 +1409,7 @@ impl Series {
             }
         } else {
             for start in self.occurrences(to, limits, problems) {
-                let rid = start.recurrence_id(m.floating);
+                let rid = start.recurrence_id(&m.zones);
                 if overridden.contains(&rid) || self.excluded(start) {
                     continue;
                 }
@@ -1182,11 +1441,11 @@ impl Series {
 
     fn excluded(&self, occ: When) -> bool {
         let m = &self.master;
-        let at = occ.to_utc(m.floating);
+        let at = occ.to_utc(&m.zones);
         m.exdates.iter().any(|ex| match (ex, occ) {
             (When::Date(d), o) => o.wall().date() == *d,
             (ex, When::Date(d)) => ex.wall().date() == d,
-            (ex, _) => ex.to_utc(m.floating) == at,
+            (ex, _) => ex.to_utc(&m.zones) == at,
         })
     }
 
@@ -1234,7 +1493,7 @@ impl Series {
                     continue;
                 }
                 if let Some(until) = rule.until {
-                    if !until_admits(until, when, m.floating) {
+                    if !until_admits(until, when, &m.zones) {
                         break;
                     }
                 }
@@ -1255,8 +1514,8 @@ impl Series {
                 (When::Date(_), other) => When::Date(other.wall().date()),
                 (_, other) => other,
             };
-            let rid = rd.recurrence_id(m.floating);
-            if !starts.iter().any(|s| s.recurrence_id(m.floating) == rid) {
+            let rid = rd.recurrence_id(&m.zones);
+            if !starts.iter().any(|s| s.recurrence_id(&m.zones) == rid) {
                 starts.push(rd);
             }
         }
@@ -1450,6 +1709,26 @@ mod tests {
             c.expand_with_problems(utc("2026-06-01T00:00:00Z"), utc("2026-07-01T00:00:00Z"));
         assert_eq!(got.len(), Limits::default().max_instances_per_series);
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_tzid_uses_its_vtimezone_and_without_one_skips_the_event() {
+        let c = cal(concat!(
+            "BEGIN:VTIMEZONE\r\nTZID:Customized Time Zone\r\nBEGIN:STANDARD\r\n",
+            "DTSTART:16010101T000000\r\nTZOFFSETFROM:+0530\r\nTZOFFSETTO:+0530\r\n",
+            "END:STANDARD\r\nEND:VTIMEZONE\r\n",
+            "BEGIN:VEVENT\r\nUID:v\r\nDTSTART;TZID=Customized Time Zone:20260601T090000\r\nEND:VEVENT\r\n",
+            "BEGIN:VEVENT\r\nUID:w\r\nDTSTART;TZID=Nowhere:20260601T090000\r\nEND:VEVENT\r\n"
+        ));
+        assert_eq!(
+            starts(&c, "2026-06-01T00:00:00Z", "2026-06-02T00:00:00Z"),
+            vec!["2026-06-01T03:30:00Z"]
+        );
+        assert_eq!(c.problems.len(), 1);
+        assert!(c.problems[0].reason.contains("unknown TZID \"Nowhere\""));
+        assert_eq!(parse_utc_offset("-0500"), Some(-5 * 3600));
+        assert_eq!(parse_utc_offset("+053000"), Some(5 * 3600 + 30 * 60));
+        assert_eq!(parse_utc_offset("0100"), None);
     }
 
     #[test]

@@ -32,6 +32,12 @@
 //! - floating.ics with `--floating-tz America/New_York`: floating 09:00 is 14:00Z on 7 March
 //!   (EST) and 13:00Z from 8 March (EDT); the all-day 8 March lasts 23 h (05:00Z – 04:00Z);
 //!   the weekly all-day series skips its EXDATE'd 9 March.
+//! - outlook_custom_tz.ics: TZID "Customized Time Zone" is no IANA or Windows name, so its
+//!   VTIMEZONE is the zone: +01:00/+02:00 switching on the 2nd Sunday of March and the 1st
+//!   of November at 02:00 (US dates, European offsets; no IANA zone does this). Daily 09:00
+//!   from 7 March: 08:00Z, then 07:00Z from 8 March. 8 March 02:30 is in the gap → offset
+//!   before (+01:00) → 01:30Z; its DTEND 03:30 (+02:00) is also 01:30Z, so it lasts 0 s.
+//!   1 November 01:30 occurs twice → first (+02:00) → 31 Oct 23:30Z; 02:30 (+01:00) → 01:30Z.
 //! - dirty.ics keeps its good series beside one of each broken kind (see the warnings test).
 
 use std::path::PathBuf;
@@ -71,6 +77,12 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
         "2026-03-01T00:00:00Z",
         "2026-04-01T00:00:00Z",
         Some("America/New_York"),
+    ),
+    (
+        "outlook_custom_tz",
+        "2026-01-01T00:00:00Z",
+        "2027-01-01T00:00:00Z",
+        None,
     ),
     (
         "dirty",
