@@ -18,7 +18,7 @@
 
 pub mod windows_zones;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct Limits {
     pub max_instances_per_series: usize,
     /// Recurrence steps tried for one series while looking for the window.
     pub max_steps_per_series: usize,
+    /// Instances of the whole feed inside one window.
+    pub max_instances: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             max_events: 20_000,
             max_instances_per_series: 2_000,
             max_steps_per_series: 200_000,
+            max_instances: 100_000,
         }
     }
 }
@@ -281,6 +284,18 @@ impl Calendar {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for s in &self.series {
+            if out.len() >= self.limits.max_instances {
+                problems.push(FeedProblem::new(
+                    None,
+                    None,
+                    ProblemAction::Skipped,
+                    format!(
+                        "more than {} instances in the window; later series are left out",
+                        self.limits.max_instances
+                    ),
+                ));
+                break;
+            }
             s.expand(from, to, &self.limits, &mut out, &mut problems);
         }
         for ev in &self.orphans {
@@ -1300,6 +1315,20 @@ fn until_admits(until: When, occ: When, zones: &Zones) -> bool {
     }
 }
 
+#[derive(Default)]
+struct Exclusions {
+    instants: HashSet<DateTime<Utc>>,
+    /// Whole days: EXDATE;VALUE=DATE, or any EXDATE of an all-day series.
+    dates: HashSet<NaiveDate>,
+}
+
+impl Exclusions {
+    fn holds(&self, occ: When, zones: &Zones) -> bool {
+        self.dates.contains(&occ.wall().date())
+            || (!occ.is_date() && self.instants.contains(&occ.to_utc(zones)))
+    }
+}
+
 /// A master (if the feed has one) and the overrides of its instances.
 #[derive(Debug, Clone)]
 struct Series {
@@ -1391,6 +1420,7 @@ impl Series {
             .iter()
             .filter_map(|o| o.recurrence_id)
             .collect();
+        let excluded = self.exclusions();
         let in_window = |i: &Instance| i.start_utc < to && i.end_utc > from;
         let mut emitted = 0usize;
         let mut push = |inst: Instance, out: &mut Vec<Instance>| -> bool {
@@ -1410,7 +1440,7 @@ impl Series {
         } else {
             for start in self.occurrences(to, limits, problems) {
                 let rid = start.recurrence_id(&m.zones);
-                if overridden.contains(&rid) || self.excluded(start) {
+                if overridden.contains(&rid) || excluded.holds(start, &m.zones) {
                     continue;
                 }
                 let inst = m.instance_at(start, Some(rid));
@@ -1439,14 +1469,25 @@ impl Series {
         }
     }
 
-    fn excluded(&self, occ: When) -> bool {
+    /// EXDATEs as the instants and dates they exclude, so that a feed with thousands of them
+    /// costs a lookup per occurrence, not a scan.
+    fn exclusions(&self) -> Exclusions {
         let m = &self.master;
-        let at = occ.to_utc(&m.zones);
-        m.exdates.iter().any(|ex| match (ex, occ) {
-            (When::Date(d), o) => o.wall().date() == *d,
-            (ex, When::Date(d)) => ex.wall().date() == d,
-            (ex, _) => ex.to_utc(&m.zones) == at,
-        })
+        let mut ex = Exclusions::default();
+        for e in &m.exdates {
+            match (e, m.start) {
+                (When::Date(d), _) => {
+                    ex.dates.insert(*d);
+                }
+                (e, When::Date(_)) => {
+                    ex.dates.insert(e.wall().date());
+                }
+                (e, _) => {
+                    ex.instants.insert(e.to_utc(&m.zones));
+                }
+            }
+        }
+        ex
     }
 
     /// The series' original starts (DTSTART, the rule's, RDATEs), deduplicated, up to the
@@ -1506,6 +1547,8 @@ impl Series {
                 starts.push(when);
             }
         }
+        let mut seen: HashSet<RecurrenceId> =
+            starts.iter().map(|s| s.recurrence_id(&m.zones)).collect();
         for rd in &m.rdates {
             let rd = match (m.start, *rd) {
                 // An RDATE date in a timed series keeps the series' time of day.
@@ -1514,8 +1557,7 @@ impl Series {
                 (When::Date(_), other) => When::Date(other.wall().date()),
                 (_, other) => other,
             };
-            let rid = rd.recurrence_id(&m.zones);
-            if !starts.iter().any(|s| s.recurrence_id(&m.zones) == rid) {
+            if seen.insert(rd.recurrence_id(&m.zones)) {
                 starts.push(rd);
             }
         }
@@ -1729,6 +1771,32 @@ mod tests {
         assert_eq!(parse_utc_offset("-0500"), Some(-5 * 3600));
         assert_eq!(parse_utc_offset("+053000"), Some(5 * 3600 + 30 * 60));
         assert_eq!(parse_utc_offset("0100"), None);
+    }
+
+    #[test]
+    fn thousands_of_rdates_and_exdates_are_sets_not_scans() {
+        // 20,000 RDATEs (every 10 minutes), every second one EXDATE'd.
+        let base = utc("2026-06-01T00:00:00Z");
+        let stamp = |i: i64| {
+            (base + Duration::minutes(10 * i))
+                .format("%Y%m%dT%H%M%SZ")
+                .to_string()
+        };
+        let rdates: Vec<String> = (1..=20_000).map(stamp).collect();
+        let exdates: Vec<String> = (1..=20_000).step_by(2).map(stamp).collect();
+        let c = cal(&format!(
+            "BEGIN:VEVENT\r\nUID:many\r\nDTSTART:20260601T000000Z\r\nRDATE:{}\r\nEXDATE:{}\r\nEND:VEVENT\r\n",
+            rdates.join(","),
+            exdates.join(",")
+        ));
+        let limits = Limits {
+            max_instances_per_series: 100_000,
+            ..Limits::default()
+        };
+        let c = Calendar { limits, ..c };
+        let got = c.expand(base, base + Duration::days(365));
+        // DTSTART lasts 0 s at the window's start, so it does not overlap it (end > from).
+        assert_eq!(got.len(), 10_000);
     }
 
     #[test]
