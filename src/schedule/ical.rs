@@ -1206,7 +1206,8 @@ impl Event {
             location: text("LOCATION").map(|s| s.trim().to_owned()),
             status: comp
                 .get("STATUS")
-                .map(|p| p.value.trim().to_ascii_uppercase()),
+                .map(|p| p.value.trim().to_owned())
+                .filter(|s| !s.is_empty()),
             important,
             categories,
             zones: ctx.zones.clone(),
