@@ -159,6 +159,17 @@ pub enum EventKind {
         sink: String,
         dropped: u64,
     },
+    /// An iCalendar feed could not be fetched or is not a calendar: its rooms keep the last
+    /// good bookings, which go stale until it recovers.
+    BookingFeedFailed {
+        feed: String,
+        reason: String,
+    },
+    /// A feed that had failed was read again.
+    BookingFeedRecovered {
+        feed: String,
+        bookings: usize,
+    },
 }
 
 impl EventKind {
@@ -188,6 +199,8 @@ impl EventKind {
             EventKind::EventsDropped { .. } => "events_dropped",
             EventKind::SelfTestFinished { .. } => "self_test_finished",
             EventKind::NotReadyAtDeadline { .. } => "not_ready_at_deadline",
+            EventKind::BookingFeedFailed { .. } => "booking_feed_failed",
+            EventKind::BookingFeedRecovered { .. } => "booking_feed_recovered",
         }
     }
 
@@ -215,7 +228,9 @@ impl EventKind {
             | EventKind::BookingEnded { .. }
             | EventKind::SelfTestFinished { .. }
             | EventKind::NotReadyAtDeadline { .. }
-            | EventKind::EventsDropped { .. } => None,
+            | EventKind::EventsDropped { .. }
+            | EventKind::BookingFeedFailed { .. }
+            | EventKind::BookingFeedRecovered { .. } => None,
         }
     }
 
@@ -243,7 +258,9 @@ impl EventKind {
             | EventKind::ConfigReloaded { .. }
             | EventKind::StoreFailed { .. }
             | EventKind::StoreRecovered { .. }
-            | EventKind::EventsDropped { .. } => None,
+            | EventKind::EventsDropped { .. }
+            | EventKind::BookingFeedFailed { .. }
+            | EventKind::BookingFeedRecovered { .. } => None,
         }
     }
 
@@ -396,6 +413,13 @@ impl fmt::Display for EventKind {
                 f,
                 "{dropped} events not delivered to {sink}: its consumer fell behind"
             ),
+            EventKind::BookingFeedFailed { feed, reason } => write!(
+                f,
+                "booking feed {feed} failed: {reason}; its last good bookings are kept"
+            ),
+            EventKind::BookingFeedRecovered { feed, bookings } => {
+                write!(f, "booking feed {feed} read again: {bookings} bookings")
+            }
         }
     }
 }
@@ -632,6 +656,7 @@ fn log_event(kind: &EventKind) {
             readiness: crate::model::Readiness::Degraded,
             ..
         }
+        | EventKind::BookingFeedFailed { .. }
         | EventKind::HealthChanged {
             to: Health::Degraded,
             ..

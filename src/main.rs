@@ -1,5 +1,6 @@
 //! The `avwarden` command: a thin shell over the library. Parses arguments, sets up logging,
-//! and hands over to `app`. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+//! and hands over to `app`. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage, 3 a
+//! file that is not a calendar (`bookings expand`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,89 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Bookings: check what the daemon understands of an iCalendar feed.
+    Bookings {
+        #[command(subcommand)]
+        command: BookingsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BookingsCommand {
+    /// Print every instance of a calendar file in a window, one JSON object a line, sorted by
+    /// start. Exit 0; 3 when the file is not a calendar.
+    Expand {
+        file: PathBuf,
+        /// Window start (RFC 3339); instances that end after it are shown.
+        #[arg(long, value_parser = rfc3339)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Window end (RFC 3339); instances that start before it are shown.
+        #[arg(long, value_parser = rfc3339)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// The zone of floating times and all-day dates (IANA or Windows name), unless the
+        /// calendar names one in X-WR-TIMEZONE.
+        #[arg(long, default_value = "UTC", value_parser = zone)]
+        floating_tz: chrono_tz::Tz,
+    },
+}
+
+fn rfc3339(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e})"))
+}
+
+fn zone(s: &str) -> Result<chrono_tz::Tz, String> {
+    avwarden::schedule::ical::resolve_tzid(s).ok_or_else(|| format!("unknown time zone {s:?}"))
+}
+
+fn bookings(command: BookingsCommand) -> ExitCode {
+    let BookingsCommand::Expand {
+        file,
+        from,
+        to,
+        floating_tz,
+    } = command;
+    if to <= from {
+        eprintln!("error: --to must be after --from");
+        return ExitCode::from(2);
+    }
+    let text = match std::fs::read(&file) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    // A technician checks a file on purpose: allow far more than a polled feed's default.
+    let limits = avwarden::schedule::ical::Limits {
+        max_bytes: 256 * 1024 * 1024,
+        ..Default::default()
+    };
+    let cal = match avwarden::schedule::ical::parse_with_limits(&text, floating_tz, limits) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(3);
+        }
+    };
+    let (instances, expand_problems) = cal.expand_with_problems(from, to);
+    for p in cal.problems.iter().chain(&expand_problems) {
+        eprintln!("warning: {}: {p}", file.display());
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for i in &instances {
+        if std::io::Write::write_all(&mut out, format!("{}\n", i.to_json_line()).as_bytes())
+            .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
+    }
+    if std::io::Write::flush(&mut out).is_err() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// Which store a logbook command reads: `--db`, or the storage path of `--config`.
@@ -241,6 +325,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bookings { command } => bookings(command),
         Command::Simulate { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,

@@ -245,6 +245,13 @@ pub struct SiteConfig {
     pub profiles: ProfileSet,
     /// The daemon's one MQTT client (and embedded broker), when the site has `[mqtt]`.
     pub mqtt: Option<MqttConfig>,
+    pub bookings: BookingsConfig,
+}
+
+/// `[bookings]`: where bookings come from besides the API.
+#[derive(Debug, Clone, Default)]
+pub struct BookingsConfig {
+    pub feeds: Vec<crate::schedule::feed::FeedConfig>,
 }
 
 /// The 1-based line and column (in characters) of the first byte that is not UTF-8, and

@@ -19,6 +19,25 @@ pub struct RawSite {
     pub rooms: Vec<RawRoom>,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+    pub bookings: Option<RawBookings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBookings {
+    #[serde(default)]
+    pub feeds: Vec<RawFeed>,
+}
+
+/// `[[bookings.feeds]]`: an iCalendar feed of bookings.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFeed {
+    pub id: Option<String>,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub room: Option<String>,
+    pub poll_interval_secs: Option<f64>,
+    pub max_bytes: Option<i64>,
+    pub needs: Option<crate::model::Needs>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,11 +11,12 @@ use toml_edit::ImDocument;
 use super::locate::{self, Seg};
 use super::raw::{RawDevice, RawLink, RawRoom, RawSite};
 use super::{
-    ApiConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room, RoomPreset, Secret,
-    SelfTestSettings, Site, SiteConfig, StorageConfig,
+    ApiConfig, BookingsConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room,
+    RoomPreset, Secret, SelfTestSettings, Site, SiteConfig, StorageConfig,
 };
 use crate::model::{DeviceId, RoomId};
 use crate::profile::{LinkKind, Profile, ProfileSet};
+use crate::schedule::feed::{FeedConfig, FeedSource, DEFAULT_MAX_BYTES, DEFAULT_POLL_INTERVAL};
 use crate::transport::serial::{Parity, SerialSpec};
 use crate::transport::tcp::TcpSpec;
 use crate::transport::LinkSpec;
@@ -427,6 +428,7 @@ pub fn parse_site(
     let rooms = validate_rooms(&raw, &mut pr);
     let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
     let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
+    let bookings = validate_bookings(&raw, &room_ids, base, &mut pr);
 
     if !removed.is_empty() {
         let mut i = 0;
@@ -451,6 +453,7 @@ pub fn parse_site(
             devices,
             profiles,
             mqtt,
+            bookings,
         })
     } else {
         Err(pr.into_error())
@@ -490,7 +493,25 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
     match names.as_slice() {
         [] => vec![
             "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
-            "devices",
+            "devices", "bookings",
+        ],
+        ["bookings"] => vec!["feeds"],
+        ["bookings", "feeds"] => vec![
+            "id",
+            "url",
+            "path",
+            "room",
+            "poll_interval_secs",
+            "max_bytes",
+            "needs",
+        ],
+        ["bookings", "feeds", "needs"] => vec![
+            "projection",
+            "wireless_mics",
+            "wired_mics",
+            "speech_reinforcement",
+            "video_conference",
+            "hvac",
         ],
         ["selftest"] => vec![
             "battery_margin_minutes",
@@ -872,6 +893,96 @@ fn validate_selftest(raw: &RawSite, base: &Path, pr: &mut Problems<'_>) -> SelfT
         }
     }
     out
+}
+
+/// `[[bookings.feeds]]`: each feed read from a url or a path (exactly one), its room known.
+fn validate_bookings(
+    raw: &RawSite,
+    rooms: &[String],
+    base: &Path,
+    pr: &mut Problems<'_>,
+) -> BookingsConfig {
+    let mut feeds = Vec::new();
+    let mut seen = HashSet::new();
+    let Some(b) = raw.bookings.as_ref() else {
+        return BookingsConfig::default();
+    };
+    for (i, f) in b.feeds.iter().enumerate() {
+        let at = [k("bookings"), k("feeds"), Seg::Index(i)];
+        let id = validate_id("feed", f.id.as_ref(), &at, &mut seen, pr);
+        let source = match (&f.url, &f.path) {
+            (Some(_), Some(_)) => {
+                pr.at_path(&p(&at, &[k("path")]), "give url or path, not both");
+                None
+            }
+            (None, None) => {
+                pr.at_path(&at, "missing key url or path (where the feed is read from)");
+                None
+            }
+            (Some(url), None) => {
+                let scheme_ok = ["http://", "https://", "webcal://"].iter().any(|s| {
+                    url.get(..s.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(s))
+                        && url.len() > s.len()
+                });
+                if scheme_ok {
+                    Some(FeedSource::Url(url.clone()))
+                } else {
+                    pr.at_path(
+                        &p(&at, &[k("url")]),
+                        format!("{url:?} is not an http://, https:// or webcal:// URL"),
+                    );
+                    None
+                }
+            }
+            (None, Some(path)) => Some(FeedSource::Path(resolve(base, path))),
+        };
+        let room = match &f.room {
+            None => None,
+            Some(r) if rooms.iter().any(|x| x == r) => Some(RoomId::new(r.clone())),
+            Some(r) => {
+                let hint = did_you_mean(suggest(r, rooms.iter().map(|s| s.as_str())));
+                pr.at_path(&p(&at, &[k("room")]), format!("unknown room {r:?}{hint}"));
+                None
+            }
+        };
+        let poll_interval = match f.poll_interval_secs {
+            None => DEFAULT_POLL_INTERVAL,
+            Some(s) if s.is_finite() && (10.0..=86_400.0).contains(&s) => {
+                Duration::from_secs_f64(s)
+            }
+            Some(_) => {
+                pr.at_path(
+                    &p(&at, &[k("poll_interval_secs")]),
+                    "must be between 10 and 86400 seconds",
+                );
+                DEFAULT_POLL_INTERVAL
+            }
+        };
+        const MAX_FEED_BYTES: i64 = 256 * 1024 * 1024;
+        let max_bytes = match f.max_bytes {
+            None => DEFAULT_MAX_BYTES,
+            Some(n) if (1024..=MAX_FEED_BYTES).contains(&n) => n as usize,
+            Some(_) => {
+                pr.at_path(
+                    &p(&at, &[k("max_bytes")]),
+                    format!("must be between 1024 and {MAX_FEED_BYTES}"),
+                );
+                DEFAULT_MAX_BYTES
+            }
+        };
+        if let (Some(id), Some(source)) = (id, source) {
+            feeds.push(FeedConfig {
+                id,
+                source,
+                room,
+                poll_interval,
+                max_bytes,
+                needs: f.needs.clone(),
+            });
+        }
+    }
+    BookingsConfig { feeds }
 }
 
 fn validate_devices(
@@ -1322,5 +1433,54 @@ mod tests {
             Some("epson-escvp21")
         );
         assert_eq!(suggest("zzzzzzzz", ["epson-escvp21"]), None);
+    }
+
+    #[test]
+    fn feeds_resolve_their_source_room_and_defaults() {
+        let text = r#"
+[site]
+name = "Feeds"
+time_zone = "Europe/Berlin"
+
+[[rooms]]
+id = "elbe"
+capacity = 12
+
+[[bookings.feeds]]
+id = "elbe-mailbox"
+url = "webcal://calendar.invalid/elbe.ics"
+room = "elbe"
+needs = { projection = true, wireless_mics = 2 }
+
+[[bookings.feeds]]
+id = "shared"
+path = "feeds/shared.ics"
+poll_interval_secs = 60
+max_bytes = 65536
+"#;
+        let cfg = parse_site(
+            text,
+            "site.toml",
+            Path::new("/etc/avwarden"),
+            &Env::fixed(&[]),
+        )
+        .unwrap();
+        let feeds = &cfg.bookings.feeds;
+        assert_eq!(feeds.len(), 2);
+        assert_eq!(
+            feeds[0].source,
+            FeedSource::Url("webcal://calendar.invalid/elbe.ics".into())
+        );
+        assert_eq!(feeds[0].room, Some(RoomId::from("elbe")));
+        assert_eq!(feeds[0].poll_interval, DEFAULT_POLL_INTERVAL);
+        assert_eq!(feeds[0].max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(feeds[0].needs.as_ref().map(|n| n.wireless_mics), Some(2));
+        assert_eq!(
+            feeds[1].source,
+            FeedSource::Path(PathBuf::from("/etc/avwarden/feeds/shared.ics"))
+        );
+        assert_eq!(feeds[1].poll_interval, Duration::from_secs(60));
+        assert_eq!(feeds[1].max_bytes, 65536);
+        assert_eq!(feeds[1].needs, None);
     }
 }

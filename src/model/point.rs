@@ -67,7 +67,7 @@ quantities! {
     TxPresent = "tx_present", None, Some(Capability::TxPresent);
     TxModel = "tx_model", None, Some(Capability::TxPresent);
     /// The transmitter's own mute switch.
-    TxMuted = "tx_muted", None, Some(Capability::Mute);
+    TxMuted = "tx_muted", None, Some(Capability::TxPresent);
     BatteryBars = "battery_bars", Some(Unit::Count), Some(Capability::Battery);
     BatteryPercent = "battery_percent", Some(Unit::Percent), Some(Capability::Battery);
     /// Run time left on the transmitter's battery.
