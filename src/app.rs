@@ -490,6 +490,10 @@ fn start_schedule(
         requests,
         done: Default::default(),
     };
+    // The feeds start once the book is restored, so a poll is never overwritten by older rows.
+    let rooms: Vec<crate::schedule::feed::RoomRef> = cfg.rooms.iter().map(Into::into).collect();
+    let feeds = cfg.bookings.feeds.clone();
+    let (tz, tasks, feed_events) = (cfg.site.time_zone, svc.tasks().clone(), events.clone());
     let path = cfg.storage.path.clone();
     let logbook = logbook.clone();
     let demo = opts.demo_bookings;
@@ -513,6 +517,17 @@ fn start_schedule(
             }
         } else {
             tracing::warn!("the records store is not available; the schedule starts empty");
+        }
+        for feed in feeds {
+            tasks.spawn(crate::schedule::feed::watch(
+                feed,
+                book.clone(),
+                rooms.clone(),
+                tz,
+                feed_events.clone(),
+                clock,
+                cancel.clone(),
+            ));
         }
         if demo {
             crate::schedule::demo::seed(&book, clock.now()).await;

@@ -120,14 +120,16 @@ pub fn apply_booking(
     })
 }
 
-/// Replace what a feed said with what it says now: new and changed bookings are stored and
-/// logged, bookings the feed no longer lists are marked cancelled (a booking deleted from a
-/// calendar is a cancelled meeting), unchanged ones cost nothing.
+/// Replace what a feed said of `window` with what it says now: new and changed bookings are
+/// stored and logged, bookings of the window the feed no longer lists are marked cancelled (a
+/// booking deleted from a calendar is a cancelled meeting), unchanged ones cost nothing, and
+/// bookings outside the window (past meetings the poll no longer expands) are left alone.
 pub fn apply_feed(
     conn: &Connection,
     head: &mut Head,
     feed: &str,
     bookings: &[Booking],
+    window: (DateTime<Utc>, DateTime<Utc>),
     at: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
     let source = format!("feed:{feed}");
@@ -160,7 +162,10 @@ pub fn apply_feed(
         seqs.push(logbook::insert(conn, head, &entry, Some(b.id.as_str()))?);
     }
     for (id, old) in &stored {
-        if seen.contains(id.as_str()) || old.status == BookingStatus::Cancelled {
+        if seen.contains(id.as_str())
+            || old.status == BookingStatus::Cancelled
+            || !old.overlaps(window.0, window.1)
+        {
             continue;
         }
         let mut gone = old.clone();

@@ -88,6 +88,8 @@ pub enum Op {
     FeedBookings {
         feed: String,
         bookings: Vec<Booking>,
+        /// The span the feed was expanded over: only its bookings can have been removed.
+        window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
         at: chrono::DateTime<chrono::Utc>,
     },
     /// A self-test's verdict, with details for its logbook entry (steps, lamp hours spent).
@@ -377,8 +379,9 @@ fn apply_op(
         Op::FeedBookings {
             feed,
             bookings: list,
+            window,
             at,
-        } => bookings::apply_feed(conn, head, feed, list, *at),
+        } => bookings::apply_feed(conn, head, feed, list, *window, *at),
         Op::Verdict { verdict, extra } => bookings::apply_verdict(conn, head, verdict, extra),
         Op::JobDone { job, ran, outcome } => bookings::apply_job_done(conn, job, *ran, outcome),
         Op::Flush => Ok(Applied::default()),

@@ -226,11 +226,17 @@ impl LogbookHandle {
         &self,
         feed: String,
         bookings: Vec<Booking>,
+        window: (DateTime<Utc>, DateTime<Utc>),
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.acked(Op::FeedBookings { feed, bookings, at })
-            .await
-            .map(drop)
+        self.acked(Op::FeedBookings {
+            feed,
+            bookings,
+            window,
+            at,
+        })
+        .await
+        .map(drop)
     }
 
     /// Store a verdict and its logbook entry; returns once committed.

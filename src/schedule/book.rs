@@ -385,15 +385,17 @@ impl Book {
         Ok(b)
     }
 
-    /// What a feed lists now: stored (bookings it no longer lists are cancelled), then shown.
+    /// What a feed lists now for `window`: stored (bookings of the window it no longer lists
+    /// are cancelled), then shown.
     pub async fn replace_feed(
         &self,
         feed: &str,
         bookings: Vec<Booking>,
+        window: (DateTime<Utc>, DateTime<Utc>),
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.logbook
-            .feed_bookings(feed.to_owned(), bookings.clone(), now)
+            .feed_bookings(feed.to_owned(), bookings.clone(), window, now)
             .await?;
         let mut g = self.write();
         let listed: std::collections::HashSet<BookingId> =
@@ -401,6 +403,7 @@ impl Book {
         for b in g.bookings.values_mut() {
             if matches!(&b.source, BookingSource::Feed { feed: f } if f == feed)
                 && !listed.contains(&b.id)
+                && b.overlaps(window.0, window.1)
             {
                 b.status = BookingStatus::Cancelled;
             }

@@ -271,6 +271,85 @@ fn room_named(location: &str, rooms: &[RoomRef]) -> Option<RoomId> {
         .map(|r| r.id.clone())
 }
 
+/// How far back and ahead a feed is expanded at each poll.
+pub const WINDOW_BEHIND: chrono::Duration = chrono::Duration::days(1);
+pub const WINDOW_AHEAD: chrono::Duration = chrono::Duration::days(35);
+
+/// Poll one feed until `cancel`: each good poll replaces what the feed said (through the
+/// book, so it is stored and re-planned); a failing feed keeps its last good bookings and is
+/// announced once per distinct reason (`BookingFeedFailed`), its return once
+/// (`BookingFeedRecovered`). Problems inside a good feed are logged once each.
+pub async fn watch(
+    feed: FeedConfig,
+    book: super::book::Book,
+    rooms: Vec<RoomRef>,
+    floating: chrono_tz::Tz,
+    events: crate::events::EventBus,
+    clock: crate::clock::Clock,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use crate::events::EventKind;
+    let mut failing: Option<String> = None;
+    let mut logged = std::collections::HashSet::new();
+    loop {
+        let now = clock.now();
+        let window = (now - WINDOW_BEHIND, now + WINDOW_AHEAD);
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = fetch(&feed) => r.map_err(|e| e.to_string()),
+        };
+        let parsed = read.and_then(|text| {
+            bookings_from_text(&feed, &text, floating, &rooms, window.0, window.1)
+                .map_err(|e| e.to_string())
+        });
+        let stored = match parsed {
+            Ok((bookings, problems)) => {
+                for p in problems {
+                    let line = p.to_string();
+                    if logged.insert(line.clone()) {
+                        tracing::warn!(feed = %feed.id, "{line}");
+                    }
+                }
+                let n = bookings.len();
+                book.replace_feed(&feed.id, bookings, window, now)
+                    .await
+                    .map(|()| n)
+                    .map_err(|e| format!("the records store: {e}"))
+            }
+            Err(reason) => Err(reason),
+        };
+        match stored {
+            Ok(bookings) => {
+                if failing.take().is_some() {
+                    events.emit(
+                        clock.now(),
+                        EventKind::BookingFeedRecovered {
+                            feed: feed.id.clone(),
+                            bookings,
+                        },
+                    );
+                }
+            }
+            Err(reason) => {
+                if failing.as_deref() != Some(reason.as_str()) {
+                    events.emit(
+                        clock.now(),
+                        EventKind::BookingFeedFailed {
+                            feed: feed.id.clone(),
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                failing = Some(reason);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(feed.poll_interval) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};

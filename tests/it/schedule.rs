@@ -16,6 +16,15 @@ use crate::support::{clock, spawn_settle_pump};
 /// room controller (Modbus RTU through a serial server, so it runs over loopback TCP:
 /// `tests/data/config/profiles/test-modbus-tcp.toml`).
 fn site(dir: &std::path::Path, r1_ch2_minutes: u32, hvac_celsius: f64) -> SiteConfig {
+    site_with(dir, r1_ch2_minutes, hvac_celsius, "")
+}
+
+fn site_with(
+    dir: &std::path::Path,
+    r1_ch2_minutes: u32,
+    hvac_celsius: f64,
+    extra: &str,
+) -> SiteConfig {
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -77,6 +86,7 @@ path = "records.db"
 
 [profiles]
 dir = "{profiles}"
+{extra}
 {}{}"#,
         room("r1", r1_ch2_minutes),
         room("r2", 600),
@@ -397,6 +407,77 @@ async fn preconditioning_starts_at_the_planned_instant_and_the_room_is_comfortab
         b.start - at >= chrono::Duration::minutes(16),
         "conditioning began at {at}, start {}",
         b.start
+    );
+    d.shutdown("test").await;
+    pump.cancel();
+}
+
+/// One event in room r1 two hours after the test's clock starts (2026-11-27 09:00 UTC).
+const FEED: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n\
+BEGIN:VEVENT\r\nUID:weekly-1\r\nDTSTAMP:20261120T080000Z\r\n\
+DTSTART:20261127T110000Z\r\nDTEND:20261127T120000Z\r\nSUMMARY:Weekly review\r\n\
+LOCATION:Room r1\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+/// Issue 9.2: a feed's bookings reach the book; an unparsable feed keeps the last good
+/// bookings and is announced once; its return is announced too.
+#[tokio::test(start_paused = true)]
+async fn a_failing_feed_keeps_its_last_good_bookings_and_is_announced() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.ics");
+    std::fs::write(&feed, FEED).unwrap();
+    let extra = "[[bookings.feeds]]\nid = \"cal\"\npath = \"feed.ics\"\npoll_interval_secs = 60\n";
+    let d = start(site_with(dir.path(), 600, 23.0, extra)).await;
+    let mut sink = d.events.sink(
+        "feeds",
+        EventFilter::matching(|k| {
+            matches!(
+                k,
+                EventKind::BookingFeedFailed { .. } | EventKind::BookingFeedRecovered { .. }
+            )
+        }),
+        16,
+    );
+    let mut changes = d.schedule.book.subscribe();
+    let id = avwarden::model::BookingId::new("cal:weekly-1");
+    let booked = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            if let Some(b) = d.schedule.book.get(&id) {
+                return b;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the feed's booking arrives");
+    assert_eq!(booked.room.as_str(), "r1", "mapped by LOCATION");
+    assert_eq!(booked.title, "Weekly review");
+
+    std::fs::write(&feed, "this is not a calendar").unwrap();
+    let ev = next(&mut sink, Duration::from_secs(180)).await;
+    assert!(
+        matches!(ev, EventKind::BookingFeedFailed { ref feed, .. } if feed == "cal"),
+        "{ev:?}"
+    );
+    // Two more failing polls: no second announcement, and the booking is kept.
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    assert!(sink.try_recv().is_err(), "announced once");
+    assert!(d.schedule.book.get(&id).is_some_and(|b| b.is_active()));
+
+    std::fs::write(
+        &feed,
+        FEED.replace("Weekly review", "Weekly review (moved agenda)"),
+    )
+    .unwrap();
+    let ev = next(&mut sink, Duration::from_secs(180)).await;
+    assert!(
+        matches!(ev, EventKind::BookingFeedRecovered { bookings: 1, .. }),
+        "{ev:?}"
+    );
+    assert_eq!(
+        d.schedule.book.get(&id).unwrap().title,
+        "Weekly review (moved agenda)"
     );
     d.shutdown("test").await;
     pump.cancel();
