@@ -469,7 +469,8 @@ fn start_schedule(
     use crate::schedule::{book::Book, history, scheduler::Scheduler, ScheduleHandle};
     let book = Book::new(&cfg.rooms, logbook.clone());
     let (tx, requests) = tokio::sync::mpsc::channel(16);
-    let handle = ScheduleHandle::new(book.clone(), tx);
+    let (started_tx, started) = tokio::sync::watch::channel(false);
+    let handle = ScheduleHandle::new(book.clone(), tx, started);
     let history = Arc::new(std::sync::Mutex::new(history::History::new()));
     svc.tasks.spawn(history::track(
         fleet.handles().cloned().collect(),
@@ -532,6 +533,7 @@ fn start_schedule(
         if demo {
             crate::schedule::demo::seed(&book, clock.now()).await;
         }
+        let _ = started_tx.send(true);
         scheduler.run(cancel).await;
     });
     handle

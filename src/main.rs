@@ -516,7 +516,15 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
         // The handlers exist: a stop signal held since exec is delivered to them now.
         hold_stop_signals(false);
         let clock = Clock::system();
+        let demo = opts.demo_bookings;
         let daemon = Daemon::start(cfg, opts, clock).await?;
+        if demo {
+            // The demo's first screen shows its bookings: made before the URLs are printed.
+            daemon
+                .schedule
+                .started(std::time::Duration::from_secs(15))
+                .await;
+        }
         // A closed stdout (the reader went away) must not take the daemon down: these lines
         // are a courtesy, the daemon is the point.
         let mut banner = format!(
@@ -528,6 +536,7 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
             banner += &format!("  simulator for {id}: {ep}\n");
         }
         banner += &format!("status: http://{}/api/v1/health\n", daemon.api_addr);
+        banner += &format!("board: http://{}/api/v1/board\n", daemon.api_addr);
         banner += &format!("devices: http://{}/api/v1/devices\n", daemon.api_addr);
         {
             use std::io::Write;

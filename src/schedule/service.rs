@@ -29,11 +29,30 @@ pub struct RunRequest {
 pub struct ScheduleHandle {
     pub book: Book,
     requests: mpsc::Sender<RunRequest>,
+    started: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ScheduleHandle {
-    pub fn new(book: Book, requests: mpsc::Sender<RunRequest>) -> Self {
-        Self { book, requests }
+    /// `started` turns true once the book is restored from the records (and, for the demo,
+    /// its bookings are made).
+    pub fn new(
+        book: Book,
+        requests: mpsc::Sender<RunRequest>,
+        started: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            book,
+            requests,
+            started,
+        }
+    }
+
+    /// Wait until the schedule has started (the book restored), at most `limit`; whether it has.
+    pub async fn started(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.started.clone();
+        tokio::time::timeout(limit, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Run a room's self-test now (for `booking` when given) and wait for its verdict.

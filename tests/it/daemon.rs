@@ -814,6 +814,14 @@ fn demo_runs_the_embedded_site() {
         .collect();
     assert_eq!(ids.len(), 7, "{ids:?}");
     assert!(ids.contains(&"r101-projector") && ids.contains(&"r102-thermostat"));
+    // The board is never empty: the demo makes bookings over the next hours (issue 9.9).
+    let board_url = url.replace("/api/v1/devices", "/api/v1/board");
+    let board: serde_json::Value = rt
+        .block_on(async { reqwest::get(&board_url).await?.json().await })
+        .unwrap();
+    assert_eq!(board.as_array().map(Vec::len), Some(4), "{board:#}");
+    assert_eq!(board[0]["room"], "r101", "{board:#}");
+    assert_eq!(board[0]["title"], "Board meeting", "{board:#}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

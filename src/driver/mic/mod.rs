@@ -605,8 +605,16 @@ mod tests {
         };
         let all = [Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent];
         for (id, want) in [
-            ("sennheiser-speechline", vec![Quantity::TxPresent]),
-            ("shure-qlxd", vec![Quantity::RfDbm, Quantity::TxPresent]),
+            // A transmitter's own mute switch belongs to the transmitter (`tx_present`), so
+            // every receiver that reports it publishes it; RF only where the profile has it.
+            (
+                "sennheiser-speechline",
+                vec![Quantity::TxMuted, Quantity::TxPresent],
+            ),
+            (
+                "shure-qlxd",
+                vec![Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent],
+            ),
             (
                 "shure-ulxd",
                 vec![Quantity::RfDbm, Quantity::TxMuted, Quantity::TxPresent],
