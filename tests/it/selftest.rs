@@ -642,3 +642,60 @@ levels = { main = -20.0 }
     ];
     assert_eq!(shown, want, "{shown:#?}");
 }
+
+/// Issue 9's benchmark (a measurement, not a timed assertion): a room's self-test against the
+/// slowest device's own protocol time. The projector's power-on to `on` (warm-up and the poll
+/// that sees it) is measured alone first, then the whole self-test of the room for a booking
+/// that needs every device; both in paused time, so the figures are the protocol's and the
+/// runner's waiting, not this machine's speed. Printed for docs/benchmarks.md
+/// (`cargo test --test it self_test_wall_time -- --nocapture`).
+#[tokio::test(start_paused = true)]
+async fn self_test_wall_time_against_the_slowest_device() {
+    use avwarden::model::{DeviceCommand, PowerState};
+    let s = site(
+        SimConfig {
+            cool_down: Duration::from_secs(5),
+            ..SimConfig::default()
+        },
+        ShureSimConfig::new(Family::Ulxd, 2, 300),
+    )
+    .await;
+    let proj = s.fleet.get("proj").expect("projector").clone();
+    let is = |want: PowerState| {
+        move |st: &avwarden::model::DeviceState| {
+            st.value(&Point::device(Quantity::Power)) == Some(&Value::Power(want))
+        }
+    };
+    let t = tokio::time::Instant::now();
+    assert!(proj
+        .command(DeviceCommand::Power { on: true })
+        .await
+        .is_done());
+    proj.wait_for(is(PowerState::On), Duration::from_secs(300))
+        .await
+        .expect("on");
+    let alone = t.elapsed();
+    assert!(proj
+        .command(DeviceCommand::Power { on: false })
+        .await
+        .is_done());
+    proj.wait_for(is(PowerState::Off), Duration::from_secs(300))
+        .await
+        .expect("off");
+    let b = s.booking(everything());
+    let t = tokio::time::Instant::now();
+    let run = s.run(&b).await;
+    let whole = t.elapsed();
+    assert_eq!(
+        run.verdict.readiness,
+        Readiness::Ready,
+        "{:#?}",
+        run.verdict
+    );
+    println!(
+        "self-test of a 4-device room: {:.1} s; slowest device alone (projector power-on to on): {:.1} s; ratio {:.2}",
+        whole.as_secs_f64(),
+        alone.as_secs_f64(),
+        whole.as_secs_f64() / alone.as_secs_f64()
+    );
+}
