@@ -291,7 +291,14 @@ async fn test_device(
     };
     let mut results = StepResults::default();
     let mut lamp_on_since: Option<DateTime<Utc>> = None;
-    let reachable = h.state().reachable;
+    // A device not yet contacted (the daemon just started) gets its first poll before it is
+    // judged: a restart must not make every room "not ready" for a moment.
+    let reachable = if h.state().health == crate::model::Health::Unknown {
+        let first_contact = profile.timing.poll_interval * 2 + profile.timing.reply_timeout;
+        h.wait_for(|s| s.reachable, first_contact).await.is_ok()
+    } else {
+        h.state().reachable
+    };
     let read_back = profile.timing.poll_interval * READ_BACK_POLLS + profile.timing.reply_timeout;
 
     if reachable

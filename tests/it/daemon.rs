@@ -190,6 +190,51 @@ fn sigterm_stops_the_binary_cleanly() {
     assert_eq!(status.code(), Some(0), "orderly exit after SIGTERM");
 }
 
+/// Issue 9.9: `avwarden selftest` asks the running daemon and exits by the verdict; a room
+/// the site does not have is exit 3 with the daemon's reason.
+#[test]
+fn selftest_asks_the_running_daemon_and_exits_by_readiness() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site_file(dir.path());
+    let mut child = run_binary(&cfg, Stdio::piped());
+    let _guard = hang_guard(&child, Duration::from_secs(120));
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("status: http://") {
+            addr = u.split('/').next().map(str::to_owned);
+            break;
+        }
+    }
+    let addr = addr.expect("the daemon prints its status URL");
+    let selftest = |room: &str| {
+        Command::new(env!("CARGO_BIN_EXE_avwarden"))
+            .args(["selftest", "--room", room, "--api", &addr, "--config"])
+            .arg(&cfg)
+            .env("P2_PASSWORD", "letmein")
+            .output()
+            .unwrap()
+    };
+    let out = selftest("r1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("r1: ready (manual test,"), "{text}");
+    let out = selftest("r9");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("r9"), "{err}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 /// Issue 16.5: a SIGTERM in the first milliseconds after exec (before the daemon's handlers
 /// existed) killed it with 143. From main's first line the signal is held and then handled:
 /// an orderly exit 0. The signal is sent as soon as /proc shows it held (so never before
