@@ -294,6 +294,17 @@ impl Book {
         self.commit(b, BookingChange::Created, actor, now).await
     }
 
+    /// A booking the API may change: it exists and no feed owns it.
+    fn api_booking(&self, id: &BookingId) -> Result<Booking, BookingError> {
+        let b = self
+            .get(id)
+            .ok_or_else(|| BookingError::UnknownBooking(id.to_string()))?;
+        match &b.source {
+            BookingSource::Feed { feed } => Err(BookingError::FromFeed(feed.clone())),
+            BookingSource::Api => Ok(b),
+        }
+    }
+
     /// Change a booking made through the API.
     pub async fn update(
         &self,
@@ -302,12 +313,7 @@ impl Book {
         actor: Actor,
         now: DateTime<Utc>,
     ) -> Result<Booking, BookingError> {
-        let mut b = self
-            .get(id)
-            .ok_or_else(|| BookingError::UnknownBooking(id.to_string()))?;
-        if let BookingSource::Feed { feed } = &b.source {
-            return Err(BookingError::FromFeed(feed.clone()));
-        }
+        let mut b = self.api_booking(id)?;
         if b.status == BookingStatus::Cancelled {
             return Err(BookingError::Invalid("the booking is cancelled".into()));
         }
@@ -359,12 +365,7 @@ impl Book {
         actor: Actor,
         now: DateTime<Utc>,
     ) -> Result<Booking, BookingError> {
-        let mut b = self
-            .get(id)
-            .ok_or_else(|| BookingError::UnknownBooking(id.to_string()))?;
-        if let BookingSource::Feed { feed } = &b.source {
-            return Err(BookingError::FromFeed(feed.clone()));
-        }
+        let mut b = self.api_booking(id)?;
         if b.status == BookingStatus::Cancelled {
             return Ok(b);
         }

@@ -482,3 +482,106 @@ async fn a_failing_feed_keeps_its_last_good_bookings_and_is_announced() {
     d.shutdown("test").await;
     pump.cancel();
 }
+
+/// Issue 9.9: the booking API refuses what a room cannot take, each with a JSON reason, changes
+/// and cancels what it made, and withholds a confidential title.
+#[tokio::test(start_paused = true)]
+async fn the_booking_api_refuses_conflicts_and_keeps_confidential_titles_inside() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(site(dir.path(), 600, 23.0)).await;
+    let at = |mins: i64| d.clock.now() + chrono::Duration::minutes(mins);
+    let post = |body: serde_json::Value| api(&d, reqwest::Method::POST, "/api/v1/bookings", body);
+    let (status, made) = post(serde_json::json!({
+        "room": "r1", "title": "Merger talks", "confidential": true,
+        "start": at(120), "end": at(180), "attendees": 6,
+    }))
+    .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["title"], "(confidential)");
+    let id = made["id"].as_str().unwrap().to_owned();
+    for (body, want, code) in [
+        // Overlaps the confidential meeting.
+        (
+            serde_json::json!({"room": "r1", "title": "x", "start": at(150), "end": at(200)}),
+            409,
+            "room_booked",
+        ),
+        (
+            serde_json::json!({"room": "r1", "title": "x", "start": at(300), "end": at(240)}),
+            422,
+            "invalid_booking",
+        ),
+        (
+            serde_json::json!({"room": "r1", "title": "x", "start": at(300), "end": at(360), "attendees": 21}),
+            422,
+            "invalid_booking",
+        ),
+        (
+            serde_json::json!({"room": "r9", "title": "x", "start": at(300), "end": at(360)}),
+            422,
+            "unknown_room",
+        ),
+        (
+            serde_json::json!({"room": "r1", "title": "x", "start": "tomorrow"}),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let (status, err) = post(body.clone()).await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (want, Some(code)),
+            "{body} -> {err}"
+        );
+        assert!(
+            err["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{err}"
+        );
+    }
+    let path = format!("/api/v1/bookings/{id}");
+    let (status, moved) = api(
+        &d,
+        reqwest::Method::PATCH,
+        &path,
+        serde_json::json!({"start": at(240), "end": at(300)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    let (status, gone) = api(&d, reqwest::Method::DELETE, &path, serde_json::json!(null)).await;
+    assert_eq!((status, gone["status"].as_str()), (200, Some("cancelled")));
+    let (status, missing) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/bookings/nope",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(
+        (status, missing["error"].as_str()),
+        (404, Some("unknown_booking"))
+    );
+    // The records keep the real title; the API never showed it.
+    d.logbook.flush().await.unwrap();
+    let conn = avwarden::records::store::open_reader(&dir.path().join("records.db")).unwrap();
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM logbook WHERE booking = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([&id], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["booking_created", "booking_changed", "booking_cancelled"]
+    );
+    let body: String = conn
+        .query_row("SELECT body FROM bookings WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(body.contains("Merger talks"));
+    d.shutdown("test").await;
+    pump.cancel();
+}
