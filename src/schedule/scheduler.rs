@@ -217,6 +217,26 @@ impl Scheduler {
             "steps": run.steps,
             "lamp_hours_spent": run.lamp_hours_spent,
         });
+        // The lamp hours a test costs are counted in the archive, on the projectors it lit.
+        let lit: std::collections::BTreeSet<_> = run
+            .steps
+            .iter()
+            .filter(|s| s.step == "power_on" && s.ok)
+            .map(|s| s.device.clone())
+            .collect();
+        if run.lamp_hours_spent > 0.0 && !lit.is_empty() {
+            let share = run.lamp_hours_spent / lit.len() as f64;
+            for device in lit {
+                let add = crate::records::CounterUpdate::Add {
+                    name: "selftest.lamp_hours".into(),
+                    delta: share,
+                };
+                let _ = self
+                    .logbook
+                    .counters(device, self.clock.now(), vec![add])
+                    .await;
+            }
+        }
         if let Err(e) = self.logbook.verdict(verdict.clone(), extra).await {
             tracing::warn!(%room, error = %e, "a verdict could not be stored");
         }

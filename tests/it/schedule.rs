@@ -231,6 +231,17 @@ async fn a_booking_61_minutes_ahead_is_tested_at_t60_and_ready() {
     assert_eq!(status, 200);
     assert_eq!(board[0]["id"], id.as_str());
     assert_eq!(board[0]["verdict"]["readiness"], "ready");
+    // The lamp hours the test cost are counted on the projector it lit.
+    d.logbook.flush().await.unwrap();
+    let conn = avwarden::records::store::open_reader(&dir.path().join("records.db")).unwrap();
+    let spent: f64 = conn
+        .query_row(
+            "SELECT value FROM counters WHERE device = 'r1-projector' AND name = 'selftest.lamp_hours'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a selftest.lamp_hours counter");
+    assert!(spent > 0.0 && spent < 0.05, "{spent} h");
     d.shutdown("test").await;
     pump.cancel();
 }
