@@ -55,6 +55,9 @@ use Role::{Admin, Technician, Viewer};
 pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/api/v1/health", Open),
     rule("GET", "/metrics", Open),
+    // Login checks the token in its body itself; logout only forgets a cookie.
+    rule("POST", "/api/v1/session", Open),
+    rule("DELETE", "/api/v1/session", Open),
     rule("GET", "/api/v1/site", AtLeast(Viewer)),
     rule("GET", "/api/v1/rooms", AtLeast(Viewer)),
     rule("GET", "/api/v1/rooms/{id}", AtLeast(Viewer)),
@@ -214,6 +217,17 @@ impl Limiter {
 pub struct Auth {
     tokens: Vec<ApiToken>,
     limiter: Mutex<Limiter>,
+    /// The dashboard's sessions, opened with a token.
+    pub sessions: super::session::Sessions,
+}
+
+/// Why a presented token does not let a request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client guessed too often: it must wait this long.
+    Blocked(Duration),
+    /// Not a configured token.
+    Wrong,
 }
 
 impl Auth {
@@ -221,7 +235,32 @@ impl Auth {
         Self {
             tokens,
             limiter: Mutex::default(),
+            sessions: Default::default(),
         }
+    }
+
+    /// The caller `presented` stands for, with the client's failures counted: refused
+    /// while the client is slowed down, a wrong token counted, a right one forgiving.
+    pub fn check(&self, client: Option<IpAddr>, presented: &str) -> Result<Caller, Refusal> {
+        let client = client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let now = Instant::now();
+        if let Some(wait) = self.limiter().blocked(client, now) {
+            return Err(Refusal::Blocked(wait));
+        }
+        let Some(token) = self.find(presented) else {
+            let blocked = self.limiter().failed(client, now);
+            tracing::warn!(
+                client = %client,
+                blocked_secs = blocked.map(|d| d.as_secs()),
+                "API token refused"
+            );
+            return Err(Refusal::Wrong);
+        };
+        self.limiter().succeeded(client);
+        Ok(Caller {
+            name: token.name.clone(),
+            role: token.role,
+        })
     }
 
     /// Whether any token is configured.
@@ -283,45 +322,60 @@ pub async fn authenticate(State(st): State<ApiState>, mut req: Request, next: Ne
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        .map(|c| c.0.ip());
     let role = match needs {
         Open => return next.run(req).await,
         AtLeast(role) => role,
     };
-    let presented = match bearer(req.headers()) {
-        Ok(Some(t)) => t,
-        Ok(None) => return unauthorized("this route needs a bearer token"),
+    let caller = match bearer(req.headers()) {
+        Ok(Some(presented)) => match auth.check(client, presented) {
+            Ok(c) => c,
+            Err(Refusal::Blocked(wait)) => return too_many(&st, wait),
+            Err(Refusal::Wrong) => return unauthorized("the bearer token is not valid"),
+        },
         Err(()) => return unauthorized("expected the header Authorization: Bearer <token>"),
+        Ok(None) => match super::session::cookie(req.headers()) {
+            None => return unauthorized("this route needs a bearer token or a session"),
+            Some(id) => {
+                let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+                let csrf = req
+                    .headers()
+                    .get(super::session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                match auth.sessions.caller(id, csrf, writes, Instant::now()) {
+                    Ok(c) => c,
+                    Err(super::session::SessionRefusal::Unknown) => {
+                        return unauthorized("the session has ended; log in again")
+                    }
+                    Err(super::session::SessionRefusal::Csrf) => {
+                        return ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "csrf",
+                            "a change made with a session cookie needs the session's X-CSRF-Token header",
+                        )
+                        .into_response()
+                    }
+                }
+            }
+        },
     };
-    let now = Instant::now();
-    if let Some(wait) = auth.limiter().blocked(client, now) {
-        return too_many(&st, wait);
-    }
-    let Some(token) = auth.find(presented) else {
-        let blocked = auth.limiter().failed(client, now);
-        tracing::warn!(client = %client, blocked_secs = blocked.map(|d| d.as_secs()), "API token refused");
-        return unauthorized("the bearer token is not valid");
-    };
-    auth.limiter().succeeded(client);
-    if token.role < role {
+    if caller.role < role {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
                 "this route needs the role {role}; {} has {}",
-                token.name, token.role
+                caller.name, caller.role
             ),
         )
         .into_response();
     }
-    req.extensions_mut().insert(Caller {
-        name: token.name.clone(),
-        role: token.role,
-    });
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
-fn too_many(st: &ApiState, wait: Duration) -> Response {
+/// The 429 for a client slowed down, with when to retry.
+pub fn too_many_error(st: &ApiState, wait: Duration) -> ApiError {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let until = st.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
     ApiError::new(
@@ -330,7 +384,10 @@ fn too_many(st: &ApiState, wait: Duration) -> Response {
         format!("too many wrong tokens from this address; retry in {secs} s"),
     )
     .retry_at(until, secs)
-    .into_response()
+}
+
+fn too_many(st: &ApiState, wait: Duration) -> Response {
+    too_many_error(st, wait).into_response()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod error;
 pub mod records;
 pub mod rooms;
 pub mod server;
+pub mod session;
 pub mod views;
 
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route(
+            "/api/v1/session",
+            post(session::login).delete(session::logout),
+        )
         .route("/api/v1/site", get(rooms::site))
         .route("/api/v1/rooms", get(rooms::list))
         .route("/api/v1/rooms/{id}", get(rooms::get_one))

@@ -97,6 +97,7 @@ async fn start(dir: &std::path::Path, tokens: bool) -> Daemon {
 struct Answer {
     status: u16,
     www_authenticate: Option<String>,
+    set_cookie: Option<String>,
     headers: String,
     body: Vec<u8>,
 }
@@ -114,14 +115,32 @@ async fn call(
     path: &str,
     body: Option<&str>,
 ) -> Answer {
+    call_with(addr, token, &[], method, path, body).await
+}
+
+async fn call_with(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Answer {
     let url = format!("http://{addr}{path}");
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let token = token.map(str::to_owned);
     let body = body.map(str::to_owned);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     crate::support::spawn(async move {
         let mut req = reqwest::Client::new().request(method, url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(k, v);
         }
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
@@ -131,10 +150,15 @@ async fn call(
             .headers()
             .get("www-authenticate")
             .map(|v| v.to_str().unwrap().to_owned());
+        let set_cookie = r
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_owned());
         let headers = format!("{:?}", r.headers());
         Answer {
             status: r.status().as_u16(),
             www_authenticate,
+            set_cookie,
             headers,
             body: r.bytes().await.unwrap().to_vec(),
         }
@@ -244,6 +268,13 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     let cases = vec![
         case("GET", "/api/v1/health", "/api/v1/health", None),
         case("GET", "/metrics", "/metrics", None),
+        case(
+            "POST",
+            "/api/v1/session",
+            "/api/v1/session",
+            Some(json!({"token": ADMIN})),
+        ),
+        case("DELETE", "/api/v1/session", "/api/v1/session", None).success(204),
         case("GET", "/api/v1/site", "/api/v1/site", None),
         case("GET", "/api/v1/rooms", "/api/v1/rooms", None),
         case("GET", "/api/v1/rooms/{id}", "/api/v1/rooms/r1", None).missing("/api/v1/rooms/r9"),
@@ -443,6 +474,111 @@ async fn a_guessing_client_is_slowed_down() {
     pump.cancel();
 }
 
+/// Issue 12.4: the dashboard logs in with a token and is then known by an HttpOnly,
+/// SameSite=Strict cookie; a change made with the cookie needs the session's CSRF token; the
+/// session has its token's role; logging out ends it.
+#[tokio::test(start_paused = true)]
+async fn the_dashboard_session_acts_with_its_tokens_role_and_needs_csrf_to_write() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), true).await;
+    let addr = d.api_addr;
+    let bad = call(
+        addr,
+        None,
+        "POST",
+        "/api/v1/session",
+        Some(&json!({"token": WRONG}).to_string()),
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+    assert!(bad.set_cookie.is_none());
+    let ok = call(
+        addr,
+        None,
+        "POST",
+        "/api/v1/session",
+        Some(&json!({"token": TECH}).to_string()),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.json());
+    let set = ok.set_cookie.clone().expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!String::from_utf8_lossy(&ok.body).contains(TECH));
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let csrf = ok.json()["csrf_token"].as_str().unwrap().to_owned();
+    assert_eq!(ok.json()["role"], "technician");
+    let h = [("cookie", cookie.as_str())];
+    let a = call_with(addr, None, &h, "GET", "/api/v1/site", None).await;
+    assert_eq!(a.status, 200);
+    let maint = json!({"action": "filter_cleaned"}).to_string();
+    let a = call_with(
+        addr,
+        None,
+        &h,
+        "POST",
+        "/api/v1/equipment/p1/maintenance",
+        Some(&maint),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{:?}", a.json());
+    assert_eq!(a.json()["error"], "csrf");
+    let forged = [("cookie", cookie.as_str()), ("x-csrf-token", "forged")];
+    let a = call_with(
+        addr,
+        None,
+        &forged,
+        "POST",
+        "/api/v1/equipment/p1/maintenance",
+        Some(&maint),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    let good = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let a = call_with(
+        addr,
+        None,
+        &good,
+        "POST",
+        "/api/v1/equipment/p1/maintenance",
+        Some(&maint),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.json());
+    // The session has the technician's role, no more.
+    let a = call_with(
+        addr,
+        None,
+        &good,
+        "PATCH",
+        "/api/v1/equipment/p1",
+        Some(r#"{"location": "x"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["error"], "forbidden");
+    d.logbook.flush().await.unwrap();
+    let log = call(
+        addr,
+        Some(VIEWER),
+        "GET",
+        "/api/v1/logbook?kind=maintenance",
+        None,
+    )
+    .await;
+    assert_eq!(log.json()[0]["actor"], "person:li-wei");
+    let out = call_with(addr, None, &good, "DELETE", "/api/v1/session", None).await;
+    assert_eq!(out.status, 204);
+    assert!(out.set_cookie.unwrap().contains("Max-Age=0"));
+    let a = call_with(addr, None, &good, "GET", "/api/v1/site", None).await;
+    assert_eq!(a.status, 401);
+    d.shutdown("test").await;
+    pump.cancel();
+}
+
 /// Issue 12.4: without tokens on loopback the API is open (the local demo) and the caller
 /// is `local`, an admin.
 #[tokio::test(start_paused = true)]
@@ -613,6 +749,24 @@ power_on = true
         let requests: Vec<(&str, &str, Option<&str>, Option<Value>)> = vec![
             ("GET", "/api/v1/site", Some(FILE_TOKEN), None),
             ("GET", "/api/v1/site", Some(PJLINK), None),
+            (
+                "POST",
+                "/api/v1/session",
+                None,
+                Some(json!({"token": FILE_TOKEN})),
+            ),
+            (
+                "POST",
+                "/api/v1/session",
+                None,
+                Some(json!({"token": PJLINK})),
+            ),
+            (
+                "POST",
+                "/api/v1/session",
+                None,
+                Some(json!({"token": 7, "pw": PJLINK})),
+            ),
             ("GET", "/api/v1/site", Some("Bearer"), None),
             ("GET", "/api/v1/devices/p2", Some(ENV_TOKEN), None),
             ("GET", "/api/v1/rooms/r1", Some(ENV_TOKEN), None),
