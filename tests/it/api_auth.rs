@@ -409,6 +409,13 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         let a = call(addr, Some(ADMIN), "GET", "/api/v1/site", None).await;
         assert_eq!(a.status, 200);
     }
+    // Another method on a known route is 405 once authenticated; an unknown path is 404.
+    let a = call(addr, Some(VIEWER), "PUT", "/api/v1/bookings", None).await;
+    assert_eq!(a.status, 405);
+    assert!(is_json_error(&a));
+    let a = call(addr, Some(VIEWER), "GET", "/api/v1/nowhere", None).await;
+    assert_eq!(a.status, 404);
+    assert!(is_json_error(&a));
     // What the technician and the admin did is in the logbook under their names.
     d.logbook.flush().await.unwrap();
     let log = call(
@@ -856,4 +863,89 @@ power_on = true
             assert!(!has(bytes, secret), "{secret:?} found in {what}");
         }
     }
+}
+
+/// Issue 12.4: `avwarden selftest` sends its token from `--token-file` or `AVWARDEN_TOKEN`;
+/// without one, or with a viewer's, the daemon refuses and the command says why (exit 3).
+#[test]
+fn the_selftest_command_sends_its_token() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("site.toml");
+    std::fs::write(&cfg, site(dir.path(), true)).unwrap();
+    std::fs::write(dir.path().join("viewer.token"), format!("{VIEWER}\n")).unwrap();
+    let env = Env::fixed(&[
+        ("VIEWER_TOKEN", VIEWER),
+        ("TECH_TOKEN", TECH),
+        ("ADMIN_TOKEN", ADMIN),
+    ]);
+    let parsed = parse_site(&site(dir.path(), true), "site.toml", dir.path(), &env).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = rt
+        .block_on(Daemon::start(
+            parsed,
+            StartOptions {
+                with_simulators: true,
+                api_bind: None,
+                demo_bookings: false,
+            },
+            avwarden::clock::Clock::system(),
+        ))
+        .unwrap();
+    let selftest = |token_file: Option<&str>, env_token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_avwarden"));
+        c.args(["selftest", "--room", "r1", "--json", "--config"])
+            .arg(&cfg)
+            .arg("--api")
+            .arg(d.api_addr.to_string())
+            .env("VIEWER_TOKEN", VIEWER)
+            .env("TECH_TOKEN", TECH)
+            .env("ADMIN_TOKEN", ADMIN)
+            .env_remove("AVWARDEN_TOKEN");
+        if let Some(f) = token_file {
+            c.arg("--token-file").arg(dir.path().join(f));
+        }
+        if let Some(t) = env_token {
+            c.env("AVWARDEN_TOKEN", t);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, err, _) = selftest(None, None);
+    assert_eq!(code, Some(3));
+    assert!(err.contains("401"), "{err}");
+    let (code, err, _) = selftest(Some("viewer.token"), None);
+    assert_eq!(code, Some(3));
+    assert!(err.contains("403") && err.contains("technician"), "{err}");
+    let (code, err, out) = selftest(None, Some(TECH));
+    assert!(matches!(code, Some(0..=2)), "{code:?} {err}");
+    let verdict: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(verdict["room"], "r1");
+    assert!(!err.contains(TECH) && !out.contains(TECH));
+    rt.block_on(d.shutdown("test"));
+}
+
+/// Issue 12.4: a daemon told to listen on the network without tokens does not start: a
+/// config error, exit 2.
+#[test]
+fn a_network_bind_without_tokens_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("site.toml");
+    let text = site(dir.path(), false).replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.bind") && err.contains("[[api.tokens]]"),
+        "{err}"
+    );
 }
