@@ -50,8 +50,8 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Route
 use Access::{AtLeast, Open};
 use Role::{Admin, Technician, Viewer};
 
-/// Every route and the least role that may call it. The router and the OpenAPI-free route
-/// walk in the tests both hold to this list; a route missing here needs `admin`.
+/// Every route and the least role that may call it; the integration tests' route table must
+/// cover exactly this list. A route missing here needs `admin`.
 pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/api/v1/health", Open),
     rule("GET", "/metrics", Open),
