@@ -573,6 +573,12 @@ async fn start_api(
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
+    // The config refuses this too; an overridden bind must not slip past it.
+    if !bind.ip().is_loopback() && cfg.api.tokens.is_empty() {
+        anyhow::bail!(
+            "the API would listen on {bind}, reachable from the network, without [[api.tokens]]"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("bind the API to {bind}"))?;
@@ -586,6 +592,15 @@ async fn start_api(
         metrics: metrics.clone(),
         store: Some(logbook.watch_status()),
         schedule: Some(schedule),
+        auth: Arc::new(api::auth::Auth::new(cfg.api.tokens.clone())),
+        records: Some(api::records::Records {
+            path: cfg.storage.path.clone(),
+            logbook: logbook.clone(),
+        }),
+        layout: Arc::new(api::rooms::Layout {
+            time_zone: cfg.site.time_zone.to_string(),
+            rooms: cfg.rooms.clone(),
+        }),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

@@ -79,6 +79,11 @@ enum Command {
         /// The daemon's API address, when it is not the config's `[api] bind`.
         #[arg(long)]
         api: Option<SocketAddr>,
+        /// A file whose first line is an API token (technician or admin), when the daemon
+        /// has `[[api.tokens]]`. Without it the token comes from $AVWARDEN_TOKEN, never
+        /// from the command line (which every user of the machine can read).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
@@ -307,6 +312,7 @@ fn main() -> ExitCode {
             room,
             booking,
             api,
+            token_file,
             json,
         } => {
             let cfg = match load(&config) {
@@ -314,11 +320,18 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let addr = api.unwrap_or(cfg.api.bind);
+            let token = match api_token(token_file.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(3);
+                }
+            };
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(selftest(addr, room, booking, json)),
+                Ok(rt) => rt.block_on(selftest(addr, token, room, booking, json)),
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
                     ExitCode::from(3)
@@ -336,15 +349,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// The variable `avwarden selftest` reads its API token from when no `--token-file` is given.
+const TOKEN_ENV: &str = "AVWARDEN_TOKEN";
+
+/// The token for the daemon's API: `--token-file`'s first line, else `$AVWARDEN_TOKEN`, else
+/// none (an open local API).
+fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the token file {}", f.display()))?;
+        let t = text.lines().next().unwrap_or("").trim().to_owned();
+        anyhow::ensure!(!t.is_empty(), "the token file {} is empty", f.display());
+        return Ok(Some(t));
+    }
+    Ok(std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
 /// `avwarden selftest`: ask the running daemon, print its verdict, exit by readiness.
-async fn selftest(addr: SocketAddr, room: String, booking: Option<String>, json: bool) -> ExitCode {
+async fn selftest(
+    addr: SocketAddr,
+    token: Option<String>,
+    room: String,
+    booking: Option<String>,
+    json: bool,
+) -> ExitCode {
     use avwarden::model::Verdict;
     let path = format!("/api/v1/rooms/{room}/selftest");
     let body = serde_json::json!({ "booking": booking });
     // A projector's warm-up and a setpoint read-back take minutes at most.
     let timeout = std::time::Duration::from_secs(600);
-    let answer = avwarden::api::client::request(
+    let answer = avwarden::api::client::request_as(
         addr,
+        token.as_deref(),
         avwarden::api::client::Method::POST,
         &path,
         Some(body),

@@ -9,9 +9,9 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::{ApiError, ApiState};
 use crate::model::{Booking, BookingId, Needs, Readiness, Reason, RoomId, Verdict};
-use crate::records::Actor;
 use crate::schedule::book::{BookingError, BookingFields};
 use crate::schedule::{RunError, ScheduleHandle};
 
@@ -169,13 +169,14 @@ pub async fn get_one(
 
 pub async fn create(
     State(st): State<ApiState>,
+    caller: Caller,
     body: Result<Json<BookingFields>, JsonRejection>,
 ) -> Result<(StatusCode, Json<BookingView>), ApiError> {
     let Json(f) = body.map_err(ApiError::from_json_rejection)?;
     let sched = schedule(&st)?;
     let b = sched
         .book
-        .create(f, Actor::person("api"), st.clock.now())
+        .create(f, caller.actor(), st.clock.now())
         .await
         .map_err(booking_error)?;
     Ok((StatusCode::CREATED, Json(BookingView::of(&b, None))))
@@ -183,6 +184,7 @@ pub async fn create(
 
 pub async fn update(
     State(st): State<ApiState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<BookingFields>, JsonRejection>,
 ) -> Result<Json<BookingView>, ApiError> {
@@ -192,7 +194,7 @@ pub async fn update(
     let id = BookingId::new(id);
     let b = sched
         .book
-        .update(&id, f, Actor::person("api"), st.clock.now())
+        .update(&id, f, caller.actor(), st.clock.now())
         .await
         .map_err(booking_error)?;
     Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
@@ -200,6 +202,7 @@ pub async fn update(
 
 pub async fn cancel(
     State(st): State<ApiState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<BookingView>, ApiError> {
     let Path(id) = id.map_err(ApiError::from_path_rejection)?;
@@ -207,7 +210,7 @@ pub async fn cancel(
     let id = BookingId::new(id);
     let b = sched
         .book
-        .cancel(&id, Actor::person("api"), st.clock.now())
+        .cancel(&id, caller.actor(), st.clock.now())
         .await
         .map_err(booking_error)?;
     Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))

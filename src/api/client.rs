@@ -24,7 +24,8 @@ pub enum ClientError {
     TimedOut { addr: SocketAddr, secs: u64 },
 }
 
-/// One request; answers the status code and the body.
+/// One request without a token (the daemon's API is open on loopback when it has none);
+/// answers the status code and the body.
 pub async fn request(
     addr: SocketAddr,
     method: Method,
@@ -32,14 +33,27 @@ pub async fn request(
     body: Option<serde_json::Value>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
+    request_as(addr, None, method, path, body, timeout).await
+}
+
+/// One request with `Authorization: Bearer <token>` when a token is given.
+pub async fn request_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
     let secs = timeout.as_secs();
-    tokio::time::timeout(timeout, send(addr, method, path, body))
+    tokio::time::timeout(timeout, send(addr, token, method, path, body))
         .await
         .map_err(|_| ClientError::TimedOut { addr, secs })?
 }
 
 async fn send(
     addr: SocketAddr,
+    token: Option<&str>,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
@@ -59,11 +73,19 @@ async fn send(
         let _ = conn.await;
     };
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        let mut v = hyper::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            // The error would quote the token: name only what is wrong with it.
+            .map_err(|_| http(&"the token holds characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        req = req.header(hyper::header::AUTHORIZATION, v);
+    }
+    let req = req
         .body(Full::new(Bytes::from(bytes)))
         .map_err(|e| http(&e))?;
     let exchange = async {

@@ -3,12 +3,17 @@
 //! Handlers are thin: they read device state from the runtime's `watch` channels and queue
 //! commands on device handles; no business logic lives here. Every error is a 4xx/5xx with a
 //! JSON body `{"error": code, "detail": text}`, including malformed paths and bodies and the
-//! requests [`server`] refuses before the router.
+//! requests [`server`] refuses before the router. Who may call which route is decided in
+//! one place, [`auth`], before any handler runs.
 
+pub mod auth;
 mod bookings;
 pub mod client;
 mod error;
+pub mod records;
+pub mod rooms;
 pub mod server;
+pub mod session;
 pub mod views;
 
 use std::sync::Arc;
@@ -45,11 +50,24 @@ pub struct ApiState {
     pub store: Option<tokio::sync::watch::Receiver<crate::records::writer::StoreStatus>>,
     /// Bookings, self-tests and the board (absent in API-only tests).
     pub schedule: Option<crate::schedule::ScheduleHandle>,
+    /// The tokens accepted; the default is open (no tokens: the local demo).
+    pub auth: Arc<auth::Auth>,
+    /// The logbook and equipment archive (absent in API-only tests).
+    pub records: Option<records::Records>,
+    /// The site's rooms and time zone.
+    pub layout: Arc<rooms::Layout>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route(
+            "/api/v1/session",
+            post(session::login).delete(session::logout),
+        )
+        .route("/api/v1/site", get(rooms::site))
+        .route("/api/v1/rooms", get(rooms::list))
+        .route("/api/v1/rooms/{id}", get(rooms::get_one))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/commands", post(command))
@@ -66,7 +84,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/rooms/{id}/selftest", post(bookings::run_selftest))
         .route("/api/v1/selftests", get(bookings::selftests))
         .route("/api/v1/board", get(bookings::board))
+        .route("/api/v1/logbook", get(records::logbook))
+        .route("/api/v1/logbook/export", get(records::export))
+        .route("/api/v1/equipment", get(records::equipment))
+        .route(
+            "/api/v1/equipment/{device}",
+            get(records::equipment_one).patch(records::edit_equipment),
+        )
+        .route(
+            "/api/v1/equipment/{device}/maintenance",
+            post(records::add_maintenance),
+        )
         .route("/metrics", get(metrics))
+        // After routing, so the table in `auth` sees the route as declared.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Through the extractor, so an oversized body is a JSON 413 like every other error.
@@ -169,6 +203,7 @@ struct CommandAccepted {
 
 async fn command(
     State(st): State<ApiState>,
+    caller: auth::Caller,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<DeviceCommand>, JsonRejection>,
 ) -> Result<Json<CommandAccepted>, ApiError> {
@@ -179,13 +214,46 @@ async fn command(
         .get(&id)
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let name = cmd.name();
-    let applied = outcome_to_api(h.try_command(cmd).await, st.clock.now())?;
+    let detail = serde_json::to_value(&cmd).unwrap_or_default();
+    let room = h.state().room.to_string();
+    let outcome = h.try_command(cmd).await;
+    record_command(&st, &caller, &id, &room, name, detail, &outcome);
+    let applied = outcome_to_api(outcome, st.clock.now())?;
     Ok(Json(CommandAccepted {
         device: id,
         command: name,
         result: "ok",
         applied,
     }))
+}
+
+/// A device command in the logbook, with who gave it and how it went. Queued, not awaited:
+/// a store in trouble must not hold a projector's power-on.
+fn record_command(
+    st: &ApiState,
+    caller: &auth::Caller,
+    device: &str,
+    room: &str,
+    name: &str,
+    command: serde_json::Value,
+    outcome: &CommandOutcome,
+) {
+    let Some(records) = &st.records else {
+        return;
+    };
+    let ok = matches!(outcome, CommandOutcome::Done { .. });
+    let entry = crate::records::NewEntry::new(
+        st.clock.now(),
+        "device_command",
+        caller.actor(),
+        format!("{name} by {}: {outcome}", caller.name),
+    )
+    .device(device)
+    .room(room)
+    .data(serde_json::json!({ "command": command, "ok": ok }));
+    if let Err(e) = records.logbook.record(entry) {
+        tracing::warn!(device, error = %e, "device command not written to the logbook");
+    }
 }
 
 /// A command's outcome as the API answers it: the applied value, or a status and code.

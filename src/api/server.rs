@@ -229,10 +229,10 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD + BODY_LIMIT);
     metrics.set_gauge("avwarden_api_connections", None, 0.0);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     metrics.inc("avwarden_api_accept_errors_total");
                     if let Some(suppressed) = throttle.hit(Instant::now(), ACCEPT_WARN_EVERY) {
@@ -270,6 +270,7 @@ pub async fn serve(
             http: http.clone(),
             body_timeout: limits.body_timeout,
             slot,
+            peer,
         };
         let table = table.clone();
         let metrics = metrics.clone();
@@ -307,6 +308,8 @@ struct Connection {
     http: hyper::server::conn::http1::Builder,
     body_timeout: Duration,
     slot: Arc<Slot>,
+    /// The client's address: failed logins are counted per client.
+    peer: std::net::SocketAddr,
 }
 
 impl Connection {
@@ -316,10 +319,13 @@ impl Connection {
             http,
             body_timeout,
             slot,
+            peer,
         } = self;
         let evict = slot.evict.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let request = InProgress::new(slot.clone());
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let app = app.clone();
             async move {
                 let response = answer(app, req, body_timeout).await;

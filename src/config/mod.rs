@@ -100,6 +100,84 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     /// A request body must arrive within this once its head has.
     pub body_timeout: Duration,
+    /// `[[api.tokens]]`. None configured on a loopback bind: the API is open (local demo).
+    pub tokens: Vec<ApiToken>,
+}
+
+/// What an API caller may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Acknowledges, runs self-tests, commands devices, records maintenance.
+    Technician,
+    /// Edits the archive, bookings and maintenance windows.
+    Admin,
+}
+
+impl Role {
+    pub const NAMES: [&'static str; 3] = ["viewer", "technician", "admin"];
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "technician" => Some(Role::Technician),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Technician => "technician",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The SHA-256 of an API token: all the daemon keeps of it after loading the config, so a
+/// memory dump or a debug print shows no token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `presented` is this token, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.matches_hash(&TokenHash::of(presented))
+    }
+
+    pub fn matches_hash(&self, other: &TokenHash) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(***)")
+    }
+}
+
+/// One `[[api.tokens]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// Who the caller is: the logbook's actor for what they do.
+    pub name: String,
+    pub role: Role,
+    pub hash: TokenHash,
 }
 
 impl Default for ApiConfig {
@@ -109,6 +187,7 @@ impl Default for ApiConfig {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
+            tokens: Vec::new(),
         }
     }
 }

@@ -52,6 +52,17 @@ pub struct RawApi {
     pub max_connections: Option<i64>,
     pub header_timeout_ms: Option<i64>,
     pub body_timeout_ms: Option<i64>,
+    pub tokens: Option<Vec<RawToken>>,
+}
+
+/// `[[api.tokens]]`: who may call the API, with which role. The token itself is never in
+/// the config: it comes from an environment variable or a file.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawToken {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

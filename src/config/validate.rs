@@ -11,8 +11,8 @@ use toml_edit::ImDocument;
 use super::locate::{self, Seg};
 use super::raw::{RawDevice, RawLink, RawRoom, RawSite};
 use super::{
-    ApiConfig, BookingsConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy, Room,
-    RoomPreset, Secret, SelfTestSettings, Site, SiteConfig, StorageConfig,
+    ApiConfig, ApiToken, BookingsConfig, ConfigError, ConfigProblem, DeviceConfig, LinkPolicy,
+    Role, Room, RoomPreset, Secret, SelfTestSettings, Site, SiteConfig, StorageConfig, TokenHash,
 };
 use crate::model::{DeviceId, RoomId};
 use crate::profile::{LinkKind, Profile, ProfileSet};
@@ -242,7 +242,12 @@ pub fn parse_site(
             _ => String::new(),
         };
         let parent = &path[..path.len().saturating_sub(1)];
-        let message = if last == "password" || last == "secret" {
+        let in_tokens = matches!(path.get(..2), Some([Seg::Key(a), Seg::Key(t)]) if a == "api" && t == "tokens");
+        let message = if in_tokens && (last == "token" || last == "secret" || last == "hash") {
+            "unknown key: a token is never written in the config; use token_env (an \
+             environment variable) or token_file"
+                .to_owned()
+        } else if last == "password" || last == "secret" {
             "unknown key: secrets are never written in the config; use password_env (an \
              environment variable) or password_file"
                 .to_owned()
@@ -313,11 +318,24 @@ pub fn parse_site(
             100,
             600_000,
         ));
+        let tokens = validate_tokens(a.and_then(|a| a.tokens.as_deref()), base, env, &mut pr);
+        if let Some(b) = bind {
+            if !b.ip().is_loopback() && tokens.is_empty() {
+                pr.at_path(
+                    &[k("api"), k("bind")],
+                    format!(
+                        "{b} is reachable from the network, so the API needs [[api.tokens]] \
+                         (or bind 127.0.0.1)"
+                    ),
+                );
+            }
+        }
         bind.map(|bind| ApiConfig {
             bind,
             max_connections,
             header_timeout,
             body_timeout,
+            tokens,
         })
     };
     let storage_path = raw
@@ -531,7 +549,9 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
             "max_connections",
             "header_timeout_ms",
             "body_timeout_ms",
+            "tokens",
         ],
+        ["api", "tokens"] => vec!["name", "role", "token_env", "token_file"],
         ["storage"] => vec!["path", "max_size_mb"],
         ["profiles"] => vec!["dir"],
         ["links"] => vec!["backoff_min_ms", "backoff_max_ms"],
@@ -1167,6 +1187,126 @@ fn settings_problem(at: &[Seg], e: crate::profile::ProfileError, pr: &mut Proble
     }
 }
 
+/// A token shorter than this is refused: it could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `[[api.tokens]]`: each a unique name, a known role and exactly one source; the token is
+/// read, checked for length and kept only as its SHA-256.
+fn validate_tokens(
+    raw: Option<&[super::raw::RawToken]>,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Vec<ApiToken> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, t) in raw.unwrap_or_default().iter().enumerate() {
+        let at = [k("api"), k("tokens"), Seg::Index(i)];
+        let name = match t.name.as_deref() {
+            None => {
+                pr.at_path(&at, "missing key name");
+                None
+            }
+            Some(n) if !is_id(n) => {
+                pr.at_path(
+                    &p(&at, &[k("name")]),
+                    format!("{n:?} is not a name (letters, digits, '-' and '_', up to 64)"),
+                );
+                None
+            }
+            Some(n) if !names.insert(n.to_owned()) => {
+                pr.at_path(&p(&at, &[k("name")]), format!("duplicate token name {n:?}"));
+                None
+            }
+            Some(n) => Some(n.to_owned()),
+        };
+        let role = match t.role.as_deref() {
+            None => {
+                pr.at_path(&at, "missing key role (viewer, technician or admin)");
+                None
+            }
+            Some(r) => match Role::parse(r) {
+                Some(role) => Some(role),
+                None => {
+                    pr.at_path(
+                        &p(&at, &[k("role")]),
+                        format!(
+                            "unknown role {r:?}{} (viewer, technician or admin)",
+                            did_you_mean(suggest(r, Role::NAMES))
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let token = match (&t.token_env, &t.token_file) {
+            (Some(_), Some(_)) => {
+                pr.at_path(
+                    &p(&at, &[k("token_file")]),
+                    "give either token_env or token_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                pr.at_path(&at, "missing key token_env or token_file");
+                None
+            }
+            (Some(var), None) => match env.get(var) {
+                Some(v) => Some((v, k("token_env"))),
+                None => {
+                    pr.at_path(
+                        &p(&at, &[k("token_env")]),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let path = resolve(base, file);
+                match std::fs::read_to_string(&path) {
+                    Ok(s) => Some((s.lines().next().unwrap_or("").to_owned(), k("token_file"))),
+                    Err(e) => {
+                        pr.at_path(
+                            &p(&at, &[k("token_file")]),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        // Never quote the token itself: the message names only its length.
+        let token = token.and_then(|(v, key)| {
+            let v = v.trim();
+            if v.chars().count() < MIN_TOKEN_LEN {
+                pr.at_path(
+                    &p(&at, &[key]),
+                    format!(
+                        "the token has {} characters; at least {MIN_TOKEN_LEN} are needed",
+                        v.chars().count()
+                    ),
+                );
+                None
+            } else {
+                Some(TokenHash::of(v))
+            }
+        });
+        if let Some(hash) = &token {
+            if let Some(same) = out.iter().find(|o: &&ApiToken| o.hash.matches_hash(hash)) {
+                pr.at_path(
+                    &at,
+                    format!("the same token as {:?}: give each its own", same.name),
+                );
+                continue;
+            }
+        }
+        if let (Some(name), Some(role), Some(hash)) = (name, role, token) {
+            out.push(ApiToken { name, role, hash });
+        }
+    }
+    out
+}
+
 fn validate_secret(
     d: &RawDevice,
     at: &[Seg],
@@ -1482,5 +1622,80 @@ max_bytes = 65536
         assert_eq!(feeds[1].poll_interval, Duration::from_secs(60));
         assert_eq!(feeds[1].max_bytes, 65536);
         assert_eq!(feeds[1].needs, None);
+    }
+
+    fn site_with_api(api: &str) -> String {
+        format!("[site]\nname = \"x\"\ntime_zone = \"UTC\"\n{api}")
+    }
+
+    fn problems(text: &str, env: &Env) -> Vec<String> {
+        match parse_site(text, "site.toml", Path::new("."), env) {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn api_tokens_are_kept_as_hashes_with_their_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tech.token"), "tech-token-0123456789\n").unwrap();
+        let text = site_with_api(
+            "[api]\nbind = \"0.0.0.0:8080\"\n\
+             [[api.tokens]]\nname = \"ops\"\nrole = \"viewer\"\ntoken_env = \"OPS_TOKEN\"\n\
+             [[api.tokens]]\nname = \"li-wei\"\nrole = \"technician\"\ntoken_file = \"tech.token\"\n",
+        );
+        let env = Env::fixed(&[("OPS_TOKEN", "ops-token-0123456789")]);
+        let cfg = parse_site(&text, "site.toml", dir.path(), &env).unwrap();
+        let t = &cfg.api.tokens;
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].name.as_str(), t[0].role), ("ops", Role::Viewer));
+        assert_eq!(
+            (t[1].name.as_str(), t[1].role),
+            ("li-wei", Role::Technician)
+        );
+        assert!(t[0].hash.matches("ops-token-0123456789"));
+        assert!(!t[0].hash.matches("ops-token-012345678"));
+        // The file's line ending is not part of the token.
+        assert!(t[1].hash.matches("tech-token-0123456789"));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("ops-token"), "{shown}");
+    }
+
+    #[test]
+    fn bad_api_tokens_are_located_and_never_quoted() {
+        let text = site_with_api(
+            "[[api.tokens]]\nname = \"a\"\nrole = \"admn\"\ntoken_env = \"A\"\n\
+             [[api.tokens]]\nname = \"a\"\nrole = \"viewer\"\ntoken_env = \"B\"\ntoken_file = \"b\"\n\
+             [[api.tokens]]\nname = \"c\"\nrole = \"viewer\"\n\
+             [[api.tokens]]\nname = \"d\"\nrole = \"viewer\"\ntoken_env = \"SHORT\"\n\
+             [[api.tokens]]\nname = \"e\"\nrole = \"viewer\"\ntoken = \"inline-token-0123456789\"\n",
+        );
+        let env = Env::fixed(&[("A", "a-token-0123456789"), ("SHORT", "short-secret")]);
+        let got = problems(&text, &env);
+        let want = [
+            "site.toml:6:1: api.tokens[0].role: unknown role \"admn\" (did you mean \"admin\"?) (viewer, technician or admin)",
+            "site.toml:9:1: api.tokens[1].name: duplicate token name \"a\"",
+            "site.toml:12:1: api.tokens[1].token_file: give either token_env or token_file, not both",
+            "site.toml:13:1: api.tokens[2]: missing key token_env or token_file",
+            "site.toml:19:1: api.tokens[3].token_env: the token has 12 characters; at least 16 are needed",
+            "site.toml:20:1: api.tokens[4]: missing key token_env or token_file",
+            "site.toml:23:1: api.tokens[4].token: unknown key: a token is never written in the config; use token_env (an environment variable) or token_file",
+        ];
+        assert_eq!(got, want);
+        let all = got.join("\n");
+        assert!(!all.contains("short-secret") && !all.contains("inline-token"));
+    }
+
+    #[test]
+    fn a_network_bind_without_tokens_is_refused() {
+        let open = site_with_api("[api]\nbind = \"0.0.0.0:8080\"\n");
+        assert_eq!(
+            problems(&open, &Env::fixed(&[])),
+            ["site.toml:5:1: api.bind: 0.0.0.0:8080 is reachable from the network, so the API needs [[api.tokens]] (or bind 127.0.0.1)"]
+        );
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            let text = site_with_api(&format!("[api]\nbind = \"{local}\"\n"));
+            assert!(problems(&text, &Env::fixed(&[])).is_empty(), "{local}");
+        }
     }
 }

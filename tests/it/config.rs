@@ -273,6 +273,8 @@ fn shipped_site_configs_validate() {
         ("AVWARDEN_MQTT_PASSWORD", "x"),
         ("A301_PJLINK_PASSWORD", "y"),
         ("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo"),
+        ("AVWARDEN_TECH_TOKEN", "tech-token-0123456789"),
+        ("AVWARDEN_DASHBOARD_TOKEN", "dash-token-0123456789"),
     ]);
     for name in ["site.example.toml", "demo.toml"] {
         let text = std::fs::read_to_string(root.join(name)).unwrap();

@@ -239,6 +239,9 @@ pub async fn serve_api(
         metrics: events.metrics().clone(),
         store: None,
         schedule: None,
+        auth: Default::default(),
+        records: None,
+        layout: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,144 @@
+//! The site and its rooms under `/api/v1`: what a technician's dashboard shows per room —
+//! its devices with their health, the booking running and the next one (a confidential
+//! title withheld), the newest self-test verdict.
+//!
+//! Reads the runtime's device states and the schedule's book; decides nothing but a room's
+//! overall state, which is its worst device's.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+
+use super::bookings::{BookingView, VerdictView};
+use super::views::DeviceSummary;
+use super::{ApiError, ApiState};
+use crate::config::Room;
+use crate::model::{Health, RoomId};
+
+/// The rooms the site config names, for the views (the runtime knows only devices).
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub time_zone: String,
+    pub rooms: Vec<Room>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SiteView {
+    pub name: String,
+    pub time_zone: String,
+    pub version: &'static str,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub rooms: usize,
+    pub devices: usize,
+    /// Whether the API asks for tokens (false: a local demo, open on loopback).
+    pub tokens_required: bool,
+}
+
+/// `GET /api/v1/site`.
+pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {
+    Json(SiteView {
+        name: st.site.clone(),
+        time_zone: st.layout.time_zone.clone(),
+        version: st.version,
+        now: st.clock.now(),
+        rooms: st.layout.rooms.len(),
+        devices: st.fleet.handles().count(),
+        tokens_required: st.auth.is_enforced(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub building: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<i32>,
+    pub capacity: u32,
+    /// The worst health among its devices (`unknown` for a room without devices).
+    pub state: Health,
+    pub devices: Vec<DeviceSummary>,
+    pub current_booking: Option<BookingView>,
+    pub next_booking: Option<BookingView>,
+    /// The newest self-test verdict of the room.
+    pub verdict: Option<VerdictView>,
+}
+
+/// How bad a health is, for a room's overall state.
+fn severity(h: Health) -> u8 {
+    match h {
+        Health::Ok => 0,
+        Health::Busy => 1,
+        Health::Unknown => 2,
+        Health::Degraded => 3,
+        Health::Faulted => 4,
+        Health::Unreachable => 5,
+    }
+}
+
+fn room_view(st: &ApiState, room: &Room) -> RoomView {
+    let now = st.clock.now();
+    let devices: Vec<DeviceSummary> = st
+        .fleet
+        .room(&room.id)
+        .into_iter()
+        .map(|h| DeviceSummary::from_state(&h.state(), now))
+        .collect();
+    let state = devices
+        .iter()
+        .map(|d| d.health)
+        .max_by_key(|h| severity(*h))
+        .unwrap_or(Health::Unknown);
+    let (current, next, verdict) = match &st.schedule {
+        Some(s) => {
+            let (c, n) = s.book.current_and_next(&room.id, now);
+            let view = |b: crate::model::Booking| {
+                let v = s.book.verdict(&b.id);
+                BookingView::of(&b, v.as_ref())
+            };
+            (c.map(view), n.map(view), s.book.room_verdict(&room.id))
+        }
+        None => (None, None, None),
+    };
+    RoomView {
+        id: room.id.clone(),
+        name: room.name.clone(),
+        building: room.building.clone(),
+        floor: room.floor,
+        capacity: room.capacity,
+        state,
+        devices,
+        current_booking: current,
+        next_booking: next,
+        verdict: verdict.as_ref().map(VerdictView::from),
+    }
+}
+
+/// `GET /api/v1/rooms`.
+pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
+    Json(st.layout.rooms.iter().map(|r| room_view(&st, r)).collect())
+}
+
+/// `GET /api/v1/rooms/{id}`.
+pub async fn get_one(
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RoomView>, ApiError> {
+    let Path(id) = id.map_err(ApiError::from_path_rejection)?;
+    let room = st
+        .layout
+        .rooms
+        .iter()
+        .find(|r| r.id.as_str() == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_room",
+                format!("no room {id:?}"),
+            )
+        })?;
+    Ok(Json(room_view(&st, room)))
+}
