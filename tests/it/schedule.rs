@@ -387,7 +387,7 @@ async fn preconditioning_starts_at_the_planned_instant_and_the_room_is_comfortab
     hvac.wait_for(|s| s.reachable, Duration::from_secs(60))
         .await
         .expect("hvac up");
-    let id = book(&d, "r1", 180, serde_json::json!({ "hvac": true })).await;
+    let id = book(&d, "r1", 70, serde_json::json!({ "hvac": true })).await;
     let b = d
         .schedule
         .book
