@@ -840,4 +840,39 @@ mod tests {
             "the rest of a datagram is not kept"
         );
     }
+
+    /// A frame that asks for a write back (Telnet negotiation in mid-reply) is answered
+    /// through the link before the answer is read; a frame the caller ends on ends the
+    /// exchange with its error, uncounted.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_may_write_back_or_end_the_exchange() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let (mut obs, rx) = observer();
+        peer.write_all(b"ask\nx=1\n").await.unwrap();
+        let r = link
+            .converse(
+                &mut Lines,
+                b"",
+                Duration::from_secs(2),
+                &mut obs,
+                |read, _| match read.as_deref() {
+                    Ok("ask") => Step::Write(b"told\n".to_vec()),
+                    Ok(l) if l.starts_with("x=") => Step::Done(l.to_owned()),
+                    _ => Step::Skip,
+                },
+            )
+            .await;
+        assert_eq!(r.unwrap(), "x=1");
+        assert_eq!(request_seen(&mut peer).await, "told\n");
+
+        peer.write_all(b"x=?\nx=2\n").await.unwrap();
+        let r: Result<String, _> = link
+            .converse(&mut Lines, b"", Duration::from_secs(2), &mut obs, |_, _| {
+                Step::End(ProtocolError::malformed("garbled").into())
+            })
+            .await;
+        assert!(matches!(r, Err(DriverError::Protocol(_))), "{r:?}");
+        assert_eq!(rx.borrow().counters.bad_frames, 0, "the caller counts");
+    }
 }
