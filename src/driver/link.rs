@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
@@ -465,6 +466,30 @@ impl Link {
         self.rx.clear();
         n
     }
+
+    /// Discard buffered input and whatever the stream holds ready now, without waiting: a
+    /// reply that came after its exchange's deadline must not be taken for the next one's
+    /// (Modbus replies carry no request id).
+    pub fn drain_input(&mut self) -> usize {
+        let mut n = self.discard_input();
+        let Some(stream) = self.stream.as_mut() else {
+            return n;
+        };
+        // Bounded: a port that never stops talking cannot hold the driver here.
+        for _ in 0..16 {
+            self.rx.reserve(512);
+            match stream.read_buf(&mut self.rx).now_or_never() {
+                Some(Ok(k)) if k > 0 => {
+                    self.bytes_in += k as u64;
+                    n += k;
+                    self.rx.clear();
+                }
+                // Nothing ready, or an end or error the next read reports.
+                _ => break,
+            }
+        }
+        n
+    }
 }
 
 impl Link {
@@ -521,23 +546,6 @@ impl Link {
             Some(frame) => Ok(frame),
             None => Err(ProtocolError::malformed("an empty datagram").into()),
         }
-    }
-}
-
-/// Links whose bytes a protocol library carries itself.
-impl Link {
-    /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
-    /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
-    pub fn take_stream(&mut self) -> Option<Box<dyn ByteStream>> {
-        self.rx.clear();
-        self.stream.take()
-    }
-
-    /// Return a lent stream, counting the bytes that moved while it was away.
-    pub fn restore_stream(&mut self, stream: Box<dyn ByteStream>, bytes_in: u64, bytes_out: u64) {
-        self.stream = Some(stream);
-        self.bytes_in += bytes_in;
-        self.bytes_out += bytes_out;
     }
 }
 
