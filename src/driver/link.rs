@@ -1,7 +1,8 @@
 //! The runtime's open connection as a driver sees it: a byte stream with a bounded receive
-//! buffer, frame reads with a deadline, one request/answer [`Link::exchange`], and (for
-//! devices that close the socket after every reply) a fresh connection per exchange.
-//! UDP devices (Sennheiser SSC) get a connected datagram socket instead of a stream:
+//! buffer, frame reads with a deadline, and the one request/answer loop every driver goes
+//! through ([`Link::converse`], and [`Link::exchange`] for the common case); for devices
+//! that close the socket after every reply, a fresh connection per exchange. UDP devices
+//! (Sennheiser SSC) get a connected datagram socket instead of a stream:
 //! [`Link::send_datagram`], and frames are whole datagrams.
 //!
 //! This module owns the connection abstraction the driver layer sees ([`Connection`],
