@@ -679,6 +679,49 @@ impl Decoder for ResponseDecoder {
     }
 }
 
+/// The client's decoder for one exchange: resynchronises like [`ResponseDecoder`], but keeps
+/// only the first error ([`ExchangeDecoder::take_error`]) and drops later bytes quietly.
+/// Bytes dropped one at a time would otherwise be one error each (a formatted message per
+/// byte of a garbage burst), while the exchange has one bad reply to report.
+#[derive(Debug, Default)]
+pub struct ExchangeDecoder {
+    first_error: Option<ProtocolError>,
+}
+
+impl ExchangeDecoder {
+    /// The first error since the decoder was made or last asked.
+    pub fn take_error(&mut self) -> Option<ProtocolError> {
+        self.first_error.take()
+    }
+}
+
+impl Decoder for ExchangeDecoder {
+    type Item = Response;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Response>, ProtocolError> {
+        loop {
+            match scan_response(buf) {
+                Scan::Incomplete { .. } => return Ok(None),
+                Scan::Frame { len, frame } => {
+                    buf.advance(len);
+                    return Ok(Some(frame));
+                }
+                Scan::Invalid(e) => {
+                    if self.first_error.is_none() {
+                        self.first_error = Some(e.to_protocol(buf));
+                    }
+                    buf.advance(1);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Response>, ProtocolError> {
+        ResponseDecoder.decode_eof(buf)
+    }
+}
+
 fn decode_with<T>(
     buf: &mut BytesMut,
     scan: fn(&[u8]) -> Scan<T>,
@@ -1067,5 +1110,35 @@ mod tests {
             },
         };
         assert_eq!(match_reply(&coils, &bits), ReplyMatch::Answer);
+    }
+
+    #[test]
+    fn an_exchange_decoder_keeps_the_first_error_and_finds_the_frame_after_noise() {
+        let reply = Response {
+            slave: 1,
+            pdu: ResponsePdu::Registers {
+                function: 3,
+                values: vec![42],
+            },
+        }
+        .encode();
+        let mut d = ExchangeDecoder::default();
+        let mut buf = BytesMut::from(&b"\x7f\xfe garbage \xff"[..]);
+        buf.extend_from_slice(&reply);
+        let frame = d
+            .decode(&mut buf)
+            .unwrap()
+            .expect("the reply after the noise");
+        assert_eq!(frame.slave, 1);
+        assert!(buf.is_empty());
+        assert!(d.take_error().is_some(), "the noise is one error");
+        assert!(d.take_error().is_none(), "and only one");
+
+        // A truncated frame is no error yet: it waits for more (the exchange's deadline
+        // diagnoses it).
+        let mut half = BytesMut::from(&reply[..reply.len() / 2]);
+        assert!(d.decode(&mut half).unwrap().is_none());
+        assert!(d.take_error().is_none());
+        assert_eq!(half.len(), reply.len() / 2);
     }
 }

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use super::{check_mode, merged_options, option_error};
 use crate::codec::modbus::{
-    diagnose_reply, match_reply, silent_interval, ExceptionCode, ReplyDiagnosis, ReplyMatch,
-    Request, RequestPdu, Response, ResponseDecoder, ResponsePdu,
+    diagnose_reply, match_reply, silent_interval, ExceptionCode, ExchangeDecoder, ReplyDiagnosis,
+    ReplyMatch, Request, RequestPdu, Response, ResponsePdu,
 };
 use crate::codec::modbus_map::{MapError, Point, RegisterMap, Table, WriteFunction};
 use crate::codec::ProtocolError;
@@ -101,10 +101,10 @@ impl ModbusDriver {
         })
     }
 
-    /// One request, one reply, parsed once. The decoder reports an error for every byte it
-    /// drops resynchronising; the exchange keeps the first as its one bad frame and reads on
-    /// (a good reply may follow line noise). At the deadline the bytes left unframed say what
-    /// the silence was: nothing (a timeout), or a truncated frame (a bad frame).
+    /// One request, one reply, parsed once. The decoder keeps the first error of the exchange
+    /// as its one bad frame and resynchronises quietly past the rest (a good reply may follow
+    /// line noise). At the deadline the bytes left unframed say what the silence was: nothing
+    /// (a timeout), or a truncated frame (a bad frame).
     async fn exchange(
         &mut self,
         link: &mut Link,
@@ -122,19 +122,17 @@ impl ModbusDriver {
                 "discarded late bytes before a modbus request"
             );
         }
-        let mut first_error: Option<ProtocolError> = None;
+        let mut decoder = ExchangeDecoder::default();
         let mut foreign: Option<Response> = None;
         let read = link
             .converse(
-                &mut ResponseDecoder,
+                &mut decoder,
                 &req.encode(),
                 self.reply_timeout,
                 obs,
                 |read, _| match read {
-                    Err(p) => {
-                        first_error.get_or_insert(p);
-                        Step::Skip
-                    }
+                    // The link's own limits (a flood without a frame); counted by the caller.
+                    Err(p) => Step::End(p.into()),
                     Ok(resp) => match match_reply(req, &resp) {
                         ReplyMatch::Answer => Step::Done(Ok(resp)),
                         ReplyMatch::Exception(code) => Step::Done(Err(Failure::Exception(code))),
@@ -148,6 +146,7 @@ impl ModbusDriver {
             )
             .await;
         self.last_frame = Some(Instant::now());
+        let first_error = decoder.take_error();
         match read {
             Ok(Ok(resp)) => {
                 if let Some(p) = first_error {
