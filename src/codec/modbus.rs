@@ -1,9 +1,10 @@
 //! Modbus RTU framing (protocols.md 5.1): CRC-16/MODBUS, request and response ADUs, and
 //! sans-io decoders for both directions.
 //!
-//! The HVAC driver talks through tokio-modbus's RTU client; this module is what our simulator
-//! parses requests with, what the driver uses to say *why* an exchange failed (CRC error,
-//! truncated frame, garbage) from the bytes it captured, and what the test vectors run through.
+//! The HVAC driver's exchanges and our simulator both frame with this module: the driver
+//! encodes requests, decodes replies, checks each reply against its request ([`match_reply`])
+//! and says *why* an exchange failed (CRC error, truncated frame, garbage) from the bytes left
+//! at its deadline; the simulator parses requests; the test vectors run through it.
 //! It must not do I/O, and it never panics on any input: a frame is at most 256 bytes
 //! ([`MAX_ADU`]), and anything that is not a frame is a [`ProtocolError`].
 
@@ -554,6 +555,85 @@ pub fn diagnose_reply(bytes: &[u8]) -> ReplyDiagnosis {
     }
 }
 
+/// What a response is to the request it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyMatch {
+    /// The answer: same unit, same function, the count or echo the request asks for.
+    Answer,
+    /// The unit refused the request with an exception.
+    Exception(ExceptionCode),
+    /// Another unit's frame (a bus shared with another master, or a late reply of another
+    /// unit): not ours, and not an answer.
+    Foreign,
+    /// Our unit answered something that does not fit the request.
+    Mismatch(ProtocolError),
+}
+
+/// Check a response against its request: unit id, function code, then the byte count of a
+/// read or the echo of a write (protocols.md 5.1), as tokio-modbus's client does.
+pub fn match_reply(req: &Request, resp: &Response) -> ReplyMatch {
+    if resp.slave != req.slave {
+        return ReplyMatch::Foreign;
+    }
+    let function = req.pdu.function_code();
+    let mismatch = |what: &str| {
+        ReplyMatch::Mismatch(ProtocolError::Unexpected {
+            expected: format!("{what} for function 0x{function:02X}"),
+            got: format!("{:?}", resp.pdu),
+        })
+    };
+    let fits = match (&req.pdu, &resp.pdu) {
+        (_, ResponsePdu::Exception { function: f, code }) if *f == function => {
+            return ReplyMatch::Exception(*code)
+        }
+        (
+            RequestPdu::ReadCoils { count, .. } | RequestPdu::ReadDiscreteInputs { count, .. },
+            ResponsePdu::Bits { function: f, bits },
+        ) => *f == function && bits.len() == usize::from(*count).div_ceil(8) * 8,
+        (
+            RequestPdu::ReadHoldingRegisters { count, .. }
+            | RequestPdu::ReadInputRegisters { count, .. },
+            ResponsePdu::Registers {
+                function: f,
+                values,
+            },
+        ) => *f == function && values.len() == usize::from(*count),
+        (
+            RequestPdu::WriteSingleCoil { address, on },
+            ResponsePdu::WriteSingleCoil { address: a, on: o },
+        ) => address == a && on == o,
+        (
+            RequestPdu::WriteSingleRegister { address, value },
+            ResponsePdu::WriteSingleRegister {
+                address: a,
+                value: v,
+            },
+        ) => address == a && value == v,
+        (
+            RequestPdu::WriteMultipleCoils { address, values },
+            ResponsePdu::WriteMultiple {
+                function: f,
+                address: a,
+                count,
+            },
+        ) => *f == function && address == a && usize::from(*count) == values.len(),
+        (
+            RequestPdu::WriteMultipleRegisters { address, values },
+            ResponsePdu::WriteMultiple {
+                function: f,
+                address: a,
+                count,
+            },
+        ) => *f == function && address == a && usize::from(*count) == values.len(),
+        _ => false,
+    };
+    if fits {
+        ReplyMatch::Answer
+    } else {
+        mismatch("the count or echo the request asks")
+    }
+}
+
 /// Sans-io request decoder (server side). On bytes that are not a frame it drops one byte and
 /// returns the error, so the caller can count it and keep reading; the RTU rule (a corrupt
 /// frame is discarded whole, the next starts after silence) is applied by the caller, which
@@ -596,6 +676,49 @@ impl Decoder for ResponseDecoder {
                 Err(err)
             }
         }
+    }
+}
+
+/// The client's decoder for one exchange: resynchronises like [`ResponseDecoder`], but keeps
+/// only the first error ([`ExchangeDecoder::take_error`]) and drops later bytes quietly.
+/// Bytes dropped one at a time would otherwise be one error each (a formatted message per
+/// byte of a garbage burst), while the exchange has one bad reply to report.
+#[derive(Debug, Default)]
+pub struct ExchangeDecoder {
+    first_error: Option<ProtocolError>,
+}
+
+impl ExchangeDecoder {
+    /// The first error since the decoder was made or last asked.
+    pub fn take_error(&mut self) -> Option<ProtocolError> {
+        self.first_error.take()
+    }
+}
+
+impl Decoder for ExchangeDecoder {
+    type Item = Response;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Response>, ProtocolError> {
+        loop {
+            match scan_response(buf) {
+                Scan::Incomplete { .. } => return Ok(None),
+                Scan::Frame { len, frame } => {
+                    buf.advance(len);
+                    return Ok(Some(frame));
+                }
+                Scan::Invalid(e) => {
+                    if self.first_error.is_none() {
+                        self.first_error = Some(e.to_protocol(buf));
+                    }
+                    buf.advance(1);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Response>, ProtocolError> {
+        ResponseDecoder.decode_eof(buf)
     }
 }
 
@@ -912,5 +1035,110 @@ mod tests {
             let mut buf = BytesMut::from(&r.encode()[..]);
             proptest::prop_assert_eq!(RequestDecoder.decode(&mut buf).unwrap(), Some(r));
         }
+    }
+
+    #[test]
+    fn a_reply_is_matched_against_its_request() {
+        let read = Request {
+            slave: 1,
+            pdu: RequestPdu::ReadHoldingRegisters {
+                address: 0,
+                count: 1,
+            },
+        };
+        let regs = |slave, function, values: Vec<u16>| Response {
+            slave,
+            pdu: ResponsePdu::Registers { function, values },
+        };
+        assert_eq!(match_reply(&read, &regs(1, 3, vec![7])), ReplyMatch::Answer);
+        assert_eq!(
+            match_reply(&read, &regs(2, 3, vec![7])),
+            ReplyMatch::Foreign
+        );
+        assert!(matches!(
+            match_reply(&read, &regs(1, 4, vec![7])),
+            ReplyMatch::Mismatch(_)
+        ));
+        assert!(matches!(
+            match_reply(&read, &regs(1, 3, vec![7, 8])),
+            ReplyMatch::Mismatch(_)
+        ));
+        let exception = |function| Response {
+            slave: 1,
+            pdu: ResponsePdu::Exception {
+                function,
+                code: ExceptionCode::ServerDeviceFailure,
+            },
+        };
+        assert_eq!(
+            match_reply(&read, &exception(3)),
+            ReplyMatch::Exception(ExceptionCode::ServerDeviceFailure)
+        );
+        assert!(matches!(
+            match_reply(&read, &exception(6)),
+            ReplyMatch::Mismatch(_)
+        ));
+
+        let write = Request {
+            slave: 1,
+            pdu: RequestPdu::WriteSingleRegister {
+                address: 5,
+                value: 210,
+            },
+        };
+        let echo = |value| Response {
+            slave: 1,
+            pdu: ResponsePdu::WriteSingleRegister { address: 5, value },
+        };
+        assert_eq!(match_reply(&write, &echo(210)), ReplyMatch::Answer);
+        assert!(matches!(
+            match_reply(&write, &echo(200)),
+            ReplyMatch::Mismatch(_)
+        ));
+        let coils = Request {
+            slave: 1,
+            pdu: RequestPdu::ReadCoils {
+                address: 0,
+                count: 1,
+            },
+        };
+        let bits = Response {
+            slave: 1,
+            pdu: ResponsePdu::Bits {
+                function: 1,
+                bits: vec![true, false, false, false, false, false, false, false],
+            },
+        };
+        assert_eq!(match_reply(&coils, &bits), ReplyMatch::Answer);
+    }
+
+    #[test]
+    fn an_exchange_decoder_keeps_the_first_error_and_finds_the_frame_after_noise() {
+        let reply = Response {
+            slave: 1,
+            pdu: ResponsePdu::Registers {
+                function: 3,
+                values: vec![42],
+            },
+        }
+        .encode();
+        let mut d = ExchangeDecoder::default();
+        let mut buf = BytesMut::from(&b"\x7f\xfe garbage \xff"[..]);
+        buf.extend_from_slice(&reply);
+        let frame = d
+            .decode(&mut buf)
+            .unwrap()
+            .expect("the reply after the noise");
+        assert_eq!(frame.slave, 1);
+        assert!(buf.is_empty());
+        assert!(d.take_error().is_some(), "the noise is one error");
+        assert!(d.take_error().is_none(), "and only one");
+
+        // A truncated frame is no error yet: it waits for more (the exchange's deadline
+        // diagnoses it).
+        let mut half = BytesMut::from(&reply[..reply.len() / 2]);
+        assert!(d.decode(&mut half).unwrap().is_none());
+        assert!(d.take_error().is_none());
+        assert_eq!(half.len(), reply.len() / 2);
     }
 }

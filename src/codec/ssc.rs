@@ -95,6 +95,25 @@ impl Message {
     }
 }
 
+/// One message per datagram, for a link that hands its decoder one whole datagram at a time:
+/// the buffer is parsed whole and consumed, so nothing of one datagram is taken for the next.
+#[derive(Debug, Default)]
+pub struct DatagramCodec;
+
+impl tokio_util::codec::Decoder for DatagramCodec {
+    type Item = Message;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let msg = parse(buf);
+        buf.clear();
+        msg.map(Some)
+    }
+}
+
 /// Parse one datagram.
 pub fn parse(datagram: &[u8]) -> Result<Message, ProtocolError> {
     if datagram.len() > MAX_DATAGRAM {

@@ -1,8 +1,9 @@
 //! The runtime's open connection as a driver sees it: a byte stream with a bounded receive
-//! buffer, frame reads with a deadline, one request/answer [`Link::exchange`], and (for
-//! devices that close the socket after every reply) a fresh connection per exchange.
-//! UDP devices (Sennheiser SSC) get a connected datagram socket instead of a stream:
-//! [`Link::send_datagram`] / [`Link::recv_datagram`].
+//! buffer, frame reads with a deadline, and the one request/answer loop every driver goes
+//! through ([`Link::converse`], and [`Link::exchange`] for the common case); for devices
+//! that close the socket after every reply, a fresh connection per exchange. UDP devices
+//! (Sennheiser SSC) get a connected datagram socket instead of a stream:
+//! [`Link::send_datagram`], and frames are whole datagrams.
 //!
 //! This module owns the connection abstraction the driver layer sees ([`Connection`],
 //! [`LinkFacts`], [`LinkError`]). It must not name the transport: the runtime builds a `Link`
@@ -15,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
@@ -131,6 +133,25 @@ pub enum Reply {
     Skip,
     /// A frame that cannot be a reply: counted as bad input, and the exchange reads on.
     Bad(ProtocolError),
+}
+
+/// What the caller of [`Link::converse`] makes of one read: a frame, or the decoder's
+/// complaint about the bytes it dropped.
+#[derive(Debug)]
+pub enum Step<T> {
+    /// The exchange ends with this.
+    Done(T),
+    /// Not the answer, or a part of it the caller keeps (ESC/VP21's lines before the prompt):
+    /// the exchange reads on.
+    Skip,
+    /// Bad input: counted on the observer, and the exchange reads on.
+    Bad(ProtocolError),
+    /// Bytes the peer must get before it answers (Telnet negotiation in the middle of a
+    /// reply): written, and the exchange reads on.
+    Write(Vec<u8>),
+    /// The exchange ends with this error, not counted: the caller decides what it is worth
+    /// (PJLink counts a garbled reply and asks once more).
+    End(DriverError),
 }
 
 pub struct Link {
@@ -272,6 +293,9 @@ impl Link {
     where
         D: Decoder<Error = ProtocolError>,
     {
+        if self.udp.is_some() {
+            return self.read_datagram_frame(decoder, timeout).await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match decoder.decode(&mut self.rx) {
@@ -354,38 +378,117 @@ impl Link {
     where
         D: Decoder<Error = ProtocolError>,
     {
+        self.converse(codec, request, wait, obs, |read, obs| match read {
+            Ok(frame) => match is_answer(&frame, obs) {
+                Reply::Answer => Step::Done(frame),
+                Reply::Skip => {
+                    tracing::debug!("skipped a frame that is not the answer");
+                    Step::Skip
+                }
+                Reply::Bad(p) => Step::Bad(p),
+            },
+            Err(p) => Step::Bad(p),
+        })
+        .await
+    }
+
+    /// The one request/answer loop every driver goes through: send `request` (as one datagram
+    /// on a datagram link, where the codec parses one datagram a frame; nothing when empty),
+    /// then hand every read (a frame, or the decoder's error) to `on_read`, which says what it
+    /// is to the request ([`Step`]), until it says done or `wait` has passed
+    /// ([`DriverError::Timeout`]; what is buffered then is [`Link::pending_input`]).
+    ///
+    /// An oversized frame or a flood ends the session ([`Link::read_frame`]): `on_read` sees
+    /// the error (to count it or not) and the exchange ends with it. Cancel-safe like
+    /// [`Link::read_frame`].
+    pub async fn converse<D, T>(
+        &mut self,
+        codec: &mut D,
+        request: &[u8],
+        wait: Duration,
+        obs: &mut Observer,
+        mut on_read: impl FnMut(Result<D::Item, ProtocolError>, &mut Observer) -> Step<T>,
+    ) -> Result<T, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
         if !request.is_empty() {
-            self.send(request).await?;
+            self.connect().await?;
+            if self.udp.is_some() {
+                self.send_datagram(request).await?;
+            } else {
+                self.send(request).await?;
+            }
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read_frame(codec, left).await {
-                Ok(frame) => match is_answer(&frame, obs) {
-                    Reply::Answer => return Ok(frame),
-                    Reply::Skip => tracing::debug!("skipped a frame that is not the answer"),
-                    Reply::Bad(p) => obs.bad_input(&p),
-                },
+            let read = match self.read_frame(codec, left).await {
+                Ok(frame) => Ok(frame),
+                Err(DriverError::Protocol(p)) => Err(p),
                 Err(DriverError::Timeout { .. }) => {
                     return Err(DriverError::Timeout {
                         waited_ms: wait.as_millis() as u64,
                     })
                 }
-                Err(DriverError::Protocol(p)) => {
-                    obs.bad_input(&p);
-                    if !self.is_open() {
-                        return Err(p.into());
+                Err(e) => return Err(e),
+            };
+            // The session ended under this read (an oversized frame): nothing more can come.
+            let ended = match &read {
+                Err(p) if !self.is_open() => Some(p.clone()),
+                _ => None,
+            };
+            match on_read(read, obs) {
+                Step::Done(t) => return Ok(t),
+                Step::Skip => {}
+                Step::Bad(p) => obs.bad_input(&p),
+                Step::Write(bytes) => {
+                    if ended.is_none() {
+                        self.send(&bytes).await?;
                     }
                 }
-                Err(e) => return Err(e),
+                Step::End(e) => return Err(e),
+            }
+            if let Some(p) = ended {
+                return Err(p.into());
             }
         }
+    }
+
+    /// The bytes read and not yet framed: what an exchange that timed out did hear (a
+    /// truncated Modbus frame is bad input, not silence).
+    pub fn pending_input(&self) -> &[u8] {
+        &self.rx
     }
 
     /// Discard buffered input (after a timeout, so a late reply is not taken for the next one).
     pub fn discard_input(&mut self) -> usize {
         let n = self.rx.len();
         self.rx.clear();
+        n
+    }
+
+    /// Discard buffered input and whatever the stream holds ready now, without waiting: a
+    /// reply that came after its exchange's deadline must not be taken for the next one's
+    /// (Modbus replies carry no request id).
+    pub fn drain_input(&mut self) -> usize {
+        let mut n = self.discard_input();
+        let Some(stream) = self.stream.as_mut() else {
+            return n;
+        };
+        // Bounded: a port that never stops talking cannot hold the driver here.
+        for _ in 0..16 {
+            self.rx.reserve(512);
+            match stream.read_buf(&mut self.rx).now_or_never() {
+                Some(Ok(k)) if k > 0 => {
+                    self.bytes_in += k as u64;
+                    n += k;
+                    self.rx.clear();
+                }
+                // Nothing ready, or an end or error the next read reports.
+                _ => break,
+            }
+        }
         n
     }
 }
@@ -403,51 +506,47 @@ impl Link {
         Ok(())
     }
 
-    /// Receive one datagram, waiting at most `timeout`. Cancel-safe (a datagram is either
-    /// taken whole or left queued). A datagram longer than the buffer limit is reported as
-    /// [`ProtocolError::Oversized`] and dropped; the link stays usable. An ICMP "port
-    /// unreachable" from the peer surfaces here as an I/O error and drops the link.
-    pub async fn recv_datagram(&mut self, timeout: Duration) -> Result<Vec<u8>, DriverError> {
+    /// One datagram as one frame: received into the link's buffer (no copy), parsed whole
+    /// by `decoder`, and dropped whatever the decoder left of it (a datagram is its own frame).
+    async fn read_datagram_frame<D>(
+        &mut self,
+        decoder: &mut D,
+        timeout: Duration,
+    ) -> Result<D::Item, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
         let sock = self.udp.as_ref().ok_or(LinkError::Closed)?;
-        let mut buf = vec![0u8; self.max_buffer + 1];
-        match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
-            Err(_) => Err(DriverError::Timeout {
-                waited_ms: timeout.as_millis() as u64,
-            }),
+        self.rx.clear();
+        // One byte over the limit tells an oversized datagram from one that just fits.
+        self.rx.reserve(self.max_buffer + 1);
+        let read = tokio::time::timeout(timeout, sock.recv_buf(&mut self.rx)).await;
+        let n = match read {
+            Err(_) => {
+                return Err(DriverError::Timeout {
+                    waited_ms: timeout.as_millis() as u64,
+                })
+            }
             Ok(Err(e)) => {
                 self.disconnect();
-                Err(LinkError::Io(e).into())
+                return Err(LinkError::Io(e).into());
             }
-            Ok(Ok(n)) => {
-                self.bytes_in += n as u64;
-                if n > self.max_buffer {
-                    return Err(ProtocolError::Oversized {
-                        limit: self.max_buffer,
-                        got: n,
-                    }
-                    .into());
-                }
-                buf.truncate(n);
-                Ok(buf)
-            }
-        }
-    }
-}
-
-/// Links whose bytes a protocol library carries itself.
-impl Link {
-    /// Lend the open stream to a library that must own its transport (tokio-modbus's RTU
-    /// client); hand it back with [`Link::restore_stream`]. While lent, the link reads closed.
-    pub fn take_stream(&mut self) -> Option<Box<dyn ByteStream>> {
+            Ok(Ok(n)) => n,
+        };
+        self.bytes_in += n as u64;
+        let frame = if n > self.max_buffer {
+            Err(ProtocolError::Oversized {
+                limit: self.max_buffer,
+                got: n,
+            })
+        } else {
+            decoder.decode_eof(&mut self.rx)
+        };
         self.rx.clear();
-        self.stream.take()
-    }
-
-    /// Return a lent stream, counting the bytes that moved while it was away.
-    pub fn restore_stream(&mut self, stream: Box<dyn ByteStream>, bytes_in: u64, bytes_out: u64) {
-        self.stream = Some(stream);
-        self.bytes_in += bytes_in;
-        self.bytes_out += bytes_out;
+        match frame? {
+            Some(frame) => Ok(frame),
+            None => Err(ProtocolError::malformed("an empty datagram").into()),
+        }
     }
 }
 
@@ -704,5 +803,85 @@ mod tests {
         );
         assert!(!link.is_open(), "the session ends");
         assert_eq!(rx.borrow().counters.oversized_frames, 1);
+    }
+
+    /// A datagram link exchanges whole datagrams: the request goes out as one, and every
+    /// datagram back is one frame, a bad one counted and the exchange reading on.
+    #[tokio::test]
+    async fn a_datagram_exchange_reads_one_frame_a_datagram() {
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut link = Link::new(
+            LinkFacts::default(),
+            Box::new(move || {
+                Box::pin(async move {
+                    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+                    s.connect(peer_addr).await?;
+                    Ok(Connection::Datagram(s))
+                })
+            }),
+        );
+        let (mut obs, rx) = observer();
+        let answer = async {
+            let mut buf = [0u8; 64];
+            let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"GET x\n");
+            // A stale answer, garbage, then ours; each its own datagram, none with a newline
+            // between frames of one datagram.
+            for dg in [&b"y=1\n"[..], b"!junk\n", b"x=5\nx=6\n"] {
+                peer.send_to(dg, from).await.unwrap();
+            }
+        };
+        let mut codec = Lines;
+        let ask = link.exchange(
+            &mut codec,
+            b"GET x\n",
+            Duration::from_secs(5),
+            &mut obs,
+            answer_to_x,
+        );
+        let (r, ()) = tokio::join!(ask, answer);
+        assert_eq!(r.unwrap(), "x=5");
+        assert_eq!(rx.borrow().counters.bad_frames, 1);
+        assert_eq!(
+            link.pending_input(),
+            b"",
+            "the rest of a datagram is not kept"
+        );
+    }
+
+    /// A frame that asks for a write back (Telnet negotiation in mid-reply) is answered
+    /// through the link before the answer is read; a frame the caller ends on ends the
+    /// exchange with its error, uncounted.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_may_write_back_or_end_the_exchange() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let (mut obs, rx) = observer();
+        peer.write_all(b"ask\nx=1\n").await.unwrap();
+        let r = link
+            .converse(
+                &mut Lines,
+                b"",
+                Duration::from_secs(2),
+                &mut obs,
+                |read, _| match read.as_deref() {
+                    Ok("ask") => Step::Write(b"told\n".to_vec()),
+                    Ok(l) if l.starts_with("x=") => Step::Done(l.to_owned()),
+                    _ => Step::Skip,
+                },
+            )
+            .await;
+        assert_eq!(r.unwrap(), "x=1");
+        assert_eq!(request_seen(&mut peer).await, "told\n");
+
+        peer.write_all(b"x=?\nx=2\n").await.unwrap();
+        let r: Result<String, _> = link
+            .converse(&mut Lines, b"", Duration::from_secs(2), &mut obs, |_, _| {
+                Step::End(ProtocolError::malformed("garbled").into())
+            })
+            .await;
+        assert!(matches!(r, Err(DriverError::Protocol(_))), "{r:?}");
+        assert_eq!(rx.borrow().counters.bad_frames, 0, "the caller counts");
     }
 }

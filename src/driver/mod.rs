@@ -20,7 +20,8 @@ use crate::codec::ProtocolError;
 use crate::model::DeviceCommand;
 use crate::profile::Profile;
 pub use link::{
-    Connection, Link, LinkError, LinkFacts, Reply, TopicError, TopicFeed, TopicMessage, Topics,
+    Connection, Link, LinkError, LinkFacts, Reply, Step, TopicError, TopicFeed, TopicMessage,
+    Topics,
 };
 pub use observer::{Applied, Observation, Observer};
 

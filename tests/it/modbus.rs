@@ -324,6 +324,20 @@ async fn modbus_fc16_setpoint_write_bytes_on_the_wire() {
 struct RawUnit {
     regs: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, u16>>>,
     frames: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// How the next replies go wrong, one entry a reply.
+    mangle: Arc<std::sync::Mutex<std::collections::VecDeque<Mangle>>>,
+}
+
+/// A way a reply reaches the driver other than whole and alone.
+#[derive(Debug, Clone, Copy)]
+enum Mangle {
+    /// Line noise, then the reply.
+    NoiseFirst,
+    /// Another unit's reply (unit id + 1) in place of ours.
+    OtherUnit,
+    /// The reply, this long after the request (past the driver's deadline, before its next
+    /// request).
+    Late(Duration),
 }
 
 impl RawUnit {
@@ -331,7 +345,12 @@ impl RawUnit {
         RawUnit {
             regs: Arc::new(std::sync::Mutex::new(regs.iter().copied().collect())),
             frames: Arc::default(),
+            mangle: Arc::default(),
         }
+    }
+
+    fn mangle_next(&self, m: Mangle) {
+        self.mangle.lock().unwrap().push_back(m);
     }
 
     fn set(&self, address: u16, raw: u16) {
@@ -390,11 +409,26 @@ impl RawUnit {
                         code: ExceptionCode::IllegalDataAddress,
                     },
                 };
-                let reply = Response {
+                let mangle = self.mangle.lock().unwrap().pop_front();
+                let mut reply = Response {
                     slave: frame.slave,
-                    pdu,
+                    pdu: pdu.clone(),
                 }
                 .encode();
+                match mangle {
+                    None => {}
+                    Some(Mangle::NoiseFirst) => {
+                        reply.splice(0..0, *b"\xff\x00\x13");
+                    }
+                    Some(Mangle::OtherUnit) => {
+                        reply = Response {
+                            slave: frame.slave.wrapping_add(1),
+                            pdu,
+                        }
+                        .encode()
+                    }
+                    Some(Mangle::Late(after)) => tokio::time::sleep(after).await,
+                }
                 if io.write_all(&reply).await.is_err() {
                     return;
                 }
@@ -520,6 +554,62 @@ async fn modbus_kaysun_map_matches_the_manual() {
         value(&state, &Point::device(Quantity::Setpoint)),
         Some(Value::Float(21.0))
     );
+}
+
+/// Issue 8.7: each reply is parsed once and checked against its request. Noise before a good
+/// reply is one bad frame and the reply is taken; another unit's reply is one bad frame, not
+/// a timeout, and not taken for ours; a reply that comes after its deadline is not taken for
+/// the next request's (the next request's answer is read, the late one drained first).
+#[tokio::test(start_paused = true)]
+async fn modbus_replies_are_checked_against_their_request() {
+    let (mut driver, mut link, mut obs, state, unit) = against_raw_unit(
+        "kaysun-kc-fcd2",
+        &[(2, 23), (3, 1), (4, 22), (5, 1), (6, 2)],
+    )
+    .await;
+    let counters = |s: &watch::Receiver<DeviceState>| {
+        let c = &s.borrow().counters;
+        (c.bad_frames, c.timeouts)
+    };
+    assert_eq!(counters(&state), (0, 0));
+
+    unit.mangle_next(Mangle::NoiseFirst);
+    unit.set(2, 24);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    assert_eq!(counters(&state), (1, 0), "noise before the reply");
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Temperature)),
+        Some(Value::Float(24.0)),
+        "the reply after the noise is taken"
+    );
+
+    unit.mangle_next(Mangle::OtherUnit);
+    unit.set(2, 25);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    assert_eq!(
+        counters(&state),
+        (2, 0),
+        "another unit's reply is a bad frame"
+    );
+
+    // The first reply of the poll comes 1 ms after its deadline, before the t3.5 gap has
+    // passed: that exchange times out, and the next one reads its own answer, not that one.
+    let wait = profile("kaysun-kc-fcd2").timing.reply_timeout;
+    unit.mangle_next(Mangle::Late(wait + Duration::from_millis(1)));
+    unit.set(2, 26);
+    unit.set(4, 19);
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    assert_eq!(counters(&state), (2, 1), "one timeout, nothing else");
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Setpoint)),
+        Some(Value::Float(19.0))
+    );
+    driver.poll(&mut link, &mut obs).await.unwrap();
+    assert_eq!(
+        value(&state, &Point::device(Quantity::Temperature)),
+        Some(Value::Float(26.0))
+    );
+    assert_eq!(counters(&state), (2, 1));
 }
 
 /// Mundoclima MUP-W9 pinned to protocols.md 5.1: holding registers 1601 mode (3 heat), 1602

@@ -47,7 +47,7 @@ use crate::codec::tesira::{
     self as ttp, parse_line, InstanceTag, TtpArg, TtpDecoder, TtpFrame, TtpLine, TtpValue,
 };
 use crate::codec::ProtocolError;
-use crate::driver::{Driver, DriverError, Link, Observer, PollStep};
+use crate::driver::{Driver, DriverError, Link, Observer, PollStep, Step};
 use crate::meter::Alignment;
 use crate::model::{DeviceCommand, Value};
 use crate::profile::{Profile, ProfileError};
@@ -218,25 +218,15 @@ impl TesiraDriver {
 
     /// A meter value arrived.
     fn publish(&mut self, obs: &mut Observer, token: &str, value: &TtpValue) {
-        let Some(&idx) = self.tokens.get(token) else {
-            tracing::debug!(device = %obs.device(), token, "publish for a token we did not subscribe");
-            return;
-        };
-        self.last_publish = Some(Instant::now());
-        let ch = &self.map.channels[idx];
-        // A multi-channel subscription publishes a list; we subscribe per channel, so take the
-        // first element if a design answers that way.
-        let reading = match value {
-            TtpValue::List(items) => items.first().and_then(TtpValue::as_f64),
-            v => v.as_f64(),
-        };
-        match reading.and_then(|r| self.alignment.to_dbfs(r)) {
-            Some(dbfs) => obs.meter(ch.subject.clone(), dbfs),
-            None => obs.bad_input(&ProtocolError::malformed(format!(
-                "meter {token}: value is a {}, not a level",
-                value.type_name()
-            ))),
-        }
+        publish_meter(
+            &self.map,
+            &self.alignment,
+            &self.tokens,
+            &mut self.last_publish,
+            obs,
+            token,
+            value,
+        );
     }
 
     /// Send one command and wait for its `+OK`/`-ERR`, handling everything else that arrives
@@ -248,78 +238,85 @@ impl TesiraDriver {
         cmd: &str,
     ) -> Result<Answer, DriverError> {
         self.outstanding += 1;
-        link.send(cmd.as_bytes()).await?;
         let echo = cmd.trim_end();
-        let deadline = Instant::now() + self.reply_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = match link.read_frame(&mut self.dec, left).await {
-                Ok(f) => f,
-                Err(DriverError::Timeout { .. }) => {
+        let mut restarted = false;
+        // The reply loop borrows the decoder; what it needs of the rest is borrowed apart.
+        let (map, alignment, tokens) = (&self.map, &self.alignment, &self.tokens);
+        let (last_publish, outstanding) = (&mut self.last_publish, &mut self.outstanding);
+        let read = link
+            .converse(
+                &mut self.dec,
+                cmd.as_bytes(),
+                self.reply_timeout,
+                obs,
+                |read, obs| {
+                    let line = match read {
+                        Ok(TtpFrame::Telnet(c)) => return refusal(c).map_or(Step::Skip, |b| Step::Write(b.to_vec())),
+                        Ok(TtpFrame::Line(l)) => l,
+                        Err(p) => return Step::Bad(p),
+                    };
+                    let answer = match parse_line(&line) {
+                        Ok(TtpLine::Ok(v)) => Answer::Ok(v),
+                        Ok(TtpLine::Err(e)) => Answer::Err(e),
+                        Ok(TtpLine::Publish { token, value }) => {
+                            publish_meter(map, alignment, tokens, last_publish, obs, &token, &value);
+                            return Step::Skip;
+                        }
+                        Ok(TtpLine::Banner) => {
+                            // The DSP started a new session under us (reboot, config push): the
+                            // command is lost and so are our subscriptions.
+                            restarted = true;
+                            return Step::End(DriverError::Busy {
+                                command: echo.to_owned(),
+                                reason: "the DSP restarted its control session".to_owned(),
+                                ready_in: None,
+                            });
+                        }
+                        Ok(TtpLine::Text(t)) => {
+                            if t != echo {
+                                tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+                            }
+                            return Step::Skip;
+                        }
+                        Err(p) => {
+                            if !line.starts_with('+') {
+                                return Step::Bad(p);
+                            }
+                            // A broken reply is still a reply: it answers the oldest command.
+                            obs.bad_input(&p);
+                            if *outstanding > 1 {
+                                *outstanding -= 1;
+                                return Step::Skip;
+                            }
+                            *outstanding = 0;
+                            return Step::End(DriverError::Protocol(p));
+                        }
+                    };
+                    if *outstanding > 1 {
+                        // The answer to a command a cancelled listen sent; ours is still to come.
+                        *outstanding -= 1;
+                        return Step::Skip;
+                    }
+                    *outstanding = 0;
+                    Step::Done(answer)
+                },
+            )
+            .await;
+        if restarted {
+            self.session_restarted(obs);
+        }
+        match read {
+            Ok(answer) => {
+                obs.contact();
+                Ok(answer)
+            }
+            Err(e) => {
+                if matches!(e, DriverError::Timeout { .. }) {
                     // A reply that never came must not be taken for the next command's.
                     self.outstanding = 0;
-                    return Err(DriverError::Timeout {
-                        waited_ms: self.reply_timeout.as_millis() as u64,
-                    });
                 }
-                Err(DriverError::Protocol(p)) => {
-                    obs.bad_input(&p);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let line = match frame {
-                TtpFrame::Telnet(c) => {
-                    self.answer_telnet(link, c).await?;
-                    continue;
-                }
-                TtpFrame::Line(l) => l,
-            };
-            let answer = match parse_line(&line) {
-                Ok(TtpLine::Ok(v)) => Answer::Ok(v),
-                Ok(TtpLine::Err(e)) => Answer::Err(e),
-                Ok(TtpLine::Publish { token, value }) => {
-                    self.publish(obs, &token, &value);
-                    continue;
-                }
-                Ok(TtpLine::Banner) => {
-                    // The DSP started a new session under us (reboot, config push): the command
-                    // is lost and so are our subscriptions.
-                    self.session_restarted(obs);
-                    return Err(DriverError::Busy {
-                        command: echo.to_owned(),
-                        reason: "the DSP restarted its control session".to_owned(),
-                        ready_in: None,
-                    });
-                }
-                Ok(TtpLine::Text(t)) => {
-                    if t != echo {
-                        tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
-                    }
-                    continue;
-                }
-                Err(p) => {
-                    obs.bad_input(&p);
-                    if !line.starts_with('+') {
-                        continue;
-                    }
-                    // A broken reply is still a reply: it answers the oldest command.
-                    if self.outstanding > 1 {
-                        self.outstanding -= 1;
-                        continue;
-                    }
-                    self.outstanding = 0;
-                    return Err(DriverError::Protocol(p));
-                }
-            };
-            if self.outstanding > 1 {
-                // The answer to a command a cancelled listen sent; ours is still to come.
-                self.outstanding -= 1;
-                continue;
+                Err(e)
             }
-            self.outstanding = 0;
-            obs.contact();
-            return Ok(answer);
         }
     }
 
@@ -540,28 +537,24 @@ impl Driver for TesiraDriver {
         if self.telnet {
             // Refuse whatever the server offers, then wait for the banner: anything sent
             // before it is lost (protocols.md §4.1).
-            let deadline = Instant::now() + self.banner_timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match link.read_frame(&mut self.dec, left).await {
-                    Ok(TtpFrame::Telnet(c)) => self.answer_telnet(link, c).await?,
+            link.converse(&mut self.dec, b"", self.banner_timeout, obs, |read, obs| {
+                match read {
+                    Ok(TtpFrame::Telnet(c)) => {
+                        refusal(c).map_or(Step::Skip, |b| Step::Write(b.to_vec()))
+                    }
                     Ok(TtpFrame::Line(l)) => {
                         if matches!(parse_line(&l), Ok(TtpLine::Banner)) {
                             obs.contact();
-                            break;
+                            return Step::Done(());
                         }
                         // Preamble (`No entry for terminal type …`).
                         tracing::debug!(device = %obs.device(), line = %l, "before TTP banner");
+                        Step::Skip
                     }
-                    Err(DriverError::Timeout { .. }) => {
-                        return Err(DriverError::Timeout {
-                            waited_ms: self.banner_timeout.as_millis() as u64,
-                        })
-                    }
-                    Err(DriverError::Protocol(p)) => obs.bad_input(&p),
-                    Err(e) => return Err(e),
+                    Err(p) => Step::Bad(p),
                 }
-            }
+            })
+            .await?;
         }
         // A serial session outlives our connection; make sure replies are verbose.
         if let Answer::Err(e) = self
@@ -697,6 +690,38 @@ impl Driver for TesiraDriver {
             }
         }
         self.tokens.clear();
+    }
+}
+
+/// Apply one meter publish: the token's channel gets its level in dBFS, and the time of the
+/// last publish is kept (meters that go silent are re-subscribed).
+fn publish_meter(
+    map: &DspMap<TtpAddr>,
+    alignment: &Alignment,
+    tokens: &HashMap<String, usize>,
+    last_publish: &mut Option<Instant>,
+    obs: &mut Observer,
+    token: &str,
+    value: &TtpValue,
+) {
+    let Some(&idx) = tokens.get(token) else {
+        tracing::debug!(device = %obs.device(), token, "publish for a token we did not subscribe");
+        return;
+    };
+    *last_publish = Some(Instant::now());
+    let ch = &map.channels[idx];
+    // A multi-channel subscription publishes a list; we subscribe per channel, so take the
+    // first element if a design answers that way.
+    let reading = match value {
+        TtpValue::List(items) => items.first().and_then(TtpValue::as_f64),
+        v => v.as_f64(),
+    };
+    match reading.and_then(|r| alignment.to_dbfs(r)) {
+        Some(dbfs) => obs.meter(ch.subject.clone(), dbfs),
+        None => obs.bad_input(&ProtocolError::malformed(format!(
+            "meter {token}: value is a {}, not a level",
+            value.type_name()
+        ))),
     }
 }
 

@@ -1,36 +1,31 @@
-//! Modbus RTU room controllers over RS-485 (protocols.md 5.1), through tokio-modbus's RTU
-//! client, with the register map from the profile ([`RegisterMap`]).
+//! Modbus RTU room controllers over RS-485 (protocols.md 5.1), through [`Link::converse`]
+//! with the project's RTU codec ([`crate::codec::modbus`]), and the register map from the
+//! profile ([`RegisterMap`]).
 //!
 //! Every exchange is one request and one reply within the profile's reply timeout, preceded by
-//! the t3.5 line silence. The driver sorts what went wrong: an exception reply is the device
+//! the t3.5 line silence, and each reply is parsed once and checked against its request (unit,
+//! function, count or echo). The driver sorts what went wrong: an exception reply is the device
 //! talking (a read exception becomes a fault on that point, a write exception a refusal); a
-//! CRC error, a truncated or foreign frame is counted as bad input; silence is counted as a
-//! timeout. A run of `unreachable_after_errors` failed exchanges makes the device unreachable,
+//! CRC error, a truncated or foreign frame is one bad frame per exchange, however many bytes
+//! the decoder dropped resynchronising; silence is counted as a timeout. A run of `unreachable_after_errors` failed exchanges makes the device unreachable,
 //! and the runtime reopens the port with backoff. It must not know which port or baud rate it
 //! is on beyond the inter-frame gap.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_modbus::client::Client as _;
-use tokio_modbus::{Request, Response, Slave};
 
 use super::{check_mode, merged_options, option_error};
 use crate::codec::modbus::{
-    diagnose_reply, silent_interval, ExceptionCode, ReplyDiagnosis, MAX_ADU,
+    diagnose_reply, match_reply, silent_interval, ExceptionCode, ExchangeDecoder, ReplyDiagnosis,
+    ReplyMatch, Request, RequestPdu, Response, ResponsePdu,
 };
 use crate::codec::modbus_map::{MapError, Point, RegisterMap, Table, WriteFunction};
 use crate::codec::ProtocolError;
-use crate::driver::link::ByteStream;
-use crate::driver::{DriverError, Link, LinkError, Observer};
+use crate::driver::{DriverError, Link, LinkError, Observer, Step};
 use crate::model::{self, DeviceCommand, Fault, Quantity, Severity, Value};
 use crate::profile::{Profile, ProfileError};
 
@@ -106,70 +101,83 @@ impl ModbusDriver {
         })
     }
 
-    /// One request, one reply. The link's stream is lent to tokio-modbus for the exchange.
+    /// One request, one reply, parsed once. The decoder keeps the first error of the exchange
+    /// as its one bad frame and resynchronises quietly past the rest (a good reply may follow
+    /// line noise). At the deadline the bytes left unframed say what the silence was: nothing
+    /// (a timeout), or a truncated frame (a bad frame).
     async fn exchange(
         &mut self,
         link: &mut Link,
-        req: Request<'static>,
+        obs: &mut Observer,
+        req: &Request,
     ) -> Result<Response, Failure> {
         if let Some(t) = self.last_frame {
             // t3.5 of silence separates frames on the line (protocols.md 5.1).
             tokio::time::sleep_until(t + self.frame_gap).await;
         }
-        let Some(stream) = link.take_stream() else {
-            return Err(Failure::Link(LinkError::Closed.into()));
-        };
-        let tap = Tap::new(stream);
-        let stale = tap.discard_pending();
+        let stale = link.drain_input();
         if stale > 0 {
             tracing::debug!(
                 bytes = stale,
                 "discarded late bytes before a modbus request"
             );
         }
-        let mut ctx = tokio_modbus::client::rtu::attach_slave(tap.clone(), Slave(self.map.slave));
-        let res = tokio::time::timeout(self.reply_timeout, ctx.call(req)).await;
-        drop(ctx);
+        let mut decoder = ExchangeDecoder::default();
+        let mut foreign: Option<Response> = None;
+        let read = link
+            .converse(
+                &mut decoder,
+                &req.encode(),
+                self.reply_timeout,
+                obs,
+                |read, _| match read {
+                    // The link's own limits (a flood without a frame); counted by the caller.
+                    Err(p) => Step::End(p.into()),
+                    Ok(resp) => match match_reply(req, &resp) {
+                        ReplyMatch::Answer => Step::Done(Ok(resp)),
+                        ReplyMatch::Exception(code) => Step::Done(Err(Failure::Exception(code))),
+                        ReplyMatch::Mismatch(p) => Step::Done(Err(Failure::Bad(p))),
+                        ReplyMatch::Foreign => {
+                            foreign.get_or_insert(resp);
+                            Step::Skip
+                        }
+                    },
+                },
+            )
+            .await;
         self.last_frame = Some(Instant::now());
-        let Some((stream, captured, n_in, n_out)) = tap.into_parts() else {
-            link.disconnect();
-            return Err(Failure::Link(LinkError::Closed.into()));
-        };
-        link.restore_stream(stream, n_in, n_out);
-        match res {
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(code))) => Err(Failure::Exception(ExceptionCode::from_u8(u8::from(code)))),
-            Ok(Err(tokio_modbus::Error::Protocol(p))) => {
-                Err(Failure::Bad(ProtocolError::Unexpected {
-                    expected: "a reply to our request".to_owned(),
-                    got: p.to_string(),
-                }))
-            }
-            Ok(Err(tokio_modbus::Error::Transport(e)))
-                if e.kind() == io::ErrorKind::InvalidData =>
-            {
-                Err(Failure::Bad(
-                    diagnose_reply(&captured)
-                        .to_error(&captured)
-                        .unwrap_or_else(|| ProtocolError::malformed(e.to_string())),
-                ))
-            }
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                link.disconnect();
-                Err(Failure::Link(LinkError::Io(e).into()))
-            }
-            Err(_elapsed) => match diagnose_reply(&captured) {
-                ReplyDiagnosis::Silence => Err(Failure::Silence),
-                ReplyDiagnosis::Valid(frame) => Err(Failure::Bad(ProtocolError::Unexpected {
-                    expected: format!("a reply from unit {}", self.map.slave),
-                    got: format!("{frame:?}"),
-                })),
-                d => {
-                    Err(Failure::Bad(d.to_error(&captured).unwrap_or_else(|| {
-                        ProtocolError::malformed("unreadable reply")
-                    })))
+        let first_error = decoder.take_error();
+        match read {
+            Ok(Ok(resp)) => {
+                if let Some(p) = first_error {
+                    // Noise before a good reply: the line is suspect, the exchange is not.
+                    obs.bad_input(&p);
                 }
-            },
+                Ok(resp)
+            }
+            Ok(Err(f)) => Err(f),
+            Err(DriverError::Timeout { .. }) => Err(match first_error {
+                Some(p) => Failure::Bad(p),
+                None => {
+                    let left = link.pending_input();
+                    match (diagnose_reply(left), foreign) {
+                        (ReplyDiagnosis::Silence, None) => Failure::Silence,
+                        (ReplyDiagnosis::Silence, Some(frame)) => {
+                            Failure::Bad(ProtocolError::Unexpected {
+                                expected: format!("a reply from unit {}", self.map.slave),
+                                got: format!("{frame:?}"),
+                            })
+                        }
+                        (d, _) => Failure::Bad(
+                            d.to_error(left)
+                                .unwrap_or_else(|| ProtocolError::malformed("unreadable reply")),
+                        ),
+                    }
+                }
+            }),
+            // A flood of bytes without a frame ended the session: one bad exchange.
+            Err(DriverError::Protocol(p)) => Err(Failure::Bad(p)),
+            Err(e) => Err(Failure::Link(e)),
         }
     }
 
@@ -211,32 +219,35 @@ impl ModbusDriver {
         self.run_bad = 0;
     }
 
-    fn read_request(&self, p: &Point) -> Request<'static> {
-        let a = self.map.read_address(p);
-        match p.table {
-            Table::Coil => Request::ReadCoils(a, 1),
-            Table::Discrete => Request::ReadDiscreteInputs(a, 1),
-            Table::Input => Request::ReadInputRegisters(a, 1),
-            Table::Holding => Request::ReadHoldingRegisters(a, 1),
+    fn read_request(&self, p: &Point) -> Request {
+        let address = self.map.read_address(p);
+        let count = 1;
+        let pdu = match p.table {
+            Table::Coil => RequestPdu::ReadCoils { address, count },
+            Table::Discrete => RequestPdu::ReadDiscreteInputs { address, count },
+            Table::Input => RequestPdu::ReadInputRegisters { address, count },
+            Table::Holding => RequestPdu::ReadHoldingRegisters { address, count },
+        };
+        Request {
+            slave: self.map.slave,
+            pdu,
         }
     }
 
     /// The raw word of a one-point read reply (bits as 0/1).
     fn raw_of(response: &Response) -> Result<u16, ProtocolError> {
-        match response {
-            Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => bits
+        match &response.pdu {
+            ResponsePdu::Bits { bits, .. } => bits
                 .first()
                 .map(|b| u16::from(*b))
                 .ok_or_else(|| ProtocolError::malformed("bit read returned no bits")),
-            Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) => {
-                match w.as_slice() {
-                    [one] => Ok(*one),
-                    other => Err(ProtocolError::Unexpected {
-                        expected: "1 register".to_owned(),
-                        got: format!("{} registers", other.len()),
-                    }),
-                }
-            }
+            ResponsePdu::Registers { values, .. } => match values.as_slice() {
+                [one] => Ok(*one),
+                other => Err(ProtocolError::Unexpected {
+                    expected: "1 register".to_owned(),
+                    got: format!("{} registers", other.len()),
+                }),
+            },
             other => Err(ProtocolError::Unexpected {
                 expected: "a read reply".to_owned(),
                 got: format!("{other:?}"),
@@ -253,7 +264,7 @@ impl ModbusDriver {
         p: &Point,
     ) -> Result<PointRead, DriverError> {
         let req = self.read_request(p);
-        let failure = match self.exchange(link, req).await {
+        let failure = match self.exchange(link, obs, &req).await {
             Ok(resp) => match Self::raw_of(&resp) {
                 Ok(raw) => {
                     self.reset_run();
@@ -471,40 +482,29 @@ impl ModbusDriver {
                 driver: "modbus",
                 command,
             })?;
-        let a = self.map.write_address(&p);
-        let req = match (p.table, self.map.write_function) {
-            (Table::Coil, _) => Request::WriteSingleCoil(a, raw != 0),
-            (Table::Holding, WriteFunction::Fc06) => Request::WriteSingleRegister(a, raw),
-            (Table::Holding, WriteFunction::Fc16) => {
-                Request::WriteMultipleRegisters(a, vec![raw].into())
-            }
+        let address = self.map.write_address(&p);
+        let pdu = match (p.table, self.map.write_function) {
+            (Table::Coil, _) => RequestPdu::WriteSingleCoil {
+                address,
+                on: raw != 0,
+            },
+            (Table::Holding, WriteFunction::Fc06) => RequestPdu::WriteSingleRegister {
+                address,
+                value: raw,
+            },
+            (Table::Holding, WriteFunction::Fc16) => RequestPdu::WriteMultipleRegisters {
+                address,
+                values: vec![raw],
+            },
             _ => return Err(rejected(command, MapError::ReadOnly(name).to_string())),
         };
-        let expected = req.clone();
-        match self.exchange(link, req).await {
-            Ok(resp) => {
-                let echo_ok = match (&expected, &resp) {
-                    (Request::WriteSingleCoil(a1, v1), Response::WriteSingleCoil(a2, v2)) => {
-                        a1 == a2 && v1 == v2
-                    }
-                    (
-                        Request::WriteSingleRegister(a1, v1),
-                        Response::WriteSingleRegister(a2, v2),
-                    ) => a1 == a2 && v1 == v2,
-                    (
-                        Request::WriteMultipleRegisters(a1, _),
-                        Response::WriteMultipleRegisters(a2, n),
-                    ) => a1 == a2 && *n == 1,
-                    _ => false,
-                };
-                if !echo_ok {
-                    let e = ProtocolError::Unexpected {
-                        expected: format!("echo of {expected:?}"),
-                        got: format!("{resp:?}"),
-                    };
-                    // Counted by the runtime, which sees the protocol error.
-                    return Err(DriverError::Protocol(e));
-                }
+        let req = Request {
+            slave: self.map.slave,
+            pdu,
+        };
+        // The echo is checked with the reply ([`match_reply`]): a wrong one is a bad frame.
+        match self.exchange(link, obs, &req).await {
+            Ok(_) => {
                 self.reset_run();
                 obs.contact();
                 // Read back what the unit now holds (it may clamp, or read elsewhere).
@@ -742,105 +742,5 @@ impl crate::driver::Driver for ModbusDriver {
                 command: other.name(),
             }),
         }
-    }
-}
-
-/// The link's stream, shared with tokio-modbus for one exchange, recording what arrived so a
-/// failed exchange can be explained.
-#[derive(Debug, Clone)]
-struct Tap(Arc<Mutex<TapInner>>);
-
-/// The link's stream while it is lent to tokio-modbus.
-type Lent = Box<dyn ByteStream>;
-
-struct TapInner {
-    stream: Lent,
-    captured: Vec<u8>,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
-impl std::fmt::Debug for TapInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TapInner")
-            .field("captured", &self.captured.len())
-            .finish()
-    }
-}
-
-impl Tap {
-    fn new(stream: Box<dyn ByteStream>) -> Self {
-        Tap(Arc::new(Mutex::new(TapInner {
-            stream,
-            captured: Vec::new(),
-            bytes_in: 0,
-            bytes_out: 0,
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TapInner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Throw away bytes already waiting (a reply that came after its timeout), without waiting.
-    fn discard_pending(&self) -> usize {
-        let mut g = self.lock();
-        let mut total = 0;
-        let mut buf = [0u8; 256];
-        // Bounded: a port that never stops talking cannot hold the driver here.
-        for _ in 0..16 {
-            match g.stream.read(&mut buf).now_or_never() {
-                Some(Ok(n)) if n > 0 => total += n,
-                _ => break,
-            }
-        }
-        total
-    }
-
-    fn into_parts(self) -> Option<(Lent, Vec<u8>, u64, u64)> {
-        let inner = Arc::try_unwrap(self.0).ok()?;
-        let t = inner.into_inner().unwrap_or_else(|e| e.into_inner());
-        Some((t.stream, t.captured, t.bytes_in, t.bytes_out))
-    }
-}
-
-impl AsyncRead for Tap {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut g = self.lock();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut g.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let new = &buf.filled()[before..];
-            g.bytes_in += new.len() as u64;
-            let room = (2 * MAX_ADU).saturating_sub(g.captured.len());
-            let keep = new.len().min(room);
-            g.captured.extend_from_slice(&new[..keep]);
-        }
-        res
-    }
-}
-
-impl AsyncWrite for Tap {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut g = self.lock();
-        let res = Pin::new(&mut g.stream).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = res {
-            g.bytes_out += n as u64;
-        }
-        res
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().stream).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.lock().stream).poll_shutdown(cx)
     }
 }

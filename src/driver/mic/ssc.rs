@@ -26,7 +26,7 @@ use super::{
     channel_arg, channels_for_model, check_gain, Channel, FaultPolicy, Known, Options, Publisher,
 };
 use crate::codec::ssc::{self, Builder, Message, SubscribeParams};
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, Step};
 use crate::model::{CommsPolicy, DeviceCommand, Quantity};
 use crate::profile::{Profile, ProfileError};
 
@@ -345,35 +345,22 @@ impl SscDriver {
         datagram: &[u8],
         done: impl Fn(&Message) -> bool,
     ) -> Result<Message, DriverError> {
-        link.send_datagram(datagram).await?;
-        let timeout = self.cfg.reply_timeout;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(DriverError::Timeout {
-                    waited_ms: timeout.as_millis() as u64,
-                });
-            }
-            let bytes = match link.recv_datagram(deadline - now).await {
-                Ok(b) => b,
-                Err(DriverError::Protocol(e)) => {
-                    obs.bad_input(&e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+        let wait = self.cfg.reply_timeout;
+        link.converse(&mut ssc::DatagramCodec, datagram, wait, obs, |read, obs| {
             self.last_rx = Instant::now();
-            match ssc::parse(&bytes) {
+            match read {
                 Ok(msg) => {
                     self.apply(obs, &msg);
                     if done(&msg) {
-                        return Ok(msg);
+                        Step::Done(msg)
+                    } else {
+                        Step::Skip
                     }
                 }
-                Err(e) => obs.bad_input(&e),
+                Err(e) => Step::Bad(e),
             }
-        }
+        })
+        .await
     }
 
     /// Get (or set, with `value`) one address and return how the receiver answered.
@@ -913,16 +900,20 @@ impl Driver for SscDriver {
     }
 
     async fn listen(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
-        let bytes = loop {
-            match link.recv_datagram(self.cfg.silence).await {
-                Ok(b) => break b,
+        let read = loop {
+            match link
+                .read_frame(&mut ssc::DatagramCodec, self.cfg.silence)
+                .await
+            {
                 // Nothing to hear is not an error; the comms monitor judges the silence.
                 Err(DriverError::Timeout { .. }) => continue,
-                Err(e) => return Err(e),
+                read => break read,
             }
         };
-        self.last_rx = Instant::now();
-        let msg = ssc::parse(&bytes)?;
+        if !matches!(read, Err(DriverError::Link(_))) {
+            self.last_rx = Instant::now();
+        }
+        let msg = read?;
         self.apply(obs, &msg);
         Ok(())
     }

@@ -39,7 +39,7 @@ use crate::codec::escvp21::{
     parse_source, reply_value, Escvp21Codec, Frame, PowerCode, Request,
 };
 use crate::codec::{printable, ProtocolError};
-use crate::driver::{Driver, DriverError, Link, Observer};
+use crate::driver::{Driver, DriverError, Link, Observer, Step};
 use crate::model::{DeviceCommand, Fault, Point, PowerState, Quantity, Severity, Value};
 use crate::profile::{LampSpec, Profile, ProfileError};
 
@@ -226,37 +226,35 @@ impl Escvp21Driver {
         if stale > 0 {
             tracing::debug!(device = %obs.device(), bytes = stale, "escvp21: dropped stale input");
         }
-        link.send(&req.encode()).await?;
-        let deadline = Instant::now() + self.reply_timeout;
+        // The answer is the reply line before the prompt, kept as the codec framed it.
         let mut line: Option<String> = None;
         let mut refused = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let r = link.read_frame(&mut self.codec, left).await;
-            self.report_skipped(obs);
-            match r {
-                Ok(Frame::Colon) => {
-                    self.heard(obs);
-                    break;
-                }
-                Ok(Frame::Err) => refused = true,
-                Ok(Frame::Reply(l)) => {
-                    if let Some(prev) = line.replace(l) {
-                        obs.bad_input(&ProtocolError::Unexpected {
+        let read = link
+            .converse(
+                &mut self.codec,
+                &req.encode(),
+                self.reply_timeout,
+                obs,
+                |read, _| match read {
+                    Ok(Frame::Colon) => Step::Done(()),
+                    Ok(Frame::Err) => {
+                        refused = true;
+                        Step::Skip
+                    }
+                    Ok(Frame::Reply(l)) => match line.replace(l) {
+                        Some(prev) => Step::Bad(ProtocolError::Unexpected {
                             expected: "one reply line".into(),
                             got: printable(prev.as_bytes(), 40),
-                        });
-                    }
-                }
-                Err(DriverError::Protocol(p)) => obs.bad_input(&p),
-                Err(DriverError::Timeout { .. }) => {
-                    return Err(DriverError::Timeout {
-                        waited_ms: self.reply_timeout.as_millis() as u64,
-                    })
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                        }),
+                        None => Step::Skip,
+                    },
+                    Err(p) => Step::Bad(p),
+                },
+            )
+            .await;
+        self.report_skipped(obs);
+        read?;
+        self.heard(obs);
         if refused {
             return Ok(Answer::Refused);
         }
@@ -566,45 +564,50 @@ impl Escvp21Driver {
         let mut refused = false;
         for attempt in 1..=self.ignition_attempts {
             let window_end = start + self.ignition_timeout + self.ignition_retry * (attempt - 1);
-            loop {
-                let left = window_end.saturating_duration_since(Instant::now());
-                let r = link.read_frame(&mut self.codec, left).await;
-                self.report_skipped(obs);
-                match r {
-                    Ok(Frame::Colon) => {
-                        self.heard(obs);
-                        tracing::info!(
-                            device = %obs.device(),
-                            attempt,
-                            secs = start.elapsed().as_secs_f64(),
-                            "escvp21: PWR ON answered"
-                        );
-                        if refused {
-                            // Cooling down, typically: re-read power, then say why.
-                            self.refresh_power(link, obs).await?;
-                            return Err(self.refusal(&req));
-                        }
-                        obs.faults("ignition", Vec::new());
-                        return self.refresh_power(link, obs).await;
+            let wait = window_end.saturating_duration_since(Instant::now());
+            // The request is on the line already: each window only waits for its prompt.
+            let read = link
+                .converse(&mut self.codec, b"", wait, obs, |read, _| match read {
+                    Ok(Frame::Colon) => Step::Done(()),
+                    Ok(Frame::Err) => {
+                        refused = true;
+                        Step::Skip
                     }
-                    Ok(Frame::Err) => refused = true,
-                    Ok(Frame::Reply(l)) => obs.bad_input(&ProtocolError::Unexpected {
+                    Ok(Frame::Reply(l)) => Step::Bad(ProtocolError::Unexpected {
                         expected: "the prompt after PWR ON".into(),
                         got: printable(l.as_bytes(), 40),
                     }),
-                    Err(DriverError::Protocol(p)) => obs.bad_input(&p),
-                    Err(DriverError::Timeout { .. }) => {
-                        if attempt < self.ignition_attempts {
-                            tracing::info!(
-                                device = %obs.device(),
-                                attempt,
-                                "escvp21: lamp not lit within ignition window {attempt}; the projector retries"
-                            );
-                        }
-                        break;
+                    Err(p) => Step::Bad(p),
+                })
+                .await;
+            self.report_skipped(obs);
+            match read {
+                Ok(()) => {
+                    self.heard(obs);
+                    tracing::info!(
+                        device = %obs.device(),
+                        attempt,
+                        secs = start.elapsed().as_secs_f64(),
+                        "escvp21: PWR ON answered"
+                    );
+                    if refused {
+                        // Cooling down, typically: re-read power, then say why.
+                        self.refresh_power(link, obs).await?;
+                        return Err(self.refusal(&req));
                     }
-                    Err(e) => return Err(e),
+                    obs.faults("ignition", Vec::new());
+                    return self.refresh_power(link, obs).await;
                 }
+                Err(DriverError::Timeout { .. }) => {
+                    if attempt < self.ignition_attempts {
+                        tracing::info!(
+                            device = %obs.device(),
+                            attempt,
+                            "escvp21: lamp not lit within ignition window {attempt}; the projector retries"
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         let attempts = self.ignition_attempts;

@@ -19,7 +19,7 @@ use crate::codec::pjlink::{
     Response,
 };
 use crate::codec::{printable, ProtocolError};
-use crate::driver::{Driver, DriverError, Link, LinkError, Observer};
+use crate::driver::{Driver, DriverError, Link, LinkError, Observer, Step};
 use crate::model::{DeviceCommand, Fault, Point, PowerState, Quantity, Severity, Value};
 use crate::profile::{LampSpec, Profile, ProfileError};
 
@@ -117,20 +117,18 @@ impl PjlinkDriver {
         })
     }
 
-    fn timeout_error(&self) -> DriverError {
-        DriverError::Timeout {
-            waited_ms: self.reply_timeout.as_millis() as u64,
-        }
-    }
-
     /// Read the greeting of a new connection and prepare authentication.
-    async fn ensure_session(&mut self, link: &mut Link) -> Result<(), DriverError> {
+    async fn ensure_session(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+    ) -> Result<(), DriverError> {
         if !link.take_fresh() {
             return Ok(());
         }
         self.decoder = LineDecoder::replies();
         self.pending_digest = None;
-        let res = self.greet(link).await;
+        let res = self.greet(link, obs).await;
         if res.is_err() {
             // No usable session on this connection; the next exchange starts a new one.
             link.disconnect();
@@ -138,11 +136,20 @@ impl PjlinkDriver {
         res
     }
 
-    async fn greet(&mut self, link: &mut Link) -> Result<(), DriverError> {
-        let line = match link.read_frame(&mut self.decoder, self.reply_timeout).await {
-            Err(DriverError::Timeout { .. }) => return Err(self.timeout_error()),
-            other => other?,
-        };
+    async fn greet(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
+        // The greeting is the answer to the connection itself: the first line, whatever it is.
+        let line = link
+            .converse(
+                &mut self.decoder,
+                b"",
+                self.reply_timeout,
+                obs,
+                |read, _| match read {
+                    Ok(line) => Step::Done(line),
+                    Err(p) => Step::End(p.into()),
+                },
+            )
+            .await?;
         match parse_reply(&line)? {
             Reply::Greeting(Greeting::NoAuth) => Ok(()),
             Reply::Greeting(Greeting::Md5 { random }) => match &self.password {
@@ -169,6 +176,7 @@ impl PjlinkDriver {
     async fn exchange(
         &mut self,
         link: &mut Link,
+        obs: &mut Observer,
         class: Class,
         command: Command,
         param: &str,
@@ -182,7 +190,7 @@ impl PjlinkDriver {
                 }
             }
             let reused = link.is_open() && !link.is_per_exchange();
-            let res = self.exchange_once(link, class, command, param).await;
+            let res = self.exchange_once(link, obs, class, command, param).await;
             if link.is_per_exchange() {
                 link.disconnect();
                 self.last_exchange_end = Some(Instant::now());
@@ -205,63 +213,83 @@ impl PjlinkDriver {
     async fn exchange_once(
         &mut self,
         link: &mut Link,
+        obs: &mut Observer,
         class: Class,
         command: Command,
         param: &str,
     ) -> Result<Response, DriverError> {
         link.connect().await?;
-        self.ensure_session(link).await?;
+        self.ensure_session(link, obs).await?;
         let digest = self.pending_digest.take();
         let bytes = encode_request(digest.as_deref(), class, command, param)?;
-        link.send(&bytes).await?;
-        self.read_reply(link, command).await
+        self.read_reply(link, obs, &bytes, command).await
     }
 
+    /// Send `request` and read its reply. A garbled reply, a greeting or too many stale
+    /// replies end the exchange uncounted ([`Step::End`]): the caller counts it and asks once
+    /// more ([`Self::exchange_retry`]).
     async fn read_reply(
         &mut self,
         link: &mut Link,
+        obs: &mut Observer,
+        request: &[u8],
         command: Command,
     ) -> Result<Response, DriverError> {
-        let deadline = Instant::now() + self.reply_timeout;
         let mut stale = 0;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match link.read_frame(&mut self.decoder, left).await {
-                Ok(line) => line,
-                Err(DriverError::Timeout { .. }) => return Err(self.timeout_error()),
-                Err(DriverError::Protocol(p)) => return Err(self.resync(link, p)),
-                Err(e) => return Err(e),
-            };
-            match parse_reply(&line) {
-                Ok(Reply::Response(r)) if r.command == command => return Ok(r),
-                Ok(Reply::Response(r)) => {
-                    // A late answer to an earlier request that timed out. Skipping it keeps one
-                    // slow reply from shifting every later answer by one.
-                    stale += 1;
-                    tracing::debug!(expected = %command, got = %r.command, "pjlink: skipped stale reply");
-                    if stale > MAX_STALE_REPLIES {
-                        let p = ProtocolError::Unexpected {
-                            expected: format!("reply to {command}"),
-                            got: printable(&line, 48),
-                        };
-                        return Err(self.resync(link, p));
-                    }
-                }
-                Ok(Reply::AuthFailed) => {
-                    link.disconnect();
-                    return Err(DriverError::Auth(
-                        "the projector rejected the password (PJLINK ERRA)".into(),
-                    ));
-                }
-                Ok(Reply::Greeting(_)) => {
-                    let p = ProtocolError::Unexpected {
-                        expected: format!("reply to {command}"),
-                        got: printable(&line, 48),
+        let mut refused = false;
+        let read = link
+            .converse(
+                &mut self.decoder,
+                request,
+                self.reply_timeout,
+                obs,
+                |read, _| {
+                    let line = match read {
+                        Ok(line) => line,
+                        Err(p) => return Step::End(p.into()),
                     };
-                    return Err(self.resync(link, p));
+                    let unexpected = || {
+                        Step::End(
+                            ProtocolError::Unexpected {
+                                expected: format!("reply to {command}"),
+                                got: printable(&line, 48),
+                            }
+                            .into(),
+                        )
+                    };
+                    match parse_reply(&line) {
+                        Ok(Reply::Response(r)) if r.command == command => Step::Done(r),
+                        Ok(Reply::Response(r)) => {
+                            // A late answer to an earlier request that timed out. Skipping it
+                            // keeps one slow reply from shifting every later answer by one.
+                            stale += 1;
+                            tracing::debug!(expected = %command, got = %r.command, "pjlink: skipped stale reply");
+                            if stale > MAX_STALE_REPLIES {
+                                return unexpected();
+                            }
+                            Step::Skip
+                        }
+                        Ok(Reply::AuthFailed) => {
+                            refused = true;
+                            Step::End(DriverError::Auth(
+                                "the projector rejected the password (PJLINK ERRA)".into(),
+                            ))
+                        }
+                        Ok(Reply::Greeting(_)) => unexpected(),
+                        Err(p) => Step::End(p.into()),
+                    }
+                },
+            )
+            .await;
+        match read {
+            Err(DriverError::Protocol(p)) => Err(self.resync(link, p)),
+            Err(e) => {
+                if refused {
+                    link.disconnect();
                 }
-                Err(p) => return Err(self.resync(link, p)),
+                Err(e)
             }
+            ok => ok,
         }
     }
 
@@ -282,10 +310,10 @@ impl PjlinkDriver {
         command: Command,
         param: &str,
     ) -> Result<Response, DriverError> {
-        match self.exchange(link, class, command, param).await {
+        match self.exchange(link, obs, class, command, param).await {
             Err(DriverError::Protocol(p)) => {
                 obs.bad_input(&p);
-                self.exchange(link, class, command, param).await
+                self.exchange(link, obs, class, command, param).await
             }
             other => other,
         }
@@ -731,11 +759,11 @@ impl Driver for PjlinkDriver {
         Some(Box::new(self.clone()))
     }
 
-    async fn open(&mut self, link: &mut Link, _obs: &mut Observer) -> Result<(), DriverError> {
+    async fn open(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         self.pending_digest = None;
         self.last_exchange_end = None;
         if link.is_open() {
-            self.ensure_session(link).await?;
+            self.ensure_session(link, obs).await?;
         }
         Ok(())
     }
@@ -793,7 +821,7 @@ impl Driver for PjlinkDriver {
             DeviceCommand::Power { on } => {
                 let param = if *on { "1" } else { "0" };
                 let r = self
-                    .exchange(link, Class::One, Command::POWR, param)
+                    .exchange(link, obs, Class::One, Command::POWR, param)
                     .await?;
                 self.expect_ok(obs, "power", &r)?;
                 let window = if *on { self.warm_up } else { self.cool_down };
@@ -824,7 +852,7 @@ impl Driver for PjlinkDriver {
                 }
                 let class = self.input_class();
                 let r = self
-                    .exchange(link, class, Command::INPT, &code.to_string())
+                    .exchange(link, obs, class, Command::INPT, &code.to_string())
                     .await?;
                 self.expect_ok(obs, "select_input", &r)?;
                 obs.reading(
@@ -839,7 +867,7 @@ impl Driver for PjlinkDriver {
                     audio: *on,
                 };
                 let r = self
-                    .exchange(link, Class::One, Command::AVMT, m.encode())
+                    .exchange(link, obs, Class::One, Command::AVMT, m.encode())
                     .await?;
                 self.expect_ok(obs, "av_mute", &r)?;
                 report_mute(obs, m);
@@ -1133,19 +1161,25 @@ life_hours = 2000
             ],
         ));
         let mut d = PjlinkDriver::new(&profile(), None).unwrap();
-        d.open(&mut link, &mut observer().0).await.unwrap();
+        let (mut obs, rx) = observer();
+        d.open(&mut link, &mut obs).await.unwrap();
         let r = d
-            .exchange(&mut link, Class::One, Command::POWR, "?")
+            .exchange(&mut link, &mut obs, Class::One, Command::POWR, "?")
             .await
             .unwrap();
         assert_eq!(r.param, "0");
         let e = d
-            .exchange(&mut link, Class::One, Command::POWR, "?")
+            .exchange(&mut link, &mut obs, Class::One, Command::POWR, "?")
             .await
             .unwrap_err();
         assert!(
             matches!(e, DriverError::Protocol(ProtocolError::Garbage { .. })),
             "{e}"
+        );
+        assert_eq!(
+            rx.borrow().counters.bad_frames,
+            0,
+            "a garbled reply ends the exchange uncounted: the caller counts it and asks again"
         );
         proj.await.unwrap();
     }
