@@ -45,6 +45,8 @@ pub struct ApiState {
     pub store: Option<tokio::sync::watch::Receiver<crate::records::writer::StoreStatus>>,
     /// Bookings, self-tests and the board (absent in API-only tests).
     pub schedule: Option<crate::schedule::ScheduleHandle>,
+    /// The level watch's zone states (absent in API-only tests).
+    pub protection: Option<crate::levelwatch::ProtectionBoard>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -153,6 +155,9 @@ async fn device(
     let (s, now) = (h.state(), st.clock.now());
     let mut detail = DeviceDetail::from_state(&s, now).with_meters(&s, h.meters(), now);
     detail.catalogue = Some(views::Catalogue::of(h));
+    if let Some(board) = &st.protection {
+        detail = detail.with_protection(board.zones(&h.id));
+    }
     Ok(Json(detail))
 }
 

@@ -8,3 +8,6 @@
 
 pub mod controller;
 pub mod policy;
+pub mod task;
+
+pub use task::{start, ProtectionBoard, WatchedDevice};
