@@ -165,6 +165,12 @@ pub enum Action {
         zone: usize,
         level_db: f64,
     },
+    /// Read the zone's level from the device now, and report it (`Input::ZoneLevel`): a
+    /// restore step raises the level only once the device confirmed it still holds ours,
+    /// so a person's change not yet polled is never overwritten by a raise.
+    CheckLevel {
+        zone: usize,
+    },
     FeedbackSuspected {
         zone: usize,
         mic: usize,
@@ -238,6 +244,10 @@ pub struct ZoneState {
     blind: bool,
     episode: Option<Episode>,
     feedback_quiet_until: Option<DateTime<Utc>>,
+    /// When the device last reported a level that is ours.
+    confirmed_at: Option<DateTime<Utc>>,
+    /// When a restore step asked for the level to be read, not yet answered by a raise.
+    check_asked: Option<DateTime<Utc>>,
 }
 
 /// One mic input's controller state.
@@ -299,6 +309,8 @@ impl ZoneState {
             blind: false,
             episode: None,
             feedback_quiet_until: None,
+            confirmed_at: None,
+            check_asked: None,
         }
     }
 
@@ -448,8 +460,9 @@ impl ZoneState {
         let calm = dbfs < p.peak_limit_dbfs - p.hysteresis_db
             && sustained.is_none_or(|(s, _)| s < p.sustained_limit_dbfs - p.hysteresis_db);
 
-        // Last resort: at the clamp (or with no level to trim) and still far too loud.
-        let at_floor = self.reduction_db >= self.max_reduction() - 1e-9;
+        // Last resort: at the clamp (or with no level to trim, or a person's level we must
+        // not trim) and still far too loud.
+        let at_floor = self.reduction_db >= self.max_reduction() - 1e-9 || self.in_cooldown(now);
         if !self.muted_by_us && at_floor && dbfs >= p.mute_at_dbfs() {
             self.mute_run = self.mute_run.saturating_add(1);
         } else {
@@ -533,7 +546,22 @@ impl ZoneState {
             if self.muted_by_us {
                 self.muted_by_us = false;
                 out.push(Action::SetZoneMute { zone: z, on: false });
+            } else if self
+                .check_asked
+                .is_none_or(|asked| self.confirmed_at.is_none_or(|c| c < asked))
+            {
+                // Not confirmed since we asked (or never asked): ask, at most once per
+                // release time, and raise on the first frame after the answer.
+                if self
+                    .check_asked
+                    .is_none_or(|asked| now - asked >= td(p.release))
+                {
+                    self.check_asked = Some(now);
+                    out.push(Action::CheckLevel { zone: z });
+                }
+                self.next_restore_at = Some(due);
             } else if let Some(set) = self.set_db {
+                self.check_asked = None;
                 self.reduction_db = (self.reduction_db - p.step_db).max(0.0);
                 let level = set - self.reduction_db;
                 remember(&mut self.recent_targets, level);
@@ -591,9 +619,11 @@ impl ZoneState {
             .chain(self.level_db().as_ref())
             .any(|t| (t - db).abs() <= SAME_LEVEL_DB);
         if ours {
+            self.confirmed_at = Some(now);
             return;
         }
         self.set_db = Some(db);
+        self.check_asked = None;
         self.reduction_db = 0.0;
         self.recent_targets.clear();
         self.next_restore_at = None;
@@ -865,10 +895,22 @@ mod tests {
         c
     }
 
+    /// A meter frame; a level check is answered at once with the level the zone holds, as
+    /// the device would.
     fn feed(c: &mut Controller, frame: u32, dbfs: f64) -> Vec<Action> {
         let mut out = Vec::new();
         c.step(Input::ZoneMeter { zone: 0, dbfs }, at(frame), &mut out);
+        answer_checks(c, &out, at(frame));
         out
+    }
+
+    fn answer_checks(c: &mut Controller, out: &[Action], now: DateTime<Utc>) {
+        if out.iter().any(|a| matches!(a, Action::CheckLevel { .. })) {
+            let db = c.zones[0].level_db().unwrap();
+            let mut more = Vec::new();
+            c.step(Input::ZoneLevel { zone: 0, db }, now, &mut more);
+            assert!(more.is_empty(), "{more:?}");
+        }
     }
 
     fn levels(actions: &[Action]) -> Vec<f64> {
@@ -932,8 +974,9 @@ mod tests {
             }
         }
         // Calm begins once the loud frames weigh less than the limit minus hysteresis in the
-        // 3 s average (frame 33), then one step per 2 s release time.
-        assert_eq!(restored, vec![(53, -13.0), (73, -10.0)]);
+        // 3 s average (frame 33), then one step per 2 s release time, each on the frame after
+        // the device confirmed the level.
+        assert_eq!(restored, vec![(54, -13.0), (75, -10.0)]);
         assert_eq!(c.zones[0].mode(), Mode::Idle);
     }
 
@@ -998,6 +1041,46 @@ mod tests {
         }
         // After the 10 s cooldown, protection resumes from the new set level.
         assert_eq!(levels(&feed(&mut c, 106, -1.0)), vec![-11.0]);
+    }
+
+    #[test]
+    fn a_restore_step_raises_only_after_the_device_confirmed_our_level() {
+        let mut c = controller(0);
+        for f in 0..4 {
+            feed(&mut c, f, -1.0);
+        }
+        // Calm from frame 4 on, unanswered: the check is asked for, nothing is raised.
+        let mut asked = Vec::new();
+        for f in 4..80 {
+            let mut out = Vec::new();
+            c.step(
+                Input::ZoneMeter {
+                    zone: 0,
+                    dbfs: -40.0,
+                },
+                at(f),
+                &mut out,
+            );
+            assert!(levels(&out).is_empty(), "raised unconfirmed at {f}");
+            if out.contains(&Action::CheckLevel { zone: 0 }) {
+                asked.push(f);
+            }
+        }
+        assert!(asked.len() >= 2, "asked again each release time: {asked:?}");
+        // A person had turned it down meanwhile: the answer is theirs, and nothing is raised.
+        let mut out = Vec::new();
+        c.step(Input::ZoneLevel { zone: 0, db: -30.0 }, at(80), &mut out);
+        assert!(matches!(
+            out[0],
+            Action::ManualChange {
+                level_db: -30.0,
+                ..
+            }
+        ));
+        for f in 81..200 {
+            assert!(levels(&feed(&mut c, f, -40.0)).is_empty());
+        }
+        assert_eq!(c.zones[0].level_db(), Some(-30.0));
     }
 
     #[test]
@@ -1156,7 +1239,8 @@ mod tests {
             let before = c.zones[0].clone();
             match ev {
                 Ev::Frame(db) => {
-                    c.step(Input::ZoneMeter { zone: 0, dbfs: *db }, at(frame), &mut out)
+                    c.step(Input::ZoneMeter { zone: 0, dbfs: *db }, at(frame), &mut out);
+                    answer_checks(&mut c, &out, at(frame));
                 }
                 Ev::Gap(n) => {
                     frame += n;
@@ -1196,6 +1280,7 @@ mod tests {
                 frame += 1;
                 if let Ev::Frame(db) = ev {
                     c.step(Input::ZoneMeter { zone: 0, dbfs: *db }, at(frame), &mut out);
+                    answer_checks(&mut c, &out, at(frame));
                 }
             }
             let mut mutes = 0;
@@ -1238,18 +1323,21 @@ mod tests {
                 frame += 1;
                 if let Ev::Frame(db) = ev {
                     c.step(Input::ZoneMeter { zone: 0, dbfs: *db }, at(frame), &mut out);
+                    answer_checks(&mut c, &out, at(frame));
                 }
             }
             // The sustained average may still trim while the loud frames fill its window.
             for _ in 0..40 {
                 frame += 1;
                 c.step(Input::ZoneMeter { zone: 0, dbfs: -40.0 }, at(frame), &mut out);
+                answer_checks(&mut c, &out, at(frame));
             }
             let mut last = c.zones[0].level_db().unwrap();
             for _ in 0..calm {
                 frame += 1;
                 let mut out = Vec::new();
                 c.step(Input::ZoneMeter { zone: 0, dbfs: -40.0 }, at(frame), &mut out);
+                answer_checks(&mut c, &out, at(frame));
                 for l in levels(&out) {
                     assert!(l >= last, "restore went down: {last} -> {l}");
                     last = l;

@@ -157,6 +157,8 @@ enum Key {
     ZoneLevel(usize),
     ZoneMute(usize),
     MicGain(usize),
+    /// A read of the device's state before a restore step (one per device at a time).
+    Refresh,
 }
 
 struct Device {
@@ -448,6 +450,9 @@ impl Watch {
                     over_limit_ms: over_limit.as_millis() as u64,
                 }
             }
+            Action::CheckLevel { .. } => {
+                return self.send(d, Key::Refresh, DeviceCommand::Refresh, done);
+            }
             Action::ManualChange { zone, level_db } => EventKind::ZoneLevelSetByPerson {
                 device,
                 room,
@@ -519,6 +524,12 @@ impl Watch {
             return;
         };
         match outcome {
+            // What the read found, at once: the restore step waits for it, and an unchanged
+            // state does not wake the state `watch`.
+            CommandOutcome::Done { .. } if key == Key::Refresh => {
+                let state = dev.handle.state();
+                self.state(d, &state, done);
+            }
             CommandOutcome::Done { .. } => {}
             // The lane was full: the target still stands unless a newer one waits; it goes
             // again on the next tick, not at once (the lane would still be full).
@@ -530,7 +541,7 @@ impl Watch {
                 tracing::warn!(device = %dev.handle.id, command = sent.name(), outcome = %other, "protection command not carried out");
             }
         }
-        if let Some(next) = dev.waiting.remove(&key) {
+        if let Some(next) = self.devices[d].waiting.remove(&key) {
             self.send(d, key, next, done);
         }
     }

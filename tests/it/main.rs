@@ -5,6 +5,7 @@ mod api_server;
 mod config;
 mod daemon;
 mod escvp21;
+mod levelwatch;
 mod modbus;
 mod pjlink;
 mod qsys;
