@@ -23,7 +23,7 @@ use crate::driver::dsp::zones::{self, LevelRange, Protect, Role};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterSample;
 use crate::model::{DeviceCommand, DeviceId, DeviceState, Point, Quantity, Subject, Value};
-use crate::profile::{DeviceKind, Profile};
+use crate::profile::{DeviceKind, DriverKind, Profile};
 use crate::records::{CounterUpdate, LogbookHandle};
 use crate::runtime::{CommandOutcome, DeviceHandle};
 
@@ -68,6 +68,10 @@ pub struct WatchedDevice {
     pub handle: DeviceHandle,
     pub zones: Vec<ZoneSpec>,
     pub mics: Vec<MicSpec>,
+    /// Its meters report changes only (a Q-SYS change group, protocols.md §4.2): a steady
+    /// meter sends nothing, so while the device is reachable its last level still holds
+    /// and is fed again each meter period; blind then means the device is unreachable.
+    pub meters_on_change: bool,
 }
 
 impl WatchedDevice {
@@ -130,6 +134,7 @@ impl WatchedDevice {
             handle,
             zones,
             mics,
+            meters_on_change: profile.driver == DriverKind::Qsys,
         })
     }
 }
@@ -163,6 +168,8 @@ enum Key {
 
 struct Device {
     handle: DeviceHandle,
+    state: tokio::sync::watch::Receiver<DeviceState>,
+    meters_on_change: bool,
     ctl: Controller,
     in_flight: HashMap<Key, DeviceCommand>,
     waiting: HashMap<Key, DeviceCommand>,
@@ -197,6 +204,8 @@ pub fn start(
         devices: devices
             .into_iter()
             .map(|d| Device {
+                state: d.handle.watch(),
+                meters_on_change: d.meters_on_change,
                 ctl: Controller::new(d.zones, d.mics, now),
                 handle: d.handle,
                 in_flight: HashMap::new(),
@@ -296,6 +305,7 @@ impl Watch {
                 _ = tick.tick() => {
                     let now = self.clock.now();
                     for d in 0..self.devices.len() {
+                        self.hold_steady_meters(d, now, &done_tx);
                         self.step(d, Input::Tick, now, &done_tx);
                         self.retry_waiting(d, &done_tx);
                         self.board.publish(&self.devices[d].handle.id, &self.devices[d].ctl);
@@ -316,6 +326,32 @@ impl Watch {
             };
             // The frame's own instant: a batch that waited is judged by when it was measured.
             self.step(d, input, s.at, done);
+        }
+    }
+
+    /// A change-only device that is reachable: each protected zone's and mic's last level,
+    /// again, when no frame came for a meter period.
+    fn hold_steady_meters(&mut self, d: usize, now: DateTime<Utc>, done: &mpsc::Sender<Done>) {
+        let dev = &self.devices[d];
+        if !dev.meters_on_change || !dev.state.borrow().reachable {
+            return;
+        }
+        let due = |subject: Subject, period: Duration| {
+            let level = dev.handle.meters().get(&subject)?;
+            let period = chrono::TimeDelta::from_std(period).ok()?;
+            (now - level.at >= period).then_some(level.dbfs)
+        };
+        let zones = dev.ctl.zones.iter().enumerate().filter_map(|(zone, z)| {
+            due(Subject::zone(&z.spec.id), z.spec.meter_period)
+                .map(|dbfs| Input::ZoneMeter { zone, dbfs })
+        });
+        let mics = dev.ctl.mics.iter().enumerate().filter_map(|(mic, m)| {
+            due(Subject::input(&m.spec.id), m.spec.meter_period)
+                .map(|dbfs| Input::MicMeter { mic, dbfs })
+        });
+        let held: Vec<Input> = zones.chain(mics).collect();
+        for input in held {
+            self.step(d, input, now, done);
         }
     }
 

@@ -12,6 +12,7 @@ use avwarden::levelwatch::{ProtectionBoard, WatchedDevice};
 use avwarden::model::{DeviceId, Health};
 use avwarden::runtime::DeviceSpec;
 use avwarden::sim::meter_script::MeterScript;
+use avwarden::sim::qsys::{self, QsysSim, QsysSimConfig};
 use avwarden::sim::tesira::{self, TesiraSim, TesiraSimConfig};
 use avwarden::sim::SimBind;
 use avwarden::transport::serial::SerialSpec;
@@ -50,6 +51,23 @@ fn design() -> TesiraSimConfig {
     }
     cfg
 }
+
+/// A Q-SYS room of the same shape, its zone meter read after its gain.
+const QSYS_ROOM: &str = r#"
+[[zones]]
+id = "main"
+level_control = "MainGain"
+mute_control = "MainMute"
+meter_control = "MainMeter"
+max_db = 0
+protect = { release_ms = 500, sustained_window_ms = 1000, manual_cooldown_secs = 30 }
+[[mics]]
+id = "lectern"
+channel = 1
+level_control = "MicGain"
+mute_control = "MicMute"
+meter_control = "MicMeter"
+"#;
 
 struct Setup {
     sim: TesiraSim,
@@ -130,6 +148,121 @@ async fn event(
     })
     .await;
     got.unwrap_or_else(|_| panic!("no {what} within {limit:?}"))
+}
+
+/// The Q-SYS Core simulator under the runtime with the level watch.
+async fn qsys_setup() -> (QsysSim, Rig, ProtectionBoard, CancellationToken) {
+    let sim_cancel = CancellationToken::new();
+    let mut cfg = QsysSimConfig::default();
+    for c in &mut cfg.controls {
+        if c.name == "MainMeter" {
+            c.follows = Some("MainGain".into());
+        }
+    }
+    let sim = qsys::spawn(
+        cfg,
+        SimBind::Tcp("127.0.0.1:0".parse().unwrap()),
+        sim_cancel.clone(),
+    )
+    .await
+    .unwrap();
+    sim.set_meter_script("MicMeter", MeterScript::Silence);
+    sim.set_meter_script("MainMeter", MeterScript::Constant { dbfs: -30.0 });
+    let profile = support::profile("qsys-core");
+    let link = LinkSpec::Tcp(TcpSpec::new("127.0.0.1", sim.addr().port()));
+    let spec = DeviceSpec::new("dsp1", "room1", profile.clone(), link);
+    let mut rig = Rig::start(spec, QSYS_ROOM, |_| {});
+    let settings: toml::Table = toml::from_str(QSYS_ROOM).unwrap();
+    let watched = WatchedDevice::from_settings(rig.handle.clone(), &profile, &settings).unwrap();
+    let board = avwarden::levelwatch::start(
+        vec![watched],
+        rig.bus.clone(),
+        None,
+        support::clock(),
+        &rig.tracker,
+        rig.cancel.clone(),
+    );
+    rig.until("ok", |s| s.health == Health::Ok).await;
+    (sim, rig, board, sim_cancel)
+}
+
+#[tokio::test(start_paused = true)]
+async fn qsys_ramp_into_overload_is_trimmed_then_restored_and_feedback_caught() {
+    let (sim, mut rig, board, _cancel) = qsys_setup().await;
+    let limit = Duration::from_secs(30);
+    sim.set_meter_script(
+        "MainMeter",
+        MeterScript::Ramp {
+            from_dbfs: -30.0,
+            to_dbfs: 2.0,
+            over_secs: 3.0,
+        },
+    );
+    let k = event(&mut rig, limit, "protection engaged", |k| {
+        matches!(k, EventKind::SpeakerProtectionEngaged { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            k,
+            EventKind::SpeakerProtectionEngaged {
+                level_before_db: -10.0,
+                level_after_db: -13.0,
+                ..
+            }
+        ),
+        "{k:?}"
+    );
+    let sim2 = &sim;
+    tokio::time::timeout(limit, async {
+        while sim2.control("MainGain").is_none_or(|g| g > -13.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the Core's gain was cut");
+    sim.set_meter_script("MainMeter", MeterScript::Constant { dbfs: -30.0 });
+    event(&mut rig, limit, "protection released", |k| {
+        matches!(
+            k,
+            EventKind::SpeakerProtectionReleased { restored: true, .. }
+        )
+    })
+    .await;
+    tokio::time::timeout(limit, async {
+        while sim2.control("MainGain") != Some(-10.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("restored at the Core");
+    assert_eq!(main_zone(&board).state, Mode::Idle);
+    // A feedback-like rise with the lectern mic open cuts the mic.
+    sim.set_meter_script("MicMeter", MeterScript::Constant { dbfs: -20.0 });
+    sim.set_meter_script(
+        "MainMeter",
+        MeterScript::Feedback {
+            start_dbfs: -40.0,
+            onset_secs: 1.0,
+            rise_db_per_sec: 10.0,
+            max_dbfs: 0.0,
+        },
+    );
+    event(
+        &mut rig,
+        limit,
+        "feedback suspected",
+        |k| matches!(k, EventKind::FeedbackSuspected { mic, .. } if mic == "lectern"),
+    )
+    .await;
+    tokio::time::timeout(limit, async {
+        while sim2.control("MicGain") != Some(-3.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the mic's gain was cut at the Core");
+    rig.shutdown().await;
 }
 
 fn main_zone(board: &ProtectionBoard) -> avwarden::levelwatch::controller::ZoneView {
