@@ -236,7 +236,8 @@ pub struct ZoneState {
     since: DateTime<Utc>,
     peak_run: u32,
     mute_run: u32,
-    frames: VecDeque<(DateTime<Utc>, f64)>,
+    /// Recent frames: instant, dBFS, and linear power (computed once, summed often).
+    frames: VecDeque<(DateTime<Utc>, f64, f64)>,
     next_restore_at: Option<DateTime<Utc>>,
     manual_until: Option<DateTime<Utc>>,
     recent_targets: VecDeque<f64>,
@@ -388,10 +389,9 @@ impl ZoneState {
         let (sum, n) = self
             .frames
             .iter()
-            .filter(|(at, _)| *at >= from)
-            .fold((0.0, 0u32), |(s, n), (_, db)| {
-                (s + 10f64.powf(db / 10.0), n + 1)
-            });
+            .rev()
+            .take_while(|f| f.0 >= from)
+            .fold((0.0, 0u32), |(s, n), f| (s + f.2, n + 1));
         (n > 0).then(|| (10.0 * (sum / n as f64).log10(), covered))
     }
 
@@ -403,20 +403,22 @@ impl ZoneState {
         if oldest > from + td(self.spec.meter_period) {
             return None;
         }
+        // Newest first: every earlier frame must lie below its successor (within jitter).
         let mut it = self
             .frames
             .iter()
-            .filter(|(at, _)| *at >= from)
+            .rev()
+            .take_while(|f| f.0 >= from)
             .map(|f| f.1);
-        let first = it.next()?;
-        let mut prev = first;
+        let last = it.next()?;
+        let mut later = last;
         for db in it {
-            if db < prev - RISE_JITTER_DB {
+            if db > later + RISE_JITTER_DB {
                 return None;
             }
-            prev = db;
+            later = db;
         }
-        Some(prev - first)
+        Some(last - later)
     }
 
     fn meter(&mut self, dbfs: f64, now: DateTime<Utc>, out: &mut Vec<Action>, z: usize) {
@@ -428,10 +430,10 @@ impl ZoneState {
         let since_last = (now - self.last_frame).min(td(self.spec.meter_period) * 3);
         self.last_frame = now;
         let keep = td(p.sustained_window.max(p.feedback_window)) + td(self.spec.meter_period);
-        while self.frames.front().is_some_and(|(at, _)| *at < now - keep) {
+        while self.frames.front().is_some_and(|f| f.0 < now - keep) {
             self.frames.pop_front();
         }
-        self.frames.push_back((now, dbfs));
+        self.frames.push_back((now, dbfs, 10f64.powf(dbfs / 10.0)));
 
         self.peak_run = if dbfs >= p.peak_limit_dbfs {
             self.peak_run.saturating_add(1)
