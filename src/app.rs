@@ -95,6 +95,8 @@ pub struct Daemon {
     pub logbook: LogbookHandle,
     /// Bookings, self-tests and verdicts.
     pub schedule: crate::schedule::ScheduleHandle,
+    /// Each protected zone's state, as the level watch publishes it.
+    pub protection: crate::levelwatch::ProtectionBoard,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -161,6 +163,9 @@ impl Daemon {
             &schedule_service,
         );
         services.push(schedule_service);
+        let levelwatch = Service::new("levelwatch");
+        let protection = start_levelwatch(&devices, &fleet, &events, &logbook, clock, &levelwatch);
+        services.push(levelwatch);
         let api_service = Service::new("api");
         let api_addr = start_api(
             &cfg,
@@ -171,6 +176,7 @@ impl Daemon {
             clock,
             devices.len(),
             schedule.clone(),
+            protection.clone(),
             &api_service,
         )
         .await?;
@@ -191,6 +197,7 @@ impl Daemon {
             simulators,
             logbook,
             schedule,
+            protection,
             services,
             store,
             simulation,
@@ -454,6 +461,36 @@ fn start_archive(
     });
 }
 
+/// The level watch: loudspeaker protection on every DSP whose profile or settings ask for
+/// it. A daemon without such a DSP runs no task and shows no protection.
+fn start_levelwatch(
+    devices: &[DeviceConfig],
+    fleet: &Fleet,
+    events: &EventBus,
+    logbook: &LogbookHandle,
+    clock: Clock,
+    svc: &Service,
+) -> crate::levelwatch::ProtectionBoard {
+    let watched: Vec<_> = devices
+        .iter()
+        .filter_map(|d| {
+            let h = fleet.get(d.id.as_str())?;
+            crate::levelwatch::WatchedDevice::from_settings(h.clone(), &d.profile, &d.settings)
+        })
+        .collect();
+    if watched.is_empty() {
+        return crate::levelwatch::ProtectionBoard::default();
+    }
+    crate::levelwatch::start(
+        watched,
+        events.clone(),
+        Some(logbook.clone()),
+        clock,
+        svc.tasks(),
+        svc.cancel(),
+    )
+}
+
 /// The schedule: the booking book restored from the records file, the battery and
 /// temperature history, the scheduler task that runs each booking's jobs, and (for the demo)
 /// the demo's bookings.
@@ -570,6 +607,7 @@ async fn start_api(
     clock: Clock,
     devices: usize,
     schedule: crate::schedule::ScheduleHandle,
+    protection: crate::levelwatch::ProtectionBoard,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -601,6 +639,7 @@ async fn start_api(
             time_zone: cfg.site.time_zone.to_string(),
             rooms: cfg.rooms.clone(),
         }),
+        protection: Some(protection),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

@@ -153,6 +153,78 @@ pub enum EventKind {
         booking: String,
         readiness: Option<crate::model::Readiness>,
     },
+    /// The level watch cut a loudspeaker zone (or muted it, `reason` `last_resort`): its meter
+    /// breached the zone's protection policy. Levels in dB of the zone's control.
+    SpeakerProtectionEngaged {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+        reason: String,
+        peak_dbfs: f64,
+        level_before_db: f64,
+        level_after_db: f64,
+    },
+    /// A zone at its maximum reduction is still over its limit: the policy cannot protect it
+    /// further without a mute (the last resort is armed).
+    SpeakerProtectionSaturated {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+        peak_dbfs: f64,
+    },
+    /// A protection episode ended: `restored` when the zone is back at its set level, not
+    /// when a person took the level over. The record of the episode for the logbook.
+    SpeakerProtectionReleased {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+        restored: bool,
+        peak_dbfs: f64,
+        duration_ms: u64,
+        level_before_db: f64,
+        level_after_db: f64,
+        max_reduction_db: f64,
+        over_limit_ms: u64,
+    },
+    /// A person changed a protected zone's level: it is the new set level, and the level watch
+    /// leaves it alone for the cooldown.
+    ZoneLevelSetByPerson {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+        level_db: f64,
+    },
+    /// A zone's output kept rising while a mic was open: that mic's gain was cut.
+    FeedbackSuspected {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+        mic: String,
+        rise_db: f64,
+        gain_before_db: f64,
+        gain_after_db: f64,
+    },
+    /// A mic input kept peaking at its ceiling: its gain was trimmed.
+    InputClipping {
+        device: DeviceId,
+        room: RoomId,
+        mic: String,
+        peak_dbfs: f64,
+        gain_before_db: f64,
+        gain_after_db: f64,
+    },
+    /// No meter frame of a protected zone for three meter periods: the level watch is blind
+    /// there and holds what it did last (never "ok").
+    ZoneMeteringLost {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+    },
+    ZoneMeteringRestored {
+        device: DeviceId,
+        room: RoomId,
+        zone: String,
+    },
     /// A sink's consumer fell behind and `dropped` events it selects were not queued for it.
     /// Delivered in-band to that consumer (never through the filters) before what follows.
     EventsDropped {
@@ -201,6 +273,14 @@ impl EventKind {
             EventKind::NotReadyAtDeadline { .. } => "not_ready_at_deadline",
             EventKind::BookingFeedFailed { .. } => "booking_feed_failed",
             EventKind::BookingFeedRecovered { .. } => "booking_feed_recovered",
+            EventKind::SpeakerProtectionEngaged { .. } => "speaker_protection_engaged",
+            EventKind::SpeakerProtectionSaturated { .. } => "speaker_protection_saturated",
+            EventKind::SpeakerProtectionReleased { .. } => "speaker_protection_released",
+            EventKind::ZoneLevelSetByPerson { .. } => "zone_level_set_by_person",
+            EventKind::FeedbackSuspected { .. } => "feedback_suspected",
+            EventKind::InputClipping { .. } => "input_clipping",
+            EventKind::ZoneMeteringLost { .. } => "zone_metering_lost",
+            EventKind::ZoneMeteringRestored { .. } => "zone_metering_restored",
         }
     }
 
@@ -218,7 +298,15 @@ impl EventKind {
             | EventKind::ActorGaveUp { device, .. }
             | EventKind::FaultAcknowledged { device, .. }
             | EventKind::MaintenanceRecorded { device, .. }
-            | EventKind::DeviceSwapped { device, .. } => Some(device),
+            | EventKind::DeviceSwapped { device, .. }
+            | EventKind::SpeakerProtectionEngaged { device, .. }
+            | EventKind::SpeakerProtectionSaturated { device, .. }
+            | EventKind::SpeakerProtectionReleased { device, .. }
+            | EventKind::ZoneLevelSetByPerson { device, .. }
+            | EventKind::FeedbackSuspected { device, .. }
+            | EventKind::InputClipping { device, .. }
+            | EventKind::ZoneMeteringLost { device, .. }
+            | EventKind::ZoneMeteringRestored { device, .. } => Some(device),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
@@ -251,7 +339,15 @@ impl EventKind {
             | EventKind::BookingStarted { room, .. }
             | EventKind::BookingEnded { room, .. }
             | EventKind::SelfTestFinished { room, .. }
-            | EventKind::NotReadyAtDeadline { room, .. } => Some(room),
+            | EventKind::NotReadyAtDeadline { room, .. }
+            | EventKind::SpeakerProtectionEngaged { room, .. }
+            | EventKind::SpeakerProtectionSaturated { room, .. }
+            | EventKind::SpeakerProtectionReleased { room, .. }
+            | EventKind::ZoneLevelSetByPerson { room, .. }
+            | EventKind::FeedbackSuspected { room, .. }
+            | EventKind::InputClipping { room, .. }
+            | EventKind::ZoneMeteringLost { room, .. }
+            | EventKind::ZoneMeteringRestored { room, .. } => Some(room),
             EventKind::MaintenanceRecorded { room, .. } => room.as_ref(),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
@@ -409,6 +505,83 @@ impl fmt::Display for EventKind {
                 "{room}: not ready 30 minutes before booking {booking} ({})",
                 readiness.map_or("no verdict", |r| r.as_str())
             ),
+            EventKind::SpeakerProtectionEngaged {
+                device,
+                zone,
+                reason,
+                peak_dbfs,
+                level_before_db,
+                level_after_db,
+                ..
+            } => write!(
+                f,
+                "{device}: zone {zone} protected ({reason} at {peak_dbfs:.1} dBFS): level {level_before_db:.1} -> {level_after_db:.1} dB"
+            ),
+            EventKind::SpeakerProtectionSaturated {
+                device,
+                zone,
+                peak_dbfs,
+                ..
+            } => write!(
+                f,
+                "{device}: zone {zone} at its maximum reduction and still at {peak_dbfs:.1} dBFS"
+            ),
+            EventKind::SpeakerProtectionReleased {
+                device,
+                zone,
+                restored,
+                peak_dbfs,
+                duration_ms,
+                max_reduction_db,
+                over_limit_ms,
+                level_after_db,
+                ..
+            } => write!(
+                f,
+                "{device}: zone {zone} protection ended after {:.1} s ({}; peak {peak_dbfs:.1} dBFS, cut up to {max_reduction_db:.1} dB, {:.1} s over the limit, level now {level_after_db:.1} dB)",
+                *duration_ms as f64 / 1000.0,
+                if *restored { "restored" } else { "taken over by a person" },
+                *over_limit_ms as f64 / 1000.0
+            ),
+            EventKind::ZoneLevelSetByPerson {
+                device,
+                zone,
+                level_db,
+                ..
+            } => write!(
+                f,
+                "{device}: zone {zone} set to {level_db:.1} dB by a person; protection restores to it"
+            ),
+            EventKind::FeedbackSuspected {
+                device,
+                zone,
+                mic,
+                rise_db,
+                gain_before_db,
+                gain_after_db,
+                ..
+            } => write!(
+                f,
+                "{device}: possible feedback: zone {zone} rose {rise_db:.1} dB with mic {mic} open; its gain {gain_before_db:.1} -> {gain_after_db:.1} dB"
+            ),
+            EventKind::InputClipping {
+                device,
+                mic,
+                peak_dbfs,
+                gain_before_db,
+                gain_after_db,
+                ..
+            } => write!(
+                f,
+                "{device}: mic {mic} clipping at {peak_dbfs:.1} dBFS; its gain {gain_before_db:.1} -> {gain_after_db:.1} dB"
+            ),
+            EventKind::ZoneMeteringLost { device, zone, .. } => write!(
+                f,
+                "{device}: no meter frames from zone {zone}: its protection is blind and holds"
+            ),
+            EventKind::ZoneMeteringRestored { device, zone, .. } => {
+                write!(f, "{device}: meter frames from zone {zone} again")
+            }
             EventKind::EventsDropped { sink, dropped } => write!(
                 f,
                 "{dropped} events not delivered to {sink}: its consumer fell behind"
@@ -660,7 +833,12 @@ fn log_event(kind: &EventKind) {
         | EventKind::HealthChanged {
             to: Health::Degraded,
             ..
-        } => tracing::warn!(event = kind.name(), "{kind}"),
+        }
+        | EventKind::SpeakerProtectionEngaged { .. }
+        | EventKind::SpeakerProtectionSaturated { .. }
+        | EventKind::FeedbackSuspected { .. }
+        | EventKind::InputClipping { .. }
+        | EventKind::ZoneMeteringLost { .. } => tracing::warn!(event = kind.name(), "{kind}"),
         _ => tracing::info!(event = kind.name(), "{kind}"),
     }
 }

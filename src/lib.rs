@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod events;
+pub mod levelwatch;
 pub mod meter;
 pub mod metrics;
 pub mod model;

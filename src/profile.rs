@@ -220,6 +220,9 @@ struct RawProfile {
     options: toml::Table,
     #[serde(default)]
     selftest: Option<RawSelfTest>,
+    /// Loudspeaker protection defaults for the level watch (DSP profiles).
+    #[serde(default)]
+    protection: Option<toml::Table>,
     #[serde(default)]
     notes: Option<String>,
 }
@@ -456,6 +459,9 @@ pub struct Profile {
     pub options: toml::Table,
     /// What its self-test checks, and the facts the checks use.
     pub selftest: SelfTestSpec,
+    /// The level watch's defaults for every zone and mic of a device with this profile
+    /// (`[protection]`); `None`: the level watch protects only zones that ask for it.
+    pub protection: Option<crate::levelwatch::policy::Protection>,
     pub notes: Option<String>,
     /// Where it came from (`embedded:projector/epson-escvp21.toml` or a path).
     pub source: String,
@@ -541,6 +547,21 @@ impl Profile {
             ));
         }
         let selftest = SelfTestSpec::from_raw(raw.kind, raw.selftest, invalid)?;
+        let protection = match &raw.protection {
+            None => None,
+            Some(t) => Some(
+                crate::levelwatch::policy::Protection::default()
+                    .with_table(t, "protection")
+                    .map_err(|errs| {
+                        invalid(
+                            errs.iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        )
+                    })?,
+            ),
+        };
         Ok(Profile {
             id: ProfileId::new(raw.id),
             kind: raw.kind,
@@ -563,6 +584,7 @@ impl Profile {
             filter_life_hours: raw.filter_life_hours,
             options: raw.options,
             selftest,
+            protection,
             notes: raw.notes,
             source: source.to_owned(),
         })
@@ -732,6 +754,33 @@ mod tests {
             "id = \"x\"\nkind = \"projector\"\nvendor = \"v\"\nfamily = \"f\"\ndriver = \"pjlink\"\n\
              capabilities = [\"power\"]\n[link]\nkind = \"tcp\"\n[timing]\n{timing}\n"
         )
+    }
+
+    #[test]
+    fn protection_defaults_are_read_and_checked_at_their_key() {
+        let ok = Profile::parse(
+            &(base("poll_interval_secs = 5") + "[protection]\npeak_limit_dbfs = -6\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.protection.map(|p| p.peak_limit_dbfs), Some(-6.0));
+        assert!(Profile::parse(&base("poll_interval_secs = 5"), "t")
+            .unwrap()
+            .protection
+            .is_none());
+        let e = Profile::parse(
+            &(base("poll_interval_secs = 5") + "[protection]\nrelease_secs = 2\n"),
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t: protection.release_secs: unknown key; did you mean release_ms?"
+        );
+        for id in ["biamp-tesira-telnet", "biamp-tesira-serial", "qsys-core"] {
+            let set = ProfileSet::embedded().unwrap();
+            assert!(set.get(id).unwrap().protection.is_some(), "{id}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct ApiState {
     pub records: Option<records::Records>,
     /// The site's rooms and time zone.
     pub layout: Arc<rooms::Layout>,
+    /// The level watch's zone states (absent in API-only tests).
+    pub protection: Option<crate::levelwatch::ProtectionBoard>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -187,6 +189,9 @@ async fn device(
     let (s, now) = (h.state(), st.clock.now());
     let mut detail = DeviceDetail::from_state(&s, now).with_meters(&s, h.meters(), now);
     detail.catalogue = Some(views::Catalogue::of(h));
+    if let Some(board) = &st.protection {
+        detail = detail.with_protection(board.zones(&h.id));
+    }
     Ok(Json(detail))
 }
 

@@ -92,6 +92,22 @@ pub struct DeviceDetail {
     pub identity: Identity,
     pub link: LinkStatus,
     pub counters: LinkCounters,
+    /// Each protected zone's level-watch state (`idle|trimming|restoring|muted|blind`, the
+    /// technician's set level, the reduction in force, since when), by zone id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub protection: BTreeMap<String, ProtectionView>,
+}
+
+/// A zone's protection as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ProtectionView {
+    pub state: crate::levelwatch::controller::Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_level_db: Option<f64>,
+    pub reduction_db: f64,
+    pub since: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manual_until: Option<DateTime<Utc>>,
 }
 
 impl DeviceDetail {
@@ -136,7 +152,31 @@ impl DeviceDetail {
             identity: s.identity.clone(),
             link: s.link.clone(),
             counters: s.counters.clone(),
+            protection: BTreeMap::new(),
         }
+    }
+
+    /// Add the level watch's state of each protected zone (from its published board).
+    pub fn with_protection(
+        mut self,
+        zones: BTreeMap<String, crate::levelwatch::controller::ZoneView>,
+    ) -> Self {
+        self.protection = zones
+            .into_iter()
+            .map(|(id, z)| {
+                (
+                    id,
+                    ProtectionView {
+                        state: z.state,
+                        set_level_db: z.set_level_db,
+                        reduction_db: z.reduction_db,
+                        since: z.since,
+                        manual_until: z.manual_until,
+                    },
+                )
+            })
+            .collect();
+        self
     }
 }
 

@@ -70,6 +70,11 @@ pub struct ControlSpec {
     pub value: f64,
     #[serde(default)]
     pub script: Option<MeterScript>,
+    /// Meters: read after this gain control (post-fader): the script is the signal at the
+    /// gain's initial value, and every dB the gain moves from there moves the meter with it,
+    /// as a loudspeaker output's meter does.
+    #[serde(default)]
+    pub follows: Option<String>,
 }
 
 impl ControlSpec {
@@ -79,6 +84,7 @@ impl ControlSpec {
             kind,
             value: 0.0,
             script: None,
+            follows: None,
         }
     }
     pub fn value(mut self, v: f64) -> Self {
@@ -158,10 +164,37 @@ struct Control {
     value: f64,
     script: MeterScript,
     started: Instant,
+    /// The gain control a meter reads after, and that gain's initial value.
+    follows: Option<(String, f64)>,
+}
+
+/// The controls of a design, each with what it follows (looked up by name in `specs`).
+fn build_controls(specs: &[ControlSpec], now: Instant) -> BTreeMap<String, Control> {
+    specs
+        .iter()
+        .map(|c| {
+            let follows = c.follows.as_ref().and_then(|g| {
+                specs
+                    .iter()
+                    .find(|s| &s.name == g && s.kind == ControlKind::Gain)
+                    .map(|s| (g.clone(), s.value))
+            });
+            (
+                c.name.clone(),
+                Control {
+                    kind: c.kind,
+                    value: c.value,
+                    script: c.script.clone().unwrap_or(MeterScript::Silence),
+                    started: now,
+                    follows,
+                },
+            )
+        })
+        .collect()
 }
 
 impl Control {
-    fn state(&self, name: &str) -> ControlState {
+    fn state(&self, name: &str, controls: &BTreeMap<String, Control>) -> ControlState {
         match self.kind {
             ControlKind::Gain => ControlState {
                 name: name.to_owned(),
@@ -184,8 +217,13 @@ impl Control {
             },
             ControlKind::Meter => {
                 // Meters report dB with a tenth of a dB resolution.
-                let db =
-                    (self.script.level_at(Instant::now() - self.started) * 10.0).round() / 10.0;
+                let mut dbfs = self.script.level_at(Instant::now() - self.started);
+                if let Some((gain, initial)) = &self.follows {
+                    if let Some(g) = controls.get(gain) {
+                        dbfs += g.value - initial;
+                    }
+                }
+                let db = (dbfs * 10.0).round() / 10.0;
                 ControlState {
                     name: name.to_owned(),
                     value: QValue::Number(db),
@@ -307,18 +345,7 @@ pub async fn spawn(
     };
     check_config(&cfg)?;
     let now = Instant::now();
-    let mut controls = BTreeMap::new();
-    for c in &cfg.controls {
-        controls.insert(
-            c.name.clone(),
-            Control {
-                kind: c.kind,
-                value: c.value,
-                script: c.script.clone().unwrap_or(MeterScript::Silence),
-                started: now,
-            },
-        );
-    }
+    let controls = build_controls(&cfg.controls, now);
     let shared = Arc::new(Mutex::new(Shared {
         controls,
         status: EngineStatus {
@@ -474,7 +501,7 @@ impl Session {
             let Some(c) = sh.controls.get(name) else {
                 continue;
             };
-            let st = c.state(name);
+            let st = c.state(name, &sh.controls);
             if g.last.get(name) != Some(&st) {
                 g.last.insert(name.clone(), st.clone());
                 out.push(st);
@@ -535,7 +562,12 @@ impl Session {
                 let sh = lock(&self.shared);
                 let mut out = Vec::new();
                 for n in &list {
-                    out.push(sh.controls.get(n).ok_or_else(|| Self::unknown(n))?.state(n));
+                    out.push(
+                        sh.controls
+                            .get(n)
+                            .ok_or_else(|| Self::unknown(n))?
+                            .state(n, &sh.controls),
+                    );
                 }
                 Ok(qrc::controls_json(&out))
             }
@@ -778,21 +810,7 @@ mod tests {
             ..QsysSimConfig::default()
         };
         let now = Instant::now();
-        let controls = cfg
-            .controls
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    Control {
-                        kind: c.kind,
-                        value: c.value,
-                        script: c.script.clone().unwrap_or(MeterScript::Silence),
-                        started: now,
-                    },
-                )
-            })
-            .collect();
+        let controls = build_controls(&cfg.controls, now);
         Session {
             logged_on: cfg.password.is_none(),
             cfg: Arc::new(cfg),

@@ -101,6 +101,11 @@ pub struct BlockSpec {
     pub max_db: f64,
     #[serde(default)]
     pub script: Option<MeterScript>,
+    /// Meter blocks: read after this level block's faders (post-fader), channel by channel:
+    /// the script is the signal at that block's initial level, and every dB a fader moves
+    /// from there moves the meter with it, as a loudspeaker output's meter does.
+    #[serde(default)]
+    pub follows: Option<String>,
 }
 
 fn one() -> u32 {
@@ -123,7 +128,12 @@ impl BlockSpec {
             min_db: min_level(),
             max_db: max_level(),
             script: None,
+            follows: None,
         }
+    }
+    pub fn follows(mut self, level_tag: &str) -> Self {
+        self.follows = Some(level_tag.to_owned());
+        self
     }
     pub fn level_db(mut self, db: f64) -> Self {
         self.level_db = db;
@@ -222,6 +232,8 @@ enum Block {
     },
     Meter {
         channels: Vec<MeterChannel>,
+        /// The level block it reads after, and that block's initial level.
+        follows: Option<(String, f32)>,
     },
     Mixer {
         input_mutes: Vec<bool>,
@@ -233,7 +245,7 @@ impl Block {
         match self {
             Block::Level { levels, .. } => levels.len(),
             Block::Mute { mutes } => mutes.len(),
-            Block::Meter { channels } => channels.len(),
+            Block::Meter { channels, .. } => channels.len(),
             Block::Mixer { input_mutes } => input_mutes.len(),
         }
     }
@@ -357,7 +369,7 @@ impl TesiraSim {
     /// Give a meter channel a new script, starting now.
     pub fn set_meter_script(&self, tag: &str, index: usize, script: MeterScript) -> bool {
         let mut sh = lock(&self.shared);
-        if let Some(Block::Meter { channels }) = sh.design.get_mut(tag) {
+        if let Some(Block::Meter { channels, .. }) = sh.design.get_mut(tag) {
             if let Some(c) = index.checked_sub(1).and_then(|i| channels.get_mut(i)) {
                 *c = MeterChannel {
                     script,
@@ -450,6 +462,18 @@ fn build_design(blocks: &[BlockSpec]) -> Result<BTreeMap<String, Block>, SimErro
                     };
                     n
                 ],
+                follows: match &b.follows {
+                    None => None,
+                    Some(tag) => {
+                        let level = blocks
+                            .iter()
+                            .find(|l| &l.tag == tag && l.kind == BlockKind::Level)
+                            .ok_or_else(|| {
+                                bad(format!("follows {tag:?}, which is no level block"))
+                            })?;
+                        Some((tag.clone(), level.level_db as f32))
+                    }
+                },
             },
             BlockKind::Mixer => Block::Mixer {
                 input_mutes: vec![false; n],
@@ -654,9 +678,18 @@ impl Session {
             (Block::Level { max, .. }, "maxLevel") => Ok(Val::Num(*max)),
             (Block::Level { mutes, .. } | Block::Mute { mutes }, "mute") => Ok(Val::Bool(mutes[i])),
             (Block::Mixer { input_mutes }, "inputMute") => Ok(Val::Bool(input_mutes[i])),
-            (Block::Meter { channels }, "level") => {
+            (Block::Meter { channels, follows }, "level") => {
                 let c = &channels[i];
-                let dbfs = c.script.level_at(Instant::now() - c.started);
+                let mut dbfs = c.script.level_at(Instant::now() - c.started);
+                if let Some((tag, initial)) = follows {
+                    if let Some(Block::Level { levels, mutes, .. }) = sh.design.get(tag) {
+                        match (levels.get(i), mutes.get(i)) {
+                            (_, Some(true)) => dbfs = crate::meter::SILENCE_DBFS,
+                            (Some(l), _) => dbfs += f64::from(*l - *initial),
+                            _ => {}
+                        }
+                    }
+                }
                 let dbu = METER_ALIGNMENT
                     .from_dbfs(dbfs)
                     .clamp(METER_FLOOR_DBU, METER_CLIP_DBU);
@@ -1125,7 +1158,7 @@ mod tests {
         let s = session(true);
         {
             let mut sh = lock(&s.shared);
-            if let Some(Block::Meter { channels }) = sh.design.get_mut("AudioMeter1") {
+            if let Some(Block::Meter { channels, .. }) = sh.design.get_mut("AudioMeter1") {
                 channels[0].script = MeterScript::Constant { dbfs: -59.3 };
                 channels[1].script = MeterScript::Constant { dbfs: 6.0 };
             }

@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod escvp21;
 mod ical;
+mod levelwatch;
 mod modbus;
 mod pjlink;
 mod qsys;

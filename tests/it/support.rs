@@ -242,6 +242,7 @@ pub async fn serve_api(
         auth: Default::default(),
         records: None,
         layout: Default::default(),
+        protection: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

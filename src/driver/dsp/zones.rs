@@ -174,6 +174,30 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// The level watch's `protect` key of a zone or mic: `false` (not protected), `true`
+    /// (the profile's `[protection]`), or a table overriding some of its keys, each checked
+    /// on its own here (a typo or an out-of-range limit stops the start at its key path).
+    pub fn protect(&mut self) -> Result<Protect, SettingsError> {
+        match self.get("protect") {
+            None => Ok(Protect::Profile),
+            Some(toml::Value::Boolean(true)) => Ok(Protect::On(toml::Table::new())),
+            Some(toml::Value::Boolean(false)) => Ok(Protect::Off),
+            Some(toml::Value::Table(t)) => {
+                crate::levelwatch::policy::Protection::default()
+                    .with_table(t, &self.key("protect"))
+                    .map_err(|mut errs| {
+                        let e = errs.remove(0);
+                        SettingsError::new(e.key, e.message)
+                    })?;
+                Ok(Protect::On(t.clone()))
+            }
+            Some(v) => Err(self.err(
+                "protect",
+                format!("expected true, false or a table, got {}", v.type_str()),
+            )),
+        }
+    }
+
     /// An array of tables (`[[zones]]`).
     pub fn tables(&mut self, key: &'static str) -> Result<Vec<&'a toml::Table>, SettingsError> {
         match self.get(key) {
@@ -224,6 +248,86 @@ impl<'a> Entry<'a> {
             })
             .collect()
     }
+}
+
+/// Whether and how the level watch protects a zone or mic (its `protect` key).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protect {
+    /// No `protect` key: protected when the profile has a `[protection]` table.
+    Profile,
+    /// `protect = true` or a table: protected, these keys over the profile's (or the
+    /// built-in) defaults.
+    On(toml::Table),
+    /// `protect = false`.
+    Off,
+}
+
+/// A zone or mic as the level watch needs it: read leniently from the settings (the driver
+/// reads them strictly at start, so a map that got this far is valid).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watched {
+    pub role: Role,
+    pub id: String,
+    /// Mic inputs: the channel `SetGain` addresses.
+    pub number: u16,
+    pub min_db: f64,
+    pub max_db: f64,
+    /// It has both a level control and a meter: something to act on and to see by.
+    pub controlled: bool,
+    pub protect: Protect,
+}
+
+/// The keys that map a level control and a meter, per DSP driver (the vendors name their
+/// controls differently: a Tesira instance tag, a Q-SYS named control).
+const CONTROL_KEYS: &[(&str, &str)] = &[
+    ("level_tag", "meter_tag"),
+    ("level_control", "meter_control"),
+];
+
+/// Every zone and mic of a DSP's settings with what the level watch needs of them. Entries
+/// the driver would refuse are skipped (the start stops on them anyway).
+pub fn watched(settings: &toml::Table, range: LevelRange) -> Vec<Watched> {
+    let mut out = Vec::new();
+    for role in [Role::Zone, Role::Mic] {
+        let Some(toml::Value::Array(items)) = settings.get(role.list_key()) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let toml::Value::Table(t) = item else {
+                continue;
+            };
+            let mut e = Entry::new(t, format!("{}[{i}]", role.list_key()));
+            let Ok(Some(id)) = e.string("id") else {
+                continue;
+            };
+            let number = match role {
+                Role::Mic => e
+                    .integer("channel", 1..=999)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(i as i64 + 1) as u16,
+                Role::Zone => i as u16 + 1,
+            };
+            let min_db = e.number("min_db", -140.0..=40.0).ok().flatten();
+            let max_db = e.number("max_db", -140.0..=40.0).ok().flatten();
+            let Ok(protect) = e.protect() else {
+                continue;
+            };
+            let controlled = CONTROL_KEYS
+                .iter()
+                .any(|(level, meter)| t.contains_key(*level) && t.contains_key(*meter));
+            out.push(Watched {
+                role,
+                id,
+                number,
+                min_db: min_db.unwrap_or(range.min_db),
+                max_db: max_db.unwrap_or(range.max_db),
+                controlled,
+                protect,
+            });
+        }
+    }
+    out
 }
 
 /// Whether a mapped channel is a loudspeaker zone (output) or a microphone input.
@@ -427,6 +531,7 @@ impl<A> DspMap<A> {
                 format!("must be above min_db ({min_db}), got {max_db}"),
             ));
         }
+        e.protect()?;
         let a = addr(e, role)?;
         let subject = match role {
             Role::Zone => Subject::zone(&id),
@@ -775,6 +880,42 @@ mod tests {
             pe.to_string(),
             "profile biamp-tesira-telnet: option settings.zones[0].id: missing; every entry needs an id"
         );
+    }
+
+    #[test]
+    fn protect_overrides_are_checked_at_their_key_and_read_for_the_level_watch() {
+        let e =
+            parse("[[zones]]\nid = \"main\"\nlevel = \"L\"\nprotect = { peak_limit_dbfs = 4.0 }\n")
+                .unwrap_err();
+        assert_eq!(e.key, "zones[0].protect.peak_limit_dbfs");
+        let e = parse("[[zones]]\nid = \"main\"\nlevel = \"L\"\nprotect = \"yes\"\n").unwrap_err();
+        assert_eq!(e.key, "zones[0].protect");
+        let t: toml::Table = toml::from_str(
+            "[[zones]]\nid = \"main\"\nlevel_tag = \"L\"\nmeter_tag = \"M\"\nmin_db = -60\n\
+             protect = { peak_limit_dbfs = -6.0 }\n\
+             [[zones]]\nid = \"lobby\"\nlevel_tag = \"L\"\nprotect = false\n\
+             [[mics]]\nid = \"lectern\"\nchannel = 3\nlevel_control = \"g\"\nmeter_control = \"m\"\n",
+        )
+        .unwrap();
+        let w = watched(
+            &t,
+            LevelRange {
+                min_db: -100.0,
+                max_db: 12.0,
+            },
+        );
+        assert_eq!(w.len(), 3);
+        assert_eq!(
+            (w[0].id.as_str(), w[0].min_db, w[0].controlled),
+            ("main", -60.0, true)
+        );
+        assert!(matches!(&w[0].protect, Protect::On(t) if t.len() == 1));
+        assert_eq!((w[1].controlled, &w[1].protect), (false, &Protect::Off));
+        assert_eq!(
+            (w[2].role, w[2].number, w[2].controlled),
+            (Role::Mic, 3, true)
+        );
+        assert_eq!(w[2].protect, Protect::Profile);
     }
 
     #[test]
