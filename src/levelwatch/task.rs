@@ -375,8 +375,9 @@ impl Watch {
             }
         }
         for (mic, m) in ctl.mics.iter().enumerate() {
+            // A DSP mic input's fader is its gain (`input.ID.gain_db`).
             let s = Subject::input(&m.spec.id);
-            if let Some(Value::Float(db)) = read(s.clone(), Quantity::LevelDb) {
+            if let Some(Value::Float(db)) = read(s.clone(), Quantity::GainDb) {
                 inputs.push(Input::MicGain { mic, db });
             }
             if let Some(Value::Bool(on)) = read(s, Quantity::Muted) {
