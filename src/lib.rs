@@ -16,6 +16,7 @@ pub mod events;
 pub mod meter;
 pub mod metrics;
 pub mod model;
+pub mod playbook;
 pub mod profile;
 pub mod records;
 pub mod runtime;

@@ -1,0 +1,13 @@
+//! The contingency playbook (issue 11): faults from every source, graded by the room's
+//! context into classes with deadlines, matched against rules with automatic and human steps,
+//! and kept as alerts that are acknowledged, resolved, escalated and silenced.
+//!
+//! The deciding parts are pure (`taxonomy`, `context`, `rules`, `alerts`, `roster`); this
+//! module must not send anything except through `runtime` handles and alert sinks.
+
+pub mod context;
+pub mod rules;
+pub mod taxonomy;
+
+pub use context::{room_context, Context, Importance};
+pub use taxonomy::{classify, Change, FaultKind, Observation, Subject};
