@@ -5,6 +5,7 @@
 //! The deciding parts are pure (`taxonomy`, `context`, `rules`, `alerts`, `roster`); this
 //! module must not send anything except through `runtime` handles and alert sinks.
 
+pub mod alerts;
 pub mod context;
 pub mod rules;
 pub mod taxonomy;
