@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod context;
+pub mod roster;
 pub mod rules;
 pub mod taxonomy;
 
