@@ -95,6 +95,8 @@ pub struct Daemon {
     pub logbook: LogbookHandle,
     /// Bookings, self-tests and verdicts.
     pub schedule: crate::schedule::ScheduleHandle,
+    /// Alerts, maintenance windows and the roster.
+    pub playbook: crate::playbook::PlaybookHandle,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -161,6 +163,9 @@ impl Daemon {
             &schedule_service,
         );
         services.push(schedule_service);
+        let playbook_service = Service::new("playbook");
+        let playbook = start_playbook(&cfg, &fleet, &events, clock, &schedule, &playbook_service);
+        services.push(playbook_service);
         let api_service = Service::new("api");
         let api_addr = start_api(
             &cfg,
@@ -171,6 +176,7 @@ impl Daemon {
             clock,
             devices.len(),
             schedule.clone(),
+            playbook.clone(),
             &api_service,
         )
         .await?;
@@ -191,6 +197,7 @@ impl Daemon {
             simulators,
             logbook,
             schedule,
+            playbook,
             services,
             store,
             simulation,
@@ -539,6 +546,35 @@ fn start_schedule(
     handle
 }
 
+/// The contingency playbook: alerts from every fault source, graded by the rooms' bookings.
+fn start_playbook(
+    cfg: &SiteConfig,
+    fleet: &Arc<Fleet>,
+    events: &EventBus,
+    clock: Clock,
+    schedule: &crate::schedule::ScheduleHandle,
+    svc: &Service,
+) -> crate::playbook::PlaybookHandle {
+    let parents = cfg
+        .devices
+        .iter()
+        .filter_map(|d| d.parent.clone().map(|p| (d.id.clone(), p)))
+        .collect();
+    crate::playbook::start(
+        cfg.playbook.clone(),
+        cfg.roster.clone(),
+        parents,
+        cfg.site.time_zone,
+        crate::playbook::PlaybookSettings::default(),
+        events,
+        clock,
+        fleet.clone(),
+        schedule.book.clone(),
+        svc.tasks(),
+        svc.cancel(),
+    )
+}
+
 type Restored = (
     Vec<crate::model::Booking>,
     Vec<crate::model::Verdict>,
@@ -570,6 +606,7 @@ async fn start_api(
     clock: Clock,
     devices: usize,
     schedule: crate::schedule::ScheduleHandle,
+    playbook: crate::playbook::PlaybookHandle,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -586,6 +623,7 @@ async fn start_api(
         metrics: metrics.clone(),
         store: Some(logbook.watch_status()),
         schedule: Some(schedule),
+        playbook: Some(playbook),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

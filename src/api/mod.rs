@@ -5,6 +5,7 @@
 //! JSON body `{"error": code, "detail": text}`, including malformed paths and bodies and the
 //! requests [`server`] refuses before the router.
 
+mod alerts;
 mod bookings;
 pub mod client;
 mod error;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub store: Option<tokio::sync::watch::Receiver<crate::records::writer::StoreStatus>>,
     /// Bookings, self-tests and the board (absent in API-only tests).
     pub schedule: Option<crate::schedule::ScheduleHandle>,
+    /// Alerts, maintenance windows and the roster (absent in API-only tests).
+    pub playbook: Option<crate::playbook::PlaybookHandle>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -66,6 +69,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/rooms/{id}/selftest", post(bookings::run_selftest))
         .route("/api/v1/selftests", get(bookings::selftests))
         .route("/api/v1/board", get(bookings::board))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}", get(alerts::get_one))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
+        .route(
+            "/api/v1/maintenance-windows",
+            get(alerts::windows).post(alerts::add_window),
+        )
+        .route(
+            "/api/v1/maintenance-windows/{id}",
+            axum::routing::delete(alerts::remove_window),
+        )
+        .route("/api/v1/roster/on-duty", get(alerts::on_duty))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

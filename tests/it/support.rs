@@ -239,6 +239,7 @@ pub async fn serve_api(
         metrics: events.metrics().clone(),
         store: None,
         schedule: None,
+        playbook: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
