@@ -8,6 +8,7 @@ mod escvp21;
 mod ical;
 mod modbus;
 mod pjlink;
+mod playbook;
 mod qsys;
 mod records;
 mod runtime;

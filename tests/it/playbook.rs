@@ -1,0 +1,341 @@
+//! The playbook end to end (issue 11): the daemon with a simulated wireless-mic receiver it
+//! reaches over TCP, a booking running in its room, a transmitter battery falling to critical
+//! in the simulator. The alert is raised within one poll as major, its steps run and are
+//! logged, the on-duty technician acknowledges it through the API and it resolves itself when
+//! the battery is replaced; an alert nobody acknowledges escalates at its deadline.
+
+use std::time::Duration;
+
+use avwarden::app::{Daemon, StartOptions};
+use avwarden::config::{parse_site, Env};
+use avwarden::events::{EventFilter, EventKind, EventSink};
+use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{clock, spawn_settle_pump};
+
+/// One room, one ULX-D receiver reached over loopback TCP, a technician on duty around the
+/// clock and a project manager to escalate to.
+async fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
+    let text = format!(
+        r#"
+[site]
+name = "Playbook test"
+time_zone = "Asia/Shanghai"
+
+[storage]
+path = "records.db"
+
+[roster]
+shifts = [{{ who = "li", role = "technician", days = ["mon-sun"], from = "00:00", until = "23:59" }}]
+out_of_hours = ["zhao"]
+escalation = ["wang"]
+
+[[rooms]]
+id = "r101"
+name = "Room 101"
+capacity = 20
+
+[[devices]]
+id = "r101-mics"
+room = "r101"
+profile = "shure-ulxd"
+link = {{ host = "127.0.0.1", port = {port} }}
+"#
+    );
+    let cfg =
+        parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
+    Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts")
+}
+
+fn alert_events(d: &Daemon) -> EventSink {
+    d.events.sink(
+        "test",
+        EventFilter::matching(|k| {
+            matches!(
+                k,
+                EventKind::AlertChanged { .. }
+                    | EventKind::AlertNotified { .. }
+                    | EventKind::PlaybookStep { .. }
+            )
+        }),
+        256,
+    )
+}
+
+/// The next event the predicate accepts, within `limit` of paused time; the others are kept.
+async fn until(
+    sink: &mut EventSink,
+    limit: Duration,
+    seen: &mut Vec<(chrono::DateTime<chrono::Utc>, EventKind)>,
+    mut pred: impl FnMut(&EventKind) -> bool,
+) -> EventKind {
+    tokio::time::timeout(limit, async {
+        loop {
+            let e = sink.recv().await.expect("the bus is open");
+            seen.push((e.at, e.kind.clone()));
+            if pred(&e.kind) {
+                return e.kind.clone();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no such event in time; seen: {seen:#?}"))
+}
+
+async fn api(
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", d.api_addr);
+    crate::support::spawn(async move {
+        let r = reqwest::Client::new()
+            .request(method, url)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// A meeting in r101 that started a minute ago and runs for two hours.
+async fn meeting_now(d: &Daemon) {
+    let start = d.clock.now() - chrono::Duration::minutes(1);
+    let (status, body) = api(
+        d,
+        reqwest::Method::POST,
+        "/api/v1/bookings",
+        serde_json::json!({
+            "room": "r101",
+            "title": "Board meeting",
+            "start": start,
+            "end": start + chrono::Duration::hours(2),
+            "attendees": 10,
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn receiver() -> (ShureSim, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let mut cfg = ShureSimConfig::new(Family::Ulxd, 2, 600);
+    // Batteries hold still unless the test changes them.
+    cfg.drain = 0.0;
+    let sim = ShureSim::start(cfg, "127.0.0.1:0".parse().unwrap(), cancel.clone())
+        .await
+        .expect("simulator starts");
+    (sim, cancel)
+}
+
+fn is_battery(kind: &EventKind, what_is: &str) -> bool {
+    matches!(kind, EventKind::AlertChanged { fault, what, .. } if fault == "battery_critical" && what == what_is)
+}
+
+/// Issue 11, end to end: critical battery in a running meeting → major alert within one poll,
+/// steps run and logged, acknowledged through the API by the technician, resolved by itself
+/// when the battery is replaced.
+#[tokio::test(start_paused = true)]
+async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itself() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon(dir.path(), sim.addr().port()).await;
+    let mut sink = alert_events(&d);
+    let mut seen = Vec::new();
+    meeting_now(&d).await;
+    // Let the receiver be contacted first.
+    d.fleet
+        .get("r101-mics")
+        .unwrap()
+        .wait_for(|s| s.reachable, Duration::from_secs(60))
+        .await
+        .expect("receiver reachable");
+
+    sim.set_battery_minutes(2, 10.0);
+    let dropped_at = d.clock.now();
+    until(&mut sink, Duration::from_secs(11), &mut seen, |k| {
+        is_battery(k, "raised")
+    })
+    .await;
+    let raised_at = seen.last().unwrap().0;
+    assert!(
+        raised_at - dropped_at <= chrono::Duration::seconds(10),
+        "within one poll (10 s): {raised_at} vs {dropped_at}"
+    );
+    let (status, alerts) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/alerts?open=true&fault=battery_critical",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let alert = &alerts[0];
+    assert_eq!(alert["class"], "major", "{alert}");
+    assert_eq!(alert["context"], "in_meeting", "{alert}");
+    assert_eq!(alert["component"], "channel 2", "{alert}");
+    let id = alert["id"].as_u64().unwrap();
+
+    // The technician on duty is told; the steps run and each is written down.
+    let told = until(&mut sink, Duration::from_secs(1), &mut seen, |k| {
+        matches!(k, EventKind::AlertNotified { .. })
+    })
+    .await;
+    let EventKind::AlertNotified { recipients, .. } = told else {
+        unreachable!()
+    };
+    assert_eq!(recipients, ["li", "project_manager"]);
+    let human = until(
+        &mut sink,
+        Duration::from_secs(60),
+        &mut seen,
+        |k| matches!(k, EventKind::PlaybookStep { step, .. } if step == "human"),
+    )
+    .await;
+    let EventKind::PlaybookStep { outcome, .. } = human else {
+        unreachable!()
+    };
+    assert!(
+        outcome.contains("bring two AA batteries to r101"),
+        "{outcome}"
+    );
+    let steps: Vec<&EventKind> = seen
+        .iter()
+        .map(|(_, k)| k)
+        .filter(|k| matches!(k, EventKind::PlaybookStep { .. }))
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+
+    let (status, acked) = api(
+        &d,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{id}/ack"),
+        serde_json::json!({ "by": "li" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{acked}");
+    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!(acked["acknowledged_by"], "li");
+
+    sim.set_battery_minutes(2, 480.0);
+    until(&mut sink, Duration::from_secs(11), &mut seen, |k| {
+        is_battery(k, "resolved")
+    })
+    .await;
+    let (_, a) = api(
+        &d,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{id}"),
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(a["state"], "resolved");
+    assert_eq!(
+        a["resolved_by"],
+        serde_json::Value::Null,
+        "resolved by itself"
+    );
+    let (status, _) = api(
+        &d,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{id}/resolve"),
+        serde_json::json!({ "note": "again" }),
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // The logbook holds the chain, in order, with its times.
+    d.logbook.flush().await.expect("flushed");
+    let conn = avwarden::records::store::open_reader(&dir.path().join("records.db")).unwrap();
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM logbook WHERE kind IN ('alert_changed', 'alert_notified', 'playbook_step') ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("alert_changed"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "playbook_step").count() == 2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.len() >= 6,
+        "raised, notified, 2 steps, acknowledged, resolved: {kinds:?}"
+    );
+
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
+
+/// Issue 11: nobody acknowledges → the next contact is told at the deadline (5 minutes in a
+/// meeting, by the shipped rule), in paused time.
+#[tokio::test(start_paused = true)]
+async fn an_unacknowledged_alert_escalates_at_its_deadline() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon(dir.path(), sim.addr().port()).await;
+    let mut sink = alert_events(&d);
+    let mut seen = Vec::new();
+    meeting_now(&d).await;
+    d.fleet
+        .get("r101-mics")
+        .unwrap()
+        .wait_for(|s| s.reachable, Duration::from_secs(60))
+        .await
+        .expect("receiver reachable");
+    sim.set_battery_minutes(1, 5.0);
+    until(&mut sink, Duration::from_secs(11), &mut seen, |k| {
+        is_battery(k, "raised")
+    })
+    .await;
+    let raised_at = seen.last().unwrap().0;
+    let escalated = until(
+        &mut sink,
+        Duration::from_secs(600),
+        &mut seen,
+        |k| matches!(k, EventKind::AlertNotified { notice, .. } if notice.starts_with("escalated")),
+    )
+    .await;
+    let at = seen.last().unwrap().0;
+    let EventKind::AlertNotified { recipients, .. } = escalated else {
+        unreachable!()
+    };
+    assert_eq!(recipients, ["wang"]);
+    assert_eq!(
+        at - raised_at,
+        chrono::Duration::minutes(5),
+        "at the deadline"
+    );
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
