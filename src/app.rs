@@ -164,7 +164,15 @@ impl Daemon {
         );
         services.push(schedule_service);
         let playbook_service = Service::new("playbook");
-        let playbook = start_playbook(&cfg, &fleet, &events, clock, &schedule, &playbook_service);
+        let playbook = start_playbook(
+            &cfg,
+            &fleet,
+            &events,
+            clock,
+            &schedule,
+            &logbook,
+            &playbook_service,
+        );
         services.push(playbook_service);
         let api_service = Service::new("api");
         let api_addr = start_api(
@@ -553,6 +561,7 @@ fn start_playbook(
     events: &EventBus,
     clock: Clock,
     schedule: &crate::schedule::ScheduleHandle,
+    logbook: &LogbookHandle,
     svc: &Service,
 ) -> crate::playbook::PlaybookHandle {
     let parents = cfg
@@ -570,6 +579,10 @@ fn start_playbook(
         clock,
         fleet.clone(),
         schedule.book.clone(),
+        Some(crate::playbook::service::Records {
+            logbook: logbook.clone(),
+            path: cfg.storage.path.clone(),
+        }),
         svc.tasks(),
         svc.cancel(),
     )

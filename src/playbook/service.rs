@@ -26,6 +26,8 @@ use super::taxonomy::{classify, FaultKind, Lookup, Observation, Subject};
 use crate::clock::Clock;
 use crate::events::{EventBus, EventFilter, EventKind};
 use crate::model::{Capability, DeviceCommand, DeviceId, DeviceState, Health, RoomId};
+use crate::records::alerts::{AlertRecord, WindowRecord};
+use crate::records::writer::LogbookHandle;
 use crate::runtime::{DeviceHandle, Fleet};
 use crate::schedule::book::Book;
 
@@ -63,8 +65,46 @@ struct Shared {
     schedule: Book,
     settings: PlaybookSettings,
     tasks: TaskTracker,
+    /// Where alerts and windows are kept across restarts (absent in tests without a store).
+    records: Option<Records>,
     /// Wakes the task when a person changed the book (its next wake-up may be earlier).
     changed: Notify,
+}
+
+/// The records store the playbook persists to and restores from.
+#[derive(Clone)]
+pub struct Records {
+    pub logbook: LogbookHandle,
+    pub path: std::path::PathBuf,
+}
+
+/// How far back resolved alerts are restored: long enough for flapping to see them.
+const RESTORE_RESOLVED: Duration = Duration::hours(1);
+
+fn record_of(a: &Alert) -> Option<AlertRecord> {
+    Some(AlertRecord {
+        id: a.id,
+        state: a.state.as_str().to_owned(),
+        room: a.room.as_ref().map(|r| r.to_string()),
+        subject: a.key.subject.to_string(),
+        fault: a.key.kind.as_str().to_owned(),
+        class: a.grade.class.as_str().to_owned(),
+        raised_at: a.raised_at,
+        acknowledged_at: a.acknowledged_at,
+        acknowledged_by: a.acknowledged_by.clone(),
+        resolved_at: a.resolved_at,
+        body: serde_json::to_string(a).ok()?,
+        updated_at: a.updated_at,
+    })
+}
+
+fn window_record(w: &MaintenanceWindow, removed: bool) -> Option<WindowRecord> {
+    Some(WindowRecord {
+        id: w.id,
+        until: w.until,
+        removed,
+        body: serde_json::to_string(w).ok()?,
+    })
 }
 
 /// The playbook as the API sees it.
@@ -161,15 +201,87 @@ impl PlaybookHandle {
         let (w, actions) = self
             .book()
             .add_window(target, from, until, reason, by, now)?;
+        self.persist_window(&w, false);
         self.carry_out(actions, Some(by), now);
         Ok(w)
     }
 
     pub fn remove_window(&self, id: u64, by: &str) -> Result<(), AlertError> {
         let now = self.shared.clock.now();
+        let removed = self.book().windows().find(|w| w.id == id).cloned();
         let actions = self.book().remove_window(id, now)?;
+        if let Some(w) = removed {
+            self.persist_window(&w, true);
+        }
         self.carry_out(actions, Some(by), now);
         Ok(())
+    }
+
+    fn persist_window(&self, w: &MaintenanceWindow, removed: bool) {
+        let Some(r) = &self.shared.records else {
+            return;
+        };
+        if let Some(rec) = window_record(w, removed) {
+            if let Err(e) = r.logbook.window(rec) {
+                tracing::warn!(window = w.id, error = %e, "maintenance window not stored");
+            }
+        }
+    }
+
+    fn persist(&self, a: &Alert) {
+        let Some(r) = &self.shared.records else {
+            return;
+        };
+        if let Some(rec) = record_of(a) {
+            // The store reports its own outages; the alert lives on in memory meanwhile.
+            if let Err(e) = r.logbook.alert(rec) {
+                tracing::warn!(alert = a.id, error = %e, "alert not stored");
+            }
+        }
+    }
+
+    /// Load what the records file holds from before a restart.
+    async fn restore(&self, cancel: &CancellationToken) {
+        let Some(r) = self.shared.records.clone() else {
+            return;
+        };
+        // The writer has opened and migrated the file once it acknowledges a flush.
+        let ready = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = tokio::time::timeout(std::time::Duration::from_secs(10), r.logbook.flush()) => matches!(f, Ok(Ok(()))),
+        };
+        if !ready {
+            tracing::warn!("the records store is not available; alerts start empty");
+            return;
+        }
+        let now = self.shared.clock.now();
+        let loaded = crate::records::store::open_reader(&r.path).and_then(|conn| {
+            Ok((
+                crate::records::alerts::load_alerts(&conn, now - RESTORE_RESOLVED)?,
+                crate::records::alerts::load_windows(&conn, now)?,
+            ))
+        });
+        match loaded {
+            Ok((alerts, windows)) => {
+                let alerts: Vec<Alert> = alerts
+                    .iter()
+                    .filter_map(|a| serde_json::from_str(&a.body).ok())
+                    .collect();
+                let windows: Vec<MaintenanceWindow> = windows
+                    .iter()
+                    .filter_map(|w| serde_json::from_str(&w.body).ok())
+                    .collect();
+                tracing::info!(
+                    alerts = alerts.len(),
+                    windows = windows.len(),
+                    "alerts restored from the records"
+                );
+                self.book().restore(alerts, windows);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "alerts not restored from the records; starting empty")
+            }
+        }
     }
 
     /// Who is on duty now, by the roster.
@@ -278,19 +390,22 @@ impl PlaybookHandle {
                 _ => None,
             };
             match action {
-                Action::Changed { what, .. } => self.shared.events.emit(
-                    now,
-                    EventKind::AlertChanged {
-                        alert: id,
-                        device,
-                        room: a.room.clone(),
-                        fault: a.key.kind.as_str().to_owned(),
-                        class: a.grade.class.as_str().to_owned(),
-                        what: what.to_owned(),
-                        by: by.map(str::to_owned),
-                        detail: a.message.clone(),
-                    },
-                ),
+                Action::Changed { what, .. } => {
+                    self.persist(&a);
+                    self.shared.events.emit(
+                        now,
+                        EventKind::AlertChanged {
+                            alert: id,
+                            device,
+                            room: a.room.clone(),
+                            fault: a.key.kind.as_str().to_owned(),
+                            class: a.grade.class.as_str().to_owned(),
+                            what: what.to_owned(),
+                            by: by.map(str::to_owned),
+                            detail: a.message.clone(),
+                        },
+                    );
+                }
                 Action::Notify { notice, .. } => {
                     let (d, _) = self.decide(a.key.kind, &a.key.subject, a.room.as_ref(), now);
                     let level = match notice {
@@ -496,7 +611,8 @@ async fn run_action(
     }
 }
 
-/// Start the playbook: restore nothing yet, subscribe to the bus, and run until cancelled.
+/// Start the playbook: subscribe to the bus at once (no fault is missed while the store is
+/// read), restore the alerts and windows kept before a restart, and run until cancelled.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     rules: Arc<Rules>,
@@ -508,6 +624,7 @@ pub fn start(
     clock: Clock,
     fleet: Arc<Fleet>,
     schedule: Book,
+    records: Option<Records>,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> PlaybookHandle {
@@ -544,6 +661,7 @@ pub fn start(
             schedule,
             settings,
             tasks: tasks.clone(),
+            records,
             changed: Notify::new(),
         }),
     };
@@ -554,6 +672,7 @@ pub fn start(
 async fn run(h: PlaybookHandle, mut sink: crate::events::EventSink, cancel: CancellationToken) {
     let clock = h.shared.clock;
     let regrade_every = h.shared.settings.regrade_every.to_std().unwrap_or_default();
+    h.restore(&cancel).await;
     let mut next_regrade = clock.instant() + regrade_every;
     loop {
         let now = clock.now();

@@ -335,6 +335,26 @@ async fn an_unacknowledged_alert_escalates_at_its_deadline() {
         chrono::Duration::minutes(5),
         "at the deadline"
     );
+
+    // Alerts survive a restart: the same alert, still escalated, is the one the fault
+    // (reported again by the receiver) updates.
+    d.shutdown("test").await;
+    let d = daemon(dir.path(), sim.addr().port()).await;
+    let mut sink = alert_events(&d);
+    until(&mut sink, Duration::from_secs(60), &mut seen, |k| {
+        matches!(k, EventKind::AlertChanged { fault, what, .. } if fault == "battery_critical" && what == "updated")
+    })
+    .await;
+    let (_, alerts) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/alerts?fault=battery_critical",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
+    assert_eq!(alerts[0]["state"], "raised");
+    assert_eq!(alerts[0]["escalation"], 1);
     d.shutdown("test").await;
     sim_cancel.cancel();
     pump.cancel();
