@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod context;
+pub mod dry_run;
 pub mod roster;
 pub mod rules;
 pub mod service;
