@@ -759,7 +759,7 @@ impl AlertBook {
     }
 
     /// The earliest instant [`tick`](Self::tick) has something to do.
-    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
+    pub fn next_wakeup(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let alerts = self.open_alerts().flat_map(|a| {
             [
                 a.next_escalation,
@@ -771,7 +771,9 @@ impl AlertBook {
         let windows = self
             .windows
             .values()
-            .flat_map(|w| [Some(w.from), Some(w.until)]);
+            // A window that has begun wakes only at its end; its start is past (waking for
+            // it would spin the task).
+            .flat_map(|w| [Some(w.from).filter(|f| *f > now), Some(w.until)]);
         alerts.chain(pending).chain(windows).flatten().min()
     }
 
@@ -963,7 +965,7 @@ mod tests {
         let mut b = book();
         let now = t0();
         raise(&mut b, "mic", FaultKind::BatteryCritical, now);
-        assert_eq!(b.next_wakeup(), Some(now + Duration::minutes(5)));
+        assert_eq!(b.next_wakeup(now), Some(now + Duration::minutes(5)));
         assert!(notices(&b.tick(now + Duration::minutes(4))).is_empty());
         let at = now + Duration::minutes(5);
         assert_eq!(notices(&b.tick(at)), [Notice::Escalated { level: 1 }]);
@@ -1038,6 +1040,11 @@ mod tests {
         assert_eq!(
             b.get(1).unwrap().silenced,
             Some(Silence::Maintenance { window: w.id })
+        );
+        // Regression: a window that has begun must not be a wake-up at its (past) start.
+        assert_eq!(
+            b.next_wakeup(now + Duration::minutes(1)),
+            Some(now + Duration::hours(1))
         );
         let other = raise(&mut b, "mic", FaultKind::BatteryCritical, now);
         assert_eq!(notices(&other), [Notice::Raised]);
@@ -1124,7 +1131,7 @@ mod tests {
         let mut o = obs("proj", FaultKind::BusyTooLong, Change::Raised);
         o.hold = Some(Duration::minutes(3));
         assert!(b.observe(&o, || grade(now), now).is_empty());
-        assert_eq!(b.next_wakeup(), Some(now + Duration::minutes(3)));
+        assert_eq!(b.next_wakeup(now), Some(now + Duration::minutes(3)));
         clear(
             &mut b,
             "proj",

@@ -676,7 +676,7 @@ async fn run(h: PlaybookHandle, mut sink: crate::events::EventSink, cancel: Canc
     let mut next_regrade = clock.instant() + regrade_every;
     loop {
         let now = clock.now();
-        let due = h.book().next_wakeup();
+        let due = h.book().next_wakeup(now);
         let wake = due
             .map(|t| clock.instant() + (t - now).to_std().unwrap_or_default())
             .map_or(next_regrade, |w| w.min(next_regrade));

@@ -17,6 +17,10 @@ use crate::support::{clock, spawn_settle_pump};
 /// One room, one ULX-D receiver reached over loopback TCP, a technician on duty around the
 /// clock and a project manager to escalate to.
 async fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
+    daemon_with(dir, port, "").await
+}
+
+async fn daemon_with(dir: &std::path::Path, port: u16, extra: &str) -> Daemon {
     let text = format!(
         r#"
 [site]
@@ -41,7 +45,7 @@ id = "r101-mics"
 room = "r101"
 profile = "shure-ulxd"
 link = {{ host = "127.0.0.1", port = {port} }}
-"#
+{extra}"#
     );
     let cfg =
         parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
@@ -355,6 +359,172 @@ async fn an_unacknowledged_alert_escalates_at_its_deadline() {
     assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
     assert_eq!(alerts[0]["state"], "raised");
     assert_eq!(alerts[0]["escalation"], 1);
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
+
+/// A port nothing listens on: a device there is unreachable.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn notified(seen: &[(chrono::DateTime<chrono::Utc>, EventKind)], id: u64) -> Vec<String> {
+    seen.iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::AlertNotified { alert, notice, .. } if *alert == id => Some(notice.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 11: a maintenance window silences exactly its device, and a gateway that is down
+/// inhibits exactly its children's unreachable alerts; ending the window tells what is still
+/// wrong.
+#[tokio::test(start_paused = true)]
+async fn a_maintenance_window_and_a_down_parent_silence_exactly_what_they_should() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let extra = format!(
+        r#"
+[[devices]]
+id = "gw"
+room = "r101"
+profile = "shure-ulxd"
+link = {{ host = "127.0.0.1", port = {gw} }}
+
+[[devices]]
+id = "behind-gw"
+room = "r101"
+profile = "shure-ulxd"
+link = {{ host = "127.0.0.1", port = {child} }}
+parent = "gw"
+"#,
+        gw = closed_port(),
+        child = closed_port()
+    );
+    let d = daemon_with(dir.path(), sim.addr().port(), &extra).await;
+    let mut sink = alert_events(&d);
+    let mut seen = Vec::new();
+    meeting_now(&d).await;
+    d.fleet
+        .get("r101-mics")
+        .unwrap()
+        .wait_for(|s| s.reachable, Duration::from_secs(60))
+        .await
+        .expect("receiver reachable");
+    let until_at = d.clock.now() + chrono::Duration::hours(1);
+    let (status, w) = api(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/maintenance-windows",
+        serde_json::json!({ "device": "r101-mics", "until": until_at, "reason": "battery swap" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{w}");
+    let (status, _) = api(
+        &d,
+        reqwest::Method::POST,
+        "/api/v1/maintenance-windows",
+        serde_json::json!({ "device": "nope", "until": until_at }),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    sim.set_battery_minutes(2, 10.0);
+    until(&mut sink, Duration::from_secs(11), &mut seen, |k| {
+        is_battery(k, "raised")
+    })
+    .await;
+    // Both unreachable alerts are raised, whichever comes first (maybe before the battery).
+    let raised_unreachable = |seen: &[(chrono::DateTime<chrono::Utc>, EventKind)]| {
+        seen.iter()
+            .filter_map(|(_, k)| match k {
+                EventKind::AlertChanged {
+                    alert,
+                    device: Some(device),
+                    fault,
+                    what,
+                    ..
+                } if fault == "unreachable" && what == "raised" => {
+                    Some((device.to_string(), *alert))
+                }
+                _ => None,
+            })
+            .collect::<std::collections::BTreeMap<String, u64>>()
+    };
+    while raised_unreachable(&seen).len() < 2 {
+        until(&mut sink, Duration::from_secs(120), &mut seen, |k| {
+            matches!(k, EventKind::AlertChanged { fault, what, .. } if fault == "unreachable" && what == "raised")
+        })
+        .await;
+    }
+    let unreachable = raised_unreachable(&seen);
+    // Let every notice of this instant out.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok(e) = sink.try_recv() {
+        seen.push((e.at, e.kind.clone()));
+    }
+    let (_, alerts) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/alerts?open=true",
+        serde_json::json!(null),
+    )
+    .await;
+    let by_fault = |fault: &str, device: &str| {
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == fault && a["subject"]["id"] == device)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {fault} alert on {device}: {alerts}"))
+    };
+    let battery = by_fault("battery_critical", "r101-mics");
+    assert_eq!(battery["silenced"]["by"], "maintenance", "{battery}");
+    let battery_id = battery["id"].as_u64().unwrap();
+    assert!(notified(&seen, battery_id).is_empty(), "{seen:#?}");
+    let child = by_fault("unreachable", "behind-gw");
+    assert_eq!(child["silenced"]["by"], "parent", "{child}");
+    assert_eq!(child["silenced"]["device"], "gw", "{child}");
+    let gw = by_fault("unreachable", "gw");
+    assert_eq!(gw["silenced"], serde_json::Value::Null, "{gw}");
+    assert_eq!(
+        notified(&seen, unreachable["gw"])
+            .first()
+            .map(String::as_str),
+        Some("raised")
+    );
+    // The child may have been told before its parent went down; never after.
+    let gw_down = seen
+        .iter()
+        .position(|(_, k)| matches!(k, EventKind::AlertChanged { alert, what, .. } if *alert == unreachable["gw"] && what == "raised"))
+        .unwrap();
+    assert!(
+        !seen[gw_down..].iter().any(|(_, k)| matches!(k, EventKind::AlertNotified { alert, .. } if *alert == unreachable["behind-gw"])),
+        "{seen:#?}"
+    );
+
+    // Ending the window tells of the battery that is still flat.
+    let (status, _) = api(
+        &d,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/maintenance-windows/{}", w["id"]),
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 204);
+    until(&mut sink, Duration::from_secs(1), &mut seen, |k| {
+        matches!(k, EventKind::AlertNotified { alert, notice, .. } if *alert == battery_id && notice == "unsilenced")
+    })
+    .await;
     d.shutdown("test").await;
     sim_cancel.cancel();
     pump.cancel();
