@@ -247,7 +247,8 @@ pub fn classify(event: &EventKind, lookup: &Lookup<'_>) -> Vec<Observation> {
             room,
             fault,
         } => {
-            // Reachability is judged from health, not from the comms monitor's own fault.
+            // Unreachable comes from health changes; here only what the device (or its comms
+            // monitor) reports as a fault.
             let change = if matches!(event, EventKind::FaultRaised { .. }) {
                 Change::Raised
             } else {
