@@ -113,6 +113,9 @@ pub struct Alert {
     /// `None` when it resolved itself (the fault cleared).
     pub resolved_by: Option<String>,
     pub note: Option<String>,
+    /// The device's fault code behind the alert, when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// 0: the decision's recipients; n: the n-th contact of the escalation order.
     pub escalation: u32,
     pub next_escalation: Option<DateTime<Utc>>,
@@ -429,6 +432,7 @@ impl AlertBook {
                     resolved_at: None,
                     resolved_by: None,
                     note: None,
+                    code: o.code.clone(),
                     escalation: 0,
                     next_escalation: None,
                     next_renotify: None,
@@ -878,6 +882,7 @@ mod tests {
             change,
             message: format!("{device} {kind}"),
             hold: None,
+            code: None,
         }
     }
 

@@ -174,8 +174,26 @@ impl PlaybookHandle {
     pub fn acknowledge(&self, id: AlertId, by: &str) -> Result<Alert, AlertError> {
         let now = self.shared.clock.now();
         let actions = self.book().acknowledge(id, by, now)?;
+        let first = !actions.is_empty();
         self.carry_out(actions, Some(by), now);
-        self.alert(id).ok_or(AlertError::NotFound(id))
+        let a = self.alert(id).ok_or(AlertError::NotFound(id))?;
+        // The logbook's fault entries (and the monthly report's time to acknowledge) know the
+        // device's fault, not the alert: acknowledge that too.
+        if let (true, Subject::Device(device), Some(room), Some(code)) =
+            (first, &a.key.subject, &a.room, &a.code)
+        {
+            self.shared.events.emit(
+                now,
+                EventKind::FaultAcknowledged {
+                    device: device.clone(),
+                    room: room.clone(),
+                    code: code.clone(),
+                    component: a.key.component.clone(),
+                    by: by.to_owned(),
+                },
+            );
+        }
+        Ok(a)
     }
 
     pub fn resolve(&self, id: AlertId, by: &str, note: &str) -> Result<Alert, AlertError> {

@@ -204,6 +204,9 @@ pub struct Observation {
     pub message: String,
     /// Raise only if it still holds after this long (busy too long).
     pub hold: Option<chrono::Duration>,
+    /// The device's own fault code, when the observation is one: the logbook's fault entries
+    /// (and the monthly report) key on it.
+    pub code: Option<String>,
 }
 
 impl Observation {
@@ -216,6 +219,7 @@ impl Observation {
             change,
             message: String::new(),
             hold: None,
+            code: None,
         }
     }
 
@@ -258,6 +262,7 @@ pub fn classify(event: &EventKind, lookup: &Lookup<'_>) -> Vec<Observation> {
             let mut o = Observation::new(kind, dev(device), Some(room.clone()), change)
                 .saying(fault.message.clone());
             o.component = fault.component.clone();
+            o.code = Some(fault.code.clone());
             // A battery going from low to critical is the same battery: its identity must not
             // depend on the severity, or the low alert would linger beside the critical one.
             let mut out = vec![o];

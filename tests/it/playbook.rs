@@ -293,6 +293,20 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         "raised, notified, 2 steps, acknowledged, resolved: {kinds:?}"
     );
 
+    // The monthly report counts it, with who acknowledged it and when. (Its class there is
+    // still the logbook's own rule; reading the playbook's class from the alerts table is
+    // the report's next step.)
+    let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
+    let month = avwarden::records::report::Month::parse("2026-11").unwrap();
+    let report = avwarden::records::report::monthly(&conn, month, tz).unwrap();
+    let incident = report
+        .incidents
+        .iter()
+        .find(|i| i.code == "battery_low" && i.component.as_deref() == Some("channel 2"))
+        .unwrap_or_else(|| panic!("{:#?}", report.incidents));
+    assert_eq!(incident.acknowledged_by.as_deref(), Some("person:li"));
+    assert!(incident.acknowledged.is_some_and(|a| a >= incident.raised));
+
     d.shutdown("test").await;
     sim_cancel.cancel();
     pump.cancel();
