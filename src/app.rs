@@ -97,6 +97,8 @@ pub struct Daemon {
     pub schedule: crate::schedule::ScheduleHandle,
     /// Each protected zone's state, as the level watch publishes it.
     pub protection: crate::levelwatch::ProtectionBoard,
+    /// Alerts, maintenance windows and the roster.
+    pub playbook: crate::playbook::PlaybookHandle,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -166,6 +168,17 @@ impl Daemon {
         let levelwatch = Service::new("levelwatch");
         let protection = start_levelwatch(&devices, &fleet, &events, &logbook, clock, &levelwatch);
         services.push(levelwatch);
+        let playbook_service = Service::new("playbook");
+        let playbook = start_playbook(
+            &cfg,
+            &fleet,
+            &events,
+            clock,
+            &schedule,
+            &logbook,
+            &playbook_service,
+        );
+        services.push(playbook_service);
         let api_service = Service::new("api");
         let api_addr = start_api(
             &cfg,
@@ -177,6 +190,7 @@ impl Daemon {
             devices.len(),
             schedule.clone(),
             protection.clone(),
+            playbook.clone(),
             &api_service,
         )
         .await?;
@@ -198,6 +212,7 @@ impl Daemon {
             logbook,
             schedule,
             protection,
+            playbook,
             services,
             store,
             simulation,
@@ -576,6 +591,40 @@ fn start_schedule(
     handle
 }
 
+/// The contingency playbook: alerts from every fault source, graded by the rooms' bookings.
+fn start_playbook(
+    cfg: &SiteConfig,
+    fleet: &Arc<Fleet>,
+    events: &EventBus,
+    clock: Clock,
+    schedule: &crate::schedule::ScheduleHandle,
+    logbook: &LogbookHandle,
+    svc: &Service,
+) -> crate::playbook::PlaybookHandle {
+    let parents = cfg
+        .devices
+        .iter()
+        .filter_map(|d| d.parent.clone().map(|p| (d.id.clone(), p)))
+        .collect();
+    crate::playbook::start(
+        cfg.playbook.clone(),
+        cfg.roster.clone(),
+        parents,
+        cfg.site.time_zone,
+        crate::playbook::PlaybookSettings::default(),
+        events,
+        clock,
+        fleet.clone(),
+        schedule.book.clone(),
+        Some(crate::playbook::service::Records {
+            logbook: logbook.clone(),
+            path: cfg.storage.path.clone(),
+        }),
+        svc.tasks(),
+        svc.cancel(),
+    )
+}
+
 type Restored = (
     Vec<crate::model::Booking>,
     Vec<crate::model::Verdict>,
@@ -608,6 +657,7 @@ async fn start_api(
     devices: usize,
     schedule: crate::schedule::ScheduleHandle,
     protection: crate::levelwatch::ProtectionBoard,
+    playbook: crate::playbook::PlaybookHandle,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -640,6 +690,7 @@ async fn start_api(
             rooms: cfg.rooms.clone(),
         }),
         protection: Some(protection),
+        playbook: Some(playbook),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

@@ -242,6 +242,45 @@ pub enum EventKind {
         feed: String,
         bookings: usize,
     },
+    /// An alert of the playbook changed: raised, updated, acknowledged, escalated, silenced,
+    /// resolved … (`what`), by a person when one did it.
+    AlertChanged {
+        alert: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        fault: String,
+        class: String,
+        what: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        detail: String,
+    },
+    /// Who is told of an alert, and why (raised, escalated, re-notified …). The alert sinks
+    /// (MQTT, webhook, mail) deliver these.
+    AlertNotified {
+        alert: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        notice: String,
+        class: String,
+        recipients: Vec<String>,
+        message: String,
+    },
+    /// One step of the playbook ran for an alert, with its outcome.
+    PlaybookStep {
+        alert: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        step: String,
+        outcome: String,
+        ok: bool,
+    },
 }
 
 impl EventKind {
@@ -281,6 +320,9 @@ impl EventKind {
             EventKind::InputClipping { .. } => "input_clipping",
             EventKind::ZoneMeteringLost { .. } => "zone_metering_lost",
             EventKind::ZoneMeteringRestored { .. } => "zone_metering_restored",
+            EventKind::AlertChanged { .. } => "alert_changed",
+            EventKind::PlaybookStep { .. } => "playbook_step",
+            EventKind::AlertNotified { .. } => "alert_notified",
         }
     }
 
@@ -307,6 +349,9 @@ impl EventKind {
             | EventKind::InputClipping { device, .. }
             | EventKind::ZoneMeteringLost { device, .. }
             | EventKind::ZoneMeteringRestored { device, .. } => Some(device),
+            EventKind::AlertChanged { device, .. }
+            | EventKind::AlertNotified { device, .. }
+            | EventKind::PlaybookStep { device, .. } => device.as_ref(),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
@@ -348,7 +393,10 @@ impl EventKind {
             | EventKind::InputClipping { room, .. }
             | EventKind::ZoneMeteringLost { room, .. }
             | EventKind::ZoneMeteringRestored { room, .. } => Some(room),
-            EventKind::MaintenanceRecorded { room, .. } => room.as_ref(),
+            EventKind::MaintenanceRecorded { room, .. }
+            | EventKind::AlertChanged { room, .. }
+            | EventKind::AlertNotified { room, .. }
+            | EventKind::PlaybookStep { room, .. } => room.as_ref(),
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
@@ -593,6 +641,46 @@ impl fmt::Display for EventKind {
             EventKind::BookingFeedRecovered { feed, bookings } => {
                 write!(f, "booking feed {feed} read again: {bookings} bookings")
             }
+            EventKind::AlertChanged {
+                alert,
+                fault,
+                class,
+                what,
+                by,
+                detail,
+                ..
+            } => {
+                write!(f, "alert {alert} ({class} {fault}) {what}")?;
+                if let Some(by) = by {
+                    write!(f, " by {by}")?;
+                }
+                if !detail.is_empty() {
+                    write!(f, ": {detail}")?;
+                }
+                Ok(())
+            }
+            EventKind::AlertNotified {
+                alert,
+                notice,
+                class,
+                recipients,
+                message,
+                ..
+            } => write!(
+                f,
+                "alert {alert} ({class}) {notice}: told {}: {message}",
+                if recipients.is_empty() {
+                    "nobody (no one on the roster)".to_owned()
+                } else {
+                    recipients.join(", ")
+                }
+            ),
+            EventKind::PlaybookStep {
+                alert,
+                step,
+                outcome,
+                ..
+            } => write!(f, "alert {alert}: step {step}: {outcome}"),
         }
     }
 }

@@ -99,6 +99,116 @@ enum Command {
         #[command(subcommand)]
         command: BookingsCommand,
     },
+    /// The contingency playbook: what it would do for a fault (a dry run; no device is
+    /// touched).
+    Playbook {
+        #[command(subcommand)]
+        command: PlaybookCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlaybookCommand {
+    /// Show the rule, class, deadlines, recipients and steps for a fault in a context.
+    Test {
+        /// A fault of the taxonomy (`battery_critical`, `unreachable`, `projector_lamp`, …).
+        #[arg(long)]
+        fault: String,
+        #[arg(long)]
+        room: String,
+        /// `in_meeting`, `before_meeting` or `idle`.
+        #[arg(long, default_value = "in_meeting")]
+        context: String,
+        /// The meeting is marked important.
+        #[arg(long)]
+        important: bool,
+        /// The faulty device (its capabilities select rules); default: any device of the room.
+        #[arg(long)]
+        device: Option<String>,
+        /// The component (`channel 2`, `zone main`) for the step texts.
+        #[arg(long, default_value = "")]
+        component: String,
+        /// The site config (its playbook, roster and devices); default: the shipped playbook,
+        /// the plan's roster in UTC and a device that can do everything.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn playbook(command: PlaybookCommand) -> ExitCode {
+    use avwarden::model::Capability;
+    use avwarden::playbook::{
+        dry_run, roster::Roster, rules::Rules, Context, FaultKind, Importance,
+    };
+    let PlaybookCommand::Test {
+        fault,
+        room,
+        context,
+        important,
+        device,
+        component,
+        config,
+    } = command;
+    let Some(kind) = FaultKind::parse(&fault) else {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+        eprintln!(
+            "error: unknown fault {fault:?}; one of: {}",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let Some(ctx) = Context::parse(&context) else {
+        eprintln!("error: unknown context {context:?}; one of: in_meeting, before_meeting, idle");
+        return ExitCode::from(2);
+    };
+    let (rules, roster, caps) = match &config {
+        Some(path) => {
+            let cfg = match load(path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if !cfg.rooms.iter().any(|r| r.id.as_str() == room) {
+                eprintln!("error: {}: no room {room:?}", path.display());
+                return ExitCode::from(2);
+            }
+            let mut caps: Vec<Capability> = cfg
+                .devices
+                .iter()
+                .filter(|d| d.room.as_str() == room)
+                .filter(|d| device.as_deref().is_none_or(|id| d.id.as_str() == id))
+                .flat_map(|d| d.profile.capabilities.iter().copied())
+                .collect();
+            caps.sort();
+            caps.dedup();
+            ((*cfg.playbook).clone(), cfg.roster.clone(), caps)
+        }
+        None => match Rules::embedded() {
+            Ok(r) => (r, Roster::of_plan(chrono_tz::UTC), Capability::ALL.to_vec()),
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let device = device.unwrap_or_else(|| format!("a device of {room}"));
+    let q = dry_run::Question {
+        fault: kind,
+        room: &room,
+        device: &device,
+        component: &component,
+        context: ctx,
+        importance: if important {
+            Importance::Important
+        } else {
+            Importance::Normal
+        },
+        capabilities: &caps,
+    };
+    let (_, text) = dry_run::dry_run(&q, &rules, &roster, avwarden::clock::Clock::system().now());
+    print!("{text}");
+    ExitCode::SUCCESS
 }
 
 #[derive(Subcommand)]
@@ -339,6 +449,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Bookings { command } => bookings(command),
+        Command::Playbook { command } => playbook(command),
         Command::Simulate { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,

@@ -82,6 +82,14 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/api/v1/rooms/{id}/selftest", AtLeast(Technician)),
     rule("GET", "/api/v1/selftests", AtLeast(Viewer)),
     rule("GET", "/api/v1/board", AtLeast(Viewer)),
+    rule("GET", "/api/v1/alerts", AtLeast(Viewer)),
+    rule("GET", "/api/v1/alerts/{id}", AtLeast(Viewer)),
+    rule("POST", "/api/v1/alerts/{id}/ack", AtLeast(Technician)),
+    rule("POST", "/api/v1/alerts/{id}/resolve", AtLeast(Technician)),
+    rule("GET", "/api/v1/maintenance-windows", AtLeast(Viewer)),
+    rule("POST", "/api/v1/maintenance-windows", AtLeast(Admin)),
+    rule("DELETE", "/api/v1/maintenance-windows/{id}", AtLeast(Admin)),
+    rule("GET", "/api/v1/roster/on-duty", AtLeast(Viewer)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

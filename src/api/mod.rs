@@ -6,6 +6,7 @@
 //! requests [`server`] refuses before the router. Who may call which route is decided in
 //! one place, [`auth`], before any handler runs.
 
+mod alerts;
 pub mod auth;
 mod bookings;
 pub mod client;
@@ -58,6 +59,8 @@ pub struct ApiState {
     pub layout: Arc<rooms::Layout>,
     /// The level watch's zone states (absent in API-only tests).
     pub protection: Option<crate::levelwatch::ProtectionBoard>,
+    /// Alerts, maintenance windows and the roster (absent in API-only tests).
+    pub playbook: Option<crate::playbook::PlaybookHandle>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -97,6 +100,19 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/equipment/{device}/maintenance",
             post(records::add_maintenance),
         )
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}", get(alerts::get_one))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
+        .route(
+            "/api/v1/maintenance-windows",
+            get(alerts::windows).post(alerts::add_window),
+        )
+        .route(
+            "/api/v1/maintenance-windows/{id}",
+            axum::routing::delete(alerts::remove_window),
+        )
+        .route("/api/v1/roster/on-duty", get(alerts::on_duty))
         .route("/metrics", get(metrics))
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(

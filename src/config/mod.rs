@@ -299,6 +299,8 @@ pub struct DeviceConfig {
     pub settings: toml::Table,
     /// What the equipment archive keeps about this device besides what it reports itself.
     pub archive: crate::records::ArchiveFields,
+    /// The device this one is reached through (`parent = "dev-id"`).
+    pub parent: Option<DeviceId>,
 }
 
 /// `[mqtt]`, validated by the MQTT transport's own rules (including every value that would
@@ -325,6 +327,11 @@ pub struct SiteConfig {
     /// The daemon's one MQTT client (and embedded broker), when the site has `[mqtt]`.
     pub mqtt: Option<MqttConfig>,
     pub bookings: BookingsConfig,
+    /// `[roster]`, or the plan's roster in the site's zone.
+    pub roster: crate::playbook::roster::Roster,
+    /// The contingency rules of the playbook file `[selftest] playbook` names (or the shipped
+    /// ones).
+    pub playbook: Arc<crate::playbook::rules::Rules>,
 }
 
 /// `[bookings]`: where bookings come from besides the API.

@@ -20,6 +20,8 @@ pub struct RawSite {
     #[serde(default)]
     pub devices: Vec<RawDevice>,
     pub bookings: Option<RawBookings>,
+    /// Validated by the playbook, which owns the roster's meaning.
+    pub roster: Option<crate::playbook::roster::RawRoster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,9 @@ pub struct RawDevice {
     pub archive: Option<toml::Table>,
     /// Overrides the profile's poll interval for this device.
     pub poll_interval_secs: Option<f64>,
+    /// The device this one is reached through (a serial server, a room gateway): while it is
+    /// down, this device's reachability alerts are inhibited.
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

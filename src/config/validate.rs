@@ -447,6 +447,19 @@ pub fn parse_site(
     let room_ids: Vec<String> = rooms.iter().map(|r| r.id.to_string()).collect();
     let devices = validate_devices(&raw, &room_ids, &profiles, base, env, &mut pr);
     let bookings = validate_bookings(&raw, &room_ids, base, &mut pr);
+    validate_parents(&raw, &devices, &mut pr);
+    let tz = site.as_ref().map_or(chrono_tz::UTC, |s| s.time_zone);
+    let roster = match raw.roster.as_ref().map(|r| r.validate(tz)) {
+        None => crate::playbook::roster::Roster::of_plan(tz),
+        Some(Ok(r)) => r,
+        Some(Err(problems)) => {
+            for (path, message) in problems {
+                pr.at_path(&p(&[k("roster")], &path), message);
+            }
+            crate::playbook::roster::Roster::of_plan(tz)
+        }
+    };
+    let playbook = validate_playbook(&raw, base, &mut pr);
 
     if !removed.is_empty() {
         let mut i = 0;
@@ -472,6 +485,8 @@ pub fn parse_site(
             profiles,
             mqtt,
             bookings,
+            roster,
+            playbook,
         })
     } else {
         Err(pr.into_error())
@@ -511,8 +526,10 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
     match names.as_slice() {
         [] => vec![
             "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
-            "devices", "bookings",
+            "devices", "bookings", "roster",
         ],
+        ["roster"] => vec!["shifts", "holidays", "out_of_hours", "escalation"],
+        ["roster", "shifts"] => vec!["who", "role", "days", "from", "until"],
         ["bookings"] => vec!["feeds"],
         ["bookings", "feeds"] => vec![
             "id",
@@ -578,6 +595,7 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
             "settings",
             "archive",
             "poll_interval_secs",
+            "parent",
         ],
         ["devices", "link"] => vec![
             "kind",
@@ -915,6 +933,67 @@ fn validate_selftest(raw: &RawSite, base: &Path, pr: &mut Problems<'_>) -> SelfT
     out
 }
 
+/// `parent` of each device names another device of the site, and no device is its own
+/// ancestor.
+fn validate_parents(raw: &RawSite, devices: &[DeviceConfig], pr: &mut Problems<'_>) {
+    let parent_of = |id: &str| {
+        raw.devices
+            .iter()
+            .find(|d| d.id.as_deref() == Some(id))
+            .and_then(|d| d.parent.as_deref())
+    };
+    for (i, d) in raw.devices.iter().enumerate() {
+        let Some(parent) = d.parent.as_deref() else {
+            continue;
+        };
+        let at = [k("devices"), Seg::Index(i), k("parent")];
+        if !devices.iter().any(|x| x.id.as_str() == parent) {
+            let hint = did_you_mean(suggest(parent, devices.iter().map(|x| x.id.as_str())));
+            pr.at_path(&at, format!("unknown device \"{parent}\"{hint}"));
+            continue;
+        }
+        let mut seen = vec![d.id.as_deref().unwrap_or("")];
+        let mut at_dev = Some(parent);
+        while let Some(x) = at_dev {
+            if seen.contains(&x) {
+                pr.at_path(
+                    &at,
+                    format!("devices reach each other in a circle through \"{x}\""),
+                );
+                break;
+            }
+            seen.push(x);
+            at_dev = parent_of(x);
+        }
+    }
+}
+
+/// The contingency rules of the playbook `[selftest] playbook` names, or the shipped ones.
+fn validate_playbook(
+    raw: &RawSite,
+    base: &Path,
+    pr: &mut Problems<'_>,
+) -> Arc<crate::playbook::rules::Rules> {
+    use crate::playbook::rules::Rules;
+    let shipped = || Arc::new(Rules::embedded().unwrap_or_default());
+    let Some(file) = raw.selftest.as_ref().and_then(|s| s.playbook.as_ref()) else {
+        return shipped();
+    };
+    let path = resolve(base, file);
+    // A file that cannot be read is reported with the remedies.
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return shipped();
+    };
+    match Rules::parse_over_embedded(&text, &path.display().to_string()) {
+        Ok(r) => Arc::new(r),
+        Err(problems) => {
+            pr.list
+                .extend(problems.into_iter().map(|p| (usize::MAX, p)));
+            shipped()
+        }
+    }
+}
+
 /// `[[bookings.feeds]]`: each feed read from a url or a path (exactly one), its room known.
 fn validate_bookings(
     raw: &RawSite,
@@ -1126,6 +1205,7 @@ fn validate_devices(
                 simulator: d.simulator.clone().unwrap_or_default(),
                 settings: d.settings.clone().unwrap_or_default(),
                 archive,
+                parent: d.parent.as_deref().map(DeviceId::new),
             });
         }
     }
@@ -1697,5 +1777,64 @@ max_bytes = 65536
             let text = site_with_api(&format!("[api]\nbind = \"{local}\"\n"));
             assert!(problems(&text, &Env::fixed(&[])).is_empty(), "{local}");
         }
+    }
+
+    const PARENTS: &str = r#"
+[site]
+name = "Parents"
+time_zone = "Asia/Shanghai"
+
+[[rooms]]
+id = "r101"
+capacity = 12
+
+[[devices]]
+id = "gw"
+room = "r101"
+profile = "shure-ulxd"
+link = { host = "127.0.0.1" }
+
+[[devices]]
+id = "mic"
+room = "r101"
+profile = "shure-ulxd"
+link = { host = "127.0.0.1" }
+parent = "gw"
+
+[roster]
+escalation = ["wang"]
+out_of_hours = ["zhao"]
+shifts = [{ who = "li", days = ["mon-fri"], from = "08:00", until = "18:00" }]
+"#;
+
+    #[test]
+    fn parents_and_roster_are_validated_with_their_places() {
+        let env = Env::fixed(&[]);
+        let cfg = parse_site(PARENTS, "site.toml", Path::new("/etc/avwarden"), &env).unwrap();
+        assert_eq!(cfg.devices[1].parent, Some(DeviceId::from("gw")));
+        assert_eq!(cfg.roster.escalation, ["wang"]);
+        assert_eq!(cfg.roster.shifts[0].who, "li");
+        assert!(!cfg.playbook.rules.is_empty(), "the shipped rules");
+
+        let bad = PARENTS
+            .replace("parent = \"gw\"", "parent = \"gx\"")
+            .replace("\"mon-fri\"", "\"mon-fry\"");
+        let e = parse_site(&bad, "site.toml", Path::new("/etc/avwarden"), &env).unwrap_err();
+        let shown: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with(
+                "site.toml:21:1: devices[1].parent: unknown device \"gx\" (did you mean \"gw\"?)"
+            ),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("roster.shifts[0].days"), "{shown:?}");
+
+        let circle = PARENTS.replace(
+            "link = { host = \"127.0.0.1\" }\n\n[[devices]]",
+            "link = { host = \"127.0.0.1\" }\nparent = \"mic\"\n\n[[devices]]",
+        );
+        let e = parse_site(&circle, "site.toml", Path::new("/etc/avwarden"), &env).unwrap_err();
+        assert!(e.to_string().contains("circle"), "{e}");
     }
 }

@@ -12,6 +12,7 @@
 //! Readers (export, verify, report, the API) open their own read-only connections: WAL lets
 //! them read while the writer writes.
 
+pub mod alerts;
 pub mod archive;
 pub mod bookings;
 pub mod cli;

@@ -29,6 +29,7 @@ use crate::model::{Booking, DeviceId, RoomId, Verdict};
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_bookings.sql")),
+    (3, include_str!("../../migrations/0003_alerts.sql")),
 ];
 
 /// The schema version this build writes.
@@ -103,6 +104,10 @@ pub enum Op {
         ran: chrono::DateTime<chrono::Utc>,
         outcome: &'static str,
     },
+    /// A playbook alert as it is now (its changes are logged by their own events).
+    Alert(Box<super::alerts::AlertRecord>),
+    /// A maintenance window added or removed.
+    Window(Box<super::alerts::WindowRecord>),
     /// Writes nothing: a barrier whose acknowledgement means everything before it is
     /// committed.
     Flush,
@@ -384,6 +389,8 @@ fn apply_op(
         } => bookings::apply_feed(conn, head, feed, list, *window, *at),
         Op::Verdict { verdict, extra } => bookings::apply_verdict(conn, head, verdict, extra),
         Op::JobDone { job, ran, outcome } => bookings::apply_job_done(conn, job, *ran, outcome),
+        Op::Alert(a) => super::alerts::apply_alert(conn, a),
+        Op::Window(w) => super::alerts::apply_window(conn, w),
         Op::Flush => Ok(Applied::default()),
     }
 }

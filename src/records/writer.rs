@@ -149,6 +149,29 @@ impl LogbookHandle {
             })
     }
 
+    /// Queue an alert's current state without waiting for the commit (the playbook decides
+    /// under a lock and must not wait). Fails at once when the queue is full.
+    pub fn alert(&self, record: super::alerts::AlertRecord) -> Result<(), StoreError> {
+        self.try_queue(Op::Alert(Box::new(record)))
+    }
+
+    /// Queue a maintenance window added or removed, without waiting for the commit.
+    pub fn window(&self, record: super::alerts::WindowRecord) -> Result<(), StoreError> {
+        self.try_queue(Op::Window(Box::new(record)))
+    }
+
+    fn try_queue(&self, op: Op) -> Result<(), StoreError> {
+        self.tx
+            .try_send(Request::Write { op, ack: None })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Unavailable {
+                    reason: "writer queue full".into(),
+                    pending: self.tx.max_capacity() as u64,
+                },
+                mpsc::error::TrySendError::Closed(_) => StoreError::Stopped,
+            })
+    }
+
     /// Record a maintenance entry (and its counter changes); returns its sequence number once
     /// committed. Emits `MaintenanceRecorded` after the commit.
     pub async fn maintenance(&self, m: Maintenance) -> Result<u64, StoreError> {

@@ -265,6 +265,21 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     assert_eq!(created.status, 201, "{:?}", created.json());
     let id = created.json()["id"].as_str().unwrap().to_owned();
     let booking = format!("/api/v1/bookings/{id}");
+    // A maintenance window to remove, made first by the admin.
+    let until = d.clock.now() + chrono::Duration::hours(1);
+    let made = call(
+        addr,
+        Some(ADMIN),
+        "POST",
+        "/api/v1/maintenance-windows",
+        Some(&json!({"device": "p1", "until": until, "reason": "lamp change"}).to_string()),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{:?}", made.json());
+    let window = format!(
+        "/api/v1/maintenance-windows/{}",
+        made.json()["id"].as_u64().unwrap()
+    );
     let cases = vec![
         case("GET", "/api/v1/health", "/api/v1/health", None),
         case("GET", "/metrics", "/metrics", None),
@@ -351,6 +366,48 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         case("GET", "/api/v1/selftests", "/api/v1/selftests", None).bad_query("colour=red"),
         case("GET", "/api/v1/board", "/api/v1/board", None).bad_query("limit=many"),
         case("DELETE", "/api/v1/bookings/{id}", &booking, None).missing("/api/v1/bookings/b-nope"),
+        case("GET", "/api/v1/alerts", "/api/v1/alerts", None).bad_query("open=maybe"),
+        // This site raises no alert: a missing one is what each alert route answers here
+        // (tests/it/playbook.rs acknowledges and resolves real ones).
+        case("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", None).success(404),
+        case(
+            "POST",
+            "/api/v1/alerts/{id}/ack",
+            "/api/v1/alerts/999/ack",
+            None,
+        )
+        .success(404),
+        case(
+            "POST",
+            "/api/v1/alerts/{id}/resolve",
+            "/api/v1/alerts/999/resolve",
+            Some(json!({"note": "cable reseated"})),
+        )
+        .success(404)
+        .bad_body("{\"note\": 3}", 422),
+        case(
+            "GET",
+            "/api/v1/maintenance-windows",
+            "/api/v1/maintenance-windows",
+            None,
+        ),
+        case(
+            "POST",
+            "/api/v1/maintenance-windows",
+            "/api/v1/maintenance-windows",
+            Some(json!({"room": "r1", "until": until, "reason": "refit"})),
+        )
+        .success(201)
+        .bad_body("{\"until\": \"soon\"}", 422),
+        case("DELETE", "/api/v1/maintenance-windows/{id}", &window, None)
+            .success(204)
+            .missing("/api/v1/maintenance-windows/999"),
+        case(
+            "GET",
+            "/api/v1/roster/on-duty",
+            "/api/v1/roster/on-duty",
+            None,
+        ),
     ];
     for r in ROUTES {
         assert!(

@@ -136,7 +136,14 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
     // the simulators apart; no [mqtt], no MQTT service).
     assert_eq!(
         daemon.services().collect::<Vec<_>>(),
-        ["devices", "archive", "schedule", "levelwatch", "api"]
+        [
+            "devices",
+            "archive",
+            "schedule",
+            "levelwatch",
+            "playbook",
+            "api"
+        ]
     );
     let fleet = daemon.fleet.clone();
     let report = daemon.shutdown("test").await;

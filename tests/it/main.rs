@@ -10,6 +10,7 @@ mod ical;
 mod levelwatch;
 mod modbus;
 mod pjlink;
+mod playbook;
 mod qsys;
 mod records;
 mod runtime;
