@@ -175,11 +175,11 @@ fn smoke() -> ExitCode {
     p.breach_every = Duration::from_millis(100);
     p.warmup = Duration::from_secs(60);
     match run(&p) {
-        Ok(r) if !r.latencies_us.is_empty() => {
+        Ok(r) if !r.cuts.is_empty() => {
             println!(
                 "levelwatch_latency smoke: {} cuts, max {:.0} µs (run `cargo bench --bench levelwatch_latency` for figures)",
-                r.latencies_us.len(),
-                r.latencies_us.iter().copied().fold(0.0, f64::max)
+                r.cuts.len(),
+                r.cuts.iter().map(|c| c.us).fold(0.0, f64::max)
             );
             ExitCode::SUCCESS
         }
@@ -194,17 +194,17 @@ fn smoke() -> ExitCode {
     }
 }
 
-/// A `set level` the simulator received: which DSP and channel, the level, and when.
+/// A command line the simulator received: which DSP, when, and for a `set level` which
+/// channel and level.
 #[derive(Debug, Clone, Copy)]
 struct Received {
     dsp: usize,
-    index: usize,
-    db: f64,
     at: DateTime<Utc>,
+    set: Option<(usize, f64)>,
 }
 
 struct RunResult {
-    latencies_us: Vec<f64>,
+    cuts: Vec<Cut>,
     /// Cuts whose zone had no frame before them (never expected; counted, not timed).
     unmatched: usize,
     frames_per_sec: f64,
@@ -218,7 +218,7 @@ struct RunResult {
 
 impl RunResult {
     fn print(&self, p: &Params) {
-        let v = &self.latencies_us;
+        let all: Vec<f64> = self.cuts.iter().map(|c| c.us).collect();
         println!(
             "{}: {} DSPs × {} zones, meters every {} ms{}",
             p.name,
@@ -233,18 +233,37 @@ impl RunResult {
         );
         println!(
             "  {} cuts in {:.1} s ({} without a frame before them), {:.0} meter frames/s delivered",
-            v.len(),
+            all.len(),
             self.window_secs,
             self.unmatched,
             self.frames_per_sec
         );
-        println!(
-            "  frame read → cut received: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-            percentile(v, 0.50),
-            percentile(v, 0.90),
-            percentile(v, 0.99),
-            percentile(v, 1.0)
-        );
+        let alone: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| !c.shared)
+            .map(|c| c.us)
+            .collect();
+        let shared: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| c.shared)
+            .map(|c| c.us)
+            .collect();
+        for (what, v) in [
+            ("all cuts", &all),
+            ("cut alone on its link", &alone),
+            ("another command on its link meanwhile", &shared),
+        ] {
+            println!(
+                "  frame read → cut received, {what} ({}): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                v.len(),
+                percentile(v, 0.50),
+                percentile(v, 0.90),
+                percentile(v, 0.99),
+                percentile(v, 1.0)
+            );
+        }
         let w = self.window_secs.max(f64::EPSILON);
         println!(
             "  CPU over the window: daemon threads {:.1} % of a core, simulators {:.1} %, process {:.1} %",
@@ -311,10 +330,12 @@ fn run(p: &Params) -> Result<RunResult, String> {
             sim.on_receive(ReceiveHook(Arc::new(move |line: &str| {
                 // Stamped before anything else is done with the line.
                 let at = clock.now();
-                if let Some((index, db)) = parse_set_level(line) {
-                    let r = Received { dsp, index, db, at };
-                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-                }
+                let r = Received {
+                    dsp,
+                    at,
+                    set: parse_set_level(line),
+                };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
             })));
             sims.push(sim);
         }
@@ -440,9 +461,12 @@ async fn measure(
         Default::default();
     let mut next = 0usize;
     let mut tick = tokio::time::interval(p.breach_every);
-    let cuts_so_far = |r: &Mutex<Vec<Received>>| r.lock().unwrap_or_else(|e| e.into_inner()).len();
-    // `received` also holds restores: twice the cuts wanted is a generous stop.
-    while clock.instant() < deadline && cuts_so_far(&received) < 2 * p.cuts {
+    let sets_so_far = |r: &Mutex<Vec<Received>>| {
+        let r = r.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().filter(|r| r.set.is_some()).count()
+    };
+    // Restores are `set level`s too: twice the cuts wanted is a generous stop.
+    while clock.instant() < deadline && sets_so_far(&received) < 2 * p.cuts {
         tick.tick().await;
         let now = clock.instant();
         while calm_again.front().is_some_and(|(at, _, _)| *at <= now) {
@@ -456,7 +480,9 @@ async fn measure(
         if calm_again.iter().any(|(_, d, z)| (*d, *z) == (dsp, zone)) {
             continue;
         }
-        sims[dsp].set_meter_script("ZoneMeter", zone, MeterScript::Constant { dbfs: 0.0 });
+        // Above full scale: the meter clips at 0 dBFS, and after a 3 dB cut still reads over
+        // the −3 dBFS limit, so each breach costs two cuts.
+        sims[dsp].set_meter_script("ZoneMeter", zone, MeterScript::Constant { dbfs: 2.0 });
         calm_again.push_back((now + p.breach_for, dsp, zone));
     }
     // The last breaches' cuts land.
@@ -474,9 +500,9 @@ async fn measure(
 
     let received = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
     let frames = std::mem::take(&mut *frames.lock().unwrap_or_else(|e| e.into_inner()));
-    let (latencies_us, unmatched) = latencies(p, &received, &frames, start);
+    let (cuts, unmatched) = cuts(p, &received, &frames, start);
     Ok(RunResult {
-        latencies_us,
+        cuts,
         unmatched,
         frames_per_sec: frames_in_window as f64 / window_secs.max(f64::EPSILON),
         window_secs,
@@ -516,31 +542,50 @@ fn frame_count(frames: &Mutex<Frames>) -> usize {
         .sum()
 }
 
-/// Each cut's latency from the newest frame of its zone read before it arrived, in µs.
-fn latencies(
+/// One cut's latency, and whether another command reached its DSP between the frame and
+/// the cut (the cut then shared the link: queued behind it on the actor, or it behind the cut).
+struct Cut {
+    us: f64,
+    shared: bool,
+}
+
+/// Each cut's latency from the newest frame of its zone read before it arrived.
+fn cuts(
     p: &Params,
     received: &[Received],
     frames: &Frames,
     start: DateTime<Utc>,
-) -> (Vec<f64>, usize) {
+) -> (Vec<Cut>, usize) {
     let mut level: HashMap<(usize, usize), f64> = HashMap::new();
     let mut out = Vec::new();
     let mut unmatched = 0;
-    for r in received {
-        let before = level.insert((r.dsp, r.index), r.db).unwrap_or(SET_LEVEL_DB);
-        if r.db >= before || r.at < start || r.index == 0 || r.index > p.zones {
+    for (n, r) in received.iter().enumerate() {
+        let Some((index, db)) = r.set else { continue };
+        let before = level.insert((r.dsp, index), db).unwrap_or(SET_LEVEL_DB);
+        if db >= before || r.at < start || index == 0 || index > p.zones {
             continue;
         }
-        let key = (device_id(r.dsp), Subject::zone(&format!("z{}", r.index)));
-        let Some(ats) = frames.get(&key) else {
+        let key = (device_id(r.dsp), Subject::zone(&format!("z{index}")));
+        let i = frames
+            .get(&key)
+            .map_or(0, |ats| ats.partition_point(|at| *at <= r.at));
+        let Some(frame) = i
+            .checked_sub(1)
+            .and_then(|i| frames.get(&key).and_then(|ats| ats.get(i)))
+        else {
             unmatched += 1;
             continue;
         };
-        let i = ats.partition_point(|at| *at <= r.at);
-        match i.checked_sub(1).and_then(|i| ats.get(i)) {
-            Some(frame) => out.push((r.at - *frame).as_seconds_f64() * 1e6),
-            None => unmatched += 1,
-        }
+        // Lines are pushed in arrival order per DSP (one session each).
+        let shared = received[..n]
+            .iter()
+            .rev()
+            .take_while(|o| o.at > *frame)
+            .any(|o| o.dsp == r.dsp);
+        out.push(Cut {
+            us: (r.at - *frame).as_seconds_f64() * 1e6,
+            shared,
+        });
     }
     (out, unmatched)
 }
