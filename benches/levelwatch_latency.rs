@@ -201,6 +201,8 @@ struct Received {
     dsp: usize,
     at: DateTime<Utc>,
     set: Option<(usize, f64)>,
+    /// A `get` (a poll step, or a restore's refresh reading every control).
+    read: bool,
 }
 
 struct RunResult {
@@ -250,10 +252,17 @@ impl RunResult {
             .filter(|c| c.shared)
             .map(|c| c.us)
             .collect();
+        let reads: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| c.behind_read)
+            .map(|c| c.us)
+            .collect();
         for (what, v) in [
             ("all cuts", &all),
             ("cut alone on its link", &alone),
             ("another command on its link meanwhile", &shared),
+            ("… of which at least one read (`get`)", &reads),
         ] {
             println!(
                 "  frame read → cut received, {what} ({}): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
@@ -334,6 +343,7 @@ fn run(p: &Params) -> Result<RunResult, String> {
                     dsp,
                     at,
                     set: parse_set_level(line),
+                    read: line.split_whitespace().nth(1) == Some("get"),
                 };
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
             })));
@@ -547,6 +557,8 @@ fn frame_count(frames: &Mutex<Frames>) -> usize {
 struct Cut {
     us: f64,
     shared: bool,
+    /// Among them a read (`get`).
+    behind_read: bool,
 }
 
 /// Each cut's latency from the newest frame of its zone read before it arrived.
@@ -577,14 +589,20 @@ fn cuts(
             continue;
         };
         // Lines are pushed in arrival order per DSP (one session each).
-        let shared = received[..n]
+        let between = received[..n]
             .iter()
             .rev()
             .take_while(|o| o.at > *frame)
-            .any(|o| o.dsp == r.dsp);
+            .filter(|o| o.dsp == r.dsp);
+        let (mut shared, mut behind_read) = (false, false);
+        for o in between {
+            shared = true;
+            behind_read |= o.read;
+        }
         out.push(Cut {
             us: (r.at - *frame).as_seconds_f64() * 1e6,
             shared,
+            behind_read,
         });
     }
     (out, unmatched)
