@@ -1,9 +1,11 @@
 //! The site and its rooms under `/api/v1`: what a technician's dashboard shows per room —
 //! its devices with their health, the booking running and the next one (a confidential
-//! title withheld), the newest self-test verdict.
+//! title withheld), the newest self-test verdict, and each DSP's zone protection.
 //!
-//! Reads the runtime's device states and the schedule's book; decides nothing but a room's
-//! overall state, which is its worst device's.
+//! Reads the runtime's device states, the schedule's book and the level watch's board;
+//! decides nothing but a room's overall state, which is its worst device's.
+
+use std::collections::BTreeMap;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -12,7 +14,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::bookings::{BookingView, VerdictView};
-use super::views::DeviceSummary;
+use super::views::{DeviceSummary, ProtectionView};
 use super::{ApiError, ApiState};
 use crate::config::Room;
 use crate::model::{Health, RoomId};
@@ -65,6 +67,10 @@ pub struct RoomView {
     pub next_booking: Option<BookingView>,
     /// The newest self-test verdict of the room.
     pub verdict: Option<VerdictView>,
+    /// Each protected zone's level-watch state, by device id then zone id, as the device
+    /// view shows it; absent when nothing in the room is protected.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub protection: BTreeMap<String, BTreeMap<String, ProtectionView>>,
 }
 
 /// How bad a health is, for a room's overall state.
@@ -81,12 +87,19 @@ fn severity(h: Health) -> u8 {
 
 fn room_view(st: &ApiState, room: &Room) -> RoomView {
     let now = st.clock.now();
-    let devices: Vec<DeviceSummary> = st
-        .fleet
-        .room(&room.id)
-        .into_iter()
+    let handles = st.fleet.room(&room.id);
+    let devices: Vec<DeviceSummary> = handles
+        .iter()
         .map(|h| DeviceSummary::from_state(&h.state(), now))
         .collect();
+    let protection = match &st.protection {
+        Some(board) => handles
+            .iter()
+            .map(|h| (h.id.to_string(), zones_view(board.zones(&h.id))))
+            .filter(|(_, zones)| !zones.is_empty())
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let state = devices
         .iter()
         .map(|d| d.health)
@@ -114,7 +127,27 @@ fn room_view(st: &ApiState, room: &Room) -> RoomView {
         current_booking: current,
         next_booking: next,
         verdict: verdict.as_ref().map(VerdictView::from),
+        protection,
     }
+}
+
+/// A device's protected zones as the API shows them, the same fields as the device view's.
+fn zones_view(
+    zones: BTreeMap<String, crate::levelwatch::controller::ZoneView>,
+) -> BTreeMap<String, ProtectionView> {
+    zones
+        .into_iter()
+        .map(|(id, z)| {
+            let view = ProtectionView {
+                state: z.state,
+                set_level_db: z.set_level_db,
+                reduction_db: z.reduction_db,
+                since: z.since,
+                manual_until: z.manual_until,
+            };
+            (id, view)
+        })
+        .collect()
 }
 
 /// `GET /api/v1/rooms`.

@@ -294,6 +294,18 @@ struct Shared {
     /// Publishing stalled: commands are still answered (a subscribe answer included), but
     /// no `!` publish line is sent for existing subscriptions.
     stalled: bool,
+    on_receive: Option<ReceiveHook>,
+}
+
+/// Called with each command line the moment its line end is read, before it is answered:
+/// a benchmark stamps there when a command's last byte arrived.
+#[derive(Clone)]
+pub struct ReceiveHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for ReceiveHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiveHook")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -412,6 +424,11 @@ impl TesiraSim {
         lock(&self.shared).stalled = stalled;
     }
 
+    /// Call `hook` with every command line received from now on, in every session.
+    pub fn on_receive(&self, hook: ReceiveHook) {
+        lock(&self.shared).on_receive = Some(hook);
+    }
+
     /// Send raw bytes to every session (garbage, half lines, stray publishes).
     pub fn inject(&self, bytes: &[u8]) {
         let _ = self.ctl.send(Ctl::Raw(bytes.to_vec()));
@@ -502,6 +519,7 @@ pub async fn spawn(
         received: VecDeque::new(),
         received_total: tokio::sync::watch::Sender::new(0),
         stalled: false,
+        on_receive: None,
     }));
     let (ctl, _) = broadcast::channel(256);
     let cancel = cancel.child_token();
@@ -775,13 +793,18 @@ impl Session {
 
     /// Answer one command line with the lines the server sends (without line ends).
     fn handle(&mut self, line: &str) -> Vec<String> {
-        {
+        let hook = {
             let mut sh = lock(&self.shared);
             if sh.received.len() >= RECEIVED_KEPT {
                 sh.received.pop_front();
             }
             sh.received.push_back(line.to_owned());
             sh.received_total.send_modify(|n| *n += 1);
+            sh.on_receive.clone()
+        };
+        // Outside the lock: the hook may take its own.
+        if let Some(ReceiveHook(hook)) = hook {
+            hook(line);
         }
         let words = match split_command(line) {
             Ok(w) => w,
@@ -1117,6 +1140,7 @@ mod tests {
             received: VecDeque::new(),
             received_total: tokio::sync::watch::Sender::new(0),
             stalled: false,
+            on_receive: None,
         }));
         let mut s = Session::new(Arc::new(TesiraSimConfig::default()), shared, true);
         s.verbose = verbose;

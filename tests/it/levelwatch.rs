@@ -2,7 +2,8 @@
 //! pseudo-terminal at 115200 baud (real time), the driver, the runtime's priority lane and the
 //! level watch task. A scripted ramp into overload is trimmed and then restored, a
 //! feedback-like rise cuts the open mic, a stalled meter stream makes the zone blind and stops
-//! the restore, and a level set at the DSP mid-breach becomes the new set level.
+//! the restore, a level set at the DSP mid-breach becomes the new set level, and the room
+//! view shows the zone protection.
 
 use std::time::Duration;
 
@@ -490,4 +491,127 @@ async fn telnet_level_set_at_the_dsp_mid_breach_becomes_the_set_level() {
     let z = main_zone(&s.board);
     assert_eq!((z.set_level_db, z.reduction_db), (Some(-25.0), 0.0));
     s.rig.shutdown().await;
+}
+
+/// Issue 10: `GET /api/v1/rooms/{id}` shows each DSP's zone protection as the device view
+/// does: a zone in breach is trimming (or already restoring) with its set level and the
+/// reduction in force; a room without a protected DSP shows none.
+#[tokio::test(start_paused = true)]
+async fn room_view_shows_the_dsps_zone_protection() {
+    use avwarden::api::{self, rooms::Layout, ApiState};
+    use avwarden::config::Room;
+    use avwarden::model::RoomId;
+    use avwarden::runtime::Fleet;
+    use tower::ServiceExt;
+
+    let sim_cancel = CancellationToken::new();
+    let sim = tesira::spawn(
+        design(),
+        SimBind::Tcp("127.0.0.1:0".parse().unwrap()),
+        sim_cancel.clone(),
+    )
+    .await
+    .unwrap();
+    sim.set_meter_script("MicMeter", 1, MeterScript::Silence);
+    sim.set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -1.0 });
+    let bus = support::bus();
+    let mut events = bus.subscribe();
+    let (cancel, tracker) = (
+        CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+    );
+    let mut fleet = Fleet::new(
+        bus.clone(),
+        support::clock(),
+        tracker.clone(),
+        cancel.clone(),
+    );
+    let profile = support::profile("biamp-tesira-telnet");
+    let a = sim.tcp_addr().unwrap();
+    let link = LinkSpec::Tcp(TcpSpec::new(a.ip().to_string(), a.port()));
+    let mut spec = DeviceSpec::new("dsp1", "room1", profile.clone(), link);
+    spec.settings = toml::from_str(ROOM).unwrap();
+    let settings = spec.settings.clone();
+    let handle = fleet.spawn_device(spec).unwrap();
+    let watched = WatchedDevice::from_settings(handle, &profile, &settings).unwrap();
+    let board = avwarden::levelwatch::start(
+        vec![watched],
+        bus.clone(),
+        None,
+        support::clock(),
+        &tracker,
+        cancel.clone(),
+    );
+    let room = |id: &str| Room {
+        id: RoomId::new(id),
+        name: id.into(),
+        building: None,
+        floor: None,
+        capacity: 8,
+        equipment: Vec::new(),
+        presets: Vec::new(),
+    };
+    let state = ApiState {
+        site: "test".into(),
+        version: "test",
+        clock: support::clock(),
+        started: support::t0(),
+        fleet: std::sync::Arc::new(fleet),
+        metrics: bus.metrics().clone(),
+        store: None,
+        schedule: None,
+        auth: Default::default(),
+        records: None,
+        layout: std::sync::Arc::new(Layout {
+            time_zone: "UTC".into(),
+            rooms: vec![room("room1"), room("room2")],
+        }),
+        protection: Some(board),
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Some(e) if matches!(e.kind, EventKind::SpeakerProtectionEngaged { .. }) => return,
+                Some(_) => continue,
+                None => panic!("event bus gone"),
+            }
+        }
+    })
+    .await
+    .expect("protection engaged");
+    let get = |path: &str| {
+        let app = api::router(state.clone());
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let view = get("/api/v1/rooms/room1").await;
+    let zone = &view["protection"]["dsp1"]["main"];
+    assert!(
+        matches!(zone["state"].as_str(), Some("trimming" | "restoring")),
+        "{view:#}"
+    );
+    assert_eq!(zone["set_level_db"], -10.0, "{view:#}");
+    assert!(zone["reduction_db"].as_f64().unwrap() >= 3.0, "{view:#}");
+    assert!(zone["since"].is_string(), "{view:#}");
+    // The list shows the same; a room without a protected DSP shows no protection.
+    let list = get("/api/v1/rooms").await;
+    assert_eq!(
+        list[0]["protection"]["dsp1"]["main"]["state"],
+        zone["state"]
+    );
+    assert!(list[1].get("protection").is_none(), "{list:#}");
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    sim_cancel.cancel();
 }

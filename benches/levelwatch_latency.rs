@@ -1,0 +1,695 @@
+//! The level watch's end-to-end latency: from the instant a driver read a meter frame to the
+//! instant the gain cut it caused arrived at the DSP, through the real simulators, drivers,
+//! runtime (`runtime::Fleet`, the priority lane) and level watch (`levelwatch::start`).
+//!
+//! - `tcp`: 50 Tesira simulators over loopback Telnet, 20 protected zones each, meters every
+//!   50 ms: 1,000 metered channels at 20 frames/s (the issue's load). Zones are pushed into
+//!   breach one after another, round-robin over the DSPs, while all the others stay
+//!   speech-like.
+//! - `serial`: one Tesira on a real pseudo-terminal opened at 115200 baud, 8 zones at the
+//!   serial profile's 100 ms meter rate.
+//!
+//! The frame's instant is its `MeterSample.at`, stamped by the driver's observer as it decodes
+//! the line whose last byte it has just read; the cut's is stamped by the simulator's
+//! receive hook the moment it reads the command's line end, on the same clock. A cut is a
+//! `set level` lower than the level before; it is charged to the newest frame of its zone read
+//! before it arrived (frames of a zone are 50 ms apart, so this is the frame that decided it
+//! while latencies stay below that). Simulators run on their own runtime (threads
+//! `avw-sim`), the daemon side on another (`avw-daemon`, one worker per core like `main`), so
+//! the daemon's CPU is read per thread from `/proc/self/task`.
+//!
+//! Real time; a benchmark, not a test: it never fails on a figure, and each part stops by
+//! itself once it has its cuts or its time is up. `cargo bench --bench levelwatch_latency`
+//! runs both parts (`-- tcp` or `-- serial` for one); under `cargo test --all-targets` a tiny
+//! TCP run checks only that cuts arrive. Environment (optional): `AVWARDEN_BENCH_LW_CUTS`
+//! (3000), `AVWARDEN_BENCH_LW_SECS` (longest measuring window of the TCP part, 60).
+//! Results and how to read them: `docs/benchmarks.md`.
+
+use std::collections::HashMap;
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use avwarden::clock::Clock;
+use avwarden::events::EventBus;
+use avwarden::levelwatch::WatchedDevice;
+use avwarden::meter::stream::MeterReceiver;
+use avwarden::metrics::Metrics;
+use avwarden::model::{DeviceId, Health, Subject};
+use avwarden::profile::{Profile, ProfileSet};
+use avwarden::runtime::{DeviceSpec, Fleet};
+use avwarden::sim::meter_script::MeterScript;
+use avwarden::sim::tesira::{self, BlockKind, BlockSpec, ReceiveHook, TesiraSim, TesiraSimConfig};
+use avwarden::sim::SimBind;
+use avwarden::transport::serial::SerialSpec;
+use avwarden::transport::tcp::TcpSpec;
+use avwarden::transport::LinkSpec;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SIM_THREADS: &str = "avw-sim";
+const DAEMON_THREADS: &str = "avw-daemon";
+/// Every frame's read instant per zone, oldest first.
+type Frames = HashMap<(DeviceId, Subject), Vec<DateTime<Utc>>>;
+
+/// Every zone's level before any cut (the level block's initial level).
+const SET_LEVEL_DB: f64 = -10.0;
+
+/// One part's shape.
+#[derive(Debug, Clone)]
+struct Params {
+    name: &'static str,
+    dsps: usize,
+    zones: usize,
+    serial: bool,
+    meter_ms: u64,
+    /// How often the next zone is pushed into breach, and how long it stays there.
+    breach_every: Duration,
+    breach_for: Duration,
+    cuts: usize,
+    window: Duration,
+    warmup: Duration,
+}
+
+impl Params {
+    fn tcp(cuts: usize, window: Duration) -> Params {
+        Params {
+            name: "tcp",
+            dsps: 50,
+            zones: 20,
+            serial: false,
+            meter_ms: 50,
+            breach_every: Duration::from_millis(10),
+            breach_for: Duration::from_millis(600),
+            cuts,
+            window,
+            warmup: Duration::from_secs(90),
+        }
+    }
+
+    fn serial() -> Params {
+        Params {
+            name: "serial",
+            dsps: 1,
+            zones: 8,
+            serial: true,
+            meter_ms: 100,
+            breach_every: Duration::from_millis(400),
+            breach_for: Duration::from_millis(800),
+            cuts: 200,
+            window: Duration::from_secs(60),
+            warmup: Duration::from_secs(30),
+        }
+    }
+
+    fn settings(&self) -> String {
+        let mut s = format!("meter_rate_ms = {}\n", self.meter_ms);
+        for z in 1..=self.zones {
+            s.push_str(&format!(
+                "[[zones]]\nid = \"z{z}\"\nlevel_tag = \"Zone\"\nindex = {z}\n\
+                 meter_tag = \"ZoneMeter\"\nmeter_index = {z}\nmax_db = 0\n"
+            ));
+        }
+        s
+    }
+
+    fn design(&self) -> TesiraSimConfig {
+        let n = self.zones as u32;
+        TesiraSimConfig {
+            blocks: vec![
+                BlockSpec::new("Zone", BlockKind::Level, n).level_db(SET_LEVEL_DB),
+                // Read after the zone's level, as an output meter is: a cut shows in the meter.
+                BlockSpec::new("ZoneMeter", BlockKind::Meter, n).follows("Zone"),
+            ],
+            ..TesiraSimConfig::default()
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return smoke();
+    }
+    let wanted = |name: &str| {
+        let parts: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+        parts.is_empty() || parts.iter().any(|a| name.contains(a.as_str()))
+    };
+    print_machine();
+    let mut failed = false;
+    let cuts = env_or("AVWARDEN_BENCH_LW_CUTS", 3000);
+    let window = Duration::from_secs(env_or("AVWARDEN_BENCH_LW_SECS", 60));
+    for p in [Params::tcp(cuts, window), Params::serial()] {
+        if !wanted(p.name) {
+            continue;
+        }
+        match run(&p) {
+            Ok(r) => r.print(&p),
+            Err(e) => {
+                eprintln!("levelwatch_latency {}: {e}", p.name);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Under `cargo test --all-targets`: two DSPs of four zones must see cuts arrive. Fails only
+/// if none does within the bounds (a broken path, not a slow one).
+fn smoke() -> ExitCode {
+    let mut p = Params::tcp(20, Duration::from_secs(30));
+    p.dsps = 2;
+    p.zones = 4;
+    p.breach_every = Duration::from_millis(100);
+    p.warmup = Duration::from_secs(60);
+    match run(&p) {
+        Ok(r) if !r.cuts.is_empty() => {
+            println!(
+                "levelwatch_latency smoke: {} cuts, max {:.0} µs (run `cargo bench --bench levelwatch_latency` for figures)",
+                r.cuts.len(),
+                r.cuts.iter().map(|c| c.us).fold(0.0, f64::max)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("levelwatch_latency smoke: no cut arrived");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("levelwatch_latency smoke: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command line the simulator received: which DSP, when, and for a `set level` which
+/// channel and level.
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    dsp: usize,
+    at: DateTime<Utc>,
+    set: Option<(usize, f64)>,
+    /// A `get` (a poll step, or a restore's refresh reading every control).
+    read: bool,
+}
+
+struct RunResult {
+    cuts: Vec<Cut>,
+    /// Cuts whose zone had no frame before them (never expected; counted, not timed).
+    unmatched: usize,
+    frames_per_sec: f64,
+    window_secs: f64,
+    daemon_cpu_secs: f64,
+    sim_cpu_secs: f64,
+    process_cpu_secs: f64,
+    loadavg_before: String,
+    loadavg_after: String,
+}
+
+impl RunResult {
+    fn print(&self, p: &Params) {
+        let all: Vec<f64> = self.cuts.iter().map(|c| c.us).collect();
+        println!(
+            "{}: {} DSPs × {} zones, meters every {} ms{}",
+            p.name,
+            p.dsps,
+            p.zones,
+            p.meter_ms,
+            if p.serial {
+                ", pty opened at 115200 baud"
+            } else {
+                ", loopback Telnet"
+            }
+        );
+        println!(
+            "  {} cuts in {:.1} s ({} without a frame before them), {:.0} meter frames/s delivered",
+            all.len(),
+            self.window_secs,
+            self.unmatched,
+            self.frames_per_sec
+        );
+        let alone: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| !c.shared)
+            .map(|c| c.us)
+            .collect();
+        let shared: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| c.shared)
+            .map(|c| c.us)
+            .collect();
+        let reads: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter(|c| c.behind_read)
+            .map(|c| c.us)
+            .collect();
+        for (what, v) in [
+            ("all cuts", &all),
+            ("cut alone on its link", &alone),
+            ("another command on its link meanwhile", &shared),
+            ("… of which at least one read (`get`)", &reads),
+        ] {
+            println!(
+                "  frame read → cut received, {what} ({}): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                v.len(),
+                percentile(v, 0.50),
+                percentile(v, 0.90),
+                percentile(v, 0.99),
+                percentile(v, 1.0)
+            );
+        }
+        let w = self.window_secs.max(f64::EPSILON);
+        println!(
+            "  CPU over the window: daemon threads {:.1} % of a core, simulators {:.1} %, process {:.1} %",
+            100.0 * self.daemon_cpu_secs / w,
+            100.0 * self.sim_cpu_secs / w,
+            100.0 * self.process_cpu_secs / w
+        );
+        println!(
+            "  load average before: {}; after: {}",
+            self.loadavg_before, self.loadavg_after
+        );
+        if p.serial {
+            // The pty moves bytes at memory speed; what 115200 baud (10 bits a byte) adds.
+            let byte_us = 10.0 / 115_200.0 * 1e6;
+            let meter_line = "! \"publishToken\":\"z1\" \"value\":-3.000000\r\n".len() as f64;
+            let cut = "Zone set level 1 -13.000000\n".len() as f64;
+            let ok = "+OK\r\n".len() as f64;
+            println!(
+                "  at 115200 baud: a meter line takes {:.1} ms, a cut {:.1} ms, its +OK {:.1} ms",
+                meter_line * byte_us / 1000.0,
+                cut * byte_us / 1000.0,
+                ok * byte_us / 1000.0
+            );
+        }
+    }
+}
+
+fn run(p: &Params) -> Result<RunResult, String> {
+    // Quiet like a daemon at INFO with its log going nowhere.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .try_init();
+    let loadavg_before = loadavg();
+    let clock = Clock::system();
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(SIM_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let daemon_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(DAEMON_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let sim_cancel = CancellationToken::new();
+    let sims: Vec<TesiraSim> = sim_rt.block_on(async {
+        let mut sims = Vec::with_capacity(p.dsps);
+        for dsp in 0..p.dsps {
+            let bind = if p.serial {
+                SimBind::Pty { link: None }
+            } else {
+                SimBind::Tcp(([127, 0, 0, 1], 0).into())
+            };
+            let sim = tesira::spawn(p.design(), bind, sim_cancel.child_token())
+                .await
+                .map_err(|e| format!("start simulator {dsp}: {e}"))?;
+            for z in 1..=p.zones {
+                sim.set_meter_script("ZoneMeter", z, calm(dsp, z));
+            }
+            let sink = received.clone();
+            sim.on_receive(ReceiveHook(Arc::new(move |line: &str| {
+                // Stamped before anything else is done with the line.
+                let at = clock.now();
+                let r = Received {
+                    dsp,
+                    at,
+                    set: parse_set_level(line),
+                    read: line.split_whitespace().nth(1) == Some("get"),
+                };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            })));
+            sims.push(sim);
+        }
+        Ok::<_, String>(sims)
+    })?;
+    let result = daemon_rt.block_on(measure(p, &sims, &sim_rt, received, clock));
+    sim_cancel.cancel();
+    daemon_rt.shutdown_timeout(Duration::from_secs(2));
+    sim_rt.shutdown_timeout(Duration::from_secs(2));
+    let mut r = result?;
+    r.loadavg_before = loadavg_before;
+    r.loadavg_after = loadavg();
+    Ok(r)
+}
+
+/// Speech-like programme, a different phrase per zone, well inside every limit.
+fn calm(dsp: usize, zone: usize) -> MeterScript {
+    MeterScript::Speech {
+        level_dbfs: -30.0,
+        floor_dbfs: -70.0,
+        seed: (dsp * 1000 + zone) as u64,
+    }
+}
+
+/// `Zone set level 3 -13.000000` → (3, −13.0).
+fn parse_set_level(line: &str) -> Option<(usize, f64)> {
+    let mut w = line.split_whitespace();
+    if (w.next()?, w.next()?, w.next()?) != ("Zone", "set", "level") {
+        return None;
+    }
+    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+}
+
+fn profile(p: &Params) -> Result<Arc<Profile>, String> {
+    let id = if p.serial {
+        "biamp-tesira-serial"
+    } else {
+        "biamp-tesira-telnet"
+    };
+    let set = ProfileSet::embedded().map_err(|e| format!("{e:?}"))?;
+    set.get(id)
+        .cloned()
+        .map(Arc::new)
+        .ok_or_else(|| format!("no embedded profile {id}"))
+}
+
+fn device_id(dsp: usize) -> DeviceId {
+    DeviceId::new(format!("dsp{dsp:02}"))
+}
+
+async fn measure(
+    p: &Params,
+    sims: &[TesiraSim],
+    sim_rt: &tokio::runtime::Runtime,
+    received: Arc<Mutex<Vec<Received>>>,
+    clock: Clock,
+) -> Result<RunResult, String> {
+    let profile = profile(p)?;
+    let settings: toml::Table = toml::from_str(&p.settings()).map_err(|e| e.to_string())?;
+    let bus = EventBus::new(Metrics::new());
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut fleet = Fleet::new(bus.clone(), clock, tracker.clone(), cancel.clone());
+    let mut watched = Vec::with_capacity(sims.len());
+    for (dsp, sim) in sims.iter().enumerate() {
+        let link = match (sim.tcp_addr(), sim.pty_path()) {
+            (Some(a), _) => LinkSpec::Tcp(TcpSpec::new(a.ip().to_string(), a.port())),
+            (None, Some(path)) => {
+                LinkSpec::Serial(SerialSpec::new(path.display().to_string(), 115_200))
+            }
+            (None, None) => return Err("simulator without an endpoint".into()),
+        };
+        let id = device_id(dsp);
+        let mut spec = DeviceSpec::new(id.as_str(), "room", profile.clone(), link);
+        spec.settings = settings.clone();
+        let handle = fleet.spawn_device(spec).map_err(|e| e.to_string())?;
+        let w = WatchedDevice::from_settings(handle, &profile, &settings)
+            .ok_or("no zone protected: the profile lost its [protection]")?;
+        watched.push(w);
+    }
+    // Subscribed before the level watch: every frame from now on is recorded.
+    let frames: Arc<Mutex<Frames>> = Arc::default();
+    let recorder_cancel = CancellationToken::new();
+    let recorder = TaskTracker::new();
+    recorder.spawn_on(
+        record_frames(
+            bus.meters().subscribe("bench"),
+            frames.clone(),
+            recorder_cancel.clone(),
+        ),
+        sim_rt.handle(),
+    );
+    let _board =
+        avwarden::levelwatch::start(watched, bus.clone(), None, clock, &tracker, cancel.clone());
+
+    // Warm-up: every DSP ok and every zone's meter subscribed.
+    let up = tokio::time::timeout(p.warmup, async {
+        loop {
+            let ok = fleet
+                .handles()
+                .filter(|h| h.state().health == Health::Ok)
+                .count();
+            let subs: usize = sims.iter().map(|s| s.subscriptions()).sum();
+            if ok == p.dsps && subs >= p.dsps * p.zones {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if up.is_err() {
+        cancel.cancel();
+        return Err(format!("not every DSP was ok within {:?}", p.warmup));
+    }
+    // A few periods so every zone has history and the first frames' blindness is gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let start = clock.now();
+    let frames_before = frame_count(&frames);
+    let cpu_before = cpu_snapshot();
+    let deadline = clock.instant() + p.window;
+    let mut calm_again: std::collections::VecDeque<(tokio::time::Instant, usize, usize)> =
+        Default::default();
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(p.breach_every);
+    let sets_so_far = |r: &Mutex<Vec<Received>>| {
+        let r = r.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().filter(|r| r.set.is_some()).count()
+    };
+    // Restores are `set level`s too: twice the cuts wanted is a generous stop.
+    while clock.instant() < deadline && sets_so_far(&received) < 2 * p.cuts {
+        tick.tick().await;
+        let now = clock.instant();
+        while calm_again.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, dsp, zone)) = calm_again.pop_front() {
+                sims[dsp].set_meter_script("ZoneMeter", zone, calm(dsp, zone));
+            }
+        }
+        // Round-robin over the DSPs first, so consecutive breaches land on different links.
+        let (dsp, zone) = (next % p.dsps, (next / p.dsps) % p.zones + 1);
+        next += 1;
+        if calm_again.iter().any(|(_, d, z)| (*d, *z) == (dsp, zone)) {
+            continue;
+        }
+        // Above full scale: the meter clips at 0 dBFS, and after a 3 dB cut still reads over
+        // the −3 dBFS limit, so each breach costs two cuts.
+        sims[dsp].set_meter_script("ZoneMeter", zone, MeterScript::Constant { dbfs: 2.0 });
+        calm_again.push_back((now + p.breach_for, dsp, zone));
+    }
+    // The last breaches' cuts land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window_secs = (clock.now() - start).as_seconds_f64();
+    let cpu_after = cpu_snapshot();
+    let frames_in_window = frame_count(&frames) - frames_before;
+
+    recorder_cancel.cancel();
+    cancel.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    recorder.close();
+    recorder.wait().await;
+
+    let received = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+    let frames = std::mem::take(&mut *frames.lock().unwrap_or_else(|e| e.into_inner()));
+    let (cuts, unmatched) = cuts(p, &received, &frames, start);
+    Ok(RunResult {
+        cuts,
+        unmatched,
+        frames_per_sec: frames_in_window as f64 / window_secs.max(f64::EPSILON),
+        window_secs,
+        daemon_cpu_secs: cpu_after.group(DAEMON_THREADS) - cpu_before.group(DAEMON_THREADS),
+        sim_cpu_secs: cpu_after.group(SIM_THREADS) - cpu_before.group(SIM_THREADS),
+        process_cpu_secs: cpu_after.process - cpu_before.process,
+        loadavg_before: String::new(),
+        loadavg_after: String::new(),
+    })
+}
+
+/// Every frame's instant, per zone. The stream coalesces per subject, so a frame is missed
+/// only if this task sleeps a whole meter period.
+async fn record_frames(
+    mut meters: MeterReceiver,
+    frames: Arc<Mutex<Frames>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return,
+            b = meters.recv() => b,
+        };
+        let mut f = frames.lock().unwrap_or_else(|e| e.into_inner());
+        for s in batch {
+            f.entry((s.device, s.subject)).or_default().push(s.at);
+        }
+    }
+}
+
+fn frame_count(frames: &Mutex<Frames>) -> usize {
+    frames
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(Vec::len)
+        .sum()
+}
+
+/// One cut's latency, and whether another command reached its DSP between the frame and
+/// the cut (the cut then shared the link: queued behind it on the actor, or it behind the cut).
+struct Cut {
+    us: f64,
+    shared: bool,
+    /// Among them a read (`get`).
+    behind_read: bool,
+}
+
+/// Each cut's latency from the newest frame of its zone read before it arrived.
+fn cuts(
+    p: &Params,
+    received: &[Received],
+    frames: &Frames,
+    start: DateTime<Utc>,
+) -> (Vec<Cut>, usize) {
+    let mut level: HashMap<(usize, usize), f64> = HashMap::new();
+    let mut out = Vec::new();
+    let mut unmatched = 0;
+    for (n, r) in received.iter().enumerate() {
+        let Some((index, db)) = r.set else { continue };
+        let before = level.insert((r.dsp, index), db).unwrap_or(SET_LEVEL_DB);
+        if db >= before || r.at < start || index == 0 || index > p.zones {
+            continue;
+        }
+        let key = (device_id(r.dsp), Subject::zone(&format!("z{index}")));
+        let i = frames
+            .get(&key)
+            .map_or(0, |ats| ats.partition_point(|at| *at <= r.at));
+        let Some(frame) = i
+            .checked_sub(1)
+            .and_then(|i| frames.get(&key).and_then(|ats| ats.get(i)))
+        else {
+            unmatched += 1;
+            continue;
+        };
+        // Lines are pushed in arrival order per DSP (one session each).
+        let between = received[..n]
+            .iter()
+            .rev()
+            .take_while(|o| o.at > *frame)
+            .filter(|o| o.dsp == r.dsp);
+        let (mut shared, mut behind_read) = (false, false);
+        for o in between {
+            shared = true;
+            behind_read |= o.read;
+        }
+        out.push(Cut {
+            us: (r.at - *frame).as_seconds_f64() * 1e6,
+            shared,
+            behind_read,
+        });
+    }
+    (out, unmatched)
+}
+
+// ---- /proc ----
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// CPU seconds of the whole process and of each thread, by thread name.
+struct CpuSnapshot {
+    process: f64,
+    threads: Vec<(String, f64)>,
+}
+
+impl CpuSnapshot {
+    fn group(&self, name: &str) -> f64 {
+        self.threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(name))
+            .map(|(_, s)| s)
+            .sum()
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime from a `stat` file, in seconds (fields 14 and 15, counted after the
+/// parenthesised command name, which may itself contain spaces).
+fn stat_cpu_secs(path: &std::path::Path, ticks: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+fn cpu_snapshot() -> CpuSnapshot {
+    let ticks = clock_ticks();
+    let process = stat_cpu_secs("/proc/self/stat".as_ref(), ticks).unwrap_or(0.0);
+    let mut threads = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let base = e.path();
+            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            if let Some(secs) = stat_cpu_secs(&base.join("stat"), ticks) {
+                threads.push((name.trim().to_owned(), secs));
+            }
+        }
+    }
+    CpuSnapshot { process, threads }
+}
+
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cores} cores, {model}");
+}
+
+/// The `q` quantile by nearest rank (`1.0`: the maximum).
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    s[i]
+}
