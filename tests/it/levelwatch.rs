@@ -567,6 +567,7 @@ async fn room_view_shows_the_dsps_zone_protection() {
             rooms: vec![room("room1"), room("room2")],
         }),
         protection: Some(board),
+        playbook: None,
     };
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
