@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, ToSql};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::auth::Caller;
@@ -163,50 +163,6 @@ impl From<Entry> for EntryView {
     }
 }
 
-/// The newest `limit` entries that pass `f`, newest first.
-fn newest(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Entry>, StoreError> {
-    let mut clauses = Vec::new();
-    let mut params: Vec<Box<dyn ToSql>> = Vec::new();
-    if let Some(from) = f.from {
-        params.push(Box::new(crate::records::to_micros(from)));
-        clauses.push(format!("at_us >= ?{}", params.len()));
-    }
-    if let Some(to) = f.to {
-        params.push(Box::new(crate::records::to_micros(to)));
-        clauses.push(format!("at_us < ?{}", params.len()));
-    }
-    for (col, values) in [
-        ("room", &f.rooms),
-        ("device", &f.devices),
-        ("kind", &f.kinds),
-    ] {
-        if values.is_empty() {
-            continue;
-        }
-        let mut marks = Vec::new();
-        for v in values {
-            params.push(Box::new(v.clone()));
-            marks.push(format!("?{}", params.len()));
-        }
-        clauses.push(format!("{col} IN ({})", marks.join(", ")));
-    }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", clauses.join(" AND "))
-    };
-    params.push(Box::new(limit as i64));
-    let sql = format!(
-        "SELECT {} FROM logbook{filter} ORDER BY seq DESC LIMIT ?{}",
-        Entry::COLUMNS,
-        params.len()
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let params: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref()).collect();
-    let rows = stmt.query_map(params.as_slice(), Entry::from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 /// `GET /api/v1/logbook`: the newest entries that pass the filters, newest first.
 pub async fn logbook(
     State(st): State<ApiState>,
@@ -216,7 +172,7 @@ pub async fn logbook(
     let q = log_query(pairs, false)?;
     let conn = reader(&st)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let entries = newest(&conn, &q.filter, limit).map_err(store_error)?;
+    let entries = export::newest(&conn, &q.filter, limit).map_err(store_error)?;
     Ok(Json(entries.into_iter().map(EntryView::from).collect()))
 }
 

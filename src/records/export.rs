@@ -165,6 +165,18 @@ fn write_json_line(out: &mut impl Write, e: &Entry) -> io::Result<()> {
 }
 
 fn query(f: &Filter) -> (String, Vec<Box<dyn ToSql>>) {
+    let (filter, params) = where_clause(f);
+    (
+        format!(
+            "SELECT {} FROM logbook{filter} ORDER BY seq",
+            Entry::COLUMNS
+        ),
+        params,
+    )
+}
+
+/// The `WHERE` clause of `f` (empty when it selects everything) and its numbered parameters.
+fn where_clause(f: &Filter) -> (String, Vec<Box<dyn ToSql>>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut params: Vec<Box<dyn ToSql>> = Vec::new();
     if let Some(from) = f.from {
@@ -195,13 +207,27 @@ fn query(f: &Filter) -> (String, Vec<Box<dyn ToSql>>) {
     } else {
         format!(" WHERE {}", clauses.join(" AND "))
     };
-    (
-        format!(
-            "SELECT {} FROM logbook{filter} ORDER BY seq",
-            Entry::COLUMNS
-        ),
-        params,
-    )
+    (filter, params)
+}
+
+/// The newest `limit` entries that pass `f`, newest first (the API's logbook view; the export
+/// streams oldest first).
+pub fn newest(
+    conn: &rusqlite::Connection,
+    f: &Filter,
+    limit: usize,
+) -> Result<Vec<Entry>, super::StoreError> {
+    let (filter, mut params) = where_clause(f);
+    params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let sql = format!(
+        "SELECT {} FROM logbook{filter} ORDER BY seq DESC LIMIT ?{}",
+        Entry::COLUMNS,
+        params.len()
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let params: Vec<&dyn ToSql> = params.iter().map(|p| p.as_ref()).collect();
+    let rows = stmt.query_map(params.as_slice(), Entry::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]
