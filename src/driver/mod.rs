@@ -117,6 +117,14 @@ pub trait Driver: Send {
         self.poll(link, obs).await.map(|()| PollStep::Done)
     }
 
+    /// Whether `Refresh` is exactly one poll cycle, so the runtime may run it step by step
+    /// (a priority command between two steps, as in a scheduled poll) instead of as one
+    /// `execute` that a gain cut would wait behind. Drivers whose refresh reads more than a
+    /// poll (identity, input lists) keep the default.
+    fn refresh_is_poll_cycle(&self) -> bool {
+        false
+    }
+
     /// Carry out one command.
     async fn execute(
         &mut self,

@@ -262,11 +262,11 @@ impl Actor {
                 _ = self.cancel.cancelled() => return Conn::Connected,
                 req = commands.priority.recv() => {
                     let Some(req) = req else { return Conn::Connected };
-                    Some(self.run_command(link, req, last_io, false).await)
+                    Some(self.serve(link, req, &mut commands.priority, last_io, false).await)
                 }
                 req = commands.normal.recv() => {
                     let Some(req) = req else { return Conn::Connected };
-                    Some(self.run_command(link, req, last_io, true).await)
+                    Some(self.serve(link, req, &mut commands.priority, last_io, true).await)
                 }
                 _ = ticker.tick() => {
                     tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
@@ -348,6 +348,35 @@ impl Actor {
             }
         };
         self.obs.faults(COMMS_SOURCE, faults);
+    }
+
+    /// A command from a queue. A driver's `Refresh` that is one poll cycle runs step by step, so
+    /// a priority command (a gain cut) goes between its exchanges instead of waiting behind a
+    /// DSP's 2×N reads (the level watch asks for one before each restore step); any other
+    /// command is one `execute`.
+    async fn serve(
+        &mut self,
+        link: &mut Link,
+        req: CommandRequest,
+        priority: &mut mpsc::Receiver<CommandRequest>,
+        last_io: &mut Instant,
+        paced: bool,
+    ) -> Result<(), DriverError> {
+        if req.command != DeviceCommand::Refresh || !self.driver.refresh_is_poll_cycle() {
+            return self.run_command(link, req, last_io, paced).await;
+        }
+        if paced {
+            tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+        }
+        self.obs.take_applied();
+        let res = self.poll_cycle(link, priority, last_io).await;
+        *last_io = Instant::now();
+        self.report_command(&req.command, &res);
+        let _ = req.reply.send(CommandOutcome::from_driver(
+            res.as_ref().map(|()| None),
+            self.obs.now(),
+        ));
+        res
     }
 
     /// Carry out one command and answer its caller. `paced` commands keep `command_gap` from

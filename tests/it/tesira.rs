@@ -1144,6 +1144,84 @@ async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
     cancel.cancel();
 }
 
+/// Regression (issue 10's latency benchmark: every slow gain cut waited behind a refresh): the
+/// level watch asks for a `Refresh` before each restore step, and on a Tesira that re-read
+/// every control as one command, so a cut for another zone waited for 2×N serial exchanges. A
+/// refresh now runs as a stepped poll: the cut is written after at most the exchange in flight.
+#[tokio::test]
+async fn a_priority_command_goes_between_two_steps_of_a_refresh() {
+    use avwarden::sim::tesira::{BlockKind, BlockSpec};
+    let cancel = CancellationToken::new();
+    let mut cfg = TesiraSimConfig::default();
+    cfg.blocks
+        .push(BlockSpec::new("Zones", BlockKind::Level, 16).level_db(-20.0));
+    let sim = tesira::spawn(cfg, SimBind::Pty { link: None }, cancel.clone())
+        .await
+        .unwrap();
+    let link = LinkSpec::Serial(SerialSpec::new(
+        sim.pty_path().unwrap().display().to_string(),
+        115_200,
+    ));
+    let zones: String = (1..=16)
+        .map(|n| format!("[[zones]]\nid = \"z{n}\"\nlevel_tag = \"Zones\"\nindex = {n}\n"))
+        .collect();
+    // No scheduled poll during the test: every "Zones get" is the refresh's.
+    let mut rig = start("biamp-tesira-serial", link, &zones, |spec| {
+        let mut p = (*spec.profile).clone();
+        p.timing.poll_interval = Duration::from_secs(3600);
+        spec.profile = std::sync::Arc::new(p);
+    });
+    rig.until("ok", |s| s.health == Health::Ok).await;
+    let issued = sim.received_total();
+    let h = rig.handle.clone();
+    let refresh = crate::support::spawn(async move { h.command(DeviceCommand::Refresh).await });
+    // The refresh has begun once the DSP has its first read.
+    let started = |sim: &TesiraSim| {
+        let lines = sim.received();
+        let first = sim.received_total() - lines.len() as u64;
+        lines
+            .iter()
+            .enumerate()
+            .any(|(i, l)| first + i as u64 >= issued && l == "Zones get level 1")
+    };
+    while !started(&sim) {
+        let n = sim.received_total();
+        sim.wait_received(n + 1).await;
+    }
+    let from = sim.received_total();
+    let cut = rig
+        .handle
+        .priority_command(DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db: -30.0,
+        })
+        .await;
+    assert!(cut.is_done(), "{cut:?}");
+    let lines = sim.received();
+    let first = sim.received_total() - lines.len() as u64;
+    let start = usize::try_from(from.saturating_sub(first)).unwrap();
+    let at = lines
+        .iter()
+        .rposition(|l| l == "Zones set level 16 -30")
+        .expect("the cut was sent");
+    let gets = lines[start..at]
+        .iter()
+        .filter(|l| l.starts_with("Zones get"))
+        .count();
+    assert!(gets <= 1, "{gets} refresh exchanges before the cut");
+    let refreshed = refresh.await.unwrap();
+    assert!(refreshed.is_done(), "{refreshed:?}");
+    // The refresh still read every zone.
+    let lines = sim.received();
+    let reads = lines
+        .iter()
+        .filter(|l| l.starts_with("Zones get level"))
+        .count();
+    assert!(reads >= 16, "{reads} level reads");
+    rig.shutdown().await;
+    cancel.cancel();
+}
+
 /// Regression (x-tesira-serial "never came up" in the daemon): the daemon keeps only a
 /// simulator's endpoint, and dropping the handle closed the serial session's control channel,
 /// which ended the session and closed the pty before the driver could open it. A pty

@@ -523,6 +523,13 @@ impl Driver for TesiraDriver {
         "tesira"
     }
 
+    /// A refresh re-reads every control, one exchange a step, so a gain cut on the priority
+    /// lane never waits behind the 2×N reads the level watch asks for before a restore step
+    /// (identity is read at every connect; meter subscriptions are renewed by `listen`).
+    fn refresh_is_poll_cycle(&self) -> bool {
+        true
+    }
+
     fn fresh(&self) -> Option<Box<dyn Driver>> {
         Some(Box::new(self.clone()))
     }
@@ -620,11 +627,13 @@ impl Driver for TesiraDriver {
             return self.set_and_read(link, obs, command, target, f, to).await;
         }
         match command {
+            // The runtime runs a refresh as a stepped poll (`refresh_is_poll_cycle`); this is
+            // the same read in one go, for a caller without that runtime.
             DeviceCommand::Refresh => {
                 if self.resubscribe {
                     self.subscribe_all(link, obs).await?;
                 }
-                self.read_all(link, obs).await
+                self.poll(link, obs).await
             }
             other => Err(DriverError::Unsupported {
                 driver: "tesira",
