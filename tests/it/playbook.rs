@@ -12,7 +12,7 @@ use avwarden::events::{EventFilter, EventKind, EventSink};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{clock, spawn_settle_pump};
+use crate::support::{api, clock, spawn_settle_pump};
 
 /// One room, one ULX-D receiver reached over loopback TCP, a technician on duty around the
 /// clock and a project manager to escalate to.
@@ -95,30 +95,6 @@ async fn until(
     })
     .await
     .unwrap_or_else(|_| panic!("no such event in time; seen: {seen:#?}"))
-}
-
-async fn api(
-    d: &Daemon,
-    method: reqwest::Method,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let url = format!("http://{}{path}", d.api_addr);
-    crate::support::spawn(async move {
-        let r = reqwest::Client::new()
-            .request(method, url)
-            .json(&body)
-            .send()
-            .await
-            .expect("the API answers");
-        let status = r.status().as_u16();
-        (
-            status,
-            r.json::<serde_json::Value>().await.unwrap_or_default(),
-        )
-    })
-    .await
-    .unwrap()
 }
 
 /// A meeting in r101 that started a minute ago and runs for two hours.

@@ -10,7 +10,7 @@ use avwarden::events::{EventFilter, EventKind, EventSink};
 use avwarden::model::{Point, Quantity, Readiness, TestKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{clock, spawn_settle_pump};
+use crate::support::{api, clock, spawn_settle_pump};
 
 /// Two rooms on one floor: r1 and r2, each with a projector, a two-channel receiver and a
 /// room controller (Modbus RTU through a serial server, so it runs over loopback TCP:
@@ -130,30 +130,6 @@ async fn next(sink: &mut EventSink, limit: Duration) -> EventKind {
         .expect("the bus is open")
         .kind
         .clone()
-}
-
-async fn api(
-    d: &Daemon,
-    method: reqwest::Method,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let url = format!("http://{}{path}", d.api_addr);
-    crate::support::spawn(async move {
-        let r = reqwest::Client::new()
-            .request(method, url)
-            .json(&body)
-            .send()
-            .await
-            .expect("the API answers");
-        let status = r.status().as_u16();
-        (
-            status,
-            r.json::<serde_json::Value>().await.unwrap_or_default(),
-        )
-    })
-    .await
-    .unwrap()
 }
 
 /// A booking `mins` ahead in `room`, made through the API; answers its id.

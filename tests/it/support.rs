@@ -267,3 +267,29 @@ where
 {
     TaskTracker::new().spawn(task)
 }
+
+/// One request to a daemon's API with a JSON body (`null` for none): its status and JSON
+/// answer (`null` when the answer is not JSON).
+pub async fn api(
+    d: &avwarden::app::Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", d.api_addr);
+    spawn(async move {
+        let r = reqwest::Client::new()
+            .request(method, url)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    })
+    .await
+    .unwrap()
+}

@@ -1048,14 +1048,10 @@ async fn serial_meters_that_stop_publishing_are_stale_and_metering_lost() {
     cancel.cancel();
 }
 
-/// Issue 8.4: a protection command on the priority lane of a Tesira with 16 zones polled over
-/// a 115200-baud pseudo-terminal is written after at most the one exchange in flight, not
-/// after the rest of the 2×16-read poll cycle; a normal command waits for the cycle. Counted
-/// in exchanges the DSP received, not in wall-clock time.
-#[tokio::test]
-async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
+/// A Tesira with 16 zones on a real pseudo-terminal at 115200 baud, polled every `poll`, its
+/// driver up (`ok`).
+async fn sixteen_zones_at_115200(poll: Duration, cancel: &CancellationToken) -> (TesiraSim, Rig) {
     use avwarden::sim::tesira::{BlockKind, BlockSpec};
-    let cancel = CancellationToken::new();
     let mut cfg = TesiraSimConfig::default();
     cfg.blocks
         .push(BlockSpec::new("Zones", BlockKind::Level, 16).level_db(-20.0));
@@ -1071,10 +1067,21 @@ async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
         .collect();
     let mut rig = start("biamp-tesira-serial", link, &zones, |spec| {
         let mut p = (*spec.profile).clone();
-        p.timing.poll_interval = Duration::from_secs(1);
+        p.timing.poll_interval = poll;
         spec.profile = std::sync::Arc::new(p);
     });
     rig.until("ok", |s| s.health == Health::Ok).await;
+    (sim, rig)
+}
+
+/// Issue 8.4: a protection command on the priority lane of a Tesira with 16 zones polled over
+/// a 115200-baud pseudo-terminal is written after at most the one exchange in flight, not
+/// after the rest of the 2×16-read poll cycle; a normal command waits for the cycle. Counted
+/// in exchanges the DSP received, not in wall-clock time.
+#[tokio::test]
+async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
+    let cancel = CancellationToken::new();
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(1), &cancel).await;
 
     // Exchanges of the cycle that ran between `from` (a received-line count) and the line
     // `set`, and whether `set` came at all.
@@ -1150,28 +1157,9 @@ async fn a_priority_command_goes_between_two_steps_of_a_long_poll() {
 /// refresh now runs as a stepped poll: the cut is written after at most the exchange in flight.
 #[tokio::test]
 async fn a_priority_command_goes_between_two_steps_of_a_refresh() {
-    use avwarden::sim::tesira::{BlockKind, BlockSpec};
     let cancel = CancellationToken::new();
-    let mut cfg = TesiraSimConfig::default();
-    cfg.blocks
-        .push(BlockSpec::new("Zones", BlockKind::Level, 16).level_db(-20.0));
-    let sim = tesira::spawn(cfg, SimBind::Pty { link: None }, cancel.clone())
-        .await
-        .unwrap();
-    let link = LinkSpec::Serial(SerialSpec::new(
-        sim.pty_path().unwrap().display().to_string(),
-        115_200,
-    ));
-    let zones: String = (1..=16)
-        .map(|n| format!("[[zones]]\nid = \"z{n}\"\nlevel_tag = \"Zones\"\nindex = {n}\n"))
-        .collect();
     // No scheduled poll during the test: every "Zones get" is the refresh's.
-    let mut rig = start("biamp-tesira-serial", link, &zones, |spec| {
-        let mut p = (*spec.profile).clone();
-        p.timing.poll_interval = Duration::from_secs(3600);
-        spec.profile = std::sync::Arc::new(p);
-    });
-    rig.until("ok", |s| s.health == Health::Ok).await;
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
     let issued = sim.received_total();
     let h = rig.handle.clone();
     let refresh = crate::support::spawn(async move { h.command(DeviceCommand::Refresh).await });
