@@ -21,6 +21,10 @@
 //! `generic-pjlink,shure-ulxd`), `AVWARDEN_BENCH_FLEET_MIC_CHANNELS` (4),
 //! `AVWARDEN_BENCH_FLEET_METER_MS` (100), `AVWARDEN_BENCH_FLEET_SIM_THREADS` (2).
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{cpu_snapshot, percentile, print_machine, proc_status_kib};
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode, Stdio};
@@ -819,106 +823,7 @@ fn impostors(n: usize, secs: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-// ---- /proc ----
-
-/// CPU seconds of the whole process and of each thread, by thread name.
-struct CpuSnapshot {
-    process: f64,
-    threads: Vec<(String, f64)>,
-}
-
-impl CpuSnapshot {
-    fn group(&self, name: &str) -> f64 {
-        self.threads
-            .iter()
-            .filter(|(n, _)| n.starts_with(name))
-            .map(|(_, s)| s)
-            .sum()
-    }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime from a `stat` file, in seconds (fields 14 and 15, counted after the
-/// parenthesised command name, which may itself contain spaces).
-fn stat_cpu_secs(path: &str, ticks: f64) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
-
-fn cpu_snapshot() -> CpuSnapshot {
-    let ticks = clock_ticks();
-    let process = stat_cpu_secs("/proc/self/stat", ticks).unwrap_or(0.0);
-    let mut threads = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for e in dir.flatten() {
-            let base = e.path();
-            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
-            if let Some(secs) = stat_cpu_secs(&base.join("stat").display().to_string(), ticks) {
-                threads.push((name.trim().to_owned(), secs));
-            }
-        }
-    }
-    CpuSnapshot { process, threads }
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 // ---- report ----
-
-fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = proc_meminfo_mib("MemTotal");
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!(
-        "machine: {cores} cores, {model}, {mem} MiB RAM, Linux {}",
-        kernel.trim()
-    );
-}
-
-fn proc_meminfo_mib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
-}
-
-fn percentile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    s[i]
-}
 
 fn print_row_header_once(first: bool) {
     if first {

@@ -25,8 +25,12 @@
 //! (3000), `AVWARDEN_BENCH_LW_SECS` (longest measuring window of the TCP part, 60).
 //! Results and how to read them: `docs/benchmarks.md`.
 
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{cpu_snapshot, loadavg, percentile, print_machine};
+
 use std::collections::HashMap;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -606,90 +610,4 @@ fn cuts(
         });
     }
     (out, unmatched)
-}
-
-// ---- /proc ----
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// CPU seconds of the whole process and of each thread, by thread name.
-struct CpuSnapshot {
-    process: f64,
-    threads: Vec<(String, f64)>,
-}
-
-impl CpuSnapshot {
-    fn group(&self, name: &str) -> f64 {
-        self.threads
-            .iter()
-            .filter(|(n, _)| n.starts_with(name))
-            .map(|(_, s)| s)
-            .sum()
-    }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime from a `stat` file, in seconds (fields 14 and 15, counted after the
-/// parenthesised command name, which may itself contain spaces).
-fn stat_cpu_secs(path: &std::path::Path, ticks: f64) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
-
-fn cpu_snapshot() -> CpuSnapshot {
-    let ticks = clock_ticks();
-    let process = stat_cpu_secs("/proc/self/stat".as_ref(), ticks).unwrap_or(0.0);
-    let mut threads = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for e in dir.flatten() {
-            let base = e.path();
-            let name = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
-            if let Some(secs) = stat_cpu_secs(&base.join("stat"), ticks) {
-                threads.push((name.trim().to_owned(), secs));
-            }
-        }
-    }
-    CpuSnapshot { process, threads }
-}
-
-fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores, {model}");
-}
-
-/// The `q` quantile by nearest rank (`1.0`: the maximum).
-fn percentile(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    s[i]
 }
