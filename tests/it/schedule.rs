@@ -222,16 +222,29 @@ async fn a_booking_61_minutes_ahead_is_tested_at_t60_and_ready() {
     pump.cancel();
 }
 
-/// Issue 9: a transmitter whose battery will not last the meeting makes the room not ready,
-/// with the remedy, the minute it runs out, and the free room next door as the alternative.
-#[tokio::test(start_paused = true)]
-async fn a_battery_that_will_not_last_is_not_ready_with_an_alternative_room() {
+/// The daemon with r1's second transmitter at 45 minutes, and a 90-minute booking in r1
+/// 61 minutes ahead that needs both mics: its T-60 test will be `not_ready`.
+async fn short_battery_booked() -> (
+    CancellationToken,
+    tempfile::TempDir,
+    Daemon,
+    EventSink,
+    String,
+) {
     let pump = CancellationToken::new();
     spawn_settle_pump(pump.clone());
     let dir = tempfile::tempdir().unwrap();
     let d = start(site(dir.path(), 45, 23.0)).await;
-    let mut sink = verdicts(&d);
+    let sink = verdicts(&d);
     let id = book(&d, "r1", 61, serde_json::json!({ "wireless_mics": 2 })).await;
+    (pump, dir, d, sink, id)
+}
+
+/// Issue 9: a transmitter whose battery will not last the meeting makes the room not ready,
+/// with the remedy, the minute it runs out, and the free room next door as the alternative.
+#[tokio::test(start_paused = true)]
+async fn a_battery_that_will_not_last_is_not_ready_with_an_alternative_room() {
+    let (pump, _dir, d, mut sink, id) = short_battery_booked().await;
     let ev = next(&mut sink, Duration::from_secs(3 * 3600)).await;
     assert!(
         matches!(
@@ -281,12 +294,7 @@ async fn a_battery_that_will_not_last_is_not_ready_with_an_alternative_room() {
 /// T-30 deadline still runs once after it.
 #[tokio::test(start_paused = true)]
 async fn a_restart_between_t60_and_t30_runs_nothing_twice_and_keeps_the_verdict() {
-    let pump = CancellationToken::new();
-    spawn_settle_pump(pump.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let d = start(site(dir.path(), 45, 23.0)).await;
-    let mut sink = verdicts(&d);
-    let id = book(&d, "r1", 61, serde_json::json!({ "wireless_mics": 2 })).await;
+    let (pump, dir, d, mut sink, id) = short_battery_booked().await;
     let first = next(&mut sink, Duration::from_secs(3 * 3600)).await;
     assert!(
         matches!(first, EventKind::SelfTestFinished { .. }),
