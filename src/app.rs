@@ -25,8 +25,18 @@ use crate::sim::{SimBind, SimEndpoint};
 use crate::transport::serial::{Parity, SerialSpec};
 use crate::transport::tcp::TcpSpec;
 use crate::transport::LinkSpec;
+use crate::watchdog::Probe;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit the binary was built from (`build.rs`), `unknown` outside a checkout.
+pub const COMMIT: &str = env!("AVWARDEN_COMMIT");
+/// What `avwarden --version` prints after the name: the version and the commit.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AVWARDEN_COMMIT"),
+    ")"
+);
 
 /// How to start.
 #[derive(Debug, Clone, Default)]
@@ -814,21 +824,21 @@ fn link_for_endpoint(
     }
 }
 
-/// Tell systemd we are ready, and keep its watchdog fed while the daemon runs.
-pub fn notify_ready(tracker: &TaskTracker, cancel: CancellationToken) {
+/// Tell systemd we are ready and, when it asks for a watchdog, feed it only while `probes`
+/// pass ([`crate::watchdog`]): a hung daemon is restarted, a busy one is not.
+pub fn notify_ready(tracker: &TaskTracker, cancel: CancellationToken, probes: Vec<Probe>) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut usec = 0u64;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let every = Duration::from_micros(usec / 2);
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
-                }
-            }
-        });
+        crate::watchdog::spawn(
+            tracker,
+            cancel,
+            Duration::from_micros(usec / 2),
+            probes,
+            || {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            },
+        );
     }
 }
 
@@ -836,8 +846,42 @@ impl Daemon {
     /// Tell systemd the daemon is ready and feed its watchdog, as a service of its own.
     pub fn notify_systemd(&mut self) {
         let svc = Service::new("systemd");
-        notify_ready(svc.tasks(), svc.cancel());
+        notify_ready(svc.tasks(), svc.cancel(), self.liveness_probes());
         self.services.push(svc);
+    }
+
+    /// What must work for the daemon to be alive: the logbook writer's loop turns, and the
+    /// API answers its own health route over a real connection (which also proves the
+    /// runtime schedules tasks). A store that is full or failing still answers: that is a
+    /// degraded daemon, which a restart would not mend.
+    pub fn liveness_probes(&self) -> Vec<Probe> {
+        let logbook = self.logbook.clone();
+        let mut api = self.api_addr;
+        if api.ip().is_unspecified() {
+            api.set_ip(match api {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let url = format!("http://{api}/api/v1/health");
+        let client = reqwest::Client::new();
+        vec![
+            Probe::new("logbook writer", move || {
+                let logbook = logbook.clone();
+                async move { logbook.ping().await.map_err(|e| e.to_string()) }
+            }),
+            Probe::new("api", move || {
+                let request = client.get(&url).send();
+                async move {
+                    let answer = request.await.map_err(|e| e.to_string())?;
+                    if answer.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("health answered {}", answer.status()))
+                    }
+                }
+            }),
+        ]
     }
 }
 

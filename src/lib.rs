@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod sim;
 pub mod transport;
+pub mod watchdog;
 
 /// `tokio::spawn` for unit tests, which are outside the shutdown tree by nature (the ban in
 /// clippy.toml is for the daemon's own tasks).

@@ -18,7 +18,7 @@ use avwarden::profile::ProfileSet;
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 #[derive(Parser)]
-#[command(name = "avwarden", version, about = "Keeps meeting rooms working")]
+#[command(name = "avwarden", version = app::LONG_VERSION, about = "Keeps meeting rooms working")]
 struct Cli {
     /// Log filter (overrides RUST_LOG), e.g. "info" or "avwarden=debug".
     #[arg(long, global = true)]
@@ -679,7 +679,7 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
         // are a courtesy, the daemon is the point.
         let mut banner = format!(
             "avwarden {} running for site {:?}\n",
-            app::VERSION,
+            app::LONG_VERSION,
             daemon.site()
         );
         for (id, ep) in &daemon.simulators {

@@ -130,6 +130,8 @@ pub fn router(state: ApiState) -> Router {
 struct HealthBody {
     status: &'static str,
     version: &'static str,
+    /// The commit the binary was built from (`build.rs`).
+    commit: &'static str,
     site: String,
     now: chrono::DateTime<chrono::Utc>,
     uptime_secs: i64,
@@ -176,6 +178,7 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
         status: if failing { "degraded" } else { "ok" },
         store: store.as_ref().map(store_view),
         version: st.version,
+        commit: env!("AVWARDEN_COMMIT"),
         site: st.site.clone(),
         now,
         uptime_secs: (now - st.started).num_seconds(),

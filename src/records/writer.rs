@@ -94,6 +94,10 @@ enum Request {
         bytes: Option<u64>,
         ack: oneshot::Sender<()>,
     },
+    /// Answered at once by the writer's loop: proof that it still turns (the watchdog).
+    Ping {
+        ack: oneshot::Sender<()>,
+    },
 }
 
 struct Pending {
@@ -299,6 +303,17 @@ impl LogbookHandle {
         rx.await.map_err(|_| StoreError::Stopped)
     }
 
+    /// Whether the writer's loop still turns: answered between two commits, never queued
+    /// behind the entries waiting for one. A writer stuck in SQLite does not answer.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Ping { ack })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
     /// Wait until every event emitted on the bus before this call, and every request queued
     /// before it, is committed (tests, "show me the entry I just caused").
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -489,6 +504,9 @@ impl WriterTask {
                 if let Some(f) = st.failure.as_mut() {
                     f.retry_at = Instant::now();
                 }
+                let _ = ack.send(());
+            }
+            Request::Ping { ack } => {
                 let _ = ack.send(());
             }
             Request::Write { op, ack } => {

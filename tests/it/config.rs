@@ -308,3 +308,34 @@ fn a_device_may_override_its_profiles_poll_interval() {
         "site.toml:12:1: devices[0].poll_interval_secs: must be between 0.1 and 3600 seconds"
     );
 }
+
+/// Issue 13.4: `avwarden --version` names the commit, so a technician can tell exactly which
+/// build runs in the rack (the same string `/api/v1/health` shows as `commit`).
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "avwarden {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        avwarden::app::COMMIT
+    );
+    assert_eq!(line.trim(), expected);
+    // Built in a checkout (CI clones one): the commit is HEAD's short hash, never `unknown`.
+    let in_checkout = Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_checkout && std::env::var_os("AVWARDEN_COMMIT").is_none() {
+        let commit = avwarden::app::COMMIT;
+        assert!(
+            commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+            "{line}"
+        );
+    }
+}

@@ -939,6 +939,24 @@ async fn start_with_store(db: &std::path::Path, n: usize) -> Daemon {
     .expect("daemon starts")
 }
 
+/// Issue 13.4: the systemd watchdog is fed from the daemon's health, not a free-running
+/// timer. The probes pass on a running daemon and fail, each named, once it has stopped.
+#[tokio::test]
+async fn liveness_probes_pass_while_the_daemon_works_and_fail_once_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_with_store(&dir.path().join("avwarden.db"), 3).await;
+    let probes = daemon.liveness_probes();
+    let limit = Duration::from_secs(5);
+    assert_eq!(avwarden::watchdog::failing(&probes, limit).await, vec![]);
+    assert!(daemon.shutdown("test").await.writer_done);
+    let failed: Vec<_> = avwarden::watchdog::failing(&probes, limit)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(failed, vec!["logbook writer", "api"]);
+}
+
 /// Issue 16.1: a store in a directory that does not exist (a volume not mounted) held the
 /// start for 5 s per device. Devices and the API must not wait for it; health says the store
 /// is failing; shutdown stays within its deadline.
@@ -995,6 +1013,15 @@ async fn a_locked_store_never_holds_the_start_and_catches_up_once_free() {
             + health["devices"]["unreachable"].as_u64().unwrap_or(0),
         50,
         "{health}"
+    );
+
+    // Degraded is alive: the systemd watchdog keeps being fed (issue 13.4), since a restart
+    // would not unlock the store.
+    let failed =
+        avwarden::watchdog::failing(&daemon.liveness_probes(), Duration::from_secs(5)).await;
+    assert!(
+        failed.is_empty(),
+        "a locked store is degraded, not hung: {failed:?}"
     );
 
     locker.execute_batch("COMMIT").unwrap();
