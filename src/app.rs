@@ -191,6 +191,7 @@ impl Daemon {
             schedule.clone(),
             protection.clone(),
             playbook.clone(),
+            &events,
             &api_service,
         )
         .await?;
@@ -658,6 +659,7 @@ async fn start_api(
     schedule: crate::schedule::ScheduleHandle,
     protection: crate::levelwatch::ProtectionBoard,
     playbook: crate::playbook::PlaybookHandle,
+    events: &EventBus,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -691,6 +693,13 @@ async fn start_api(
         }),
         protection: Some(protection),
         playbook: Some(playbook),
+        events: Some(api::events::EventLog::start(
+            events,
+            api::events::RING_CAPACITY,
+            api::events::CLIENT_CAPACITY,
+            svc.tasks(),
+            svc.cancel(),
+        )),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

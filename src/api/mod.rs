@@ -11,6 +11,7 @@ pub mod auth;
 mod bookings;
 pub mod client;
 mod error;
+pub mod events;
 pub mod records;
 pub mod rooms;
 pub mod server;
@@ -61,6 +62,8 @@ pub struct ApiState {
     pub protection: Option<crate::levelwatch::ProtectionBoard>,
     /// Alerts, maintenance windows and the roster (absent in API-only tests).
     pub playbook: Option<crate::playbook::PlaybookHandle>,
+    /// The numbered live events behind `/api/v1/events` (absent in API-only tests).
+    pub events: Option<events::EventLog>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -113,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(alerts::remove_window),
         )
         .route("/api/v1/roster/on-duty", get(alerts::on_duty))
+        .route("/api/v1/events", get(events::stream))
         .route("/metrics", get(metrics))
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -6,6 +6,7 @@ mod api_server;
 mod config;
 mod daemon;
 mod escvp21;
+mod events_stream;
 mod ical;
 mod levelwatch;
 mod modbus;
