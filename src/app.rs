@@ -700,6 +700,12 @@ async fn start_api(
             svc.tasks(),
             svc.cancel(),
         )),
+        history: Some(crate::dashboard::History::start(
+            fleet.clone(),
+            clock,
+            svc.tasks(),
+            svc.cancel(),
+        )),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

@@ -42,6 +42,7 @@ async fn serve(
         layout: Default::default(),
         protection: None,
         playbook: None,
+        history: None,
         events: Some(EventLog::start(
             bus,
             ring,
