@@ -5,6 +5,7 @@ mod api_auth;
 mod api_server;
 mod config;
 mod daemon;
+mod dashboard;
 mod escvp21;
 mod events_stream;
 mod ical;
