@@ -60,8 +60,12 @@ function onEvent(kind, data) {
 }
 
 function listen() {
-  if (!document.querySelector("[data-fragment]") || !window.EventSource) return;
   const status = document.getElementById("live-status");
+  if (!document.querySelector("[data-fragment]") || !window.EventSource) {
+    // Pages without live parts (a device, the logbook) show the state when they were loaded.
+    if (status) status.textContent = "Live updates: on the board and room pages";
+    return;
+  }
   const kinds = [...new Set([...TILE_KINDS, ...BOARD_KINDS, "alert_notified"])].join(",");
   const es = new EventSource(`/api/v1/events?kinds=${kinds}`);
   es.onopen = () => { if (status) status.textContent = "Live updates: on"; };

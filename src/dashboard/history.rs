@@ -100,17 +100,39 @@ impl History {
         }
     }
 
-    /// The series of `device`, by point.
-    pub fn of(&self, device: &str) -> BTreeMap<String, Series> {
-        self.lock().get(device).cloned().unwrap_or_default()
+    /// The series of `device`, by point, ending with what `state` reads now (the sampler's
+    /// last minute would otherwise lag the page).
+    pub fn of(
+        &self,
+        state: &crate::model::DeviceState,
+        now: DateTime<Utc>,
+    ) -> BTreeMap<String, Series> {
+        let mut all = self
+            .lock()
+            .get(state.id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        for r in state.readings.values() {
+            let v = match r.value {
+                Value::Int(i) => i as f64,
+                Value::Float(f) if f.is_finite() => f,
+                _ => continue,
+            };
+            if CHARTED.contains(&r.point.quantity) {
+                all.entry(r.point.to_string())
+                    .or_default()
+                    .push_back((now, v));
+            }
+        }
+        all
     }
 }
 
 /// A line chart of `series` (a title and unit for people), its last [`KEEP`] ending at `now`.
 /// Described for screen readers by its title and a summary, as the lines say nothing to them.
 pub fn chart(title: &str, unit: &str, series: &Series, now: DateTime<Utc>, zone: Zone) -> String {
-    const W: f64 = 600.0;
-    const H: f64 = 160.0;
+    const W: f64 = 800.0;
+    const H: f64 = 180.0;
     const PAD_L: f64 = 44.0;
     const PAD_B: f64 = 22.0;
     let start = now - chrono::Duration::from_std(KEEP).unwrap_or_default();
@@ -142,10 +164,22 @@ pub fn chart(title: &str, unit: &str, series: &Series, now: DateTime<Utc>, zone:
             y(*v)
         );
     }
+    // The newest sample as a dot, so a series of one still shows.
+    let dot = series
+        .back()
+        .map(|(t, v)| {
+            format!(
+                r#"<circle cx="{:.1}" cy="{:.1}" r="4" class="dot"/>"#,
+                x(*t),
+                y(*v)
+            )
+        })
+        .unwrap_or_default();
     let summary = match (series.front(), series.back()) {
         (Some((t0, v0)), Some((t1, v1))) => format!(
-            "{} samples from {} ({v0:.0} {unit}) to {} ({v1:.0} {unit}); lowest {lo:.0}, highest {hi:.0}",
+            "{} sample{} from {} ({v0:.0} {unit}) to {} ({v1:.0} {unit}); lowest {lo:.0}, highest {hi:.0}",
             series.len(),
+            if series.len() == 1 { "" } else { "s" },
             zone.hm(*t0),
             zone.hm(*t1),
         ),
@@ -154,7 +188,7 @@ pub fn chart(title: &str, unit: &str, series: &Series, now: DateTime<Utc>, zone:
     let id = format!("c{:x}", fxhash(title));
     format!(
         r#"<figure class="chart">
-<svg viewBox="0 0 {W} {H}" role="img" aria-labelledby="{id}-t {id}-d" preserveAspectRatio="none">
+<svg viewBox="0 0 {W} {H}" role="img" aria-labelledby="{id}-t {id}-d">
 <title id="{id}-t">{title}</title>
 <desc id="{id}-d">{summary}</desc>
 <line x1="{PAD_L}" y1="{yb:.1}" x2="{W}" y2="{yb:.1}" class="axis"/>
@@ -164,6 +198,7 @@ pub fn chart(title: &str, unit: &str, series: &Series, now: DateTime<Utc>, zone:
 <text x="{PAD_L}" y="{H}" class="tick">{from}</text>
 <text x="{W}" y="{H}" class="tick" text-anchor="end">{to}</text>
 <path d="{path}" class="line"/>
+{dot}
 </svg>
 <figcaption>{title} ({unit}), last 6 hours: {summary}</figcaption>
 </figure>"#,

@@ -409,7 +409,7 @@ pub fn device_page(
     }
     out.push_str("</section>");
     out.push_str(r#"<section aria-labelledby="hist-h"><h2 id="hist-h">Last hours</h2>"#);
-    let series = history.map(|h| h.of(s.id.as_str())).unwrap_or_default();
+    let series = history.map(|h| h.of(s, now)).unwrap_or_default();
     if series.is_empty() {
         out.push_str(r#"<p class="empty">No battery or temperature readings sampled yet (every minute, kept 6 hours in memory).</p>"#);
     }

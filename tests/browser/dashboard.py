@@ -7,7 +7,7 @@ over stdout/stdin, one word a line: it prints `ready` once the room's tile reads
 waits for `injected` (the test broke a transmitter battery in the simulator), then sees the
 tile turn "not ready" by the live updates alone, acknowledges the alert by clicking, prints
 `acknowledged`, saves screenshots at 1280x800 and 390x844, runs axe-core on the page at both
-sizes and prints `done`. Any failure is printed to stderr and exits 1. Never sleeps: every
+sizes (and on the device page and the logbook) and prints `done`. Any failure is printed to stderr and exits 1. Never sleeps: every
 wait is a WebDriverWait on a condition.
 """
 
@@ -131,6 +131,15 @@ def main():
                 wait.until(lambda d: d.execute_script("return window.innerWidth") == width)
                 driver.save_screenshot(os.path.join(artifacts, f"dashboard-{width}x{height}.png"))
                 violations += axe(driver, axe_source, f"{width}x{height}")
+            # The device page, with its history section, at the desk's size.
+            viewport(driver, 1280, 800, False)
+            driver.get(url + "/devices/r101-mics")
+            wait.until(lambda d: d.find_elements(By.ID, "device-state"))
+            driver.save_screenshot(os.path.join(artifacts, "device-1280x800.png"))
+            violations += axe(driver, axe_source, "device page")
+            driver.get(url + "/logbook")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.filters"))
+            violations += axe(driver, axe_source, "logbook")
             if violations:
                 raise SystemExit(f"{len(violations)} serious or critical accessibility violations")
             tell("done")

@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 const TECH: &str = "techn-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -62,6 +63,10 @@ bind = "127.0.0.1:0"
 name = "li-wei"
 role = "technician"
 token_env = "TECH_TOKEN"
+[[api.tokens]]
+name = "boss"
+role = "admin"
+token_env = "ADMIN_TOKEN"
 
 [roster]
 shifts = [{{ who = "li", role = "technician", days = ["mon-sun"], from = "00:00", until = "23:59" }}]
@@ -82,7 +87,7 @@ link = {{ host = "127.0.0.1", port = {port} }}
         &text,
         "site.toml",
         dir,
-        &Env::fixed(&[("TECH_TOKEN", TECH)]),
+        &Env::fixed(&[("TECH_TOKEN", TECH), ("ADMIN_TOKEN", ADMIN)]),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     Daemon::start(
@@ -125,6 +130,21 @@ async fn a_technician_sees_a_room_turn_not_ready_live_and_acknowledges_its_alert
         .wait_for(|s| s.reachable, Duration::from_secs(60))
         .await
         .expect("receiver reachable");
+    // A meeting running for two hours: the tile says whether each battery lasts it.
+    let start = d.clock.now() - chrono::Duration::minutes(1);
+    let url = format!("http://{}/api/v1/bookings", d.api_addr);
+    let booking = serde_json::json!({
+        "room": "r101", "title": "Board meeting", "start": start,
+        "end": start + chrono::Duration::hours(2), "attendees": 10,
+    });
+    let made = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(ADMIN)
+        .json(&booking)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(made.status(), 201);
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest().join("target"));
