@@ -183,7 +183,9 @@ pub fn page(title: &str, site: &str, current: &str, viewer: &Viewer, body: &str)
             format!(r#"<li><a href="{href}"{here}>{label}</a></li>"#)
         })
         .collect::<String>();
-    let account = if viewer.login {
+    let account = if viewer.name.is_empty() {
+        String::new()
+    } else if viewer.login {
         format!(
             r#"<span class="who">Signed in as {}</span> <button type="button" id="logout" class="link">Sign out</button>"#,
             esc(&viewer.name)
