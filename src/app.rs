@@ -201,6 +201,7 @@ impl Daemon {
             schedule.clone(),
             protection.clone(),
             playbook.clone(),
+            &events,
             &api_service,
         )
         .await?;
@@ -668,6 +669,7 @@ async fn start_api(
     schedule: crate::schedule::ScheduleHandle,
     protection: crate::levelwatch::ProtectionBoard,
     playbook: crate::playbook::PlaybookHandle,
+    events: &EventBus,
     svc: &Service,
 ) -> anyhow::Result<SocketAddr> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -701,6 +703,19 @@ async fn start_api(
         }),
         protection: Some(protection),
         playbook: Some(playbook),
+        events: Some(api::events::EventLog::start(
+            events,
+            api::events::RING_CAPACITY,
+            api::events::CLIENT_CAPACITY,
+            svc.tasks(),
+            svc.cancel(),
+        )),
+        history: Some(crate::dashboard::History::start(
+            fleet.clone(),
+            clock,
+            svc.tasks(),
+            svc.cancel(),
+        )),
     };
     let app = api::router(state);
     let mut limits = cfg.api.clone();

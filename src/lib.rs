@@ -11,6 +11,7 @@ pub mod app;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod dashboard;
 pub mod driver;
 pub mod events;
 pub mod levelwatch;

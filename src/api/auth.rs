@@ -90,6 +90,18 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/api/v1/maintenance-windows", AtLeast(Admin)),
     rule("DELETE", "/api/v1/maintenance-windows/{id}", AtLeast(Admin)),
     rule("GET", "/api/v1/roster/on-duty", AtLeast(Viewer)),
+    rule("GET", "/api/v1/events", AtLeast(Viewer)),
+    // The dashboard (see `dashboard`): its pages and fragments need a viewer (a visitor
+    // without a session is sent to `/login`), the login page and the built-in assets none.
+    rule("GET", "/", AtLeast(Viewer)),
+    rule("GET", "/board/fragment", AtLeast(Viewer)),
+    rule("GET", "/alerts/fragment", AtLeast(Viewer)),
+    rule("GET", "/rooms/{id}", AtLeast(Viewer)),
+    rule("GET", "/rooms/{id}/tile", AtLeast(Viewer)),
+    rule("GET", "/devices/{id}", AtLeast(Viewer)),
+    rule("GET", "/logbook", AtLeast(Viewer)),
+    rule("GET", "/login", Open),
+    rule("GET", "/assets/{file}", Open),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

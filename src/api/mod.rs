@@ -8,9 +8,10 @@
 
 mod alerts;
 pub mod auth;
-mod bookings;
+pub mod bookings;
 pub mod client;
 mod error;
+pub mod events;
 pub mod records;
 pub mod rooms;
 pub mod server;
@@ -61,6 +62,10 @@ pub struct ApiState {
     pub protection: Option<crate::levelwatch::ProtectionBoard>,
     /// Alerts, maintenance windows and the roster (absent in API-only tests).
     pub playbook: Option<crate::playbook::PlaybookHandle>,
+    /// The numbered live events behind `/api/v1/events` (absent in API-only tests).
+    pub events: Option<events::EventLog>,
+    /// The dashboard's recent battery and temperature samples (absent in API-only tests).
+    pub history: Option<crate::dashboard::History>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -113,11 +118,16 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(alerts::remove_window),
         )
         .route("/api/v1/roster/on-duty", get(alerts::on_duty))
+        .route("/api/v1/events", get(events::stream))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn(
+            crate::dashboard::redirect_to_login,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

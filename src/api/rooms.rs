@@ -85,7 +85,8 @@ fn severity(h: Health) -> u8 {
     }
 }
 
-fn room_view(st: &ApiState, room: &Room) -> RoomView {
+/// A room as `GET /api/v1/rooms/{id}` shows it (the dashboard's tiles too).
+pub fn room_view(st: &ApiState, room: &Room) -> RoomView {
     let now = st.clock.now();
     let handles = st.fleet.room(&room.id);
     let devices: Vec<DeviceSummary> = handles

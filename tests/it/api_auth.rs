@@ -135,7 +135,12 @@ async fn call_with(
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     crate::support::spawn(async move {
-        let mut req = reqwest::Client::new().request(method, url);
+        // A page sends a visitor without a session to /login: the redirect is the answer.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut req = client.request(method, url);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -155,12 +160,20 @@ async fn call_with(
             .get("set-cookie")
             .map(|v| v.to_str().unwrap().to_owned());
         let headers = format!("{:?}", r.headers());
+        // A live stream never ends: its status and headers are the answer.
+        let streaming = r
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v == "text/event-stream");
         Answer {
             status: r.status().as_u16(),
             www_authenticate,
             set_cookie,
             headers,
-            body: r.bytes().await.unwrap().to_vec(),
+            body: match streaming {
+                true => Vec::new(),
+                false => r.bytes().await.unwrap().to_vec(),
+            },
         }
     })
     .await
@@ -408,6 +421,17 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
             "/api/v1/roster/on-duty",
             None,
         ),
+        case("GET", "/api/v1/events", "/api/v1/events", None).bad_query("kinds=a&colour=red"),
+        // The dashboard's pages and fragments (HTML; a missing room or device is an HTML 404).
+        case("GET", "/", "/", None),
+        case("GET", "/board/fragment", "/board/fragment", None),
+        case("GET", "/alerts/fragment", "/alerts/fragment", None),
+        case("GET", "/rooms/{id}", "/rooms/r1", None).missing("/rooms/nowhere"),
+        case("GET", "/rooms/{id}/tile", "/rooms/r1/tile", None).missing("/rooms/nowhere/tile"),
+        case("GET", "/devices/{id}", "/devices/p1", None).missing("/devices/nothing"),
+        case("GET", "/logbook", "/logbook?kind=device_command", None),
+        case("GET", "/login", "/login", None),
+        case("GET", "/assets/{file}", "/assets/dashboard.css", None).missing("/assets/nothing.js"),
     ];
     for r in ROUTES {
         assert!(
@@ -427,11 +451,36 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
             .find(|r| r.method == c.method && r.path == c.route)
             .unwrap();
         let body = c.body.as_deref();
+        let page = avwarden::dashboard::is_page(c.route);
         let Access::AtLeast(role) = rule.access else {
             let a = call(addr, None, c.method, &c.path, body).await;
             assert_eq!(a.status, c.success, "{what} open");
+            if let Some(path) = &c.missing {
+                let a = call(addr, None, c.method, path, body).await;
+                assert_eq!(a.status, 404, "{what} missing");
+            }
             continue;
         };
+        if page {
+            // A browser is sent to sign in, with no token and with a wrong one alike.
+            for token in [None, Some(WRONG)] {
+                let a = call(addr, token, c.method, &c.path, body).await;
+                assert_eq!(a.status, 303, "{what} with {token:?}");
+                assert!(
+                    a.headers.contains("\"location\": \"/login\""),
+                    "{what}: {}",
+                    a.headers
+                );
+            }
+            let a = call(addr, Some(VIEWER), c.method, &c.path, body).await;
+            assert_eq!(a.status, c.success, "{what}");
+            assert!(a.headers.contains("text/html"), "{what}: {}", a.headers);
+            if let Some(path) = &c.missing {
+                let a = call(addr, Some(VIEWER), c.method, path, body).await;
+                assert_eq!(a.status, 404, "{what} missing");
+            }
+            continue;
+        }
         let a = call(addr, None, c.method, &c.path, body).await;
         assert_eq!(a.status, 401, "{what} without a token");
         assert!(is_json_error(&a), "{what}: {:?}", a.json());

@@ -568,6 +568,8 @@ async fn room_view_shows_the_dsps_zone_protection() {
         }),
         protection: Some(board),
         playbook: None,
+        history: None,
+        events: None,
     };
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {

@@ -244,6 +244,8 @@ pub async fn serve_api(
         layout: Default::default(),
         protection: None,
         playbook: None,
+        history: None,
+        events: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
