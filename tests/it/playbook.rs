@@ -140,7 +140,14 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
     spawn_settle_pump(pump.clone());
     let dir = tempfile::tempdir().unwrap();
     let (sim, sim_cancel) = receiver().await;
-    let d = daemon(dir.path(), sim.addr().port()).await;
+    // Channel 1 is the spare handheld, kept muted at the receiver until it is needed.
+    sim.set_rx_muted(1, true);
+    let d = daemon_with(
+        dir.path(),
+        sim.addr().port(),
+        "\n[playbook]\nbackup = { \"r101-mics:2\" = \"r101-mics:1\" }\n",
+    )
+    .await;
     let mut sink = alert_events(&d);
     let mut seen = Vec::new();
     meeting_now(&d).await;
@@ -206,6 +213,22 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         .filter(|k| matches!(k, EventKind::PlaybookStep { .. }))
         .collect();
     assert_eq!(steps.len(), 2, "{steps:#?}");
+    // The presenter was moved to the spare on the simulated receiver, and that was checked.
+    let EventKind::PlaybookStep {
+        step, ok, outcome, ..
+    } = steps[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(step, "move_to_backup_channel");
+    assert!(ok, "{outcome}");
+    assert!(
+        outcome.contains("channel 1 of r101-mics is on air, unmuted, with 600 min of battery")
+            && outcome.contains("channel 2 of r101-mics muted"),
+        "{outcome}"
+    );
+    assert_eq!(sim.rx_muted(1), Some(false), "the spare is live");
+    assert_eq!(sim.rx_muted(2), Some(true), "the failing mic is muted");
 
     let (status, acked) = api(
         &d,
