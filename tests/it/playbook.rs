@@ -9,6 +9,7 @@ use std::time::Duration;
 use avwarden::app::{Daemon, StartOptions};
 use avwarden::config::{parse_site, Env};
 use avwarden::events::{EventFilter, EventKind, EventSink};
+use avwarden::records::report::FaultClass;
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -292,9 +293,21 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         "raised, notified, 2 steps, acknowledged, resolved: {kinds:?}"
     );
 
-    // The monthly report counts it, with who acknowledged it and when. (Its class there is
-    // still the logbook's own rule; reading the playbook's class from the alerts table is
-    // the report's next step.)
+    // Each link of the chain carries its time, in the order it happened.
+    let times: Vec<(String, i64)> = conn
+        .prepare("SELECT kind, at_us FROM logbook WHERE kind IN ('alert_changed', 'playbook_step', 'fault_acknowledged') ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "{times:?}");
+    assert!(
+        times.iter().any(|(k, _)| k == "fault_acknowledged"),
+        "{times:?}"
+    );
+
+    // The monthly report counts it in the playbook's class, with its time to acknowledge.
     let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
     let month = avwarden::records::report::Month::parse("2026-11").unwrap();
     let report = avwarden::records::report::monthly(&conn, month, tz).unwrap();
@@ -305,6 +318,33 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         .unwrap_or_else(|| panic!("{:#?}", report.incidents));
     assert_eq!(incident.acknowledged_by.as_deref(), Some("person:li"));
     assert!(incident.acknowledged.is_some_and(|a| a >= incident.raised));
+    assert_eq!(incident.alert, Some(id));
+    assert_eq!(incident.class, FaultClass::Major, "the alert's class");
+    let alert = report
+        .alerts
+        .iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("{:#?}", report.alerts));
+    assert_eq!(alert.class, FaultClass::Major);
+    assert_eq!(alert.acknowledged_by.as_deref(), Some("li"));
+    let to_ack = alert.time_to_acknowledge().expect("acknowledged");
+    assert!(
+        to_ack >= chrono::Duration::zero() && to_ack <= chrono::Duration::minutes(5),
+        "{to_ack}"
+    );
+    assert_eq!(alert.response_met(report.end), Some(true));
+    assert!(alert.time_to_resolve().is_some_and(|r| r >= to_ack));
+    let major = &report.alert_classes[&FaultClass::Major];
+    assert_eq!(
+        (
+            major.count,
+            major.acknowledged,
+            major.response_met,
+            major.resolved
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(report.alert_classes[&FaultClass::General].count, 0);
 
     d.shutdown("test").await;
     sim_cancel.cancel();
