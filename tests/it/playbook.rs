@@ -22,7 +22,24 @@ async fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
 }
 
 async fn daemon_with(dir: &std::path::Path, port: u16, extra: &str) -> Daemon {
-    let text = format!(
+    let text = site_text(port, extra);
+    let cfg =
+        parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
+    Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts")
+}
+
+fn site_text(port: u16, extra: &str) -> String {
+    format!(
         r#"
 [site]
 name = "Playbook test"
@@ -47,20 +64,7 @@ room = "r101"
 profile = "shure-ulxd"
 link = {{ host = "127.0.0.1", port = {port} }}
 {extra}"#
-    );
-    let cfg =
-        parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
     )
-    .await
-    .expect("daemon starts")
 }
 
 fn alert_events(d: &Daemon) -> EventSink {
@@ -578,6 +582,128 @@ parent = "gw"
         matches!(k, EventKind::AlertNotified { alert, notice, .. } if *alert == battery_id && notice == "unsilenced")
     })
     .await;
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
+
+/// `avwarden maintenance` with `args`, run as its own process (on a blocking thread, so the
+/// paused clock does not run ahead while it talks to the daemon): exit success, stdout, stderr.
+async fn cli(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_avwarden"))
+            .arg("maintenance")
+            .args(args)
+            .env_remove("AVWARDEN_TOKEN")
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 11: maintenance windows are added, listed and removed from the command line, through
+/// the running daemon's API, with local times in the site's zone.
+#[tokio::test(start_paused = true)]
+async fn maintenance_windows_from_the_cli_go_through_the_running_daemon() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon(dir.path(), sim.addr().port()).await;
+    let addr = d.api_addr.to_string();
+    // The site config the CLI reads: the daemon's address, and its zone (UTC+8).
+    let config = dir.path().join("site.toml");
+    let text = site_text(sim.addr().port(), &format!("\n[api]\nbind = \"{addr}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+    let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
+    let until = (d.clock.now() + chrono::Duration::hours(3)).with_timezone(&tz);
+    let until_local = until.format("%Y-%m-%dT%H:%M").to_string();
+
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (ok, out, err) = cli(s(&[
+        "--config",
+        &config,
+        "add",
+        "--room",
+        "r101",
+        "--until",
+        &until_local,
+        "--reason",
+        "projector swap",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("room r101")
+            && out.contains(&until.format("%Y-%m-%d %H:%M").to_string())
+            && out.contains("projector swap"),
+        "{out}"
+    );
+    let (status, windows) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/maintenance-windows",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(windows.as_array().map(Vec::len), Some(1), "{windows}");
+    let w = &windows[0];
+    assert_eq!(
+        w["target"],
+        serde_json::json!({ "type": "room", "id": "r101" })
+    );
+    assert_eq!(w["reason"], "projector swap");
+    let stored: chrono::DateTime<chrono::Utc> = serde_json::from_value(w["until"].clone()).unwrap();
+    assert_eq!(
+        stored
+            .with_timezone(&tz)
+            .format("%Y-%m-%dT%H:%M")
+            .to_string(),
+        until_local,
+        "the local time was read in the site's zone"
+    );
+    let id = w["id"].as_u64().unwrap().to_string();
+
+    // The address may come from --api too; the list shows the window.
+    let (ok, out, err) = cli(s(&["list", "--api", &addr])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("room r101") && out.contains("projector swap"),
+        "{out}"
+    );
+
+    // A window on an unknown device is the daemon's refusal, told as such.
+    let (ok, _, err) = cli(s(&[
+        "--api",
+        &addr,
+        "add",
+        "--device",
+        "nope",
+        "--until",
+        &until_local,
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(err.contains("the daemon answered 404"), "{err}");
+
+    let (ok, out, err) = cli(s(&["--config", &config, "remove", &id])).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("window {id} removed"));
+    let (ok, out, _) = cli(s(&["--config", &config, "list"])).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "no maintenance windows");
+    let (ok, _, err) = cli(s(&["--config", &config, "remove", &id])).await;
+    assert!(!ok, "removed twice");
+    assert!(err.contains("the daemon answered 404"), "{err}");
+
     d.shutdown("test").await;
     sim_cancel.cancel();
     pump.cancel();
