@@ -708,3 +708,52 @@ async fn maintenance_windows_from_the_cli_go_through_the_running_daemon() {
     sim_cancel.cancel();
     pump.cancel();
 }
+
+/// Issue 11, the `reconnect` step's means: a device handle ends the session and starts a new
+/// one at once — on a live session, and on a device that is down, long before its backoff
+/// (at least 30 s here) would have tried again.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_starts_a_new_session_at_once_without_waiting_for_the_backoff() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon_with(
+        dir.path(),
+        sim.addr().port(),
+        "\n[links]\nbackoff_min_ms = 60000\nbackoff_max_ms = 120000\n",
+    )
+    .await;
+    let h = d.fleet.get("r101-mics").unwrap().clone();
+    h.wait_for(|s| s.reachable, Duration::from_secs(60))
+        .await
+        .expect("receiver reachable");
+    assert_eq!(sim.stats().connections, 1);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(5), h.reconnect())
+        .await
+        .expect("at once");
+    assert!(outcome.is_done(), "{outcome}");
+    assert_eq!(sim.stats().connections, 2, "a new session");
+    let s = h.state();
+    assert!(s.reachable);
+    assert_eq!(s.counters.reconnects, 1);
+
+    // Down: the receiver stops answering until the session is declared lost.
+    sim.set_silent(true);
+    h.wait_for(|s| !s.reachable, Duration::from_secs(120))
+        .await
+        .expect("declared unreachable");
+    sim.set_silent(false);
+    let asked = d.clock.now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), h.reconnect())
+        .await
+        .expect("not after the backoff");
+    assert!(outcome.is_done(), "{outcome}");
+    assert!(h.state().reachable);
+    assert!(d.clock.now() - asked < chrono::Duration::seconds(30));
+
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
