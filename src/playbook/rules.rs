@@ -757,7 +757,7 @@ steps = [{ human = "change the batteries of {device} before the next meeting" }]
             Step::Auto {
                 action: Action::MoveToBackupChannel,
                 timeout: Duration::seconds(20),
-                on_success: Next::Continue,
+                on_success: Next::Stop,
                 on_failure: Next::Continue
             }
         );

@@ -109,7 +109,7 @@ impl Actor {
             .checked_sub(self.cfg.command_gap)
             .unwrap_or_else(Instant::now);
         // Whoever asked for a reconnect hears how the next session start went.
-        let mut reconnecting: Option<oneshot::Sender<CommandOutcome>> = None;
+        let mut reconnecting: Vec<oneshot::Sender<CommandOutcome>> = Vec::new();
 
         loop {
             match conn {
@@ -124,7 +124,7 @@ impl Actor {
                         req = commands.normal.recv() => match req {
                             Some(CommandRequest { order: Order::Reconnect, reply }) => {
                                 // Asked for: try now instead of at the end of the backoff.
-                                reconnecting = Some(reply);
+                                reconnecting.push(reply);
                                 conn = Conn::Disconnected { retry_at: Instant::now() };
                             }
                             Some(req) => { let _ = req.reply.send(CommandOutcome::Unreachable); }
@@ -138,12 +138,12 @@ impl Actor {
                                 _ = cancel.cancelled() => break,
                                 r = self.connect(&mut link) => r,
                             };
-                            if let Some(reply) = reconnecting.take() {
-                                let outcome = match &res {
-                                    Ok(()) => CommandOutcome::Done { applied: None },
-                                    Err(e) => CommandOutcome::from_driver(Err(e), self.obs.now()),
-                                };
-                                let _ = reply.send(outcome);
+                            let outcome = match &res {
+                                Ok(()) => CommandOutcome::Done { applied: None },
+                                Err(e) => CommandOutcome::from_driver(Err(e), self.obs.now()),
+                            };
+                            for reply in reconnecting.drain(..) {
+                                let _ = reply.send(outcome.clone());
                             }
                             conn = match res {
                                 // The backoff is reset by the session's first good exchange,
@@ -268,7 +268,7 @@ impl Actor {
         backoff: &mut Backoff,
         commands: &mut Queues,
         last_io: &mut Instant,
-        reconnecting: &mut Option<oneshot::Sender<CommandOutcome>>,
+        reconnecting: &mut Vec<oneshot::Sender<CommandOutcome>>,
     ) -> Conn {
         let mut ticker = tokio::time::interval_at(
             Instant::now() + self.cfg.poll_interval,
@@ -297,8 +297,8 @@ impl Actor {
                 req = commands.normal.recv() => {
                     let Some(req) = req else { return Conn::Connected };
                     if req.order == Order::Reconnect {
-                        *reconnecting = Some(req.reply);
-                        return self.restart_session(link);
+                        reconnecting.push(req.reply);
+                        return self.restart_session(link).await;
                     }
                     Some(self.serve(link, req, &mut commands.priority, last_io, true).await)
                 }
@@ -367,7 +367,12 @@ impl Actor {
     /// End the session for a reconnect asked for, and start the next one at once. The device
     /// is not reported unreachable for it: the next session decides that (a failed start goes
     /// through [`Actor::link_down`] like any other).
-    fn restart_session(&mut self, link: &mut Link) -> Conn {
+    async fn restart_session(&mut self, link: &mut Link) -> Conn {
+        // An orderly end, as at shutdown: metering off, subscriptions ended.
+        if link.is_open() {
+            let close = self.driver.close(link, &mut self.obs);
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        }
         link.disconnect();
         self.obs.reset_metering();
         self.comms_slow(None);
