@@ -622,7 +622,7 @@ fn start_playbook(
         cfg.roster.clone(),
         parents,
         cfg.site.time_zone,
-        crate::playbook::PlaybookSettings::default(),
+        cfg.playbook_settings.clone(),
         events,
         clock,
         fleet.clone(),

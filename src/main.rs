@@ -105,6 +105,49 @@ enum Command {
         #[command(subcommand)]
         command: PlaybookCommand,
     },
+    /// Maintenance windows in the running daemon: alerts of a room or device in one are kept
+    /// but nobody is told until it ends.
+    Maintenance {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[command(subcommand)]
+        command: MaintenanceCommand,
+    },
+}
+
+/// How a CLI command reaches the running daemon's API.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The site config: the API address (`[api] bind`) and the time zone of local times.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The daemon's API address, when it is not the config's `[api] bind`.
+    #[arg(long, global = true)]
+    api: Option<SocketAddr>,
+    /// A file whose first line is an API token (admin to add or remove), when the daemon has
+    /// `[[api.tokens]]`. Without it the token comes from $AVWARDEN_TOKEN.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Open a window from now until `--until`.
+    Add {
+        #[arg(long, conflicts_with = "device", required_unless_present = "device")]
+        room: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// RFC 3339, or a local time in the site's zone (`2026-12-07T18:00`).
+        #[arg(long)]
+        until: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The windows the daemon holds.
+    List,
+    /// End a window now.
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -450,6 +493,7 @@ fn main() -> ExitCode {
         }
         Command::Bookings { command } => bookings(command),
         Command::Playbook { command } => playbook(command),
+        Command::Maintenance { daemon, command } => runtime_block_on(maintenance(daemon, command)),
         Command::Simulate { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -477,6 +521,50 @@ fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
         .ok()
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty()))
+}
+
+/// `avwarden maintenance`: add, list or remove windows through the running daemon's API.
+async fn maintenance(args: DaemonArgs, command: MaintenanceCommand) -> anyhow::Result<()> {
+    use avwarden::api::client;
+    use avwarden::playbook::alerts::Target;
+    let cfg = match &args.config {
+        Some(path) => Some(SiteConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let addr = args
+        .api
+        .or(cfg.as_ref().map(|c| c.api.bind))
+        .context("name the daemon: --config FILE (its [api] bind) or --api ADDRESS")?;
+    let tz = cfg.as_ref().map_or(chrono_tz::UTC, |c| c.site.time_zone);
+    let token = api_token(args.token_file.as_deref())?;
+    let timeout = std::time::Duration::from_secs(30);
+    match command {
+        MaintenanceCommand::Add {
+            room,
+            device,
+            until,
+            reason,
+        } => {
+            let target = match (room, device) {
+                (Some(r), None) => Target::Room(avwarden::model::RoomId::new(&r)),
+                (None, Some(d)) => Target::Device(avwarden::model::DeviceId::new(&d)),
+                _ => anyhow::bail!("name exactly one of --room and --device"),
+            };
+            let until = avwarden::records::cli::parse_time(&until, tz)?;
+            let w = client::add_window(addr, token.as_deref(), &target, until, &reason, timeout)
+                .await?;
+            print!("{}", client::render_windows(std::slice::from_ref(&w), tz));
+        }
+        MaintenanceCommand::List => {
+            let windows = client::list_windows(addr, token.as_deref(), timeout).await?;
+            print!("{}", client::render_windows(&windows, tz));
+        }
+        MaintenanceCommand::Remove { id } => {
+            client::remove_window(addr, token.as_deref(), id, timeout).await?;
+            println!("window {id} removed");
+        }
+    }
+    Ok(())
 }
 
 /// `avwarden selftest`: ask the running daemon, print its verdict, exit by readiness.

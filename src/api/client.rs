@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for the daemon's own API on this machine: the CLI commands that
-//! ask the running daemon (`avwarden selftest`) go through it, because the daemon owns the
-//! device links (a serial port opens once). Not a general-purpose client.
+//! ask the running daemon (`avwarden selftest`, `avwarden maintenance`) go through it, because
+//! the daemon owns the device links (a serial port opens once) and the alert book. Not a
+//! general-purpose client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +23,11 @@ pub enum ClientError {
     Http { addr: SocketAddr, message: String },
     #[error("no answer from the daemon's API at {addr} within {secs} s")]
     TimedOut { addr: SocketAddr, secs: u64 },
+    /// The daemon said no: its status and its `detail`.
+    #[error("the daemon answered {status}: {detail}")]
+    Refused { status: u16, detail: String },
+    #[error("the daemon's answer is not what was asked for: {0}")]
+    Answer(String),
 }
 
 /// One request without a token (the daemon's API is open on loopback when it has none);
@@ -103,4 +109,100 @@ async fn send(
         r = exchange => r,
         _ = drive => Err(http(&"the connection closed before the answer")),
     }
+}
+
+/// The status and body of an answer, or the daemon's refusal when the status is not `want`.
+fn expect(answer: (u16, Vec<u8>), want: u16) -> Result<Vec<u8>, ClientError> {
+    let (status, bytes) = answer;
+    if status == want {
+        return Ok(bytes);
+    }
+    let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    Err(ClientError::Refused { status, detail })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Answer(e.to_string()))
+}
+
+/// `POST /api/v1/maintenance-windows`: silence `target`'s alerts from now until `until`.
+pub async fn add_window(
+    addr: SocketAddr,
+    token: Option<&str>,
+    target: &crate::playbook::alerts::Target,
+    until: chrono::DateTime<chrono::Utc>,
+    reason: &str,
+    timeout: Duration,
+) -> Result<crate::playbook::alerts::MaintenanceWindow, ClientError> {
+    use crate::playbook::alerts::Target;
+    let mut body = serde_json::json!({ "until": until, "reason": reason });
+    match target {
+        Target::Room(r) => body["room"] = serde_json::json!(r),
+        Target::Device(d) => body["device"] = serde_json::json!(d),
+    }
+    let path = "/api/v1/maintenance-windows";
+    let answer = request_as(addr, token, Method::POST, path, Some(body), timeout).await?;
+    parse(&expect(answer, 201)?)
+}
+
+/// `GET /api/v1/maintenance-windows`: the windows the daemon holds.
+pub async fn list_windows(
+    addr: SocketAddr,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<crate::playbook::alerts::MaintenanceWindow>, ClientError> {
+    let path = "/api/v1/maintenance-windows";
+    let answer = request_as(addr, token, Method::GET, path, None, timeout).await?;
+    parse(&expect(answer, 200)?)
+}
+
+/// `DELETE /api/v1/maintenance-windows/{id}`: end a window now.
+pub async fn remove_window(
+    addr: SocketAddr,
+    token: Option<&str>,
+    id: u64,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let path = format!("/api/v1/maintenance-windows/{id}");
+    let answer = request_as(addr, token, Method::DELETE, &path, None, timeout).await?;
+    expect(answer, 204).map(|_| ())
+}
+
+/// Windows as `avwarden maintenance list` prints them, times in the site's zone.
+pub fn render_windows(
+    windows: &[crate::playbook::alerts::MaintenanceWindow],
+    tz: chrono_tz::Tz,
+) -> String {
+    use crate::playbook::alerts::Target;
+    use std::fmt::Write as _;
+    if windows.is_empty() {
+        return "no maintenance windows\n".to_owned();
+    }
+    let local = |t: chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
+    };
+    let mut out = String::new();
+    for w in windows {
+        let target = match &w.target {
+            Target::Room(r) => format!("room {r}"),
+            Target::Device(d) => format!("device {d}"),
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {target}  {} to {}  by {}{}",
+            w.id,
+            local(w.from),
+            local(w.until),
+            w.by,
+            if w.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", w.reason)
+            }
+        );
+    }
+    out
 }

@@ -332,6 +332,8 @@ pub struct SiteConfig {
     /// The contingency rules of the playbook file `[selftest] playbook` names (or the shipped
     /// ones).
     pub playbook: Arc<crate::playbook::rules::Rules>,
+    /// `[playbook]`: the playbook task's timing, damping and backup channels.
+    pub playbook_settings: crate::playbook::PlaybookSettings,
 }
 
 /// `[bookings]`: where bookings come from besides the API.

@@ -22,6 +22,8 @@ pub struct RawSite {
     pub bookings: Option<RawBookings>,
     /// Validated by the playbook, which owns the roster's meaning.
     pub roster: Option<crate::playbook::roster::RawRoster>,
+    /// Validated by the playbook, which owns its settings' meaning.
+    pub playbook: Option<crate::playbook::settings::RawPlaybookSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]

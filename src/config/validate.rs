@@ -460,6 +460,18 @@ pub fn parse_site(
         }
     };
     let playbook = validate_playbook(&raw, base, &mut pr);
+    let device_ids: std::collections::BTreeSet<String> =
+        raw.devices.iter().filter_map(|d| d.id.clone()).collect();
+    let playbook_settings = match raw.playbook.as_ref().map(|s| s.validate(&device_ids)) {
+        None => crate::playbook::PlaybookSettings::default(),
+        Some(Ok(s)) => s,
+        Some(Err(problems)) => {
+            for (path, message) in problems {
+                pr.at_path(&p(&[k("playbook")], &path), message);
+            }
+            crate::playbook::PlaybookSettings::default()
+        }
+    };
 
     if !removed.is_empty() {
         let mut i = 0;
@@ -487,6 +499,7 @@ pub fn parse_site(
             bookings,
             roster,
             playbook,
+            playbook_settings,
         })
     } else {
         Err(pr.into_error())
@@ -526,8 +539,9 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
     match names.as_slice() {
         [] => vec![
             "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
-            "devices", "bookings", "roster",
+            "devices", "bookings", "roster", "playbook",
         ],
+        ["playbook"] => crate::playbook::settings::KEYS.to_vec(),
         ["roster"] => vec!["shifts", "holidays", "out_of_hours", "escalation"],
         ["roster", "shifts"] => vec!["who", "role", "days", "from", "until"],
         ["bookings"] => vec!["feeds"],

@@ -151,7 +151,7 @@ mod tests {
              notify now: technician, project_manager\n\
              if not acknowledged: wang\n\
              steps:\n  \
-             1. move_to_backup_channel (check within 20 s; worked: stop, failed: next step)\n  \
+             1. move_to_backup_channel (check within 20 s; worked: next step, failed: next step)\n  \
              2. ask: bring two AA batteries to r101 (r101-mics, channel 2)\n"
         );
         // The same battery in an empty room: general, only the human step of the next rule.

@@ -12,8 +12,10 @@ pub mod dry_run;
 pub mod roster;
 pub mod rules;
 pub mod service;
+pub mod settings;
 pub mod taxonomy;
 
 pub use context::{room_context, Context, Importance};
-pub use service::{start, AlertFilter, PlaybookHandle, PlaybookSettings};
+pub use service::{start, AlertFilter, PlaybookHandle};
+pub use settings::{ChannelRef, PlaybookSettings};
 pub use taxonomy::{classify, Change, FaultKind, Observation, Subject};

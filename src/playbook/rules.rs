@@ -85,7 +85,7 @@ impl Deadlines {
 pub enum Action {
     /// Read the device's state again now.
     Repoll,
-    /// Drop and re-open the device's link.
+    /// Drop the device's session and open a new one at once, without waiting for the backoff.
     Reconnect,
     /// Off, wait out the cool-down, on, wait out the warm-up.
     PowerCycle,
@@ -94,7 +94,9 @@ pub enum Action {
     },
     /// Unmute the faulty channel or zone.
     Unmute,
-    /// Move the faulty channel's transmitter to the receiver's backup channel.
+    /// Move the faulty channel's presenter to its configured backup channel (site config
+    /// `[playbook] backup`): the backup is checked on air with battery for the rest of the
+    /// meeting, unmuted, and the faulty channel muted.
     MoveToBackupChannel,
     /// Lower the faulty channel's gain by this many dB.
     LowerGain {

@@ -17,11 +17,13 @@ use tokio_util::task::TaskTracker;
 
 use super::alerts::{
     Action, Alert, AlertBook, AlertError, AlertId, AlertState, Grade, MaintenanceWindow, Notice,
-    Policy, Target,
+    Target,
 };
 use super::context::{room_context, Context, Importance};
 use super::roster::Roster;
 use super::rules::{self, evaluate, Rules, Step};
+use super::settings::ChannelRef;
+pub use super::settings::PlaybookSettings;
 use super::taxonomy::{classify, FaultKind, Lookup, Observation, Subject};
 use crate::clock::Clock;
 use crate::events::{EventBus, EventFilter, EventKind};
@@ -30,29 +32,6 @@ use crate::records::alerts::{AlertRecord, WindowRecord};
 use crate::records::writer::LogbookHandle;
 use crate::runtime::{DeviceHandle, Fleet};
 use crate::schedule::book::Book;
-
-/// How the task grades and damps.
-#[derive(Debug, Clone)]
-pub struct PlaybookSettings {
-    /// A booking within this long makes the room `before_meeting`.
-    pub horizon: Duration,
-    /// A device warming or cooling longer than this is `busy_too_long`.
-    pub busy_limit: Duration,
-    /// How often open alerts are re-graded against their room's context.
-    pub regrade_every: Duration,
-    pub policy: Policy,
-}
-
-impl Default for PlaybookSettings {
-    fn default() -> Self {
-        PlaybookSettings {
-            horizon: Duration::hours(2),
-            busy_limit: Duration::minutes(5),
-            regrade_every: Duration::minutes(1),
-            policy: Policy::default(),
-        }
-    }
-}
 
 struct Shared {
     book: Mutex<AlertBook>,
@@ -490,7 +469,7 @@ impl PlaybookHandle {
                     on_failure,
                 } => {
                     let res = match &device {
-                        Some(h) => run_action(h, action, &alert, *timeout).await,
+                        Some(h) => self.run_action(h, action, &alert, *timeout).await,
                         None => Err("the fault is not a device's: nothing to act on".to_owned()),
                     };
                     match res {
@@ -549,83 +528,197 @@ fn channel(component: Option<&str>) -> Option<u16> {
     component?.strip_prefix("channel ")?.trim().parse().ok()
 }
 
-/// Carry out one automatic step and check, within `timeout`, that the fault went away.
-async fn run_action(
-    h: &DeviceHandle,
-    action: &rules::Action,
-    alert: &Alert,
-    timeout: Duration,
-) -> Result<String, String> {
-    use rules::Action as A;
-    let wait = timeout.to_std().unwrap_or_default();
-    let component = alert.key.component.as_deref();
-    let commands: Vec<DeviceCommand> = match action {
-        A::Repoll => vec![DeviceCommand::Refresh],
-        A::SwitchInput { input } => vec![DeviceCommand::SelectInput {
-            input: input.clone(),
-        }],
-        A::ChangeSetpoint { celsius } => vec![DeviceCommand::SetSetpoint { celsius: *celsius }],
-        A::Unmute => match (
-            channel(component),
-            component.and_then(|c| c.strip_prefix("zone ")),
-        ) {
-            (Some(channel), _) => vec![DeviceCommand::SetMute { channel, on: false }],
-            (None, Some(zone)) => vec![DeviceCommand::SetZoneMute {
-                zone: zone.to_owned(),
-                on: false,
+impl PlaybookHandle {
+    /// Carry out one automatic step and check, within `timeout`, that the fault went away.
+    async fn run_action(
+        &self,
+        h: &DeviceHandle,
+        action: &rules::Action,
+        alert: &Alert,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        use rules::Action as A;
+        let wait = timeout.to_std().unwrap_or_default();
+        let component = alert.key.component.as_deref();
+        let commands: Vec<DeviceCommand> = match action {
+            A::Repoll => vec![DeviceCommand::Refresh],
+            A::SwitchInput { input } => vec![DeviceCommand::SelectInput {
+                input: input.clone(),
             }],
-            _ => return Err(format!("no channel or zone to unmute in {component:?}")),
-        },
-        A::LowerGain { db } => {
-            let Some(ch) = channel(component) else {
-                return Err(format!("no channel to lower in {component:?}"));
-            };
-            let point = crate::model::Point {
-                subject: crate::model::Subject::Channel(u8::try_from(ch).unwrap_or(u8::MAX)),
-                quantity: crate::model::Quantity::GainDb,
-            };
-            let Some(now_db) = h.state().value(&point).and_then(|v| v.as_f64()) else {
-                return Err("the channel's gain is not known: not lowered".to_owned());
-            };
-            vec![DeviceCommand::SetGain {
-                channel: ch,
-                db: now_db - db,
-            }]
+            A::ChangeSetpoint { celsius } => vec![DeviceCommand::SetSetpoint { celsius: *celsius }],
+            A::Unmute => match (
+                channel(component),
+                component.and_then(|c| c.strip_prefix("zone ")),
+            ) {
+                (Some(channel), _) => vec![DeviceCommand::SetMute { channel, on: false }],
+                (None, Some(zone)) => vec![DeviceCommand::SetZoneMute {
+                    zone: zone.to_owned(),
+                    on: false,
+                }],
+                _ => return Err(format!("no channel or zone to unmute in {component:?}")),
+            },
+            A::LowerGain { db } => {
+                let Some(ch) = channel(component) else {
+                    return Err(format!("no channel to lower in {component:?}"));
+                };
+                let point = crate::model::Point {
+                    subject: crate::model::Subject::Channel(u8::try_from(ch).unwrap_or(u8::MAX)),
+                    quantity: crate::model::Quantity::GainDb,
+                };
+                let Some(now_db) = h.state().value(&point).and_then(|v| v.as_f64()) else {
+                    return Err("the channel's gain is not known: not lowered".to_owned());
+                };
+                vec![DeviceCommand::SetGain {
+                    channel: ch,
+                    db: now_db - db,
+                }]
+            }
+            A::PowerCycle => vec![
+                DeviceCommand::Power { on: false },
+                DeviceCommand::Power { on: true },
+            ],
+            A::Reconnect => {
+                let outcome = h.reconnect().await;
+                if !outcome.is_done() {
+                    return Err(format!("reconnect: {outcome}"));
+                }
+                Vec::new()
+            }
+            // Checked by what the backup channel reports, not by the fault going away: the
+            // failing transmitter's battery stays flat until someone replaces it.
+            A::MoveToBackupChannel => return self.move_to_backup(h, alert, wait).await,
+        };
+        for c in commands {
+            if !h.takes(&c) {
+                return Err(format!("{} cannot {}", h.id, c.name()));
+            }
+            let is_power_off = matches!(c, DeviceCommand::Power { on: false });
+            let outcome = h.command(c.clone()).await;
+            if !outcome.is_done() {
+                return Err(format!("{}: {outcome}", c.name()));
+            }
+            if is_power_off {
+                // Cool-down is a lock-out: switching on before it ends is refused.
+                h.wait_for(|s| !s.busy, wait)
+                    .await
+                    .map_err(|e| format!("still cooling down: {e}"))?;
+            }
         }
-        A::PowerCycle => vec![
-            DeviceCommand::Power { on: false },
-            DeviceCommand::Power { on: true },
-        ],
-        // The runtime has no command for these yet: the step fails and the next one runs.
-        A::Reconnect | A::MoveToBackupChannel => {
-            return Err(format!(
-                "{} is not offered by this device's handle",
+        match h.wait_for(|s| fault_gone(alert, s), wait).await {
+            Ok(_) => Ok(format!("{}: done and checked", action.name())),
+            Err(e) => Err(format!(
+                "{}: done, but the fault remains ({e})",
                 action.name()
-            ))
-        }
-    };
-    for c in commands {
-        if !h.takes(&c) {
-            return Err(format!("{} cannot {}", h.id, c.name()));
-        }
-        let is_power_off = matches!(c, DeviceCommand::Power { on: false });
-        let outcome = h.command(c.clone()).await;
-        if !outcome.is_done() {
-            return Err(format!("{}: {outcome}", c.name()));
-        }
-        if is_power_off {
-            // Cool-down is a lock-out: switching on before it ends is refused.
-            h.wait_for(|s| !s.busy, wait)
-                .await
-                .map_err(|e| format!("still cooling down: {e}"))?;
+            )),
         }
     }
-    match h.wait_for(|s| fault_gone(alert, s), wait).await {
-        Ok(_) => Ok(format!("{}: done and checked", action.name())),
-        Err(e) => Err(format!(
-            "{}: done, but the fault remains ({e})",
-            action.name()
+
+    /// Move the presenter of the alert's failing channel to its configured backup: check that
+    /// the backup's transmitter is on air with battery for the rest of the meeting (nothing is
+    /// touched otherwise), unmute the backup, wait until it reports unmuted, then mute the
+    /// failing channel so it does not crackle when its battery dies.
+    async fn move_to_backup(
+        &self,
+        h: &DeviceHandle,
+        alert: &Alert,
+        wait: std::time::Duration,
+    ) -> Result<String, String> {
+        let component = alert.key.component.as_deref();
+        let Some(ch) = channel(component) else {
+            return Err(format!("no channel to move from in {component:?}"));
+        };
+        let from = ChannelRef {
+            device: h.id.clone(),
+            channel: ch,
+        };
+        let Some(to) = self.shared.settings.backups.get(&from).cloned() else {
+            return Err(format!(
+                "{from} has no backup: name one in the site config's [playbook] backup"
+            ));
+        };
+        let Some(backup) = self.shared.fleet.get(to.device.as_str()).cloned() else {
+            return Err(format!("{} is not a running device", to.device));
+        };
+        let Ok(n) = u8::try_from(to.channel) else {
+            return Err(format!("{to}: no such channel"));
+        };
+        let unmute = DeviceCommand::SetMute {
+            channel: to.channel,
+            on: false,
+        };
+        let mute = DeviceCommand::SetMute {
+            channel: ch,
+            on: true,
+        };
+        if !backup.takes(&unmute) || !h.takes(&mute) {
+            return Err(format!("{to} or {from} cannot be muted and unmuted"));
+        }
+        let now = self.shared.clock.now();
+        let need = alert
+            .room
+            .as_ref()
+            .and_then(|r| self.shared.schedule.current_and_next(r, now).0)
+            .map_or(0.0, |b| (b.end - now).num_seconds().max(0) as f64 / 60.0);
+        backup_usable(&backup.state(), n, need).map_err(|why| format!("{to} {why}: not moved"))?;
+        let outcome = backup.command(unmute).await;
+        if !outcome.is_done() {
+            return Err(format!("unmuting {to}: {outcome}"));
+        }
+        let live = backup
+            .wait_for(
+                |s| backup_usable(s, n, need).is_ok() && muted(s, n) == Some(false),
+                wait,
+            )
+            .await
+            .map_err(|e| format!("{to} unmuted, but not confirmed ready ({e})"))?;
+        let minutes = battery_minutes(&live, n).unwrap_or_default();
+        let outcome = h.command(mute).await;
+        if !outcome.is_done() {
+            return Err(format!(
+                "{to} is live, but {from} could not be muted: {outcome}"
+            ));
+        }
+        Ok(format!(
+            "move_to_backup_channel: {to} is on air, unmuted, with {minutes:.0} min of battery for \
+             {need:.0} min of meeting; {from} muted"
+        ))
+    }
+}
+
+fn point(n: u8, q: crate::model::Quantity) -> crate::model::Point {
+    crate::model::Point {
+        subject: crate::model::Subject::Channel(n),
+        quantity: q,
+    }
+}
+
+fn battery_minutes(s: &DeviceState, n: u8) -> Option<f64> {
+    s.value(&point(n, crate::model::Quantity::BatteryMinutes))?
+        .as_f64()
+}
+
+fn muted(s: &DeviceState, n: u8) -> Option<bool> {
+    s.value(&point(n, crate::model::Quantity::Muted))?.as_bool()
+}
+
+/// Whether channel `n` can carry a presenter for `need` more minutes: reachable, its
+/// transmitter on air, its battery known to last. `Err` says what is missing.
+fn backup_usable(s: &DeviceState, n: u8, need: f64) -> Result<(), String> {
+    if !s.reachable {
+        return Err("is unreachable".to_owned());
+    }
+    let present = s
+        .value(&point(n, crate::model::Quantity::TxPresent))
+        .and_then(|v| v.as_bool());
+    if present != Some(true) {
+        return Err("has no transmitter on air".to_owned());
+    }
+    match battery_minutes(s, n) {
+        Some(m) if m >= need => Ok(()),
+        Some(m) => Err(format!(
+            "has {m:.0} min of battery, the meeting needs {need:.0}"
         )),
+        None => Err("does not report its battery's runtime".to_owned()),
     }
 }
 

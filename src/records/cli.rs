@@ -171,6 +171,10 @@ pub enum ReportFormat {
     Csv,
     /// One row per fault incident.
     IncidentsCsv,
+    /// One row per playbook alert, with its class and time to acknowledge.
+    AlertsCsv,
+    /// Everything, as one JSON document.
+    Json,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -509,6 +513,8 @@ impl ReportCommand {
                         ReportFormat::Html => report::write_html(&r, w)?,
                         ReportFormat::Csv => report::write_csv(&r, w)?,
                         ReportFormat::IncidentsCsv => report::write_incidents_csv(&r, w)?,
+                        ReportFormat::AlertsCsv => report::write_alerts_csv(&r, w)?,
+                        ReportFormat::Json => report::write_json(&r, w)?,
                     }
                     Ok(())
                 })?;

@@ -24,6 +24,12 @@
 //!   device reset it at a replacement: the new value counts). A swapped unit starts a new
 //!   series. Forecast = end of month + (rated life − use since replacement) / (use per day
 //!   this month).
+//! - The playbook's alerts raised in the month (its alerts table) are counted in their own
+//!   class (graded in the room's context by the site's rules) with time to acknowledge, time
+//!   to resolve and whether the response deadline was met (acknowledged, or resolved, by it;
+//!   not yet decided while it still runs at the end of the month). A fault incident the
+//!   playbook raised an alert for (same device, code and component, raised while it was open)
+//!   takes the alert's class and deadlines instead of the logbook's rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -116,6 +122,9 @@ pub struct Incident {
     pub resolved_by: Option<String>,
     pub response_deadline: DateTime<Utc>,
     pub resolution_deadline: DateTime<Utc>,
+    /// The playbook's alert for this fault, when it raised one: its class and deadlines are
+    /// then the incident's (graded in the room's context, by the site's rules).
+    pub alert: Option<u64>,
     /// Not yet acknowledged or resolved when the daemon restarted (see module rules).
     #[serde(skip)]
     unconfirmed: bool,
@@ -192,6 +201,135 @@ impl ClassStats {
     }
 }
 
+/// One of the playbook's alerts raised in the month, as its alerts table holds it at the end
+/// of the month.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertIncident {
+    pub id: u64,
+    pub room: Option<String>,
+    /// `r101-mics`, `room r101`, `feed …`, `store`.
+    pub subject: String,
+    /// The playbook's fault kind (`battery_critical`).
+    pub fault: String,
+    /// The device's own fault code behind it, when it came from one (`battery_low`).
+    pub code: Option<String>,
+    pub component: Option<String>,
+    pub class: FaultClass,
+    /// The room's context when it was graded (`in_meeting`, `before_meeting`, `idle`).
+    pub context: Option<String>,
+    pub raised: DateTime<Utc>,
+    pub respond_by: DateTime<Utc>,
+    pub resolve_by: DateTime<Utc>,
+    pub acknowledged: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub resolved: Option<DateTime<Utc>>,
+    /// `None` when it resolved itself.
+    pub resolved_by: Option<String>,
+}
+
+impl AlertIncident {
+    pub fn time_to_acknowledge(&self) -> Option<Duration> {
+        self.acknowledged.map(|a| a - self.raised)
+    }
+
+    pub fn time_to_resolve(&self) -> Option<Duration> {
+        self.resolved.map(|r| r - self.raised)
+    }
+
+    /// Whether the response deadline was met: acknowledged (or resolved, which needs no
+    /// answer any more) by `respond_by`. `None` while it is still running at `end`.
+    pub fn response_met(&self, end: DateTime<Utc>) -> Option<bool> {
+        let responded = match (self.acknowledged, self.resolved) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        };
+        match responded {
+            Some(t) => Some(t <= self.respond_by),
+            None if end > self.respond_by => Some(false),
+            None => None,
+        }
+    }
+
+    /// The alert as the store keeps it; `None` for a body that is not an alert.
+    fn from_record(a: &super::alerts::AlertRecord, tz: Tz) -> Option<AlertIncident> {
+        let body: Json = serde_json::from_str(&a.body).ok()?;
+        let time = |k: &str| {
+            body.get(k)
+                .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v.clone()).ok())
+        };
+        let class = FaultClass::parse(&a.class)?;
+        Some(AlertIncident {
+            id: a.id,
+            room: a.room.clone(),
+            subject: a.subject.clone(),
+            fault: a.fault.clone(),
+            code: str_at(&body, &["code"]).map(str::to_owned),
+            component: str_at(&body, &["component"]).map(str::to_owned),
+            class,
+            context: str_at(&body, &["context"]).map(str::to_owned),
+            raised: a.raised_at,
+            respond_by: time("respond_by")
+                .unwrap_or_else(|| class.response_deadline(a.raised_at, tz)),
+            resolve_by: time("resolve_by")
+                .unwrap_or_else(|| class.resolution_deadline(a.raised_at)),
+            acknowledged: a.acknowledged_at,
+            acknowledged_by: a.acknowledged_by.clone(),
+            resolved: a.resolved_at,
+            resolved_by: str_at(&body, &["resolved_by"]).map(str::to_owned),
+        })
+    }
+}
+
+/// The playbook's alerts of one class in the month.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AlertClassStats {
+    pub count: u32,
+    pub acknowledged: u32,
+    pub response_met: u32,
+    pub response_missed: u32,
+    pub resolved: u32,
+    pub open_at_end: u32,
+    pub total_acknowledge_secs: i64,
+    pub max_acknowledge_secs: i64,
+    pub total_resolve_secs: i64,
+    pub max_resolve_secs: i64,
+}
+
+impl AlertClassStats {
+    fn add(&mut self, a: &AlertIncident, end: DateTime<Utc>) {
+        self.count += 1;
+        if let Some(d) = a.time_to_acknowledge() {
+            let s = d.num_seconds();
+            self.acknowledged += 1;
+            self.total_acknowledge_secs += s;
+            self.max_acknowledge_secs = self.max_acknowledge_secs.max(s);
+        }
+        if let Some(d) = a.time_to_resolve() {
+            let s = d.num_seconds();
+            self.resolved += 1;
+            self.total_resolve_secs += s;
+            self.max_resolve_secs = self.max_resolve_secs.max(s);
+        } else {
+            self.open_at_end += 1;
+        }
+        match a.response_met(end) {
+            Some(true) => self.response_met += 1,
+            Some(false) => self.response_missed += 1,
+            None => {}
+        }
+    }
+
+    pub fn mean_acknowledge_minutes(&self) -> Option<f64> {
+        (self.acknowledged > 0)
+            .then(|| self.total_acknowledge_secs as f64 / 60.0 / f64::from(self.acknowledged))
+    }
+
+    pub fn mean_resolve_hours(&self) -> Option<f64> {
+        (self.resolved > 0)
+            .then(|| self.total_resolve_secs as f64 / 3600.0 / f64::from(self.resolved))
+    }
+}
+
 /// Use of a lamp or the filter.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Wear {
@@ -263,6 +401,10 @@ pub struct MonthlyReport {
     pub head_hash: String,
     pub rooms: Vec<RoomReport>,
     pub incidents: Vec<Incident>,
+    /// The playbook's alerts raised in the month, oldest first.
+    pub alerts: Vec<AlertIncident>,
+    /// Those alerts per class (every class, zero when none).
+    pub alert_classes: BTreeMap<FaultClass, AlertClassStats>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,6 +571,7 @@ pub fn monthly(conn: &Connection, month: Month, tz: Tz) -> Result<MonthlyReport,
                     resolved_by: None,
                     response_deadline: class.response_deadline(at, tz),
                     resolution_deadline: class.resolution_deadline(at),
+                    alert: None,
                     unconfirmed: false,
                 });
             }
@@ -497,6 +640,21 @@ pub fn monthly(conn: &Connection, month: Month, tz: Tz) -> Result<MonthlyReport,
     }
     drop(rows);
     drop(stmt);
+
+    // The playbook's alerts: counted by their own class, and the class of the fault behind
+    // each (graded in its room's context) replaces the logbook's rule for that incident.
+    let alerts: Vec<AlertIncident> = super::alerts::alerts_between(conn, start, end)?
+        .iter()
+        .filter_map(|a| AlertIncident::from_record(a, tz))
+        .collect();
+    let mut alert_classes: BTreeMap<FaultClass, AlertClassStats> = FaultClass::ALL
+        .iter()
+        .map(|c| (*c, AlertClassStats::default()))
+        .collect();
+    for a in &alerts {
+        alert_classes.entry(a.class).or_default().add(a, end);
+    }
+    link_alerts(&mut incidents, &alerts, end);
 
     // Devices the archive knows but the month never mentioned are in the report too.
     for rec in archive::list(conn)? {
@@ -576,7 +734,34 @@ pub fn monthly(conn: &Connection, month: Month, tz: Tz) -> Result<MonthlyReport,
         head_hash: hex::encode(head.hash),
         rooms: rooms.into_values().collect(),
         incidents,
+        alerts,
+        alert_classes,
     })
+}
+
+/// Give each incident the playbook alert raised for it: same device, fault code and
+/// component, raised while the incident was open (the alert follows its fault within the
+/// same poll). Each alert goes to one incident.
+fn link_alerts(incidents: &mut [Incident], alerts: &[AlertIncident], end: DateTime<Utc>) {
+    let mut used = BTreeSet::new();
+    for i in incidents.iter_mut() {
+        let until = i.resolved.unwrap_or(end);
+        let hit = alerts.iter().find(|a| {
+            !used.contains(&a.id)
+                && a.subject == i.device
+                && a.code.as_deref() == Some(i.code.as_str())
+                && a.component == i.component
+                && a.raised >= i.raised - Duration::seconds(1)
+                && a.raised <= until
+        });
+        if let Some(a) = hit {
+            used.insert(a.id);
+            i.alert = Some(a.id);
+            i.class = a.class;
+            i.response_deadline = a.respond_by;
+            i.resolution_deadline = a.resolve_by;
+        }
+    }
 }
 
 /// Seconds up and down between `start` and `end` from a list of changes. Pure.
@@ -897,6 +1082,7 @@ pub fn write_incidents_csv(r: &MonthlyReport, out: &mut dyn Write) -> std::io::R
         "resolved",
         "resolved_by",
         "resolution_late",
+        "alert",
     ])
     .map_err(io)?;
     let t = |d: Option<DateTime<Utc>>| d.map(format_time).unwrap_or_default();
@@ -918,11 +1104,91 @@ pub fn write_incidents_csv(r: &MonthlyReport, out: &mut dyn Write) -> std::io::R
             t(i.resolved),
             i.resolved_by.clone().unwrap_or_default(),
             i.resolution_late(r.end).to_string(),
+            i.alert.map(|a| a.to_string()).unwrap_or_default(),
         ])
         .map_err(io)?;
     }
     w.flush()?;
     Ok(())
+}
+
+fn minutes(d: Option<Duration>) -> String {
+    num(d.map(|d| d.num_seconds() as f64 / 60.0), 1)
+}
+
+/// `met`, `missed`, or empty while the deadline is still running.
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "",
+    }
+}
+
+/// One row per playbook alert raised in the month, then nothing else: the per-class counts
+/// are in the HTML and the JSON.
+pub fn write_alerts_csv(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let io = |e: csv::Error| std::io::Error::other(format!("cannot write the report: {e}"));
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(out);
+    w.write_record([
+        "alert",
+        "class",
+        "room",
+        "subject",
+        "fault",
+        "code",
+        "component",
+        "context",
+        "raised",
+        "respond_by",
+        "acknowledged",
+        "acknowledged_by",
+        "minutes_to_acknowledge",
+        "response_deadline",
+        "resolved",
+        "resolved_by",
+        "minutes_to_resolve",
+    ])
+    .map_err(io)?;
+    let t = |d: Option<DateTime<Utc>>| d.map(format_time).unwrap_or_default();
+    for a in &r.alerts {
+        w.write_record([
+            a.id.to_string(),
+            a.class.as_str().to_owned(),
+            a.room.clone().unwrap_or_default(),
+            a.subject.clone(),
+            a.fault.clone(),
+            a.code.clone().unwrap_or_default(),
+            a.component.clone().unwrap_or_default(),
+            a.context.clone().unwrap_or_default(),
+            format_time(a.raised),
+            format_time(a.respond_by),
+            t(a.acknowledged),
+            a.acknowledged_by.clone().unwrap_or_default(),
+            minutes(a.time_to_acknowledge()),
+            met(a.response_met(r.end)).to_owned(),
+            t(a.resolved),
+            a.resolved_by.clone().unwrap_or_else(|| {
+                if a.resolved.is_some() {
+                    "itself".into()
+                } else {
+                    String::new()
+                }
+            }),
+            minutes(a.time_to_resolve()),
+        ])
+        .map_err(io)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The report as one JSON document (every number the other formats show, and the rows).
+pub fn write_json(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, r)?;
+    out.write_all(b"\n")
 }
 
 fn esc(s: &str) -> String {
@@ -1068,6 +1334,7 @@ pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()>
         );
         h.push_str("</table>\n");
     }
+    alerts_html(r, &mut h, &local);
     h.push_str(
         "<h2>Faults raised this month</h2>\n<table><tr><th>Raised</th><th>Room</th>\
          <th>Device</th><th>Fault</th><th>Class</th><th>Acknowledged</th><th>By</th>\
@@ -1106,6 +1373,83 @@ pub fn write_html(r: &MonthlyReport, out: &mut dyn Write) -> std::io::Result<()>
     out.write_all(h.as_bytes())
 }
 
+/// The playbook's alerts by class, with time to acknowledge and the response deadline.
+fn alerts_html(r: &MonthlyReport, h: &mut String, local: &dyn Fn(DateTime<Utc>) -> String) {
+    h.push_str("<h2>Alerts by class</h2>\n");
+    if r.alerts.is_empty() {
+        h.push_str("<p>The playbook raised no alerts this month.</p>\n");
+        return;
+    }
+    h.push_str(
+        "<table><tr><th>Class</th><th>Alerts</th><th>Acknowledged</th>\
+         <th>Mean min to acknowledge</th><th>Longest min to acknowledge</th>\
+         <th>Response deadline met</th><th>Missed</th><th>Resolved</th>\
+         <th>Mean h to resolve</th><th>Open</th></tr>\n",
+    );
+    for (class, s) in &r.alert_classes {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            class.as_str(),
+            s.count,
+            s.acknowledged,
+            num(s.mean_acknowledge_minutes(), 1),
+            num(
+                (s.acknowledged > 0).then(|| s.max_acknowledge_secs as f64 / 60.0),
+                1
+            ),
+            s.response_met,
+            if s.response_missed > 0 {
+                format!("<span class=\"late\">{}</span>", s.response_missed)
+            } else {
+                "0".into()
+            },
+            s.resolved,
+            num(s.mean_resolve_hours(), 1),
+            s.open_at_end,
+        );
+    }
+    h.push_str(
+        "</table>\n<table><tr><th>Raised</th><th>Class</th><th>Room</th><th>Subject</th>\
+         <th>Fault</th><th>Acknowledged</th><th>By</th><th>Min to acknowledge</th>\
+         <th>Response</th><th>Resolved</th><th>By</th></tr>\n",
+    );
+    for a in &r.alerts {
+        let fault = match &a.component {
+            Some(c) => format!("{} ({c})", a.fault),
+            None => a.fault.clone(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"t\">{}</td>\
+             <td class=\"t\">{}</td><td class=\"t\">{}</td><td class=\"t\">{}</td>\
+             <td class=\"t\">{}</td><td>{}</td><td class=\"t\">{}</td><td class=\"t\">{}</td>\
+             <td class=\"t\">{}</td></tr>",
+            esc(&local(a.raised)),
+            a.class.as_str(),
+            esc(a.room.as_deref().unwrap_or("")),
+            esc(&a.subject),
+            esc(&fault),
+            esc(&a.acknowledged.map(local).unwrap_or_default()),
+            esc(a.acknowledged_by.as_deref().unwrap_or("")),
+            minutes(a.time_to_acknowledge()),
+            match a.response_met(r.end) {
+                Some(false) => "<span class=\"late\">missed</span>",
+                Some(true) => "met",
+                None => "open",
+            },
+            esc(&a.resolved.map(local).unwrap_or_default()),
+            esc(a.resolved_by.as_deref().unwrap_or(if a.resolved.is_some() {
+                "itself"
+            } else {
+                ""
+            })),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -1127,6 +1471,83 @@ mod tests {
         for bad in ["2026-13", "2026-1", "26-11", "2026/11", "x"] {
             assert!(Month::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn alerts_count_in_their_class_with_time_to_acknowledge() {
+        let t = |m| Utc.with_ymd_and_hms(2026, 11, 3, 9, m, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 11, 30, 16, 0, 0).unwrap();
+        let alert = |id, class, ack: Option<u32>, resolved: Option<u32>| AlertIncident {
+            id,
+            room: Some("r101".into()),
+            subject: "r101-mics".into(),
+            fault: "battery_critical".into(),
+            code: Some("battery_low".into()),
+            component: Some("channel 2".into()),
+            class,
+            context: Some("in_meeting".into()),
+            raised: t(0),
+            respond_by: t(5),
+            resolve_by: t(0) + Duration::days(2),
+            acknowledged: ack.map(t),
+            acknowledged_by: ack.map(|_| "li".into()),
+            resolved: resolved.map(t),
+            resolved_by: None,
+        };
+        let in_time = alert(1, FaultClass::Major, Some(3), Some(30));
+        let late = alert(2, FaultClass::Major, Some(9), None);
+        let unanswered = alert(3, FaultClass::General, None, None);
+        let resolved_alone = alert(4, FaultClass::General, None, Some(2));
+        assert_eq!(in_time.time_to_acknowledge(), Some(Duration::minutes(3)));
+        assert_eq!(in_time.response_met(end), Some(true));
+        assert_eq!(late.response_met(end), Some(false));
+        assert_eq!(unanswered.response_met(end), Some(false));
+        assert_eq!(unanswered.response_met(t(4)), None, "still running");
+        assert_eq!(resolved_alone.response_met(end), Some(true));
+
+        let mut major = AlertClassStats::default();
+        major.add(&in_time, end);
+        major.add(&late, end);
+        assert_eq!(
+            (
+                major.count,
+                major.acknowledged,
+                major.response_met,
+                major.response_missed
+            ),
+            (2, 2, 1, 1)
+        );
+        assert_eq!(major.mean_acknowledge_minutes(), Some(6.0));
+        assert_eq!(major.max_acknowledge_secs, 9 * 60);
+        assert_eq!((major.resolved, major.open_at_end), (1, 1));
+        assert_eq!(major.mean_resolve_hours(), Some(0.5));
+
+        // The incident behind an alert takes its class and deadlines; another fault does not.
+        let incident = |code: &str| Incident {
+            device: "r101-mics".into(),
+            room: Some("r101".into()),
+            code: code.into(),
+            component: Some("channel 2".into()),
+            class: FaultClass::General,
+            message: String::new(),
+            raised: t(0),
+            booking: None,
+            acknowledged: None,
+            acknowledged_by: None,
+            resolved: None,
+            resolved_by: None,
+            response_deadline: t(10),
+            resolution_deadline: t(0) + Duration::days(2),
+            alert: None,
+            unconfirmed: false,
+        };
+        let mut incidents = vec![incident("battery_low"), incident("interference")];
+        link_alerts(&mut incidents, &[in_time], end);
+        assert_eq!(incidents[0].alert, Some(1));
+        assert_eq!(incidents[0].class, FaultClass::Major);
+        assert_eq!(incidents[0].response_deadline, t(5));
+        assert_eq!(incidents[1].alert, None);
+        assert_eq!(incidents[1].class, FaultClass::General);
     }
 
     #[test]

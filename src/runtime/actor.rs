@@ -16,11 +16,20 @@ use crate::events::EventKind;
 use crate::model::{DeviceCommand, Fault, Severity};
 use crate::transport::{Backoff, LinkSpec};
 
-/// A command and the place to put its outcome.
+/// What a caller asks of the actor and the place to put its outcome.
 #[derive(Debug)]
 pub struct CommandRequest {
-    pub command: DeviceCommand,
+    pub order: Order,
     pub reply: oneshot::Sender<CommandOutcome>,
+}
+
+/// A command for the device, or one for the actor itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Order {
+    Command(DeviceCommand),
+    /// End the session and start a new one now, without waiting for the backoff (the
+    /// playbook's `reconnect` step). Done once the new session has read the device again.
+    Reconnect,
 }
 
 /// Which queue a command waits in. Protection commands (a gain cut, a mute of an overdriven
@@ -99,6 +108,8 @@ impl Actor {
         let mut last_io = Instant::now()
             .checked_sub(self.cfg.command_gap)
             .unwrap_or_else(Instant::now);
+        // Whoever asked for a reconnect hears how the next session start went.
+        let mut reconnecting: Vec<oneshot::Sender<CommandOutcome>> = Vec::new();
 
         loop {
             match conn {
@@ -111,6 +122,11 @@ impl Actor {
                             None => break,
                         },
                         req = commands.normal.recv() => match req {
+                            Some(CommandRequest { order: Order::Reconnect, reply }) => {
+                                // Asked for: try now instead of at the end of the backoff.
+                                reconnecting.push(reply);
+                                conn = Conn::Disconnected { retry_at: Instant::now() };
+                            }
                             Some(req) => { let _ = req.reply.send(CommandOutcome::Unreachable); }
                             None => break,
                         },
@@ -122,6 +138,13 @@ impl Actor {
                                 _ = cancel.cancelled() => break,
                                 r = self.connect(&mut link) => r,
                             };
+                            let outcome = match &res {
+                                Ok(()) => CommandOutcome::Done { applied: None },
+                                Err(e) => CommandOutcome::from_driver(Err(e), self.obs.now()),
+                            };
+                            for reply in reconnecting.drain(..) {
+                                let _ = reply.send(outcome.clone());
+                            }
                             conn = match res {
                                 // The backoff is reset by the session's first good exchange,
                                 // not by the connect: a device that floods garbage right after
@@ -142,7 +165,13 @@ impl Actor {
                 }
                 Conn::Connected => {
                     conn = self
-                        .connected(&mut link, &mut backoff, commands, &mut last_io)
+                        .connected(
+                            &mut link,
+                            &mut backoff,
+                            commands,
+                            &mut last_io,
+                            &mut reconnecting,
+                        )
                         .await;
                     if self.cancel.is_cancelled() {
                         break;
@@ -239,6 +268,7 @@ impl Actor {
         backoff: &mut Backoff,
         commands: &mut Queues,
         last_io: &mut Instant,
+        reconnecting: &mut Vec<oneshot::Sender<CommandOutcome>>,
     ) -> Conn {
         let mut ticker = tokio::time::interval_at(
             Instant::now() + self.cfg.poll_interval,
@@ -266,6 +296,10 @@ impl Actor {
                 }
                 req = commands.normal.recv() => {
                     let Some(req) = req else { return Conn::Connected };
+                    if req.order == Order::Reconnect {
+                        reconnecting.push(req.reply);
+                        return self.restart_session(link).await;
+                    }
                     Some(self.serve(link, req, &mut commands.priority, last_io, true).await)
                 }
                 _ = ticker.tick() => {
@@ -330,6 +364,24 @@ impl Actor {
         }
     }
 
+    /// End the session for a reconnect asked for, and start the next one at once. The device
+    /// is not reported unreachable for it: the next session decides that (a failed start goes
+    /// through [`Actor::link_down`] like any other).
+    async fn restart_session(&mut self, link: &mut Link) -> Conn {
+        // An orderly end, as at shutdown: metering off, subscriptions ended.
+        if link.is_open() {
+            let close = self.driver.close(link, &mut self.obs);
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        }
+        link.disconnect();
+        self.obs.reset_metering();
+        self.comms_slow(None);
+        self.obs.update(|s| s.counters.reconnects += 1);
+        Conn::Disconnected {
+            retry_at: Instant::now(),
+        }
+    }
+
     /// Raise `comms_slow` (the device has been silent past its warning time) or clear it.
     fn comms_slow(&mut self, slow: Option<&CommsMonitor>) {
         let faults = match slow {
@@ -362,7 +414,9 @@ impl Actor {
         last_io: &mut Instant,
         paced: bool,
     ) -> Result<(), DriverError> {
-        if req.command != DeviceCommand::Refresh || !self.driver.refresh_is_poll_cycle() {
+        if req.order != Order::Command(DeviceCommand::Refresh)
+            || !self.driver.refresh_is_poll_cycle()
+        {
             return self.run_command(link, req, last_io, paced).await;
         }
         if paced {
@@ -371,7 +425,7 @@ impl Actor {
         self.obs.take_applied();
         let res = self.poll_cycle(link, priority, last_io).await;
         *last_io = Instant::now();
-        self.report_command(&req.command, &res);
+        self.report_command(&DeviceCommand::Refresh, &res);
         let _ = req.reply.send(CommandOutcome::from_driver(
             res.as_ref().map(|()| None),
             self.obs.now(),
@@ -389,13 +443,21 @@ impl Actor {
         last_io: &mut Instant,
         paced: bool,
     ) -> Result<(), DriverError> {
+        let Order::Command(command) = &req.order else {
+            // The handle sends reconnects on the normal queue only, where they are taken
+            // before this; one here ends nothing.
+            let _ = req.reply.send(CommandOutcome::Rejected {
+                reason: "a reconnect is not a priority command".to_owned(),
+            });
+            return Ok(());
+        };
         if paced {
             tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
         }
         self.obs.take_applied();
-        let res = self.driver.execute(link, &mut self.obs, &req.command).await;
+        let res = self.driver.execute(link, &mut self.obs, command).await;
         *last_io = Instant::now();
-        self.report_command(&req.command, &res);
+        self.report_command(command, &res);
         let applied = self.obs.take_applied();
         let _ = req.reply.send(CommandOutcome::from_driver(
             res.as_ref().map(|()| applied),

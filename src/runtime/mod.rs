@@ -10,7 +10,7 @@ pub mod comms;
 pub mod link;
 mod supervisor;
 
-pub use actor::{ActorConfig, CommandRequest, Lane};
+pub use actor::{ActorConfig, CommandRequest, Lane, Order};
 pub use supervisor::{DeviceHandle, DeviceSpec, DriverFactory, Fleet, RestartBudget, TimedOut};
 
 use chrono::{DateTime, Utc};

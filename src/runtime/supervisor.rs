@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::Queues;
-use super::actor::{Actor, ActorConfig, CommandRequest};
+use super::actor::{Actor, ActorConfig, CommandRequest, Order};
 use super::CommandOutcome;
 use crate::clock::Clock;
 use crate::driver::{Driver, Observer};
@@ -113,10 +113,29 @@ impl DeviceHandle {
         let (tx, rx) = oneshot::channel();
         if self
             .commands
-            .send(CommandRequest { command, reply: tx })
+            .send(CommandRequest {
+                order: Order::Command(command),
+                reply: tx,
+            })
             .await
             .is_err()
         {
+            return CommandOutcome::Stopped;
+        }
+        rx.await.unwrap_or(CommandOutcome::Stopped)
+    }
+
+    /// End the device's session and start a new one now, without waiting for the backoff
+    /// (a stuck session, the playbook's `reconnect` step). Done once the new session has read
+    /// the device again; unreachable (or why not) when it could not start. Queued behind the
+    /// commands already waiting, so none of them is cut off.
+    pub async fn reconnect(&self) -> CommandOutcome {
+        let (tx, rx) = oneshot::channel();
+        let req = CommandRequest {
+            order: Order::Reconnect,
+            reply: tx,
+        };
+        if self.commands.send(req).await.is_err() {
             return CommandOutcome::Stopped;
         }
         rx.await.unwrap_or(CommandOutcome::Stopped)
@@ -140,7 +159,11 @@ impl DeviceHandle {
         command: DeviceCommand,
     ) -> CommandOutcome {
         let (tx, rx) = oneshot::channel();
-        match queue.try_send(CommandRequest { command, reply: tx }) {
+        let req = CommandRequest {
+            order: Order::Command(command),
+            reply: tx,
+        };
+        match queue.try_send(req) {
             Ok(()) => rx.await.unwrap_or(CommandOutcome::Stopped),
             Err(mpsc::error::TrySendError::Full(_)) => CommandOutcome::QueueFull,
             Err(mpsc::error::TrySendError::Closed(_)) => CommandOutcome::Stopped,

@@ -511,6 +511,12 @@ impl ShureSim {
             .map(|c| c.gain_raw as i32 - 18)
     }
 
+    /// Mute or unmute a channel's audio at the receiver (a spare channel kept muted until the
+    /// playbook moves a presenter to it).
+    pub fn set_rx_muted(&self, n: u8, on: bool) {
+        self.change(n, |ch, _, _, _| ch.rx_muted = on);
+    }
+
     pub fn rx_muted(&self, n: u8) -> Option<bool> {
         self.lock()
             .channels

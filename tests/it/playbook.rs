@@ -9,6 +9,7 @@ use std::time::Duration;
 use avwarden::app::{Daemon, StartOptions};
 use avwarden::config::{parse_site, Env};
 use avwarden::events::{EventFilter, EventKind, EventSink};
+use avwarden::records::report::FaultClass;
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,24 @@ async fn daemon(dir: &std::path::Path, port: u16) -> Daemon {
 }
 
 async fn daemon_with(dir: &std::path::Path, port: u16, extra: &str) -> Daemon {
-    let text = format!(
+    let text = site_text(port, extra);
+    let cfg =
+        parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
+    Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts")
+}
+
+fn site_text(port: u16, extra: &str) -> String {
+    format!(
         r#"
 [site]
 name = "Playbook test"
@@ -46,20 +64,7 @@ room = "r101"
 profile = "shure-ulxd"
 link = {{ host = "127.0.0.1", port = {port} }}
 {extra}"#
-    );
-    let cfg =
-        parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
     )
-    .await
-    .expect("daemon starts")
 }
 
 fn alert_events(d: &Daemon) -> EventSink {
@@ -140,7 +145,14 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
     spawn_settle_pump(pump.clone());
     let dir = tempfile::tempdir().unwrap();
     let (sim, sim_cancel) = receiver().await;
-    let d = daemon(dir.path(), sim.addr().port()).await;
+    // Channel 1 is the spare handheld, kept muted at the receiver until it is needed.
+    sim.set_rx_muted(1, true);
+    let d = daemon_with(
+        dir.path(),
+        sim.addr().port(),
+        "\n[playbook]\nbackup = { \"r101-mics:2\" = \"r101-mics:1\" }\n",
+    )
+    .await;
     let mut sink = alert_events(&d);
     let mut seen = Vec::new();
     meeting_now(&d).await;
@@ -206,6 +218,22 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         .filter(|k| matches!(k, EventKind::PlaybookStep { .. }))
         .collect();
     assert_eq!(steps.len(), 2, "{steps:#?}");
+    // The presenter was moved to the spare on the simulated receiver, and that was checked.
+    let EventKind::PlaybookStep {
+        step, ok, outcome, ..
+    } = steps[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(step, "move_to_backup_channel");
+    assert!(ok, "{outcome}");
+    assert!(
+        outcome.contains("channel 1 of r101-mics is on air, unmuted, with 600 min of battery")
+            && outcome.contains("channel 2 of r101-mics muted"),
+        "{outcome}"
+    );
+    assert_eq!(sim.rx_muted(1), Some(false), "the spare is live");
+    assert_eq!(sim.rx_muted(2), Some(true), "the failing mic is muted");
 
     let (status, acked) = api(
         &d,
@@ -269,9 +297,21 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         "raised, notified, 2 steps, acknowledged, resolved: {kinds:?}"
     );
 
-    // The monthly report counts it, with who acknowledged it and when. (Its class there is
-    // still the logbook's own rule; reading the playbook's class from the alerts table is
-    // the report's next step.)
+    // Each link of the chain carries its time, in the order it happened.
+    let times: Vec<(String, i64)> = conn
+        .prepare("SELECT kind, at_us FROM logbook WHERE kind IN ('alert_changed', 'playbook_step', 'fault_acknowledged') ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "{times:?}");
+    assert!(
+        times.iter().any(|(k, _)| k == "fault_acknowledged"),
+        "{times:?}"
+    );
+
+    // The monthly report counts it in the playbook's class, with its time to acknowledge.
     let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
     let month = avwarden::records::report::Month::parse("2026-11").unwrap();
     let report = avwarden::records::report::monthly(&conn, month, tz).unwrap();
@@ -282,6 +322,33 @@ async fn a_critical_battery_in_a_meeting_is_major_acknowledged_and_resolves_itse
         .unwrap_or_else(|| panic!("{:#?}", report.incidents));
     assert_eq!(incident.acknowledged_by.as_deref(), Some("person:li"));
     assert!(incident.acknowledged.is_some_and(|a| a >= incident.raised));
+    assert_eq!(incident.alert, Some(id));
+    assert_eq!(incident.class, FaultClass::Major, "the alert's class");
+    let alert = report
+        .alerts
+        .iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("{:#?}", report.alerts));
+    assert_eq!(alert.class, FaultClass::Major);
+    assert_eq!(alert.acknowledged_by.as_deref(), Some("li"));
+    let to_ack = alert.time_to_acknowledge().expect("acknowledged");
+    assert!(
+        to_ack >= chrono::Duration::zero() && to_ack <= chrono::Duration::minutes(5),
+        "{to_ack}"
+    );
+    assert_eq!(alert.response_met(report.end), Some(true));
+    assert!(alert.time_to_resolve().is_some_and(|r| r >= to_ack));
+    let major = &report.alert_classes[&FaultClass::Major];
+    assert_eq!(
+        (
+            major.count,
+            major.acknowledged,
+            major.response_met,
+            major.resolved
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(report.alert_classes[&FaultClass::General].count, 0);
 
     d.shutdown("test").await;
     sim_cancel.cancel();
@@ -515,6 +582,177 @@ parent = "gw"
         matches!(k, EventKind::AlertNotified { alert, notice, .. } if *alert == battery_id && notice == "unsilenced")
     })
     .await;
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
+
+/// `avwarden maintenance` with `args`, run as its own process (on a blocking thread, so the
+/// paused clock does not run ahead while it talks to the daemon): exit success, stdout, stderr.
+async fn cli(args: Vec<String>) -> (bool, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_avwarden"))
+            .arg("maintenance")
+            .args(args)
+            .env_remove("AVWARDEN_TOKEN")
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 11: maintenance windows are added, listed and removed from the command line, through
+/// the running daemon's API, with local times in the site's zone.
+#[tokio::test(start_paused = true)]
+async fn maintenance_windows_from_the_cli_go_through_the_running_daemon() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon(dir.path(), sim.addr().port()).await;
+    let addr = d.api_addr.to_string();
+    // The site config the CLI reads: the daemon's address, and its zone (UTC+8).
+    let config = dir.path().join("site.toml");
+    let text = site_text(sim.addr().port(), &format!("\n[api]\nbind = \"{addr}\"\n"));
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+    let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
+    let until = (d.clock.now() + chrono::Duration::hours(3)).with_timezone(&tz);
+    let until_local = until.format("%Y-%m-%dT%H:%M").to_string();
+
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (ok, out, err) = cli(s(&[
+        "--config",
+        &config,
+        "add",
+        "--room",
+        "r101",
+        "--until",
+        &until_local,
+        "--reason",
+        "projector swap",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("room r101")
+            && out.contains(&until.format("%Y-%m-%d %H:%M").to_string())
+            && out.contains("projector swap"),
+        "{out}"
+    );
+    let (status, windows) = api(
+        &d,
+        reqwest::Method::GET,
+        "/api/v1/maintenance-windows",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(windows.as_array().map(Vec::len), Some(1), "{windows}");
+    let w = &windows[0];
+    assert_eq!(
+        w["target"],
+        serde_json::json!({ "type": "room", "id": "r101" })
+    );
+    assert_eq!(w["reason"], "projector swap");
+    let stored: chrono::DateTime<chrono::Utc> = serde_json::from_value(w["until"].clone()).unwrap();
+    assert_eq!(
+        stored
+            .with_timezone(&tz)
+            .format("%Y-%m-%dT%H:%M")
+            .to_string(),
+        until_local,
+        "the local time was read in the site's zone"
+    );
+    let id = w["id"].as_u64().unwrap().to_string();
+
+    // The address may come from --api too; the list shows the window.
+    let (ok, out, err) = cli(s(&["list", "--api", &addr])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("room r101") && out.contains("projector swap"),
+        "{out}"
+    );
+
+    // A window on an unknown device is the daemon's refusal, told as such.
+    let (ok, _, err) = cli(s(&[
+        "--api",
+        &addr,
+        "add",
+        "--device",
+        "nope",
+        "--until",
+        &until_local,
+    ]))
+    .await;
+    assert!(!ok);
+    assert!(err.contains("the daemon answered 404"), "{err}");
+
+    let (ok, out, err) = cli(s(&["--config", &config, "remove", &id])).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("window {id} removed"));
+    let (ok, out, _) = cli(s(&["--config", &config, "list"])).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "no maintenance windows");
+    let (ok, _, err) = cli(s(&["--config", &config, "remove", &id])).await;
+    assert!(!ok, "removed twice");
+    assert!(err.contains("the daemon answered 404"), "{err}");
+
+    d.shutdown("test").await;
+    sim_cancel.cancel();
+    pump.cancel();
+}
+
+/// Issue 11, the `reconnect` step's means: a device handle ends the session and starts a new
+/// one at once — on a live session, and on a device that is down, long before its backoff
+/// (at least 30 s here) would have tried again.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_starts_a_new_session_at_once_without_waiting_for_the_backoff() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, sim_cancel) = receiver().await;
+    let d = daemon_with(
+        dir.path(),
+        sim.addr().port(),
+        "\n[links]\nbackoff_min_ms = 60000\nbackoff_max_ms = 120000\n",
+    )
+    .await;
+    let h = d.fleet.get("r101-mics").unwrap().clone();
+    h.wait_for(|s| s.reachable, Duration::from_secs(60))
+        .await
+        .expect("receiver reachable");
+    assert_eq!(sim.stats().connections, 1);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(5), h.reconnect())
+        .await
+        .expect("at once");
+    assert!(outcome.is_done(), "{outcome}");
+    assert_eq!(sim.stats().connections, 2, "a new session");
+    let s = h.state();
+    assert!(s.reachable);
+    assert_eq!(s.counters.reconnects, 1);
+
+    // Down: the receiver stops answering until the session is declared lost.
+    sim.set_silent(true);
+    h.wait_for(|s| !s.reachable, Duration::from_secs(120))
+        .await
+        .expect("declared unreachable");
+    sim.set_silent(false);
+    let asked = d.clock.now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), h.reconnect())
+        .await
+        .expect("not after the backoff");
+    assert!(outcome.is_done(), "{outcome}");
+    assert!(h.state().reachable);
+    assert!(d.clock.now() - asked < chrono::Duration::seconds(30));
+
     d.shutdown("test").await;
     sim_cancel.cancel();
     pump.cancel();

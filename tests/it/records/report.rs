@@ -660,4 +660,35 @@ fn an_empty_store_gives_an_empty_report_not_an_error() {
     );
     assert_eq!(status, Status::Success);
     assert_eq!(text.lines().count(), 1, "header only: {text}");
+
+    // A month without alerts: every class is there with nothing in it, and says so.
+    let (status, json) = cli(
+        &db,
+        &[
+            "report", "monthly", "--month", "2026-11", "--format", "json",
+        ],
+    );
+    assert_eq!(status, Status::Success);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["alerts"], serde_json::json!([]));
+    for class in ["major", "important", "general"] {
+        assert_eq!(json["alert_classes"][class]["count"], 0, "{json}");
+    }
+    let (_, alerts) = cli(
+        &db,
+        &[
+            "report",
+            "monthly",
+            "--month",
+            "2026-11",
+            "--format",
+            "alerts-csv",
+        ],
+    );
+    assert_eq!(alerts.lines().count(), 1, "header only: {alerts}");
+    let (_, html) = cli(&db, &["report", "monthly", "--month", "2026-11"]);
+    assert!(
+        html.contains("The playbook raised no alerts this month."),
+        "{html}"
+    );
 }
