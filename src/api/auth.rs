@@ -90,6 +90,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/api/v1/maintenance-windows", AtLeast(Admin)),
     rule("DELETE", "/api/v1/maintenance-windows/{id}", AtLeast(Admin)),
     rule("GET", "/api/v1/roster/on-duty", AtLeast(Viewer)),
+    // Delivery errors name receivers and their answers: technicians' business.
+    rule("GET", "/api/v1/notify/deliveries", AtLeast(Technician)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

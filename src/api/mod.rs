@@ -113,6 +113,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(alerts::remove_window),
         )
         .route("/api/v1/roster/on-duty", get(alerts::on_duty))
+        .route("/api/v1/notify/deliveries", get(records::deliveries))
         .route("/metrics", get(metrics))
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -332,6 +332,8 @@ pub struct SiteConfig {
     /// The contingency rules of the playbook file `[selftest] playbook` names (or the shipped
     /// ones).
     pub playbook: Arc<crate::playbook::rules::Rules>,
+    /// `[notify]`: the webhook and mail sinks (none when the section is absent).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// `[bookings]`: where bookings come from besides the API.

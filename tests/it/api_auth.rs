@@ -408,6 +408,13 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
             "/api/v1/roster/on-duty",
             None,
         ),
+        case(
+            "GET",
+            "/api/v1/notify/deliveries",
+            "/api/v1/notify/deliveries",
+            None,
+        )
+        .bad_query("limit=0"),
     ];
     for r in ROUTES {
         assert!(
