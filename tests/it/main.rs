@@ -9,6 +9,7 @@ mod escvp21;
 mod ical;
 mod levelwatch;
 mod modbus;
+mod notify;
 mod pjlink;
 mod playbook;
 mod qsys;
