@@ -1614,8 +1614,12 @@ fn validate_notify(
     if let Some(m) = &n.mail {
         let at = [k("notify"), k("mail")];
         let host = match m.smtp_host.as_deref().map(str::trim) {
-            None | Some("") => {
+            None => {
                 pr.at_path(&at, "missing key smtp_host");
+                None
+            }
+            Some("") => {
+                pr.at_path(&p(&at, &[k("smtp_host")]), "empty: name the SMTP relay");
                 None
             }
             Some(h) => Some(h.to_owned()),
@@ -2112,6 +2116,39 @@ escalation = ["wang"]
 out_of_hours = ["zhao"]
 shifts = [{ who = "li", days = ["mon-fri"], from = "08:00", until = "18:00" }]
 "#;
+
+    #[test]
+    fn notify_sinks_get_defaults_and_secrets_that_never_print() {
+        let text = site_with_api(
+            "[roster.contacts.li]\nemail = \"li@example.org\"\n\
+             [notify]\npublic_url = \"https://av.example.org\"\n\
+             [[notify.webhook]]\nname = \"ops\"\nurl = \"https://hooks.example.org/av\"\n\
+             secret_env = \"HOOK\"\nclasses = [\"major\"]\n\
+             [notify.mail]\nsmtp_host = \"smtp.example.org\"\nusername = \"av\"\n\
+             password_env = \"SMTP\"\nfrom = \"AV <av@example.org>\"\n",
+        );
+        let env = Env::fixed(&[("HOOK", "hook-secret-0123456789"), ("SMTP", "smtp-pass-42")]);
+        let cfg = parse_site(&text, "site.toml", Path::new("."), &env).unwrap();
+        let n = &cfg.notify;
+        assert_eq!(n.webhooks.len(), 1);
+        assert_eq!(n.webhooks[0].secret.expose(), "hook-secret-0123456789");
+        assert_eq!(n.webhooks[0].classes, ["major"]);
+        assert_eq!(n.webhooks[0].timeout, Duration::from_secs(10));
+        let mail = n.mail.as_ref().unwrap();
+        assert_eq!(mail.tls, crate::notify::MailTls::Starttls);
+        assert_eq!(
+            mail.smtp_port, 587,
+            "the STARTTLS submission port by default"
+        );
+        assert_eq!(
+            cfg.roster.contacts["li"].email.as_deref(),
+            Some("li@example.org")
+        );
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hook-secret-0123456789") && !shown.contains("smtp-pass-42"));
+        let none = parse_site(&site_with_api(""), "site.toml", Path::new("."), &env).unwrap();
+        assert!(none.notify.is_empty());
+    }
 
     #[test]
     fn parents_and_roster_are_validated_with_their_places() {
