@@ -750,6 +750,8 @@ fn no_secret_is_logged_answered_or_stored() {
     const PJLINK: &str = "pj-Secret-7f3a9c";
     const FILE_TOKEN: &str = "file-admin-token-5e1d2c";
     const ENV_TOKEN: &str = "env-tech-token-9b8a7f";
+    const HOOK_SECRET: &str = "hook-secret-3d5f7a9b1c";
+    const SMTP_PASSWORD: &str = "smtp-password-e4c6a8";
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), format!("{FILE_TOKEN}\n")).unwrap();
     let cfg = dir.path().join("site.toml");
@@ -784,6 +786,17 @@ password_env = "P2_PASSWORD"
 [devices.simulator]
 password = "{PJLINK}"
 power_on = true
+[[notify.webhook]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+secret_env = "AVW_HOOK_SECRET"
+[notify.mail]
+smtp_host = "127.0.0.1"
+smtp_port = 9
+tls = "none"
+username = "avwarden"
+password_env = "AVW_SMTP_PASSWORD"
+from = "avwarden@example.org"
 "#
         ),
     )
@@ -793,6 +806,8 @@ power_on = true
         .arg(&cfg)
         .env("P2_PASSWORD", PJLINK)
         .env("AVW_TECH_TOKEN", ENV_TOKEN)
+        .env("AVW_HOOK_SECRET", HOOK_SECRET)
+        .env("AVW_SMTP_PASSWORD", SMTP_PASSWORD)
         .env("RUST_LOG", "debug,rumqttd=off")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -869,6 +884,7 @@ power_on = true
             ),
             ("GET", "/metrics", None, None),
             ("GET", "/api/v1/health", None, None),
+            ("GET", "/api/v1/notify/deliveries", Some(ENV_TOKEN), None),
         ];
         for (method, path, token, body) in requests {
             let mut req = c.request(
@@ -922,7 +938,7 @@ power_on = true
     assert!(outputs
         .iter()
         .any(|(what, b)| what.starts_with("r.db") && has(b, "person:li-wei")));
-    for secret in [PJLINK, FILE_TOKEN, ENV_TOKEN] {
+    for secret in [PJLINK, FILE_TOKEN, ENV_TOKEN, HOOK_SECRET, SMTP_PASSWORD] {
         for (what, bytes) in &outputs {
             assert!(!has(bytes, secret), "{secret:?} found in {what}");
         }
