@@ -45,8 +45,10 @@ impl Default for RetryPolicy {
 
 /// Entries read per look at the logbook.
 const BATCH: usize = 64;
-/// Wake-ups buffered; beyond them a drop notice is just as good a wake-up.
-const WAKE_CAPACITY: usize = 64;
+/// Wake-ups buffered: a burst of alerts (a room's rack losing power) is emitted in one go,
+/// before the sink runs. The sink drains them while it waits (between retries too), so the
+/// bus does not find it full and report a consumer that fell behind.
+const WAKE_CAPACITY: usize = crate::events::SUBSCRIBER_CAPACITY;
 
 /// The bus sink that wakes a sink when an alert event is emitted.
 pub fn wake_sink(bus: &EventBus, name: &str) -> EventSink {
@@ -66,6 +68,8 @@ pub struct Outbox {
     channel: Arc<dyn Channel>,
     ctx: Context,
     progress: watch::Sender<SinkProgress>,
+    /// Set when `run` starts.
+    wake: Option<EventSink>,
     /// The read-only connection between reads (a mutex only so the task's future is `Send`;
     /// it is never contended).
     conn: std::sync::Mutex<Option<Connection>>,
@@ -84,6 +88,7 @@ impl Outbox {
             channel,
             ctx,
             progress,
+            wake: None,
             conn: std::sync::Mutex::new(None),
         }
     }
@@ -93,7 +98,8 @@ impl Outbox {
     }
 
     /// Run until `cancel`. A store that cannot be read is retried at the poll interval.
-    pub async fn run(mut self, mut wake: EventSink, cancel: CancellationToken) {
+    pub async fn run(mut self, wake: EventSink, cancel: CancellationToken) {
+        self.wake = Some(wake);
         let name = self.name().to_owned();
         let started = self.ctx.clock.now();
         let mut reported = false;
@@ -124,17 +130,9 @@ impl Outbox {
                 Ok(_) => {}
                 Err(Cancelled) => return,
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                e = wake.recv() => if e.is_none() {
-                    // The bus is gone (shutdown): the poll alone carries on until cancelled.
-                    if self.pause(self.ctx.retry.poll, &cancel).await.is_err() {
-                        return;
-                    }
-                },
-                _ = tokio::time::sleep(self.ctx.retry.poll) => {}
+            if self.idle(&cancel).await.is_err() {
+                return;
             }
-            while wake.try_recv().is_ok() {}
         }
     }
 
@@ -344,10 +342,44 @@ impl Outbox {
         }
     }
 
-    async fn pause(&self, d: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
-        tokio::select! {
-            _ = cancel.cancelled() => Err(Cancelled),
-            _ = tokio::time::sleep(d) => Ok(()),
+    /// Wait for a wake-up or the poll timer, then take every other wake-up queued.
+    async fn idle(&mut self, cancel: &CancellationToken) -> Result<(), Cancelled> {
+        let poll = self.ctx.retry.poll;
+        let Some(wake) = self.wake.as_mut() else {
+            return self.pause(poll, cancel).await;
+        };
+        let woken = tokio::select! {
+            _ = cancel.cancelled() => return Err(Cancelled),
+            e = wake.recv() => e.is_some(),
+            _ = tokio::time::sleep(poll) => true,
+        };
+        if !woken {
+            // The bus is gone (shutdown): the poll alone carries on until cancelled.
+            self.wake = None;
+            return self.pause(poll, cancel).await;
+        }
+        while wake.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// Wait `d` (a backoff, a store that cannot be read), taking wake-ups meanwhile: the
+    /// entries they announce are in the logbook and are read after the wait.
+    async fn pause(&mut self, d: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let wake = async {
+                match self.wake.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Cancelled),
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                e = wake => if e.is_none() {
+                    self.wake = None;
+                },
+            }
         }
     }
 

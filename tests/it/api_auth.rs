@@ -786,6 +786,8 @@ password_env = "P2_PASSWORD"
 [devices.simulator]
 password = "{PJLINK}"
 power_on = true
+# Past the lamp's rated life: an alert, which the sinks below fail to deliver and log.
+lamp_hours = [6000]
 [[notify.webhook]]
 name = "ops"
 url = "http://127.0.0.1:9/hook"
@@ -935,6 +937,7 @@ from = "avwarden@example.org"
     // The search sees what matters: the refused guesses were logged, the technician's work
     // was stored under the name, never the token.
     assert!(has(&outputs[0].1, "API token refused"));
+    assert!(has(&outputs[0].1, "alert delivery failed"));
     assert!(outputs
         .iter()
         .any(|(what, b)| what.starts_with("r.db") && has(b, "person:li-wei")));

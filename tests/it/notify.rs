@@ -103,10 +103,14 @@ async fn start(cfg: SiteConfig) -> Daemon {
 /// A projector lamp failure in `room`: the playbook raises an alert and tells the on-duty
 /// technician.
 fn lamp_fails(d: &Daemon, room: &str) {
+    lamp_of_fails(d, room, &format!("{room}-proj"));
+}
+
+fn lamp_of_fails(d: &Daemon, room: &str, device: &str) {
     d.events.emit(
         d.clock.now(),
         EventKind::FaultRaised {
-            device: DeviceId::new(format!("{room}-proj")),
+            device: DeviceId::new(device),
             room: RoomId::new(room),
             fault: Fault::new("lamp", Severity::Fault, "lamp failed"),
         },
@@ -432,6 +436,40 @@ async fn a_receiver_that_was_down_gets_everything_in_order_after_a_restart() {
     pump.cancel();
 }
 
+/// A burst of alerts while the sink backs off from a receiver that is down must not fill its
+/// bus sink (the bus would report a consumer that fell behind, at ERROR): the burst is emitted
+/// in one go, and the sink drains its wake-ups while it waits. (With 64 wake-ups buffered and
+/// no draining, 58 were counted dropped.)
+#[tokio::test(start_paused = true)]
+async fn a_sink_in_backoff_keeps_taking_its_wake_ups() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _r, _hits) = receiver(503, &[]).await;
+    let d = start(site(dir.path(), &webhook(&url))).await;
+    lamp_fails(&d, "r102");
+    // The sink is now backing off from its first entry.
+    wait_progress(&d, SINK, "a first failure", |p| p.failures >= 1).await;
+    for i in 0..60 {
+        lamp_of_fails(&d, "r101", &format!("r101-proj-{i}"));
+    }
+    wait_progress(&d, SINK, "retrying", |p| p.failures >= 4).await;
+    d.logbook.flush().await.unwrap();
+    assert!(
+        alert_entries(dir.path(), 0).len() >= 120,
+        "a burst beyond the sink's capacity"
+    );
+    assert_eq!(
+        d.events.metrics().get(
+            "avwarden_events_dropped_total",
+            Some(("sink", "notify:webhook:ops"))
+        ),
+        0.0
+    );
+    d.shutdown("test").await;
+    pump.cancel();
+}
+
 /// Issue 11.6: a receiver that refuses an entry (400) does not block the queue: the refusal
 /// is logged, the entry is not tried again, and the next one is delivered.
 #[tokio::test(start_paused = true)]
@@ -592,33 +630,12 @@ timeout_secs = 300
     pump.cancel();
 }
 
-/// Captured log output of the test's thread.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Issue 11.6: neither the webhook secret nor the SMTP password appears in a log line (at
-/// debug level), a delivery row, an API answer, the records file or the config's debug form,
-/// while both sinks fail and retry.
+/// Issue 11.6: neither the webhook secret nor the SMTP password appears in a delivery row,
+/// an API answer, the records file or the config's debug form, while both sinks fail and
+/// retry. (The log lines of the real binary are searched by
+/// `api_auth::no_secret_is_logged_answered_or_stored`, which runs the same sinks.)
 #[tokio::test(start_paused = true)]
-async fn no_sink_secret_is_logged_stored_or_answered() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+async fn no_sink_secret_is_stored_or_answered() {
     let pump = CancellationToken::new();
     spawn_settle_pump(pump.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -671,12 +688,6 @@ timeout_secs = 300
         let p = f.unwrap().path();
         outputs.push((p.display().to_string(), std::fs::read(&p).unwrap()));
     }
-    let log = logs.0.lock().unwrap().clone();
-    assert!(
-        String::from_utf8_lossy(&log).contains("alert delivery failed"),
-        "the capture saw the sinks"
-    );
-    outputs.push(("log".into(), log));
     let has = |bytes: &[u8], s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
     for secret in [SECRET, SMTP_PASSWORD] {
         for (what, bytes) in &outputs {
