@@ -305,8 +305,22 @@ pub fn start(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A payload for channel tests.
+    pub(crate) fn sample() -> Notification {
+        Notification::from_entry(
+            "s",
+            None,
+            &entry(
+                "alert_notified",
+                serde_json::json!({"alert": 7, "class": "major", "notice": "raised",
+                    "recipients": ["li"], "message": "lamp failed"}),
+            ),
+            &AlertAt::default(),
+        )
+    }
 
     fn entry(kind: &str, data: serde_json::Value) -> Entry {
         Entry {

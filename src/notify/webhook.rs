@@ -204,6 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn a_class_filter_selects_entries() {
+        let cfg = |classes: &[&str]| WebhookConfig {
+            name: "ops".into(),
+            url: "http://127.0.0.1:9/hook".parse().unwrap(),
+            secret: Secret::new("0123456789abcdef"),
+            classes: classes.iter().map(|c| c.to_string()).collect(),
+            timeout: Duration::from_secs(1),
+        };
+        let n = |class: Option<&str>| Notification {
+            class: class.map(str::to_owned),
+            ..crate::notify::tests::sample()
+        };
+        let all = Webhook::new(&cfg(&[]), "s").unwrap();
+        assert_eq!(all.name(), "webhook:ops");
+        assert!(all.wants(&n(Some("general"))) && all.wants(&n(None)));
+        let major = Webhook::new(&cfg(&["major"]), "s").unwrap();
+        assert!(major.wants(&n(Some("major"))));
+        assert!(!major.wants(&n(Some("general"))));
+        assert!(!major.wants(&n(None)));
+    }
+
+    #[test]
     fn replies_are_cut_to_one_short_line() {
         assert_eq!(short(""), None);
         assert_eq!(short("bad payload\nmore").as_deref(), Some("bad payload"));
