@@ -109,6 +109,8 @@ pub struct Daemon {
     pub protection: crate::levelwatch::ProtectionBoard,
     /// Alerts, maintenance windows and the roster.
     pub playbook: crate::playbook::PlaybookHandle,
+    /// The webhook and mail sinks' progress (none without `[notify]`).
+    pub notify: crate::notify::NotifyHandle,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -189,6 +191,16 @@ impl Daemon {
             &playbook_service,
         );
         services.push(playbook_service);
+        // Only a site with a sink in `[notify]` runs the service: without one there is
+        // nothing to deliver, and the service list says what the daemon does.
+        let notify = if cfg.notify.is_empty() {
+            crate::notify::NotifyHandle::default()
+        } else {
+            let notify_service = Service::new("notify");
+            let handle = start_notify(&cfg, &events, &logbook, clock, &notify_service);
+            services.push(notify_service);
+            handle
+        };
         let api_service = Service::new("api");
         let api_addr = start_api(
             &cfg,
@@ -224,6 +236,7 @@ impl Daemon {
             schedule,
             protection,
             playbook,
+            notify,
             services,
             store,
             simulation,
@@ -634,6 +647,27 @@ fn start_playbook(
         svc.tasks(),
         svc.cancel(),
     )
+}
+
+/// The alert sinks of `[notify]`: one task per webhook and one for mail, each reading the
+/// logbook after its own cursor.
+fn start_notify(
+    cfg: &SiteConfig,
+    events: &EventBus,
+    logbook: &LogbookHandle,
+    clock: Clock,
+    svc: &Service,
+) -> crate::notify::NotifyHandle {
+    let ctx = crate::notify::Context {
+        site: cfg.site.name.clone(),
+        public_url: cfg.notify.public_url.clone(),
+        path: cfg.storage.path.clone(),
+        logbook: logbook.clone(),
+        bus: events.clone(),
+        clock,
+        retry: crate::notify::outbox::RetryPolicy::default(),
+    };
+    crate::notify::start(&cfg.notify, &cfg.roster, ctx, svc.tasks(), svc.cancel())
 }
 
 type Restored = (

@@ -18,6 +18,7 @@ pub mod levelwatch;
 pub mod meter;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod playbook;
 pub mod profile;
 pub mod records;

@@ -102,6 +102,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/logbook", AtLeast(Viewer)),
     rule("GET", "/login", Open),
     rule("GET", "/assets/{file}", Open),
+    // Delivery errors name receivers and their answers: technicians' business.
+    rule("GET", "/api/v1/notify/deliveries", AtLeast(Technician)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

@@ -119,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/roster/on-duty", get(alerts::on_duty))
         .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/notify/deliveries", get(records::deliveries))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
         // After routing, so the table in `auth` sees the route as declared.

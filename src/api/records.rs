@@ -176,6 +176,38 @@ pub async fn logbook(
     Ok(Json(entries.into_iter().map(EntryView::from).collect()))
 }
 
+/// `GET /api/v1/notify/deliveries?sink=webhook:ops&limit=50`: the alert sinks' delivery
+/// log, newest first (issue 11.6).
+pub async fn deliveries(
+    State(st): State<ApiState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Vec<crate::records::notify::Delivery>>, ApiError> {
+    let Query(pairs) = q.map_err(ApiError::from_query_rejection)?;
+    let mut sink = None;
+    let mut limit = DEFAULT_LIMIT;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "sink" => sink = Some(v),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| bad_query(format!("limit: expected 1 to {MAX_LIMIT}")))?;
+            }
+            other => {
+                return Err(bad_query(format!(
+                    "unknown parameter {other:?} (sink, limit)"
+                )))
+            }
+        }
+    }
+    let conn = reader(&st)?;
+    let rows =
+        crate::records::notify::deliveries(&conn, sink.as_deref(), limit).map_err(store_error)?;
+    Ok(Json(rows))
+}
+
 /// Bytes written by the export, handed to the connection in chunks. A closed connection
 /// makes the next write fail, which ends the export.
 struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);

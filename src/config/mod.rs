@@ -334,6 +334,8 @@ pub struct SiteConfig {
     pub playbook: Arc<crate::playbook::rules::Rules>,
     /// `[playbook]`: the playbook task's timing, damping and backup channels.
     pub playbook_settings: crate::playbook::PlaybookSettings,
+    /// `[notify]`: the webhook and mail sinks (none when the section is absent).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// `[bookings]`: where bookings come from besides the API.

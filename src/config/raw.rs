@@ -24,6 +24,41 @@ pub struct RawSite {
     pub roster: Option<crate::playbook::roster::RawRoster>,
     /// Validated by the playbook, which owns its settings' meaning.
     pub playbook: Option<crate::playbook::settings::RawPlaybookSettings>,
+    pub notify: Option<RawNotify>,
+}
+
+/// `[notify]`: where alerts go besides MQTT and the dashboard.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawNotify {
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
+    pub mail: Option<RawMail>,
+}
+
+/// `[[notify.webhook]]`. The signing secret is never in the config: it comes from an
+/// environment variable or a file.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawWebhook {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub classes: Option<Vec<String>>,
+    pub timeout_secs: Option<f64>,
+}
+
+/// `[notify.mail]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMail {
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub tls: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub from: Option<String>,
+    pub timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

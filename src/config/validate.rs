@@ -243,7 +243,12 @@ pub fn parse_site(
         };
         let parent = &path[..path.len().saturating_sub(1)];
         let in_tokens = matches!(path.get(..2), Some([Seg::Key(a), Seg::Key(t)]) if a == "api" && t == "tokens");
-        let message = if in_tokens && (last == "token" || last == "secret" || last == "hash") {
+        let in_webhook = matches!(path.get(..2), Some([Seg::Key(a), Seg::Key(w)]) if a == "notify" && w == "webhook");
+        let message = if in_webhook && (last == "secret" || last == "key" || last == "token") {
+            "unknown key: a secret is never written in the config; use secret_env (an \
+             environment variable) or secret_file"
+                .to_owned()
+        } else if in_tokens && (last == "token" || last == "secret" || last == "hash") {
             "unknown key: a token is never written in the config; use token_env (an \
              environment variable) or token_file"
                 .to_owned()
@@ -472,6 +477,7 @@ pub fn parse_site(
             crate::playbook::PlaybookSettings::default()
         }
     };
+    let notify = validate_notify(&raw, base, env, &mut pr);
 
     if !removed.is_empty() {
         let mut i = 0;
@@ -500,6 +506,7 @@ pub fn parse_site(
             roster,
             playbook,
             playbook_settings,
+            notify,
         })
     } else {
         Err(pr.into_error())
@@ -539,10 +546,36 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
     match names.as_slice() {
         [] => vec![
             "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
-            "devices", "bookings", "roster", "playbook",
+            "devices", "bookings", "roster", "playbook", "notify",
         ],
         ["playbook"] => crate::playbook::settings::KEYS.to_vec(),
-        ["roster"] => vec!["shifts", "holidays", "out_of_hours", "escalation"],
+        ["roster"] => vec![
+            "shifts",
+            "holidays",
+            "out_of_hours",
+            "escalation",
+            "contacts",
+        ],
+        ["roster", "contacts", _] => vec!["email"],
+        ["notify"] => vec!["public_url", "webhook", "mail"],
+        ["notify", "webhook"] => vec![
+            "name",
+            "url",
+            "secret_env",
+            "secret_file",
+            "classes",
+            "timeout_secs",
+        ],
+        ["notify", "mail"] => vec![
+            "smtp_host",
+            "smtp_port",
+            "tls",
+            "username",
+            "password_env",
+            "password_file",
+            "from",
+            "timeout_secs",
+        ],
         ["roster", "shifts"] => vec!["who", "role", "days", "from", "until"],
         ["bookings"] => vec!["feeds"],
         ["bookings", "feeds"] => vec![
@@ -1401,6 +1434,283 @@ fn validate_tokens(
     out
 }
 
+/// Shortest webhook signing secret accepted: a short HMAC key is guessable offline from one
+/// signed payload.
+const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+
+/// A secret from `<env_key>` or `<file_key>`, exactly one of them; `None` (reported) when it
+/// cannot be read. The message names the variable or file, never the value.
+fn secret_from(
+    env_var: Option<&String>,
+    file: Option<&String>,
+    keys: (&str, &str),
+    at: &[Seg],
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Option<Option<Secret>> {
+    match (env_var, file) {
+        (Some(_), Some(_)) => {
+            pr.at_path(
+                &p(at, &[k(keys.1)]),
+                format!("give either {} or {}, not both", keys.0, keys.1),
+            );
+            None
+        }
+        (Some(var), None) => match env.get(var) {
+            Some(v) => Some(Some(Secret::new(v.trim().to_owned()))),
+            None => {
+                pr.at_path(
+                    &p(at, &[k(keys.0)]),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some(f)) => {
+            let path = resolve(base, f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Some(Secret::new(
+                    s.lines().next().unwrap_or("").trim().to_owned(),
+                ))),
+                Err(e) => {
+                    pr.at_path(
+                        &p(at, &[k(keys.1)]),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => Some(None),
+    }
+}
+
+fn http_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err("the URL names no host".to_owned()),
+        other => Err(format!("scheme {other:?}: use http or https")),
+    }
+}
+
+fn timeout_secs(v: Option<f64>, default: u64, at: &[Seg], pr: &mut Problems<'_>) -> Duration {
+    match v {
+        None => Duration::from_secs(default),
+        Some(t) if t > 0.0 && t <= 300.0 => Duration::from_secs_f64(t),
+        Some(_) => {
+            pr.at_path(
+                &p(at, &[k("timeout_secs")]),
+                "must be more than 0 and at most 300",
+            );
+            Duration::from_secs(default)
+        }
+    }
+}
+
+/// `[notify]`: webhooks (unique names, http(s) URLs, a signing secret from the environment
+/// or a file, known classes) and the mail relay.
+fn validate_notify(
+    raw: &RawSite,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> crate::notify::NotifyConfig {
+    use crate::notify::{MailConfig, MailTls, NotifyConfig, WebhookConfig};
+    const CLASSES: [&str; 3] = ["major", "important", "general"];
+    let mut out = NotifyConfig::default();
+    let Some(n) = &raw.notify else {
+        return out;
+    };
+    if let Some(u) = &n.public_url {
+        match http_url(u) {
+            Ok(_) => out.public_url = Some(u.clone()),
+            Err(m) => pr.at_path(&[k("notify"), k("public_url")], m),
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, w) in n.webhook.iter().enumerate() {
+        let at = [k("notify"), k("webhook"), Seg::Index(i)];
+        let name = match w.name.as_deref() {
+            None => {
+                pr.at_path(&at, "missing key name");
+                None
+            }
+            Some(s) if !is_id(s) => {
+                pr.at_path(
+                    &p(&at, &[k("name")]),
+                    format!("{s:?} is not a name (letters, digits, '-' and '_', up to 64)"),
+                );
+                None
+            }
+            Some(s) if !names.insert(s.to_owned()) => {
+                pr.at_path(
+                    &p(&at, &[k("name")]),
+                    format!("duplicate webhook name {s:?}"),
+                );
+                None
+            }
+            Some(s) => Some(s.to_owned()),
+        };
+        let url = match w.url.as_deref() {
+            None => {
+                pr.at_path(&at, "missing key url");
+                None
+            }
+            Some(u) => match http_url(u) {
+                Ok(url) => Some(url),
+                Err(m) => {
+                    pr.at_path(&p(&at, &[k("url")]), m);
+                    None
+                }
+            },
+        };
+        let secret = match secret_from(
+            w.secret_env.as_ref(),
+            w.secret_file.as_ref(),
+            ("secret_env", "secret_file"),
+            &at,
+            base,
+            env,
+            pr,
+        ) {
+            Some(None) => {
+                pr.at_path(
+                    &at,
+                    "missing key secret_env or secret_file (the signing key)",
+                );
+                None
+            }
+            Some(Some(s)) if s.expose().chars().count() < MIN_WEBHOOK_SECRET_LEN => {
+                let key = if w.secret_env.is_some() {
+                    "secret_env"
+                } else {
+                    "secret_file"
+                };
+                pr.at_path(
+                    &p(&at, &[k(key)]),
+                    format!(
+                        "the secret has {} characters; at least {MIN_WEBHOOK_SECRET_LEN} are needed",
+                        s.expose().chars().count()
+                    ),
+                );
+                None
+            }
+            Some(s) => s,
+            None => None,
+        };
+        let mut classes = Vec::new();
+        for (j, c) in w.classes.iter().flatten().enumerate() {
+            if CLASSES.contains(&c.as_str()) {
+                classes.push(c.clone());
+            } else {
+                pr.at_path(
+                    &p(&at, &[k("classes"), Seg::Index(j)]),
+                    format!(
+                        "unknown class {c:?}{} (major, important or general)",
+                        did_you_mean(suggest(c, CLASSES))
+                    ),
+                );
+            }
+        }
+        let timeout = timeout_secs(w.timeout_secs, 10, &at, pr);
+        if let (Some(name), Some(url), Some(secret)) = (name, url, secret) {
+            out.webhooks.push(WebhookConfig {
+                name,
+                url,
+                secret,
+                classes,
+                timeout,
+            });
+        }
+    }
+    if let Some(m) = &n.mail {
+        let at = [k("notify"), k("mail")];
+        let host = match m.smtp_host.as_deref().map(str::trim) {
+            None => {
+                pr.at_path(&at, "missing key smtp_host");
+                None
+            }
+            Some("") => {
+                pr.at_path(&p(&at, &[k("smtp_host")]), "empty: name the SMTP relay");
+                None
+            }
+            Some(h) => Some(h.to_owned()),
+        };
+        let tls = match m.tls.as_deref() {
+            None => Some(MailTls::Starttls),
+            Some(t) => match MailTls::parse(t) {
+                Some(t) => Some(t),
+                None => {
+                    pr.at_path(
+                        &p(&at, &[k("tls")]),
+                        format!(
+                            "unknown tls {t:?}{} (none, starttls or tls)",
+                            did_you_mean(suggest(t, MailTls::NAMES))
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let port = match m.smtp_port {
+            None => tls.map(|t| match t {
+                MailTls::None => 25,
+                MailTls::Starttls => 587,
+                MailTls::Tls => 465,
+            }),
+            Some(port) => match u16::try_from(port) {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    pr.at_path(&p(&at, &[k("smtp_port")]), "must be 1 to 65535");
+                    None
+                }
+            },
+        };
+        let password = secret_from(
+            m.password_env.as_ref(),
+            m.password_file.as_ref(),
+            ("password_env", "password_file"),
+            &at,
+            base,
+            env,
+            pr,
+        );
+        if matches!(password, Some(Some(_))) && m.username.is_none() {
+            pr.at_path(&at, "a password needs a username");
+        }
+        let from = match m.from.as_deref() {
+            None => {
+                pr.at_path(&at, "missing key from (the sender's address)");
+                None
+            }
+            Some(f) => match f.parse::<lettre::message::Mailbox>() {
+                Ok(_) => Some(f.to_owned()),
+                Err(e) => {
+                    pr.at_path(&p(&at, &[k("from")]), format!("not an e-mail address: {e}"));
+                    None
+                }
+            },
+        };
+        let timeout = timeout_secs(m.timeout_secs, 30, &at, pr);
+        if let (Some(smtp_host), Some(tls), Some(smtp_port), Some(password), Some(from)) =
+            (host, tls, port, password, from)
+        {
+            out.mail = Some(MailConfig {
+                smtp_host,
+                smtp_port,
+                tls,
+                username: m.username.clone(),
+                password,
+                from,
+                timeout,
+            });
+        }
+    }
+    out
+}
+
 fn validate_secret(
     d: &RawDevice,
     at: &[Seg],
@@ -1820,6 +2130,39 @@ escalation = ["wang"]
 out_of_hours = ["zhao"]
 shifts = [{ who = "li", days = ["mon-fri"], from = "08:00", until = "18:00" }]
 "#;
+
+    #[test]
+    fn notify_sinks_get_defaults_and_secrets_that_never_print() {
+        let text = site_with_api(
+            "[roster.contacts.li]\nemail = \"li@example.org\"\n\
+             [notify]\npublic_url = \"https://av.example.org\"\n\
+             [[notify.webhook]]\nname = \"ops\"\nurl = \"https://hooks.example.org/av\"\n\
+             secret_env = \"HOOK\"\nclasses = [\"major\"]\n\
+             [notify.mail]\nsmtp_host = \"smtp.example.org\"\nusername = \"av\"\n\
+             password_env = \"SMTP\"\nfrom = \"AV <av@example.org>\"\n",
+        );
+        let env = Env::fixed(&[("HOOK", "hook-secret-0123456789"), ("SMTP", "smtp-pass-42")]);
+        let cfg = parse_site(&text, "site.toml", Path::new("."), &env).unwrap();
+        let n = &cfg.notify;
+        assert_eq!(n.webhooks.len(), 1);
+        assert_eq!(n.webhooks[0].secret.expose(), "hook-secret-0123456789");
+        assert_eq!(n.webhooks[0].classes, ["major"]);
+        assert_eq!(n.webhooks[0].timeout, Duration::from_secs(10));
+        let mail = n.mail.as_ref().unwrap();
+        assert_eq!(mail.tls, crate::notify::MailTls::Starttls);
+        assert_eq!(
+            mail.smtp_port, 587,
+            "the STARTTLS submission port by default"
+        );
+        assert_eq!(
+            cfg.roster.contacts["li"].email.as_deref(),
+            Some("li@example.org")
+        );
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hook-secret-0123456789") && !shown.contains("smtp-pass-42"));
+        let none = parse_site(&site_with_api(""), "site.toml", Path::new("."), &env).unwrap();
+        assert!(none.notify.is_empty());
+    }
 
     #[test]
     fn parents_and_roster_are_validated_with_their_places() {

@@ -5,7 +5,7 @@
 //! Owns the `[roster]` section's meaning and its validation. Pure: must not read the clock or
 //! send anything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc, Weekday};
 use chrono_tz::Tz;
@@ -37,6 +37,15 @@ pub struct Roster {
     pub out_of_hours: Vec<String>,
     /// Who is told, in turn, when an alert is not acknowledged by its deadline.
     pub escalation: Vec<String>,
+    /// How to reach a person by name (`[roster.contacts.<name>]`), for the mail sink.
+    #[serde(skip)]
+    pub contacts: BTreeMap<String, Contact>,
+}
+
+/// `[roster.contacts.<name>]`: how to reach one person.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    pub email: Option<String>,
 }
 
 impl Roster {
@@ -61,6 +70,7 @@ impl Roster {
             holidays: BTreeSet::new(),
             out_of_hours: Vec::new(),
             escalation: Vec::new(),
+            contacts: BTreeMap::new(),
         }
     }
 
@@ -126,6 +136,14 @@ pub struct RawRoster {
     pub out_of_hours: Vec<String>,
     #[serde(default)]
     pub escalation: Vec<String>,
+    #[serde(default)]
+    pub contacts: BTreeMap<String, RawContact>,
+}
+
+/// `[roster.contacts.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawContact {
+    pub email: Option<String>,
 }
 
 /// `[[roster.shifts]]`: `who`, `role`, `days` (`mon`…`sun`, or `mon-fri`), `from`/`until`
@@ -184,6 +202,7 @@ impl RawRoster {
             holidays: BTreeSet::new(),
             out_of_hours: self.out_of_hours.clone(),
             escalation: self.escalation.clone(),
+            contacts: BTreeMap::new(),
         };
         for (i, s) in self.shifts.iter().enumerate() {
             let at = |k: &str| vec![key("shifts"), Seg::Index(i), key(k)];
@@ -243,6 +262,23 @@ impl RawRoster {
                     "expected a date as YYYY-MM-DD".to_owned(),
                 )),
             }
+        }
+        for (name, c) in &self.contacts {
+            if let Some(email) = &c.email {
+                if let Err(e) = email.parse::<lettre::Address>() {
+                    problems.push((
+                        vec![key("contacts"), key(name), key("email")],
+                        format!("not an e-mail address: {e}"),
+                    ));
+                    continue;
+                }
+            }
+            roster.contacts.insert(
+                name.clone(),
+                Contact {
+                    email: c.email.clone(),
+                },
+            );
         }
         if problems.is_empty() {
             Ok(roster)

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod export;
 pub mod logbook;
 pub mod maintenance;
+pub mod notify;
 pub mod report;
 pub mod store;
 pub mod writer;

@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_bookings.sql")),
     (3, include_str!("../../migrations/0003_alerts.sql")),
+    (4, include_str!("../../migrations/0004_notify.sql")),
 ];
 
 /// The schema version this build writes.
@@ -108,6 +109,15 @@ pub enum Op {
     Alert(Box<super::alerts::AlertRecord>),
     /// A maintenance window added or removed.
     Window(Box<super::alerts::WindowRecord>),
+    /// A sink's attempt at one alert entry, and its cursor moved past the entry when the
+    /// attempt settled it (issue 11.6).
+    Delivery(Box<super::notify::Delivery>),
+    /// A sink's cursor moved past entries that were not for it; never moves it back.
+    SinkCursor {
+        sink: String,
+        seq: u64,
+        at: chrono::DateTime<chrono::Utc>,
+    },
     /// Writes nothing: a barrier whose acknowledgement means everything before it is
     /// committed.
     Flush,
@@ -391,6 +401,8 @@ fn apply_op(
         Op::JobDone { job, ran, outcome } => bookings::apply_job_done(conn, job, *ran, outcome),
         Op::Alert(a) => super::alerts::apply_alert(conn, a),
         Op::Window(w) => super::alerts::apply_window(conn, w),
+        Op::Delivery(d) => super::notify::apply_delivery(conn, d),
+        Op::SinkCursor { sink, seq, at } => super::notify::advance(conn, sink, *seq, *at),
         Op::Flush => Ok(Applied::default()),
     }
 }

@@ -292,6 +292,29 @@ impl LogbookHandle {
             .map(drop)
     }
 
+    /// Log an alert sink's attempt (and move its cursor when the attempt settles the entry);
+    /// returns once committed, so a delivered entry is never delivered again after a restart.
+    pub async fn delivery(&self, d: super::notify::Delivery) -> Result<(), StoreError> {
+        self.acked(Op::Delivery(Box::new(d))).await.map(drop)
+    }
+
+    /// Move an alert sink's cursor past entries that were not for it (never backwards);
+    /// returns once committed.
+    pub async fn sink_cursor(
+        &self,
+        sink: &str,
+        seq: u64,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.acked(Op::SinkCursor {
+            sink: sink.to_owned(),
+            seq,
+            at,
+        })
+        .await
+        .map(drop)
+    }
+
     /// Change the size limit (config reload). Takes effect at the next commit; a store that
     /// was failing for lack of room is retried at once.
     pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<(), StoreError> {

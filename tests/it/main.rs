@@ -11,6 +11,7 @@ mod events_stream;
 mod ical;
 mod levelwatch;
 mod modbus;
+mod notify;
 mod pjlink;
 mod playbook;
 mod qsys;
