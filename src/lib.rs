@@ -17,6 +17,7 @@ pub mod levelwatch;
 pub mod meter;
 pub mod metrics;
 pub mod model;
+pub mod mqtt_out;
 pub mod playbook;
 pub mod profile;
 pub mod records;

@@ -85,7 +85,7 @@ fn severity(h: Health) -> u8 {
     }
 }
 
-fn room_view(st: &ApiState, room: &Room) -> RoomView {
+pub(crate) fn room_view(st: &ApiState, room: &Room) -> RoomView {
     let now = st.clock.now();
     let handles = st.fleet.room(&room.id);
     let devices: Vec<DeviceSummary> = handles
