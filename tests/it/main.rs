@@ -9,6 +9,7 @@ mod escvp21;
 mod ical;
 mod levelwatch;
 mod modbus;
+mod mqtt_state;
 mod pjlink;
 mod playbook;
 mod qsys;
