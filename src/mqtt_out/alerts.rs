@@ -144,7 +144,6 @@ pub async fn run(out: MqttOut, mut sink: EventSink, cancel: CancellationToken) {
     let active = out.topics.alerts_active();
     // The active list is due at the start, after every change and after every reconnect.
     let mut active_due = true;
-    let mut last_active: Option<Vec<u8>> = None;
     let mut retry = false;
     loop {
         if out.mqtt.is_connected() {
@@ -159,20 +158,15 @@ pub async fn run(out: MqttOut, mut sink: EventSink, cancel: CancellationToken) {
                     Err(_) => break,
                 }
             }
+            // After the events it follows, so a reader of both never sees the list ahead.
             if active_due && backlog.is_empty() {
-                if let Some(p) = active_payload(&out) {
-                    if last_active.as_ref() != Some(&p) || active_due {
-                        match out.mqtt.publish(&active, p.clone(), true) {
-                            Ok(()) => {
-                                active_due = false;
-                                last_active = Some(p);
-                            }
-                            Err(MqttError::QueueFull) => retry = true,
-                            Err(_) => {}
-                        }
-                    }
-                } else {
-                    active_due = false;
+                match active_payload(&out) {
+                    Some(p) => match out.mqtt.publish(&active, p, true) {
+                        Ok(()) => active_due = false,
+                        Err(MqttError::QueueFull) => retry = true,
+                        Err(_) => {}
+                    },
+                    None => active_due = false,
                 }
             }
         }
