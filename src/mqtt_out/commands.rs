@@ -233,3 +233,111 @@ pub async fn run(out: MqttOut, cancel: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{ApiToken, TokenHash};
+
+    const TECH: &str = "techn-token-0123456789";
+    const VIEWER: &str = "viewer-token-0123456789";
+
+    /// An MQTT-out without a broker (nothing is published in these tests) over an empty fleet.
+    fn out(commands: bool, tokens: bool) -> (MqttOut, CancellationToken) {
+        let cancel = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let settings = crate::transport::mqtt::MqttSettings {
+            host: Some("127.0.0.1".into()),
+            port: Some(9),
+            ..Default::default()
+        };
+        let mqtt = crate::transport::mqtt::start(&settings, None, None, &tracker, cancel.clone());
+        let metrics = crate::metrics::Metrics::new();
+        let clock = crate::clock::Clock::system();
+        let bus = crate::events::EventBus::new(metrics.clone());
+        let fleet = crate::runtime::Fleet::new(bus, clock, tracker, cancel.clone());
+        let tokens = if tokens {
+            vec![
+                ApiToken {
+                    name: "li-wei".into(),
+                    role: Role::Technician,
+                    hash: TokenHash::of(TECH),
+                },
+                ApiToken {
+                    name: "wall".into(),
+                    role: Role::Viewer,
+                    hash: TokenHash::of(VIEWER),
+                },
+            ]
+        } else {
+            Vec::new()
+        };
+        let api = crate::api::ApiState {
+            site: "t".into(),
+            version: "test",
+            clock,
+            started: clock.now(),
+            fleet: Arc::new(fleet),
+            metrics,
+            store: None,
+            schedule: None,
+            auth: Arc::new(crate::api::auth::Auth::new(tokens)),
+            records: None,
+            layout: Default::default(),
+            protection: None,
+            playbook: None,
+        };
+        let s = crate::transport::mqtt::MqttSettings {
+            commands,
+            ..Default::default()
+        };
+        (MqttOut::new(mqtt, api, "t", &s), cancel)
+    }
+
+    async fn result(out: &MqttOut, payload: &str) -> CommandResult {
+        handle(out, "p1", payload.as_bytes()).await
+    }
+
+    #[tokio::test]
+    async fn commands_need_the_switch_tokens_and_a_technician() {
+        let set = r#"{"id":1,"token":"techn-token-0123456789","command":"refresh"}"#;
+        let (off, c1) = out(false, true);
+        let r = result(&off, set).await;
+        assert_eq!(
+            (r.result.as_str(), r.id.clone()),
+            ("refused", Some(1.into()))
+        );
+        assert!(r.reason.unwrap().contains("disabled"));
+        let (open, c2) = out(true, false);
+        assert!(result(&open, set).await.reason.unwrap().contains("tokens"));
+        let (on, c3) = out(true, true);
+        for (payload, why) in [
+            (r#"{"command":"refresh"}"#, "no token"),
+            (
+                r#"{"token":"nope-nope-nope-nope","command":"refresh"}"#,
+                "refused",
+            ),
+            (
+                r#"{"token":"viewer-token-0123456789","command":"refresh"}"#,
+                "role viewer",
+            ),
+            ("not json", "not a json object"),
+        ] {
+            let r = result(&on, payload).await;
+            assert_eq!(r.result, "refused", "{payload}");
+            assert!(r.reason.as_deref().unwrap_or("").contains(why), "{r:?}");
+        }
+        // The technician passes the gate; the fleet has no such device.
+        let r = result(&on, set).await;
+        assert_eq!(r.result, "refused");
+        assert!(r.reason.as_deref().unwrap_or("").contains("no device"));
+        // The token is never in a result.
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains(TECH) && !text.contains(VIEWER));
+        for c in [c1, c2, c3] {
+            c.cancel();
+        }
+    }
+}
