@@ -145,6 +145,14 @@ impl Daemon {
         let metrics = Metrics::new();
         let events = EventBus::new(metrics.clone());
         let (store, logbook) = start_store(&cfg, &events, clock);
+        // Taken before anything can raise an alert, so the MQTT sink misses none.
+        let alert_sink = cfg.mqtt.as_ref().map(|m| {
+            events.sink(
+                "mqtt-alerts",
+                crate::mqtt_out::alerts::filter(),
+                m.settings.alert_queue.clamp(64, 4096),
+            )
+        });
         let mut services = Vec::new();
         let mqtt_service = Service::new("mqtt");
         let (mqtt, broker) = start_mqtt(&cfg, &mqtt_service).await?;
@@ -202,7 +210,7 @@ impl Daemon {
             handle
         };
         let api_service = Service::new("api");
-        let api_addr = start_api(
+        let (api_addr, api_state) = start_api(
             &cfg,
             &opts,
             &fleet,
@@ -218,6 +226,21 @@ impl Daemon {
         )
         .await?;
         services.push(api_service);
+        if let (Some(handle), Some(m), Some(sink)) = (&mqtt, &cfg.mqtt, alert_sink) {
+            let mqtt_out = Service::new("mqtt-out");
+            crate::mqtt_out::start(
+                crate::mqtt_out::MqttOut::new(
+                    handle.clone(),
+                    api_state,
+                    &site_slug(&cfg.site.name),
+                    &m.settings,
+                ),
+                sink,
+                mqtt_out.tasks(),
+                mqtt_out.cancel(),
+            );
+            services.push(mqtt_out);
+        }
 
         events.emit(
             clock.now(),
@@ -705,7 +728,7 @@ async fn start_api(
     playbook: crate::playbook::PlaybookHandle,
     events: &EventBus,
     svc: &Service,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, ApiState)> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
     // The config refuses this too; an overridden bind must not slip past it.
     if !bind.ip().is_loopback() && cfg.api.tokens.is_empty() {
@@ -751,7 +774,7 @@ async fn start_api(
             svc.cancel(),
         )),
     };
-    let app = api::router(state);
+    let app = api::router(state.clone());
     let mut limits = cfg.api.clone();
     if let Some(nofile) = api::server::descriptor_limit() {
         let fitted = api::server::fit_to_descriptors(limits.max_connections, devices, nofile);
@@ -773,7 +796,7 @@ async fn start_api(
         svc.tasks().clone(),
         svc.cancel(),
     ));
-    Ok(api_addr)
+    Ok((api_addr, state))
 }
 
 /// `Building A / 2nd floor` → `building-a-2nd-floor`: safe in MQTT topics and ids.

@@ -19,6 +19,7 @@ pub mod meter;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod mqtt_out;
 pub mod playbook;
 pub mod profile;
 pub mod records;

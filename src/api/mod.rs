@@ -264,7 +264,7 @@ async fn command(
 
 /// A device command in the logbook, with who gave it and how it went. Queued, not awaited:
 /// a store in trouble must not hold a projector's power-on.
-fn record_command(
+pub(crate) fn record_command(
     st: &ApiState,
     caller: &auth::Caller,
     device: &str,

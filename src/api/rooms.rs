@@ -85,7 +85,7 @@ fn severity(h: Health) -> u8 {
     }
 }
 
-/// A room as `GET /api/v1/rooms/{id}` shows it (the dashboard's tiles too).
+/// A room as `GET /api/v1/rooms/{id}` shows it (the dashboard's tiles and MQTT status too).
 pub fn room_view(st: &ApiState, room: &Room) -> RoomView {
     let now = st.clock.now();
     let handles = st.fleet.room(&room.id);

@@ -84,6 +84,62 @@ pub struct MqttSettings {
     /// Start a broker inside the daemon (for sites without one).
     #[serde(default)]
     pub embedded: Option<EmbeddedSettings>,
+    /// At most one publish per retained state topic per this many milliseconds (latest wins).
+    #[serde(default = "default_state_debounce_ms")]
+    pub state_debounce_ms: u64,
+    /// Obey device commands on `…/device/<device>/set` (with a technician's API token).
+    #[serde(default)]
+    pub commands: bool,
+    /// Home Assistant discovery: `true`, or `{ prefix = "homeassistant" }`.
+    #[serde(default)]
+    pub home_assistant: HomeAssistant,
+    /// Alert events kept while the broker is away; past it the oldest are dropped, counted.
+    #[serde(default = "default_alert_queue")]
+    pub alert_queue: usize,
+}
+
+/// `[mqtt] home_assistant`: off, on with the default prefix, or a table with the prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum HomeAssistant {
+    Enabled(bool),
+    Table(HomeAssistantTable),
+}
+
+/// `[mqtt.home_assistant]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantTable {
+    /// HA's discovery prefix (its `discovery_prefix`).
+    #[serde(default = "default_ha_prefix")]
+    pub prefix: String,
+}
+
+impl Default for HomeAssistant {
+    fn default() -> Self {
+        HomeAssistant::Enabled(false)
+    }
+}
+
+impl HomeAssistant {
+    /// The discovery prefix when discovery is on.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            HomeAssistant::Enabled(false) => None,
+            HomeAssistant::Enabled(true) => Some(crate::codec::ha_discovery::DEFAULT_PREFIX),
+            HomeAssistant::Table(t) => Some(&t.prefix),
+        }
+    }
+}
+
+fn default_ha_prefix() -> String {
+    crate::codec::ha_discovery::DEFAULT_PREFIX.to_owned()
+}
+fn default_state_debounce_ms() -> u64 {
+    1000
+}
+fn default_alert_queue() -> usize {
+    10_000
 }
 
 /// `[mqtt.embedded]`.
@@ -137,6 +193,10 @@ impl Default for MqttSettings {
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_secs: default_reconnect_max_secs(),
             embedded: None,
+            state_debounce_ms: default_state_debounce_ms(),
+            commands: false,
+            home_assistant: HomeAssistant::default(),
+            alert_queue: default_alert_queue(),
         }
     }
 }
@@ -239,6 +299,22 @@ impl MqttSettings {
                 "reconnect_max_secs",
                 "must be 1–3600 and not below reconnect_min_ms".to_owned(),
             );
+        }
+        if !(10..=600_000).contains(&self.state_debounce_ms) {
+            bad("state_debounce_ms", "must be 10–600000".to_owned());
+        }
+        if !(1..=1_000_000).contains(&self.alert_queue) {
+            bad("alert_queue", "must be 1–1000000".to_owned());
+        }
+        if let HomeAssistant::Table(HomeAssistantTable { prefix }) = &self.home_assistant {
+            if !valid_topic(prefix) || prefix.starts_with('/') || prefix.ends_with('/') {
+                bad(
+                    "home_assistant.prefix",
+                    format!(
+                        "{prefix:?} is not a topic prefix (no wildcards, no leading or trailing /)"
+                    ),
+                );
+            }
         }
         if let Some(e) = &self.embedded {
             if e.bind.port() == 0 {
@@ -913,6 +989,12 @@ mod tests {
                 "port = 1884\nembedded = { bind = \"127.0.0.1:1883\" }",
                 "mqtt.port",
             ),
+            ("state_debounce_ms = 0", "mqtt.state_debounce_ms"),
+            ("alert_queue = 0", "mqtt.alert_queue"),
+            (
+                "home_assistant = { prefix = \"ha/#\" }",
+                "mqtt.home_assistant.prefix",
+            ),
         ];
         for (text, key) in cases {
             let problems = MqttSettings::from_table(&table(text)).unwrap_err();
@@ -943,6 +1025,18 @@ mod tests {
             let o = s.options(Some("p".into()), None);
             assert_eq!(o.keep_alive(), Duration::from_secs(ka));
         }
+    }
+
+    #[test]
+    fn home_assistant_forms() {
+        let off = MqttSettings::from_table(&table("")).unwrap();
+        assert_eq!(off.home_assistant.prefix(), None);
+        let on = MqttSettings::from_table(&table("home_assistant = true")).unwrap();
+        assert_eq!(on.home_assistant.prefix(), Some("homeassistant"));
+        let t = MqttSettings::from_table(&table("home_assistant = { prefix = \"ha\" }")).unwrap();
+        assert_eq!(t.home_assistant.prefix(), Some("ha"));
+        let t = MqttSettings::from_table(&table("home_assistant = {}")).unwrap();
+        assert_eq!(t.home_assistant.prefix(), Some("homeassistant"));
     }
 
     #[test]

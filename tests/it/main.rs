@@ -12,6 +12,7 @@ mod ical;
 mod levelwatch;
 mod modbus;
 mod notify;
+mod mqtt_state;
 mod pjlink;
 mod playbook;
 mod qsys;
