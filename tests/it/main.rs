@@ -3,6 +3,7 @@
 
 mod api_auth;
 mod api_server;
+mod backup;
 mod config;
 mod daemon;
 mod escvp21;
