@@ -20,6 +20,7 @@ pub mod model;
 pub mod playbook;
 pub mod profile;
 pub mod records;
+pub mod reload;
 pub mod runtime;
 pub mod schedule;
 pub mod sim;

@@ -90,6 +90,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/api/v1/maintenance-windows", AtLeast(Admin)),
     rule("DELETE", "/api/v1/maintenance-windows/{id}", AtLeast(Admin)),
     rule("GET", "/api/v1/roster/on-duty", AtLeast(Viewer)),
+    rule("POST", "/api/v1/reload", AtLeast(Admin)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

@@ -244,6 +244,7 @@ pub async fn serve_api(
         layout: Default::default(),
         protection: None,
         playbook: None,
+        reload: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
