@@ -14,6 +14,7 @@ mod pjlink;
 mod playbook;
 mod qsys;
 mod records;
+mod reload;
 mod runtime;
 mod schedule;
 mod selftest;
