@@ -311,9 +311,19 @@ const MAX_BUSY_STEPS: u32 = 12;
 /// name and renamed into place only once it verified, so `to` is never a half-made or broken
 /// backup; a copy that fails is removed and reported as [`StoreError::Corrupt`].
 pub fn backup(src: &Path, to: &Path) -> Result<BackupReport, StoreError> {
+    backup_in_steps(src, to, BACKUP_PAGES_PER_STEP)
+}
+
+/// [`backup`] with `pages_per_step` pages copied per step (tests use a few, so that a small
+/// store is copied in many steps and writes restart it).
+pub fn backup_in_steps(
+    src: &Path,
+    to: &Path,
+    pages_per_step: i32,
+) -> Result<BackupReport, StoreError> {
     let source = open_reader(src)?;
     let tmp = temp_beside(to);
-    let copied = copy_online(&source, &tmp).and_then(|()| verify_copy(&tmp));
+    let copied = copy_online(&source, &tmp, pages_per_step.max(1)).and_then(|()| verify_copy(&tmp));
     let report = match copied {
         Ok(r) => r,
         Err(e) => {
@@ -347,7 +357,7 @@ fn temp_beside(to: &Path) -> PathBuf {
 /// SQLite restart the copy, which under a steady stream of appends could go on for ever: after
 /// a bounded number of steps the rest is copied in one step, under one snapshot, which the
 /// writer does not wait for either (it only keeps the WAL from being checkpointed meanwhile).
-fn copy_online(source: &Connection, tmp: &Path) -> Result<(), StoreError> {
+fn copy_online(source: &Connection, tmp: &Path, pages_per_step: i32) -> Result<(), StoreError> {
     use rusqlite::backup::{Backup, StepResult};
     let _ = std::fs::remove_file(tmp);
     let mut dest = Connection::open(tmp).map_err(|e| with_path(tmp, e))?;
@@ -359,14 +369,14 @@ fn copy_online(source: &Connection, tmp: &Path) -> Result<(), StoreError> {
         loop {
             let pages = match budget {
                 Some(b) if steps >= b => -1,
-                _ => BACKUP_PAGES_PER_STEP,
+                _ => pages_per_step,
             };
             let r = backup.step(pages).map_err(StoreError::from_sqlite)?;
             steps += 1;
             if budget.is_none() {
                 // Twice the steps a copy without restarts needs, from the first step's count.
                 let total = backup.progress().pagecount.max(1) as u32;
-                budget = Some(2 * total.div_ceil(BACKUP_PAGES_PER_STEP as u32) + 2);
+                budget = Some(2 * total.div_ceil(pages_per_step as u32) + 2);
             }
             match r {
                 StepResult::Done => break,
