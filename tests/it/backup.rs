@@ -166,3 +166,33 @@ async fn a_copy_that_does_not_verify_is_not_kept_and_the_old_backup_stays() {
         .count();
     assert_eq!(left, 0);
 }
+
+/// The subcommand as `main.rs` mounts it: `avwarden backup --db PATH --to FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_command_prints_one_line_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("records.db");
+    let to = dir.path().join("copy.db");
+    let clock = Clock::system();
+    let h = Harness::start(WriterConfig::new(&db), clock);
+    for i in 0..10 {
+        h.handle.append(entry(clock, 0, i)).await.unwrap();
+    }
+    h.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_avwarden"))
+        .args(["backup", "--db"])
+        .arg(&db)
+        .arg("--to")
+        .arg(&to)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("backup ok: 10 entries, last seq 10, "),
+        "{text}"
+    );
+    let conn = store::open_reader(&to).unwrap();
+    assert!(logbook::verify(&conn).unwrap().ok());
+}
