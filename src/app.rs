@@ -111,6 +111,8 @@ pub struct Daemon {
     pub playbook: crate::playbook::PlaybookHandle,
     /// The webhook and mail sinks' progress (none without `[notify]`).
     pub notify: crate::notify::NotifyHandle,
+    /// Re-reads the site config and applies it (SIGHUP, `POST /api/v1/reload`).
+    pub reload: crate::reload::ReloadHandle,
     /// Everything but the store and the simulators, in start order.
     services: Vec<Service>,
     store: Service,
@@ -160,7 +162,8 @@ impl Daemon {
             services.push(mqtt_service);
         }
         let simulation = Service::new("simulators");
-        let (devices, simulators) = start_simulators(&cfg, &opts, clock, &simulation).await?;
+        let (devices, simulators, sim_tokens) =
+            start_simulators(&cfg, &opts, clock, &simulation).await?;
         let devices_service = Service::new("devices");
         let fleet = start_devices(
             &cfg,
@@ -209,6 +212,23 @@ impl Daemon {
             services.push(notify_service);
             handle
         };
+        let layout = api::rooms::LiveLayout::new(api::rooms::Layout {
+            time_zone: cfg.site.time_zone.to_string(),
+            rooms: cfg.rooms.clone(),
+        });
+        let reload_service = Service::new("reload");
+        let reload = start_reload(
+            &cfg,
+            &opts,
+            &fleet,
+            &events,
+            clock,
+            (&layout, &logbook, mqtt.as_ref()),
+            (sim_tokens, &simulation),
+            &services,
+            &reload_service,
+        );
+        services.push(reload_service);
         let api_service = Service::new("api");
         let (api_addr, api_state) = start_api(
             &cfg,
@@ -222,6 +242,7 @@ impl Daemon {
             protection.clone(),
             playbook.clone(),
             &events,
+            (layout, reload.clone()),
             &api_service,
         )
         .await?;
@@ -260,6 +281,7 @@ impl Daemon {
             protection,
             playbook,
             notify,
+            reload,
             services,
             store,
             simulation,
@@ -413,6 +435,9 @@ async fn start_mqtt(
     Ok((Some(handle), broker))
 }
 
+/// Each simulated device's simulator, stopped on its own token (a reload stops one alone).
+type SimTokens = std::collections::BTreeMap<DeviceId, CancellationToken>;
+
 /// The simulators of simulated devices, first, so the devices can connect to them; returns
 /// the devices with their links filled in.
 async fn start_simulators(
@@ -420,23 +445,89 @@ async fn start_simulators(
     opts: &StartOptions,
     clock: Clock,
     svc: &Service,
-) -> anyhow::Result<(Vec<DeviceConfig>, Vec<(DeviceId, SimEndpoint)>)> {
+) -> anyhow::Result<(Vec<DeviceConfig>, Vec<(DeviceId, SimEndpoint)>, SimTokens)> {
     let broker_addr = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
     let mut simulators = Vec::new();
+    let mut tokens = SimTokens::new();
     let mut devices: Vec<DeviceConfig> = Vec::new();
     for d in &cfg.devices {
-        let mut d = d.clone();
         if d.simulated && opts.with_simulators {
-            let bind = sim_bind_for(&d, broker_addr.as_ref())?;
-            let endpoint = crate::sim::spawn(&d.profile, &d.simulator, bind, clock, svc.cancel())
-                .await
-                .with_context(|| format!("start simulator for device {}", d.id))?;
-            d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
+            let token = svc.cancel().child_token();
+            let (d, endpoint) =
+                start_simulator(d, broker_addr.as_ref(), clock, token.clone()).await?;
+            tokens.insert(d.id.clone(), token);
             simulators.push((d.id.clone(), endpoint));
+            devices.push(d);
+        } else {
+            devices.push(d.clone());
         }
-        devices.push(d);
     }
-    Ok((devices, simulators))
+    Ok((devices, simulators, tokens))
+}
+
+/// One device's simulator, running until `cancel`; the device with its link to it.
+async fn start_simulator(
+    d: &DeviceConfig,
+    broker: Option<&(String, u16)>,
+    clock: Clock,
+    cancel: CancellationToken,
+) -> anyhow::Result<(DeviceConfig, SimEndpoint)> {
+    let mut d = d.clone();
+    let bind = sim_bind_for(&d, broker)?;
+    let endpoint = crate::sim::spawn(&d.profile, &d.simulator, bind, clock, cancel)
+        .await
+        .with_context(|| format!("start simulator for device {}", d.id))?;
+    d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
+    Ok((d, endpoint))
+}
+
+/// The reload task, which holds the running config and applies a new one (see `reload`).
+#[allow(clippy::too_many_arguments)]
+fn start_reload(
+    cfg: &SiteConfig,
+    opts: &StartOptions,
+    fleet: &Arc<Fleet>,
+    events: &EventBus,
+    clock: Clock,
+    (layout, logbook, mqtt): (
+        &api::rooms::LiveLayout,
+        &LogbookHandle,
+        Option<&crate::transport::mqtt::MqttHandle>,
+    ),
+    (simulators, simulation): (SimTokens, &Service),
+    services: &[Service],
+    svc: &Service,
+) -> crate::reload::ReloadHandle {
+    let broker = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
+    let start_simulator: Option<crate::reload::DeviceStarter> = opts.with_simulators.then(|| {
+        let f: crate::reload::DeviceStarter = Arc::new(move |d: DeviceConfig, cancel| {
+            let broker = broker.clone();
+            Box::pin(async move {
+                start_simulator(&d, broker.as_ref(), clock, cancel)
+                    .await
+                    .map(|(d, _)| d)
+            })
+        });
+        f
+    });
+    let archive = services.iter().find(|s| s.name == "archive").map_or_else(
+        || (svc.tasks().clone(), svc.cancel()),
+        |s| (s.tasks().clone(), s.cancel()),
+    );
+    crate::reload::Reloader {
+        config: cfg.clone(),
+        fleet: fleet.clone(),
+        events: events.clone(),
+        clock,
+        layout: layout.clone(),
+        logbook: logbook.clone(),
+        mqtt: mqtt.cloned(),
+        start_simulator,
+        simulators,
+        simulation: simulation.cancel(),
+        archive,
+    }
+    .start(svc.tasks(), svc.cancel())
 }
 
 /// One supervised actor per device.
@@ -450,25 +541,34 @@ fn start_devices(
 ) -> anyhow::Result<Arc<Fleet>> {
     let mut fleet = Fleet::new(events.clone(), clock, svc.tasks().clone(), svc.cancel());
     for d in devices {
-        let Some(link) = d.link.clone() else {
-            anyhow::bail!(
-                "device {} is simulated without a fixed address; run it with the demo or give it a link",
-                d.id
-            );
-        };
-        let mut spec = DeviceSpec::new(d.id.as_str(), d.room.as_str(), d.profile.clone(), link);
-        spec.secret = d.secret.as_ref().map(|s| s.expose().to_owned());
-        spec.settings = d.settings.clone();
-        spec.backoff_min = cfg.links.backoff_min;
-        spec.backoff_max = cfg.links.backoff_max;
-        if matches!(spec.link, LinkSpec::Mqtt { .. }) {
-            spec.mqtt = mqtt.cloned();
-        }
         fleet
-            .spawn_device(spec)
+            .spawn_device(device_spec(cfg, d, mqtt)?)
             .with_context(|| format!("start device {}", d.id))?;
     }
     Ok(Arc::new(fleet))
+}
+
+/// What the supervisor needs to run a configured device (its link filled in when simulated).
+pub(crate) fn device_spec(
+    cfg: &SiteConfig,
+    d: &DeviceConfig,
+    mqtt: Option<&crate::transport::mqtt::MqttHandle>,
+) -> anyhow::Result<DeviceSpec> {
+    let Some(link) = d.link.clone() else {
+        anyhow::bail!(
+            "device {} is simulated without a fixed address; run it with the demo or give it a link",
+            d.id
+        );
+    };
+    let mut spec = DeviceSpec::new(d.id.as_str(), d.room.as_str(), d.profile.clone(), link);
+    spec.secret = d.secret.as_ref().map(|s| s.expose().to_owned());
+    spec.settings = d.settings.clone();
+    spec.backoff_min = cfg.links.backoff_min;
+    spec.backoff_max = cfg.links.backoff_max;
+    if matches!(spec.link, LinkSpec::Mqtt { .. }) {
+        spec.mqtt = mqtt.cloned();
+    }
+    Ok(spec)
 }
 
 /// The equipment archive: one record per device, then counters from its state. Neither
@@ -572,7 +672,7 @@ fn start_schedule(
     let handle = ScheduleHandle::new(book.clone(), tx, started);
     let history = Arc::new(std::sync::Mutex::new(history::History::new()));
     svc.tasks.spawn(history::track(
-        fleet.handles().cloned().collect(),
+        fleet.handles().collect(),
         history.clone(),
         svc.cancel(),
     ));
@@ -727,6 +827,7 @@ async fn start_api(
     protection: crate::levelwatch::ProtectionBoard,
     playbook: crate::playbook::PlaybookHandle,
     events: &EventBus,
+    (layout, reload): (api::rooms::LiveLayout, crate::reload::ReloadHandle),
     svc: &Service,
 ) -> anyhow::Result<(SocketAddr, ApiState)> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -754,10 +855,7 @@ async fn start_api(
             path: cfg.storage.path.clone(),
             logbook: logbook.clone(),
         }),
-        layout: Arc::new(api::rooms::Layout {
-            time_zone: cfg.site.time_zone.to_string(),
-            rooms: cfg.rooms.clone(),
-        }),
+        layout,
         protection: Some(protection),
         playbook: Some(playbook),
         events: Some(api::events::EventLog::start(
@@ -773,6 +871,7 @@ async fn start_api(
             svc.tasks(),
             svc.cancel(),
         )),
+        reload: Some(reload),
     };
     let app = api::router(state.clone());
     let mut limits = cfg.api.clone();
@@ -957,11 +1056,13 @@ impl Daemon {
     }
 }
 
-/// SIGTERM and SIGINT, installed before anything is announced so a signal sent right after
-/// the status URL appears is never lost to the default handler.
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload the config), installed before anything is
+/// announced so a signal sent right after the status URL appears is never lost to the default
+/// handler (which, for SIGHUP, would end the daemon).
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -970,19 +1071,30 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("install SIGHUP handler")?,
         })
     }
 }
 
-/// Run until SIGTERM or SIGINT, then shut down within the deadline.
+/// Run until SIGTERM or SIGINT, then shut down within the deadline. SIGHUP reloads the config
+/// (`systemctl reload`), telling systemd while it does.
 pub async fn run_until_signal(
     mut daemon: Daemon,
     mut signals: Signals,
 ) -> anyhow::Result<ShutdownReport> {
     daemon.notify_systemd();
-    let reason = tokio::select! {
-        _ = signals.term.recv() => "SIGTERM",
-        _ = signals.int.recv() => "SIGINT",
+    let reason = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP: reloading the site config");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                // The outcome is logged and in the logbook; the daemon runs on either way.
+                let _ = daemon.reload.reload().await;
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+        }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!(signal = reason, "shutting down");

@@ -94,9 +94,18 @@ pub enum EventKind {
         component: Option<String>,
         by: String,
     },
-    /// The site config was reloaded.
+    /// The site config was reloaded: devices and rooms added, removed or changed (`device x`,
+    /// `room y`), and the settings read only at start that changed and wait for a restart.
     ConfigReloaded {
-        summary: String,
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        restart_needed: Vec<String>,
+    },
+    /// A reload found errors in the site config (each located: file, line:column, key path);
+    /// the running config stays.
+    ConfigReloadRefused {
+        errors: Vec<String>,
     },
     /// A maintenance entry (lamp replaced, filter cleaned, …) was recorded. The records writer
     /// emits this after writing the entry itself, so it is not routed to the logbook again.
@@ -301,6 +310,7 @@ impl EventKind {
             EventKind::ActorGaveUp { .. } => "actor_gave_up",
             EventKind::FaultAcknowledged { .. } => "fault_acknowledged",
             EventKind::ConfigReloaded { .. } => "config_reloaded",
+            EventKind::ConfigReloadRefused { .. } => "config_reload_refused",
             EventKind::MaintenanceRecorded { .. } => "maintenance_recorded",
             EventKind::DeviceSwapped { .. } => "device_swapped",
             EventKind::StoreFailed { .. } => "store_failed",
@@ -355,6 +365,7 @@ impl EventKind {
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
+            | EventKind::ConfigReloadRefused { .. }
             | EventKind::StoreFailed { .. }
             | EventKind::StoreRecovered { .. }
             | EventKind::BookingStarted { .. }
@@ -400,6 +411,7 @@ impl EventKind {
             EventKind::DaemonStarted { .. }
             | EventKind::DaemonStopping { .. }
             | EventKind::ConfigReloaded { .. }
+            | EventKind::ConfigReloadRefused { .. }
             | EventKind::StoreFailed { .. }
             | EventKind::StoreRecovered { .. }
             | EventKind::EventsDropped { .. }
@@ -499,7 +511,41 @@ impl fmt::Display for EventKind {
                 Some(c) => write!(f, "{device}: fault {code} ({c}) acknowledged by {by}"),
                 None => write!(f, "{device}: fault {code} acknowledged by {by}"),
             },
-            EventKind::ConfigReloaded { summary } => write!(f, "config reloaded: {summary}"),
+            EventKind::ConfigReloaded {
+                added,
+                removed,
+                changed,
+                restart_needed,
+            } => {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                write!(
+                    f,
+                    "config reloaded: added {}; removed {}; changed {}",
+                    list(added),
+                    list(removed),
+                    list(changed)
+                )?;
+                if !restart_needed.is_empty() {
+                    write!(f, "; needs a restart: {}", restart_needed.join(", "))?;
+                }
+                Ok(())
+            }
+            EventKind::ConfigReloadRefused { errors } => {
+                // The first few: the whole list is in the entry's data and the log.
+                let first: Vec<&str> = errors.iter().take(3).map(String::as_str).collect();
+                write!(
+                    f,
+                    "config reload refused, {} error(s), the running config stays: {}",
+                    errors.len(),
+                    first.join("; ")
+                )
+            }
             EventKind::MaintenanceRecorded {
                 device, action, by, ..
             } => write!(f, "{device}: maintenance {action} by {by}"),
@@ -926,7 +972,8 @@ fn log_event(kind: &EventKind) {
         | EventKind::SpeakerProtectionSaturated { .. }
         | EventKind::FeedbackSuspected { .. }
         | EventKind::InputClipping { .. }
-        | EventKind::ZoneMeteringLost { .. } => tracing::warn!(event = kind.name(), "{kind}"),
+        | EventKind::ZoneMeteringLost { .. }
+        | EventKind::ConfigReloadRefused { .. } => tracing::warn!(event = kind.name(), "{kind}"),
         _ => tracing::info!(event = kind.name(), "{kind}"),
     }
 }

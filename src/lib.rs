@@ -23,6 +23,7 @@ pub mod mqtt_out;
 pub mod playbook;
 pub mod profile;
 pub mod records;
+pub mod reload;
 pub mod runtime;
 pub mod schedule;
 pub mod sim;

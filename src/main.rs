@@ -59,6 +59,16 @@ enum Command {
         #[command(subcommand)]
         command: avwarden::records::cli::LogbookCommand,
     },
+    /// Copy the store while the daemon runs (SQLite's online backup), verify the copy
+    /// (integrity check and logbook chain) and only then put it at FILE. Exit 1 when the copy
+    /// does not verify, 2 when it could not be made.
+    Backup {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Where the verified copy goes (replaced only once the new copy verified).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Reports from the logbook (the monthly maintenance report).
     Report {
         #[command(flatten)]
@@ -457,6 +467,9 @@ fn main() -> ExitCode {
         Command::Logbook { store, command } => {
             run_store_command(&store, |db, out| command.run(db, out))
         }
+        Command::Backup { store, to } => run_store_command(&store, |db, out| {
+            avwarden::records::cli::backup(db, &to, out)
+        }),
         Command::Report { store, command } => {
             run_store_command(&store, |db, out| command.run(db, out))
         }

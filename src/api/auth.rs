@@ -104,6 +104,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/assets/{file}", Open),
     // Delivery errors name receivers and their answers: technicians' business.
     rule("GET", "/api/v1/notify/deliveries", AtLeast(Technician)),
+    rule("POST", "/api/v1/reload", AtLeast(Admin)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

@@ -57,7 +57,7 @@ pub struct ApiState {
     /// The logbook and equipment archive (absent in API-only tests).
     pub records: Option<records::Records>,
     /// The site's rooms and time zone.
-    pub layout: Arc<rooms::Layout>,
+    pub layout: rooms::LiveLayout,
     /// The level watch's zone states (absent in API-only tests).
     pub protection: Option<crate::levelwatch::ProtectionBoard>,
     /// Alerts, maintenance windows and the roster (absent in API-only tests).
@@ -66,6 +66,8 @@ pub struct ApiState {
     pub events: Option<events::EventLog>,
     /// The dashboard's recent battery and temperature samples (absent in API-only tests).
     pub history: Option<crate::dashboard::History>,
+    /// Re-reads the site config (`POST /api/v1/reload`; absent in API-only tests).
+    pub reload: Option<crate::reload::ReloadHandle>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -120,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/roster/on-duty", get(alerts::on_duty))
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/notify/deliveries", get(records::deliveries))
+        .route("/api/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .merge(crate::dashboard::routes())
         // After routing, so the table in `auth` sees the route as declared.
@@ -218,7 +221,7 @@ async fn device(
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     let (s, now) = (h.state(), st.clock.now());
     let mut detail = DeviceDetail::from_state(&s, now).with_meters(&s, h.meters(), now);
-    detail.catalogue = Some(views::Catalogue::of(h));
+    detail.catalogue = Some(views::Catalogue::of(&h));
     if let Some(board) = &st.protection {
         detail = detail.with_protection(board.zones(&h.id));
     }
@@ -260,6 +263,38 @@ async fn command(
         result: "ok",
         applied,
     }))
+}
+
+/// `POST /api/v1/reload`: re-read the site config. 200 with what changed (and what waits for
+/// a restart); 422 with every located error when the config is refused, nothing changed.
+async fn reload(State(st): State<ApiState>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Some(reload) = &st.reload else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "this server cannot reload a config",
+        ));
+    };
+    match reload.reload().await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(crate::reload::ReloadError::Refused { errors }) => {
+            let body = serde_json::json!({
+                "error": "config_refused",
+                "detail": format!(
+                    "the site config has {} error(s); the running config stays",
+                    errors.len()
+                ),
+                "errors": errors,
+            });
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            e.to_string(),
+        )),
+    }
 }
 
 /// A device command in the logbook, with who gave it and how it went. Queued, not awaited:

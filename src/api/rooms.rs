@@ -6,6 +6,7 @@
 //! decides nothing but a room's overall state, which is its worst device's.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -26,6 +27,31 @@ pub struct Layout {
     pub rooms: Vec<Room>,
 }
 
+/// The layout as the running config has it: a config reload replaces it whole, and a request
+/// reads one consistent copy.
+#[derive(Debug, Clone, Default)]
+pub struct LiveLayout(Arc<RwLock<Arc<Layout>>>);
+
+impl LiveLayout {
+    pub fn new(layout: Layout) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(layout))))
+    }
+
+    pub fn get(&self) -> Arc<Layout> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, layout: Layout) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(layout);
+    }
+}
+
+impl From<Layout> for LiveLayout {
+    fn from(layout: Layout) -> Self {
+        Self::new(layout)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct SiteView {
     pub name: String,
@@ -40,12 +66,13 @@ pub struct SiteView {
 
 /// `GET /api/v1/site`.
 pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {
+    let layout = st.layout.get();
     Json(SiteView {
         name: st.site.clone(),
-        time_zone: st.layout.time_zone.clone(),
+        time_zone: layout.time_zone.clone(),
         version: st.version,
         now: st.clock.now(),
-        rooms: st.layout.rooms.len(),
+        rooms: layout.rooms.len(),
         devices: st.fleet.handles().count(),
         tokens_required: st.auth.is_enforced(),
     })
@@ -153,7 +180,8 @@ fn zones_view(
 
 /// `GET /api/v1/rooms`.
 pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
-    Json(st.layout.rooms.iter().map(|r| room_view(&st, r)).collect())
+    let layout = st.layout.get();
+    Json(layout.rooms.iter().map(|r| room_view(&st, r)).collect())
 }
 
 /// `GET /api/v1/rooms/{id}`.
@@ -162,8 +190,8 @@ pub async fn get_one(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RoomView>, ApiError> {
     let Path(id) = id.map_err(ApiError::from_path_rejection)?;
-    let room = st
-        .layout
+    let layout = st.layout.get();
+    let room = layout
         .rooms
         .iter()
         .find(|r| r.id.as_str() == id)

@@ -440,7 +440,7 @@ impl PlaybookHandle {
     /// Run a decision's steps in order; a step's outcome decides whether the next runs.
     async fn run_steps(&self, alert: Alert, steps: Vec<Step>, recipients: Vec<String>) {
         let device = match &alert.key.subject {
-            Subject::Device(d) => self.shared.fleet.get(d.as_str()).cloned(),
+            Subject::Device(d) => self.shared.fleet.get(d.as_str()),
             _ => None,
         };
         let room = alert.room.as_ref().map(|r| r.as_str()).unwrap_or("");

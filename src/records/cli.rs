@@ -495,6 +495,31 @@ fn stress_append(
     Ok(Status::Success)
 }
 
+/// `avwarden backup --to FILE`: a verified online copy of the store (see [`store::backup`]).
+/// Prints one line; a copy that fails its checks is not kept and ends with exit code 1.
+pub fn backup(db: &Path, to: &Path, out: &mut dyn Write) -> anyhow::Result<Status> {
+    match store::backup(db, to) {
+        Ok(r) => {
+            let last = r
+                .last_seq
+                .map_or_else(|| "none".to_owned(), |s| s.to_string());
+            writeln!(
+                out,
+                "backup ok: {} entries, last seq {last}, {} bytes, verified (integrity check and chain) -> {}",
+                r.entries,
+                r.bytes,
+                to.display()
+            )?;
+            Ok(Status::Success)
+        }
+        Err(e @ StoreError::Corrupt(_)) => {
+            writeln!(out, "backup failed verification, not kept: {e}")?;
+            Ok(Status::Problem)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("back up {}", db.display()))),
+    }
+}
+
 impl ReportCommand {
     pub fn run(self, db: &Path, out: &mut dyn Write) -> anyhow::Result<Status> {
         match self {

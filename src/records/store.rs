@@ -297,6 +297,156 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// What a verified backup holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// Logbook entries in the copy, every one of them verified in its chain.
+    pub entries: u64,
+    /// The copy's last logbook sequence number (`None` for an empty logbook).
+    pub last_seq: Option<u64>,
+    /// Size of the copy on disk.
+    pub bytes: u64,
+}
+
+/// Pages copied per backup step: small enough that each step's read snapshot is short, large
+/// enough that a store of a few hundred MB is copied in a few hundred steps.
+const BACKUP_PAGES_PER_STEP: i32 = 1024;
+
+/// Backup steps in a row that may find the store locked (each after the busy timeout).
+const MAX_BUSY_STEPS: u32 = 12;
+
+/// Copy the store at `src` into `to` with SQLite's online backup while the daemon writes, then
+/// prove the copy: `PRAGMA integrity_check` (the full one: a backup is read rarely and must be
+/// sound) and the logbook's chain verify. The copy is written beside `to` under a temporary
+/// name and renamed into place only once it verified, so `to` is never a half-made or broken
+/// backup; a copy that fails is removed and reported as [`StoreError::Corrupt`].
+pub fn backup(src: &Path, to: &Path) -> Result<BackupReport, StoreError> {
+    backup_in_steps(src, to, BACKUP_PAGES_PER_STEP)
+}
+
+/// [`backup`] with `pages_per_step` pages copied per step (tests use a few, so that a small
+/// store is copied in many steps and writes restart it).
+pub fn backup_in_steps(
+    src: &Path,
+    to: &Path,
+    pages_per_step: i32,
+) -> Result<BackupReport, StoreError> {
+    let source = open_reader(src)?;
+    let tmp = temp_beside(to);
+    let copied = copy_online(&source, &tmp, pages_per_step.max(1)).and_then(|()| verify_copy(&tmp));
+    let report = match copied {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, to).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StoreError::Io(format!("rename the backup into {}: {e}", to.display()))
+    })?;
+    // The rename is durable only once the directory entry is on disk.
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(report)
+}
+
+fn temp_beside(to: &Path) -> PathBuf {
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "backup".to_owned());
+    to.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// The backup proper, in steps. Each step reads under its own snapshot; in WAL mode a reader
+/// never blocks the writer, so the writer waits for no step. A write between two steps makes
+/// SQLite restart the copy, which under a steady stream of appends could go on for ever: after
+/// a bounded number of steps the rest is copied in one step, under one snapshot, which the
+/// writer does not wait for either (it only keeps the WAL from being checkpointed meanwhile).
+fn copy_online(source: &Connection, tmp: &Path, pages_per_step: i32) -> Result<(), StoreError> {
+    use rusqlite::backup::{Backup, StepResult};
+    let _ = std::fs::remove_file(tmp);
+    let mut dest = Connection::open(tmp).map_err(|e| with_path(tmp, e))?;
+    {
+        let backup = Backup::new(source, &mut dest).map_err(|e| with_path(tmp, e))?;
+        let mut steps = 0u32;
+        let mut busy = 0u32;
+        let mut budget: Option<u32> = None;
+        loop {
+            let pages = match budget {
+                Some(b) if steps >= b => -1,
+                _ => pages_per_step,
+            };
+            let r = backup.step(pages).map_err(StoreError::from_sqlite)?;
+            steps += 1;
+            if budget.is_none() {
+                // Twice the steps a copy without restarts needs, from the first step's count.
+                let total = backup.progress().pagecount.max(1) as u32;
+                budget = Some(2 * total.div_ceil(pages_per_step as u32) + 2);
+            }
+            match r {
+                StepResult::Done => break,
+                // A lock the step needs is held elsewhere: the source's busy timeout has already
+                // waited for it, so a few of these in a row mean a store that stays locked.
+                StepResult::Busy | StepResult::Locked => {
+                    busy += 1;
+                    if busy > MAX_BUSY_STEPS {
+                        return Err(StoreError::Busy(format!(
+                            "the backup of {} could not read the store",
+                            tmp.display()
+                        )));
+                    }
+                }
+                _ => busy = 0,
+            }
+        }
+    }
+    // The copy is a file of its own: no WAL beside it, everything in the main file.
+    let _: String = dest
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| with_path(tmp, e))?;
+    dest.close().map_err(|(_, e)| with_path(tmp, e))?;
+    let f =
+        std::fs::File::open(tmp).map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+    f.sync_all()
+        .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?;
+    Ok(())
+}
+
+fn verify_copy(tmp: &Path) -> Result<BackupReport, StoreError> {
+    let conn = open_reader(tmp)?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check(10)")?;
+    let problems: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    drop(stmt);
+    if problems.len() != 1 || problems[0] != "ok" {
+        return Err(StoreError::Corrupt(format!(
+            "the backup failed its integrity check: {}",
+            problems.join("; ")
+        )));
+    }
+    let chain = logbook::verify(&conn)?;
+    if let Some(b) = &chain.broken {
+        return Err(StoreError::Corrupt(format!(
+            "the backup's logbook chain is broken: {b}"
+        )));
+    }
+    drop(conn);
+    let bytes = std::fs::metadata(tmp)
+        .map_err(|e| StoreError::Io(format!("{}: {e}", tmp.display())))?
+        .len();
+    Ok(BackupReport {
+        entries: chain.checked,
+        last_seq: chain.head.map(|h| h.seq),
+        bytes,
+    })
+}
+
 /// `PRAGMA quick_check`: the b-trees and pages are sound (it skips only the index-content
 /// cross-check of `integrity_check`, which costs minutes on a large file at every start).
 pub fn integrity_check(conn: &Connection) -> Result<(), StoreError> {

@@ -1,5 +1,10 @@
 //! The supervisor: starts one actor per device under the shutdown tree, restarts an actor that
 //! crashed (panicked) within a restart budget, and hands out [`DeviceHandle`]s.
+//!
+//! The set of devices may change while the daemon runs (a config reload adds, removes or
+//! restarts single devices), so the fleet hands out clones of handles, never references into
+//! its map: a caller keeps what it was given for as long as it needs, and a removed device's
+//! handle simply stops answering (its commands come back unreachable).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -238,12 +243,20 @@ pub type DriverFactory = Box<dyn Fn() -> Box<dyn Driver> + Send + Sync>;
 
 /// All device actors of the daemon.
 pub struct Fleet {
-    handles: BTreeMap<DeviceId, DeviceHandle>,
+    devices: std::sync::RwLock<BTreeMap<DeviceId, Running>>,
     events: EventBus,
     clock: Clock,
     tracker: TaskTracker,
     cancel: CancellationToken,
     budget: RestartBudget,
+}
+
+/// One device the fleet runs: its handle, the token that stops just this device, and the
+/// signal that its supervisor (and so its actor, link and port) has finished.
+struct Running {
+    handle: DeviceHandle,
+    stop: CancellationToken,
+    done: oneshot::Receiver<()>,
 }
 
 impl Fleet {
@@ -254,13 +267,23 @@ impl Fleet {
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            handles: BTreeMap::new(),
+            devices: std::sync::RwLock::new(BTreeMap::new()),
             events,
             clock,
             tracker,
             cancel,
             budget: RestartBudget::default(),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, Running>> {
+        // A panic while the lock was held left the map itself whole (inserts and removes are
+        // single calls), so the poison is not worth a second panic.
+        self.devices.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DeviceId, Running>> {
+        self.devices.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn with_budget(mut self, budget: RestartBudget) -> Self {
@@ -280,7 +303,7 @@ impl Fleet {
     }
 
     fn spawn_with(
-        &mut self,
+        &self,
         initial: DeviceState,
         profile: Option<Arc<Profile>>,
         cfg: ActorConfig,
@@ -304,14 +327,28 @@ impl Fleet {
             priority: priority_tx,
             meters: board.clone(),
         };
-        self.handles.insert(id.clone(), handle.clone());
+        let cancel = self.cancel.child_token();
+        let (done_tx, done) = oneshot::channel::<()>();
+        let replaced = self.write().insert(
+            id.clone(),
+            Running {
+                handle: handle.clone(),
+                stop: cancel.clone(),
+                done,
+            },
+        );
+        if let Some(old) = replaced {
+            // Callers remove a device before starting it again; never leave one running unseen.
+            old.stop.cancel();
+        }
 
         let events = self.events.clone();
         let clock = self.clock;
-        let cancel = self.cancel.clone();
         let budget = self.budget;
         let tracker = self.tracker.clone();
         self.tracker.spawn(async move {
+            // Dropped when this supervisor ends, whichever way: tells `remove_device` it is gone.
+            let _done = done_tx;
             let mut crashes: Vec<Instant> = Vec::new();
             loop {
                 let obs = Observer::new(clock, state_tx.clone(), events.clone())
@@ -409,6 +446,12 @@ impl Fleet {
 
     /// Start a device from its profile: the driver the profile names, the profile's timing.
     pub fn spawn_device(&mut self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
+        self.add_device(spec)
+    }
+
+    /// Start one more device while the fleet runs (a config reload). A device of the same id
+    /// must have been removed first.
+    pub fn add_device(&self, spec: DeviceSpec) -> Result<DeviceHandle, ProfileError> {
         // Build once now: a bad profile option is reported before anything runs, and every
         // actor (the first and any restarted one) gets a fresh copy of this one, its options
         // and settings parsed once.
@@ -445,41 +488,59 @@ impl Fleet {
         Ok(self.spawn_with(initial, profile, cfg, factory, spec.queue_depth))
     }
 
-    pub fn get(&self, id: &str) -> Option<&DeviceHandle> {
-        self.handles.get(&DeviceId::new(id))
+    /// Stop one device while the fleet runs and wait until its actor has finished its step and
+    /// closed its link, so a restarted device never shares its port with the old one. False when
+    /// no such device runs.
+    pub async fn remove_device(&self, id: &DeviceId) -> bool {
+        let Some(running) = self.write().remove(id) else {
+            return false;
+        };
+        running.stop.cancel();
+        let _ = running.done.await;
+        true
     }
 
-    pub fn handles(&self) -> impl Iterator<Item = &DeviceHandle> {
-        self.handles.values()
+    pub fn get(&self, id: &str) -> Option<DeviceHandle> {
+        self.read()
+            .get(&DeviceId::new(id))
+            .map(|r| r.handle.clone())
+    }
+
+    /// Every device's handle, in id order, as the fleet is now.
+    pub fn handles(&self) -> impl Iterator<Item = DeviceHandle> {
+        let all: Vec<DeviceHandle> = self.read().values().map(|r| r.handle.clone()).collect();
+        all.into_iter()
     }
 
     /// Every room with at least one device, in order.
     pub fn rooms(&self) -> Vec<RoomId> {
-        let rooms: std::collections::BTreeSet<&RoomId> =
-            self.handles.values().map(|h| &h.room).collect();
-        rooms.into_iter().cloned().collect()
+        let rooms: std::collections::BTreeSet<RoomId> = self
+            .read()
+            .values()
+            .map(|r| r.handle.room.clone())
+            .collect();
+        rooms.into_iter().collect()
     }
 
     /// The devices of `room`, in id order.
-    pub fn room(&self, room: &RoomId) -> Vec<&DeviceHandle> {
-        self.handles.values().filter(|h| &h.room == room).collect()
+    pub fn room(&self, room: &RoomId) -> Vec<DeviceHandle> {
+        self.handles().filter(|h| &h.room == room).collect()
     }
 
     /// The devices of `room` that can do `capability` ("the room's projectors": `Power` and
     /// `Lamp`; "its mic receivers": `Battery`).
-    pub fn in_room_with(&self, room: &RoomId, capability: Capability) -> Vec<&DeviceHandle> {
-        self.handles
-            .values()
+    pub fn in_room_with(&self, room: &RoomId, capability: Capability) -> Vec<DeviceHandle> {
+        self.handles()
             .filter(|h| &h.room == room && h.can(capability))
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.handles.len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+        self.read().is_empty()
     }
 }
 

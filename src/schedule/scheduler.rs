@@ -71,7 +71,7 @@ impl Scheduler {
     }
 
     fn handles(&self, room: &RoomId) -> Vec<DeviceHandle> {
-        self.fleet.room(room).into_iter().cloned().collect()
+        self.fleet.room(room)
     }
 
     fn is_done(&self, key: &plan::JobKey) -> bool {

@@ -142,6 +142,7 @@ async fn shutdown_with_connected_devices_finishes_before_the_deadline() {
             "schedule",
             "levelwatch",
             "playbook",
+            "reload",
             "api"
         ]
     );

@@ -562,14 +562,16 @@ async fn room_view_shows_the_dsps_zone_protection() {
         schedule: None,
         auth: Default::default(),
         records: None,
-        layout: std::sync::Arc::new(Layout {
+        layout: Layout {
             time_zone: "UTC".into(),
             rooms: vec![room("room1"), room("room2")],
-        }),
+        }
+        .into(),
         protection: Some(board),
         playbook: None,
         history: None,
         events: None,
+        reload: None,
     };
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {

@@ -3,6 +3,7 @@
 
 mod api_auth;
 mod api_server;
+mod backup;
 mod config;
 mod daemon;
 mod dashboard;
@@ -17,6 +18,7 @@ mod pjlink;
 mod playbook;
 mod qsys;
 mod records;
+mod reload;
 mod runtime;
 mod schedule;
 mod selftest;

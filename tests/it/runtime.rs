@@ -650,7 +650,7 @@ async fn the_fleet_answers_rooms_and_devices_by_capability() {
     }
     let r301 = RoomId::new("r301");
     assert_eq!(fleet.rooms(), vec![r301.clone(), RoomId::new("r302")]);
-    let ids = |hs: Vec<&avwarden::runtime::DeviceHandle>| {
+    let ids = |hs: Vec<avwarden::runtime::DeviceHandle>| {
         hs.into_iter().map(|h| h.id.to_string()).collect::<Vec<_>>()
     };
     assert_eq!(ids(fleet.room(&r301)), ["dsp-301", "mics-301", "proj-301"]);

@@ -133,11 +133,7 @@ async fn site(projector: SimConfig, mics: ShureSimConfig) -> Site {
 
 impl Site {
     fn handles(&self) -> Vec<DeviceHandle> {
-        self.fleet
-            .room(&RoomId::new(ROOM))
-            .into_iter()
-            .cloned()
-            .collect()
+        self.fleet.room(&RoomId::new(ROOM))
     }
 
     fn context(&self, settings: SelfTestSettings) -> SelfTestContext {

@@ -100,7 +100,10 @@ async fn every_logbook_worthy_event_writes_one_entry() {
             restarts: 5,
         },
         EventKind::ConfigReloaded {
-            summary: "2 devices changed".into(),
+            added: vec![],
+            removed: vec![],
+            changed: vec!["device m2".into(), "device p1".into()],
+            restart_needed: vec![],
         },
     ];
     let ended = EventKind::BookingEnded {
