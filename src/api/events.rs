@@ -354,8 +354,8 @@ mod tests {
         Arc::new(Event {
             at: chrono::DateTime::from_timestamp(1_700_000_000 + i64::from(n), 0)
                 .unwrap_or_default(),
-            kind: EventKind::ConfigReloaded {
-                summary: format!("{n}"),
+            kind: EventKind::ConfigReloadRefused {
+                errors: vec![format!("{n}")],
             },
         })
     }

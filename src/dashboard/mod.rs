@@ -76,7 +76,7 @@ fn viewer(st: &ApiState, caller: &Caller) -> Viewer {
 }
 
 fn zone(st: &ApiState) -> Zone {
-    Zone::of(&st.layout.time_zone)
+    Zone::of(&st.layout.get().time_zone)
 }
 
 fn html(body: String) -> Response {
@@ -133,8 +133,8 @@ fn board_html(st: &ApiState) -> String {
 
 async fn board_page(State(st): State<ApiState>, caller: Caller) -> Response {
     let z = zone(&st);
-    let tiles: String = st
-        .layout
+    let layout = st.layout.get();
+    let tiles: String = layout
         .rooms
         .iter()
         .map(|r| render::room_article(&st, &rooms::room_view(&st, r), z))
@@ -173,8 +173,13 @@ async fn alerts_fragment(State(st): State<ApiState>, caller: Caller) -> Response
     html(alerts_html(&st, &caller))
 }
 
-fn find_room<'a>(st: &'a ApiState, id: &str) -> Option<&'a crate::config::Room> {
-    st.layout.rooms.iter().find(|r| r.id.as_str() == id)
+fn find_room(st: &ApiState, id: &str) -> Option<crate::config::Room> {
+    st.layout
+        .get()
+        .rooms
+        .iter()
+        .find(|r| r.id.as_str() == id)
+        .cloned()
 }
 
 async fn room_page(
@@ -189,7 +194,7 @@ async fn room_page(
         return not_found(&st, &caller, &format!("No room {id}."));
     };
     let z = zone(&st);
-    let view = rooms::room_view(&st, room);
+    let view = rooms::room_view(&st, &room);
     let bookings: Vec<BookingView> = upcoming(&st)
         .into_iter()
         .filter(|b| b.room == room.id)
@@ -215,7 +220,7 @@ async fn room_tile(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let room = id.ok().and_then(|Path(id)| find_room(&st, &id).cloned());
+    let room = id.ok().and_then(|Path(id)| find_room(&st, &id));
     let Some(room) = room else {
         return (StatusCode::NOT_FOUND, html("<p>No such room.</p>".into())).into_response();
     };

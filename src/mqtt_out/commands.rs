@@ -288,6 +288,9 @@ mod tests {
             layout: Default::default(),
             protection: None,
             playbook: None,
+            events: None,
+            history: None,
+            reload: None,
         };
         let s = crate::transport::mqtt::MqttSettings {
             commands,

@@ -67,7 +67,7 @@ pub fn payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
     let site = out.topics.site();
     let avail = out.topics.daemon();
     let mut v: Vec<(String, SensorConfig)> = Vec::new();
-    for room in &out.api.layout.rooms {
+    for room in &out.api.layout.get().rooms {
         let rid = room.id.as_str();
         let dev = DeviceInfo {
             identifiers: vec![object_id(&["avd", site, rid])],

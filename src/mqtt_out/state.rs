@@ -75,6 +75,7 @@ fn room_float(st: &ApiState, room: &crate::model::RoomId, q: Quantity) -> Option
 pub fn room_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
     let st = &out.api;
     st.layout
+        .get()
         .rooms
         .iter()
         .map(|room| {
@@ -175,6 +176,7 @@ pub async fn run(out: MqttOut, tracker: TaskTracker, cancel: CancellationToken) 
     let own = |out: &MqttOut| -> BTreeSet<String> {
         out.api
             .layout
+            .get()
             .rooms
             .iter()
             .map(|r| out.topics.room_status(r.id.as_str()))

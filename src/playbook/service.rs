@@ -636,7 +636,7 @@ impl PlaybookHandle {
                 "{from} has no backup: name one in the site config's [playbook] backup"
             ));
         };
-        let Some(backup) = self.shared.fleet.get(to.device.as_str()).cloned() else {
+        let Some(backup) = self.shared.fleet.get(to.device.as_str()) else {
             return Err(format!("{} is not a running device", to.device));
         };
         let Ok(n) = u8::try_from(to.channel) else {

@@ -42,6 +42,7 @@ async fn serve(
         layout: Default::default(),
         protection: None,
         playbook: None,
+        reload: None,
         history: None,
         events: Some(EventLog::start(
             bus,
@@ -130,13 +131,16 @@ fn reloaded(bus: &EventBus, n: u32) {
     bus.emit(
         clock().now(),
         EventKind::ConfigReloaded {
-            summary: format!("change {n}"),
+            added: vec![format!("change {n}")],
+            removed: vec![],
+            changed: vec![],
+            restart_needed: vec![],
         },
     );
 }
 
 fn summary(m: &Message) -> &str {
-    m.data["summary"].as_str().unwrap_or_default()
+    m.data["added"][0].as_str().unwrap_or_default()
 }
 
 #[tokio::test(start_paused = true)]
