@@ -13,6 +13,7 @@ pub mod client;
 mod error;
 pub mod records;
 pub mod rooms;
+mod scrape;
 pub mod server;
 pub mod session;
 pub mod views;
@@ -29,7 +30,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::{DeviceCommand, Health};
+use crate::model::DeviceCommand;
 use crate::runtime::{CommandOutcome, Fleet};
 
 pub use error::ApiError;
@@ -308,22 +309,9 @@ fn outcome_to_api(
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    // Health gauges are computed on scrape from the live state.
-    for h in [
-        Health::Unknown,
-        Health::Ok,
-        Health::Busy,
-        Health::Degraded,
-        Health::Faulted,
-        Health::Unreachable,
-    ] {
-        let n = st.fleet.handles().filter(|d| d.state().health == h).count();
-        st.metrics
-            .set_gauge("avwarden_devices", Some(("health", h.as_str())), n as f64);
-    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
+        scrape::render(&st),
     )
         .into_response()
 }

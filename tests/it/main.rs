@@ -8,6 +8,7 @@ mod daemon;
 mod escvp21;
 mod ical;
 mod levelwatch;
+mod metrics;
 mod modbus;
 mod pjlink;
 mod playbook;
