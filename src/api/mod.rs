@@ -11,6 +11,7 @@ pub mod auth;
 mod bookings;
 pub mod client;
 mod error;
+pub mod openapi;
 pub mod records;
 pub mod rooms;
 mod scrape;
@@ -24,9 +25,12 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -64,57 +68,54 @@ pub struct ApiState {
     pub playbook: Option<crate::playbook::PlaybookHandle>,
 }
 
+/// The JSON API: each route registered with its `#[utoipa::path]` documentation. A new
+/// route goes here with `routes!` (handlers of one path in one call), gets a rule in
+/// `auth::ROUTES` and a case in `tests/it/api_auth.rs`.
+fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(session::login, session::logout))
+        .routes(routes!(rooms::site))
+        .routes(routes!(rooms::list))
+        .routes(routes!(rooms::get_one))
+        .routes(routes!(devices))
+        .routes(routes!(device))
+        .routes(routes!(command))
+        .routes(routes!(bookings::list, bookings::create))
+        .routes(routes!(
+            bookings::get_one,
+            bookings::update,
+            bookings::cancel
+        ))
+        .routes(routes!(bookings::run_selftest))
+        .routes(routes!(bookings::selftests))
+        .routes(routes!(bookings::board))
+        .routes(routes!(records::logbook))
+        .routes(routes!(records::export))
+        .routes(routes!(records::equipment))
+        .routes(routes!(records::equipment_one, records::edit_equipment))
+        .routes(routes!(records::add_maintenance))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::get_one))
+        .routes(routes!(alerts::ack))
+        .routes(routes!(alerts::resolve))
+        .routes(routes!(alerts::windows, alerts::add_window))
+        .routes(routes!(alerts::remove_window))
+        .routes(routes!(alerts::on_duty))
+}
+
+/// The OpenAPI document `GET /openapi.json` serves: the routes [`router`] registers under
+/// `/api/`, each with its required role.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_routes().split_for_parts().1)
+}
+
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route(
-            "/api/v1/session",
-            post(session::login).delete(session::logout),
-        )
-        .route("/api/v1/site", get(rooms::site))
-        .route("/api/v1/rooms", get(rooms::list))
-        .route("/api/v1/rooms/{id}", get(rooms::get_one))
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/{id}", get(device))
-        .route("/api/v1/devices/{id}/commands", post(command))
-        .route(
-            "/api/v1/bookings",
-            get(bookings::list).post(bookings::create),
-        )
-        .route(
-            "/api/v1/bookings/{id}",
-            get(bookings::get_one)
-                .patch(bookings::update)
-                .delete(bookings::cancel),
-        )
-        .route("/api/v1/rooms/{id}/selftest", post(bookings::run_selftest))
-        .route("/api/v1/selftests", get(bookings::selftests))
-        .route("/api/v1/board", get(bookings::board))
-        .route("/api/v1/logbook", get(records::logbook))
-        .route("/api/v1/logbook/export", get(records::export))
-        .route("/api/v1/equipment", get(records::equipment))
-        .route(
-            "/api/v1/equipment/{device}",
-            get(records::equipment_one).patch(records::edit_equipment),
-        )
-        .route(
-            "/api/v1/equipment/{device}/maintenance",
-            post(records::add_maintenance),
-        )
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/{id}", get(alerts::get_one))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
-        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
-        .route(
-            "/api/v1/maintenance-windows",
-            get(alerts::windows).post(alerts::add_window),
-        )
-        .route(
-            "/api/v1/maintenance-windows/{id}",
-            axum::routing::delete(alerts::remove_window),
-        )
-        .route("/api/v1/roster/on-duty", get(alerts::on_duty))
-        .route("/metrics", get(metrics))
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = openapi::finish(doc);
+    // Outside `/api/`, not the JSON API: undocumented by the rule in `openapi`.
+    api.route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve(&doc)))
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -162,6 +163,15 @@ fn store_view(s: &crate::records::writer::StoreStatus) -> serde_json::Value {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "status",
+    summary = "The daemon's health: devices by state, the store's condition",
+    responses(
+        (status = 200, description = "The daemon's condition", body = serde_json::Value),
+    )
+)]
 async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     let now = st.clock.now();
     let mut counts = std::collections::BTreeMap::new();
@@ -184,6 +194,15 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    summary = "Every device's health and last contact",
+    responses(
+        (status = 200, description = "The devices", body = Vec<views::DeviceSummary>),
+    )
+)]
 async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
     let now = st.clock.now();
     Json(
@@ -194,6 +213,18 @@ async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    summary = "One device: its points, faults, link, catalogue and zone protection",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+    ),
+    responses(
+        (status = 200, description = "The device", body = serde_json::Value),
+    )
+)]
 async fn device(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
@@ -223,6 +254,19 @@ struct CommandAccepted {
     applied: Option<crate::driver::Applied>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/commands",
+    tag = "devices",
+    summary = "Queue a command on a device and wait for its outcome",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+    ),
+    request_body = serde_json::Value,
+    responses(
+        (status = 200, description = "The device did it", body = serde_json::Value),
+    )
+)]
 async fn command(
     State(st): State<ApiState>,
     caller: auth::Caller,

@@ -39,6 +39,15 @@ pub struct SiteView {
 }
 
 /// `GET /api/v1/site`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/site",
+    tag = "rooms",
+    summary = "The site: name, time zone, rooms",
+    responses(
+        (status = 200, description = "The site", body = serde_json::Value),
+    )
+)]
 pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {
     Json(SiteView {
         name: st.site.clone(),
@@ -151,11 +160,32 @@ fn zones_view(
 }
 
 /// `GET /api/v1/rooms`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms",
+    tag = "rooms",
+    summary = "Every room with its devices' health",
+    responses(
+        (status = 200, description = "The rooms", body = serde_json::Value),
+    )
+)]
 pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
     Json(st.layout.rooms.iter().map(|r| room_view(&st, r)).collect())
 }
 
 /// `GET /api/v1/rooms/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms/{id}",
+    tag = "rooms",
+    summary = "One room",
+    params(
+        ("id" = String, Path, description = "The room's id"),
+    ),
+    responses(
+        (status = 200, description = "The room", body = serde_json::Value),
+    )
+)]
 pub async fn get_one(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,

@@ -283,6 +283,7 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     let cases = vec![
         case("GET", "/api/v1/health", "/api/v1/health", None),
         case("GET", "/metrics", "/metrics", None),
+        case("GET", "/openapi.json", "/openapi.json", None),
         case(
             "POST",
             "/api/v1/session",
@@ -500,6 +501,73 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     );
     let rec = call(addr, Some(VIEWER), "GET", "/api/v1/equipment/p1", None).await;
     assert_eq!(rec.json()["fields"]["location"], "ceiling, row 2");
+    d.shutdown("test").await;
+    pump.cancel();
+}
+
+/// Issue 12.3: the OpenAPI document describes exactly the routes the router serves under
+/// `/api/` (utoipa-axum registers each route with its documentation; `ROUTES` must list the
+/// router's routes, which the table test above checks by calling each), each with the role
+/// `ROUTES` gives it; routes outside `/api/` are left out by the documented rule.
+#[test]
+fn the_openapi_document_and_the_router_list_the_same_routes() {
+    use avwarden::api::openapi::documented;
+    let doc = serde_json::to_value(avwarden::api::openapi()).unwrap();
+    let mut in_doc = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let role = op
+                .get("x-required-role")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            in_doc.insert((method.to_uppercase(), path.clone()), role);
+        }
+    }
+    let mut in_router = std::collections::BTreeMap::new();
+    for r in ROUTES.iter().filter(|r| documented(r.path)) {
+        let role = match r.access {
+            Access::Open => None,
+            Access::AtLeast(role) => Some(role.as_str().to_owned()),
+        };
+        in_router.insert((r.method.to_owned(), r.path.to_owned()), role);
+    }
+    assert_eq!(in_doc, in_router);
+    // Left out: Prometheus text and the document itself, and nothing else of ROUTES.
+    let left_out: Vec<_> = ROUTES
+        .iter()
+        .filter(|r| !documented(r.path))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(left_out, ["/metrics", "/openapi.json"]);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let command = &doc["paths"]["/api/v1/devices/{id}/commands"]["post"];
+    assert_eq!(command["security"][0], json!({"bearer": []}));
+    assert!(command["description"]
+        .as_str()
+        .unwrap()
+        .contains("at least the role `technician`"));
+    assert!(command["responses"]["403"].is_object());
+    assert!(doc["paths"]["/api/v1/health"]["get"]["security"].is_null());
+}
+
+/// Issue 12.3: the daemon serves the same document, openly.
+#[tokio::test(start_paused = true)]
+async fn the_daemon_serves_its_openapi_document() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), true).await;
+    let a = call(d.api_addr, None, "GET", "/openapi.json", None).await;
+    assert_eq!(a.status, 200);
+    assert!(a.headers.contains("application/json"), "{}", a.headers);
+    assert_eq!(
+        a.json(),
+        serde_json::to_value(avwarden::api::openapi()).unwrap()
+    );
+    assert!(a.json()["openapi"].as_str().unwrap().starts_with("3."));
     d.shutdown("test").await;
     pump.cancel();
 }
