@@ -16,6 +16,7 @@ mod qsys;
 mod records;
 mod runtime;
 mod schedule;
+mod schemathesis;
 mod selftest;
 mod shure;
 mod ssc;
