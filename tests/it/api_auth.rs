@@ -202,6 +202,11 @@ impl Case {
         self.malformed = Some((self.path.clone(), Some(body.to_owned()), status));
         self
     }
+    /// A path whose parameter does not parse (`/api/v1/alerts/abc`): 400 with JSON.
+    fn bad_path(mut self, path: &str) -> Self {
+        self.malformed = Some((path.to_owned(), self.body.clone(), 400));
+        self
+    }
     fn bad_query(mut self, query: &str) -> Self {
         self.malformed = Some((format!("{}?{query}", self.path), self.body.clone(), 400));
         self
@@ -289,13 +294,15 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
             "/api/v1/session",
             "/api/v1/session",
             Some(json!({"token": ADMIN})),
-        ),
+        )
+        .bad_body("{\"token\": 5}", 422),
         case("DELETE", "/api/v1/session", "/api/v1/session", None).success(204),
         case("GET", "/api/v1/site", "/api/v1/site", None),
         case("GET", "/api/v1/rooms", "/api/v1/rooms", None),
         case("GET", "/api/v1/rooms/{id}", "/api/v1/rooms/r1", None).missing("/api/v1/rooms/r9"),
         case("GET", "/api/v1/devices", "/api/v1/devices", None),
         case("GET", "/api/v1/devices/{id}", "/api/v1/devices/p1", None)
+            .bad_path("/api/v1/devices/%ff%fe")
             .missing("/api/v1/devices/p9"),
         case(
             "POST",
@@ -370,14 +377,17 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         case("GET", "/api/v1/alerts", "/api/v1/alerts", None).bad_query("open=maybe"),
         // This site raises no alert: a missing one is what each alert route answers here
         // (tests/it/playbook.rs acknowledges and resolves real ones).
-        case("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", None).success(404),
+        case("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", None)
+            .success(404)
+            .bad_path("/api/v1/alerts/abc"),
         case(
             "POST",
             "/api/v1/alerts/{id}/ack",
             "/api/v1/alerts/999/ack",
             None,
         )
-        .success(404),
+        .success(404)
+        .bad_path("/api/v1/alerts/-1/ack"),
         case(
             "POST",
             "/api/v1/alerts/{id}/resolve",
@@ -402,6 +412,7 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         .bad_body("{\"until\": \"soon\"}", 422),
         case("DELETE", "/api/v1/maintenance-windows/{id}", &window, None)
             .success(204)
+            .bad_path("/api/v1/maintenance-windows/first")
             .missing("/api/v1/maintenance-windows/999"),
         case(
             "GET",
@@ -429,6 +440,11 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
             .unwrap();
         let body = c.body.as_deref();
         let Access::AtLeast(role) = rule.access else {
+            if let Some((path, bad, status)) = &c.malformed {
+                let a = call(addr, None, c.method, path, bad.as_deref()).await;
+                assert_eq!(a.status, *status, "{what} malformed: {:?}", a.json());
+                assert!(is_json_error(&a), "{what} malformed");
+            }
             let a = call(addr, None, c.method, &c.path, body).await;
             assert_eq!(a.status, c.success, "{what} open");
             continue;

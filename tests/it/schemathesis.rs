@@ -54,5 +54,8 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         out.status.success(),
         "schemathesis found problems:\n{stdout}\n{stderr}"
     );
+    // The summary (phases, operations, cases), for the test log.
+    let summary = stdout.find("SUMMARY").map_or("", |i| &stdout[i..]);
+    eprintln!("{summary}");
     d.shutdown("test").await;
 }
