@@ -270,7 +270,7 @@ pub async fn remove_window(
         .map_err(alert_error)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OnDuty {
     pub at: DateTime<Utc>,
     pub on_duty: Vec<String>,
@@ -284,7 +284,7 @@ pub struct OnDuty {
     tag = "alerts",
     summary = "Who is on duty now, and the escalation",
     responses(
-        (status = 200, description = "Who is on duty", body = serde_json::Value),
+        (status = 200, description = "Who is on duty", body = OnDuty),
     )
 )]
 pub async fn on_duty(State(st): State<ApiState>) -> Result<Json<OnDuty>, ApiError> {

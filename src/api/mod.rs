@@ -128,15 +128,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct HealthBody {
+    /// `ok`, or `degraded` while the store is failing.
     status: &'static str,
     version: &'static str,
     site: String,
     now: chrono::DateTime<chrono::Utc>,
     uptime_secs: i64,
+    /// Devices by health state.
+    #[schema(value_type = std::collections::BTreeMap<String, usize>)]
     devices: std::collections::BTreeMap<&'static str, usize>,
+    /// The records store: `{"state": "ok"}`, or `failing` with the error and counts.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     store: Option<serde_json::Value>,
 }
 
@@ -169,7 +174,7 @@ fn store_view(s: &crate::records::writer::StoreStatus) -> serde_json::Value {
     tag = "status",
     summary = "The daemon's health: devices by state, the store's condition",
     responses(
-        (status = 200, description = "The daemon's condition", body = serde_json::Value),
+        (status = 200, description = "The daemon's condition", body = HealthBody),
     )
 )]
 async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
@@ -243,7 +248,7 @@ async fn device(
     Ok(Json(detail))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CommandAccepted {
     device: String,
     command: &'static str,
@@ -251,6 +256,7 @@ struct CommandAccepted {
     /// What the command left on the device when that is known (a whole-degree unit holds 23
     /// after `set_setpoint 22.5`): the reading's key, value and unit.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     applied: Option<crate::driver::Applied>,
 }
 
@@ -264,7 +270,7 @@ struct CommandAccepted {
     ),
     request_body = serde_json::Value,
     responses(
-        (status = 200, description = "The device did it", body = serde_json::Value),
+        (status = 200, description = "The device did it", body = CommandAccepted),
     )
 )]
 async fn command(

@@ -358,7 +358,7 @@ pub async fn edit_equipment(
     Ok(Json(one(&st, &device)?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recorded {
     pub seq: u64,
 }
@@ -375,7 +375,7 @@ pub struct Recorded {
     ),
     request_body = serde_json::Value,
     responses(
-        (status = 201, description = "The entry recorded", body = serde_json::Value),
+        (status = 201, description = "The entry recorded", body = Recorded),
     )
 )]
 pub async fn add_maintenance(

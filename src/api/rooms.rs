@@ -26,7 +26,7 @@ pub struct Layout {
     pub rooms: Vec<Room>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SiteView {
     pub name: String,
     pub time_zone: String,
@@ -45,7 +45,7 @@ pub struct SiteView {
     tag = "rooms",
     summary = "The site: name, time zone, rooms",
     responses(
-        (status = 200, description = "The site", body = serde_json::Value),
+        (status = 200, description = "The site", body = SiteView),
     )
 )]
 pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {

@@ -149,9 +149,11 @@ pub struct Login {
     token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoggedIn {
     pub name: String,
+    /// `viewer`, `technician` or `admin`.
+    #[schema(value_type = String)]
     pub role: Role,
     /// To send as `X-CSRF-Token` with every write; `null` when the API is open.
     pub csrf_token: Option<String>,
@@ -167,7 +169,7 @@ pub struct LoggedIn {
     summary = "Open a dashboard session with a token",
     request_body = Login,
     responses(
-        (status = 200, description = "The session: a cookie, and the CSRF token to send with writes", body = serde_json::Value),
+        (status = 200, description = "The session: a cookie, and the CSRF token to send with writes", body = LoggedIn),
     )
 )]
 pub async fn login(
