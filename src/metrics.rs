@@ -1,12 +1,17 @@
 //! A small metrics registry rendered in the Prometheus text exposition format.
 //!
-//! Counters and gauges keyed by name and an optional single label; enough for `/metrics`
-//! without pulling in a metrics framework. Cheap to clone (shared inner map).
+//! Owns three things: counters and gauges keyed by name and an optional single label (events
+//! counted as they happen), the poll-duration histograms the device actors observe into, and
+//! [`Exposition`], the writer `/metrics` uses for gauges computed at scrape time (HELP and
+//! TYPE once per family, label values escaped). Enough for `/metrics` without pulling in a
+//! metrics framework. Must not read device state itself: the API computes scrape-time gauges.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -104,6 +109,168 @@ fn make_key(name: &str, label: Option<(&str, &str)>) -> Key {
     }
 }
 
+/// Upper bounds (seconds) of the poll-duration buckets: a PJLink poll is a few exchanges of
+/// tens of milliseconds, a Tesira refresh of 16 zones takes a second or more, and a silent
+/// device's poll ends at its timeout (seconds), so the buckets span 5 ms to 30 s.
+pub const POLL_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// One histogram with [`POLL_BUCKETS`]: an observation is a few relaxed atomic adds and no
+/// allocation, so the poll path can afford it on every cycle.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket, not cumulative (the `+Inf` bucket last); rendering accumulates.
+    buckets: [AtomicU64; POLL_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = POLL_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(POLL_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// The poll-duration histograms by protocol family (the driver's name: `pjlink`, `tesira`).
+///
+/// Process-wide rather than per daemon: the device actor has no path to the daemon's
+/// [`Metrics`] without widening every actor's configuration, and a poll's duration is a fact
+/// of the process, not of one API. Tests that start several daemons in one process therefore
+/// see each other's polls; they check presence and growth, never exact counts.
+pub fn poll_durations() -> &'static PollDurations {
+    static POLLS: OnceLock<PollDurations> = OnceLock::new();
+    POLLS.get_or_init(PollDurations::default)
+}
+
+#[derive(Debug, Default)]
+pub struct PollDurations {
+    by_family: RwLock<BTreeMap<&'static str, Arc<Histogram>>>,
+}
+
+impl PollDurations {
+    /// The histogram of `family`, made on first use. An actor takes it once when it starts
+    /// and observes into it without a lock.
+    pub fn family(&self, family: &'static str) -> Arc<Histogram> {
+        if let Some(h) = self
+            .by_family
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(family)
+        {
+            return h.clone();
+        }
+        self.by_family
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(family)
+            .or_default()
+            .clone()
+    }
+
+    /// `avwarden_poll_duration_seconds` in the exposition format.
+    pub fn render(&self, out: &mut Exposition) {
+        out.family(
+            "avwarden_poll_duration_seconds",
+            "histogram",
+            "Time a device's poll (or a session's first full read) took, by protocol family; successful ones only.",
+        );
+        let map = self.by_family.read().unwrap_or_else(|p| p.into_inner());
+        for (family, h) in map.iter() {
+            let mut cumulative = 0;
+            for (i, n) in h.buckets.iter().enumerate() {
+                cumulative += n.load(Ordering::Relaxed);
+                let le = POLL_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                out.sample(
+                    "avwarden_poll_duration_seconds_bucket",
+                    &[("family", family), ("le", &le)],
+                    cumulative as f64,
+                );
+            }
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            out.sample(
+                "avwarden_poll_duration_seconds_sum",
+                &[("family", family)],
+                sum,
+            );
+            out.sample(
+                "avwarden_poll_duration_seconds_count",
+                &[("family", family)],
+                cumulative as f64,
+            );
+        }
+    }
+}
+
+/// Text in the Prometheus exposition format (version 0.0.4), written family by family: a
+/// family's `# HELP` and `# TYPE` lines, then its samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Start a family; its samples follow. `kind`: `gauge`, `counter` or `histogram`.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values are escaped, a non-finite value written as Prometheus reads it.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (l, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{l}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    /// Append text already in the format (the registry's counters).
+    pub fn push_rendered(&mut self, text: &str) {
+        self.out.push_str(text);
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -113,6 +280,41 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_into_cumulative_buckets() {
+        let polls = PollDurations::default();
+        let h = polls.family("pjlink");
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(40));
+        h.observe(Duration::from_secs(60));
+        assert!(Arc::ptr_eq(&h, &polls.family("pjlink")));
+        let mut out = Exposition::new();
+        polls.render(&mut out);
+        let text = out.finish();
+        assert!(text.contains("# TYPE avwarden_poll_duration_seconds histogram"));
+        let line = |le: &str| {
+            format!("avwarden_poll_duration_seconds_bucket{{family=\"pjlink\",le=\"{le}\"}}")
+        };
+        assert!(text.contains(&format!("{} 1\n", line("0.005"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", line("0.025"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", line("0.05"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", line("30"))), "{text}");
+        assert!(text.contains(&format!("{} 3\n", line("+Inf"))), "{text}");
+        assert!(text.contains("avwarden_poll_duration_seconds_count{family=\"pjlink\"} 3\n"));
+        assert!(text.contains("avwarden_poll_duration_seconds_sum{family=\"pjlink\"} 60.043\n"));
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        let mut out = Exposition::new();
+        out.family("m", "gauge", "a \\ b\nc");
+        out.sample("m", &[("room", "say \"hi\"\\\n")], f64::NAN);
+        assert_eq!(
+            out.finish(),
+            "# HELP m a \\\\ b\\nc\n# TYPE m gauge\nm{room=\"say \\\"hi\\\"\\\\\\n\"} NaN\n"
+        );
+    }
 
     #[test]
     fn renders_prometheus_text() {

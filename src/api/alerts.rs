@@ -51,6 +51,23 @@ fn alert_error(e: AlertError) -> ApiError {
 }
 
 /// `GET /api/v1/alerts?state=&open=&room=&device=&class=&fault=`, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    summary = "Alerts, newest first",
+    params(
+        ("state" = Option<String>, Query, description = "raised, acknowledged or resolved"),
+        ("open" = Option<bool>, Query, description = "Only open (raised or acknowledged) alerts, or only closed ones"),
+        ("room" = Option<String>, Query, description = "Only this room"),
+        ("device" = Option<String>, Query, description = "Only this device"),
+        ("class" = Option<String>, Query, description = "Only this fault class"),
+        ("fault" = Option<String>, Query, description = "Only this fault kind"),
+    ),
+    responses(
+        (status = 200, description = "The alerts", body = serde_json::Value),
+    )
+)]
 pub async fn list(
     State(st): State<ApiState>,
     q: Result<Query<AlertFilter>, QueryRejection>,
@@ -59,6 +76,18 @@ pub async fn list(
     Ok(Json(playbook(&st)?.alerts(&f)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts/{id}",
+    tag = "alerts",
+    summary = "One alert",
+    params(
+        ("id" = u64, Path, description = "The alert's number"),
+    ),
+    responses(
+        (status = 200, description = "The alert", body = serde_json::Value),
+    )
+)]
 pub async fn get_one(
     State(st): State<ApiState>,
     id: Result<Path<u64>, PathRejection>,
@@ -70,7 +99,7 @@ pub async fn get_one(
         .ok_or_else(|| alert_error(AlertError::NotFound(id)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// Who takes it, when the caller is acting for someone (the technician on the phone).
@@ -78,6 +107,19 @@ pub struct AckBody {
 }
 
 /// `POST /api/v1/alerts/{id}/ack` with an optional `{"by": "li"}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/ack",
+    tag = "alerts",
+    summary = "Acknowledge an alert",
+    params(
+        ("id" = u64, Path, description = "The alert's number"),
+    ),
+    request_body = AckBody,
+    responses(
+        (status = 200, description = "The alert acknowledged", body = serde_json::Value),
+    )
+)]
 pub async fn ack(
     State(st): State<ApiState>,
     caller: Caller,
@@ -92,7 +134,7 @@ pub async fn ack(
         .map_err(alert_error)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
     pub note: String,
@@ -100,6 +142,19 @@ pub struct ResolveBody {
 }
 
 /// `POST /api/v1/alerts/{id}/resolve` with `{"note": "…"}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{id}/resolve",
+    tag = "alerts",
+    summary = "Resolve an alert by hand, with a note",
+    params(
+        ("id" = u64, Path, description = "The alert's number"),
+    ),
+    request_body = ResolveBody,
+    responses(
+        (status = 200, description = "The alert resolved", body = serde_json::Value),
+    )
+)]
 pub async fn resolve(
     State(st): State<ApiState>,
     caller: Caller,
@@ -122,15 +177,26 @@ pub async fn resolve(
         .map_err(alert_error)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance-windows",
+    tag = "alerts",
+    summary = "Maintenance windows in force or ahead",
+    responses(
+        (status = 200, description = "The windows", body = serde_json::Value),
+    )
+)]
 pub async fn windows(State(st): State<ApiState>) -> Result<Json<Vec<MaintenanceWindow>>, ApiError> {
     Ok(Json(playbook(&st)?.windows()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowBody {
     /// Exactly one of `room` and `device`.
+    #[schema(value_type = Option<String>)]
     pub room: Option<RoomId>,
+    #[schema(value_type = Option<String>)]
     pub device: Option<DeviceId>,
     /// Defaults to now.
     pub from: Option<DateTime<Utc>>,
@@ -140,6 +206,16 @@ pub struct WindowBody {
 }
 
 /// `POST /api/v1/maintenance-windows`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/maintenance-windows",
+    tag = "alerts",
+    summary = "Silence a room's or device's alerts until a time",
+    request_body = WindowBody,
+    responses(
+        (status = 201, description = "The window", body = serde_json::Value),
+    )
+)]
 pub async fn add_window(
     State(st): State<ApiState>,
     caller: Caller,
@@ -170,6 +246,18 @@ pub async fn add_window(
 }
 
 /// `DELETE /api/v1/maintenance-windows/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/maintenance-windows/{id}",
+    tag = "alerts",
+    summary = "End a maintenance window",
+    params(
+        ("id" = u64, Path, description = "The maintenance window's number"),
+    ),
+    responses(
+        (status = 204, description = "The window is gone"),
+    )
+)]
 pub async fn remove_window(
     State(st): State<ApiState>,
     caller: Caller,
@@ -182,7 +270,7 @@ pub async fn remove_window(
         .map_err(alert_error)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OnDuty {
     pub at: DateTime<Utc>,
     pub on_duty: Vec<String>,
@@ -190,6 +278,15 @@ pub struct OnDuty {
 }
 
 /// `GET /api/v1/roster/on-duty`: who is on duty now, and whom an unanswered alert reaches.
+#[utoipa::path(
+    get,
+    path = "/api/v1/roster/on-duty",
+    tag = "alerts",
+    summary = "Who is on duty now, and the escalation",
+    responses(
+        (status = 200, description = "Who is on duty", body = OnDuty),
+    )
+)]
 pub async fn on_duty(State(st): State<ApiState>) -> Result<Json<OnDuty>, ApiError> {
     let pb = playbook(&st)?;
     Ok(Json(OnDuty {

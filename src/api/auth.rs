@@ -55,6 +55,7 @@ use Role::{Admin, Technician, Viewer};
 pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/api/v1/health", Open),
     rule("GET", "/metrics", Open),
+    rule("GET", "/openapi.json", Open),
     // Login checks the token in its body itself; logout only forgets a cookie.
     rule("POST", "/api/v1/session", Open),
     rule("DELETE", "/api/v1/session", Open),

@@ -126,6 +126,20 @@ pub struct ListQuery {
     room: Option<RoomId>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/bookings",
+    tag = "bookings",
+    summary = "Bookings, each with its self-test verdict",
+    params(
+        ("from" = Option<String>, Query, description = "From this instant (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "Until this instant (RFC 3339)"),
+        ("room" = Option<String>, Query, description = "Only this room"),
+    ),
+    responses(
+        (status = 200, description = "The bookings", body = serde_json::Value),
+    )
+)]
 pub async fn list(
     State(st): State<ApiState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -153,6 +167,18 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/bookings/{id}",
+    tag = "bookings",
+    summary = "One booking",
+    params(
+        ("id" = String, Path, description = "The booking's id"),
+    ),
+    responses(
+        (status = 200, description = "The booking", body = serde_json::Value),
+    )
+)]
 pub async fn get_one(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
@@ -167,6 +193,16 @@ pub async fn get_one(
     Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/bookings",
+    tag = "bookings",
+    summary = "Add a booking",
+    request_body = serde_json::Value,
+    responses(
+        (status = 201, description = "The booking made", body = serde_json::Value),
+    )
+)]
 pub async fn create(
     State(st): State<ApiState>,
     caller: Caller,
@@ -182,6 +218,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(BookingView::of(&b, None))))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/bookings/{id}",
+    tag = "bookings",
+    summary = "Change a booking",
+    params(
+        ("id" = String, Path, description = "The booking's id"),
+    ),
+    request_body = serde_json::Value,
+    responses(
+        (status = 200, description = "The booking changed", body = serde_json::Value),
+    )
+)]
 pub async fn update(
     State(st): State<ApiState>,
     caller: Caller,
@@ -200,6 +249,18 @@ pub async fn update(
     Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/bookings/{id}",
+    tag = "bookings",
+    summary = "Cancel a booking",
+    params(
+        ("id" = String, Path, description = "The booking's id"),
+    ),
+    responses(
+        (status = 200, description = "The booking cancelled", body = serde_json::Value),
+    )
+)]
 pub async fn cancel(
     State(st): State<ApiState>,
     caller: Caller,
@@ -216,14 +277,28 @@ pub async fn cancel(
     Ok(Json(BookingView::of(&b, sched.book.verdict(&id).as_ref())))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
+    #[schema(value_type = Option<String>)]
     booking: Option<BookingId>,
 }
 
 /// `POST /api/v1/rooms/{id}/selftest`: run the room's self-test now (for a booking, when one
 /// is named) and answer its verdict.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rooms/{id}/selftest",
+    tag = "bookings",
+    summary = "Run the room's self-test now (for a booking, when one is named)",
+    params(
+        ("id" = String, Path, description = "The room's id"),
+    ),
+    request_body = RunBody,
+    responses(
+        (status = 200, description = "The verdict", body = serde_json::Value),
+    )
+)]
 pub async fn run_selftest(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
@@ -269,6 +344,19 @@ pub struct SelftestQuery {
 }
 
 /// `GET /api/v1/selftests`: the newest verdict of each booking and room still in memory.
+#[utoipa::path(
+    get,
+    path = "/api/v1/selftests",
+    tag = "bookings",
+    summary = "The newest verdict of each booking and room",
+    params(
+        ("room" = Option<String>, Query, description = "Only this room"),
+        ("booking" = Option<String>, Query, description = "Only this booking"),
+    ),
+    responses(
+        (status = 200, description = "The verdicts", body = serde_json::Value),
+    )
+)]
 pub async fn selftests(
     State(st): State<ApiState>,
     q: Result<Query<SelftestQuery>, QueryRejection>,
@@ -293,6 +381,18 @@ pub struct BoardQuery {
 
 /// `GET /api/v1/board`: the next bookings across all rooms by time, each with its verdict,
 /// reasons and alternative room; a running booking first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/board",
+    tag = "bookings",
+    summary = "The next bookings across all rooms, with verdicts",
+    params(
+        ("limit" = Option<usize>, Query, description = "How many (1 to 500; default 50)"),
+    ),
+    responses(
+        (status = 200, description = "The board", body = serde_json::Value),
+    )
+)]
 pub async fn board(
     State(st): State<ApiState>,
     q: Result<Query<BoardQuery>, QueryRejection>,

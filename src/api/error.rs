@@ -4,7 +4,6 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -62,13 +61,28 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, as `/openapi.json` describes it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A short code (`unknown_device`, `bad_query`, `forbidden`…).
+    pub error: &'static str,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// When to try again, when the server knows (a busy device's ready time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.code, "detail": self.message});
-        let Some((until, secs)) = self.retry_at else {
+        let body = ErrorBody {
+            error: self.code,
+            detail: self.message,
+            until: self.retry_at.map(|(until, _)| until),
+        };
+        let Some((_, secs)) = self.retry_at else {
             return (self.status, Json(body)).into_response();
         };
-        body["until"] = json!(until);
         (
             self.status,
             [(axum::http::header::RETRY_AFTER, secs.max(1).to_string())],

@@ -289,6 +289,22 @@ fn last_seen(headers: &HeaderMap, q: &StreamQuery) -> Option<u64> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "live",
+    summary = "Server-sent events: state changes, verdicts, alerts; resumable with Last-Event-ID",
+    params(
+        ("kinds" = Option<String>, Query, description = "Comma-separated event names; all when absent"),
+        ("room" = Option<String>, Query, description = "Only events of this room"),
+        ("device" = Option<String>, Query, description = "Only events of this device"),
+        ("last_event_id" = Option<u64>, Query, description = "Resume after this id (the `Last-Event-ID` header wins)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"),
+    ),
+    responses(
+        (status = 200, description = "An event stream (`text/event-stream`): `id`, `event`, `data` per message", content_type = "text/event-stream", body = String),
+    )
+)]
 pub async fn stream(
     State(st): State<ApiState>,
     headers: HeaderMap,

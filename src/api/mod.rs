@@ -12,8 +12,10 @@ pub mod bookings;
 pub mod client;
 mod error;
 pub mod events;
+pub mod openapi;
 pub mod records;
 pub mod rooms;
+mod scrape;
 pub mod server;
 pub mod session;
 pub mod views;
@@ -24,13 +26,16 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::{DeviceCommand, Health};
+use crate::model::DeviceCommand;
 use crate::runtime::{CommandOutcome, Fleet};
 
 pub use error::ApiError;
@@ -70,60 +75,57 @@ pub struct ApiState {
     pub reload: Option<crate::reload::ReloadHandle>,
 }
 
+/// The JSON API: each route registered with its `#[utoipa::path]` documentation. A new
+/// route goes here with `routes!` (handlers of one path in one call), gets a rule in
+/// `auth::ROUTES` and a case in `tests/it/api_auth.rs`.
+fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(session::login, session::logout))
+        .routes(routes!(rooms::site))
+        .routes(routes!(rooms::list))
+        .routes(routes!(rooms::get_one))
+        .routes(routes!(devices))
+        .routes(routes!(device))
+        .routes(routes!(command))
+        .routes(routes!(bookings::list, bookings::create))
+        .routes(routes!(
+            bookings::get_one,
+            bookings::update,
+            bookings::cancel
+        ))
+        .routes(routes!(bookings::run_selftest))
+        .routes(routes!(bookings::selftests))
+        .routes(routes!(bookings::board))
+        .routes(routes!(records::logbook))
+        .routes(routes!(records::export))
+        .routes(routes!(records::equipment))
+        .routes(routes!(records::equipment_one, records::edit_equipment))
+        .routes(routes!(records::add_maintenance))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::get_one))
+        .routes(routes!(alerts::ack))
+        .routes(routes!(alerts::resolve))
+        .routes(routes!(alerts::windows, alerts::add_window))
+        .routes(routes!(alerts::remove_window))
+        .routes(routes!(alerts::on_duty))
+        .routes(routes!(events::stream))
+        .routes(routes!(records::deliveries))
+        .routes(routes!(reload))
+}
+
+/// The OpenAPI document `GET /openapi.json` serves: the routes [`router`] registers under
+/// `/api/`, each with its required role.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_routes().split_for_parts().1)
+}
+
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route(
-            "/api/v1/session",
-            post(session::login).delete(session::logout),
-        )
-        .route("/api/v1/site", get(rooms::site))
-        .route("/api/v1/rooms", get(rooms::list))
-        .route("/api/v1/rooms/{id}", get(rooms::get_one))
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/{id}", get(device))
-        .route("/api/v1/devices/{id}/commands", post(command))
-        .route(
-            "/api/v1/bookings",
-            get(bookings::list).post(bookings::create),
-        )
-        .route(
-            "/api/v1/bookings/{id}",
-            get(bookings::get_one)
-                .patch(bookings::update)
-                .delete(bookings::cancel),
-        )
-        .route("/api/v1/rooms/{id}/selftest", post(bookings::run_selftest))
-        .route("/api/v1/selftests", get(bookings::selftests))
-        .route("/api/v1/board", get(bookings::board))
-        .route("/api/v1/logbook", get(records::logbook))
-        .route("/api/v1/logbook/export", get(records::export))
-        .route("/api/v1/equipment", get(records::equipment))
-        .route(
-            "/api/v1/equipment/{device}",
-            get(records::equipment_one).patch(records::edit_equipment),
-        )
-        .route(
-            "/api/v1/equipment/{device}/maintenance",
-            post(records::add_maintenance),
-        )
-        .route("/api/v1/alerts", get(alerts::list))
-        .route("/api/v1/alerts/{id}", get(alerts::get_one))
-        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
-        .route("/api/v1/alerts/{id}/resolve", post(alerts::resolve))
-        .route(
-            "/api/v1/maintenance-windows",
-            get(alerts::windows).post(alerts::add_window),
-        )
-        .route(
-            "/api/v1/maintenance-windows/{id}",
-            axum::routing::delete(alerts::remove_window),
-        )
-        .route("/api/v1/roster/on-duty", get(alerts::on_duty))
-        .route("/api/v1/events", get(events::stream))
-        .route("/api/v1/notify/deliveries", get(records::deliveries))
-        .route("/api/v1/reload", post(reload))
-        .route("/metrics", get(metrics))
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = openapi::finish(doc);
+    // Outside `/api/`, not the JSON API: undocumented by the rule in `openapi`.
+    api.route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve(&doc)))
         .merge(crate::dashboard::routes())
         // After routing, so the table in `auth` sees the route as declared.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -140,8 +142,9 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct HealthBody {
+    /// `ok`, or `degraded` while the store is failing.
     status: &'static str,
     version: &'static str,
     /// The commit the binary was built from (`build.rs`).
@@ -149,8 +152,12 @@ struct HealthBody {
     site: String,
     now: chrono::DateTime<chrono::Utc>,
     uptime_secs: i64,
+    /// Devices by health state.
+    #[schema(value_type = std::collections::BTreeMap<String, usize>)]
     devices: std::collections::BTreeMap<&'static str, usize>,
+    /// The records store: `{"state": "ok"}`, or `failing` with the error and counts.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     store: Option<serde_json::Value>,
 }
 
@@ -177,6 +184,15 @@ fn store_view(s: &crate::records::writer::StoreStatus) -> serde_json::Value {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "status",
+    summary = "The daemon's health: devices by state, the store's condition",
+    responses(
+        (status = 200, description = "The daemon's condition", body = HealthBody),
+    )
+)]
 async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     let now = st.clock.now();
     let mut counts = std::collections::BTreeMap::new();
@@ -200,6 +216,15 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    summary = "Every device's health and last contact",
+    responses(
+        (status = 200, description = "The devices", body = Vec<views::DeviceSummary>),
+    )
+)]
 async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
     let now = st.clock.now();
     Json(
@@ -210,6 +235,18 @@ async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    summary = "One device: its points, faults, link, catalogue and zone protection",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+    ),
+    responses(
+        (status = 200, description = "The device", body = serde_json::Value),
+    )
+)]
 async fn device(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
@@ -228,7 +265,7 @@ async fn device(
     Ok(Json(detail))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CommandAccepted {
     device: String,
     command: &'static str,
@@ -236,9 +273,23 @@ struct CommandAccepted {
     /// What the command left on the device when that is known (a whole-degree unit holds 23
     /// after `set_setpoint 22.5`): the reading's key, value and unit.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     applied: Option<crate::driver::Applied>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/commands",
+    tag = "devices",
+    summary = "Queue a command on a device and wait for its outcome",
+    params(
+        ("id" = String, Path, description = "The device's id"),
+    ),
+    request_body = serde_json::Value,
+    responses(
+        (status = 200, description = "The device did it", body = CommandAccepted),
+    )
+)]
 async fn command(
     State(st): State<ApiState>,
     caller: auth::Caller,
@@ -267,6 +318,16 @@ async fn command(
 
 /// `POST /api/v1/reload`: re-read the site config. 200 with what changed (and what waits for
 /// a restart); 422 with every located error when the config is refused, nothing changed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/reload",
+    tag = "status",
+    summary = "Re-read the site config and apply what changed",
+    responses(
+        (status = 200, description = "Added, removed, changed devices and rooms, and what needs a restart", body = serde_json::Value),
+        (status = 422, description = "The config has errors: every located error; nothing changed", body = serde_json::Value),
+    )
+)]
 async fn reload(State(st): State<ApiState>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let Some(reload) = &st.reload else {
@@ -357,22 +418,9 @@ fn outcome_to_api(
 }
 
 async fn metrics(State(st): State<ApiState>) -> Response {
-    // Health gauges are computed on scrape from the live state.
-    for h in [
-        Health::Unknown,
-        Health::Ok,
-        Health::Busy,
-        Health::Degraded,
-        Health::Faulted,
-        Health::Unreachable,
-    ] {
-        let n = st.fleet.handles().filter(|d| d.state().health == h).count();
-        st.metrics
-            .set_gauge("avwarden_devices", Some(("health", h.as_str())), n as f64);
-    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
+        scrape::render(&st),
     )
         .into_response()
 }

@@ -164,6 +164,24 @@ impl From<Entry> for EntryView {
 }
 
 /// `GET /api/v1/logbook`: the newest entries that pass the filters, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/logbook",
+    tag = "records",
+    summary = "Logbook entries, newest first",
+    params(
+        ("from" = Option<String>, Query, description = "From this instant (RFC 3339, or a date and time in `tz`)"),
+        ("to" = Option<String>, Query, description = "Until this instant"),
+        ("room" = Option<String>, Query, description = "Only this room (repeatable)"),
+        ("device" = Option<String>, Query, description = "Only this device (repeatable)"),
+        ("kind" = Option<String>, Query, description = "Only this kind of entry (repeatable)"),
+        ("tz" = Option<String>, Query, description = "Time zone of `from` and `to` (IANA name; default UTC)"),
+        ("limit" = Option<usize>, Query, description = "How many (1 to the maximum)"),
+    ),
+    responses(
+        (status = 200, description = "The entries", body = serde_json::Value),
+    )
+)]
 pub async fn logbook(
     State(st): State<ApiState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -178,6 +196,19 @@ pub async fn logbook(
 
 /// `GET /api/v1/notify/deliveries?sink=webhook:ops&limit=50`: the alert sinks' delivery
 /// log, newest first (issue 11.6).
+#[utoipa::path(
+    get,
+    path = "/api/v1/notify/deliveries",
+    tag = "alerts",
+    summary = "The alert sinks' delivery log, newest first",
+    params(
+        ("sink" = Option<String>, Query, description = "One sink: `webhook:<name>` or `mail`"),
+        ("limit" = Option<usize>, Query, description = "How many (1 to 1000, default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Delivery attempts, newest first", body = Vec<serde_json::Value>),
+    )
+)]
 pub async fn deliveries(
     State(st): State<ApiState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -226,6 +257,25 @@ impl Write for ChannelWriter {
 }
 
 /// `GET /api/v1/logbook/export?format=csv|jsonl`: the CLI's export, streamed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/logbook/export",
+    tag = "records",
+    summary = "The logbook as CSV or JSON lines, as `avwarden logbook export` writes it",
+    params(
+        ("from" = Option<String>, Query, description = "From this instant (RFC 3339, or a date and time in `tz`)"),
+        ("to" = Option<String>, Query, description = "Until this instant"),
+        ("room" = Option<String>, Query, description = "Only this room (repeatable)"),
+        ("device" = Option<String>, Query, description = "Only this device (repeatable)"),
+        ("kind" = Option<String>, Query, description = "Only this kind of entry (repeatable)"),
+        ("tz" = Option<String>, Query, description = "Time zone of `from` and `to` (IANA name; default UTC)"),
+        ("format" = Option<String>, Query, description = "`csv` (default) or `jsonl`"),
+        ("bom" = Option<String>, Query, description = "A UTF-8 byte order mark first (`true`/`false`)"),
+    ),
+    responses(
+        (status = 200, description = "The export", body = String, content_type = "text/csv"),
+    )
+)]
 pub async fn export(
     State(st): State<ApiState>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -265,6 +315,15 @@ pub async fn export(
 }
 
 /// `GET /api/v1/equipment`: every device the archive knows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/equipment",
+    tag = "records",
+    summary = "Every device's equipment record",
+    responses(
+        (status = 200, description = "The records", body = serde_json::Value),
+    )
+)]
 pub async fn equipment(State(st): State<ApiState>) -> Result<Json<Vec<EquipmentRecord>>, ApiError> {
     let conn = reader(&st)?;
     Ok(Json(archive::list(&conn).map_err(store_error)?))
@@ -286,6 +345,18 @@ fn one(st: &ApiState, device: &str) -> Result<EquipmentRecord, ApiError> {
 }
 
 /// `GET /api/v1/equipment/{device}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/equipment/{device}",
+    tag = "records",
+    summary = "One device's equipment record",
+    params(
+        ("device" = String, Path, description = "The device's id"),
+    ),
+    responses(
+        (status = 200, description = "The record", body = serde_json::Value),
+    )
+)]
 pub async fn equipment_one(
     State(st): State<ApiState>,
     device: Result<Path<String>, PathRejection>,
@@ -296,6 +367,19 @@ pub async fn equipment_one(
 
 /// `PATCH /api/v1/equipment/{device}`: the technician fields; an absent field is kept, an
 /// empty one cleared. Answers the record as it now is.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/equipment/{device}",
+    tag = "records",
+    summary = "Change fields of an equipment record",
+    params(
+        ("device" = String, Path, description = "The device's id"),
+    ),
+    request_body = serde_json::Value,
+    responses(
+        (status = 200, description = "The record changed", body = serde_json::Value),
+    )
+)]
 pub async fn edit_equipment(
     State(st): State<ApiState>,
     caller: Caller,
@@ -319,13 +403,26 @@ pub async fn edit_equipment(
     Ok(Json(one(&st, &device)?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recorded {
     pub seq: u64,
 }
 
 /// `POST /api/v1/equipment/{device}/maintenance`: `{"action": "lamp_replaced", "lamp": 1,
 /// "at": …, "note": …, "room": …}`; `at` defaults to now, the worker is the caller.
+#[utoipa::path(
+    post,
+    path = "/api/v1/equipment/{device}/maintenance",
+    tag = "records",
+    summary = "Record maintenance done on a device",
+    params(
+        ("device" = String, Path, description = "The device's id"),
+    ),
+    request_body = serde_json::Value,
+    responses(
+        (status = 201, description = "The entry recorded", body = Recorded),
+    )
+)]
 pub async fn add_maintenance(
     State(st): State<ApiState>,
     caller: Caller,

@@ -52,7 +52,7 @@ impl From<Layout> for LiveLayout {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SiteView {
     pub name: String,
     pub time_zone: String,
@@ -65,6 +65,15 @@ pub struct SiteView {
 }
 
 /// `GET /api/v1/site`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/site",
+    tag = "rooms",
+    summary = "The site: name, time zone, rooms",
+    responses(
+        (status = 200, description = "The site", body = SiteView),
+    )
+)]
 pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {
     let layout = st.layout.get();
     Json(SiteView {
@@ -179,12 +188,33 @@ fn zones_view(
 }
 
 /// `GET /api/v1/rooms`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms",
+    tag = "rooms",
+    summary = "Every room with its devices' health",
+    responses(
+        (status = 200, description = "The rooms", body = serde_json::Value),
+    )
+)]
 pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
     let layout = st.layout.get();
     Json(layout.rooms.iter().map(|r| room_view(&st, r)).collect())
 }
 
 /// `GET /api/v1/rooms/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rooms/{id}",
+    tag = "rooms",
+    summary = "One room",
+    params(
+        ("id" = String, Path, description = "The room's id"),
+    ),
+    responses(
+        (status = 200, description = "The room", body = serde_json::Value),
+    )
+)]
 pub async fn get_one(
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,

@@ -143,15 +143,17 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoggedIn {
     pub name: String,
+    /// `viewer`, `technician` or `admin`.
+    #[schema(value_type = String)]
     pub role: Role,
     /// To send as `X-CSRF-Token` with every write; `null` when the API is open.
     pub csrf_token: Option<String>,
@@ -160,6 +162,16 @@ pub struct LoggedIn {
 
 /// `POST /api/v1/session` `{"token": …}`: a session cookie for a valid token. Wrong tokens
 /// count towards the client's slow-down as they do on any route.
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    tag = "session",
+    summary = "Open a dashboard session with a token",
+    request_body = Login,
+    responses(
+        (status = 200, description = "The session: a cookie, and the CSRF token to send with writes", body = LoggedIn),
+    )
+)]
 pub async fn login(
     State(st): State<ApiState>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
@@ -204,6 +216,15 @@ pub async fn login(
 }
 
 /// `DELETE /api/v1/session`: ends the session the cookie names and clears the cookie.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "session",
+    summary = "End the session of the cookie sent",
+    responses(
+        (status = 204, description = "The session is gone"),
+    )
+)]
 pub async fn logout(State(st): State<ApiState>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers) {
         st.auth.sessions.close(id);

@@ -11,11 +11,13 @@ use crate::model::{
     Value,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceSummary {
     pub id: String,
     pub room: String,
     pub profile: String,
+    /// `unknown`, `ok`, `busy`, `degraded`, `faulted` or `unreachable`.
+    #[schema(value_type = String)]
     pub health: Health,
     pub health_since: DateTime<Utc>,
     pub faults: usize,

@@ -74,6 +74,9 @@ pub(super) struct Actor {
     pub obs: Observer,
     pub commands: Arc<Mutex<Queues>>,
     pub cancel: CancellationToken,
+    /// `avwarden_poll_duration_seconds` of the driver's family, taken once so a poll's
+    /// observation is lock- and allocation-free.
+    polls: Arc<crate::metrics::Histogram>,
 }
 
 impl Actor {
@@ -84,12 +87,14 @@ impl Actor {
         commands: Arc<Mutex<Queues>>,
         cancel: CancellationToken,
     ) -> Self {
+        let polls = crate::metrics::poll_durations().family(driver.name());
         Self {
             cfg,
             driver,
             obs,
             commands,
             cancel,
+            polls,
         }
     }
 
@@ -191,7 +196,11 @@ impl Actor {
     async fn connect(&mut self, link: &mut Link) -> Result<(), DriverError> {
         link.connect().await?;
         self.driver.open(link, &mut self.obs).await?;
+        let started = Instant::now();
         self.driver.read_all(link, &mut self.obs).await?;
+        // The session's first full read is a poll too; counting it shows a family's latency
+        // before its first poll interval has passed.
+        self.polls.observe(started.elapsed());
         let now = self.obs.now();
         let peer = self.cfg.link.describe();
         self.obs
@@ -304,8 +313,13 @@ impl Actor {
                 }
                 _ = ticker.tick() => {
                     tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+                    let started = Instant::now();
                     let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
                     *last_io = Instant::now();
+                    // A failed poll's time is its timeout, not the device's latency.
+                    if res.is_ok() {
+                        self.polls.observe(last_io.duration_since(started));
+                    }
                     Some(res)
                 }
                 _ = meter_check.tick() => {

@@ -215,6 +215,11 @@ impl Case {
         self.malformed = Some((self.path.clone(), Some(body.to_owned()), status));
         self
     }
+    /// A path whose parameter does not parse (`/api/v1/alerts/abc`): 400 with JSON.
+    fn bad_path(mut self, path: &str) -> Self {
+        self.malformed = Some((path.to_owned(), self.body.clone(), 400));
+        self
+    }
     fn bad_query(mut self, query: &str) -> Self {
         self.malformed = Some((format!("{}?{query}", self.path), self.body.clone(), 400));
         self
@@ -296,18 +301,21 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     let cases = vec![
         case("GET", "/api/v1/health", "/api/v1/health", None),
         case("GET", "/metrics", "/metrics", None),
+        case("GET", "/openapi.json", "/openapi.json", None),
         case(
             "POST",
             "/api/v1/session",
             "/api/v1/session",
             Some(json!({"token": ADMIN})),
-        ),
+        )
+        .bad_body("{\"token\": 5}", 422),
         case("DELETE", "/api/v1/session", "/api/v1/session", None).success(204),
         case("GET", "/api/v1/site", "/api/v1/site", None),
         case("GET", "/api/v1/rooms", "/api/v1/rooms", None),
         case("GET", "/api/v1/rooms/{id}", "/api/v1/rooms/r1", None).missing("/api/v1/rooms/r9"),
         case("GET", "/api/v1/devices", "/api/v1/devices", None),
         case("GET", "/api/v1/devices/{id}", "/api/v1/devices/p1", None)
+            .bad_path("/api/v1/devices/%ff%fe")
             .missing("/api/v1/devices/p9"),
         case(
             "POST",
@@ -382,14 +390,17 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         case("GET", "/api/v1/alerts", "/api/v1/alerts", None).bad_query("open=maybe"),
         // This site raises no alert: a missing one is what each alert route answers here
         // (tests/it/playbook.rs acknowledges and resolves real ones).
-        case("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", None).success(404),
+        case("GET", "/api/v1/alerts/{id}", "/api/v1/alerts/999", None)
+            .success(404)
+            .bad_path("/api/v1/alerts/abc"),
         case(
             "POST",
             "/api/v1/alerts/{id}/ack",
             "/api/v1/alerts/999/ack",
             None,
         )
-        .success(404),
+        .success(404)
+        .bad_path("/api/v1/alerts/-1/ack"),
         case(
             "POST",
             "/api/v1/alerts/{id}/resolve",
@@ -414,6 +425,7 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         .bad_body("{\"until\": \"soon\"}", 422),
         case("DELETE", "/api/v1/maintenance-windows/{id}", &window, None)
             .success(204)
+            .bad_path("/api/v1/maintenance-windows/first")
             .missing("/api/v1/maintenance-windows/999"),
         case(
             "GET",
@@ -464,6 +476,11 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         let body = c.body.as_deref();
         let page = avwarden::dashboard::is_page(c.route);
         let Access::AtLeast(role) = rule.access else {
+            if let Some((path, bad, status)) = &c.malformed {
+                let a = call(addr, None, c.method, path, bad.as_deref()).await;
+                assert_eq!(a.status, *status, "{what} malformed: {:?}", a.json());
+                assert!(is_json_error(&a), "{what} malformed");
+            }
             let a = call(addr, None, c.method, &c.path, body).await;
             assert_eq!(a.status, c.success, "{what} open");
             if let Some(path) = &c.missing {
@@ -560,6 +577,73 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
     );
     let rec = call(addr, Some(VIEWER), "GET", "/api/v1/equipment/p1", None).await;
     assert_eq!(rec.json()["fields"]["location"], "ceiling, row 2");
+    d.shutdown("test").await;
+    pump.cancel();
+}
+
+/// Issue 12.3: the OpenAPI document describes exactly the routes the router serves under
+/// `/api/` (utoipa-axum registers each route with its documentation; `ROUTES` must list the
+/// router's routes, which the table test above checks by calling each), each with the role
+/// `ROUTES` gives it; routes outside `/api/` are left out by the documented rule.
+#[test]
+fn the_openapi_document_and_the_router_list_the_same_routes() {
+    use avwarden::api::openapi::documented;
+    let doc = serde_json::to_value(avwarden::api::openapi()).unwrap();
+    let mut in_doc = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let role = op
+                .get("x-required-role")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            in_doc.insert((method.to_uppercase(), path.clone()), role);
+        }
+    }
+    let mut in_router = std::collections::BTreeMap::new();
+    for r in ROUTES.iter().filter(|r| documented(r.path)) {
+        let role = match r.access {
+            Access::Open => None,
+            Access::AtLeast(role) => Some(role.as_str().to_owned()),
+        };
+        in_router.insert((r.method.to_owned(), r.path.to_owned()), role);
+    }
+    assert_eq!(in_doc, in_router);
+    // Left out: Prometheus text and the document itself, and nothing else of ROUTES.
+    let left_out: Vec<_> = ROUTES
+        .iter()
+        .filter(|r| !documented(r.path))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(left_out, ["/metrics", "/openapi.json"]);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let command = &doc["paths"]["/api/v1/devices/{id}/commands"]["post"];
+    assert_eq!(command["security"][0], json!({"bearer": []}));
+    assert!(command["description"]
+        .as_str()
+        .unwrap()
+        .contains("at least the role `technician`"));
+    assert!(command["responses"]["403"].is_object());
+    assert!(doc["paths"]["/api/v1/health"]["get"]["security"].is_null());
+}
+
+/// Issue 12.3: the daemon serves the same document, openly.
+#[tokio::test(start_paused = true)]
+async fn the_daemon_serves_its_openapi_document() {
+    let pump = CancellationToken::new();
+    spawn_settle_pump(pump.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), true).await;
+    let a = call(d.api_addr, None, "GET", "/openapi.json", None).await;
+    assert_eq!(a.status, 200);
+    assert!(a.headers.contains("application/json"), "{}", a.headers);
+    assert_eq!(
+        a.json(),
+        serde_json::to_value(avwarden::api::openapi()).unwrap()
+    );
+    assert!(a.json()["openapi"].as_str().unwrap().starts_with("3."));
     d.shutdown("test").await;
     pump.cancel();
 }
