@@ -4,8 +4,8 @@
 //! at the list routes and one device, at 2 and 50 connections, and at a trivial static server
 //! that serves the very same bytes from a file on the same machine: the baseline.
 //!
-//! The baseline is nginx when it is installed (the baseline was nginx); otherwise a
-//! minimal hyper server in this process that answers the file's bytes read once at start.
+//! Two baselines (`AVWARDEN_BENCH_API_BASELINE`, `nginx,hyper`): nginx when installed (the
+//! issue's baseline), and a minimal hyper server in this process answering the files' bytes.
 //! `cargo bench --bench api_load` installs `wrk` and `nginx-light` with apt when run as root
 //! and they are missing. This is a benchmark, not a test: it never fails on a figure. Under
 //! `cargo test --all-targets` it starts a four-room daemon and checks each route answers.
@@ -266,7 +266,7 @@ fn start_nginx(rt: &tokio::runtime::Runtime, dir: &Path, root: &Path) -> Result<
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(Baseline::Nginx { child, port });
         }
-        rt.block_on(tokio::time::sleep(Duration::from_millis(50)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
     }
     Err("nginx did not start".into())
 }
@@ -424,26 +424,37 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let baseline = if have_nginx {
-        start_nginx(rt, dir, &root)?
-    } else {
-        rt.block_on(start_hyper(root.clone()))?
-    };
+    let wanted =
+        std::env::var("AVWARDEN_BENCH_API_BASELINE").unwrap_or_else(|_| "nginx,hyper".into());
+    let mut baselines = Vec::new();
+    for name in wanted.split(',').map(str::trim) {
+        match name {
+            "nginx" if have_nginx => baselines.push(start_nginx(rt, dir, &root)?),
+            "nginx" => println!("api_load: nginx is not installed; no nginx baseline"),
+            "hyper" => baselines.push(rt.block_on(start_hyper(root.clone()))?),
+            other => println!("api_load: ignoring unknown baseline {other:?}"),
+        }
+    }
+    if baselines.is_empty() {
+        baselines.push(rt.block_on(start_hyper(root.clone()))?);
+    }
+    let names: Vec<&str> = baselines.iter().map(Baseline::name).collect();
     println!(
-        "api_load: baseline {} serving the same bytes; wrk -t2 -cN -d{secs}s --latency",
-        baseline.name()
+        "api_load: baselines {names:?} serving the same bytes from files; wrk -t2 -cN -d{secs}s --latency"
     );
-    let mut first = true;
+    print_header(&names);
     for (label, path, file, bytes, etag) in &files {
         for &c in &conns {
             let daemon = wrk(&format!("http://{}{path}", d.api_addr), c, secs, None)?;
-            let base = wrk(&baseline.url(file), c, secs, None)?;
-            print_row(first, label, c, *bytes, daemon, base);
-            first = false;
+            let mut base = Vec::new();
+            for b in &baselines {
+                base.push(wrk(&b.url(file), c, secs, None)?);
+            }
+            print_row(label, c, *bytes, daemon, &base);
         }
         if let Some(etag) = etag {
-            // A dashboard polling an unchanged list: 304 from both.
-            let base_etag = rt.block_on(baseline_etag(&baseline.url(file)));
+            // A dashboard polling an unchanged list: 304 from the daemon, and from a baseline
+            // that gives ETags too (nginx); one that does not answers the whole file.
             for &c in &conns {
                 let header = format!("If-None-Match: {etag}");
                 let daemon = wrk(
@@ -452,20 +463,21 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
                     secs,
                     Some(&header),
                 )?;
-                let base = match &base_etag {
-                    Some(e) => wrk(
-                        &baseline.url(file),
-                        c,
-                        secs,
-                        Some(&format!("If-None-Match: {e}")),
-                    )?,
-                    None => wrk(&baseline.url(file), c, secs, None)?,
-                };
-                print_row(false, &format!("{label} (304)"), c, 0, daemon, base);
+                let mut base = Vec::new();
+                for b in &baselines {
+                    let url = b.url(file);
+                    let h = rt
+                        .block_on(baseline_etag(&url))
+                        .map(|e| format!("If-None-Match: {e}"));
+                    base.push(wrk(&url, c, secs, h.as_deref())?);
+                }
+                print_row(&format!("{label} (304)"), c, 0, daemon, &base);
             }
         }
     }
-    baseline.stop();
+    for b in baselines {
+        b.stop();
+    }
     rt.block_on(d.shutdown("benchmark done"));
     println!("load after: {}", loadavg());
     Ok(())
@@ -480,22 +492,34 @@ async fn baseline_etag(url: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn print_row(header: bool, route: &str, conns: usize, bytes: usize, daemon: Load, base: Load) {
-    if header {
-        println!(
-            "{:<22} {:>5} {:>8} {:>10} {:>9} {:>10} {:>9} {:>6}",
-            "route", "conns", "bytes", "req/s", "p99 ms", "base req/s", "base p99", "ratio"
+fn print_header(baselines: &[&str]) {
+    print!(
+        "{:<22} {:>5} {:>7} {:>8} {:>8}",
+        "route", "conns", "bytes", "req/s", "p99 ms"
+    );
+    for b in baselines {
+        print!(
+            " | {:>13} {:>8} {:>6}",
+            format!("{b} req/s"),
+            "p99 ms",
+            "ratio"
         );
     }
-    println!(
-        "{:<22} {:>5} {:>8} {:>10.0} {:>9.2} {:>10.0} {:>9.2} {:>6.2}",
-        route,
-        conns,
-        bytes,
-        daemon.rps,
-        daemon.p99_ms,
-        base.rps,
-        base.p99_ms,
-        daemon.rps / base.rps
+    println!();
+}
+
+fn print_row(route: &str, conns: usize, bytes: usize, daemon: Load, base: &[Load]) {
+    print!(
+        "{:<22} {:>5} {:>7} {:>8.0} {:>8.2}",
+        route, conns, bytes, daemon.rps, daemon.p99_ms
     );
+    for b in base {
+        print!(
+            " | {:>13.0} {:>8.2} {:>6.2}",
+            b.rps,
+            b.p99_ms,
+            daemon.rps / b.rps
+        );
+    }
+    println!();
 }

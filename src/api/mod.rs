@@ -15,13 +15,14 @@ pub mod records;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod views;
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -64,6 +65,7 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let snapshots = Arc::new(snapshot::Snapshots::new(&state));
     Router::new()
         .route("/api/v1/health", get(health))
         .route(
@@ -123,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Through the extractor, so an oversized body is a JSON 413 like every other error.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(Extension(snapshots))
         .with_state(state)
 }
 
@@ -183,14 +186,23 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     })
 }
 
-async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
-    let now = st.clock.now();
-    Json(
-        st.fleet
-            .handles()
-            .map(|h| DeviceSummary::from_state(&h.state(), now))
-            .collect(),
-    )
+/// `GET /api/v1/devices`: every device's summary, from the list's snapshot.
+async fn devices(
+    State(st): State<ApiState>,
+    Extension(snapshots): Extension<Arc<snapshot::Snapshots>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let body = snapshots
+        .get(snapshot::List::Devices, "", st.clock.now(), |now| {
+            let list: Vec<DeviceSummary> = st
+                .fleet
+                .handles()
+                .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
+                .collect();
+            snapshot::Built::of(&list, None)
+        })
+        .await?;
+    Ok(body.answer(&headers))
 }
 
 async fn device(

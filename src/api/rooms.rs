@@ -6,14 +6,17 @@
 //! decides nothing but a room's overall state, which is its worst device's.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 
 use super::bookings::{BookingView, VerdictView};
+use super::snapshot::{Built, List, Snapshots};
 use super::views::{DeviceSummary, ProtectionView};
 use super::{ApiError, ApiState};
 use crate::config::Room;
@@ -85,12 +88,11 @@ fn severity(h: Health) -> u8 {
     }
 }
 
-fn room_view(st: &ApiState, room: &Room) -> RoomView {
-    let now = st.clock.now();
+fn room_view(st: &ApiState, room: &Room, now: chrono::DateTime<chrono::Utc>) -> RoomView {
     let handles = st.fleet.room(&room.id);
     let devices: Vec<DeviceSummary> = handles
         .iter()
-        .map(|h| DeviceSummary::from_state(&h.state(), now))
+        .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
         .collect();
     let protection = match &st.protection {
         Some(board) => handles
@@ -150,9 +152,33 @@ fn zones_view(
         .collect()
 }
 
-/// `GET /api/v1/rooms`.
-pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
-    Json(st.layout.rooms.iter().map(|r| room_view(&st, r)).collect())
+/// `GET /api/v1/rooms`, from the list's snapshot.
+pub async fn list(
+    State(st): State<ApiState>,
+    Extension(snapshots): Extension<Arc<Snapshots>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let body = snapshots
+        .get(List::Rooms, "", st.clock.now(), |now| {
+            let rooms: Vec<RoomView> = st
+                .layout
+                .rooms
+                .iter()
+                .map(|r| room_view(&st, r, now))
+                .collect();
+            // A booking starting or ending changes its room's view with no other change.
+            let valid_until = rooms
+                .iter()
+                .flat_map(|r| {
+                    let current = r.current_booking.as_ref().map(|b| b.end);
+                    let next = r.next_booking.as_ref().map(|b| b.start);
+                    current.into_iter().chain(next)
+                })
+                .min();
+            Built::of(&rooms, valid_until)
+        })
+        .await?;
+    Ok(body.answer(&headers))
 }
 
 /// `GET /api/v1/rooms/{id}`.
@@ -173,5 +199,5 @@ pub async fn get_one(
                 format!("no room {id:?}"),
             )
         })?;
-    Ok(Json(room_view(&st, room)))
+    Ok(Json(room_view(&st, room, st.clock.now())))
 }
