@@ -2,14 +2,18 @@
 //! schedule's [`crate::schedule::ScheduleHandle`]. A confidential booking's title is withheld
 //! in every answer (the records keep it).
 
+use std::sync::Arc;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
+use super::snapshot::{Built, List, Snapshots};
 use super::{ApiError, ApiState};
 use crate::model::{Booking, BookingId, Needs, Readiness, Reason, RoomId, Verdict};
 use crate::schedule::book::{BookingError, BookingFields};
@@ -395,20 +399,30 @@ pub struct BoardQuery {
 )]
 pub async fn board(
     State(st): State<ApiState>,
+    Extension(snapshots): Extension<Arc<Snapshots>>,
+    headers: HeaderMap,
     q: Result<Query<BoardQuery>, QueryRejection>,
-) -> Result<Json<Vec<BookingView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(ApiError::from_query_rejection)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let sched = schedule(&st)?;
-    let now = st.clock.now();
-    Ok(Json(
-        sched
-            .book
-            .upcoming(now)
-            .iter()
-            .filter(|b| b.is_active())
-            .take(limit)
-            .map(|b| BookingView::of(b, sched.book.verdict(&b.id).as_ref()))
-            .collect(),
-    ))
+    let body = snapshots
+        .get(List::Board, &limit.to_string(), st.clock.now(), |now| {
+            let upcoming: Vec<Booking> = sched
+                .book
+                .upcoming(now)
+                .into_iter()
+                .filter(|b| b.is_active())
+                .collect();
+            let views: Vec<BookingView> = upcoming
+                .iter()
+                .take(limit)
+                .map(|b| BookingView::of(b, sched.book.verdict(&b.id).as_ref()))
+                .collect();
+            // A booking leaves the board when it ends (and lets the next one in).
+            let valid_until = upcoming.iter().map(|b| b.end).min();
+            Built::of(&views, valid_until)
+        })
+        .await?;
+    Ok(body.answer(&headers))
 }

@@ -18,13 +18,14 @@ pub mod rooms;
 mod scrape;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod views;
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -121,6 +122,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let snapshots = Arc::new(snapshot::Snapshots::new(&state));
     let (api, doc) = api_routes().split_for_parts();
     let doc = openapi::finish(doc);
     // Outside `/api/`, not the JSON API: undocumented by the rule in `openapi`.
@@ -139,6 +141,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Through the extractor, so an oversized body is a JSON 413 like every other error.
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(Extension(snapshots))
         .with_state(state)
 }
 
@@ -216,6 +219,7 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
     })
 }
 
+/// `GET /api/v1/devices`: every device's summary, from the list's snapshot.
 #[utoipa::path(
     get,
     path = "/api/v1/devices",
@@ -225,14 +229,22 @@ async fn health(State(st): State<ApiState>) -> Json<HealthBody> {
         (status = 200, description = "The devices", body = Vec<views::DeviceSummary>),
     )
 )]
-async fn devices(State(st): State<ApiState>) -> Json<Vec<DeviceSummary>> {
-    let now = st.clock.now();
-    Json(
-        st.fleet
-            .handles()
-            .map(|h| DeviceSummary::from_state(&h.state(), now))
-            .collect(),
-    )
+async fn devices(
+    State(st): State<ApiState>,
+    Extension(snapshots): Extension<Arc<snapshot::Snapshots>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let body = snapshots
+        .get(snapshot::List::Devices, "", st.clock.now(), |now| {
+            let list: Vec<DeviceSummary> = st
+                .fleet
+                .handles()
+                .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
+                .collect();
+            snapshot::Built::of(&list, None)
+        })
+        .await?;
+    Ok(body.answer(&headers))
 }
 
 #[utoipa::path(

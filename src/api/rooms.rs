@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 
 use super::bookings::{BookingView, VerdictView};
+use super::snapshot::{Built, List, Snapshots};
 use super::views::{DeviceSummary, ProtectionView};
 use super::{ApiError, ApiState};
 use crate::config::Room;
@@ -30,19 +32,36 @@ pub struct Layout {
 /// The layout as the running config has it: a config reload replaces it whole, and a request
 /// reads one consistent copy.
 #[derive(Debug, Clone, Default)]
-pub struct LiveLayout(Arc<RwLock<Arc<Layout>>>);
+pub struct LiveLayout {
+    layout: Arc<RwLock<Arc<Layout>>>,
+    /// Bumped by every [`LiveLayout::set`]: the rooms list's snapshot rebuilds on it.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl LiveLayout {
     pub fn new(layout: Layout) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(layout))))
+        Self {
+            layout: Arc::new(RwLock::new(Arc::new(layout))),
+            generation: Arc::default(),
+        }
     }
 
     pub fn get(&self) -> Arc<Layout> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set(&self, layout: Layout) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(layout);
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(layout);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Changes whenever the layout is replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -121,13 +140,13 @@ fn severity(h: Health) -> u8 {
     }
 }
 
-/// A room as `GET /api/v1/rooms/{id}` shows it (the dashboard's tiles and MQTT status too).
-pub fn room_view(st: &ApiState, room: &Room) -> RoomView {
-    let now = st.clock.now();
+/// A room as `GET /api/v1/rooms/{id}` shows it at `now` (the dashboard's tiles and MQTT
+/// status too).
+pub fn room_view(st: &ApiState, room: &Room, now: chrono::DateTime<chrono::Utc>) -> RoomView {
     let handles = st.fleet.room(&room.id);
     let devices: Vec<DeviceSummary> = handles
         .iter()
-        .map(|h| DeviceSummary::from_state(&h.state(), now))
+        .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
         .collect();
     let protection = match &st.protection {
         Some(board) => handles
@@ -187,7 +206,7 @@ fn zones_view(
         .collect()
 }
 
-/// `GET /api/v1/rooms`.
+/// `GET /api/v1/rooms`, from the list's snapshot.
 #[utoipa::path(
     get,
     path = "/api/v1/rooms",
@@ -197,9 +216,33 @@ fn zones_view(
         (status = 200, description = "The rooms", body = serde_json::Value),
     )
 )]
-pub async fn list(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
-    let layout = st.layout.get();
-    Json(layout.rooms.iter().map(|r| room_view(&st, r)).collect())
+pub async fn list(
+    State(st): State<ApiState>,
+    Extension(snapshots): Extension<Arc<Snapshots>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let body = snapshots
+        .get(List::Rooms, "", st.clock.now(), |now| {
+            let rooms: Vec<RoomView> = st
+                .layout
+                .get()
+                .rooms
+                .iter()
+                .map(|r| room_view(&st, r, now))
+                .collect();
+            // A booking starting or ending changes its room's view with no other change.
+            let valid_until = rooms
+                .iter()
+                .flat_map(|r| {
+                    let current = r.current_booking.as_ref().map(|b| b.end);
+                    let next = r.next_booking.as_ref().map(|b| b.start);
+                    current.into_iter().chain(next)
+                })
+                .min();
+            Built::of(&rooms, valid_until)
+        })
+        .await?;
+    Ok(body.answer(&headers))
 }
 
 /// `GET /api/v1/rooms/{id}`.
@@ -232,5 +275,5 @@ pub async fn get_one(
                 format!("no room {id:?}"),
             )
         })?;
-    Ok(Json(room_view(&st, room)))
+    Ok(Json(room_view(&st, room, st.clock.now())))
 }

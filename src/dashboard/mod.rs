@@ -137,7 +137,7 @@ async fn board_page(State(st): State<ApiState>, caller: Caller) -> Response {
     let tiles: String = layout
         .rooms
         .iter()
-        .map(|r| render::room_article(&st, &rooms::room_view(&st, r), z))
+        .map(|r| render::room_article(&st, &rooms::room_view(&st, r, st.clock.now()), z))
         .collect();
     let body = format!(
         r#"<section aria-labelledby="alerts-h" class="panel">
@@ -194,7 +194,7 @@ async fn room_page(
         return not_found(&st, &caller, &format!("No room {id}."));
     };
     let z = zone(&st);
-    let view = rooms::room_view(&st, &room);
+    let view = rooms::room_view(&st, &room, st.clock.now());
     let bookings: Vec<BookingView> = upcoming(&st)
         .into_iter()
         .filter(|b| b.room == room.id)
@@ -226,7 +226,7 @@ async fn room_tile(
     };
     html(render::room_tile(
         &st,
-        &rooms::room_view(&st, &room),
+        &rooms::room_view(&st, &room, st.clock.now()),
         zone(&st),
     ))
 }

@@ -36,6 +36,9 @@ const DEFAULT_METER_PERIOD: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Default)]
 pub struct ProtectionBoard {
     zones: Arc<RwLock<BTreeMap<DeviceId, BTreeMap<String, ZoneView>>>>,
+    /// Counts the publications that changed a view, so the API's list snapshots can tell
+    /// without a lock whether what they show is still current.
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ProtectionBoard {
@@ -49,16 +52,24 @@ impl ProtectionBoard {
             .unwrap_or_default()
     }
 
+    /// How many publications changed a zone's view so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn publish(&self, device: &DeviceId, c: &Controller) {
-        let views = c
+        let views: BTreeMap<String, ZoneView> = c
             .zones
             .iter()
             .map(|z| (z.spec.id.clone(), z.view()))
             .collect();
-        self.zones
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(device.clone(), views);
+        let mut zones = self.zones.write().unwrap_or_else(|p| p.into_inner());
+        if zones.get(device) != Some(&views) {
+            zones.insert(device.clone(), views);
+            // Under the write lock, so a reader that sees the new count sees the new view.
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 

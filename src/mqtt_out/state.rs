@@ -79,7 +79,7 @@ pub fn room_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
         .rooms
         .iter()
         .map(|room| {
-            let view = crate::api::rooms::room_view(st, room);
+            let view = crate::api::rooms::room_view(st, room, st.clock.now());
             let live = view
                 .devices
                 .iter()

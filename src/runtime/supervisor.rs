@@ -249,6 +249,9 @@ pub struct Fleet {
     tracker: TaskTracker,
     cancel: CancellationToken,
     budget: RestartBudget,
+    /// Bumped when a device is added or removed: whoever watches every device's state (the
+    /// API's list snapshots) re-reads the set.
+    membership: std::sync::atomic::AtomicU64,
 }
 
 /// One device the fleet runs: its handle, the token that stops just this device, and the
@@ -273,6 +276,7 @@ impl Fleet {
             tracker,
             cancel,
             budget: RestartBudget::default(),
+            membership: Default::default(),
         }
     }
 
@@ -337,6 +341,9 @@ impl Fleet {
                 done,
             },
         );
+        // After the insert: whoever sees the new membership finds the device.
+        self.membership
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(old) = replaced {
             // Callers remove a device before starting it again; never leave one running unseen.
             old.stop.cancel();
@@ -495,9 +502,16 @@ impl Fleet {
         let Some(running) = self.write().remove(id) else {
             return false;
         };
+        self.membership
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         running.stop.cancel();
         let _ = running.done.await;
         true
+    }
+
+    /// Changes whenever a device is added or removed.
+    pub fn membership(&self) -> u64 {
+        self.membership.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn get(&self, id: &str) -> Option<DeviceHandle> {

@@ -3,6 +3,7 @@
 
 mod api_auth;
 mod api_server;
+mod api_snapshot;
 mod backup;
 mod config;
 mod daemon;

@@ -1,0 +1,382 @@
+//! The list answers from snapshots (issue 15 point 3): `/api/v1/devices`, `/api/v1/rooms` and
+//! `/api/v1/board` answer the JSON their handlers built per request, with an ETag that a
+//! dashboard sends back for a 304, gzip when asked, and a new body as soon as a simulator's
+//! change shows through another route, a booking is made, or a booking starts.
+
+use std::io::Read;
+use std::time::Duration;
+
+use avwarden::api::DeviceSummary;
+use avwarden::app::{Daemon, StartOptions};
+use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus};
+use avwarden::config::{parse_site, Env};
+use avwarden::sim::pjlink::{PjlinkSim, SimConfig};
+use reqwest::header;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{api, clock, spawn, spawn_settle_pump, wait_state};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Site {
+    d: Daemon,
+    sims: Vec<PjlinkSim>,
+    cancel: CancellationToken,
+}
+
+/// Three rooms, a projector each, reached over loopback on simulators this test holds.
+async fn site(dir: &std::path::Path) -> Site {
+    let cancel = CancellationToken::new();
+    spawn_settle_pump(cancel.clone());
+    let mut sims = Vec::new();
+    let mut text = String::from(
+        "[site]\nname = \"Snapshot test\"\ntime_zone = \"UTC\"\n[storage]\npath = \"records.db\"\n",
+    );
+    for i in 1..=3 {
+        let sim = PjlinkSim::start(
+            SimConfig {
+                power_on: true,
+                ..SimConfig::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        text.push_str(&format!(
+            "[[rooms]]\nid = \"r{i}\"\nname = \"Room {i}\"\ncapacity = 10\n\
+             [[devices]]\nid = \"p{i}\"\nroom = \"r{i}\"\nprofile = \"generic-pjlink\"\n\
+             link = {{ host = \"127.0.0.1\", port = {} }}\n",
+            sim.addr().port()
+        ));
+        sims.push(sim);
+    }
+    let cfg = parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap();
+    let d = Daemon::start(
+        cfg,
+        StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts");
+    for h in d.fleet.handles() {
+        wait_state(&mut h.watch(), MINUTE, "reachable", |s| s.reachable).await;
+    }
+    Site { d, sims, cancel }
+}
+
+impl Site {
+    async fn stop(self) {
+        self.d.shutdown("test done").await;
+        self.cancel.cancel();
+    }
+}
+
+struct Answer {
+    status: u16,
+    etag: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+    fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn get(d: &Daemon, path: &str, headers: &[(header::HeaderName, &str)]) -> Answer {
+    let url = format!("http://{}{path}", d.api_addr);
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(k.clone(), *v);
+    }
+    spawn(async move {
+        let r = req.send().await.expect("the API answers");
+        let headers = r.headers().clone();
+        Answer {
+            status: r.status().as_u16(),
+            etag: headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            headers,
+            body: r.bytes().await.expect("a body").to_vec(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The devices list as the handler built it before snapshots, from the states now.
+fn devices_now(d: &Daemon) -> Value {
+    let now = d.clock.now();
+    let list: Vec<DeviceSummary> = d
+        .fleet
+        .handles()
+        .map(|h| DeviceSummary::from_state(&h.state(), now))
+        .collect();
+    serde_json::to_value(list).unwrap()
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("a gzip body");
+    out
+}
+
+/// A request and a second one made from its answer, repeated until both saw the same body
+/// (a poll between them may change a device list legitimately; five tries are plenty).
+async fn pair(
+    d: &Daemon,
+    path: &str,
+    second: impl Fn(&Answer) -> Vec<(header::HeaderName, String)>,
+) -> (Answer, Answer) {
+    for _ in 0..5 {
+        let a = get(d, path, &[]).await;
+        let headers = second(&a);
+        let refs: Vec<(header::HeaderName, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str()))
+            .collect();
+        let b = get(d, path, &refs).await;
+        let same = |e: &Option<String>| e.as_deref().map(|e| e.replace("-gzip", ""));
+        if same(&a.etag) == same(&b.etag) {
+            return (a, b);
+        }
+    }
+    panic!("{path} changed on every try");
+}
+
+/// Whether `path` answers what `expected` builds now, allowing for the list's one second of
+/// quietly stamped contact instants (see `QUIET_STAMPS_MAX_AGE`) and a poll in between.
+async fn answers_as_built(d: &Daemon, path: &str, expected: impl Fn(&Daemon) -> Value) {
+    let mut last = (Value::Null, Value::Null);
+    for _ in 0..5 {
+        let got = get(d, path, &[]).await.json();
+        let want = expected(d);
+        if got == want {
+            return;
+        }
+        last = (got, want);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    panic!(
+        "{path} answered {:#} where the handler builds {:#}",
+        last.0, last.1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_list_answers_304_and_gzip_decodes_to_the_same_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path()).await;
+    let d = &s.d;
+    for path in ["/api/v1/devices", "/api/v1/rooms", "/api/v1/board"] {
+        let a = get(d, path, &[]).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.header(header::CONTENT_TYPE), Some("application/json"));
+        assert_eq!(a.header(header::CACHE_CONTROL), Some("no-cache"));
+        assert_eq!(a.header(header::VARY), Some("accept-encoding"));
+        assert_eq!(a.header(header::CONTENT_ENCODING), None);
+        assert!(a.etag.is_some(), "{path}: an ETag");
+
+        // The same state: a 304 without a body for the poller that holds the ETag.
+        let inm = |a: &Answer| vec![(header::IF_NONE_MATCH, a.etag.clone().unwrap())];
+        let (a, cond) = pair(d, path, inm).await;
+        assert_eq!(cond.status, 304, "{path}");
+        assert!(cond.body.is_empty());
+        assert_eq!(cond.etag, a.etag);
+        let other = get(d, path, &[(header::IF_NONE_MATCH, "\"not-this-one\"")]).await;
+        assert_eq!(other.status, 200, "{path}");
+
+        let gzip = |_: &Answer| vec![(header::ACCEPT_ENCODING, "gzip, br".to_owned())];
+        let (a, gz) = pair(d, path, gzip).await;
+        assert_eq!(gz.header(header::CONTENT_ENCODING), Some("gzip"), "{path}");
+        assert_eq!(gunzip(&gz.body), a.body, "{path}");
+        let gz_etag = gz.etag.clone().expect("an ETag");
+        assert_ne!(gz.etag, a.etag, "another representation, another ETag");
+        let both = |g: &Answer| {
+            vec![
+                (
+                    header::IF_NONE_MATCH,
+                    g.etag.clone().unwrap().replace("-gzip", ""),
+                ),
+                (header::ACCEPT_ENCODING, "gzip".to_owned()),
+            ]
+        };
+        let (_, cond) = pair(d, path, both).await;
+        assert_eq!(cond.status, 304, "{path}: {gz_etag}");
+        let refused = get(d, path, &[(header::ACCEPT_ENCODING, "gzip;q=0, *")]).await;
+        assert_eq!(refused.header(header::CONTENT_ENCODING), None);
+    }
+    // What the handler built per request before snapshots, field for field.
+    answers_as_built(d, "/api/v1/devices", devices_now).await;
+    assert_eq!(
+        get(d, "/api/v1/devices", &[])
+            .await
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    // A query the board keys its snapshot by; a bad one is refused as before.
+    let one = get(d, "/api/v1/board?limit=1", &[]).await;
+    assert_eq!((one.status, one.json()), (200, serde_json::json!([])));
+    let bad = get(d, "/api/v1/board?limit=x", &[]).await;
+    assert_eq!(bad.status, 400);
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_seen_through_another_route_is_in_the_next_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path()).await;
+    let d = &s.d;
+    let before = get(d, "/api/v1/devices", &[]).await;
+    let rooms_before = get(d, "/api/v1/rooms", &[]).await;
+
+    // The lamp fails on p2's projector; once the device's own route shows the fault, the
+    // lists must too, with no wait.
+    s.sims[1].set_error_status(ErrorStatus {
+        lamp: ErrorLevel::Error,
+        ..ErrorStatus::default()
+    });
+    let h = d.fleet.get("p2").unwrap();
+    wait_state(&mut h.watch(), MINUTE, "a lamp fault", |s| {
+        !s.faults.is_empty()
+    })
+    .await;
+    let (status, one) = api(d, reqwest::Method::GET, "/api/v1/devices/p2", Value::Null).await;
+    assert_eq!(status, 200);
+    assert!(!one["faults"].as_array().unwrap().is_empty());
+
+    let after = get(d, "/api/v1/devices", &[]).await;
+    assert_ne!(after.etag, before.etag);
+    assert_ne!(after.body, before.body);
+    let p2 = |list: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == "p2")
+            .cloned()
+            .unwrap()
+    };
+    assert!(p2(&after.json())["faults"].as_u64().unwrap() >= 1);
+    assert_eq!(p2(&after.json())["health"], one["health"]);
+    answers_as_built(d, "/api/v1/devices", devices_now).await;
+    // The ETag the dashboard held is stale now: the whole new body.
+    let cond = get(
+        d,
+        "/api/v1/devices",
+        &[(header::IF_NONE_MATCH, before.etag.as_deref().unwrap())],
+    )
+    .await;
+    assert_eq!(cond.status, 200);
+    assert!(!cond.body.is_empty());
+
+    let rooms_after = get(d, "/api/v1/rooms", &[]).await;
+    assert_ne!(rooms_after.etag, rooms_before.etag);
+    let r2 = rooms_after.json()[1].clone();
+    assert_eq!(r2["id"], "r2");
+    assert_eq!(r2["devices"][0]["faults"], p2(&after.json())["faults"]);
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_booking_changes_the_rooms_and_the_board_and_its_start_alone_does_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path()).await;
+    let d = &s.d;
+    let rooms = get(d, "/api/v1/rooms", &[]).await;
+    let board = get(d, "/api/v1/board", &[]).await;
+    assert_eq!(board.json(), serde_json::json!([]));
+
+    let start = d.clock.now() + chrono::Duration::minutes(10);
+    let (status, body) = api(
+        d,
+        reqwest::Method::POST,
+        "/api/v1/bookings",
+        serde_json::json!({
+            "room": "r3", "title": "Weekly sync", "start": start,
+            "end": start + chrono::Duration::minutes(30), "attendees": 4,
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let board_after = get(d, "/api/v1/board", &[]).await;
+    assert_ne!(board_after.etag, board.etag);
+    assert_eq!(board_after.json()[0]["title"], "Weekly sync");
+    let rooms_after = get(d, "/api/v1/rooms", &[]).await;
+    assert_ne!(rooms_after.etag, rooms.etag);
+    let r3 = |a: &Answer| a.json()[2].clone();
+    assert_eq!(r3(&rooms_after)["next_booking"]["title"], "Weekly sync");
+    assert_eq!(r3(&rooms_after)["current_booking"], Value::Null);
+
+    // Nothing but time: the meeting starts, so the room's view changes.
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let running = get(d, "/api/v1/rooms", &[]).await;
+    assert_eq!(r3(&running)["current_booking"]["title"], "Weekly sync");
+    assert_eq!(r3(&running)["next_booking"], Value::Null);
+    // And it ends: it leaves the board.
+    tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+    let later = get(d, "/api/v1/board", &[]).await;
+    assert_eq!(later.json(), serde_json::json!([]));
+    assert_eq!(
+        r3(&get(d, "/api/v1/rooms", &[]).await)["current_booking"],
+        Value::Null
+    );
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_during_a_rebuild_get_one_consistent_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path()).await;
+    let d = &s.d;
+    let before = get(d, "/api/v1/rooms", &[]).await;
+    s.sims[0].set_error_status(ErrorStatus {
+        fan: ErrorLevel::Error,
+        ..ErrorStatus::default()
+    });
+    let h = d.fleet.get("p1").unwrap();
+    wait_state(&mut h.watch(), MINUTE, "a fan fault", |s| {
+        !s.faults.is_empty()
+    })
+    .await;
+    // Many requests find the list changed at once; each body is whole and matches its ETag.
+    let answers = futures::future::join_all((0..24).map(|i| {
+        let enc = if i % 2 == 0 { "gzip" } else { "identity" };
+        async move { get(d, "/api/v1/rooms", &[(header::ACCEPT_ENCODING, enc)]).await }
+    }))
+    .await;
+    let mut bodies = std::collections::BTreeMap::new();
+    for a in &answers {
+        assert_eq!(a.status, 200);
+        let body = match a.header(header::CONTENT_ENCODING) {
+            Some("gzip") => gunzip(&a.body),
+            _ => a.body.clone(),
+        };
+        let etag = a.etag.clone().unwrap();
+        let etag = etag.trim_end_matches("-gzip\"").trim_end_matches('"');
+        let seen = bodies
+            .entry(etag.to_owned())
+            .or_insert_with(|| body.clone());
+        assert_eq!(seen, &body, "one ETag, one body");
+        let rooms: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rooms.as_array().map(Vec::len), Some(3));
+        assert!(rooms[0]["devices"][0]["faults"].as_u64().unwrap() >= 1);
+    }
+    assert!(!bodies.contains_key(before.etag.as_deref().unwrap().trim_end_matches('"')));
+    s.stop().await;
+}
