@@ -786,6 +786,7 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
         for (id, ep) in &daemon.simulators {
             banner += &format!("  simulator for {id}: {ep}\n");
         }
+        banner += &format!("dashboard: http://{}/\n", daemon.api_addr);
         banner += &format!("status: http://{}/api/v1/health\n", daemon.api_addr);
         banner += &format!("board: http://{}/api/v1/board\n", daemon.api_addr);
         banner += &format!("devices: http://{}/api/v1/devices\n", daemon.api_addr);
