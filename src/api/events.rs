@@ -289,6 +289,19 @@ fn last_seen(headers: &HeaderMap, q: &StreamQuery) -> Option<u64> {
     }
 }
 
+/// One message of the stream as the OpenAPI document describes it (SSE fields are text;
+/// `data` is the event as JSON text). `lagged` has no `id`. Never built: a schema only.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseMessage {
+    /// The event's number (absent on `lagged`).
+    id: Option<String>,
+    /// The event's name (`EventKind::name`), or `reset` / `lagged`.
+    event: Option<String>,
+    /// The event as JSON text.
+    data: String,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/events",
@@ -302,7 +315,7 @@ fn last_seen(headers: &HeaderMap, q: &StreamQuery) -> Option<u64> {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id"),
     ),
     responses(
-        (status = 200, description = "An event stream (`text/event-stream`): `id`, `event`, `data` per message", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream (`text/event-stream`): `id`, `event`, `data` per message", content_type = "text/event-stream", body = SseMessage),
     )
 )]
 pub async fn stream(

@@ -267,6 +267,7 @@ async fn the_webhook_gets_each_alert_event_signed() {
             "levelwatch",
             "playbook",
             "notify",
+            "reload",
             "api"
         ]
     );
