@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use avwarden::api::DeviceSummary;
-use avwarden::app::{Daemon, StartOptions};
+use avwarden::app::Daemon;
 use avwarden::codec::pjlink::{ErrorLevel, ErrorStatus};
 use avwarden::config::{parse_site, Env};
 use avwarden::sim::pjlink::{PjlinkSim, SimConfig};
@@ -15,7 +15,7 @@ use reqwest::header;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{api, clock, spawn, spawn_settle_pump, wait_state};
+use crate::support::{api, spawn, spawn_settle_pump, wait_state};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -53,17 +53,7 @@ async fn site(dir: &std::path::Path) -> Site {
         sims.push(sim);
     }
     let cfg = parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap();
-    let d = Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
-    )
-    .await
-    .expect("daemon starts");
+    let d = crate::support::start_daemon(cfg).await;
     for h in d.fleet.handles() {
         wait_state(&mut h.watch(), MINUTE, "reachable", |s| s.reachable).await;
     }

@@ -658,17 +658,7 @@ link = {{ host = "127.0.0.1", port = {port} }}
         port = sim.addr().port()
     );
     let cfg = parse_site(&site, "site.toml", dir, &Env::fixed(&[])).unwrap();
-    let daemon = Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
-    )
-    .await
-    .unwrap();
+    let daemon = crate::support::start_daemon(cfg).await;
     (daemon, sim, stop_sim, pump)
 }
 

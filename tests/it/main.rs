@@ -5,6 +5,7 @@ mod api_auth;
 mod api_server;
 mod api_snapshot;
 mod backup;
+mod broker;
 mod config;
 mod daemon;
 mod dashboard;

@@ -8,11 +8,9 @@
 //! and only catches a hang.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use avwarden::app::{Daemon, StartOptions};
+use avwarden::app::Daemon;
 use avwarden::config::{parse_site, Env};
 use avwarden::events::{EventFilter, EventKind};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
@@ -22,123 +20,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::support::{clock, spawn};
+use crate::broker::{mosquitto, Mosquitto};
+use crate::support::spawn;
 
 /// Bounds a hang only.
 const LIMIT: Duration = Duration::from_secs(40);
 const VIEWER: &str = "viewer-token-0123456789";
 const TECH: &str = "techn-token-0123456789";
 const BASE: &str = "avwarden/mqtt-test";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The Mosquitto binary: `AVWARDEN_MOSQUITTO`, `PATH`, or Debian's /usr/sbin. Missing is a
-/// clear skip, and a failure under CI.
-fn mosquitto() -> Option<PathBuf> {
-    let found = std::env::var_os("AVWARDEN_MOSQUITTO")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("mosquitto"))
-                    .find(|p| p.is_file())
-            })
-        })
-        .or_else(|| Some(PathBuf::from("/usr/sbin/mosquitto")).filter(|p| p.is_file()));
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto must be installed under CI (apt-get install mosquitto)"
-        );
-        eprintln!("skipped: mosquitto not found (set AVWARDEN_MOSQUITTO)");
-    }
-    found
-}
-
-/// A Mosquitto of our own on a free loopback port. With persistence, a stop by SIGTERM saves
-/// the persistent sessions (and their queued QoS 1 messages) and a restart restores them.
-struct Mosquitto {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    persistence: bool,
-    child: Option<tokio::process::Child>,
-}
-
-impl Mosquitto {
-    async fn start(bin: PathBuf, persistence: bool) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        // Mosquitto started as root drops to its own user, which must still write its
-        // persistence file here.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut m = Mosquitto {
-            bin,
-            dir,
-            port: free_port(),
-            persistence,
-            child: None,
-        };
-        m.run().await;
-        m
-    }
-
-    async fn run(&mut self) {
-        let conf = self.dir.path().join("mosquitto.conf");
-        let persistence = if self.persistence {
-            format!(
-                "persistence true\npersistence_location {}/\n",
-                self.dir.path().display()
-            )
-        } else {
-            "persistence false\n".to_owned()
-        };
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nlog_dest file {}/log\n{persistence}",
-                self.port,
-                self.dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = tokio::process::Command::new(&self.bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        tokio::time::timeout(LIMIT, async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("mosquitto listening");
-    }
-
-    /// An orderly stop (SIGTERM): Mosquitto writes its persistence file on the way out.
-    async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Some(pid) = c.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let _ = tokio::time::timeout(LIMIT, c.wait()).await;
-        }
-    }
-}
 
 fn site(port: u16, receiver: u16, mqtt_extra: &str) -> String {
     format!(
@@ -185,17 +74,7 @@ link = {{ host = "127.0.0.1", port = {receiver} }}
 async fn daemon(dir: &std::path::Path, text: &str) -> Daemon {
     let env = Env::fixed(&[("VIEWER_TOKEN", VIEWER), ("TECH_TOKEN", TECH)]);
     let cfg = parse_site(text, "site.toml", dir, &env).unwrap_or_else(|e| panic!("{e}"));
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
-    )
-    .await
-    .expect("daemon starts")
+    crate::support::start_daemon(cfg).await
 }
 
 async fn receiver() -> (ShureSim, CancellationToken) {

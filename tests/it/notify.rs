@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use avwarden::app::{Daemon, StartOptions};
+use avwarden::app::Daemon;
 use avwarden::config::{parse_site, Env, SiteConfig};
 use avwarden::events::EventKind;
 use avwarden::model::{DeviceId, Fault, RoomId, Severity};
@@ -22,7 +22,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{api, clock, spawn, spawn_settle_pump};
+use crate::support::{api, spawn, spawn_settle_pump};
 
 const SECRET: &str = "hook-Secret-4b1e9d07";
 const SMTP_PASSWORD: &str = "smtp-Password-77c2a5";
@@ -87,17 +87,7 @@ timeout_secs = 300
 }
 
 async fn start(cfg: SiteConfig) -> Daemon {
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
-    )
-    .await
-    .expect("daemon starts")
+    crate::support::start_daemon(cfg).await
 }
 
 /// A projector lamp failure in `room`: the playbook raises an alert and tells the on-duty

@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
-use avwarden::app::{Daemon, StartOptions};
+use avwarden::app::Daemon;
 use avwarden::config::{parse_site, Env};
 use avwarden::events::{EventFilter, EventKind, EventSink};
 use avwarden::records::report::FaultClass;
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{api, clock, spawn_settle_pump};
+use crate::support::{api, spawn_settle_pump};
 
 /// One room, one ULX-D receiver reached over loopback TCP, a technician on duty around the
 /// clock and a project manager to escalate to.
@@ -25,17 +25,7 @@ async fn daemon_with(dir: &std::path::Path, port: u16, extra: &str) -> Daemon {
     let text = site_text(port, extra);
     let cfg =
         parse_site(&text, "site.toml", dir, &Env::fixed(&[])).unwrap_or_else(|e| panic!("{e}"));
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        clock(),
-    )
-    .await
-    .expect("daemon starts")
+    crate::support::start_daemon(cfg).await
 }
 
 fn site_text(port: u16, extra: &str) -> String {

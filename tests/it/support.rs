@@ -296,3 +296,19 @@ pub async fn api(
     .await
     .unwrap()
 }
+
+/// A daemon for `cfg` on the test clock, its API on a free loopback port, no simulators of
+/// its own (the test holds them) and no demo bookings.
+pub async fn start_daemon(cfg: avwarden::config::SiteConfig) -> avwarden::app::Daemon {
+    avwarden::app::Daemon::start(
+        cfg,
+        avwarden::app::StartOptions {
+            with_simulators: false,
+            api_bind: Some("127.0.0.1:0".parse().unwrap()),
+            demo_bookings: false,
+        },
+        clock(),
+    )
+    .await
+    .expect("daemon starts")
+}

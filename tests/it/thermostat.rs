@@ -6,8 +6,6 @@
 //! and only catches a hang.
 
 use avwarden::model::{Point, Quantity};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,102 +21,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::{free_port, mosquitto, Mosquitto};
 use crate::support::{bus, clock, profile, reading, wait_state};
 
 /// Bounds a hang only.
 const LIMIT: Duration = Duration::from_secs(40);
 const Z2M_TOPIC: &str = "zigbee2mqtt/room101_thermostat";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// The Mosquitto binary: `AVWARDEN_MOSQUITTO`, `PATH`, or Debian's /usr/sbin. Missing is a
-/// clear skip, and a failure under CI.
-fn mosquitto() -> Option<PathBuf> {
-    let found = std::env::var_os("AVWARDEN_MOSQUITTO")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("mosquitto"))
-                    .find(|p| p.is_file())
-            })
-        })
-        .or_else(|| Some(PathBuf::from("/usr/sbin/mosquitto")).filter(|p| p.is_file()));
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto must be installed under CI (apt-get install mosquitto)"
-        );
-        eprintln!(
-            "skipped: mosquitto not found (apt-get install mosquitto, or set AVWARDEN_MOSQUITTO)"
-        );
-    }
-    found
-}
-
-/// A Mosquitto of our own on a free loopback port, no persistence, killed on drop.
-struct Mosquitto {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-impl Mosquitto {
-    async fn start(bin: PathBuf) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut m = Mosquitto {
-            bin,
-            dir,
-            port,
-            child: None,
-        };
-        m.run().await;
-        m
-    }
-
-    async fn run(&mut self) {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        let child = tokio::process::Command::new(&self.bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        tokio::time::timeout(LIMIT, async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("mosquitto listening");
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-            let _ = c.wait().await;
-        }
-    }
-}
 
 fn client_settings(port: u16) -> MqttSettings {
     let s = MqttSettings {
@@ -241,7 +149,7 @@ async fn next_payload(sub: &mut Subscription, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     let Some(bin) = mosquitto() else { return };
-    let mut broker = Mosquitto::start(bin).await;
+    let mut broker = Mosquitto::start(bin, false).await;
     let mut rig = Rig::start(
         broker.port,
         quick("zigbee2mqtt-thermostat"),
@@ -291,7 +199,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
     .await;
 
     // Broker gone: the client notices, the device goes unreachable (never "off").
-    broker.stop().await;
+    broker.kill().await;
     let s = rig
         .wait("unreachable without a broker", |s| {
             s.health == Health::Unreachable
@@ -337,7 +245,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
         r#"{"system_mode":"cool"}"#
     );
     rig.stop().await;
-    broker.stop().await;
+    broker.kill().await;
 }
 
 /// Malformed JSON, wrong types and unknown enum values are counted bad input; the reading they
@@ -346,7 +254,7 @@ async fn thermostat_through_mosquitto_survives_a_broker_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thermostat_bad_payloads_and_availability() {
     let Some(bin) = mosquitto() else { return };
-    let mut broker = Mosquitto::start(bin).await;
+    let mut broker = Mosquitto::start(bin, false).await;
     let mut rig = Rig::start(
         broker.port,
         quick("zigbee2mqtt-thermostat"),
@@ -412,7 +320,7 @@ async fn thermostat_bad_payloads_and_availability() {
     rig.sim.set_available(true);
     rig.wait("online again", |s| s.health == Health::Ok).await;
     rig.stop().await;
-    broker.stop().await;
+    broker.kill().await;
 }
 
 /// Tasmota's dialect (raw values on cmnd/<topic>/<Command>, state from stat/…/RESULT and
@@ -420,7 +328,7 @@ async fn thermostat_bad_payloads_and_availability() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasmota_thermostat_is_a_profile_not_code() {
     let Some(bin) = mosquitto() else { return };
-    let mut broker = Mosquitto::start(bin).await;
+    let mut broker = Mosquitto::start(bin, false).await;
     let mut rig = Rig::start(
         broker.port,
         quick("tasmota-thermostat"),
@@ -486,7 +394,7 @@ async fn tasmota_thermostat_is_a_profile_not_code() {
         .unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
     rig.stop().await;
-    broker.stop().await;
+    broker.kill().await;
 }
 
 /// A site without a broker: the embedded rumqttd serves the daemon's client and a thermostat.
