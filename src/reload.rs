@@ -63,44 +63,44 @@ fn device_changed(old: &DeviceConfig, new: &DeviceConfig) -> bool {
         || old.settings != new.settings
 }
 
+/// The ids added, changed (by `changed`) and removed between two lists, each in id order.
+fn by_id<T, K: Ord + Clone>(
+    old: &[T],
+    new: &[T],
+    id: impl Fn(&T) -> &K,
+    changed: impl Fn(&T, &T) -> bool,
+) -> (Vec<K>, Vec<K>, Vec<K>) {
+    let old: BTreeMap<&K, &T> = old.iter().map(|x| (id(x), x)).collect();
+    let new: BTreeMap<&K, &T> = new.iter().map(|x| (id(x), x)).collect();
+    let (mut added, mut differ) = (Vec::new(), Vec::new());
+    for (k, n) in &new {
+        match old.get(k) {
+            None => added.push((*k).clone()),
+            Some(o) if changed(o, n) => differ.push((*k).clone()),
+            Some(_) => {}
+        }
+    }
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|k| (*k).clone())
+        .collect();
+    (added, differ, removed)
+}
+
 /// Compare two validated configs.
 pub fn diff(old: &SiteConfig, new: &SiteConfig) -> ConfigDiff {
     let mut d = ConfigDiff::default();
-    let old_devices: BTreeMap<&DeviceId, &DeviceConfig> =
-        old.devices.iter().map(|x| (&x.id, x)).collect();
-    let new_devices: BTreeMap<&DeviceId, &DeviceConfig> =
-        new.devices.iter().map(|x| (&x.id, x)).collect();
     // The reconnect policy is every actor's: a change restarts them all.
     let links_changed = !same(&old.links, &new.links);
-    for (id, n) in &new_devices {
-        match old_devices.get(id) {
-            None => d.devices_added.push((*id).clone()),
-            Some(o) if links_changed || device_changed(o, n) => {
-                d.devices_changed.push((*id).clone())
-            }
-            Some(_) => {}
-        }
-    }
-    d.devices_removed = old_devices
-        .keys()
-        .filter(|id| !new_devices.contains_key(*id))
-        .map(|id| (*id).clone())
-        .collect();
-
-    let old_rooms: BTreeMap<&RoomId, _> = old.rooms.iter().map(|r| (&r.id, r)).collect();
-    let new_rooms: BTreeMap<&RoomId, _> = new.rooms.iter().map(|r| (&r.id, r)).collect();
-    for (id, n) in &new_rooms {
-        match old_rooms.get(id) {
-            None => d.rooms_added.push((*id).clone()),
-            Some(o) if !same(o, n) => d.rooms_changed.push((*id).clone()),
-            Some(_) => {}
-        }
-    }
-    d.rooms_removed = old_rooms
-        .keys()
-        .filter(|id| !new_rooms.contains_key(*id))
-        .map(|id| (*id).clone())
-        .collect();
+    (d.devices_added, d.devices_changed, d.devices_removed) = by_id(
+        &old.devices,
+        &new.devices,
+        |x| &x.id,
+        |o, n| links_changed || device_changed(o, n),
+    );
+    (d.rooms_added, d.rooms_changed, d.rooms_removed) =
+        by_id(&old.rooms, &new.rooms, |r| &r.id, |o, n| !same(o, n));
 
     let mut restart = |key: &str, changed: bool| {
         if changed {
