@@ -163,6 +163,26 @@ impl From<Entry> for EntryView {
     }
 }
 
+/// The logbook filters both `/logbook` and `/logbook/export` take, as the OpenAPI document
+/// shows them (the handlers read the pairs themselves: `room`, `device` and `kind` repeat).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LogFilter {
+    /// From this instant (RFC 3339, or a date and time in `tz`).
+    from: Option<String>,
+    /// Until this instant.
+    to: Option<String>,
+    /// Only this room (repeatable).
+    room: Option<String>,
+    /// Only this device (repeatable).
+    device: Option<String>,
+    /// Only this kind of entry (repeatable).
+    kind: Option<String>,
+    /// Time zone of `from` and `to` (IANA name; default UTC).
+    tz: Option<String>,
+}
+
 /// `GET /api/v1/logbook`: the newest entries that pass the filters, newest first.
 #[utoipa::path(
     get,
@@ -170,12 +190,7 @@ impl From<Entry> for EntryView {
     tag = "records",
     summary = "Logbook entries, newest first",
     params(
-        ("from" = Option<String>, Query, description = "From this instant (RFC 3339, or a date and time in `tz`)"),
-        ("to" = Option<String>, Query, description = "Until this instant"),
-        ("room" = Option<String>, Query, description = "Only this room (repeatable)"),
-        ("device" = Option<String>, Query, description = "Only this device (repeatable)"),
-        ("kind" = Option<String>, Query, description = "Only this kind of entry (repeatable)"),
-        ("tz" = Option<String>, Query, description = "Time zone of `from` and `to` (IANA name; default UTC)"),
+        LogFilter,
         ("limit" = Option<usize>, Query, description = "How many (1 to the maximum)"),
     ),
     responses(
@@ -263,12 +278,7 @@ impl Write for ChannelWriter {
     tag = "records",
     summary = "The logbook as CSV or JSON lines, as `avwarden logbook export` writes it",
     params(
-        ("from" = Option<String>, Query, description = "From this instant (RFC 3339, or a date and time in `tz`)"),
-        ("to" = Option<String>, Query, description = "Until this instant"),
-        ("room" = Option<String>, Query, description = "Only this room (repeatable)"),
-        ("device" = Option<String>, Query, description = "Only this device (repeatable)"),
-        ("kind" = Option<String>, Query, description = "Only this kind of entry (repeatable)"),
-        ("tz" = Option<String>, Query, description = "Time zone of `from` and `to` (IANA name; default UTC)"),
+        LogFilter,
         ("format" = Option<String>, Query, description = "`csv` (default) or `jsonl`"),
         ("bom" = Option<String>, Query, description = "A UTF-8 byte order mark first (`true`/`false`)"),
     ),
