@@ -821,6 +821,15 @@ fn demo(bind: Option<SocketAddr>, fast: bool, db: Option<PathBuf>) -> ExitCode {
         role: avwarden::config::Role::Admin,
         hash: avwarden::config::TokenHash::of(&token),
     });
+    if fast {
+        // The retained MQTT state is a courtesy to other systems, not part of the story: at
+        // 60× it would publish 60 times as often and starve the one thread the fast clock
+        // runs on, so its pace stays a real second.
+        if let Some(m) = cfg.mqtt.as_mut() {
+            m.settings.state_debounce_ms =
+                (m.settings.state_debounce_ms as f64 * DEMO_FAST_FACTOR) as u64;
+        }
+    }
     let tz = cfg.site.time_zone;
     let code = run_daemon(
         cfg,

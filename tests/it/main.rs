@@ -8,6 +8,7 @@ mod backup;
 mod config;
 mod daemon;
 mod dashboard;
+mod demo;
 mod escvp21;
 mod events_stream;
 mod ical;
