@@ -789,14 +789,13 @@ fn demo(bind: Option<SocketAddr>, fast: bool, db: Option<PathBuf>) -> ExitCode {
     if let Some(db) = db {
         cfg.storage.path = db;
     }
-    // The demo must start on any machine: a taken broker port moves to a free one.
+    // The demo must start on any machine, next to another demo too: its broker, which only
+    // the demo's own devices use, takes a free port (checking the configured one and then
+    // binding it raced with a second demo starting at the same time).
     if let Some(e) = cfg.mqtt.as_mut().and_then(|m| m.settings.embedded.as_mut()) {
-        if std::net::TcpListener::bind(e.bind).is_err() {
-            if let Ok(free) =
-                std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())
-            {
-                e.bind = free;
-            }
+        if let Ok(free) = std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())
+        {
+            e.bind = free;
         }
     }
     let bind = match bind {
