@@ -476,6 +476,37 @@ mod tests {
         assert!(s[0].after < at(2, 0));
     }
 
+    /// Every simulator the script drives is in the demo site, with the driver whose control
+    /// the step needs (a renamed device would silently skip its moment).
+    #[test]
+    fn the_script_names_devices_of_the_demo_site() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let text = std::fs::read_to_string(dir.join("demo.toml")).unwrap();
+        let cfg = crate::config::parse_site(
+            &text,
+            "demo.toml",
+            &dir,
+            &crate::config::Env::fixed(&[("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo")]),
+        )
+        .expect("the demo site validates");
+        let driver = |id: &str| {
+            cfg.devices
+                .iter()
+                .find(|d| d.id.as_str() == id && d.simulated)
+                .map(|d| d.profile.driver)
+        };
+        use crate::profile::DriverKind;
+        for step in script() {
+            let (device, want) = match step.action {
+                Action::Battery { device, .. } => (device, DriverKind::Shure),
+                Action::WearLamp { device, .. } => (device, DriverKind::Pjlink),
+                Action::Feedback { device, .. } => (device, DriverKind::Tesira),
+                Action::Acknowledge | Action::Done => continue,
+            };
+            assert_eq!(driver(device), Some(want), "{device}");
+        }
+    }
+
     fn ev(kind: EventKind) -> Event {
         Event {
             at: Utc.with_ymd_and_hms(2026, 12, 7, 13, 3, 0).unwrap(),
