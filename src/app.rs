@@ -99,6 +99,9 @@ pub struct Daemon {
     pub events: EventBus,
     pub clock: Clock,
     pub simulators: Vec<(DeviceId, SimEndpoint)>,
+    /// The control handles of the in-process simulators that have one, for the demo's
+    /// scenario, which injects its faults through them.
+    pub sim_controls: Vec<(DeviceId, crate::sim::SimControl)>,
     /// The daemon's one MQTT client, when the site has `[mqtt]`.
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
     /// The equipment archive and maintenance logbook.
@@ -162,7 +165,7 @@ impl Daemon {
             services.push(mqtt_service);
         }
         let simulation = Service::new("simulators");
-        let (devices, simulators, sim_tokens) =
+        let (devices, simulators, sim_tokens, sim_controls) =
             start_simulators(&cfg, &opts, clock, &simulation).await?;
         let devices_service = Service::new("devices");
         let fleet = start_devices(
@@ -276,6 +279,7 @@ impl Daemon {
             events,
             clock,
             simulators,
+            sim_controls,
             logbook,
             schedule,
             protection,
@@ -438,6 +442,15 @@ async fn start_mqtt(
 /// Each simulated device's simulator, stopped on its own token (a reload stops one alone).
 type SimTokens = std::collections::BTreeMap<DeviceId, CancellationToken>;
 
+/// What [`start_simulators`] returns: the devices with their links filled in, where each
+/// simulator listens, their tokens and the control handles the demo scripts.
+type Simulated = (
+    Vec<DeviceConfig>,
+    Vec<(DeviceId, SimEndpoint)>,
+    SimTokens,
+    Vec<(DeviceId, crate::sim::SimControl)>,
+);
+
 /// The simulators of simulated devices, first, so the devices can connect to them; returns
 /// the devices with their links filled in.
 async fn start_simulators(
@@ -445,40 +458,46 @@ async fn start_simulators(
     opts: &StartOptions,
     clock: Clock,
     svc: &Service,
-) -> anyhow::Result<(Vec<DeviceConfig>, Vec<(DeviceId, SimEndpoint)>, SimTokens)> {
+) -> anyhow::Result<Simulated> {
     let broker_addr = cfg.mqtt.as_ref().map(|m| m.settings.broker_address());
     let mut simulators = Vec::new();
+    let mut controls = Vec::new();
     let mut tokens = SimTokens::new();
     let mut devices: Vec<DeviceConfig> = Vec::new();
     for d in &cfg.devices {
         if d.simulated && opts.with_simulators {
             let token = svc.cancel().child_token();
-            let (d, endpoint) =
+            let (d, endpoint, control) =
                 start_simulator(d, broker_addr.as_ref(), clock, token.clone()).await?;
             tokens.insert(d.id.clone(), token);
+            if let Some(c) = control {
+                controls.push((d.id.clone(), c));
+            }
             simulators.push((d.id.clone(), endpoint));
             devices.push(d);
         } else {
             devices.push(d.clone());
         }
     }
-    Ok((devices, simulators, tokens))
+    Ok((devices, simulators, tokens, controls))
 }
 
-/// One device's simulator, running until `cancel`; the device with its link to it.
+/// One device's simulator, running until `cancel`; the device with its link to it, and the
+/// simulator's control handle where it has one.
 async fn start_simulator(
     d: &DeviceConfig,
     broker: Option<&(String, u16)>,
     clock: Clock,
     cancel: CancellationToken,
-) -> anyhow::Result<(DeviceConfig, SimEndpoint)> {
+) -> anyhow::Result<(DeviceConfig, SimEndpoint, Option<crate::sim::SimControl>)> {
     let mut d = d.clone();
     let bind = sim_bind_for(&d, broker)?;
-    let endpoint = crate::sim::spawn(&d.profile, &d.simulator, bind, clock, cancel)
-        .await
-        .with_context(|| format!("start simulator for device {}", d.id))?;
+    let (endpoint, control) =
+        crate::sim::spawn_controlled(&d.profile, &d.simulator, bind, clock, cancel)
+            .await
+            .with_context(|| format!("start simulator for device {}", d.id))?;
     d.link = Some(link_for_endpoint(&d.profile, &endpoint, d.link.as_ref()));
-    Ok((d, endpoint))
+    Ok((d, endpoint, control))
 }
 
 /// The reload task, which holds the running config and applies a new one (see `reload`).
@@ -505,7 +524,7 @@ fn start_reload(
             Box::pin(async move {
                 start_simulator(&d, broker.as_ref(), clock, cancel)
                     .await
-                    .map(|(d, _)| d)
+                    .map(|(d, _, _)| d)
             })
         });
         f
@@ -1078,9 +1097,17 @@ impl Signals {
 
 /// Run until SIGTERM or SIGINT, then shut down within the deadline. SIGHUP reloads the config
 /// (`systemctl reload`), telling systemd while it does.
-pub async fn run_until_signal(
+pub async fn run_until_signal(daemon: Daemon, signals: Signals) -> anyhow::Result<ShutdownReport> {
+    run_until_signal_then(daemon, signals, || {}).await
+}
+
+/// As [`run_until_signal`], calling `before_shutdown` once the stop signal came and before the
+/// shutdown starts (the demo's fast clock returns to real time there, so the shutdown deadline
+/// means real seconds).
+pub async fn run_until_signal_then(
     mut daemon: Daemon,
     mut signals: Signals,
+    before_shutdown: impl FnOnce(),
 ) -> anyhow::Result<ShutdownReport> {
     daemon.notify_systemd();
     let reason = loop {
@@ -1097,6 +1124,7 @@ pub async fn run_until_signal(
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    before_shutdown();
     tracing::info!(signal = reason, "shutting down");
     Ok(daemon.shutdown(reason).await)
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod dashboard;
+pub mod demo;
 pub mod driver;
 pub mod events;
 pub mod levelwatch;

@@ -14,8 +14,21 @@ use avwarden::clock::Clock;
 use avwarden::config::{parse_site, Env, SiteConfig};
 use avwarden::profile::ProfileSet;
 
-/// The demo site, embedded so `avwarden demo` works from any directory.
+/// The demo site, embedded so `avwarden demo` works from any directory, with the files it
+/// names (written next to it, in the demo's temporary directory, at start).
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const DEMO_FILES: [(&str, &str); 2] = [
+    (
+        "demo-playbook.toml",
+        include_str!("../config/demo-playbook.toml"),
+    ),
+    (
+        "demo-bookings.ics",
+        include_str!("../config/demo-bookings.ics"),
+    ),
+];
+/// `avwarden demo --fast`: five minutes of the story in five seconds.
+const DEMO_FAST_FACTOR: f64 = 60.0;
 
 #[derive(Parser)]
 #[command(name = "avwarden", version = app::LONG_VERSION, about = "Keeps meeting rooms working")]
@@ -37,11 +50,19 @@ enum Command {
         #[arg(long)]
         with_simulators: bool,
     },
-    /// Run the demo: the embedded demo site with every device simulated.
+    /// Run the demo: the embedded six-room site with every device simulated and a scripted
+    /// story (a battery, a lamp, a howl, an alert) told within five minutes.
     Demo {
-        /// API address (default 127.0.0.1:8080, or a free port if that is taken).
+        /// API address on this machine (default 127.0.0.1:8080, or a free port if that is
+        /// taken).
         #[arg(long)]
         bind: Option<SocketAddr>,
+        /// Run the story at 60×: five minutes in five seconds.
+        #[arg(long)]
+        fast: bool,
+        /// Keep the store in this file (default: a temporary directory removed at exit).
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// Validate a site config: every problem with file, line and key path; exit 2 on any.
     CheckConfig { file: PathBuf },
@@ -419,51 +440,10 @@ fn main() -> ExitCode {
                     api_bind: None,
                     demo_bookings: false,
                 },
+                None,
             )
         }
-        Command::Demo { bind } => {
-            let dir = std::env::temp_dir().join("avwarden-demo");
-            let _ = std::fs::create_dir_all(&dir);
-            let cfg = match parse_site(
-                DEMO_CONFIG,
-                "config/demo.toml",
-                &dir,
-                &Env::fixed(&[("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo")]),
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            // The demo must start on any machine: a taken broker port moves to a free one.
-            let mut cfg = cfg;
-            if let Some(e) = cfg.mqtt.as_mut().and_then(|m| m.settings.embedded.as_mut()) {
-                if std::net::TcpListener::bind(e.bind).is_err() {
-                    if let Ok(free) =
-                        std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())
-                    {
-                        e.bind = free;
-                    }
-                }
-            }
-            let bind = bind.unwrap_or_else(|| {
-                let preferred = cfg.api.bind;
-                if std::net::TcpListener::bind(preferred).is_ok() {
-                    preferred
-                } else {
-                    SocketAddr::from(([127, 0, 0, 1], 0))
-                }
-            });
-            run_daemon(
-                cfg,
-                StartOptions {
-                    with_simulators: true,
-                    api_bind: Some(bind),
-                    demo_bookings: true,
-                },
-            )
-        }
+        Command::Demo { bind, fast, db } => demo(bind, fast, db),
         Command::Logbook { store, command } => {
             run_store_command(&store, |db, out| command.run(db, out))
         }
@@ -723,10 +703,19 @@ fn profiles(dir: Option<&Path>) -> ExitCode {
 }
 
 fn runtime_block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    runtime_block_on_flavor(false, fut)
+}
+
+fn runtime_block_on_flavor(
+    current_thread: bool,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -761,15 +750,125 @@ fn hold_stop_signals(hold: bool) {
     let _ = pthread_sigmask(how, Some(&set), None);
 }
 
-fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
-    runtime_block_on(async move {
+/// What `avwarden demo` adds to a daemon run: its token, its story, its clock.
+struct DemoRun {
+    token: String,
+    fast: bool,
+    tz: chrono_tz::Tz,
+}
+
+/// `avwarden demo`: the embedded site in a temporary directory (removed at exit, whatever
+/// happens, as the `TempDir` is dropped), on free ports of this machine only, with a fresh
+/// admin token.
+fn demo(bind: Option<SocketAddr>, fast: bool, db: Option<PathBuf>) -> ExitCode {
+    let dir = match tempfile::Builder::new().prefix("avwarden-demo-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot make the demo's temporary directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, text) in DEMO_FILES {
+        if let Err(e) = std::fs::write(dir.path().join(name), text) {
+            eprintln!("error: cannot write the demo's {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut cfg = match parse_site(
+        DEMO_CONFIG,
+        "config/demo.toml",
+        dir.path(),
+        &Env::fixed(&[("AVWARDEN_DEMO_PJLINK_PASSWORD", "demo")]),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(db) = db {
+        cfg.storage.path = db;
+    }
+    // The demo must start on any machine, next to another demo too: its broker, which only
+    // the demo's own devices use, takes a free port (checking the configured one and then
+    // binding it raced with a second demo starting at the same time).
+    if let Some(e) = cfg.mqtt.as_mut().and_then(|m| m.settings.embedded.as_mut()) {
+        if let Ok(free) = std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr())
+        {
+            e.bind = free;
+        }
+    }
+    let bind = match bind {
+        Some(b) if !b.ip().is_loopback() => {
+            eprintln!("error: the demo listens on this machine only (127.0.0.1 or ::1), not {b}");
+            return ExitCode::from(2);
+        }
+        Some(b) => b,
+        None => {
+            let preferred = cfg.api.bind;
+            if std::net::TcpListener::bind(preferred).is_ok() {
+                preferred
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    };
+    // A token of this run only: the dashboard's login takes it, nobody else knows it.
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    cfg.api.tokens.push(avwarden::config::ApiToken {
+        name: "demo".to_owned(),
+        role: avwarden::config::Role::Admin,
+        hash: avwarden::config::TokenHash::of(&token),
+    });
+    if fast {
+        // The retained MQTT state is a courtesy to other systems, not part of the story: at
+        // 60× it would publish 60 times as often and starve the one thread the fast clock
+        // runs on, so its pace stays a real second.
+        if let Some(m) = cfg.mqtt.as_mut() {
+            m.settings.state_debounce_ms =
+                (m.settings.state_debounce_ms as f64 * DEMO_FAST_FACTOR) as u64;
+        }
+    }
+    let tz = cfg.site.time_zone;
+    let code = run_daemon(
+        cfg,
+        StartOptions {
+            with_simulators: true,
+            api_bind: Some(bind),
+            demo_bookings: true,
+        },
+        Some(DemoRun { token, fast, tz }),
+    );
+    if let Err(e) = dir.close() {
+        eprintln!("warning: the demo's temporary directory was not removed: {e}");
+    }
+    code
+}
+
+fn run_daemon(cfg: SiteConfig, opts: StartOptions, demo: Option<DemoRun>) -> ExitCode {
+    // Tokio pauses time (the demo's fast clock) only on a current-thread runtime.
+    let current_thread = demo.as_ref().is_some_and(|d| d.fast);
+    runtime_block_on_flavor(current_thread, async move {
+        use tokio_util::sync::CancellationToken;
+        use tokio_util::task::TaskTracker;
         let signals = app::Signals::install()?;
         // The handlers exist: a stop signal held since exec is delivered to them now.
         hold_stop_signals(false);
-        let clock = Clock::system();
-        let demo = opts.demo_bookings;
+        // The demo's own tasks (the fast clock's pacer, the story), stopped after the daemon.
+        let demo_tasks = TaskTracker::new();
+        let demo_stop = CancellationToken::new();
+        let (fast, clock) = match &demo {
+            Some(d) if d.fast => {
+                // Real time while the daemon starts (opening the store, first connects), so
+                // start-up timeouts keep their meaning; 60× from the story's T+0.
+                let (fast, clock) =
+                    avwarden::clock::FastTime::start(1.0, &demo_tasks, demo_stop.clone())?;
+                (Some(fast), clock)
+            }
+            _ => (None, Clock::system()),
+        };
         let daemon = Daemon::start(cfg, opts, clock).await?;
-        if demo {
+        if demo.is_some() {
             // The demo's first screen shows its bookings: made before the URLs are printed.
             daemon
                 .schedule
@@ -787,16 +886,44 @@ fn run_daemon(cfg: SiteConfig, opts: StartOptions) -> ExitCode {
             banner += &format!("  simulator for {id}: {ep}\n");
         }
         banner += &format!("dashboard: http://{}/\n", daemon.api_addr);
+        if let Some(d) = &demo {
+            banner += &format!("token: {}\n", d.token);
+        }
         banner += &format!("status: http://{}/api/v1/health\n", daemon.api_addr);
         banner += &format!("board: http://{}/api/v1/board\n", daemon.api_addr);
         banner += &format!("devices: http://{}/api/v1/devices\n", daemon.api_addr);
+        if let Some(d) = &demo {
+            banner += &format!(
+                "the story{}: watch this space or the dashboard; Ctrl-C ends the demo\n",
+                if d.fast { " at 60×" } else { "" }
+            );
+        }
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(banner.as_bytes());
             let _ = out.flush();
         }
-        let report = app::run_until_signal(daemon, signals).await?;
+        if let Some(d) = &demo {
+            if let Some(fast) = &fast {
+                fast.set_factor(DEMO_FAST_FACTOR);
+            }
+            avwarden::demo::scenario::Scenario::from_daemon(&daemon, d.tz).start(
+                Box::new(std::io::stdout()),
+                &demo_tasks,
+                demo_stop.clone(),
+            );
+        }
+        let report = app::run_until_signal_then(daemon, signals, || {
+            // The shutdown deadline is in real seconds, whatever the demo's clock did.
+            if let Some(fast) = &fast {
+                fast.set_factor(1.0);
+            }
+        })
+        .await?;
+        demo_stop.cancel();
+        demo_tasks.close();
+        demo_tasks.wait().await;
         if !report.within_deadline {
             anyhow::bail!("shutdown did not finish within the deadline");
         }

@@ -1,6 +1,7 @@
-//! The demo site's bookings: a few meetings over the next hours, made when `avwarden demo`
-//! starts, so the readiness board is never empty and the first self-test runs about a minute
-//! after start (a booking 61 minutes ahead is tested at T-60).
+//! The demo site's bookings: meetings in every room over the next hours, made when `avwarden
+//! demo` starts, so the readiness board is never empty. The board meeting starts 62 minutes
+//! after the start, so its T-60 self-test runs at T+2, after the demo's scenario
+//! (`demo::scenario`) has put a weak battery in one of its mics.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
@@ -48,8 +49,27 @@ fn meetings(now: DateTime<Utc>) -> Vec<BookingFields> {
         important: Some(important),
         ..BookingFields::default()
     };
+    let small = Needs {
+        projection: true,
+        ..Needs::default()
+    };
+    let all_hands = Needs {
+        projection: true,
+        wireless_mics: 2,
+        speech_reinforcement: true,
+        ..Needs::default()
+    };
     vec![
-        one("r101", "Board meeting", at(61), 90, 12, board.clone(), true),
+        one("r101", "Board meeting", at(62), 90, 12, board.clone(), true),
+        one(
+            "r105",
+            "Hiring interview",
+            later(90),
+            60,
+            3,
+            small.clone(),
+            false,
+        ),
         one(
             "r102",
             "New starters training",
@@ -59,6 +79,8 @@ fn meetings(now: DateTime<Utc>) -> Vec<BookingFields> {
             training,
             false,
         ),
+        one("r103", "All-hands", later(180), 60, 90, all_hands, true),
+        one("r106", "Design review", later(210), 45, 5, small, false),
         one("r101", "Budget review", later(240), 60, 8, board, false),
         one(
             "r102",

@@ -110,6 +110,44 @@ pub async fn spawn(
     }
 }
 
+/// The control handle of an in-process simulator whose faults the demo's scenario scripts
+/// (a battery that runs down, a worn lamp, a feedback-like rise).
+#[derive(Clone)]
+pub enum SimControl {
+    Pjlink(pjlink::PjlinkSim),
+    Shure(shure::ShureSim),
+    Tesira(tesira::TesiraSim),
+}
+
+/// As [`spawn`], also returning the simulator's control handle where it has one the demo
+/// scripts.
+pub async fn spawn_controlled(
+    profile: &Profile,
+    options: &toml::Table,
+    bind: SimBind,
+    clock: Clock,
+    cancel: CancellationToken,
+) -> Result<(SimEndpoint, Option<SimControl>), SimError> {
+    match profile.driver {
+        DriverKind::Pjlink => {
+            let sim = pjlink::start_from_config(options, bind, cancel).await?;
+            Ok((SimEndpoint::Tcp(sim.addr()), Some(SimControl::Pjlink(sim))))
+        }
+        DriverKind::Shure => {
+            let options = shure::options_for(&profile.family, options);
+            let sim = shure::start_from_config(&options, bind, cancel).await?;
+            Ok((SimEndpoint::Tcp(sim.addr()), Some(SimControl::Shure(sim))))
+        }
+        DriverKind::Tesira => {
+            let sim = tesira::spawn(parse_options(options)?, bind, cancel).await?;
+            Ok((sim.endpoint().clone(), Some(SimControl::Tesira(sim))))
+        }
+        _ => spawn(profile, options, bind, clock, cancel)
+            .await
+            .map(|ep| (ep, None)),
+    }
+}
+
 /// Check a device's simulator options without starting anything, so `check-config` refuses
 /// what `run --with-simulators` would (issue 16, point 3). Runs the same parse and value checks
 /// as [`spawn`]; only what needs a socket or a broker is left to start-up.

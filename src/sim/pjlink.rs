@@ -825,12 +825,21 @@ pub async fn spawn_from_config(
 ) -> Result<SimEndpoint, SimError> {
     // Warm-up, cool-down and lamp hours run on tokio time, which `clock` follows too.
     let _ = clock;
+    let sim = start_from_config(options, bind, cancel).await?;
+    Ok(SimEndpoint::Tcp(sim.addr()))
+}
+
+/// As [`spawn_from_config`], keeping the control handle (the demo's scenario scripts it).
+pub async fn start_from_config(
+    options: &toml::Table,
+    bind: SimBind,
+    cancel: CancellationToken,
+) -> Result<PjlinkSim, SimError> {
     let cfg = SimConfig::from_options(options)?;
     let SimBind::Tcp(addr) = bind else {
         return Err(bind_error("a PJLink projector listens on TCP"));
     };
-    let sim = PjlinkSim::start(cfg, addr, cancel).await?;
-    Ok(SimEndpoint::Tcp(sim.addr()))
+    Ok(PjlinkSim::start(cfg, addr, cancel).await?)
 }
 
 #[cfg(test)]

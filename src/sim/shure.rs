@@ -997,10 +997,19 @@ pub async fn spawn_from_config(
     _clock: Clock,
     cancel: CancellationToken,
 ) -> Result<SimEndpoint, SimError> {
+    let sim = start_from_config(options, bind, cancel).await?;
+    Ok(SimEndpoint::Tcp(sim.addr()))
+}
+
+/// As [`spawn_from_config`], keeping the control handle (the demo's scenario scripts it).
+pub async fn start_from_config(
+    options: &toml::Table,
+    bind: SimBind,
+    cancel: CancellationToken,
+) -> Result<ShureSim, SimError> {
     let config: ShureSimConfig = parse_options(options)?;
     let SimBind::Tcp(addr) = bind else {
         return Err(bind_error("a Shure receiver listens on TCP"));
     };
-    let sim = ShureSim::start(config, addr, cancel).await?;
-    Ok(SimEndpoint::Tcp(sim.addr()))
+    ShureSim::start(config, addr, cancel).await
 }

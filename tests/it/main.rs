@@ -9,6 +9,7 @@ mod broker;
 mod config;
 mod daemon;
 mod dashboard;
+mod demo;
 mod escvp21;
 mod events_stream;
 mod ical;
