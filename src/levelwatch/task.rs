@@ -173,8 +173,9 @@ enum Key {
     ZoneLevel(usize),
     ZoneMute(usize),
     MicGain(usize),
-    /// A read of the device's state before a restore step (one per device at a time).
-    Refresh,
+    /// A read of the zone's level before a restore step (one exchange; one per zone at a
+    /// time).
+    CheckLevel(usize),
 }
 
 struct Device {
@@ -498,8 +499,13 @@ impl Watch {
                     over_limit_ms: over_limit.as_millis() as u64,
                 }
             }
-            Action::CheckLevel { .. } => {
-                return self.send(d, Key::Refresh, DeviceCommand::Refresh, done);
+            Action::CheckLevel { zone } => {
+                // One control, not a `Refresh`: on the priority lane a read of every control
+                // would make the next zone's cut wait behind it.
+                let cmd = DeviceCommand::ReadZoneLevel {
+                    zone: zone_id(zone),
+                };
+                return self.send(d, Key::CheckLevel(zone), cmd, done);
             }
             Action::ManualChange { zone, level_db } => EventKind::ZoneLevelSetByPerson {
                 device,
@@ -574,7 +580,7 @@ impl Watch {
         match outcome {
             // What the read found, at once: the restore step waits for it, and an unchanged
             // state does not wake the state `watch`.
-            CommandOutcome::Done { .. } if key == Key::Refresh => {
+            CommandOutcome::Done { .. } if matches!(key, Key::CheckLevel(_)) => {
                 let state = dev.handle.state();
                 self.state(d, &state, done);
             }
