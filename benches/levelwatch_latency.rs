@@ -10,13 +10,19 @@
 //!   serial profile's 100 ms meter rate.
 //!
 //! The frame's instant is its `MeterSample.at`, stamped by the driver's observer as it decodes
-//! the line whose last byte it has just read; the cut's is stamped by the simulator's
-//! receive hook the moment it reads the command's line end, on the same clock. A cut is a
-//! `set level` lower than the level before; it is charged to the newest frame of its zone read
-//! before it arrived (frames of a zone are 50 ms apart, so this is the frame that decided it
-//! while latencies stay below that). Simulators run on their own runtime (threads
-//! `avw-sim`), the daemon side on another (`avw-daemon`, one worker per core like `main`), so
-//! the daemon's CPU is read per thread from `/proc/self/task`.
+//! the line whose last byte it has just read. A cut has two end points, both on the same
+//! clock: **written**, stamped by the link's write hook (`DeviceSpec::on_write`) the moment
+//! the daemon's write of the command has completed, and **received**, stamped by the
+//! simulator's receive hook as it reads the command's line end (on the simulators' runtime,
+//! so it adds their scheduling delay). A cut is a `set level` lower than the level before
+//! that the daemon wrote; it is charged to the frame that decided it (the level watch's
+//! probe, `levelwatch::start_probed`, names it), or, for a cut the probe did not see (sent
+//! after waiting behind its zone's previous command), to the newest frame of its zone read
+//! before it was written. The probe also stamps the stages in between: the level watch took
+//! the frame's batch, decided, handed the command to the priority lane. Simulators run on
+//! their own runtime (threads `avw-sim`) in this process, the daemon side on another
+//! (`avw-daemon`, one worker per core like `main`), so the daemon's CPU is read per thread
+//! from `/proc/self/task`.
 //!
 //! Real time; a benchmark, not a test: it never fails on a figure, and each part stops by
 //! itself once it has its cuts or its time is up. `cargo bench --bench levelwatch_latency`
@@ -35,8 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use avwarden::clock::Clock;
+use avwarden::driver::WriteHook;
 use avwarden::events::EventBus;
-use avwarden::levelwatch::WatchedDevice;
+use avwarden::levelwatch::{CutProbe, CutStamp, WatchedDevice};
 use avwarden::meter::stream::MeterReceiver;
 use avwarden::metrics::Metrics;
 use avwarden::model::{DeviceId, Health, Subject};
@@ -183,7 +190,7 @@ fn smoke() -> ExitCode {
             println!(
                 "levelwatch_latency smoke: {} cuts, max {:.0} µs (run `cargo bench --bench levelwatch_latency` for figures)",
                 r.cuts.len(),
-                r.cuts.iter().map(|c| c.us).fold(0.0, f64::max)
+                r.cuts.iter().map(|c| c.written_us).fold(0.0, f64::max)
             );
             ExitCode::SUCCESS
         }
@@ -198,6 +205,17 @@ fn smoke() -> ExitCode {
     }
 }
 
+/// A command the daemon wrote: which DSP, when its write completed, and for a `set level`
+/// which channel and level.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    dsp: usize,
+    at: DateTime<Utc>,
+    set: Option<(usize, f64)>,
+    /// A `get` (a poll step, or a restore's check).
+    read: bool,
+}
+
 /// A command line the simulator received: which DSP, when, and for a `set level` which
 /// channel and level.
 #[derive(Debug, Clone, Copy)]
@@ -205,9 +223,10 @@ struct Received {
     dsp: usize,
     at: DateTime<Utc>,
     set: Option<(usize, f64)>,
-    /// A `get` (a poll step, or a restore's refresh reading every control).
-    read: bool,
 }
+
+/// Which cuts a row of the table is about.
+type Pick = fn(&Cut) -> bool;
 
 struct RunResult {
     cuts: Vec<Cut>,
@@ -224,7 +243,7 @@ struct RunResult {
 
 impl RunResult {
     fn print(&self, p: &Params) {
-        let all: Vec<f64> = self.cuts.iter().map(|c| c.us).collect();
+        let all: Vec<f64> = self.cuts.iter().map(|c| c.written_us).collect();
         println!(
             "{}: {} DSPs × {} zones, meters every {} ms{}",
             p.name,
@@ -244,39 +263,76 @@ impl RunResult {
             self.unmatched,
             self.frames_per_sec
         );
-        let alone: Vec<f64> = self
-            .cuts
-            .iter()
-            .filter(|c| !c.shared)
-            .map(|c| c.us)
-            .collect();
-        let shared: Vec<f64> = self
-            .cuts
-            .iter()
-            .filter(|c| c.shared)
-            .map(|c| c.us)
-            .collect();
-        let reads: Vec<f64> = self
-            .cuts
-            .iter()
-            .filter(|c| c.behind_read)
-            .map(|c| c.us)
-            .collect();
-        for (what, v) in [
-            ("all cuts", &all),
-            ("cut alone on its link", &alone),
-            ("another command on its link meanwhile", &shared),
-            ("… of which at least one read (`get`)", &reads),
-        ] {
+        let groups: [(&str, Pick); 4] = [
+            ("all cuts", |_| true),
+            ("cut alone on its link", |c| !c.shared),
+            ("another command on its link meanwhile", |c| c.shared),
+            ("… of which at least one read (`get`)", |c| c.behind_read),
+        ];
+        for (what, pick) in groups {
+            let written: Vec<f64> = self
+                .cuts
+                .iter()
+                .filter(|c| pick(c))
+                .map(|c| c.written_us)
+                .collect();
+            let received: Vec<f64> = self
+                .cuts
+                .iter()
+                .filter(|c| pick(c))
+                .filter_map(|c| c.received_us)
+                .collect();
+            println!("  {what}:");
+            for (end, v) in [
+                ("written (daemon)", &written),
+                ("received (simulator)", &received),
+            ] {
+                println!(
+                    "    frame read → cut {end} ({}): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                    v.len(),
+                    percentile(v, 0.50),
+                    percentile(v, 0.90),
+                    percentile(v, 0.99),
+                    percentile(v, 1.0)
+                );
+            }
+        }
+        let staged: Vec<&[f64; 4]> = self.cuts.iter().filter_map(|c| c.stages.as_ref()).collect();
+        println!(
+            "  stages of the {} cuts the probe saw decided by a frame ({} not: sent after waiting behind their zone's command):",
+            staged.len(),
+            self.cuts.len() - staged.len()
+        );
+        for (i, stage) in [
+            "frame read → level watch took its batch (meter hub)",
+            "batch taken → cut decided (controller, the batch before it)",
+            "decided → handed to the priority lane (a task hop)",
+            "handed → write completed (queue, actor, driver, socket)",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let v: Vec<f64> = staged.iter().map(|s| s[i]).collect();
             println!(
-                "  frame read → cut received, {what} ({}): p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-                v.len(),
-                percentile(v, 0.50),
-                percentile(v, 0.90),
-                percentile(v, 0.99),
-                percentile(v, 1.0)
+                "    {stage}: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                percentile(&v, 0.50),
+                percentile(&v, 0.90),
+                percentile(&v, 0.99),
+                percentile(&v, 1.0)
             );
         }
+        let tail: Vec<f64> = self
+            .cuts
+            .iter()
+            .filter_map(|c| c.received_us.map(|r| r - c.written_us))
+            .collect();
+        println!(
+            "    written → received by the simulator: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            percentile(&tail, 0.50),
+            percentile(&tail, 0.90),
+            percentile(&tail, 0.99),
+            percentile(&tail, 1.0)
+        );
         let w = self.window_secs.max(f64::EPSILON);
         println!(
             "  CPU over the window: daemon threads {:.1} % of a core, simulators {:.1} %, process {:.1} %",
@@ -347,7 +403,6 @@ fn run(p: &Params) -> Result<RunResult, String> {
                     dsp,
                     at,
                     set: parse_set_level(line),
-                    read: line.split_whitespace().nth(1) == Some("get"),
                 };
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(r);
             })));
@@ -413,6 +468,7 @@ async fn measure(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut fleet = Fleet::new(bus.clone(), clock, tracker.clone(), cancel.clone());
+    let written: Arc<Mutex<Vec<Written>>> = Arc::default();
     let mut watched = Vec::with_capacity(sims.len());
     for (dsp, sim) in sims.iter().enumerate() {
         let link = match (sim.tcp_addr(), sim.pty_path()) {
@@ -425,6 +481,19 @@ async fn measure(
         let id = device_id(dsp);
         let mut spec = DeviceSpec::new(id.as_str(), "room", profile.clone(), link);
         spec.settings = settings.clone();
+        let sink = written.clone();
+        spec.on_write = Some(WriteHook(Arc::new(move |bytes: &[u8]| {
+            // Stamped before anything else is done with the bytes.
+            let at = clock.now();
+            let line = String::from_utf8_lossy(bytes);
+            let w = Written {
+                dsp,
+                at,
+                set: parse_set_level(&line),
+                read: line.split_whitespace().nth(1) == Some("get"),
+            };
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+        })));
         let handle = fleet.spawn_device(spec).map_err(|e| e.to_string())?;
         let w = WatchedDevice::from_settings(handle, &profile, &settings)
             .ok_or("no zone protected: the profile lost its [protection]")?;
@@ -442,8 +511,20 @@ async fn measure(
         ),
         sim_rt.handle(),
     );
-    let _board =
-        avwarden::levelwatch::start(watched, bus.clone(), None, clock, &tracker, cancel.clone());
+    let stamps: Arc<Mutex<Vec<CutStamp>>> = Arc::default();
+    let sink = stamps.clone();
+    let probe = CutProbe(Arc::new(move |s: CutStamp| {
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }));
+    let _board = avwarden::levelwatch::start_probed(
+        watched,
+        bus.clone(),
+        None,
+        clock,
+        &tracker,
+        cancel.clone(),
+        Some(probe),
+    );
 
     // Warm-up: every DSP ok and every zone's meter subscribed.
     let up = tokio::time::timeout(p.warmup, async {
@@ -475,12 +556,12 @@ async fn measure(
         Default::default();
     let mut next = 0usize;
     let mut tick = tokio::time::interval(p.breach_every);
-    let sets_so_far = |r: &Mutex<Vec<Received>>| {
+    let sets_so_far = |r: &Mutex<Vec<Written>>| {
         let r = r.lock().unwrap_or_else(|e| e.into_inner());
         r.iter().filter(|r| r.set.is_some()).count()
     };
     // Restores are `set level`s too: twice the cuts wanted is a generous stop.
-    while clock.instant() < deadline && sets_so_far(&received) < 2 * p.cuts {
+    while clock.instant() < deadline && sets_so_far(&written) < 2 * p.cuts {
         tick.tick().await;
         let now = clock.instant();
         while calm_again.front().is_some_and(|(at, _, _)| *at <= now) {
@@ -513,8 +594,10 @@ async fn measure(
     recorder.wait().await;
 
     let received = std::mem::take(&mut *received.lock().unwrap_or_else(|e| e.into_inner()));
+    let written = std::mem::take(&mut *written.lock().unwrap_or_else(|e| e.into_inner()));
+    let stamps = std::mem::take(&mut *stamps.lock().unwrap_or_else(|e| e.into_inner()));
     let frames = std::mem::take(&mut *frames.lock().unwrap_or_else(|e| e.into_inner()));
-    let (cuts, unmatched) = cuts(p, &received, &frames, start);
+    let (cuts, unmatched) = cuts(p, &written, &received, &stamps, &frames, start);
     Ok(RunResult {
         cuts,
         unmatched,
@@ -556,57 +639,118 @@ fn frame_count(frames: &Mutex<Frames>) -> usize {
         .sum()
 }
 
-/// One cut's latency, and whether another command reached its DSP between the frame and
-/// the cut (the cut then shared the link: queued behind it on the actor, or it behind the cut).
+/// One cut's latency to both end points, and whether another command was written to its
+/// DSP between the frame and the cut (the cut then shared the link: queued behind it on the
+/// actor, or it behind the cut).
 struct Cut {
-    us: f64,
+    written_us: f64,
+    /// `None` when the simulator's line could not be paired with the write.
+    received_us: Option<f64>,
     shared: bool,
     /// Among them a read (`get`).
     behind_read: bool,
+    /// Frame → batch taken → decided → handed to the lane → written, in µs, when the probe
+    /// saw the cut decided by a frame.
+    stages: Option<[f64; 4]>,
 }
 
-/// Each cut's latency from the newest frame of its zone read before it arrived.
+fn us(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).as_seconds_f64() * 1e6
+}
+
+/// Each written cut's latency from the frame that decided it.
 fn cuts(
     p: &Params,
+    written: &[Written],
     received: &[Received],
+    stamps: &[CutStamp],
     frames: &Frames,
     start: DateTime<Utc>,
 ) -> (Vec<Cut>, usize) {
+    // The k-th `set level` written to a DSP is the k-th it received (one session, in order).
+    let mut received_sets: HashMap<usize, Vec<&Received>> = HashMap::new();
+    for r in received.iter().filter(|r| r.set.is_some()) {
+        received_sets.entry(r.dsp).or_default().push(r);
+    }
+    let mut sets_written: HashMap<usize, usize> = HashMap::new();
+    // The probe's stamps per (DSP, channel), in the order they were handed to the lane.
+    let mut by_zone: HashMap<(DeviceId, String), Vec<&CutStamp>> = HashMap::new();
+    for s in stamps {
+        by_zone
+            .entry((s.device.clone(), s.zone.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut used: HashMap<(DeviceId, String), usize> = HashMap::new();
     let mut level: HashMap<(usize, usize), f64> = HashMap::new();
     let mut out = Vec::new();
     let mut unmatched = 0;
-    for (n, r) in received.iter().enumerate() {
-        let Some((index, db)) = r.set else { continue };
-        let before = level.insert((r.dsp, index), db).unwrap_or(SET_LEVEL_DB);
-        if db >= before || r.at < start || index == 0 || index > p.zones {
+    for (n, w) in written.iter().enumerate() {
+        let Some((index, db)) = w.set else { continue };
+        let k = sets_written.entry(w.dsp).or_default();
+        let received_at = received_sets
+            .get(&w.dsp)
+            .and_then(|v| v.get(*k))
+            .filter(|r| r.set == w.set)
+            .map(|r| r.at);
+        *k += 1;
+        let key = (device_id(w.dsp), format!("z{index}"));
+        // The stamp of this command: the first not yet used, handed before the write, of the
+        // same level (one command per zone in flight, so they come in order).
+        let stamp = by_zone.get(&key).and_then(|v| {
+            let from = used.get(&key).copied().unwrap_or(0);
+            let i = v[from..]
+                .iter()
+                .position(|s| s.db == db && s.handed_at <= w.at)?;
+            used.insert(key.clone(), from + i + 1);
+            Some(v[from + i])
+        });
+        let before = level.insert((w.dsp, index), db).unwrap_or(SET_LEVEL_DB);
+        if db >= before || w.at < start || index == 0 || index > p.zones {
             continue;
         }
-        let key = (device_id(r.dsp), Subject::zone(&format!("z{index}")));
-        let i = frames
-            .get(&key)
-            .map_or(0, |ats| ats.partition_point(|at| *at <= r.at));
-        let Some(frame) = i
-            .checked_sub(1)
-            .and_then(|i| frames.get(&key).and_then(|ats| ats.get(i)))
-        else {
+        let decided_by_frame = stamp.filter(|s| s.taken_at.is_some());
+        let frame = match decided_by_frame {
+            Some(s) => Some(s.input_at),
+            None => {
+                let subject = (device_id(w.dsp), Subject::zone(&format!("z{index}")));
+                let ats = frames.get(&subject);
+                let i = ats.map_or(0, |ats| ats.partition_point(|at| *at <= w.at));
+                i.checked_sub(1)
+                    .and_then(|i| ats.and_then(|ats| ats.get(i)))
+                    .copied()
+            }
+        };
+        let Some(frame) = frame else {
             unmatched += 1;
             continue;
         };
-        // Lines are pushed in arrival order per DSP (one session each).
-        let between = received[..n]
+        // Writes are pushed in completion order per DSP (one link each).
+        let (mut shared, mut behind_read) = (false, false);
+        for o in written[..n]
             .iter()
             .rev()
-            .take_while(|o| o.at > *frame)
-            .filter(|o| o.dsp == r.dsp);
-        let (mut shared, mut behind_read) = (false, false);
-        for o in between {
+            .take_while(|o| o.at > frame)
+            .filter(|o| o.dsp == w.dsp)
+        {
             shared = true;
             behind_read |= o.read;
         }
+        let stages = decided_by_frame.and_then(|s| {
+            let taken = s.taken_at?;
+            Some([
+                us(s.input_at, taken),
+                us(taken, s.decided_at),
+                us(s.decided_at, s.handed_at),
+                us(s.handed_at, w.at),
+            ])
+        });
         out.push(Cut {
-            us: (r.at - *frame).as_seconds_f64() * 1e6,
+            written_us: us(frame, w.at),
+            received_us: received_at.map(|r| us(frame, r)),
             shared,
             behind_read,
+            stages,
         });
     }
     (out, unmatched)

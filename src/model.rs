@@ -563,6 +563,9 @@ pub enum DeviceCommand {
     SetLevel { zone: String, db: f64 },
     /// Mute of a named zone.
     SetZoneMute { zone: String, on: bool },
+    /// Read one named zone's output level now (one exchange): what the level watch asks
+    /// before a restore step, instead of a `Refresh` of every control.
+    ReadZoneLevel { zone: String },
     /// HVAC setpoint in °C.
     SetSetpoint { celsius: f64 },
     /// HVAC mode (`off`, `heat`, `cool`, `auto`, `fan`).
@@ -594,6 +597,9 @@ impl DeviceCommand {
                 zone: "main".into(),
                 on: false,
             },
+            DeviceCommand::ReadZoneLevel {
+                zone: "main".into(),
+            },
             DeviceCommand::SetSetpoint { celsius: 23.0 },
             DeviceCommand::SetHvacMode {
                 mode: "cool".into(),
@@ -611,7 +617,9 @@ impl DeviceCommand {
             DeviceCommand::SetGain { .. } => Capability::Gain,
             DeviceCommand::SetMute { .. } => Capability::Mute,
             // Zones are what a device with output levels has (a DSP), not a mic's channels.
-            DeviceCommand::SetLevel { .. } | DeviceCommand::SetZoneMute { .. } => Capability::Level,
+            DeviceCommand::SetLevel { .. }
+            | DeviceCommand::SetZoneMute { .. }
+            | DeviceCommand::ReadZoneLevel { .. } => Capability::Level,
             DeviceCommand::SetSetpoint { .. } => Capability::Setpoint,
             DeviceCommand::SetHvacMode { .. } => Capability::HvacMode,
             DeviceCommand::Refresh => return None,
@@ -627,6 +635,7 @@ impl DeviceCommand {
             DeviceCommand::SetMute { .. } => "set_mute",
             DeviceCommand::SetLevel { .. } => "set_level",
             DeviceCommand::SetZoneMute { .. } => "set_zone_mute",
+            DeviceCommand::ReadZoneLevel { .. } => "read_zone_level",
             DeviceCommand::SetSetpoint { .. } => "set_setpoint",
             DeviceCommand::SetHvacMode { .. } => "set_hvac_mode",
             DeviceCommand::Refresh => "refresh",

@@ -154,6 +154,20 @@ pub enum Step<T> {
     End(DriverError),
 }
 
+/// Told each write's bytes once the write has completed (written and flushed to the
+/// transport): a benchmark's stamp of "last byte written". Unset, a write pays one branch.
+#[derive(Clone)]
+pub struct WriteHook(pub std::sync::Arc<WriteFn>);
+
+/// What a [`WriteHook`] calls: the bytes just written.
+pub type WriteFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for WriteHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteHook")
+    }
+}
+
 pub struct Link {
     opener: Opener,
     facts: LinkFacts,
@@ -171,6 +185,7 @@ pub struct Link {
     udp: Option<tokio::net::UdpSocket>,
     /// A topic device's session is up (it has no stream): its topic and bus.
     topic: Option<(String, std::sync::Arc<dyn Topics>)>,
+    on_write: Option<WriteHook>,
 }
 
 impl Link {
@@ -188,7 +203,13 @@ impl Link {
             bytes_out: 0,
             udp: None,
             topic: None,
+            on_write: None,
         }
+    }
+
+    /// Call `hook` after every completed write from now on (`None`: stop).
+    pub fn set_write_hook(&mut self, hook: Option<WriteHook>) {
+        self.on_write = hook;
     }
 
     /// A link over an already connected stream (unit tests with `tokio::io::duplex`); once
@@ -276,6 +297,9 @@ impl Link {
             return Err(LinkError::Io(e).into());
         }
         self.bytes_out += bytes.len() as u64;
+        if let Some(hook) = &self.on_write {
+            (hook.0)(bytes);
+        }
         Ok(())
     }
 
@@ -503,6 +527,9 @@ impl Link {
             return Err(LinkError::Io(e).into());
         }
         self.bytes_out += bytes.len() as u64;
+        if let Some(hook) = &self.on_write {
+            (hook.0)(bytes);
+        }
         Ok(())
     }
 
@@ -702,6 +729,32 @@ mod tests {
         let mut buf = vec![0u8; 64];
         let n = peer.read(&mut buf).await.unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_write_hook_sees_each_completed_write_and_nothing_after_it_is_unset() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+        let sink = seen.clone();
+        link.set_write_hook(Some(WriteHook(std::sync::Arc::new(move |b: &[u8]| {
+            sink.lock().unwrap().push(b.to_vec());
+        }))));
+        link.send(b"one\n").await.unwrap();
+        link.send(b"two\n").await.unwrap();
+        link.set_write_hook(None);
+        link.send(b"three\n").await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [b"one\n".to_vec(), b"two\n".to_vec()]
+        );
+        let mut buf = vec![0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 14 {
+            let n = peer.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"one\ntwo\nthree\n");
     }
 
     #[tokio::test(start_paused = true)]

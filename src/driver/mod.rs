@@ -21,7 +21,7 @@ use crate::model::DeviceCommand;
 use crate::profile::Profile;
 pub use link::{
     Connection, Link, LinkError, LinkFacts, Reply, Step, TopicError, TopicFeed, TopicMessage,
-    Topics,
+    Topics, WriteHook,
 };
 pub use observer::{Applied, Observation, Observer};
 

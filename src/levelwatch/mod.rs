@@ -10,4 +10,4 @@ pub mod controller;
 pub mod policy;
 pub mod task;
 
-pub use task::{start, ProtectionBoard, WatchedDevice};
+pub use task::{start, start_probed, CutProbe, CutStamp, ProtectionBoard, WatchedDevice};

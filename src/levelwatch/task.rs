@@ -173,8 +173,38 @@ enum Key {
     ZoneLevel(usize),
     ZoneMute(usize),
     MicGain(usize),
-    /// A read of the device's state before a restore step (one per device at a time).
-    Refresh,
+    /// A read of the zone's level before a restore step (one exchange; one per zone at a
+    /// time).
+    CheckLevel(usize),
+}
+
+/// One gain command's way through the level watch, for a benchmark's breakdown of the time
+/// from a meter frame to the command on the wire.
+#[derive(Debug, Clone)]
+pub struct CutStamp {
+    pub device: DeviceId,
+    pub zone: String,
+    pub db: f64,
+    /// The instant of the input that decided it: a meter frame's `MeterSample.at`, or the
+    /// tick's or the state's instant.
+    pub input_at: DateTime<Utc>,
+    /// When the level watch took the meter batch that frame came in (`None`: not a frame).
+    pub taken_at: Option<DateTime<Utc>>,
+    /// When the controller's action was carried out (the rest of the batch before it counts).
+    pub decided_at: DateTime<Utc>,
+    /// When the command was handed to the device's priority lane.
+    pub handed_at: DateTime<Utc>,
+}
+
+/// Told every `SetLevel` the level watch sends at once (not one that waited behind the zone's
+/// previous command). Unset in the daemon: a sent command pays one branch.
+#[derive(Clone)]
+pub struct CutProbe(pub Arc<dyn Fn(CutStamp) + Send + Sync>);
+
+impl std::fmt::Debug for CutProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CutProbe")
+    }
 }
 
 struct Device {
@@ -194,6 +224,19 @@ pub fn start(
     clock: Clock,
     tasks: &TaskTracker,
     cancel: CancellationToken,
+) -> ProtectionBoard {
+    start_probed(devices, events, logbook, clock, tasks, cancel, None)
+}
+
+/// As [`start`], telling `probe` each level command it sends (the latency benchmark).
+pub fn start_probed(
+    devices: Vec<WatchedDevice>,
+    events: EventBus,
+    logbook: Option<LogbookHandle>,
+    clock: Clock,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+    probe: Option<CutProbe>,
 ) -> ProtectionBoard {
     let board = ProtectionBoard::default();
     let (state_tx, state_rx) = mpsc::channel(64);
@@ -230,6 +273,9 @@ pub fn start(
         board: board.clone(),
         tasks: tasks.clone(),
         actions: Vec::new(),
+        probe,
+        taken_at: None,
+        stamp: None,
     };
     watch.build_index();
     for (i, d) in watch.devices.iter().enumerate() {
@@ -275,6 +321,11 @@ struct Watch {
     board: ProtectionBoard,
     tasks: TaskTracker,
     actions: Vec<Action>,
+    probe: Option<CutProbe>,
+    /// While a meter batch is decided, when it was taken (for the probe only).
+    taken_at: Option<DateTime<Utc>>,
+    /// The level command `act` is about to send, for the probe.
+    stamp: Option<CutStamp>,
 }
 
 type Done = (usize, Key, CommandOutcome);
@@ -327,6 +378,9 @@ impl Watch {
     }
 
     fn meters(&mut self, batch: &[MeterSample], done: &mpsc::Sender<Done>) {
+        if self.probe.is_some() {
+            self.taken_at = Some(self.clock.now());
+        }
         for s in batch {
             let Some(&(d, ch)) = self.index.get(&(s.device.clone(), s.subject.clone())) else {
                 continue;
@@ -338,6 +392,7 @@ impl Watch {
             // The frame's own instant: a batch that waited is judged by when it was measured.
             self.step(d, input, s.at, done);
         }
+        self.taken_at = None;
     }
 
     /// A change-only device that is reachable: each protected zone's and mic's last level,
@@ -428,6 +483,18 @@ impl Watch {
                     zone: zone_id(zone),
                     db,
                 };
+                if self.probe.is_some() {
+                    let decided_at = self.clock.now();
+                    self.stamp = Some(CutStamp {
+                        device,
+                        zone: zone_id(zone),
+                        db,
+                        input_at: now,
+                        taken_at: self.taken_at,
+                        decided_at,
+                        handed_at: decided_at,
+                    });
+                }
                 return self.send(d, Key::ZoneLevel(zone), cmd, done);
             }
             Action::SetZoneMute { zone, on } => {
@@ -498,8 +565,13 @@ impl Watch {
                     over_limit_ms: over_limit.as_millis() as u64,
                 }
             }
-            Action::CheckLevel { .. } => {
-                return self.send(d, Key::Refresh, DeviceCommand::Refresh, done);
+            Action::CheckLevel { zone } => {
+                // One control, not a `Refresh`: on the priority lane a read of every control
+                // would make the next zone's cut wait behind it.
+                let cmd = DeviceCommand::ReadZoneLevel {
+                    zone: zone_id(zone),
+                };
+                return self.send(d, Key::CheckLevel(zone), cmd, done);
             }
             Action::ManualChange { zone, level_db } => EventKind::ZoneLevelSetByPerson {
                 device,
@@ -552,6 +624,7 @@ impl Watch {
     /// Send at once when nothing is in flight for `key`; otherwise wait, replacing any older
     /// waiting target (only the newest matters).
     fn send(&mut self, d: usize, key: Key, cmd: DeviceCommand, done: &mpsc::Sender<Done>) {
+        let stamp = self.stamp.take();
         let dev = &mut self.devices[d];
         if dev.in_flight.contains_key(&key) {
             dev.waiting.insert(key, cmd);
@@ -560,7 +633,13 @@ impl Watch {
         dev.in_flight.insert(key, cmd.clone());
         let handle = dev.handle.clone();
         let done = done.clone();
+        let probe = self.probe.clone().zip(stamp);
+        let clock = self.clock;
         self.tasks.spawn(async move {
+            if let Some((probe, mut stamp)) = probe {
+                stamp.handed_at = clock.now();
+                (probe.0)(stamp);
+            }
             let outcome = handle.priority_command(cmd).await;
             let _ = done.send((d, key, outcome)).await;
         });
@@ -574,7 +653,7 @@ impl Watch {
         match outcome {
             // What the read found, at once: the restore step waits for it, and an unchanged
             // state does not wake the state `watch`.
-            CommandOutcome::Done { .. } if key == Key::Refresh => {
+            CommandOutcome::Done { .. } if matches!(key, Key::CheckLevel(_)) => {
                 let state = dev.handle.state();
                 self.state(d, &state, done);
             }

@@ -59,6 +59,8 @@ pub struct ActorConfig {
     pub backoff_max: Duration,
     /// The daemon's MQTT client, the bus of a topic device's link.
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
+    /// Told every completed write on the link (a benchmark's stamp); `None` in the daemon.
+    pub on_write: Option<crate::driver::WriteHook>,
 }
 
 /// Reconnect is a state, not a loop (STYLE.md §4).
@@ -104,6 +106,7 @@ impl Actor {
         let mut guard = commands.lock().await;
         let commands: &mut Queues = &mut guard;
         let mut link = super::link::for_spec(&self.cfg.link, self.cfg.mqtt.as_ref());
+        link.set_write_hook(self.cfg.on_write.clone());
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut conn = Conn::Disconnected {
             retry_at: Instant::now(),

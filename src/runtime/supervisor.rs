@@ -219,6 +219,9 @@ pub struct DeviceSpec {
     pub queue_depth: usize,
     /// The daemon's MQTT client, for devices reached over MQTT (their driver holds it).
     pub mqtt: Option<crate::transport::mqtt::MqttHandle>,
+    /// Told every completed write on the device's link (a benchmark's stamp of the last
+    /// byte written); `None` in the daemon.
+    pub on_write: Option<crate::driver::WriteHook>,
 }
 
 impl DeviceSpec {
@@ -234,6 +237,7 @@ impl DeviceSpec {
             backoff_max: Duration::from_secs(60),
             queue_depth: 16,
             mqtt: None,
+            on_write: None,
         }
     }
 }
@@ -483,6 +487,7 @@ impl Fleet {
             backoff_min: spec.backoff_min,
             backoff_max: spec.backoff_max,
             mqtt: spec.mqtt.clone(),
+            on_write: spec.on_write.clone(),
         };
         let initial = DeviceState::new(
             spec.id,

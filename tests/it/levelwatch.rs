@@ -78,6 +78,11 @@ struct Setup {
 }
 
 async fn setup(serial: bool) -> Setup {
+    setup_polled(serial, None).await
+}
+
+/// As [`setup`], the profile's poll interval replaced by `poll` when given.
+async fn setup_polled(serial: bool, poll: Option<Duration>) -> Setup {
     let sim_cancel = CancellationToken::new();
     let bind = if serial {
         SimBind::Pty { link: None }
@@ -108,6 +113,11 @@ async fn setup(serial: bool) -> Setup {
     let mut rig = Rig::start(spec, ROOM, |spec| {
         spec.backoff_min = Duration::from_millis(100);
         spec.backoff_max = Duration::from_millis(500);
+        if let Some(poll) = poll {
+            let mut p = (*spec.profile).clone();
+            p.timing.poll_interval = poll;
+            spec.profile = std::sync::Arc::new(p);
+        }
     });
     let settings: toml::Table = toml::from_str(ROOM).unwrap();
     let watched = WatchedDevice::from_settings(rig.handle.clone(), &profile, &settings)
@@ -343,6 +353,55 @@ async fn ramp_is_trimmed_then_restored(serial: bool) {
     assert_eq!(
         (z.state, z.set_level_db, z.reduction_db),
         (Mode::Idle, Some(-10.0), 0.0)
+    );
+    s.rig.shutdown().await;
+}
+
+/// Issue 10: the check before each restore step reads the zone's level and nothing else (one
+/// exchange), so a cut for another zone never waits behind a read of every control. With no
+/// scheduled poll, every read the DSP gets from the cut on is a set's read-back or a check.
+#[tokio::test(start_paused = true)]
+async fn a_restore_check_reads_only_the_zones_level() {
+    let mut s = setup_polled(false, Some(Duration::from_secs(3600))).await;
+    let limit = Duration::from_secs(30);
+    let from = s.sim.received_total();
+    s.sim
+        .set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: 2.0 });
+    event(&mut s.rig, limit, "protection engaged", |k| {
+        matches!(k, EventKind::SpeakerProtectionEngaged { .. })
+    })
+    .await;
+    s.sim
+        .set_meter_script("OutMeter", 1, MeterScript::Constant { dbfs: -30.0 });
+    let released = event(&mut s.rig, limit, "protection released", |k| {
+        matches!(k, EventKind::SpeakerProtectionReleased { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            released,
+            EventKind::SpeakerProtectionReleased { restored: true, .. }
+        ),
+        "{released:?}"
+    );
+    let lines = s.sim.received();
+    let first = s.sim.received_total() - lines.len() as u64;
+    let start = usize::try_from(from.saturating_sub(first)).unwrap();
+    let lines = &lines[start..];
+    let reads: Vec<&String> = lines.iter().filter(|l| l.contains(" get ")).collect();
+    assert!(
+        reads.iter().all(|l| *l == "Level1 get level 1"),
+        "only the zone's level is read: {reads:?}"
+    );
+    let sets = lines
+        .iter()
+        .filter(|l| l.starts_with("Level1 set level 1 "))
+        .count();
+    // Each set is read back once; the rest are the restore steps' checks.
+    assert!(
+        reads.len() > sets,
+        "{} reads for {sets} sets: no check was asked",
+        reads.len()
     );
     s.rig.shutdown().await;
 }

@@ -537,3 +537,60 @@ async fn meters_from_both_dsps_land_on_one_dbfs_scale() {
     trig.cancel.cancel();
     cancel.cancel();
 }
+
+/// Issue 10: the level watch's check before a restore step is one `Control.Get` of the zone's
+/// level control (not `StatusGet` and every control), and an unmapped zone is refused
+/// without a request.
+#[tokio::test(start_paused = true)]
+async fn a_zone_level_read_is_one_control_get() {
+    let cancel = CancellationToken::new();
+    let sim = qsys::spawn(QsysSimConfig::default(), loopback(), cancel.clone())
+        .await
+        .unwrap();
+    let rig = start(&sim, ROOM, |_| {});
+    let mut rx = rig.handle.watch();
+    support::wait_state(&mut rx, Duration::from_secs(30), "ok", |s| {
+        s.health == Health::Ok
+    })
+    .await;
+    sim.set_control("MainGain", -25.0);
+    let before = sim.methods().len();
+    let outcome = rig
+        .handle
+        .priority_command(DeviceCommand::ReadZoneLevel {
+            zone: "main".into(),
+        })
+        .await;
+    assert!(outcome.is_done(), "{outcome:?}");
+    let sent: Vec<String> = sim.methods()[before..]
+        .iter()
+        .filter(|m| *m != "NoOp")
+        .cloned()
+        .collect();
+    assert_eq!(sent, ["Control.Get".to_owned()]);
+    assert_eq!(
+        reading(
+            &rig.handle.state(),
+            &Point::new(Subject::zone("main"), Quantity::LevelDb)
+        ),
+        Some(Value::Float(-25.0))
+    );
+    let before = sim.methods().len();
+    let outcome = rig
+        .handle
+        .priority_command(DeviceCommand::ReadZoneLevel {
+            zone: "nowhere".into(),
+        })
+        .await;
+    assert!(
+        matches!(outcome, avwarden::runtime::CommandOutcome::Rejected { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        sim.methods().len(),
+        before,
+        "nothing sent for an unmapped zone"
+    );
+    rig.cancel.cancel();
+    cancel.cancel();
+}

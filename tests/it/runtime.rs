@@ -173,6 +173,7 @@ fn spawn_ping_every(
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
         mqtt: None,
+        on_write: None,
     };
     fleet.spawn(
         initial,

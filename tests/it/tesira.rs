@@ -1241,3 +1241,50 @@ async fn serial_simulator_started_from_config_outlives_its_handle() {
     rig.cancel.cancel();
     cancel.cancel();
 }
+
+/// Issue 10: the level watch's check before a restore step reads the one zone's level, one
+/// exchange, not every control (a `Refresh` is 2×N exchanges on the priority lane): what a
+/// person set at the DSP is reported at once, and a zone that is not mapped is refused
+/// without a byte sent.
+#[tokio::test]
+async fn a_zone_level_read_is_one_exchange() {
+    let cancel = CancellationToken::new();
+    // No scheduled poll during the test: every line the DSP gets is the read's.
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
+    assert!(sim.set_level("Zones", 7, -25.0));
+    let issued = sim.received_total();
+    let outcome = rig
+        .handle
+        .priority_command(DeviceCommand::ReadZoneLevel { zone: "z7".into() })
+        .await;
+    assert!(outcome.is_done(), "{outcome:?}");
+    let lines = sim.received();
+    let first = sim.received_total() - lines.len() as u64;
+    let start = usize::try_from(issued.saturating_sub(first)).unwrap();
+    assert_eq!(lines[start..], ["Zones get level 7".to_owned()]);
+    assert_eq!(
+        reading(
+            &rig.handle.state(),
+            &Point::new(Subject::zone("z7"), Quantity::LevelDb)
+        ),
+        Some(Value::Float(-25.0))
+    );
+    let issued = sim.received_total();
+    let outcome = rig
+        .handle
+        .priority_command(DeviceCommand::ReadZoneLevel {
+            zone: "nowhere".into(),
+        })
+        .await;
+    assert!(
+        matches!(outcome, CommandOutcome::Rejected { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        sim.received_total(),
+        issued,
+        "nothing sent for an unmapped zone"
+    );
+    rig.shutdown().await;
+    cancel.cancel();
+}

@@ -36,8 +36,8 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use super::zones::{
-    refused, resolve, set_request, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
-    SetTo, SettingsError, Target, MAPPING_SOURCE,
+    read_request, refused, resolve, resolve_read, set_request, Addresses, DspMap, Entry, Function,
+    LevelRange, MappingFaults, SetTo, SettingsError, Target, MAPPING_SOURCE,
 };
 use crate::codec::qrc::{
     self, ControlState, EngineState, EngineStatus, QValue, QrcDecoder, QrcMessage, RpcError,
@@ -470,23 +470,61 @@ impl QsysDriver {
                 other => other,
             });
         }
-        // Read back what the Core made of it.
-        if let Ok(v) = self
-            .call(link, obs, |id| qrc::control_get(id, &[&name]))
-            .await?
-        {
-            if let Ok(list) = qrc::parse_controls(&v) {
-                for c in list.into_iter().flatten() {
-                    if c.name == name && !self.routes.contains_key(&name) {
-                        // Not in the change group (AddControl refused it earlier) but the Core
-                        // knows it now: report it anyway.
-                        self.routes.insert(name.clone(), vec![(idx, f)]);
-                    }
-                    self.control(obs, &c);
-                }
-            }
+        // Read back what the Core made of it; a refused read leaves the value to the poll.
+        let _ = self.get_control(link, obs, idx, f, &name).await?;
+        Ok(())
+    }
+
+    /// One control, one `Control.Get`: a check before a restore step must not hold the link
+    /// for the engine status and every control while a cut for another zone waits.
+    async fn read_one(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        command: &DeviceCommand,
+        target: Target<'_>,
+        f: Function,
+    ) -> Result<(), DriverError> {
+        let (idx, name) = resolve_read(&self.map, command, target, f)?;
+        let name = name.clone();
+        if let Err(e) = self.get_control(link, obs, idx, f, &name).await? {
+            return Err(match Self::refused("Control.Get", &e) {
+                DriverError::Refused { reason, .. } => refused(command, reason),
+                other => other,
+            });
         }
         Ok(())
+    }
+
+    /// `Control.Get` of one named control, reported as it comes back; the Core's refusal is
+    /// the caller's to judge (a read-back after a set tolerates it).
+    async fn get_control(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        idx: usize,
+        f: Function,
+        name: &str,
+    ) -> Result<Result<(), RpcError>, DriverError> {
+        let v = match self
+            .call(link, obs, |id| qrc::control_get(id, &[name]))
+            .await?
+        {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        // As the read-back always was: what parses is reported, the rest left to the poll.
+        if let Ok(list) = qrc::parse_controls(&v) {
+            for c in list.into_iter().flatten() {
+                if c.name == name && !self.routes.contains_key(name) {
+                    // Not in the change group (AddControl refused it earlier) but the Core
+                    // knows it now: report it anyway.
+                    self.routes.insert(name.to_owned(), vec![(idx, f)]);
+                }
+                self.control(obs, &c);
+            }
+        }
+        Ok(Ok(()))
     }
 }
 
@@ -530,6 +568,9 @@ impl Driver for QsysDriver {
     ) -> Result<(), DriverError> {
         if let Some((target, f, to)) = set_request(command) {
             return self.set_and_read(link, obs, command, target, f, to).await;
+        }
+        if let Some((target, f)) = read_request(command) {
+            return self.read_one(link, obs, command, target, f).await;
         }
         match command {
             DeviceCommand::Refresh => self.read_state(link, obs).await,

@@ -39,8 +39,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::zones::{
-    refused, resolve, set_request, Addresses, DspMap, Entry, Function, LevelRange, MappingFaults,
-    SetTo, SettingsError, Target, MAPPING_SOURCE,
+    read_request, refused, resolve, resolve_read, set_request, Addresses, DspMap, Entry, Function,
+    LevelRange, MappingFaults, SetTo, SettingsError, Target, MAPPING_SOURCE,
 };
 use crate::codec::telnet::{refusal, TelnetCommand};
 use crate::codec::tesira::{
@@ -488,6 +488,22 @@ impl TesiraDriver {
         Ok(())
     }
 
+    /// One control, one exchange: a check before a restore step must not hold the link for
+    /// a read of every control while a cut for another zone waits.
+    async fn read_one(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        command: &DeviceCommand,
+        target: Target<'_>,
+        f: Function,
+    ) -> Result<(), DriverError> {
+        let (idx, _) = resolve_read(&self.map, command, target, f)?;
+        self.read_value(link, obs, idx, f).await?;
+        obs.faults(MAPPING_SOURCE, self.mapping.current());
+        Ok(())
+    }
+
     async fn set_and_read(
         &mut self,
         link: &mut Link,
@@ -625,6 +641,9 @@ impl Driver for TesiraDriver {
     ) -> Result<(), DriverError> {
         if let Some((target, f, to)) = set_request(command) {
             return self.set_and_read(link, obs, command, target, f, to).await;
+        }
+        if let Some((target, f)) = read_request(command) {
+            return self.read_one(link, obs, command, target, f).await;
         }
         match command {
             // The runtime runs a refresh as a stepped poll (`refresh_is_poll_cycle`); this is

@@ -623,6 +623,24 @@ pub fn set_request(command: &DeviceCommand) -> Option<(Target<'_>, Function, Set
     })
 }
 
+/// Which mapped control a one-control read asks for (`ReadZoneLevel`): the zone's level.
+pub fn read_request(command: &DeviceCommand) -> Option<(Target<'_>, Function)> {
+    match command {
+        DeviceCommand::ReadZoneLevel { zone } => Some((Target::Zone(zone), Function::Level)),
+        _ => None,
+    }
+}
+
+/// The channel index and control a read request addresses. A refusal names the command.
+pub fn resolve_read<'m, A>(
+    map: &'m DspMap<A>,
+    command: &DeviceCommand,
+    target: Target<'_>,
+    f: Function,
+) -> Result<(usize, &'m A), DriverError> {
+    lookup(map, target, f).map_err(|r| rejected(command, r))
+}
+
 /// The channel index and control a set request addresses, a level checked against the
 /// channel's range. A refusal names the command.
 pub fn resolve<'m, A>(
@@ -813,6 +831,17 @@ mod tests {
         assert_eq!((f, to), (Function::Mute, SetTo::On(true)));
         assert_eq!(resolve(&m, &mute, t, f, to).unwrap(), (1, &"X".to_owned()));
         assert!(set_request(&DeviceCommand::Refresh).is_none());
+        assert!(set_request(&DeviceCommand::ReadZoneLevel {
+            zone: "main".into()
+        })
+        .is_none());
+        assert!(matches!(
+            read_request(&DeviceCommand::ReadZoneLevel {
+                zone: "main".into()
+            }),
+            Some((Target::Zone("main"), Function::Level))
+        ));
+        assert!(read_request(&DeviceCommand::Refresh).is_none());
         for (command, why) in [
             (
                 DeviceCommand::SetLevel {
