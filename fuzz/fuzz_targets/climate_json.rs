@@ -98,7 +98,7 @@ fn set_messages<'a>(map: &ClimateMap, payload: &'a [u8]) -> Vec<(String, &'a [u8
 }
 
 fn check_readings(id: &str, map: &ClimateMap, state: &ClimateState) {
-    for (key, value, _) in state.readings(map) {
+    for (key, value) in state.readings(map) {
         if let Value::Float(v) = value {
             assert!(v.is_finite(), "{id}: {key} = {v}");
         }

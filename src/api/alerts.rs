@@ -141,6 +141,18 @@ pub struct ResolveBody {
     pub by: Option<String>,
 }
 
+/// A resolve body as the handler checks it before the alert is looked up.
+pub(crate) fn check_resolve(b: &ResolveBody) -> Result<(), ApiError> {
+    if b.note.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "note_required",
+            "resolving by hand needs a note saying what was done",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/alerts/{id}/resolve` with `{"note": "…"}`.
 #[utoipa::path(
     post,
@@ -163,13 +175,7 @@ pub async fn resolve(
 ) -> Result<Json<Alert>, ApiError> {
     let Path(id) = id.map_err(ApiError::from_path_rejection)?;
     let Json(b) = body.map_err(ApiError::from_json_rejection)?;
-    if b.note.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "note_required",
-            "resolving by hand needs a note saying what was done",
-        ));
-    }
+    check_resolve(&b)?;
     let by = acting(&caller, b.by);
     playbook(&st)?
         .resolve(id, &by, &b.note)
@@ -205,6 +211,23 @@ pub struct WindowBody {
     pub reason: String,
 }
 
+/// What a maintenance window silences: exactly one of a room and a device, as the handler
+/// checks it before the device is looked up.
+pub(crate) fn window_target(
+    room: Option<RoomId>,
+    device: Option<DeviceId>,
+) -> Result<Target, ApiError> {
+    match (room, device) {
+        (Some(r), None) => Ok(Target::Room(r)),
+        (None, Some(d)) => Ok(Target::Device(d)),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_window",
+            "name exactly one of room and device",
+        )),
+    }
+}
+
 /// `POST /api/v1/maintenance-windows`.
 #[utoipa::path(
     post,
@@ -223,22 +246,12 @@ pub async fn add_window(
 ) -> Result<(StatusCode, Json<MaintenanceWindow>), ApiError> {
     let Json(b) = body.map_err(ApiError::from_json_rejection)?;
     let pb = playbook(&st)?;
-    let target = match (b.room, b.device) {
-        (Some(r), None) => Target::Room(r),
-        (None, Some(d)) => {
-            if st.fleet.get(d.as_str()).is_none() {
-                return Err(ApiError::unknown_device(d.as_str()));
-            }
-            Target::Device(d)
+    let target = window_target(b.room, b.device)?;
+    if let Target::Device(d) = &target {
+        if st.fleet.get(d.as_str()).is_none() {
+            return Err(ApiError::unknown_device(d.as_str()));
         }
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_window",
-                "name exactly one of room and device",
-            ))
-        }
-    };
+    }
     let from = b.from.unwrap_or_else(|| st.clock.now());
     pb.add_window(target, from, b.until, &b.reason, &caller.name)
         .map(|w| (StatusCode::CREATED, Json(w)))

@@ -288,6 +288,21 @@ pub struct RunBody {
     booking: Option<BookingId>,
 }
 
+/// A self-test request's body, read before the room is looked up.
+pub(crate) fn run_body(body: &[u8]) -> Result<RunBody, ApiError> {
+    // The body is optional: none (or whitespace) runs the room's test without a booking.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RunBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.to_string(),
+        )
+    })
+}
+
 /// `POST /api/v1/rooms/{id}/selftest`: run the room's self-test now (for a booking, when one
 /// is named) and answer its verdict.
 #[utoipa::path(
@@ -309,18 +324,7 @@ pub async fn run_selftest(
     body: axum::body::Bytes,
 ) -> Result<Json<Verdict>, ApiError> {
     let Path(room) = id.map_err(ApiError::from_path_rejection)?;
-    // The body is optional: none (or whitespace) runs the room's test without a booking.
-    let body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
-                e.to_string(),
-            )
-        })?
-    };
+    let body = run_body(&body)?;
     let sched = schedule(&st)?;
     let v = sched
         .run_now(RoomId::new(room), body.booking)

@@ -8,6 +8,7 @@
 
 mod alerts;
 pub mod auth;
+pub mod bodies;
 pub mod bookings;
 pub mod client;
 mod error;

@@ -398,7 +398,7 @@ pub async fn edit_equipment(
 ) -> Result<Json<EquipmentRecord>, ApiError> {
     let Path(device) = device.map_err(ApiError::from_path_rejection)?;
     let Json(fields) = body.map_err(ApiError::from_json_rejection)?;
-    fields.validate().map_err(store_error)?;
+    check_archive_fields(&fields)?;
     one(&st, &device)?;
     records(&st)?
         .logbook
@@ -416,6 +416,50 @@ pub async fn edit_equipment(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recorded {
     pub seq: u64,
+}
+
+/// An equipment edit's fields, checked as `PATCH /api/v1/equipment/{device}` checks them
+/// before the device is looked up.
+pub(crate) fn check_archive_fields(fields: &ArchiveFields) -> Result<(), ApiError> {
+    fields.validate().map_err(store_error)
+}
+
+/// A maintenance body read apart: the entry's own keys, the rest is the action.
+pub(crate) struct MaintenanceBody {
+    pub at: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+    pub room: Option<RoomId>,
+    pub action: MaintenanceAction,
+}
+
+/// Read a maintenance body as `POST /api/v1/equipment/{device}/maintenance` reads it, before
+/// the device is looked up.
+pub(crate) fn maintenance_body(
+    mut body: serde_json::Map<String, serde_json::Value>,
+) -> Result<MaintenanceBody, ApiError> {
+    let invalid =
+        |detail: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail);
+    let mut take = |key: &str| body.remove(key).filter(|v| !v.is_null());
+    let at: Option<DateTime<Utc>> = take("at")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| invalid(format!("at: {e}")))?;
+    let note: Option<String> = take("note")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| invalid(format!("note: {e}")))?;
+    let room: Option<RoomId> = take("room")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| invalid(format!("room: {e}")))?;
+    let action: MaintenanceAction = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(MaintenanceBody {
+        at,
+        note,
+        room,
+        action,
+    })
 }
 
 /// `POST /api/v1/equipment/{device}/maintenance`: `{"action": "lamp_replaced", "lamp": 1,
@@ -440,24 +484,13 @@ pub async fn add_maintenance(
     body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Recorded>), ApiError> {
     let Path(device) = device.map_err(ApiError::from_path_rejection)?;
-    let Json(mut body) = body.map_err(ApiError::from_json_rejection)?;
-    let invalid =
-        |detail: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail);
-    let mut take = |key: &str| body.remove(key).filter(|v| !v.is_null());
-    let at: Option<DateTime<Utc>> = take("at")
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| invalid(format!("at: {e}")))?;
-    let note: Option<String> = take("note")
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| invalid(format!("note: {e}")))?;
-    let room: Option<RoomId> = take("room")
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| invalid(format!("room: {e}")))?;
-    let action: MaintenanceAction = serde_json::from_value(serde_json::Value::Object(body))
-        .map_err(|e| invalid(e.to_string()))?;
+    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
+    let MaintenanceBody {
+        at,
+        note,
+        room,
+        action,
+    } = maintenance_body(body)?;
     one(&st, &device)?;
     let seq = records(&st)?
         .logbook

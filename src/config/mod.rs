@@ -20,6 +20,7 @@ use crate::model::{DeviceId, RoomId};
 use crate::profile::{Profile, ProfileSet};
 use crate::transport::LinkSpec;
 
+pub(crate) use validate::first_line;
 pub use validate::{parse_site, storage_problems, suggest, Env};
 
 /// One problem in a config file, located.

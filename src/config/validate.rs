@@ -513,12 +513,14 @@ pub fn parse_site(
     }
 }
 
-fn first_line(s: &str) -> String {
+/// The first line of a parser's message that says something: toml's message for some
+/// syntax errors (a control character in a comment) starts with an empty line.
+pub(crate) fn first_line(s: &str) -> String {
     // serde speaks Rust types; the technician reads TOML.
     s.lines()
-        .next()
-        .unwrap_or(s)
-        .trim()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("not valid TOML")
         .replace("expected i64", "expected an integer")
         .replace("expected f64", "expected a number")
         .replace("expected a sequence", "expected an array")
@@ -2193,5 +2195,22 @@ shifts = [{ who = "li", days = ["mon-fri"], from = "08:00", until = "18:00" }]
         );
         let e = parse_site(&circle, "site.toml", Path::new("/etc/avwarden"), &env).unwrap_err();
         assert!(e.to_string().contains("circle"), "{e}");
+    }
+
+    /// Found by the `site_config` fuzz target: a control character in a comment made toml
+    /// report a message whose first line is empty, so the problem said nothing.
+    #[test]
+    fn control_character_in_a_comment_is_a_problem_with_a_message() {
+        let env = Env::fixed(&[]);
+        let e = parse_site(
+            "# Issue 8.8:\u{1a}a map\n",
+            "site.toml",
+            Path::new("."),
+            &env,
+        )
+        .expect_err("a syntax error");
+        assert_eq!(e.problems.len(), 1);
+        assert!(!e.problems[0].message.is_empty(), "{e}");
+        assert_eq!(e.problems[0].at.map(|a| a.0), Some(1), "{e}");
     }
 }

@@ -389,7 +389,7 @@ impl Rules {
                     file: file.to_owned(),
                     at: at(e.span().map(|s| s.start)),
                     path: String::new(),
-                    message: e.message().lines().next().unwrap_or("").trim().to_owned(),
+                    message: crate::config::first_line(e.message()),
                 }])
             }
         };
@@ -406,7 +406,7 @@ impl Rules {
                     file: file.to_owned(),
                     at: at(offset),
                     path,
-                    message: e.message().lines().next().unwrap_or("").trim().to_owned(),
+                    message: crate::config::first_line(e.message()),
                 }]);
             }
         };
@@ -819,5 +819,15 @@ steps = [
             Response::Within(Duration::minutes(15))
         );
         assert_eq!(r.classes[&Major], Deadlines::of_plan(Major));
+    }
+
+    /// Found by the `playbook_parse` fuzz target: a control character in a comment made toml
+    /// report a message whose first line is empty, so the problem said nothing.
+    #[test]
+    fn control_character_in_a_comment_is_a_problem_with_a_message() {
+        let problems = Rules::parse("# hours {\u{0}ours}\n", "pb.toml").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].message.is_empty(), "{problems:?}");
+        assert_eq!(problems[0].at.map(|a| a.0), Some(1));
     }
 }

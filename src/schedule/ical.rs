@@ -835,7 +835,13 @@ impl VZone {
                         _ => kept.push(part),
                     }
                 }
-                let set = rrule::RRule::<rrule::Unvalidated>::from_str(&kept.join(";"))
+                let text = kept.join(";");
+                // The rrule crate slices its input by byte offsets and panics inside a
+                // multi-byte character; every valid RRULE is ASCII.
+                if !text.is_ascii() {
+                    return Err(format!("RRULE {text:?} is not ASCII"));
+                }
+                let set = rrule::RRule::<rrule::Unvalidated>::from_str(&text)
                     .and_then(|r| r.build(rrule::Tz::UTC.from_utc_datetime(&start)))
                     .map_err(|e| format!("RRULE: {e}"))?;
                 let last_year = NaiveDate::from_ymd_opt(2200, 1, 1)
@@ -1293,6 +1299,11 @@ fn parse_rule(value: &str, start: When, ctx: &Ctx) -> Result<Rule, String> {
         return Err("RRULE has both COUNT and UNTIL".into());
     }
     let text = kept.join(";");
+    // The rrule crate slices its input by byte offsets and panics inside a multi-byte
+    // character; every valid RRULE is ASCII.
+    if !text.is_ascii() {
+        return Err(format!("unparsable RRULE {value:?}: not ASCII"));
+    }
     let unvalidated = rrule::RRule::<rrule::Unvalidated>::from_str(&text)
         .map_err(|e| format!("unparsable RRULE {value:?}: {e}"))?;
     let dtstart = rrule::Tz::UTC.from_utc_datetime(&start.wall());
@@ -1822,5 +1833,21 @@ mod tests {
             .map(|i| i.important)
             .collect();
         assert_eq!(got, vec![true, false, true]);
+    }
+
+    /// Found by the `ical_import` fuzz target: a multi-byte character in an RRULE part made
+    /// the rrule crate panic on a byte offset inside it.
+    #[test]
+    fn non_ascii_rrule_skips_the_series_instead_of_panicking() {
+        let feed = "BEGIN:VCALENDAR\nBEGIN:VEVENT\nUID:x\nDTSTART:20261001T100000Z\n\
+                    RRULE:FREQ=WEEKLY;BYDAY=WE\u{fffd}\u{fffd}\u{fffd}\nEND:VEVENT\n\
+                    BEGIN:VEVENT\nUID:y\nDTSTART:20261001T100000Z\nEND:VEVENT\nEND:VCALENDAR\n";
+        let cal = parse(feed, Tz::UTC).expect("a calendar");
+        assert_eq!(cal.series_count(), 1, "{:?}", cal.problems);
+        assert!(
+            cal.problems.iter().any(|p| p.reason.contains("ASCII")),
+            "{:?}",
+            cal.problems
+        );
     }
 }
