@@ -8,7 +8,7 @@
 //! anything about a room: the payloads are the API's views.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -20,7 +20,7 @@ use super::debounce::Debouncer;
 use super::MqttOut;
 use crate::api::views::DeviceDetail;
 use crate::api::ApiState;
-use crate::model::{Health, Quantity, Readiness, Subject, Value};
+use crate::model::{DeviceId, Health, Quantity, Readiness, RoomId, Subject, Value};
 use crate::transport::mqtt::MqttError;
 
 /// A room's retained status: the API's room view with the live readiness, the open alerts
@@ -71,13 +71,14 @@ fn room_float(st: &ApiState, room: &crate::model::RoomId, q: Quantity) -> Option
     })
 }
 
-/// Every room's status payload, by topic.
-pub fn room_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
+/// The status payload of every room (`only` = None) or of the rooms named, by topic.
+pub fn room_payloads(out: &MqttOut, only: Option<&BTreeSet<RoomId>>) -> Vec<(String, Vec<u8>)> {
     let st = &out.api;
     st.layout
         .get()
         .rooms
         .iter()
+        .filter(|room| only.is_none_or(|o| o.contains(&room.id)))
         .map(|room| {
             let view = crate::api::rooms::room_view(st, room, st.clock.now());
             let live = view
@@ -122,11 +123,13 @@ pub fn room_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
 /// Every device's state payload, by topic: the API's device view without what moves on its
 /// own (each reading's age, the link counters, the last contact) — a subscriber computes an
 /// age from `observed_at`, which stays right however late the retained message is read.
-pub fn device_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
+/// `only` names the devices to build (None: every one).
+pub fn device_payloads(out: &MqttOut, only: Option<&BTreeSet<DeviceId>>) -> Vec<(String, Vec<u8>)> {
     let st = &out.api;
     let now = st.clock.now();
     st.fleet
         .handles()
+        .filter(|h| only.is_none_or(|o| o.contains(&h.id)))
         .map(|h| {
             let s = h.state();
             let mut detail = DeviceDetail::from_state(&s, now);
@@ -158,10 +161,15 @@ pub fn device_payloads(out: &MqttOut) -> Vec<(String, Vec<u8>)> {
 
 /// Publish the retained state topics until `cancel`.
 pub async fn run(out: MqttOut, tracker: TaskTracker, cancel: CancellationToken) {
+    // A device's state change rebuilds its own payload and its room's, not every payload of
+    // the site (at 500 devices polled every 10 s that was 50 whole rebuilds a second); the
+    // debounce tick rebuilds everything, for what changes without a device (verdicts,
+    // alerts, protection, discovery).
     let changed = Arc::new(Notify::new());
+    let dirty: Arc<Mutex<BTreeSet<DeviceId>>> = Arc::default();
     for h in out.api.fleet.handles() {
         let mut rx = h.watch();
-        let changed = changed.clone();
+        let (changed, dirty, id) = (changed.clone(), dirty.clone(), h.id.clone());
         let stop = cancel.clone();
         tracker.spawn(async move {
             loop {
@@ -169,6 +177,10 @@ pub async fn run(out: MqttOut, tracker: TaskTracker, cancel: CancellationToken) 
                     _ = stop.cancelled() => break,
                     r = rx.changed() => if r.is_err() { break },
                 }
+                dirty
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone());
                 changed.notify_one();
             }
         });
@@ -211,14 +223,31 @@ pub async fn run(out: MqttOut, tracker: TaskTracker, cancel: CancellationToken) 
     let mut tick = tokio::time::interval(out.debounce);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale_topics: Vec<String> = Vec::new();
+    let mut everything = true;
     loop {
-        for (t, p) in room_payloads(&out)
-            .into_iter()
-            .chain(device_payloads(&out))
-            .chain(super::discovery::payloads(&out))
-        {
-            deb.offer(&t, p);
+        let devices = std::mem::take(&mut *dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        if everything {
+            for (t, p) in room_payloads(&out, None)
+                .into_iter()
+                .chain(device_payloads(&out, None))
+                .chain(super::discovery::payloads(&out))
+            {
+                deb.offer(&t, p);
+            }
+        } else if !devices.is_empty() {
+            let rooms: BTreeSet<RoomId> = devices
+                .iter()
+                .filter_map(|id| out.api.fleet.get(id.as_str()))
+                .map(|h| h.state().room.clone())
+                .collect();
+            for (t, p) in room_payloads(&out, Some(&rooms))
+                .into_iter()
+                .chain(device_payloads(&out, Some(&devices)))
+            {
+                deb.offer(&t, p);
+            }
         }
+        everything = false;
         let now = Instant::now();
         if out.mqtt.is_connected() {
             for (topic, payload) in deb.due(now) {
@@ -249,7 +278,7 @@ pub async fn run(out: MqttOut, tracker: TaskTracker, cancel: CancellationToken) 
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = changed.notified() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => everything = true,
             _ = until_next => {}
             r = connected.changed() => {
                 if r.is_err() {
