@@ -12,6 +12,7 @@ mod dashboard;
 mod demo;
 mod escvp21;
 mod events_stream;
+mod fuzz_smoke;
 mod ical;
 mod levelwatch;
 mod metrics;
