@@ -68,7 +68,11 @@ pub enum StaleReason {
     Offline,
     /// Nothing live from it for longer than `stale_after_secs`.
     Silent,
-    /// Never heard from (a configured building whose daemon has not published yet).
+    /// Nothing says whether its daemon runs: no `daemon` topic (never published, or lost
+    /// with a broker restarted without persistence).
+    Unannounced,
+    /// Its daemon said `online` once (retained) but nothing live or recent came since: a
+    /// daemon of a contract without heartbeats, or a retained topic left by an old run.
     NeverSeen,
     /// The central daemon's own broker connection is down: nothing is known to be current.
     BrokerDown,
@@ -301,8 +305,10 @@ impl FleetState {
         if !f.broker_up {
             return Some(StaleReason::BrokerDown);
         }
-        if b.online == Some(false) {
-            return Some(StaleReason::Offline);
+        match b.online {
+            Some(false) => return Some(StaleReason::Offline),
+            None => return Some(StaleReason::Unannounced),
+            Some(true) => {}
         }
         match b.last_seen {
             None => Some(StaleReason::NeverSeen),
@@ -575,9 +581,18 @@ mod tests {
             ),
             (
                 "malformed keeps the building and counts as live",
-                vec![("avwarden/a/room/r1/status", "{not json", false, 0)],
+                vec![
+                    ("avwarden/a/daemon", "online", true, 0),
+                    ("avwarden/a/room/r1/status", "{not json", false, 0),
+                ],
                 1,
                 vec![("a", None)],
+            ),
+            (
+                "data without a daemon status",
+                vec![("avwarden/a/room/r1/status", ROOM, false, 0)],
+                1,
+                vec![("a", Some(Unannounced))],
             ),
             (
                 "two buildings, one gone",
@@ -631,7 +646,7 @@ mod tests {
         let mut s = FleetState::new(Some(vec!["a".into()]));
         assert_eq!(
             s.buildings(&fresh(0))[0].stale_reason,
-            Some(StaleReason::NeverSeen)
+            Some(StaleReason::Unannounced)
         );
         assert_eq!(
             s.apply("avwarden/z/daemon", b"online", false, at(0)),

@@ -16,6 +16,7 @@ fn stale_mark(reason: Option<StaleReason>) -> Mark {
         Some(StaleReason::Offline) => (BAD, "✖", "offline"),
         Some(StaleReason::Silent) => (WARN, "⌛", "silent (stale)"),
         Some(StaleReason::NeverSeen) => (NEUTRAL, "?", "never seen"),
+        Some(StaleReason::Unannounced) => (NEUTRAL, "?", "no daemon status"),
         Some(StaleReason::BrokerDown) => (WARN, "⚠", "unknown (broker down)"),
     };
     Mark { class, icon, word }
