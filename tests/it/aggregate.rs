@@ -291,7 +291,18 @@ async fn a_central_daemon_shows_every_building_and_which_ones_are_stale() {
         serde_json::json!({"command": "refresh"}),
     )
     .await;
-    assert!(status == 404 || status == 422, "{status} {body}");
+    assert_eq!(status, 404, "{body}");
+    let start = c.clock.now() + chrono::Duration::hours(1);
+    let (status, body) = api(
+        &c,
+        reqwest::Method::POST,
+        "/api/v1/bookings",
+        serde_json::json!({"room": "r101", "title": "x", "start": start,
+            "end": start + chrono::Duration::hours(1), "attendees": 2}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "unknown_room", "{body}");
 
     // The broker dies: nothing the central daemon shows is known to be current.
     broker.kill().await;
