@@ -232,6 +232,17 @@ impl Daemon {
             &reload_service,
         );
         services.push(reload_service);
+        // A central daemon (`[aggregate]`) follows the buildings before its API serves them.
+        let aggregate = match &cfg.aggregate {
+            Some(a) => {
+                let svc = Service::new("aggregate");
+                let handle = crate::aggregate::start(a, clock, svc.tasks(), svc.cancel())
+                    .context("follow the buildings on the central broker")?;
+                services.push(svc);
+                Some(handle)
+            }
+            None => None,
+        };
         let api_service = Service::new("api");
         let (api_addr, api_state) = start_api(
             &cfg,
@@ -245,7 +256,7 @@ impl Daemon {
             protection.clone(),
             playbook.clone(),
             &events,
-            (layout, reload.clone()),
+            (layout, reload.clone(), aggregate),
             &api_service,
         )
         .await?;
@@ -846,7 +857,11 @@ async fn start_api(
     protection: crate::levelwatch::ProtectionBoard,
     playbook: crate::playbook::PlaybookHandle,
     events: &EventBus,
-    (layout, reload): (api::rooms::LiveLayout, crate::reload::ReloadHandle),
+    (layout, reload, aggregate): (
+        api::rooms::LiveLayout,
+        crate::reload::ReloadHandle,
+        Option<crate::aggregate::FleetHandle>,
+    ),
     svc: &Service,
 ) -> anyhow::Result<(SocketAddr, ApiState)> {
     let bind = opts.api_bind.unwrap_or(cfg.api.bind);
@@ -891,6 +906,7 @@ async fn start_api(
             svc.cancel(),
         )),
         reload: Some(reload),
+        aggregate,
     };
     let app = api::router(state.clone());
     let mut limits = cfg.api.clone();

@@ -6,6 +6,7 @@
 //! `model` ← `codec` ← `driver` ← `runtime` ← (`api`, …) ← `app`.
 //! `transport` carries bytes for `runtime`; `clock` is the only reader of the wall clock.
 
+pub mod aggregate;
 pub mod api;
 pub mod app;
 pub mod clock;

@@ -123,6 +123,13 @@ pub fn diff(old: &SiteConfig, new: &SiteConfig) -> ConfigDiff {
             || old.mqtt.as_ref().and_then(|m| m.password.as_ref())
                 != new.mqtt.as_ref().and_then(|m| m.password.as_ref()),
     );
+    // The aggregate's client and subscriptions are made once, at start.
+    restart(
+        "aggregate",
+        !same(&old.aggregate, &new.aggregate)
+            || old.aggregate.as_ref().and_then(|a| a.password.as_ref())
+                != new.aggregate.as_ref().and_then(|a| a.password.as_ref()),
+    );
     restart(
         "shutdown_deadline_secs",
         old.shutdown_deadline != new.shutdown_deadline,

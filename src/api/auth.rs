@@ -106,6 +106,11 @@ pub const ROUTES: &[RouteRule] = &[
     // Delivery errors name receivers and their answers: technicians' business.
     rule("GET", "/api/v1/notify/deliveries", AtLeast(Technician)),
     rule("POST", "/api/v1/reload", AtLeast(Admin)),
+    // A central daemon's view of its buildings (`[aggregate]`): read-only.
+    rule("GET", "/api/v1/fleet/buildings", AtLeast(Viewer)),
+    rule("GET", "/api/v1/fleet/board", AtLeast(Viewer)),
+    rule("GET", "/api/v1/fleet/alerts", AtLeast(Viewer)),
+    rule("GET", "/fleet", AtLeast(Viewer)),
 ];
 
 /// What `method path` needs. A known path called with another method needs the least role

@@ -13,6 +13,7 @@ pub mod bookings;
 pub mod client;
 mod error;
 pub mod events;
+pub mod fleet;
 pub mod openapi;
 pub mod records;
 pub mod rooms;
@@ -75,6 +76,8 @@ pub struct ApiState {
     pub history: Option<crate::dashboard::History>,
     /// Re-reads the site config (`POST /api/v1/reload`; absent in API-only tests).
     pub reload: Option<crate::reload::ReloadHandle>,
+    /// The buildings a central daemon follows (`[aggregate]`; absent otherwise).
+    pub aggregate: Option<crate::aggregate::FleetHandle>,
 }
 
 /// The JSON API: each route registered with its `#[utoipa::path]` documentation. A new
@@ -114,6 +117,9 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(events::stream))
         .routes(routes!(records::deliveries))
         .routes(routes!(reload))
+        .routes(routes!(fleet::buildings))
+        .routes(routes!(fleet::board))
+        .routes(routes!(fleet::alerts))
 }
 
 /// The OpenAPI document `GET /openapi.json` serves: the routes [`router`] registers under

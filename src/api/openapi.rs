@@ -39,6 +39,7 @@ use super::error::ErrorBody;
         (name = "records", description = "The logbook and the equipment archive"),
         (name = "alerts", description = "Alerts, maintenance windows and the roster"),
         (name = "live", description = "The live event stream"),
+        (name = "fleet", description = "Many buildings: what a central (aggregate) daemon follows, read-only"),
     )
 )]
 pub struct ApiDoc;

@@ -186,6 +186,10 @@ pub fn render(st: &ApiState) -> String {
         }
     }
 
+    if let Some(fleet) = &st.aggregate {
+        fleet.render_metrics(&mut out);
+    }
+
     poll_durations().render(&mut out);
     out.push_rendered(&st.metrics.render());
     out.finish()

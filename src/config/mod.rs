@@ -337,6 +337,8 @@ pub struct SiteConfig {
     pub playbook_settings: crate::playbook::PlaybookSettings,
     /// `[notify]`: the webhook and mail sinks (none when the section is absent).
     pub notify: crate::notify::NotifyConfig,
+    /// `[aggregate]`: this daemon is a central one showing other buildings (no devices).
+    pub aggregate: Option<crate::aggregate::AggregateConfig>,
 }
 
 /// `[bookings]`: where bookings come from besides the API.

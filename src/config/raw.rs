@@ -25,6 +25,8 @@ pub struct RawSite {
     /// Validated by the playbook, which owns its settings' meaning.
     pub playbook: Option<crate::playbook::settings::RawPlaybookSettings>,
     pub notify: Option<RawNotify>,
+    /// Validated by the aggregate mode, which owns its settings.
+    pub aggregate: Option<toml::Table>,
 }
 
 /// `[notify]`: where alerts go besides MQTT and the dashboard.

@@ -478,6 +478,7 @@ pub fn parse_site(
         }
     };
     let notify = validate_notify(&raw, base, env, &mut pr);
+    let aggregate = validate_aggregate(&raw, base, env, &mut pr);
 
     if !removed.is_empty() {
         let mut i = 0;
@@ -507,6 +508,7 @@ pub fn parse_site(
             playbook,
             playbook_settings,
             notify,
+            aggregate,
         })
     } else {
         Err(pr.into_error())
@@ -547,8 +549,21 @@ fn known_keys(parent: &[Seg]) -> Vec<&'static str> {
         .collect();
     match names.as_slice() {
         [] => vec![
-            "site", "api", "storage", "profiles", "links", "shutdown", "selftest", "mqtt", "rooms",
-            "devices", "bookings", "roster", "playbook", "notify",
+            "site",
+            "api",
+            "storage",
+            "profiles",
+            "links",
+            "shutdown",
+            "selftest",
+            "mqtt",
+            "rooms",
+            "devices",
+            "bookings",
+            "roster",
+            "playbook",
+            "notify",
+            "aggregate",
         ],
         ["playbook"] => crate::playbook::settings::KEYS.to_vec(),
         ["roster"] => vec![
@@ -755,6 +770,79 @@ fn validate_mqtt(
         (None, None) => None,
     };
     Some(super::MqttConfig { settings, password })
+}
+
+/// `[aggregate]`: validated by the aggregate mode, its password resolved as `[mqtt]`'s is. An
+/// aggregate daemon shows other buildings and has none of its own: rooms, devices, `[mqtt]`
+/// or booking feeds beside it are refused where they are written.
+fn validate_aggregate(
+    raw: &RawSite,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Option<crate::aggregate::AggregateConfig> {
+    use crate::aggregate::AggregateSettings;
+    let table = raw.aggregate.as_ref()?;
+    let why = "an aggregate daemon ([aggregate]) shows other buildings and has none of its own; run this building's daemon with its own config";
+    if !raw.rooms.is_empty() {
+        pr.at_path(&[k("rooms")], why);
+    }
+    if !raw.devices.is_empty() {
+        pr.at_path(&[k("devices")], why);
+    }
+    if raw.mqtt.is_some() {
+        pr.at_path(
+            &[k("mqtt")],
+            "an aggregate daemon reaches its broker through [aggregate] broker and publishes nothing; remove [mqtt]",
+        );
+    }
+    if raw.bookings.as_ref().is_some_and(|b| !b.feeds.is_empty()) {
+        pr.at_path(&[k("bookings"), k("feeds")], why);
+    }
+    let settings = match AggregateSettings::from_table(table) {
+        Ok(s) => s,
+        Err(problems) => {
+            for (path, message) in problems {
+                let segs: Vec<Seg> = path
+                    .split('.')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| match s.parse::<usize>() {
+                        Ok(i) => Seg::Index(i),
+                        Err(_) => Seg::Key(s.to_owned()),
+                    })
+                    .collect();
+                pr.at_path(&segs, message);
+            }
+            return None;
+        }
+    };
+    let password = match (&settings.password_env, &settings.password_file) {
+        (Some(var), _) => match env.get(var) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                pr.at_path(
+                    &[k("aggregate"), k("password_env")],
+                    format!("environment variable {var} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some(file)) => {
+            let path = resolve(base, &file.display().to_string());
+            match std::fs::read_to_string(&path) {
+                Ok(s) => Some(Secret::new(s.lines().next().unwrap_or("").to_owned())),
+                Err(e) => {
+                    pr.at_path(
+                        &[k("aggregate"), k("password_file")],
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    Some(crate::aggregate::AggregateConfig { settings, password })
 }
 
 /// A room or device id: well formed, present, unique.

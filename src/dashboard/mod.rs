@@ -7,6 +7,7 @@
 //! are built from the API's own views, acknowledging goes through `POST
 //! /api/v1/alerts/{id}/ack`, and who may see what is the one table in [`crate::api::auth`].
 
+pub mod fleet;
 pub mod history;
 pub mod html;
 pub mod render;
@@ -47,6 +48,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/rooms/{id}/tile", get(room_tile))
         .route("/devices/{id}", get(device_page))
         .route("/logbook", get(logbook_page))
+        .route("/fleet", get(fleet_page))
         .route("/login", get(login_page))
         .route("/assets/{file}", get(asset))
 }
@@ -132,6 +134,10 @@ fn board_html(st: &ApiState) -> String {
 }
 
 async fn board_page(State(st): State<ApiState>, caller: Caller) -> Response {
+    // A central daemon has no rooms of its own: its board is the fleet's.
+    if st.aggregate.is_some() {
+        return Redirect::to("/fleet").into_response();
+    }
     let z = zone(&st);
     let layout = st.layout.get();
     let tiles: String = layout
@@ -305,6 +311,31 @@ async fn logbook_page(
         "Logbook",
         &st.site,
         "/logbook",
+        &viewer(&st, &caller),
+        &body,
+    ))
+}
+
+/// `/fleet`: a central daemon's buildings, their alerts and rooms (aggregate mode only).
+async fn fleet_page(State(st): State<ApiState>, caller: Caller) -> Response {
+    let Some(f) = &st.aggregate else {
+        return not_found(
+            &st,
+            &caller,
+            "This daemon is a building's, not a central one.",
+        );
+    };
+    let body = fleet::body(
+        f.broker_up(),
+        f.broker(),
+        &f.buildings(),
+        &f.alerts(),
+        &f.board(),
+    );
+    html(page(
+        "Fleet",
+        &st.site,
+        "/fleet",
         &viewer(&st, &caller),
         &body,
     ))

@@ -291,6 +291,7 @@ mod tests {
             events: None,
             history: None,
             reload: None,
+            aggregate: None,
         };
         let s = crate::transport::mqtt::MqttSettings {
             commands,

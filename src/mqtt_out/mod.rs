@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod commands;
 pub mod debounce;
 pub mod discovery;
+pub mod heartbeat;
 pub mod state;
 
 use std::time::Duration;
@@ -84,6 +85,10 @@ impl Topics {
         format!("{}/alerts/events", self.base)
     }
 
+    pub fn heartbeat(&self) -> String {
+        format!("{}/heartbeat", self.base)
+    }
+
     pub fn alerts_active(&self) -> String {
         format!("{}/alerts/active", self.base)
     }
@@ -123,6 +128,7 @@ impl MqttOut {
 pub fn start(out: MqttOut, alerts: EventSink, tracker: &TaskTracker, cancel: CancellationToken) {
     tracker.spawn(state::run(out.clone(), tracker.clone(), cancel.clone()));
     tracker.spawn(commands::run(out.clone(), cancel.clone()));
+    tracker.spawn(heartbeat::run(out.clone(), cancel.clone()));
     tracker.spawn(alerts::run(out, alerts, cancel));
 }
 

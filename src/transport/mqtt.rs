@@ -754,6 +754,7 @@ pub fn start(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> MqttHandle {
+    let farewell = will.clone();
     let options = settings.options(password, will);
     let (host, port) = settings.broker_address();
     let (client, eventloop) = AsyncClient::new(options, settings.queue_depth.max(1));
@@ -772,7 +773,7 @@ pub fn start(
         Duration::from_millis(settings.reconnect_min_ms),
         Duration::from_secs(settings.reconnect_max_secs),
     );
-    tracker.spawn(run(eventloop, inner.clone(), backoff, cancel));
+    tracker.spawn(run(eventloop, inner.clone(), backoff, farewell, cancel));
     MqttHandle { inner }
 }
 
@@ -780,6 +781,7 @@ async fn run(
     mut eventloop: EventLoop,
     inner: Arc<Inner>,
     mut backoff: Backoff,
+    farewell: Option<Will>,
     cancel: CancellationToken,
 ) {
     let mut down_logged = false;
@@ -819,8 +821,15 @@ async fn run(
             }
         }
     }
-    // Orderly end: a DISCONNECT keeps the broker from publishing our last will.
+    // Orderly end: a DISCONNECT keeps the broker from publishing our last will, so we say it
+    // ourselves first; otherwise a daemon stopped on purpose would stay `online` (retained)
+    // for every reader. Requests leave in order, so the broker has it before the DISCONNECT.
     if *inner.connected.borrow() {
+        if let Some(w) = farewell {
+            let _ = inner
+                .client
+                .try_publish(w.topic, QoS::AtLeastOnce, w.retain, w.payload);
+        }
         let _ = inner.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             loop {

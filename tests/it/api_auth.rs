@@ -455,6 +455,18 @@ async fn every_route_checks_its_token_and_role_and_answers_json_errors() {
         // reload is refused with the located error and changes nothing (tests/it/reload.rs
         // reloads a real file).
         case("POST", "/api/v1/reload", "/api/v1/reload", None).success(422),
+        // A building's daemon is no central one: the fleet's routes answer 404 (JSON; the
+        // page in HTML). tests/it/aggregate.rs calls them on a central daemon.
+        case(
+            "GET",
+            "/api/v1/fleet/buildings",
+            "/api/v1/fleet/buildings",
+            None,
+        )
+        .success(404),
+        case("GET", "/api/v1/fleet/board", "/api/v1/fleet/board", None).success(404),
+        case("GET", "/api/v1/fleet/alerts", "/api/v1/fleet/alerts", None).success(404),
+        case("GET", "/fleet", "/fleet", None).success(404),
     ];
     for r in ROUTES {
         assert!(
@@ -628,7 +640,8 @@ fn the_openapi_document_and_the_router_list_the_same_routes() {
             "/devices/{id}",
             "/logbook",
             "/login",
-            "/assets/{file}"
+            "/assets/{file}",
+            "/fleet"
         ]
     );
     assert_eq!(

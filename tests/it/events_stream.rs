@@ -43,6 +43,7 @@ async fn serve(
         protection: None,
         playbook: None,
         reload: None,
+        aggregate: None,
         history: None,
         events: Some(EventLog::start(
             bus,

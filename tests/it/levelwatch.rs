@@ -631,6 +631,7 @@ async fn room_view_shows_the_dsps_zone_protection() {
         history: None,
         events: None,
         reload: None,
+        aggregate: None,
     };
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {

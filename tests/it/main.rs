@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area. Real sockets, real pseudo-terminals,
 //! paused tokio time where the test is about time.
 
+mod aggregate;
 mod api_auth;
 mod api_server;
 mod api_snapshot;

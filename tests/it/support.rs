@@ -247,6 +247,7 @@ pub async fn serve_api(
         history: None,
         events: None,
         reload: None,
+        aggregate: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
