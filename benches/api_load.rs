@@ -419,6 +419,10 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
         std::fs::write(root.join(&file), &bytes).map_err(|e| e.to_string())?;
         files.push((*label, *path, file, bytes.len(), etag));
     }
+    if let Some((_, _, file, _, _)) = files.iter().find(|f| f.0 == "rooms") {
+        let body = std::fs::read(root.join(file)).unwrap_or_default();
+        time_rebuild_parts(&d, &body);
+    }
     let have_nginx = Command::new("nginx")
         .arg("-v")
         .stderr(Stdio::null())
@@ -443,9 +447,16 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
         "api_load: baselines {names:?} serving the same bytes from files; wrk -t2 -cN -d{secs}s --latency"
     );
     print_header(&names);
+    let mut work = Vec::new();
     for (label, path, file, bytes, etag) in &files {
         for &c in &conns {
+            let list = list_of(label);
+            let before = list.and_then(|l| rt.block_on(snapshot_counters(d.api_addr, l)));
             let daemon = wrk(&format!("http://{}{path}", d.api_addr), c, secs, None)?;
+            let after = list.and_then(|l| rt.block_on(snapshot_counters(d.api_addr, l)));
+            if let (Some(b), Some(a)) = (before, after) {
+                work.push((label.to_string(), c, daemon, b, a));
+            }
             let mut base = Vec::new();
             for b in &baselines {
                 base.push(wrk(&b.url(file), c, secs, None)?);
@@ -456,6 +467,11 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
             // A dashboard polling an unchanged list: 304 from the daemon, and from a baseline
             // that gives ETags too (nginx); one that does not answers the whole file.
             for &c in &conns {
+                // The ETag as of now: a list's validator steps with the contact grid (see
+                // docs/api.md), and a poller holds the newest one it was given.
+                let etag = rt
+                    .block_on(baseline_etag(&format!("http://{}{path}", d.api_addr)))
+                    .unwrap_or_else(|| etag.clone());
                 let header = format!("If-None-Match: {etag}");
                 let daemon = wrk(
                     &format!("http://{}{path}", d.api_addr),
@@ -478,9 +494,125 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, rooms: usize) -> Result<(), Str
     for b in baselines {
         b.stop();
     }
+    println!("\nWhat the snapshots did during the daemon's runs above:");
+    for (label, c, load, before, after) in work {
+        print_snapshot_work(&label, c, secs, load, before, after);
+    }
     rt.block_on(d.shutdown("benchmark done"));
     println!("load after: {}", loadavg());
     Ok(())
+}
+
+/// The snapshot counters of `list` in the daemon's `/metrics`: (rebuilds, build seconds,
+/// lock-wait seconds), to tell how often a list was rebuilt during a run and what it cost.
+async fn snapshot_counters(api: SocketAddr, list: &str) -> Option<[f64; 3]> {
+    let text = reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        let key = format!("{name}{{list=\"{list}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some([
+        value(avwarden::api::snapshot::REBUILDS),
+        value(avwarden::api::snapshot::BUILD_SECONDS),
+        value(avwarden::api::snapshot::WAIT_SECONDS),
+    ])
+}
+
+/// The list a route's label names, if it is answered from a snapshot.
+fn list_of(label: &str) -> Option<&'static str> {
+    match label.split(['?', ' ']).next() {
+        Some("devices") => Some("devices"),
+        Some("rooms") => Some("rooms"),
+        Some("board") => Some("board"),
+        _ => None,
+    }
+}
+
+/// What the snapshot did during one wrk run of `load`: rebuilds per second, the mean
+/// rebuild's time and the mean lock wait per request.
+fn print_snapshot_work(
+    label: &str,
+    conns: usize,
+    secs: u64,
+    load: Load,
+    before: [f64; 3],
+    after: [f64; 3],
+) {
+    let rebuilds = after[0] - before[0];
+    let requests = (load.rps * secs as f64).max(1.0);
+    println!(
+        "  snapshot {label} c{conns}: {:.1} rebuilds/s, {:.3} ms per rebuild, {:.3} ms lock wait per request ({:.1}% of the run building)",
+        rebuilds / secs as f64,
+        if rebuilds > 0.0 { (after[1] - before[1]) * 1000.0 / rebuilds } else { 0.0 },
+        (after[2] - before[2]) * 1000.0 / requests,
+        (after[1] - before[1]) * 100.0 / secs as f64,
+    );
+}
+
+/// The parts of a rooms-list rebuild timed alone, at this site's size: what per-room lookups
+/// cost when each scans the fleet or the book (the rebuild before issue 15 point 3 did both
+/// 500 times), the one-pass grouping that replaced them, serialising the list, and gzip.
+fn time_rebuild_parts(d: &Daemon, rooms_body: &[u8]) {
+    let time = |what: &str, runs: u32, f: &mut dyn FnMut()| {
+        let t = tokio::time::Instant::now();
+        for _ in 0..runs {
+            f();
+        }
+        println!(
+            "  {what}: {:.3} ms",
+            t.elapsed().as_secs_f64() * 1000.0 / f64::from(runs)
+        );
+    };
+    let rooms: Vec<avwarden::model::RoomId> = d.fleet.handles().map(|h| h.room.clone()).collect();
+    let now = d.clock.now();
+    println!("\nA rooms-list rebuild's parts, each timed alone (mean of repeated runs):");
+    time(
+        "fleet.room() per room (every room scans the fleet)",
+        5,
+        &mut || {
+            for r in &rooms {
+                std::hint::black_box(d.fleet.room(r));
+            }
+        },
+    );
+    time(
+        "book.current_and_next() per room (every room scans the book)",
+        5,
+        &mut || {
+            for r in &rooms {
+                std::hint::black_box(d.schedule.book.current_and_next(r, now));
+            }
+        },
+    );
+    time(
+        "fleet and book grouped by room in one pass",
+        20,
+        &mut || {
+            let mut by_room = std::collections::HashMap::<_, Vec<_>>::new();
+            for h in d.fleet.handles() {
+                by_room.entry(h.room.clone()).or_default().push(h);
+            }
+            std::hint::black_box((by_room, d.schedule.book.current_and_next_by_room(now)));
+        },
+    );
+    let value: serde_json::Value = serde_json::from_slice(rooms_body).unwrap_or_default();
+    time("serialising the whole rooms list", 20, &mut || {
+        std::hint::black_box(serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0));
+    });
+    time("gzip (fast) of the rooms list", 10, &mut || {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(rooms_body);
+        std::hint::black_box(enc.finish().map(|v| v.len()).unwrap_or(0));
+    });
 }
 
 /// The baseline server's ETag for a file (nginx gives one; the hyper server does not).

@@ -61,6 +61,11 @@ impl Metrics {
             .value += 1.0;
     }
 
+    /// Add `by` to a labelled counter (seconds spent, bytes moved).
+    pub fn add_labeled(&self, name: &str, label: &str, value: &str, by: f64) {
+        self.add(name, Some((label, value)), by, false);
+    }
+
     pub fn set_gauge(&self, name: &str, label: Option<(&str, &str)>, value: f64) {
         let key = make_key(name, label);
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());

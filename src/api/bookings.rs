@@ -13,14 +13,14 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
-use super::snapshot::{Built, List, Snapshots};
+use super::snapshot::{Built, Snapshots};
 use super::{ApiError, ApiState};
 use crate::model::{Booking, BookingId, Needs, Readiness, Reason, RoomId, Verdict};
 use crate::schedule::book::{BookingError, BookingFields};
 use crate::schedule::{RunError, ScheduleHandle};
 
 /// A booking as the API shows it: the title withheld when confidential, the newest verdict.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BookingView {
     pub id: BookingId,
     pub room: RoomId,
@@ -42,7 +42,7 @@ pub struct BookingView {
 }
 
 /// A verdict as the board shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerdictView {
     pub readiness: Readiness,
     pub kind: crate::model::TestKind,
@@ -411,7 +411,7 @@ pub async fn board(
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let sched = schedule(&st)?;
     let body = snapshots
-        .get(List::Board, &limit.to_string(), st.clock.now(), |now| {
+        .board(&limit.to_string(), st.clock.now(), |now| {
             let upcoming: Vec<Booking> = sched
                 .book
                 .upcoming(now)

@@ -242,13 +242,13 @@ async fn devices(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let body = snapshots
-        .get(snapshot::List::Devices, "", st.clock.now(), |now| {
-            let list: Vec<DeviceSummary> = st
-                .fleet
-                .handles()
-                .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
-                .collect();
-            snapshot::Built::of(&list, None)
+        .devices(st.clock.now(), |now, fragments| {
+            let list = st.fleet.handles().map(|h| {
+                let s = DeviceSummary::from_state(&h.watch().borrow(), now);
+                (s.id.clone(), s)
+            });
+            let list = fragments.assemble(list, DeviceSummary::blank_contact)?;
+            Ok(snapshot::Built::assembled(list, None))
         })
         .await?;
     Ok(body.answer(&headers))

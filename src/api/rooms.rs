@@ -5,7 +5,7 @@
 //! Reads the runtime's device states, the schedule's book and the level watch's board;
 //! decides nothing but a room's overall state, which is its worst device's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::PathRejection;
@@ -16,11 +16,11 @@ use axum::Json;
 use serde::Serialize;
 
 use super::bookings::{BookingView, VerdictView};
-use super::snapshot::{Built, List, Snapshots};
+use super::snapshot::{Built, Snapshots};
 use super::views::{DeviceSummary, ProtectionView};
 use super::{ApiError, ApiState};
 use crate::config::Room;
-use crate::model::{Health, RoomId};
+use crate::model::{Booking, Health, RoomId};
 
 /// The rooms the site config names, for the views (the runtime knows only devices).
 #[derive(Debug, Clone, Default)]
@@ -106,7 +106,7 @@ pub async fn site(State(st): State<ApiState>) -> Json<SiteView> {
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoomView {
     pub id: RoomId,
     pub name: String,
@@ -143,7 +143,22 @@ fn severity(h: Health) -> u8 {
 /// A room as `GET /api/v1/rooms/{id}` shows it at `now` (the dashboard's tiles and MQTT
 /// status too).
 pub fn room_view(st: &ApiState, room: &Room, now: chrono::DateTime<chrono::Utc>) -> RoomView {
-    let handles = st.fleet.room(&room.id);
+    let bookings = match &st.schedule {
+        Some(s) => s.book.current_and_next(&room.id, now),
+        None => (None, None),
+    };
+    room_view_of(st, room, &st.fleet.room(&room.id), bookings, now)
+}
+
+/// [`room_view`] from the room's devices and its current and next bookings, which the list
+/// gathers for all rooms in one pass (per room, each is a scan of the fleet or the book).
+fn room_view_of(
+    st: &ApiState,
+    room: &Room,
+    handles: &[crate::runtime::DeviceHandle],
+    (current, next): (Option<Booking>, Option<Booking>),
+    now: chrono::DateTime<chrono::Utc>,
+) -> RoomView {
     let devices: Vec<DeviceSummary> = handles
         .iter()
         .map(|h| DeviceSummary::from_state(&h.watch().borrow(), now))
@@ -163,12 +178,15 @@ pub fn room_view(st: &ApiState, room: &Room, now: chrono::DateTime<chrono::Utc>)
         .unwrap_or(Health::Unknown);
     let (current, next, verdict) = match &st.schedule {
         Some(s) => {
-            let (c, n) = s.book.current_and_next(&room.id, now);
-            let view = |b: crate::model::Booking| {
+            let view = |b: Booking| {
                 let v = s.book.verdict(&b.id);
                 BookingView::of(&b, v.as_ref())
             };
-            (c.map(view), n.map(view), s.book.room_verdict(&room.id))
+            (
+                current.map(view),
+                next.map(view),
+                s.book.room_verdict(&room.id),
+            )
         }
         None => (None, None, None),
     };
@@ -222,24 +240,44 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let body = snapshots
-        .get(List::Rooms, "", st.clock.now(), |now| {
-            let rooms: Vec<RoomView> = st
+        .rooms(st.clock.now(), |now, fragments| {
+            // The fleet and the book grouped by room once, not scanned once per room.
+            let mut handles: HashMap<RoomId, Vec<crate::runtime::DeviceHandle>> = HashMap::new();
+            for h in st.fleet.handles() {
+                handles.entry(h.room.clone()).or_default().push(h);
+            }
+            let mut bookings = st
+                .schedule
+                .as_ref()
+                .map(|s| s.book.current_and_next_by_room(now))
+                .unwrap_or_default();
+            let rooms: Vec<(String, RoomView)> = st
                 .layout
                 .get()
                 .rooms
                 .iter()
-                .map(|r| room_view(&st, r, now))
+                .map(|r| {
+                    let devices = handles.get(&r.id).map_or(&[][..], Vec::as_slice);
+                    let booked = bookings.remove(&r.id).unwrap_or_default();
+                    let view = room_view_of(&st, r, devices, booked, now);
+                    (r.id.to_string(), view)
+                })
                 .collect();
             // A booking starting or ending changes its room's view with no other change.
             let valid_until = rooms
                 .iter()
-                .flat_map(|r| {
+                .flat_map(|(_, r)| {
                     let current = r.current_booking.as_ref().map(|b| b.end);
                     let next = r.next_booking.as_ref().map(|b| b.start);
                     current.into_iter().chain(next)
                 })
                 .min();
-            Built::of(&rooms, valid_until)
+            let list = fragments.assemble(rooms, |r| {
+                for d in &mut r.devices {
+                    d.blank_contact();
+                }
+            })?;
+            Ok(Built::assembled(list, valid_until))
         })
         .await?;
     Ok(body.answer(&headers))

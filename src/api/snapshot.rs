@@ -2,13 +2,20 @@
 //! serialised JSON kept with its ETag and, made at most once per body, its gzip copy, so a
 //! dashboard polling a list costs a lock and a copy of a pointer, and an unchanged list a 304.
 //!
-//! Owns when a list is rebuilt, never what it shows: the handlers in `rooms`, `bookings` and
-//! `mod` build the bodies. A snapshot remembers what it was built from (each device's state
-//! channel, the book's change counter, the protection board's, and the first instant at which
-//! the passing of time alone changes it: a booking starting or ending) and is rebuilt by the
-//! first request that finds any of them moved; requests that arrive meanwhile wait for that
-//! one rebuild. The check runs on every request, so an answer is never older than a change a
-//! client could have seen through another route. It must not serve a body across a change.
+//! Owns when a list is rebuilt and how a body is assembled, never what it shows: the handlers
+//! in `rooms`, `bookings` and `mod` build the views. A snapshot remembers what it was built
+//! from (each device's state channel, the book's change counter, the protection board's, and
+//! the first instant at which the passing of time alone changes it: a booking starting or
+//! ending) and is rebuilt by the first request that finds any of them moved; requests that
+//! arrive meanwhile wait for that one rebuild. The check runs on every request, so an answer
+//! is never older than a change a client could have seen through another route. It must not
+//! serve a body across a change.
+//!
+//! The devices and rooms lists are assembled from [`Fragments`]: each entry's JSON is kept
+//! with the view it was made from and re-serialised only when that view changes, so a rebuild
+//! after one device's poll serialises one entry, not the list. Their ETags are weak: they
+//! cover what a reader acts on exactly and contact instants only to the step of a global
+//! grid ([`CONTACT_GRID_SECS`]), so a poller's 304 survives the polls that move nothing else.
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -31,6 +38,20 @@ use crate::model::DeviceState;
 /// at most this much.
 const QUIET_STAMPS_MAX_AGE: chrono::Duration = chrono::Duration::seconds(1);
 
+/// Counters of the snapshots' work, per list (`list` label), in `/metrics`: how often a body
+/// is built, the time spent building (serialising and hashing), and the time requests spend
+/// waiting for the list's lock (a rebuild in progress, mostly).
+pub const REBUILDS: &str = "avwarden_api_snapshot_rebuilds_total";
+pub const BUILD_SECONDS: &str = "avwarden_api_snapshot_build_seconds_total";
+pub const WAIT_SECONDS: &str = "avwarden_api_snapshot_wait_seconds_total";
+
+/// The grid contact instants are judged on, in seconds of wall time: the devices and rooms
+/// lists' weak ETags cover everything else they show exactly, and their contact instants
+/// only as far as the grid step the body was built in. A poller's ETag therefore matches
+/// until something it acts on changes or the step ends; the body it keeps meanwhile shows
+/// contact instants less than one step (plus [`QUIET_STAMPS_MAX_AGE`]) old.
+const CONTACT_GRID_SECS: i64 = 30;
+
 /// Bodies of one list kept per query (the board's `limit`) at most; a caller asking for more
 /// distinct queries is answered freshly built, so memory stays bounded.
 const MAX_KEYS: usize = 8;
@@ -39,19 +60,38 @@ const MAX_KEYS: usize = 8;
 #[derive(Debug)]
 pub struct Snapshot {
     json: Bytes,
+    /// The ETag as sent (`"…"` or `W/"…"`), and the opaque tag inside it, quotes included.
     etag: String,
+    opaque: String,
     gzip: OnceLock<Option<Bytes>>,
     generated_at: DateTime<Utc>,
 }
 
 impl Snapshot {
+    /// A body with a strong ETag: a hash of its bytes.
     pub fn new(json: Vec<u8>, generated_at: DateTime<Utc>) -> Self {
         // A hash of the bytes, not a counter: a rebuild that comes out the same (a poll that
         // changed nothing shown) keeps the ETag, so a polling dashboard still gets its 304.
         let mut h = std::collections::hash_map::DefaultHasher::new();
         h.write(&json);
+        let opaque = format!("\"{:016x}\"", h.finish());
         Self {
-            etag: format!("\"{:016x}\"", h.finish()),
+            etag: opaque.clone(),
+            opaque,
+            json: Bytes::from(json),
+            gzip: OnceLock::new(),
+            generated_at,
+        }
+    }
+
+    /// A body with a weak ETag (RFC 9110 §8.8.1): `semantic` hashes what a reader acts on,
+    /// `step` the contact grid step it was built in; bodies that differ only in contact
+    /// instants within one step share it.
+    pub fn weak(json: Vec<u8>, semantic: u64, step: i64, generated_at: DateTime<Utc>) -> Self {
+        let opaque = format!("\"{semantic:016x}.{step:x}\"");
+        Self {
+            etag: format!("W/{opaque}"),
+            opaque,
             json: Bytes::from(json),
             gzip: OnceLock::new(),
             generated_at,
@@ -62,7 +102,7 @@ impl Snapshot {
         &self.json
     }
 
-    /// The strong ETag of the identity body, quotes included.
+    /// The ETag of the identity body as sent, quotes (and a weak one's `W/`) included.
     pub fn etag(&self) -> &str {
         &self.etag
     }
@@ -71,7 +111,7 @@ impl Snapshot {
         self.generated_at
     }
 
-    /// The gzip body's ETag: another representation, so another strong validator.
+    /// The gzip body's ETag: another representation, so another validator.
     fn gzip_etag(&self) -> String {
         format!("{}-gzip\"", self.etag.trim_end_matches('"'))
     }
@@ -99,7 +139,8 @@ impl Snapshot {
             Some(_) => self.gzip_etag(),
             None => self.etag.clone(),
         };
-        let mut r = if if_none_match(headers, &self.etag, &self.gzip_etag()) {
+        let gzip_opaque = format!("{}-gzip\"", self.opaque.trim_end_matches('"'));
+        let mut r = if if_none_match(headers, &self.opaque, &gzip_opaque) {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             let mut r = Response::new(Body::from(gzip.unwrap_or(&self.json).clone()));
@@ -124,8 +165,8 @@ impl Snapshot {
     }
 }
 
-/// Whether `If-None-Match` names either representation's ETag (weak comparison, RFC 9110
-/// §13.1.2), or is `*`.
+/// Whether `If-None-Match` names either representation's opaque tag (weak comparison, RFC
+/// 9110 §13.1.2: a `W/` on either side is ignored), or is `*`.
 fn if_none_match(headers: &HeaderMap, etag: &str, gzip_etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
@@ -231,28 +272,32 @@ impl Sources {
     }
 }
 
-struct Cache {
+struct Cache<T> {
     sources: Sources,
     /// Set for the lists that show quietly stamped instants ([`QUIET_STAMPS_MAX_AGE`]).
     max_age: Option<chrono::Duration>,
     bodies: HashMap<String, Arc<Snapshot>>,
+    /// The list's entries as last serialised, for the next rebuild to reuse.
+    fragments: Fragments<T>,
 }
 
-impl Cache {
+impl<T> Cache<T> {
     fn new(sources: Sources, max_age: Option<chrono::Duration>) -> Mutex<Self> {
         Mutex::new(Self {
             sources,
             max_age,
             bodies: HashMap::new(),
+            fragments: Fragments::default(),
         })
     }
 }
 
-/// What a list's builder returns: the JSON, and the first instant at which time alone
-/// changes it.
+/// What a list's builder returns: the JSON, the first instant at which time alone changes
+/// it, and for a list assembled from [`Fragments`] the hash of what a reader acts on.
 pub struct Built {
     pub json: Vec<u8>,
     pub valid_until: Option<DateTime<Utc>>,
+    semantic: Option<u64>,
 }
 
 impl Built {
@@ -260,30 +305,116 @@ impl Built {
         value: &T,
         valid_until: Option<DateTime<Utc>>,
     ) -> Result<Self, ApiError> {
-        let json = serde_json::to_vec(value).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the answer could not be serialised: {e}"),
-            )
-        })?;
-        Ok(Self { json, valid_until })
+        Ok(Self {
+            json: serialise(value)?,
+            valid_until,
+            semantic: None,
+        })
+    }
+
+    /// A list assembled from its fragments: its ETag is weak, over what a reader acts on.
+    pub fn assembled(list: Assembled, valid_until: Option<DateTime<Utc>>) -> Self {
+        Self {
+            json: list.json,
+            valid_until,
+            semantic: Some(list.semantic),
+        }
+    }
+}
+
+fn serialise<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the answer could not be serialised: {e}"),
+        )
+    })
+}
+
+/// One list entry as last serialised: the view it was made from (to tell whether the next
+/// rebuild may reuse it), its JSON, and the hash of its view with contact instants blanked.
+struct Fragment<T> {
+    view: T,
+    json: Vec<u8>,
+    semantic: u64,
+}
+
+/// A list's entries, each serialised once per change of its view: a rebuild re-serialises
+/// the entries that changed (a polled device, its room) and concatenates the rest, so a
+/// change costs one entry's serialisation, not the list's.
+pub struct Fragments<T> {
+    kept: HashMap<String, Fragment<T>>,
+}
+
+impl<T> Default for Fragments<T> {
+    fn default() -> Self {
+        Self {
+            kept: HashMap::new(),
+        }
+    }
+}
+
+/// A list body assembled from fragments: the JSON array, and the hash of what its entries
+/// show a reader once their contact instants are blanked.
+pub struct Assembled {
+    json: Vec<u8>,
+    semantic: u64,
+}
+
+impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
+    /// The JSON array of `entries` (key, view) in order: the same bytes as serialising the
+    /// views as one array. An entry whose view equals the one kept under its key reuses
+    /// its bytes; `blank` removes from a copy of a view what moves without a reader having
+    /// to act on it (contact instants), for the weak validator. Keys not among `entries`
+    /// are forgotten.
+    pub fn assemble(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, T)>,
+        blank: impl Fn(&mut T),
+    ) -> Result<Assembled, ApiError> {
+        let mut kept = HashMap::with_capacity(self.kept.len());
+        let mut json = Vec::with_capacity(self.kept.values().map(|f| f.json.len() + 1).sum());
+        let mut semantic = std::collections::hash_map::DefaultHasher::new();
+        json.push(b'[');
+        for (key, view) in entries {
+            let fragment = match self.kept.remove(&key) {
+                Some(f) if f.view == view => f,
+                _ => {
+                    let mut blanked = view.clone();
+                    blank(&mut blanked);
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    h.write(&serialise(&blanked)?);
+                    Fragment {
+                        json: serialise(&view)?,
+                        semantic: h.finish(),
+                        view,
+                    }
+                }
+            };
+            if json.len() > 1 {
+                json.push(b',');
+            }
+            json.extend_from_slice(&fragment.json);
+            semantic.write_u64(fragment.semantic);
+            kept.insert(key, fragment);
+        }
+        json.push(b']');
+        semantic.write_usize(kept.len());
+        self.kept = kept;
+        Ok(Assembled {
+            json,
+            semantic: semantic.finish(),
+        })
     }
 }
 
 /// The three lists' snapshots. One per router; cheap to share.
 pub struct Snapshots {
-    devices: Mutex<Cache>,
-    rooms: Mutex<Cache>,
-    board: Mutex<Cache>,
-}
-
-/// Which list.
-#[derive(Debug, Clone, Copy)]
-pub enum List {
-    Devices,
-    Rooms,
-    Board,
+    metrics: crate::metrics::Metrics,
+    devices: Mutex<Cache<super::DeviceSummary>>,
+    rooms: Mutex<Cache<super::rooms::RoomView>>,
+    board: Mutex<Cache<()>>,
 }
 
 impl Snapshots {
@@ -302,6 +433,7 @@ impl Snapshots {
             valid_until: None,
         };
         Self {
+            metrics: st.metrics.clone(),
             devices: Cache::new(
                 sources(devices(), None, None, fleet(), None),
                 Some(QUIET_STAMPS_MAX_AGE),
@@ -320,21 +452,57 @@ impl Snapshots {
         }
     }
 
-    /// The body of `list` for query `key`: the kept one while nothing it shows changed, else
-    /// one built by `build` (once, whoever else is waiting).
-    pub async fn get(
+    /// The devices list: the kept body while nothing it shows changed, else the one `build`
+    /// assembles from the list's fragments (once, whoever else is waiting).
+    pub async fn devices(
         &self,
-        list: List,
+        now: DateTime<Utc>,
+        build: impl FnOnce(
+            DateTime<Utc>,
+            &mut Fragments<super::DeviceSummary>,
+        ) -> Result<Built, ApiError>,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        self.get(&self.devices, "devices", "", now, build).await
+    }
+
+    /// The rooms list, as [`Snapshots::devices`].
+    pub async fn rooms(
+        &self,
+        now: DateTime<Utc>,
+        build: impl FnOnce(
+            DateTime<Utc>,
+            &mut Fragments<super::rooms::RoomView>,
+        ) -> Result<Built, ApiError>,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        self.get(&self.rooms, "rooms", "", now, build).await
+    }
+
+    /// The board for query `key` (its `limit`), built whole by `build`.
+    pub async fn board(
+        &self,
         key: &str,
         now: DateTime<Utc>,
         build: impl FnOnce(DateTime<Utc>) -> Result<Built, ApiError>,
     ) -> Result<Arc<Snapshot>, ApiError> {
-        let cache = match list {
-            List::Devices => &self.devices,
-            List::Rooms => &self.rooms,
-            List::Board => &self.board,
-        };
+        self.get(&self.board, "board", key, now, |now, _| build(now))
+            .await
+    }
+
+    /// The body of the list in `cache` for query `key`: the kept one while nothing it shows
+    /// changed, else one built by `build` (once, whoever else is waiting).
+    async fn get<T>(
+        &self,
+        cache: &Mutex<Cache<T>>,
+        name: &'static str,
+        key: &str,
+        now: DateTime<Utc>,
+        build: impl FnOnce(DateTime<Utc>, &mut Fragments<T>) -> Result<Built, ApiError>,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        let asked = tokio::time::Instant::now();
         let mut c = cache.lock().await;
+        let locked = tokio::time::Instant::now();
+        self.metrics
+            .add_labeled(WAIT_SECONDS, "list", name, (locked - asked).as_secs_f64());
         if c.sources.changed(now) {
             c.bodies.clear();
         }
@@ -345,17 +513,38 @@ impl Snapshots {
             c.sources.mark_seen();
             c.sources.valid_until = c.max_age.map(|a| now + a);
         }
-        let built = build(now)?;
-        let body = Arc::new(Snapshot::new(built.json, now));
+        let built = build(now, &mut c.fragments)?;
+        let body = Arc::new(match built.semantic {
+            // The weak validator steps with the contact grid: a 304 then vouches for contact
+            // instants at most one grid step old (see `CONTACT_GRID`).
+            Some(semantic) => Snapshot::weak(built.json, semantic, grid_step(now), now),
+            None => Snapshot::new(built.json, now),
+        });
+        let grid_ends = built.semantic.map(|_| grid_end(now));
+        self.metrics.inc_labeled_static(REBUILDS, "list", name);
+        self.metrics
+            .add_labeled(BUILD_SECONDS, "list", name, locked.elapsed().as_secs_f64());
         if c.bodies.len() < MAX_KEYS {
             c.bodies.insert(key.to_owned(), body.clone());
-            c.sources.valid_until = match (c.sources.valid_until, built.valid_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            c.sources.valid_until = [c.sources.valid_until, built.valid_until, grid_ends]
+                .into_iter()
+                .flatten()
+                .min();
         }
         Ok(body)
     }
+}
+
+/// The contact grid step `now` falls in: the same for every device, so all contact instants
+/// cross a step together and a list's weak validator changes once per step at most.
+fn grid_step(now: DateTime<Utc>) -> i64 {
+    now.timestamp().div_euclid(CONTACT_GRID_SECS)
+}
+
+/// The instant the grid step of `now` ends.
+fn grid_end(now: DateTime<Utc>) -> DateTime<Utc> {
+    let next = (grid_step(now) + 1).saturating_mul(CONTACT_GRID_SECS);
+    DateTime::<Utc>::from_timestamp(next, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -425,5 +614,80 @@ mod tests {
         assert_eq!(out, json);
         // Made once: the same bytes again.
         assert_eq!(s.gzip().unwrap().as_ptr(), gz.as_ptr());
+    }
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+    struct Entry {
+        id: String,
+        health: &'static str,
+        last_contact: Option<i64>,
+    }
+
+    fn entries(contacts: [i64; 3], health: [&'static str; 3]) -> Vec<(String, Entry)> {
+        (0..3)
+            .map(|i| {
+                let id = format!("d{i}");
+                let e = Entry {
+                    id: id.clone(),
+                    health: health[i],
+                    last_contact: Some(contacts[i]),
+                };
+                (id, e)
+            })
+            .collect()
+    }
+
+    fn blank(e: &mut Entry) {
+        e.last_contact = e.last_contact.map(|_| 0);
+    }
+
+    #[test]
+    fn fragments_assemble_the_bytes_of_the_whole_list_and_hash_what_readers_act_on() {
+        let mut f = Fragments::default();
+        let list = entries([1, 2, 3], ["ok"; 3]);
+        let views: Vec<&Entry> = list.iter().map(|(_, e)| e).collect();
+        let a = f.assemble(list.clone(), blank).unwrap();
+        assert_eq!(a.json, serde_json::to_vec(&views).unwrap());
+        let kept = f.kept["d0"].json.as_ptr();
+
+        // Contacts move: new bytes, the same meaning; the unchanged entry is reused.
+        let moved = entries([1, 5, 6], ["ok"; 3]);
+        let b = f.assemble(moved.clone(), blank).unwrap();
+        let views: Vec<&Entry> = moved.iter().map(|(_, e)| e).collect();
+        assert_eq!(b.json, serde_json::to_vec(&views).unwrap());
+        assert_eq!(b.semantic, a.semantic);
+        assert_eq!(f.kept["d0"].json, serde_json::to_vec(&moved[0].1).unwrap());
+        assert_eq!(f.kept["d0"].json.as_ptr(), kept, "d0 unchanged: reused");
+        assert_eq!(f.kept["d1"].json, serde_json::to_vec(&moved[1].1).unwrap());
+
+        // A health changes: another meaning. An entry gone: forgotten, another meaning.
+        let c = f
+            .assemble(entries([1, 5, 6], ["ok", "faulted", "ok"]), blank)
+            .unwrap();
+        assert_ne!(c.semantic, b.semantic);
+        let d = f
+            .assemble(entries([1, 5, 6], ["ok"; 3]).into_iter().take(2), blank)
+            .unwrap();
+        assert_ne!(d.semantic, b.semantic);
+        assert_eq!(f.kept.len(), 2);
+        let empty = f.assemble(Vec::new(), blank).unwrap();
+        assert_eq!(empty.json, b"[]");
+    }
+
+    #[test]
+    fn a_weak_etag_matches_either_form_and_steps_with_the_grid() {
+        let t = chrono::DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(61);
+        let a = Snapshot::weak(b"[1]".to_vec(), 7, grid_step(t), t);
+        assert!(a.etag().starts_with("W/\""));
+        let inm = header::IF_NONE_MATCH;
+        for tag in [a.etag().to_owned(), a.etag()[2..].to_owned(), a.gzip_etag()] {
+            let h = headers(&[(inm.clone(), &tag)]);
+            assert_eq!(a.answer(&h).status(), StatusCode::NOT_MODIFIED, "{tag}");
+        }
+        let later = t + chrono::Duration::seconds(29);
+        let b = Snapshot::weak(b"[2]".to_vec(), 7, grid_step(later), later);
+        assert_ne!(a.etag(), b.etag(), "another step of the grid");
+        assert_eq!(grid_step(t), grid_step(t + chrono::Duration::seconds(28)));
+        assert_eq!(grid_end(t), t + chrono::Duration::seconds(29));
     }
 }

@@ -11,7 +11,7 @@ use crate::model::{
     Value,
 };
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeviceSummary {
     pub id: String,
     pub room: String,
@@ -26,6 +26,13 @@ pub struct DeviceSummary {
 }
 
 impl DeviceSummary {
+    /// What a list's weak validator covers of the contact instant: whether there is one.
+    pub fn blank_contact(&mut self) {
+        if self.last_contact.is_some() {
+            self.last_contact = Some(DateTime::<Utc>::UNIX_EPOCH);
+        }
+    }
+
     pub fn from_state(s: &DeviceState, _now: DateTime<Utc>) -> Self {
         Self {
             id: s.id.to_string(),
@@ -101,7 +108,7 @@ pub struct DeviceDetail {
 }
 
 /// A zone's protection as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProtectionView {
     pub state: crate::levelwatch::controller::Mode,
     #[serde(skip_serializing_if = "Option::is_none")]

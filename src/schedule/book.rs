@@ -6,7 +6,7 @@
 //! survives a crash; readers never wait for the store. Watchers are told of every change
 //! (the scheduler re-plans on each). Must not read the wall clock (it is handed `now`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -207,6 +207,28 @@ impl Book {
             }
         }
         (current, next.cloned())
+    }
+
+    /// [`Book::current_and_next`] of every room with an active booking, in one pass over the
+    /// book (the rooms list asks for all rooms at once).
+    pub fn current_and_next_by_room(
+        &self,
+        now: DateTime<Utc>,
+    ) -> HashMap<RoomId, (Option<Booking>, Option<Booking>)> {
+        let g = self.read();
+        let mut rooms: HashMap<RoomId, (Option<&Booking>, Option<&Booking>)> = HashMap::new();
+        for b in g.bookings.values().filter(|b| b.is_active()) {
+            let (current, next) = rooms.entry(b.room.clone()).or_default();
+            if b.start <= now && now < b.end {
+                *current = Some(b);
+            } else if b.start > now && next.is_none_or(|n| b.start < n.start) {
+                *next = Some(b);
+            }
+        }
+        rooms
+            .into_iter()
+            .map(|(room, (c, n))| (room, (c.cloned(), n.cloned())))
+            .collect()
     }
 
     fn check(&self, b: &Booking, now: DateTime<Utc>) -> Result<(), BookingError> {
