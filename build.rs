@@ -22,14 +22,20 @@ fn main() {
         .filter(|c| !c.trim().is_empty())
         .or_else(|| {
             // Rebuild when HEAD moves: HEAD itself (a checkout) and the branch it names (a commit).
+            // Only paths that exist: cargo treats a missing one as changed, so a checkout
+            // without packed-refs (a fresh worktree) rebuilt the whole crate on every command.
             for path in ["HEAD", "packed-refs"] {
                 if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-                    println!("cargo:rerun-if-changed={p}");
+                    if std::path::Path::new(&p).exists() {
+                        println!("cargo:rerun-if-changed={p}");
+                    }
                 }
             }
             if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
                 if let Some(p) = git(&["rev-parse", "--git-path", &r]) {
-                    println!("cargo:rerun-if-changed={p}");
+                    if std::path::Path::new(&p).exists() {
+                        println!("cargo:rerun-if-changed={p}");
+                    }
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"])

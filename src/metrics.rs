@@ -117,27 +117,54 @@ fn make_key(name: &str, label: Option<(&str, &str)>) -> Key {
 /// Upper bounds (seconds) of the poll-duration buckets: a PJLink poll is a few exchanges of
 /// tens of milliseconds, a Tesira refresh of 16 zones takes a second or more, and a silent
 /// device's poll ends at its timeout (seconds), so the buckets span 5 ms to 30 s.
-pub const POLL_BUCKETS: [f64; 13] = [
+pub const POLL_BUCKETS: [f64; BUCKETS] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 ];
 
-/// One histogram with [`POLL_BUCKETS`]: an observation is a few relaxed atomic adds and no
-/// allocation, so the poll path can afford it on every cycle.
-#[derive(Debug, Default)]
+/// Upper bounds (seconds) of the poll-lag buckets: on an idle runtime a poll starts within a
+/// millisecond of its schedule; the fleet's goal is a p99 under 50 ms, and a lag of seconds
+/// means an actor stuck behind a slow command or a starved runtime.
+pub const LAG_BUCKETS: [f64; BUCKETS] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Finite buckets of every histogram here; one size keeps [`Histogram`] a plain array.
+pub const BUCKETS: usize = 13;
+
+/// One histogram: an observation is a few relaxed atomic adds and no allocation, so the poll
+/// path can afford it on every cycle.
+#[derive(Debug)]
 pub struct Histogram {
+    bounds: &'static [f64; BUCKETS],
     /// Per bucket, not cumulative (the `+Inf` bucket last); rendering accumulates.
-    buckets: [AtomicU64; POLL_BUCKETS.len() + 1],
+    buckets: [AtomicU64; BUCKETS + 1],
     sum_micros: AtomicU64,
     count: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::with_bounds(&POLL_BUCKETS)
+    }
+}
+
 impl Histogram {
+    pub fn with_bounds(bounds: &'static [f64; BUCKETS]) -> Self {
+        Self {
+            bounds,
+            buckets: Default::default(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        let i = POLL_BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(POLL_BUCKETS.len());
+            .unwrap_or(BUCKETS);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
@@ -160,9 +187,37 @@ pub fn poll_durations() -> &'static PollDurations {
     POLLS.get_or_init(PollDurations::default)
 }
 
-#[derive(Debug, Default)]
+/// The poll-lag histograms by protocol family: how late each poll started against its
+/// schedule (the interval's tick), whether the actor was busy with a command or the runtime
+/// was slow to wake it. Process-wide for the same reason as [`poll_durations`].
+pub fn poll_lags() -> &'static PollDurations {
+    static LAGS: OnceLock<PollDurations> = OnceLock::new();
+    LAGS.get_or_init(|| PollDurations {
+        name: "avwarden_poll_lag_seconds",
+        help: "How late a device's poll started against its schedule, by protocol family.",
+        bounds: &LAG_BUCKETS,
+        by_family: RwLock::default(),
+    })
+}
+
+/// Histograms of one family name, one per protocol family.
+#[derive(Debug)]
 pub struct PollDurations {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64; BUCKETS],
     by_family: RwLock<BTreeMap<&'static str, Arc<Histogram>>>,
+}
+
+impl Default for PollDurations {
+    fn default() -> Self {
+        Self {
+            name: "avwarden_poll_duration_seconds",
+            help: "Time a device's poll (or a session's first full read) took, by protocol family; successful ones only.",
+            bounds: &POLL_BUCKETS,
+            by_family: RwLock::default(),
+        }
+    }
 }
 
 impl PollDurations {
@@ -181,44 +236,58 @@ impl PollDurations {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .entry(family)
-            .or_default()
+            .or_insert_with(|| Arc::new(Histogram::with_bounds(self.bounds)))
             .clone()
     }
 
-    /// `avwarden_poll_duration_seconds` in the exposition format.
+    /// The histograms in the exposition format (`_bucket`, `_sum`, `_count` per family).
     pub fn render(&self, out: &mut Exposition) {
-        out.family(
-            "avwarden_poll_duration_seconds",
-            "histogram",
-            "Time a device's poll (or a session's first full read) took, by protocol family; successful ones only.",
-        );
+        out.family(self.name, "histogram", self.help);
+        let bucket = format!("{}_bucket", self.name);
+        let sum_name = format!("{}_sum", self.name);
+        let count_name = format!("{}_count", self.name);
         let map = self.by_family.read().unwrap_or_else(|p| p.into_inner());
         for (family, h) in map.iter() {
             let mut cumulative = 0;
             for (i, n) in h.buckets.iter().enumerate() {
                 cumulative += n.load(Ordering::Relaxed);
-                let le = POLL_BUCKETS
+                let le = self
+                    .bounds
                     .get(i)
                     .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
                 out.sample(
-                    "avwarden_poll_duration_seconds_bucket",
+                    &bucket,
                     &[("family", family), ("le", &le)],
                     cumulative as f64,
                 );
             }
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            out.sample(
-                "avwarden_poll_duration_seconds_sum",
-                &[("family", family)],
-                sum,
-            );
-            out.sample(
-                "avwarden_poll_duration_seconds_count",
-                &[("family", family)],
-                cumulative as f64,
-            );
+            out.sample(&sum_name, &[("family", family)], sum);
+            out.sample(&count_name, &[("family", family)], cumulative as f64);
         }
     }
+}
+
+/// Meter samples published on the meter stream since the process started: the rate a fleet
+/// delivers to the level watch and live views. Process-wide for the reason given at
+/// [`poll_durations`]; one relaxed add per sample.
+pub fn meter_samples() -> &'static AtomicU64 {
+    static SAMPLES: AtomicU64 = AtomicU64::new(0);
+    &SAMPLES
+}
+
+/// `avwarden_meter_samples_total` in the exposition format.
+pub fn render_meter_samples(out: &mut Exposition) {
+    out.family(
+        "avwarden_meter_samples_total",
+        "counter",
+        "Meter samples the drivers published on the meter stream.",
+    );
+    out.sample(
+        "avwarden_meter_samples_total",
+        &[],
+        meter_samples().load(Ordering::Relaxed) as f64,
+    );
 }
 
 /// Text in the Prometheus exposition format (version 0.0.4), written family by family: a
@@ -308,6 +377,25 @@ mod tests {
         assert!(text.contains(&format!("{} 3\n", line("+Inf"))), "{text}");
         assert!(text.contains("avwarden_poll_duration_seconds_count{family=\"pjlink\"} 3\n"));
         assert!(text.contains("avwarden_poll_duration_seconds_sum{family=\"pjlink\"} 60.043\n"));
+    }
+
+    #[test]
+    fn the_lag_histogram_has_its_own_name_and_finer_buckets() {
+        let lags = poll_lags();
+        let h = lags.family("lag-test");
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(30));
+        let mut out = Exposition::new();
+        lags.render(&mut out);
+        let text = out.finish();
+        assert!(text.contains("# TYPE avwarden_poll_lag_seconds histogram"));
+        let line = |le: &str| {
+            format!("avwarden_poll_lag_seconds_bucket{{family=\"lag-test\",le=\"{le}\"}}")
+        };
+        assert!(text.contains(&format!("{} 1\n", line("0.0005"))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", line("0.025"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", line("0.05"))), "{text}");
+        assert!(!text.contains("avwarden_poll_duration_seconds"), "{text}");
     }
 
     #[test]

@@ -112,3 +112,18 @@ pub fn percentile(v: &[f64], q: f64) -> f64 {
     let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
     s[i]
 }
+
+/// utime + stime of another process (all its threads, children excluded), in seconds.
+pub fn pid_cpu_secs(pid: u32) -> Option<f64> {
+    stat_cpu_secs(format!("/proc/{pid}/stat").as_ref(), clock_ticks())
+}
+
+/// A field of another process's `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`), 0 if absent.
+pub fn pid_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

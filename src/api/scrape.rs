@@ -5,7 +5,7 @@
 //! `docs/api.md` lists them). Must not keep state between scrapes or change anything it reads:
 //! a gauge is the device's state when the scraper asked, never a value maintained per poll.
 
-use crate::metrics::{poll_durations, Exposition};
+use crate::metrics::{poll_durations, poll_lags, render_meter_samples, Exposition};
 use crate::model::plan::FaultClass;
 use crate::model::{Health, Quantity, Subject};
 use crate::profile::DeviceKind;
@@ -191,6 +191,8 @@ pub fn render(st: &ApiState) -> String {
     }
 
     poll_durations().render(&mut out);
+    poll_lags().render(&mut out);
+    render_meter_samples(&mut out);
     out.push_rendered(&st.metrics.render());
     out.finish()
 }

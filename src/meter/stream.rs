@@ -66,6 +66,7 @@ impl MeterHub {
     /// Offer `sample` to every consumer; replaces whatever that consumer had not yet taken
     /// for the same subject.
     pub fn publish(&self, sample: &MeterSample) {
+        crate::metrics::meter_samples().fetch_add(1, Ordering::Relaxed);
         let mut gone = false;
         {
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());

@@ -79,6 +79,8 @@ pub(super) struct Actor {
     /// `avwarden_poll_duration_seconds` of the driver's family, taken once so a poll's
     /// observation is lock- and allocation-free.
     polls: Arc<crate::metrics::Histogram>,
+    /// `avwarden_poll_lag_seconds` of the family: how late each poll started.
+    lags: Arc<crate::metrics::Histogram>,
 }
 
 impl Actor {
@@ -90,6 +92,7 @@ impl Actor {
         cancel: CancellationToken,
     ) -> Self {
         let polls = crate::metrics::poll_durations().family(driver.name());
+        let lags = crate::metrics::poll_lags().family(driver.name());
         Self {
             cfg,
             driver,
@@ -97,6 +100,7 @@ impl Actor {
             commands,
             cancel,
             polls,
+            lags,
         }
     }
 
@@ -314,7 +318,10 @@ impl Actor {
                     }
                     Some(self.serve(link, req, &mut commands.priority, last_io, true).await)
                 }
-                _ = ticker.tick() => {
+                due = ticker.tick() => {
+                    // Lag against the schedule, before the command gap: the gap is pacing the
+                    // device asked for, the rest is this actor or the runtime being late.
+                    self.lags.observe(Instant::now().saturating_duration_since(due));
                     tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
                     let started = Instant::now();
                     let res = self.poll_cycle(link, &mut commands.priority, last_io).await;

@@ -286,11 +286,15 @@ async fn metrics_show_each_devices_state_for_a_grafana_panel() {
         "avwarden_zone_reduction_db",
         "avwarden_alerts_open",
         "avwarden_poll_duration_seconds",
+        "avwarden_poll_lag_seconds",
+        "avwarden_meter_samples_total",
     ] {
         assert!(m.types.contains_key(family), "no TYPE {family}\n{text}");
         assert!(m.helped.contains(family), "no HELP {family}");
     }
     assert_eq!(m.types["avwarden_poll_duration_seconds"], "histogram");
+    assert_eq!(m.types["avwarden_poll_lag_seconds"], "histogram");
+    assert_eq!(m.types["avwarden_meter_samples_total"], "counter");
     assert_eq!(m.types["avwarden_device_health"], "gauge");
 
     // One health series per device, with its room and kind, coded as documented.

@@ -987,3 +987,41 @@ async fn wait_for_returns_when_warm_up_ends_and_times_out_when_it_does_not() {
         }
     }
 }
+
+/// Every scheduled poll is observed in `avwarden_poll_lag_seconds` (the fleet benchmark's poll
+/// lag); under paused time a tick is never late, so the polls land in the lowest bucket.
+/// The histograms are process-wide and other tests poll too: only growth is checked.
+#[tokio::test(start_paused = true)]
+async fn each_scheduled_poll_is_counted_in_the_lag_histogram() {
+    let mut rig = rig(SimConfig {
+        power_on: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let h = rig.spawn(spec(&profile("generic-pjlink"), &rig.sim, None));
+    wait_state(&mut h.watch(), MINUTE, "up", |s| s.reachable).await;
+    let lags = avwarden::metrics::poll_lags().family("pjlink");
+    let before = lags.count();
+    rig.sim.clear_requests();
+    let poll = profile("generic-pjlink").timing.poll_interval;
+    tokio::time::sleep(poll * 3 + poll / 2).await;
+    let polls = rig
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| *r == "%1POWR ?")
+        .count() as u64;
+    assert!(polls >= 3, "{:?}", rig.sim.requests());
+    assert!(
+        lags.count() >= before + polls,
+        "{} < {before} + {polls}",
+        lags.count()
+    );
+    let mut out = avwarden::metrics::Exposition::new();
+    avwarden::metrics::poll_lags().render(&mut out);
+    let text = out.finish();
+    assert!(
+        text.contains("avwarden_poll_lag_seconds_bucket{family=\"pjlink\",le=\"0.0005\"}"),
+        "{text}"
+    );
+}
