@@ -625,7 +625,9 @@ async fn record_frames(
         };
         let mut f = frames.lock().unwrap_or_else(|e| e.into_inner());
         for s in batch {
-            f.entry((s.device, s.subject)).or_default().push(s.at);
+            f.entry(((*s.device).clone(), s.subject))
+                .or_default()
+                .push(s.at);
         }
     }
 }
