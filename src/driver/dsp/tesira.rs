@@ -655,6 +655,7 @@ impl Driver for TesiraDriver {
         }
         if step >= 2 * self.map.channels.len() {
             obs.faults(MAPPING_SOURCE, self.mapping.current());
+            self.poll_cursor = 0;
             return Ok(PollStep::Done);
         }
         self.poll_cursor = step + 1;
