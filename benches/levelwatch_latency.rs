@@ -306,7 +306,7 @@ impl RunResult {
         for (i, stage) in [
             "frame read → level watch took its batch (meter hub)",
             "batch taken → cut decided (controller, the batch before it)",
-            "decided → handed to the priority lane (a task hop)",
+            "decided → on the priority lane (the level watch task)",
             "handed → write completed (queue, actor, driver, socket)",
         ]
         .iter()
