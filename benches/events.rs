@@ -35,7 +35,7 @@ fn emit(c: &mut Criterion) {
     let published = std::cell::Cell::new(0u64);
     g.bench_function("meter_sample", |b| {
         let sample = MeterSample {
-            device: device.clone(),
+            device: std::sync::Arc::new(device.clone()),
             subject: Subject::Channel(1),
             dbfs: -23.4,
             at,

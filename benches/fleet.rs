@@ -888,6 +888,14 @@ fn print_detail(r: &RunResult) {
     if !rates.is_empty() {
         println!("  meter events/s by profile: {}", rates.join(", "));
     }
+    if r.meter_events > 0 {
+        // Everything the daemon's threads did over the window, charged to the samples: an
+        // upper bound of a sample's cost (polls and the rest are in it too).
+        println!(
+            "  daemon CPU per meter sample: {:.2} µs",
+            r.cpu_daemon_secs / r.meter_events as f64 * 1e6
+        );
+    }
     if !r.not_ok_by_profile.is_empty() {
         println!("  not ok at the end: {:?}", r.not_ok_by_profile);
     }

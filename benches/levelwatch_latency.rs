@@ -306,7 +306,7 @@ impl RunResult {
         for (i, stage) in [
             "frame read → level watch took its batch (meter hub)",
             "batch taken → cut decided (controller, the batch before it)",
-            "decided → handed to the priority lane (a task hop)",
+            "decided → on the priority lane (the level watch task)",
             "handed → write completed (queue, actor, driver, socket)",
         ]
         .iter()
@@ -625,7 +625,9 @@ async fn record_frames(
         };
         let mut f = frames.lock().unwrap_or_else(|e| e.into_inner());
         for s in batch {
-            f.entry((s.device, s.subject)).or_default().push(s.at);
+            f.entry(((*s.device).clone(), s.subject))
+                .or_default()
+                .push(s.at);
         }
     }
 }

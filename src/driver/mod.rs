@@ -125,6 +125,14 @@ pub trait Driver: Send {
         false
     }
 
+    /// Whether the next [`Driver::poll_step`] may be dropped while it waits for its answer,
+    /// so a priority command is written at once instead of after the answer: true only for
+    /// a protocol that answers in order (or by id) and a driver that then skips the dropped
+    /// step's answer and repeats the step. The runtime asks before each step.
+    fn poll_step_can_be_overtaken(&self) -> bool {
+        false
+    }
+
     /// Carry out one command.
     async fn execute(
         &mut self,

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::codec::ProtocolError;
 use crate::events::{EventBus, EventKind};
-use crate::meter::stream::{MeterBoard, MeterLevel, MeterSample};
+use crate::meter::stream::{MeterBoard, MeterLevel};
 use crate::model::{
     ActiveFault, CommsPolicy, DeviceId, DeviceState, Fault, Identity, Point, Reading, RoomId,
     Subject, Unit, Value,
@@ -35,6 +35,8 @@ pub enum Observation {
 pub struct Observer {
     clock: Clock,
     device: DeviceId,
+    /// The device's id as meter samples carry it (shared, not copied per sample).
+    meter_device: Arc<DeviceId>,
     room: RoomId,
     state: Arc<watch::Sender<DeviceState>>,
     events: EventBus,
@@ -141,6 +143,7 @@ impl Observer {
         };
         Self {
             clock,
+            meter_device: Arc::new(device.clone()),
             device,
             room,
             state,
@@ -278,11 +281,11 @@ impl Observer {
     /// transmitter reads its floor): the stream is alive, the level is not known.
     pub fn meter_unknown(&mut self, subject: &Subject) {
         self.board.unknown(subject);
-        self.meter_alive(subject);
+        let now = self.now();
+        self.meter_alive(subject, now);
     }
 
-    fn meter_alive(&mut self, subject: &Subject) {
-        let now = self.now();
+    fn meter_alive(&mut self, subject: &Subject, now: DateTime<Utc>) {
         if self.meters.sample(subject, now) {
             self.publish_metering();
         }
@@ -434,16 +437,19 @@ impl Observer {
     /// state `watch` is not woken (its consumers do not want every frame); the contact is
     /// stamped on the board, and the link's liveness is the runtime's.
     pub fn meter(&mut self, subject: Subject, dbfs: f64) {
+        self.meter_ref(&subject, dbfs);
+    }
+
+    /// [`Observer::meter`] for a subject the driver keeps (no clone per sample): one clock
+    /// read, no allocation once the subject has been seen.
+    pub fn meter_ref(&mut self, subject: &Subject, dbfs: f64) {
         let dbfs = crate::model::round_to(dbfs, 1);
         let at = self.now();
-        self.board.set(&subject, MeterLevel { dbfs, at });
-        self.meter_alive(&subject);
-        self.events.meters().publish(&MeterSample {
-            device: self.device.clone(),
-            subject,
-            dbfs,
-            at,
-        });
+        self.board.set(subject, MeterLevel { dbfs, at });
+        self.meter_alive(subject, at);
+        self.events
+            .meters()
+            .publish_level(&self.meter_device, subject, dbfs, at);
     }
 
     /// The board this observer writes (the device handle reads it).

@@ -9,11 +9,15 @@
 //! anything except through [`DeviceHandle`]s.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -192,7 +196,8 @@ pub struct CutStamp {
     pub taken_at: Option<DateTime<Utc>>,
     /// When the controller's action was carried out (the rest of the batch before it counts).
     pub decided_at: DateTime<Utc>,
-    /// When the command was handed to the device's priority lane.
+    /// When the command was put on the device's priority lane (by the level watch's own
+    /// task, right after the decision).
     pub handed_at: DateTime<Utc>,
 }
 
@@ -314,7 +319,9 @@ enum Channel {
 
 struct Watch {
     devices: Vec<Device>,
-    index: HashMap<(DeviceId, Subject), (usize, Channel)>,
+    /// A metered subject's device and channel, looked up by reference (no key built per
+    /// sample).
+    index: HashMap<DeviceId, HashMap<Subject, (usize, Channel)>>,
     events: EventBus,
     logbook: Option<LogbookHandle>,
     clock: Clock,
@@ -330,20 +337,51 @@ struct Watch {
 
 type Done = (usize, Key, CommandOutcome);
 
+/// The outcome of a command on a device's priority lane, named by its device and key.
+struct Reply {
+    d: usize,
+    key: Key,
+    rx: oneshot::Receiver<CommandOutcome>,
+}
+
+impl Future for Reply {
+    type Output = Done;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let this = &mut *self;
+        Pin::new(&mut this.rx)
+            .poll(cx)
+            .map(|r| (this.d, this.key, r.unwrap_or(CommandOutcome::Stopped)))
+    }
+}
+
+/// Commands in flight: at most one per device and key.
+type Replies = FuturesUnordered<Reply>;
+
+/// What woke the level watch's task.
+enum Wake {
+    Cancelled,
+    Meters,
+    /// Boxed: the state is large and comes rarely, meters often.
+    State(usize, Box<DeviceState>),
+    Done(Done),
+    Tick,
+}
+
 impl Watch {
     fn build_index(&mut self) {
         for (d, dev) in self.devices.iter().enumerate() {
             for (i, z) in dev.ctl.zones.iter().enumerate() {
-                self.index.insert(
-                    (dev.handle.id.clone(), Subject::zone(&z.spec.id)),
-                    (d, Channel::Zone(i)),
-                );
+                self.index
+                    .entry(dev.handle.id.clone())
+                    .or_default()
+                    .insert(Subject::zone(&z.spec.id), (d, Channel::Zone(i)));
             }
             for (i, m) in dev.ctl.mics.iter().enumerate() {
-                self.index.insert(
-                    (dev.handle.id.clone(), Subject::input(&m.spec.id)),
-                    (d, Channel::Mic(i)),
-                );
+                self.index
+                    .entry(dev.handle.id.clone())
+                    .or_default()
+                    .insert(Subject::input(&m.spec.id), (d, Channel::Mic(i)));
             }
         }
     }
@@ -355,34 +393,47 @@ impl Watch {
         period: Duration,
         cancel: CancellationToken,
     ) {
-        let (done_tx, mut done_rx) = mpsc::channel::<Done>(256);
+        let mut replies = Replies::new();
+        let mut batch = Vec::new();
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                batch = meters.recv() => self.meters(&batch, &done_tx),
-                Some((d, state)) = states.recv() => self.state(d, &state, &done_tx),
-                Some((d, key, outcome)) = done_rx.recv() => self.done(d, key, outcome, &done_tx),
-                _ = tick.tick() => {
+            let wake = tokio::select! {
+                _ = cancel.cancelled() => Wake::Cancelled,
+                () = meters.recv_into(&mut batch) => Wake::Meters,
+                Some((d, state)) = states.recv() => Wake::State(d, Box::new(state)),
+                Some(done) = replies.next(), if !replies.is_empty() => Wake::Done(done),
+                _ = tick.tick() => Wake::Tick,
+            };
+            match wake {
+                Wake::Cancelled => return,
+                Wake::Meters => self.meters(&batch, &mut replies),
+                Wake::State(d, state) => self.state(d, &state, &mut replies),
+                Wake::Done((d, key, outcome)) => self.done(d, key, outcome, &mut replies),
+                Wake::Tick => {
                     let now = self.clock.now();
                     for d in 0..self.devices.len() {
-                        self.hold_steady_meters(d, now, &done_tx);
-                        self.step(d, Input::Tick, now, &done_tx);
-                        self.retry_waiting(d, &done_tx);
-                        self.board.publish(&self.devices[d].handle.id, &self.devices[d].ctl);
+                        self.hold_steady_meters(d, now, &mut replies);
+                        self.step(d, Input::Tick, now, &mut replies);
+                        self.retry_waiting(d, &mut replies);
+                        self.board
+                            .publish(&self.devices[d].handle.id, &self.devices[d].ctl);
                     }
                 }
             }
         }
     }
 
-    fn meters(&mut self, batch: &[MeterSample], done: &mpsc::Sender<Done>) {
+    fn meters(&mut self, batch: &[MeterSample], done: &mut Replies) {
         if self.probe.is_some() {
             self.taken_at = Some(self.clock.now());
         }
         for s in batch {
-            let Some(&(d, ch)) = self.index.get(&(s.device.clone(), s.subject.clone())) else {
+            let found = self
+                .index
+                .get(s.device.as_ref())
+                .and_then(|m| m.get(&s.subject));
+            let Some(&(d, ch)) = found else {
                 continue;
             };
             let input = match ch {
@@ -397,7 +448,7 @@ impl Watch {
 
     /// A change-only device that is reachable: each protected zone's and mic's last level,
     /// again, when no frame came for a meter period.
-    fn hold_steady_meters(&mut self, d: usize, now: DateTime<Utc>, done: &mpsc::Sender<Done>) {
+    fn hold_steady_meters(&mut self, d: usize, now: DateTime<Utc>, done: &mut Replies) {
         let dev = &self.devices[d];
         if !dev.meters_on_change || !dev.state.borrow().reachable {
             return;
@@ -421,7 +472,7 @@ impl Watch {
         }
     }
 
-    fn state(&mut self, d: usize, state: &DeviceState, done: &mpsc::Sender<Done>) {
+    fn state(&mut self, d: usize, state: &DeviceState, done: &mut Replies) {
         let now = self.clock.now();
         let ctl = &self.devices[d].ctl;
         let mut inputs = Vec::new();
@@ -457,7 +508,7 @@ impl Watch {
             .publish(&self.devices[d].handle.id, &self.devices[d].ctl);
     }
 
-    fn step(&mut self, d: usize, input: Input, now: DateTime<Utc>, done: &mpsc::Sender<Done>) {
+    fn step(&mut self, d: usize, input: Input, now: DateTime<Utc>, done: &mut Replies) {
         let mut actions = std::mem::take(&mut self.actions);
         self.devices[d].ctl.step(input, now, &mut actions);
         let acted = !actions.is_empty();
@@ -471,7 +522,7 @@ impl Watch {
         }
     }
 
-    fn act(&mut self, d: usize, action: Action, now: DateTime<Utc>, done: &mpsc::Sender<Done>) {
+    fn act(&mut self, d: usize, action: Action, now: DateTime<Utc>, done: &mut Replies) {
         let dev = &self.devices[d];
         let device = dev.handle.id.clone();
         let room = dev.handle.room.clone();
@@ -623,29 +674,34 @@ impl Watch {
 
     /// Send at once when nothing is in flight for `key`; otherwise wait, replacing any older
     /// waiting target (only the newest matters).
-    fn send(&mut self, d: usize, key: Key, cmd: DeviceCommand, done: &mpsc::Sender<Done>) {
+    fn send(&mut self, d: usize, key: Key, cmd: DeviceCommand, done: &mut Replies) {
         let stamp = self.stamp.take();
         let dev = &mut self.devices[d];
         if dev.in_flight.contains_key(&key) {
             dev.waiting.insert(key, cmd);
             return;
         }
-        dev.in_flight.insert(key, cmd.clone());
-        let handle = dev.handle.clone();
-        let done = done.clone();
-        let probe = self.probe.clone().zip(stamp);
-        let clock = self.clock;
-        self.tasks.spawn(async move {
-            if let Some((probe, mut stamp)) = probe {
-                stamp.handed_at = clock.now();
-                (probe.0)(stamp);
+        // Onto the lane from this task: no task hop between the decision and the lane.
+        match dev.handle.priority_send(cmd.clone()) {
+            Ok(rx) => {
+                if let Some((probe, mut stamp)) = self.probe.as_ref().zip(stamp) {
+                    stamp.handed_at = self.clock.now();
+                    (probe.0)(stamp);
+                }
+                dev.in_flight.insert(key, cmd);
+                done.push(Reply { d, key, rx });
             }
-            let outcome = handle.priority_command(cmd).await;
-            let _ = done.send((d, key, outcome)).await;
-        });
+            // The target still stands; it goes again on the next tick (the lane is full now).
+            Err(CommandOutcome::QueueFull) => {
+                dev.waiting.insert(key, cmd);
+            }
+            Err(other) => {
+                tracing::warn!(device = %dev.handle.id, command = cmd.name(), outcome = %other, "protection command not carried out");
+            }
+        }
     }
 
-    fn done(&mut self, d: usize, key: Key, outcome: CommandOutcome, done: &mpsc::Sender<Done>) {
+    fn done(&mut self, d: usize, key: Key, outcome: CommandOutcome, done: &mut Replies) {
         let dev = &mut self.devices[d];
         let Some(sent) = dev.in_flight.remove(&key) else {
             return;
@@ -673,7 +729,7 @@ impl Watch {
         }
     }
 
-    fn retry_waiting(&mut self, d: usize, done: &mpsc::Sender<Done>) {
+    fn retry_waiting(&mut self, d: usize, done: &mut Replies) {
         let keys: Vec<Key> = self.devices[d]
             .waiting
             .keys()

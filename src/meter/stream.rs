@@ -21,21 +21,92 @@ use tokio::sync::Notify;
 
 use crate::model::{DeviceId, Subject};
 
-/// One level measurement, aligned to dBFS.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One level measurement, aligned to dBFS. The device's id is shared with its observer, so a
+/// sample is copied to every consumer without allocating.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeterSample {
-    pub device: DeviceId,
+    pub device: Arc<DeviceId>,
     pub subject: Subject,
     pub dbfs: f64,
     pub at: DateTime<Utc>,
 }
 
-type Key = (DeviceId, Subject);
+/// One consumer's coalescing queue: the newest sample per `(device, subject)` not yet taken,
+/// in the order each subject first became pending.
+///
+/// The position of every subject ever seen is kept across takes, so a publish after the first
+/// one of a subject allocates nothing: it overwrites the slot and, when the slot was already
+/// pending, that is all (the consumer has not been woken for it yet).
+#[derive(Default)]
+struct Pending {
+    /// Where each subject's slot is, per device (looked up by reference, no key built).
+    index: HashMap<Arc<DeviceId>, HashMap<Subject, usize>>,
+    slots: Vec<(MeterSample, bool)>,
+    /// Slots holding a sample not yet taken.
+    fresh: Vec<usize>,
+}
 
-/// One consumer's coalescing queue.
+impl Pending {
+    /// Store the sample; true when the queue was empty before (the consumer needs a wake-up).
+    fn put(
+        &mut self,
+        device: &Arc<DeviceId>,
+        subject: &Subject,
+        dbfs: f64,
+        at: DateTime<Utc>,
+    ) -> bool {
+        let was_empty = self.fresh.is_empty();
+        let at_slot = self
+            .index
+            .get(device.as_ref())
+            .and_then(|m| m.get(subject))
+            .copied();
+        let i = match at_slot {
+            Some(i) => {
+                let (s, _) = &mut self.slots[i];
+                s.dbfs = dbfs;
+                s.at = at;
+                i
+            }
+            None => {
+                let i = self.slots.len();
+                self.slots.push((
+                    MeterSample {
+                        device: device.clone(),
+                        subject: subject.clone(),
+                        dbfs,
+                        at,
+                    },
+                    false,
+                ));
+                self.index
+                    .entry(device.clone())
+                    .or_default()
+                    .insert(subject.clone(), i);
+                i
+            }
+        };
+        let pending = &mut self.slots[i].1;
+        if !*pending {
+            *pending = true;
+            self.fresh.push(i);
+        }
+        was_empty
+    }
+
+    fn take_into(&mut self, out: &mut Vec<MeterSample>) {
+        for i in self.fresh.drain(..) {
+            let (s, pending) = &mut self.slots[i];
+            *pending = false;
+            out.push(s.clone());
+        }
+    }
+}
+
+/// One consumer's coalescing queue and its wake-up.
 struct Slot {
     name: String,
-    pending: Mutex<HashMap<Key, MeterSample>>,
+    pending: Mutex<Pending>,
     ready: Notify,
     gone: AtomicBool,
 }
@@ -66,6 +137,20 @@ impl MeterHub {
     /// Offer `sample` to every consumer; replaces whatever that consumer had not yet taken
     /// for the same subject.
     pub fn publish(&self, sample: &MeterSample) {
+        self.publish_level(&sample.device, &sample.subject, sample.dbfs, sample.at);
+    }
+
+    /// [`MeterHub::publish`] from its parts: nothing is allocated once each consumer has seen
+    /// the subject. A consumer is woken only when its queue goes from empty to pending, so
+    /// the samples a driver publishes before the consumer runs (a frame's worth, or more
+    /// under load) cost it one wake-up, not one each.
+    pub fn publish_level(
+        &self,
+        device: &Arc<DeviceId>,
+        subject: &Subject,
+        dbfs: f64,
+        at: DateTime<Utc>,
+    ) {
         crate::metrics::meter_samples().fetch_add(1, Ordering::Relaxed);
         let mut gone = false;
         {
@@ -75,14 +160,14 @@ impl MeterHub {
                     gone = true;
                     continue;
                 }
-                slot.pending
+                let wake = slot
+                    .pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        (sample.device.clone(), sample.subject.clone()),
-                        sample.clone(),
-                    );
-                slot.ready.notify_one();
+                    .put(device, subject, dbfs, at);
+                if wake {
+                    slot.ready.notify_one();
+                }
             }
         }
         if gone {
@@ -107,22 +192,41 @@ pub struct MeterReceiver {
 impl MeterReceiver {
     /// Wait for samples, then take all that are pending: at most one per subject, the newest.
     pub async fn recv(&mut self) -> Vec<MeterSample> {
+        let mut batch = Vec::new();
+        self.recv_into(&mut batch).await;
+        batch
+    }
+
+    /// [`MeterReceiver::recv`] into `batch` (cleared first), so a consumer that keeps its
+    /// vector allocates nothing per batch.
+    pub async fn recv_into(&mut self, batch: &mut Vec<MeterSample>) {
         loop {
-            let batch = self.try_recv();
+            self.try_recv_into(batch);
             if !batch.is_empty() {
-                return batch;
+                return;
             }
+            // A sample published between the take above and this wait left a permit (the
+            // queue went from empty to pending), so it is not missed.
             self.slot.ready.notified().await;
         }
     }
 
     /// Take what is pending now, without waiting.
     pub fn try_recv(&mut self) -> Vec<MeterSample> {
-        let mut pending = self.slot.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch: Vec<MeterSample> = pending.drain().map(|(_, s)| s).collect();
-        drop(pending);
-        batch.sort_by_key(|s| s.at);
+        let mut batch = Vec::new();
+        self.try_recv_into(&mut batch);
         batch
+    }
+
+    /// [`MeterReceiver::try_recv`] into `batch` (cleared first), oldest sample first.
+    pub fn try_recv_into(&mut self, batch: &mut Vec<MeterSample>) {
+        batch.clear();
+        self.slot
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_into(batch);
+        batch.sort_by_key(|s| s.at);
     }
 
     pub fn name(&self) -> &str {
@@ -200,7 +304,7 @@ mod tests {
 
     fn sample(device: &str, subject: Subject, dbfs: f64, ms: i64) -> MeterSample {
         MeterSample {
-            device: DeviceId::new(device),
+            device: Arc::new(DeviceId::new(device)),
             subject,
             dbfs,
             at: Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()

@@ -508,7 +508,33 @@ impl Actor {
                     _ => {}
                 }
             }
-            match self.driver.poll_step(link, &mut self.obs).await? {
+            let step = if self.driver.poll_step_can_be_overtaken() {
+                // A cut does not wait for the answer of the read in flight: the step is
+                // dropped, the cut written, and the driver repeats the step afterwards.
+                let next = tokio::select! {
+                    biased;
+                    step = self.driver.poll_step(link, &mut self.obs) => Ok(step),
+                    Some(req) = priority.recv() => Err(req),
+                };
+                match next {
+                    Ok(step) => step?,
+                    Err(req) => {
+                        match self.run_command(link, req, last_io, false).await {
+                            Err(e)
+                                if e.is_link_failure()
+                                    || matches!(e, DriverError::Timeout { .. }) =>
+                            {
+                                return Err(e)
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                self.driver.poll_step(link, &mut self.obs).await?
+            };
+            match step {
                 PollStep::More => {}
                 PollStep::Done => return Ok(()),
             }

@@ -155,7 +155,31 @@ impl DeviceHandle {
     /// A command on the priority lane (protection: a gain cut, a mute): it goes before the
     /// queued commands and between the steps of a poll cycle. Never waits for queue space.
     pub async fn priority_command(&self, command: DeviceCommand) -> CommandOutcome {
-        self.enqueue(&self.priority, command).await
+        match self.priority_send(command) {
+            Ok(rx) => rx.await.unwrap_or(CommandOutcome::Stopped),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// [`DeviceHandle::priority_command`] without waiting: the command is on the priority
+    /// lane when this returns, and its outcome comes on the receiver (a dropped sender is
+    /// [`CommandOutcome::Stopped`]). `Err` is `QueueFull` or `Stopped`, nothing sent. The
+    /// level watch sends cuts from its own task this way, so a cut does not wait for a task
+    /// of its own to be scheduled before it reaches the lane.
+    pub fn priority_send(
+        &self,
+        command: DeviceCommand,
+    ) -> Result<oneshot::Receiver<CommandOutcome>, CommandOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let req = CommandRequest {
+            order: Order::Command(command),
+            reply: tx,
+        };
+        match self.priority.try_send(req) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(CommandOutcome::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CommandOutcome::Stopped),
+        }
     }
 
     async fn enqueue(

@@ -294,6 +294,8 @@ struct Shared {
     /// Publishing stalled: commands are still answered (a subscribe answer included), but
     /// no `!` publish line is sent for existing subscriptions.
     stalled: bool,
+    /// Answers held back: commands are read and carried out, nothing is sent until released.
+    holding: bool,
     on_receive: Option<ReceiveHook>,
 }
 
@@ -312,6 +314,8 @@ impl std::fmt::Debug for ReceiveHook {
 enum Ctl {
     Raw(Vec<u8>),
     Reboot,
+    /// Send what was held back ([`TesiraSim::hold_answers`]).
+    Release,
 }
 
 /// Handle to a running simulator.
@@ -424,6 +428,17 @@ impl TesiraSim {
         lock(&self.shared).stalled = stalled;
     }
 
+    /// Hold every session's output (true): commands are still read, logged in
+    /// [`TesiraSim::received`] and carried out, but no answer or publish goes out, as from a
+    /// DSP slow to answer. False sends what was held, in order, and answers again. Tests use
+    /// it to see what the client writes while a command of its own waits for its answer.
+    pub fn hold_answers(&self, hold: bool) {
+        lock(&self.shared).holding = hold;
+        if !hold {
+            let _ = self.ctl.send(Ctl::Release);
+        }
+    }
+
     /// Call `hook` with every command line received from now on, in every session.
     pub fn on_receive(&self, hook: ReceiveHook) {
         lock(&self.shared).on_receive = Some(hook);
@@ -519,6 +534,7 @@ pub async fn spawn(
         received: VecDeque::new(),
         received_total: tokio::sync::watch::Sender::new(0),
         stalled: false,
+        holding: false,
         on_receive: None,
     }));
     let (ctl, _) = broadcast::channel(256);
@@ -1014,6 +1030,8 @@ impl Session {
         // The handle that sends control messages may be gone (the daemon keeps only the
         // endpoint): that ends control, not the session, which ends on `cancel` or EOF.
         let mut controlled = true;
+        // Output kept back while answers are held.
+        let mut held: Vec<u8> = Vec::new();
         let hello = if self.telnet {
             let mut b = Vec::new();
             for &o in &self.cfg.telnet_do {
@@ -1049,6 +1067,8 @@ impl Session {
                         self.verbose = true;
                         self.banner()
                     }
+                    // Written below with whatever was held, once no longer holding.
+                    Ok(Ctl::Release) => Vec::new(),
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => {
                         controlled = false;
@@ -1116,6 +1136,16 @@ impl Session {
             if self.subs.len() != before {
                 self.set_subs_count(before);
             }
+            let out = if lock(&self.shared).holding {
+                held.extend_from_slice(&out);
+                continue;
+            } else if held.is_empty() {
+                out
+            } else {
+                let mut all = std::mem::take(&mut held);
+                all.extend_from_slice(&out);
+                all
+            };
             if !out.is_empty() && io.write(&out).await.is_err() && self.telnet {
                 break;
             }
@@ -1140,6 +1170,7 @@ mod tests {
             received: VecDeque::new(),
             received_total: tokio::sync::watch::Sender::new(0),
             stalled: false,
+            holding: false,
             on_receive: None,
         }));
         let mut s = Session::new(Arc::new(TesiraSimConfig::default()), shared, true);

@@ -1288,3 +1288,80 @@ async fn a_zone_level_read_is_one_exchange() {
     rig.shutdown().await;
     cancel.cancel();
 }
+
+/// Issue 10 (a cut waited for the poll read in flight, p99 ≈ 10 ms in the latency benchmark):
+/// TTP answers in order, so a priority command is written while a poll read still waits for
+/// its answer; the read's answer, when it comes, is skipped (not taken for the cut's), the
+/// cut's read-back gives the level it set, and the read is repeated. Ordered by the lines the
+/// DSP received while it held every answer back, not by wall-clock time.
+#[tokio::test]
+async fn a_priority_command_overtakes_the_poll_read_in_flight() {
+    let cancel = CancellationToken::new();
+    // No scheduled poll during the test: every "Zones get" is the refresh's.
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
+    assert!(sim.set_level("Zones", 1, -12.0));
+    let issued = sim.received_total();
+    sim.hold_answers(true);
+    let h = rig.handle.clone();
+    let refresh = crate::support::spawn(async move { h.command(DeviceCommand::Refresh).await });
+    let has = |sim: &TesiraSim, line: &str| {
+        let lines = sim.received();
+        let first = sim.received_total() - lines.len() as u64;
+        lines
+            .iter()
+            .enumerate()
+            .any(|(i, l)| first + i as u64 >= issued && l == line)
+    };
+    // The refresh's first read is in flight: received, unanswered.
+    while !has(&sim, "Zones get level 1") {
+        let n = sim.received_total();
+        sim.wait_received(n + 1).await;
+    }
+    let h = rig.handle.clone();
+    let cut = crate::support::spawn(async move {
+        h.priority_command(DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db: -30.0,
+        })
+        .await
+    });
+    // Written while the read still waits for its answer (it would wait forever otherwise:
+    // the bound only keeps a failure from hanging the suite).
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !has(&sim, "Zones set level 16 -30") {
+            let n = sim.received_total();
+            sim.wait_received(n + 1).await;
+        }
+    })
+    .await
+    .expect("the cut is written while the read in flight waits for its answer");
+    assert!(
+        !has(&sim, "Zones get level 2"),
+        "the poll went on before the cut"
+    );
+    sim.hold_answers(false);
+    let outcome = cut.await.unwrap();
+    // Zone 1's `+OK "value":-12` came first and is not the cut's answer: taken for it, the
+    // cut's read-back would have got the set's bare `+OK` and failed.
+    assert!(outcome.is_done(), "{outcome:?}");
+    let level = |zone: &str| {
+        rig.handle
+            .state()
+            .readings
+            .get(&Point::new(Subject::zone(zone), Quantity::LevelDb))
+            .map(|r| r.value.clone())
+    };
+    assert_eq!(level("z16"), Some(Value::Float(-30.0)));
+    let refreshed = refresh.await.unwrap();
+    assert!(refreshed.is_done(), "{refreshed:?}");
+    // The overtaken read was repeated: zone 1's level is known, and every zone was read.
+    assert_eq!(level("z1"), Some(Value::Float(-12.0)));
+    let lines = sim.received();
+    let reads = lines
+        .iter()
+        .filter(|l| l.starts_with("Zones get level"))
+        .count();
+    assert!(reads >= 16, "{reads} level reads");
+    rig.shutdown().await;
+    cancel.cancel();
+}

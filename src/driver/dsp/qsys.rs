@@ -328,7 +328,7 @@ impl QsysDriver {
                     None => obs.bad_input(&wrong("a mute state")),
                 },
                 Function::Meter => match c.value.as_f64().and_then(|v| self.alignment.to_dbfs(v)) {
-                    Some(dbfs) => obs.meter(ch.subject.clone(), dbfs),
+                    Some(dbfs) => obs.meter_ref(&ch.subject, dbfs),
                     None => obs.bad_input(&wrong("a meter level")),
                 },
             }

@@ -88,6 +88,9 @@ pub struct TesiraDriver {
     /// Commands sent whose `+OK`/`-ERR` has not been read yet. Replies come in order, so when a
     /// cancelled `listen` left some behind, the next exchange skips that many first.
     outstanding: usize,
+    /// A command line's write was dropped half way (its exchange was cancelled while the
+    /// link would not take the bytes): the DSP holds part of a line we cannot take back.
+    torn: bool,
     /// Subscriptions are due: after connect, after a banner, or when meters went silent.
     resubscribe: bool,
     /// Publish token → channel index.
@@ -195,6 +198,7 @@ impl TesiraDriver {
             alignment,
             dec: TtpDecoder::new(telnet),
             outstanding: 0,
+            torn: false,
             resubscribe: true,
             tokens: HashMap::new(),
             last_publish: None,
@@ -237,70 +241,79 @@ impl TesiraDriver {
         obs: &mut Observer,
         cmd: &str,
     ) -> Result<Answer, DriverError> {
+        if self.torn {
+            // The next line would be glued to the torn one: start a new session instead.
+            self.torn = false;
+            link.disconnect();
+            return Err(DriverError::Link(crate::driver::LinkError::Closed));
+        }
         self.outstanding += 1;
+        // Written apart from the answer's wait, so an exchange dropped while it waits (a
+        // priority command overtaking a poll read) has its line whole on the wire; its answer
+        // is then one of the `outstanding` the next exchange skips.
+        self.torn = true;
+        let sent = link.send(cmd.as_bytes()).await;
+        self.torn = false;
+        sent?;
         let echo = cmd.trim_end();
         let mut restarted = false;
         // The reply loop borrows the decoder; what it needs of the rest is borrowed apart.
         let (map, alignment, tokens) = (&self.map, &self.alignment, &self.tokens);
         let (last_publish, outstanding) = (&mut self.last_publish, &mut self.outstanding);
         let read = link
-            .converse(
-                &mut self.dec,
-                cmd.as_bytes(),
-                self.reply_timeout,
-                obs,
-                |read, obs| {
-                    let line = match read {
-                        Ok(TtpFrame::Telnet(c)) => return refusal(c).map_or(Step::Skip, |b| Step::Write(b.to_vec())),
-                        Ok(TtpFrame::Line(l)) => l,
-                        Err(p) => return Step::Bad(p),
-                    };
-                    let answer = match parse_line(&line) {
-                        Ok(TtpLine::Ok(v)) => Answer::Ok(v),
-                        Ok(TtpLine::Err(e)) => Answer::Err(e),
-                        Ok(TtpLine::Publish { token, value }) => {
-                            publish_meter(map, alignment, tokens, last_publish, obs, &token, &value);
-                            return Step::Skip;
-                        }
-                        Ok(TtpLine::Banner) => {
-                            // The DSP started a new session under us (reboot, config push): the
-                            // command is lost and so are our subscriptions.
-                            restarted = true;
-                            return Step::End(DriverError::Busy {
-                                command: echo.to_owned(),
-                                reason: "the DSP restarted its control session".to_owned(),
-                                ready_in: None,
-                            });
-                        }
-                        Ok(TtpLine::Text(t)) => {
-                            if t != echo {
-                                tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
-                            }
-                            return Step::Skip;
-                        }
-                        Err(p) => {
-                            if !line.starts_with('+') {
-                                return Step::Bad(p);
-                            }
-                            // A broken reply is still a reply: it answers the oldest command.
-                            obs.bad_input(&p);
-                            if *outstanding > 1 {
-                                *outstanding -= 1;
-                                return Step::Skip;
-                            }
-                            *outstanding = 0;
-                            return Step::End(DriverError::Protocol(p));
-                        }
-                    };
-                    if *outstanding > 1 {
-                        // The answer to a command a cancelled listen sent; ours is still to come.
-                        *outstanding -= 1;
+            .converse(&mut self.dec, &[], self.reply_timeout, obs, |read, obs| {
+                let line = match read {
+                    Ok(TtpFrame::Telnet(c)) => {
+                        return refusal(c).map_or(Step::Skip, |b| Step::Write(b.to_vec()))
+                    }
+                    Ok(TtpFrame::Line(l)) => l,
+                    Err(p) => return Step::Bad(p),
+                };
+                let answer = match parse_line(&line) {
+                    Ok(TtpLine::Ok(v)) => Answer::Ok(v),
+                    Ok(TtpLine::Err(e)) => Answer::Err(e),
+                    Ok(TtpLine::Publish { token, value }) => {
+                        publish_meter(map, alignment, tokens, last_publish, obs, &token, &value);
                         return Step::Skip;
                     }
-                    *outstanding = 0;
-                    Step::Done(answer)
-                },
-            )
+                    Ok(TtpLine::Banner) => {
+                        // The DSP started a new session under us (reboot, config push): the
+                        // command is lost and so are our subscriptions.
+                        restarted = true;
+                        return Step::End(DriverError::Busy {
+                            command: echo.to_owned(),
+                            reason: "the DSP restarted its control session".to_owned(),
+                            ready_in: None,
+                        });
+                    }
+                    Ok(TtpLine::Text(t)) => {
+                        if t != echo {
+                            tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+                        }
+                        return Step::Skip;
+                    }
+                    Err(p) => {
+                        if !line.starts_with('+') {
+                            return Step::Bad(p);
+                        }
+                        // A broken reply is still a reply: it answers the oldest command.
+                        obs.bad_input(&p);
+                        if *outstanding > 1 {
+                            *outstanding -= 1;
+                            return Step::Skip;
+                        }
+                        *outstanding = 0;
+                        return Step::End(DriverError::Protocol(p));
+                    }
+                };
+                if *outstanding > 1 {
+                    // The answer to a command a cancelled listen sent; ours is still to come.
+                    *outstanding -= 1;
+                    return Step::Skip;
+                }
+                *outstanding = 0;
+                Step::Done(answer)
+            })
             .await;
         if restarted {
             self.session_restarted(obs);
@@ -546,6 +559,13 @@ impl Driver for TesiraDriver {
         true
     }
 
+    /// TTP answers in order (protocols.md §4.1), and `exchange` skips the answers of
+    /// exchanges dropped while waiting; a control read is repeated, so only those steps
+    /// (not the re-subscription of step 0, which registers tokens) may be overtaken.
+    fn poll_step_can_be_overtaken(&self) -> bool {
+        self.poll_cursor > 0
+    }
+
     fn fresh(&self) -> Option<Box<dyn Driver>> {
         Some(Box::new(self.clone()))
     }
@@ -554,6 +574,7 @@ impl Driver for TesiraDriver {
         link.take_fresh();
         self.dec.reset();
         self.outstanding = 0;
+        self.torn = false;
         self.tokens.clear();
         self.last_publish = None;
         self.poll_cursor = 0;
@@ -612,21 +633,29 @@ impl Driver for TesiraDriver {
         obs: &mut Observer,
     ) -> Result<PollStep, DriverError> {
         let step = self.poll_cursor;
-        // A failed step restarts the cycle on the next poll.
-        self.poll_cursor = 0;
-        if step == 0 {
+        let res = if step == 0 {
             if self.meters_stale() {
                 tracing::debug!(device = %obs.device(), "meters silent, re-subscribing");
                 self.resubscribe = true;
             }
             if self.resubscribe {
-                self.subscribe_all(link, obs).await?;
+                self.subscribe_all(link, obs).await
+            } else {
+                Ok(())
             }
         } else {
-            self.read_control(link, obs, step).await?;
+            // Dropped while waiting (overtaken by a priority command), the cursor stays here
+            // and the next call reads this control again.
+            self.read_control(link, obs, step).await
+        };
+        if let Err(e) = res {
+            // A failed step restarts the cycle on the next poll.
+            self.poll_cursor = 0;
+            return Err(e);
         }
         if step >= 2 * self.map.channels.len() {
             obs.faults(MAPPING_SOURCE, self.mapping.current());
+            self.poll_cursor = 0;
             return Ok(PollStep::Done);
         }
         self.poll_cursor = step + 1;
@@ -745,7 +774,7 @@ fn publish_meter(
         v => v.as_f64(),
     };
     match reading.and_then(|r| alignment.to_dbfs(r)) {
-        Some(dbfs) => obs.meter(ch.subject.clone(), dbfs),
+        Some(dbfs) => obs.meter_ref(&ch.subject, dbfs),
         None => obs.bad_input(&ProtocolError::malformed(format!(
             "meter {token}: value is a {}, not a level",
             value.type_name()

@@ -453,11 +453,17 @@ impl Publisher {
         if let Some(rf) = rf_dbm.filter(|_| self.declares(Quantity::RfDbm)) {
             let p = Point::channel(n, Quantity::RfDbm);
             let v = Value::Float(rf).rounded_for(p.unit());
-            self.last.insert(p.clone(), v.clone());
+            // Overwritten in place: the point is the same on every sample.
+            match self.last.get_mut(&p) {
+                Some(last) => *last = v.clone(),
+                None => {
+                    self.last.insert(p.clone(), v.clone());
+                }
+            }
             obs.metered_reading(p, v);
         }
         if let Some(a) = audio_dbfs.filter(|_| metered) {
-            obs.meter(subject, a);
+            obs.meter_ref(&subject, a);
         }
     }
 }
