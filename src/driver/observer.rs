@@ -3,6 +3,11 @@
 //! Drivers report readings, fault sets, busy/idle and identity through an [`Observer`]; each
 //! call updates the `watch` state at once (so a 40-second lamp ignition shows `busy` while it
 //! lasts) and emits the matching typed events. Health is recomputed here, in one place.
+//!
+//! A change wakes the state's watchers at once; a refresh that changes nothing but an instant
+//! (the same value read again, the same fault confirmed) is stamped quietly and woken for
+//! once, by [`Observer::flush`] at the end of the runtime's step (issue 15.1: a poll of three
+//! unchanged answers was four wakes of every watcher, each cloning or serialising the state).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -52,6 +57,8 @@ pub struct Observer {
     board: MeterBoard,
     /// The comms policy the driver declared for this session, if it has its own.
     comms: Option<CommsPolicy>,
+    /// Instants were stamped quietly since the last [`Observer::flush`].
+    stamped: bool,
 }
 
 /// The fault source for meters that stopped arriving.
@@ -154,6 +161,16 @@ impl Observer {
             meters: MeterWatch::default(),
             board: MeterBoard::default(),
             comms: None,
+            stamped: false,
+        }
+    }
+
+    /// Wake the state's watchers once for every instant stamped quietly since the last call
+    /// (readings re-read with the same value, faults confirmed). The runtime calls this after
+    /// each poll, command or input it handled.
+    pub fn flush(&mut self) {
+        if std::mem::take(&mut self.stamped) {
+            self.update(|_| {});
         }
     }
 
@@ -232,14 +249,32 @@ impl Observer {
         self.applied.take()
     }
 
-    /// Store a reading, rounded to its unit's meaningful precision.
+    /// Store a reading, rounded to its unit's meaningful precision. The same value read again
+    /// only moves its instant, and wakes the watchers at the next [`Observer::flush`].
     pub fn reading(&mut self, point: Point, value: Value) {
         let now = self.now();
-        self.update(|s| {
+        let next = Reading::new(point, value, now);
+        let mut stamped = false;
+        self.update_quietly(|s| {
             s.last_contact = Some(now);
-            s.readings
-                .insert(point.clone(), Reading::new(point, value, now));
+            match s.readings.get_mut(&next.point) {
+                Some(r) if r.value == next.value && !r.metered => {
+                    r.observed_at = now;
+                    stamped = true;
+                    false
+                }
+                _ => {
+                    s.readings.insert(next.point.clone(), next);
+                    true
+                }
+            }
         });
+        self.stamped |= stamped;
+    }
+
+    /// Whether the driver streams meters this session ([`Observer::metering`]).
+    pub fn is_metering(&self) -> bool {
+        self.meters.period.is_some()
     }
 
     /// The driver streams meters every `period` (from now on, for this session): a meter
@@ -337,16 +372,31 @@ impl Observer {
     }
 
     pub fn busy(&mut self, busy: bool) {
-        self.update(|s| s.busy = busy);
+        self.update_quietly(|s| std::mem::replace(&mut s.busy, busy) != busy);
     }
 
     /// Replace the set of active faults reported by `source`.
     pub fn faults(&mut self, source: &str, faults: Vec<Fault>) {
+        let now = self.now();
+        if self.sources.get(source) == Some(&faults) {
+            // The same set again: only the instants it was confirmed at move.
+            if !faults.is_empty() {
+                self.update_quietly(|s| {
+                    for a in s.faults.iter_mut() {
+                        if faults.iter().any(|f| f.identity() == a.fault.identity()) {
+                            a.confirmed_at = now;
+                        }
+                    }
+                    false
+                });
+                self.stamped = true;
+            }
+            return;
+        }
         let old = self
             .sources
             .insert(source.to_owned(), faults.clone())
             .unwrap_or_default();
-        let now = self.now();
         // New faults, and faults whose severity changed (a low battery turning critical is
         // raised again so alerts escalate; its `since` stays the first sighting).
         let raised: Vec<Fault> = faults
@@ -364,16 +414,7 @@ impl Observer {
             .collect();
         let changed_in_place = !raised.is_empty() || !cleared.is_empty() || old != faults;
         if !changed_in_place {
-            // The same faults again: the device still says so, as of now.
-            if !faults.is_empty() {
-                self.update(|s| {
-                    for a in s.faults.iter_mut() {
-                        if faults.iter().any(|f| f.identity() == a.fault.identity()) {
-                            a.confirmed_at = now;
-                        }
-                    }
-                });
-            }
+            // A source seen for the first time with nothing to report.
             return;
         }
         let all: Vec<(bool, Fault)> = self
@@ -510,7 +551,7 @@ impl Observer {
     fn update_quietly(&mut self, f: impl FnOnce(&mut DeviceState) -> bool) {
         let now = self.now();
         let mut changed = None;
-        self.state.send_if_modified(|s| {
+        let woke = self.state.send_if_modified(|s| {
             let wake = f(s);
             if let Some(prev) = s.refresh_health(now) {
                 changed = Some((prev, s.health));
@@ -518,6 +559,8 @@ impl Observer {
             }
             wake
         });
+        // Whatever was stamped quietly is seen with this wake.
+        self.stamped &= !woke;
         if let Some((from, to)) = changed {
             self.emit(EventKind::HealthChanged {
                 device: self.device.clone(),

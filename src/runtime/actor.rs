@@ -332,7 +332,9 @@ impl Actor {
                     }
                     Some(res)
                 }
-                _ = meter_check.tick() => {
+                // A device polled at least this often is judged at every poll; without meters
+                // the check would only add a wake-up per second (issue 15.1).
+                _ = meter_check.tick(), if self.obs.is_metering() || self.cfg.poll_interval > METER_CHECK => {
                     self.obs.check_metering();
                     // Not an exchange: says nothing of the device, resets nothing; only the
                     // silence is judged below.
@@ -340,6 +342,8 @@ impl Actor {
                 }
                 r = self.driver.listen(link, &mut self.obs) => Some(r),
             };
+            // Refreshed instants reach the watchers once per step, not once per reading.
+            self.obs.flush();
             // Every byte or message from the device is contact; silence is judged on every step
             // and every second.
             let now = Instant::now();

@@ -64,6 +64,13 @@ pub struct PjlinkDriver {
     class: Class,
     /// Queries answered ERR1 since the last full read: not asked again by `poll`.
     absent: BTreeSet<Command>,
+    /// Queries answered ERR3 ("unavailable time") while the projector reported standby: not
+    /// asked again by `poll` until POWR says it is no longer in standby. Many projectors
+    /// refuse INPT and AVMT in standby (protocols.md §1.6), others answer them; this learns
+    /// which, per session, instead of asking twice a poll for an answer that cannot come.
+    unavailable_in_standby: BTreeSet<Command>,
+    /// The last power status POWR reported.
+    power: Option<PowerStatus>,
     lamp_count: usize,
     /// An ERR4 seen in the current read cycle.
     failure_seen: bool,
@@ -107,6 +114,8 @@ impl PjlinkDriver {
             pending_digest: None,
             class: Class::One,
             absent: BTreeSet::new(),
+            unavailable_in_standby: BTreeSet::new(),
+            power: None,
             lamp_count: 0,
             failure_seen: false,
             reports_transitions: false,
@@ -346,6 +355,9 @@ impl PjlinkDriver {
                 Answer::Skipped
             }
             Outcome::Error(e) => {
+                if e == ErrorCode::UnavailableTime && self.power == Some(PowerStatus::Standby) {
+                    self.unavailable_in_standby.insert(command);
+                }
                 tracing::debug!(%command, error = %e, "pjlink: query not answered now");
                 Answer::Skipped
             }
@@ -373,6 +385,10 @@ impl PjlinkDriver {
     }
 
     fn report_power(&mut self, obs: &mut Observer, p: PowerStatus) {
+        self.power = Some(p);
+        if p != PowerStatus::Standby {
+            self.unavailable_in_standby.clear();
+        }
         let state = match p {
             PowerStatus::Standby => PowerState::Off,
             PowerStatus::On => PowerState::On,
@@ -645,6 +661,7 @@ impl PjlinkDriver {
     /// Everything the projector can tell, learning its class and features afresh.
     async fn full_read(&mut self, link: &mut Link, obs: &mut Observer) -> Result<(), DriverError> {
         self.absent.clear();
+        self.unavailable_in_standby.clear();
         self.failure_seen = false;
         self.read_class(link, obs).await?;
         self.read_power(link, obs).await?;
@@ -664,6 +681,11 @@ impl PjlinkDriver {
 
     fn has(&self, c: Command) -> bool {
         !self.absent.contains(&c)
+    }
+
+    /// Not a query this projector refuses in the standby it is in.
+    fn available_now(&self, c: Command) -> bool {
+        !self.unavailable_in_standby.contains(&c)
     }
 
     /// A set command's reply: `OK`, or an error code turned into the right [`DriverError`].
@@ -787,10 +809,10 @@ impl Driver for PjlinkDriver {
         if self.has(Command::LAMP) {
             self.read_lamps(link, obs).await?;
         }
-        if self.has(Command::INPT) {
+        if self.has(Command::INPT) && self.available_now(Command::INPT) {
             self.read_input(link, obs).await?;
         }
-        if self.has(Command::AVMT) {
+        if self.has(Command::AVMT) && self.available_now(Command::AVMT) {
             self.read_mute(link, obs).await?;
         }
         if self.class == Class::Two {
@@ -1146,6 +1168,45 @@ life_hours = 2000
             .await
             .unwrap_err();
         assert!(matches!(e, DriverError::Rejected { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn queries_refused_in_standby_wait_for_the_projector_to_leave_it() {
+        let (mut link, peer) = link();
+        let proj = crate::test_spawn(scripted(
+            peer,
+            "PJLINK 0\r",
+            vec![
+                ("%1POWR ?\r", "%1POWR=0\r"),
+                ("%1ERST ?\r", "%1ERST=000000\r"),
+                ("%1LAMP ?\r", "%1LAMP=100 0\r"),
+                ("%1INPT ?\r", "%1INPT=ERR3\r"),
+                ("%1AVMT ?\r", "%1AVMT=ERR3\r"),
+                // Still in standby: the refused queries are not asked again.
+                ("%1POWR ?\r", "%1POWR=0\r"),
+                ("%1ERST ?\r", "%1ERST=000000\r"),
+                ("%1LAMP ?\r", "%1LAMP=100 0\r"),
+                // Warming up: they are asked again.
+                ("%1POWR ?\r", "%1POWR=3\r"),
+                ("%1ERST ?\r", "%1ERST=000000\r"),
+                ("%1LAMP ?\r", "%1LAMP=100 1\r"),
+                ("%1INPT ?\r", "%1INPT=31\r"),
+                ("%1AVMT ?\r", "%1AVMT=30\r"),
+            ],
+        ));
+        let mut d = PjlinkDriver::new(&profile(), None).unwrap();
+        let (mut obs, rx) = observer();
+        d.open(&mut link, &mut obs).await.unwrap();
+        for _ in 0..3 {
+            d.poll(&mut link, &mut obs).await.unwrap();
+        }
+        proj.await.unwrap();
+        assert_eq!(
+            rx.borrow()
+                .reading(&Point::device(Quantity::Input))
+                .map(|r| r.value.clone()),
+            Some(Value::Text("31".into()))
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,637 @@
+//! CPU per poll against Python pollers (issue 15.1): 200 PJLink projector simulators in one
+//! process (`avwarden simulate`), polled in turn, for the same window, by (a) the real
+//! `avwarden run` daemon, (b) a persistent Python asyncio poller and (c) an aiopjlink2 poller
+//! (`benches/peers/`). Each poller's CPU is read from `/proc/<pid>/stat` (utime + stime over
+//! the window) and divided by the polls it made: the daemon's from its
+//! `avwarden_poll_duration_seconds_count{family="pjlink"}` on `/metrics`, the peers' from the
+//! count they print at exit. Prints a Markdown table for `docs/benchmarks.md`.
+//!
+//! What is polled: a Class 1 projector in standby. The daemon's poll of it is POWR, ERST and
+//! LAMP (INPT and AVMT answer ERR3 in standby, protocols.md §1.6, so the driver does not ask
+//! them until POWR says on), plus its identity (NAME, INF1-2, INFO) every 30th poll; the
+//! Python pollers ask exactly POWR, ERST and LAMP.
+//!
+//! This is a benchmark, not a test: it never fails on a figure. Under `cargo test
+//! --all-targets` (`--bench` absent) it does nothing. It creates its venv under
+//! `target/poll_cpu/venv` when missing. Environment (all optional):
+//! `AVWARDEN_BENCH_POLL_DEVICES` (200), `AVWARDEN_BENCH_POLL_SECS` (window, 30),
+//! `AVWARDEN_BENCH_POLL_WARMUP_SECS` (10), `AVWARDEN_BENCH_POLL_PEERS`
+//! (`floor,asyncio,aiopjlink`; empty for the daemon alone; `floor` is a bare tokio loop doing
+//! the same three exchanges, this binary re-run as a child: the cost of the work itself), `AVWARDEN_BENCH_POLL_PERF` (a file: `perf record -g` of the
+//! daemon over the window into it), `AVWARDEN_BENCH_POLL_BASELINE_EXE` (another `avwarden`
+//! binary, e.g. a build of the code before a change, measured first in the same run).
+
+#[path = "common/proc.rs"]
+mod proc;
+use proc::{loadavg, print_machine};
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// Seconds between two polls of one projector, for every poller.
+const POLL_SECS: u64 = 1;
+
+/// The daemon's identity read (NAME, INF1, INF2, INFO) every 30th poll, per poll.
+const IDENTITY: f64 = 4.0 / 30.0;
+
+struct Params {
+    devices: usize,
+    window: Duration,
+    warmup: Duration,
+    peers: Vec<String>,
+    perf: Option<PathBuf>,
+    /// Another `avwarden` binary (a build of the code before a change) measured first.
+    baseline_exe: Option<PathBuf>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One poller's figures over the window.
+struct Row {
+    poller: String,
+    cpu_secs: f64,
+    polls: f64,
+    /// Exchanges per poll: the Python pollers' three; the daemon's three (baseline: five,
+    /// INPT and AVMT refused in standby every time) plus identity's four every 30th poll.
+    queries_per_poll: f64,
+    rss_mib: f64,
+    errors: u64,
+    load: String,
+}
+
+/// Set (to the ports file) in the child that runs the floor poller.
+const FLOOR_VAR: &str = "AVWARDEN_BENCH_POLL_FLOOR_PORTS";
+
+fn main() -> ExitCode {
+    if let Some(ports) = std::env::var_os(FLOOR_VAR) {
+        return floor::run(Path::new(&ports));
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        return ExitCode::SUCCESS;
+    }
+    let p = Params {
+        devices: env_or("AVWARDEN_BENCH_POLL_DEVICES", 200),
+        window: Duration::from_secs(env_or("AVWARDEN_BENCH_POLL_SECS", 30)),
+        warmup: Duration::from_secs(env_or("AVWARDEN_BENCH_POLL_WARMUP_SECS", 10)),
+        peers: std::env::var("AVWARDEN_BENCH_POLL_PEERS")
+            .unwrap_or_else(|_| "floor,asyncio,aiopjlink".into())
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        perf: std::env::var_os("AVWARDEN_BENCH_POLL_PERF").map(PathBuf::from),
+        baseline_exe: std::env::var_os("AVWARDEN_BENCH_POLL_BASELINE_EXE").map(PathBuf::from),
+    };
+    match run(&p) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("poll_cpu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(p: &Params) -> Result<(), String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/poll_cpu");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ports = free_ports(p.devices + 1)?;
+    let (api_port, sim_ports) = ports.split_first().ok_or("no ports")?;
+    write_sites(&dir, *api_port, sim_ports)?;
+    let exe = env!("CARGO_BIN_EXE_avwarden");
+
+    print_machine();
+    println!(
+        "{} PJLink projectors (Class 1, standby), polled every {POLL_SECS} s, window {} s",
+        p.devices,
+        p.window.as_secs()
+    );
+    let mut sim = Guard(
+        Command::new(exe)
+            .args(["simulate", "--config"])
+            .arg(dir.join("sim.toml"))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("avwarden simulate: {e}"))?,
+    );
+    wait_listening(sim_ports, &mut sim.0)?;
+
+    let mut rows = Vec::new();
+    if let Some(before) = &p.baseline_exe {
+        let before = before.to_str().ok_or("baseline path is not UTF-8")?;
+        rows.push(measure_daemon(
+            p,
+            &dir,
+            before,
+            *api_port,
+            "avwarden daemon, baseline build",
+            5.0 + IDENTITY,
+        )?);
+    }
+    rows.push(measure_daemon(
+        p,
+        &dir,
+        exe,
+        *api_port,
+        "avwarden daemon",
+        3.0 + IDENTITY,
+    )?);
+    for peer in &p.peers {
+        let (label, mut cmd) = match peer.as_str() {
+            "floor" => {
+                let me = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut c = Command::new(me);
+                c.env(FLOOR_VAR, dir.join("ports"));
+                ("floor: bare tokio loop, kept sessions", c)
+            }
+            "asyncio" | "aiopjlink" => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("benches/peers")
+                    .join(format!("pjlink_{peer}.py"));
+                let mut c = Command::new(venv(&dir)?);
+                c.arg(script)
+                    .arg("127.0.0.1")
+                    .arg(dir.join("ports"))
+                    .arg("");
+                let label = if peer == "asyncio" {
+                    "Python asyncio, kept sessions"
+                } else {
+                    "aiopjlink2 (connection per command)"
+                };
+                (label, c)
+            }
+            other => return Err(format!("unknown peer {other:?}")),
+        };
+        rows.push(measure_peer(p, &mut cmd, label)?);
+    }
+    sim.stop();
+    print_table(p, &rows);
+    Ok(())
+}
+
+/// Ports free now on 127.0.0.1 (the listeners close before the simulators bind them).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bind: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("local_addr: {e}"))
+}
+
+/// `sim.toml` (every projector simulated) and `daemon.toml` (the same projectors, polled), and
+/// `ports` for the Python pollers.
+fn write_sites(dir: &Path, api_port: u16, sim_ports: &[u16]) -> Result<(), String> {
+    let mut devices = String::new();
+    for (i, port) in sim_ports.iter().enumerate() {
+        devices.push_str(&format!(
+            "\n[[devices]]\nid = \"pj{i}\"\nroom = \"r{}\"\nprofile = \"generic-pjlink\"\n\
+             poll_interval_secs = {POLL_SECS}\nlink = {{ host = \"127.0.0.1\", port = {port} }}\n\
+             SIMULATED\n[devices.simulator]\nclass = 1\nlamp_hours = [1200]\n",
+            i / 4
+        ));
+    }
+    let mut rooms = String::new();
+    for r in 0..sim_ports.len().div_ceil(4) {
+        rooms.push_str(&format!(
+            "\n[[rooms]]\nid = \"r{r}\"\nname = \"Room {r}\"\ncapacity = 10\n"
+        ));
+    }
+    let head = |storage: &str| {
+        format!(
+            "[site]\nname = \"poll_cpu\"\ntime_zone = \"UTC\"\n\n[api]\nbind = \"127.0.0.1:{api_port}\"\n\n\
+             [storage]\npath = \"{storage}\"\n"
+        )
+    };
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+    };
+    let db = dir.join("daemon.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    write(
+        "sim.toml",
+        format!(
+            "{}{rooms}{}",
+            head(&dir.join("sim.db").display().to_string()),
+            devices.replace("SIMULATED", "simulated = true")
+        ),
+    )?;
+    write(
+        "daemon.toml",
+        format!(
+            "{}{rooms}{}",
+            head(&db.display().to_string()),
+            devices.replace("SIMULATED\n", "")
+        ),
+    )?;
+    let ports: Vec<String> = sim_ports.iter().map(u16::to_string).collect();
+    write("ports", ports.join(" "))
+}
+
+fn wait_listening(ports: &[u16], child: &mut Child) -> Result<(), String> {
+    for _ in 0..300 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("simulators exited: {status}"));
+        }
+        if ports
+            .iter()
+            .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        {
+            return Ok(());
+        }
+        pause(Duration::from_millis(100));
+    }
+    Err("simulators did not start listening within 30 s".into())
+}
+
+/// A child killed when dropped, so an error path leaves nothing running.
+struct Guard(Child);
+
+impl Guard {
+    /// SIGTERM, then wait; SIGKILL if it is still there after 10 s.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            pause(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The bench's main thread waits (no async runtime here: it only starts processes and reads
+/// `/proc`, and a blocked thread of its own disturbs nothing it measures).
+#[allow(clippy::disallowed_methods)]
+fn pause(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a whole process, in seconds (threads included).
+fn process_cpu_secs(pid: u32) -> Result<f64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    let rest = text
+        .rfind(')')
+        .and_then(|i| text.get(i + 2..))
+        .ok_or("bad stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<f64, String> {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| "bad stat field".to_owned())
+    };
+    Ok((field(11)? + field(12)?) / clock_ticks())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The daemon's completed PJLink polls so far, from its `/metrics`.
+fn daemon_polls(api_port: u16) -> Result<f64, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", api_port)).map_err(|e| format!("api: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("api: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("api: {e}"))?;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("avwarden_poll_duration_seconds_count{family=\"pjlink\"} ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| "no pjlink poll count on /metrics yet".to_owned())
+}
+
+fn measure_daemon(
+    p: &Params,
+    dir: &Path,
+    exe: &str,
+    api_port: u16,
+    label: &str,
+    queries_per_poll: f64,
+) -> Result<Row, String> {
+    let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
+    let mut daemon = Guard(
+        Command::new(exe)
+            .args(["run", "--config"])
+            .arg(dir.join("daemon.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("avwarden run: {e}"))?,
+    );
+    let pid = daemon.0.id();
+    // Every session open and its full read done before the window starts.
+    pause(p.warmup);
+    if let Ok(Some(status)) = daemon.0.try_wait() {
+        return Err(format!(
+            "daemon exited: {status}; see {}",
+            dir.join("daemon.log").display()
+        ));
+    }
+    let mut perf = match &p.perf {
+        Some(out) => Some(Guard(
+            Command::new("perf")
+                .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-p"])
+                .arg(pid.to_string())
+                .arg("-o")
+                .arg(out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("perf: {e}"))?,
+        )),
+        None => None,
+    };
+    let polls0 = daemon_polls(api_port)?;
+    let cpu0 = process_cpu_secs(pid)?;
+    pause(p.window);
+    let cpu1 = process_cpu_secs(pid)?;
+    let polls1 = daemon_polls(api_port)?;
+    let load = loadavg();
+    let rss = rss_mib(pid);
+    if let Some(perf) = &mut perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.0.id().to_string()])
+            .status();
+        let _ = perf.0.wait();
+    }
+    daemon.stop();
+    Ok(Row {
+        poller: label.into(),
+        cpu_secs: cpu1 - cpu0,
+        polls: polls1 - polls0,
+        queries_per_poll,
+        rss_mib: rss,
+        errors: 0,
+        load,
+    })
+}
+
+/// The Python of the bench's own venv, made (with the peers' packages) when missing.
+fn venv(dir: &Path) -> Result<PathBuf, String> {
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let reqs = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/requirements.txt");
+    let stamp = venv.join(".installed");
+    let wanted = std::fs::read_to_string(&reqs).map_err(|e| format!("{}: {e}", reqs.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    if !python.exists() && !ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
+        let _ = std::fs::remove_dir_all(&venv);
+        // Debian ships venv separately; install it when we may.
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if !root
+            || !ok(Command::new("apt-get").args(["update", "-qq"]))
+            || !ok(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "python3-venv"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+            || !ok(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        {
+            return Err("python3 -m venv failed; install python3-venv".into());
+        }
+    }
+    if !ok(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
+        .arg(&reqs))
+    {
+        return Err("pip install of benches/peers/requirements.txt failed".into());
+    }
+    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
+    Ok(python)
+}
+
+fn measure_peer(p: &Params, cmd: &mut Command, name: &str) -> Result<Row, String> {
+    let mut child = Guard(
+        cmd.stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{name}: {e}"))?,
+    );
+    let pid = child.0.id();
+    let mut out = BufReader::new(child.0.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    if line.trim() != "ready" {
+        return Err(format!("{name}: {line:?}"));
+    }
+    pause(p.warmup);
+    let (polls0, _) = peer_counts(pid, &mut out, name)?;
+    let cpu0 = process_cpu_secs(pid)?;
+    pause(p.window);
+    let cpu1 = process_cpu_secs(pid)?;
+    let (polls1, errors) = peer_counts(pid, &mut out, name)?;
+    let load = loadavg();
+    let rss = rss_mib(pid);
+    child.stop();
+    Ok(Row {
+        poller: name.into(),
+        cpu_secs: cpu1 - cpu0,
+        polls: polls1 - polls0,
+        queries_per_poll: 3.0,
+        rss_mib: rss,
+        errors,
+        load,
+    })
+}
+
+/// A peer's poll and error counts since it started (it prints them on SIGUSR1).
+fn peer_counts(
+    pid: u32,
+    out: &mut BufReader<std::process::ChildStdout>,
+    name: &str,
+) -> Result<(f64, u64), String> {
+    let _ = Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status();
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("polls"), Some(n), Some("errors"), Some(e)) => Ok((
+            n.parse::<f64>().map_err(|e| e.to_string())?,
+            e.parse::<u64>().map_err(|e| e.to_string())?,
+        )),
+        _ => Err(format!("{name}: no poll count: {line:?}")),
+    }
+}
+
+fn print_table(p: &Params, rows: &[Row]) {
+    let secs = p.window.as_secs_f64();
+    println!();
+    println!("| poller | CPU (% of a core) | polls/s | queries/poll | µs per poll | µs per query | RSS (MiB) | errors | load avg |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let per_poll = r.cpu_secs * 1e6 / r.polls.max(1.0);
+        println!(
+            "| {} | {:.2} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            r.poller,
+            r.cpu_secs * 100.0 / secs,
+            r.polls / secs,
+            r.queries_per_poll,
+            per_poll,
+            per_poll / r.queries_per_poll,
+            r.rss_mib,
+            r.errors,
+            r.load
+        );
+    }
+}
+
+/// The floor: what three request/reply exchanges per projector per second cost a tokio
+/// program that does nothing else (one task per kept session, a multi-thread runtime like the
+/// daemon's, a buffer reused, the reply only checked for its command). Counts on SIGUSR1 like
+/// the Python pollers.
+mod floor {
+    use std::path::Path;
+    use std::process::ExitCode;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::signal::unix::{signal, SignalKind};
+    use tokio_util::task::TaskTracker;
+
+    const QUERIES: [&[u8]; 3] = [b"%1POWR ?\r", b"%1ERST ?\r", b"%1LAMP ?\r"];
+
+    pub fn run(ports: &Path) -> ExitCode {
+        let Ok(text) = std::fs::read_to_string(ports) else {
+            return ExitCode::FAILURE;
+        };
+        let ports: Vec<u16> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        else {
+            return ExitCode::FAILURE;
+        };
+        rt.block_on(async {
+            let polls = Arc::new(AtomicU64::new(0));
+            let errors = Arc::new(AtomicU64::new(0));
+            let tasks = TaskTracker::new();
+            for port in ports {
+                let (polls, errors) = (polls.clone(), errors.clone());
+                tasks.spawn(async move {
+                    loop {
+                        if session(port, &polls).await.is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                });
+            }
+            let (Ok(mut usr1), Ok(mut term)) = (
+                signal(SignalKind::user_defined1()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return ExitCode::FAILURE;
+            };
+            println!("ready");
+            loop {
+                tokio::select! {
+                    _ = usr1.recv() => println!(
+                        "polls {} errors {}",
+                        polls.load(Ordering::Relaxed),
+                        errors.load(Ordering::Relaxed)
+                    ),
+                    _ = term.recv() => return ExitCode::SUCCESS,
+                }
+            }
+        })
+    }
+
+    async fn session(port: u16, polls: &AtomicU64) -> std::io::Result<()> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut buf = Vec::with_capacity(256);
+        read_line(&mut s, &mut buf).await?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for q in QUERIES {
+                s.write_all(q).await?;
+                read_line(&mut s, &mut buf).await?;
+                if buf.get(2..6) != q.get(2..6) {
+                    return Err(std::io::Error::other("unexpected reply"));
+                }
+            }
+            polls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One `\r`-terminated line into `buf` (replies never share a read: one request is out at
+    /// a time).
+    async fn read_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        while buf.last() != Some(&b'\r') {
+            if s.read_buf(buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+}
