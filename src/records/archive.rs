@@ -996,7 +996,9 @@ pub async fn feed_counters(
         if prev.as_ref() != Some(&next) {
             let updates = input_updates(prev.as_ref(), &next);
             if !updates.is_empty() {
-                let send = handle.counters(device.clone(), clock.now(), updates);
+                // Boxed: a queued write holds a whole writer request, and an inline one would
+                // size this task (one per device, idle nearly always) for its rare send.
+                let send = Box::pin(handle.counters(device.clone(), clock.now(), updates));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     r = send => if r.is_err() { return },
