@@ -431,6 +431,39 @@ async fn run_size(rooms: usize, s: &Settings, bin: &Path, perf: bool) -> Result<
     Ok(row)
 }
 
+/// `VmRSS` of the same daemon with no devices (no rooms, no simulator), once its API answers
+/// and a few seconds more: the base the marginal figure per device is measured above.
+async fn baseline_rss_kib(s: &Settings, bin: &Path) -> Result<u64, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let api = free_port().map_err(|e| format!("free port: {e}"))?;
+    let config = dir.path().join("site.toml");
+    std::fs::write(&config, site_toml(0, dir.path(), api, s))
+        .map_err(|e| format!("write config: {e}"))?;
+    let log = std::fs::File::create(dir.path().join("daemon.log"))
+        .map_err(|e| format!("daemon log: {e}"))?;
+    let started = Instant::now();
+    let daemon = Proc {
+        child: Command::new(bin)
+            .args(["--log", "warn", "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn daemon: {e}"))?,
+        name: "daemon",
+    };
+    while http_get(api, "/metrics").is_none() {
+        if started.elapsed() > s.warmup {
+            return Err("the empty daemon never answered".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = pid_status_kib(daemon.pid(), "VmRSS");
+    daemon.stop();
+    Ok(rss)
+}
+
 /// `perf record` of the daemon in the background; [`Recording::finish`] draws the graph.
 struct Recording {
     child: Child,
@@ -543,8 +576,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let base_kib = match rt.block_on(baseline_rss_kib(&s, &bin)) {
+        Ok(kib) => kib,
+        Err(e) => {
+            eprintln!("empty daemon: {e}");
+            0
+        }
+    };
+    println!(
+        "daemon with no devices: {:.1} MiB RSS",
+        base_kib as f64 / 1024.0
+    );
     let mut table = String::from(
-        "| rooms | devices | all ok after | ok start/end | daemon CPU (% of a core) | sim CPU | RSS (peak) | RSS per device | poll lag p50 / p99 | meter samples/s (expected) | zones guarded | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| rooms | devices | all ok after | ok start/end | daemon CPU (% of a core) | sim CPU | RSS (peak) | RSS per device | marginal per device | poll lag p50 / p99 | meter samples/s (expected) | zones guarded | load average |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut failed = false;
     for &rooms in &sizes {
@@ -553,7 +597,7 @@ fn main() -> ExitCode {
             Ok(r) => {
                 let _ = writeln!(
                     table,
-                    "| {} | {} | {} | {}/{} | {:.1} % | {:.1} % | {:.1} MiB ({:.1}) | {:.1} KiB | {} / {} ms | {:.0} ({:.0}) | {} | {} |",
+                    "| {} | {} | {} | {}/{} | {:.1} % | {:.1} % | {:.1} MiB ({:.1}) | {:.1} KiB | {:.1} KiB | {} / {} ms | {:.0} ({:.0}) | {} | {} |",
                     r.rooms,
                     r.devices,
                     r.all_ok_after
@@ -565,6 +609,7 @@ fn main() -> ExitCode {
                     r.rss_kib as f64 / 1024.0,
                     r.hwm_kib as f64 / 1024.0,
                     r.rss_kib as f64 / r.devices as f64,
+                    r.rss_kib.saturating_sub(base_kib) as f64 / r.devices as f64,
                     ms(r.lag_p50),
                     ms(r.lag_p99),
                     r.meters_per_sec,

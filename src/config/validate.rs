@@ -1,6 +1,6 @@
 //! Raw → validated, collecting every problem with its place in the file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1231,6 +1231,7 @@ fn validate_devices(
 ) -> Vec<DeviceConfig> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    let mut shared_profiles: HashMap<String, Arc<Profile>> = HashMap::new();
     for (i, d) in raw.devices.iter().enumerate() {
         let at = [k("devices"), Seg::Index(i)];
         let id = validate_id("device", d.id.as_ref(), &at, &mut seen, pr);
@@ -1247,8 +1248,15 @@ fn validate_devices(
             }
         };
         let profile = match &d.profile {
+            // One copy per profile, shared by its devices: a profile is kilobytes of tables
+            // and a building has thousands of devices of a handful of profiles.
             Some(name) => match profiles.get(name) {
-                Some(p) => Some(Arc::new(p.clone())),
+                Some(p) => Some(
+                    shared_profiles
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::new(p.clone()))
+                        .clone(),
+                ),
                 None => {
                     let hint = did_you_mean(suggest(name, profiles.ids()));
                     pr.at_path(

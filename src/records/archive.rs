@@ -853,6 +853,59 @@ pub fn list(conn: &Connection) -> Result<Vec<EquipmentRecord>, StoreError> {
 /// A battery level this far up (percentage points) means a fresh or charged battery went in.
 pub const BATTERY_CYCLE_RISE_PERCENT: f64 = 50.0;
 
+/// What the counters read of one published state: the numbers of the points they count and
+/// the power state. A few dozen bytes where the whole state is a map of every reading, so the
+/// per-device feed keeps this, not a copy of the state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CounterInputs {
+    /// Numeric values of counted points, in point order (the state's map order).
+    numbers: Vec<(Point, f64)>,
+    /// Channels whose device counts battery cycles itself: a reading, numeric or not.
+    cycles_reported: Vec<u8>,
+    power: Option<PowerState>,
+}
+
+impl CounterInputs {
+    pub fn of(state: &DeviceState) -> Self {
+        let mut inputs = Self::default();
+        inputs.read(state);
+        inputs
+    }
+
+    /// Refill from `state`, keeping the allocations: the feed calls this on every change of
+    /// the device's state, metered devices many times a second.
+    pub fn read(&mut self, state: &DeviceState) {
+        self.numbers.clear();
+        self.cycles_reported.clear();
+        self.power = None;
+        for (point, reading) in &state.readings {
+            match (&point.subject, point.quantity) {
+                (Subject::Device, Quantity::Power) => {
+                    if let Value::Power(p) = &reading.value {
+                        self.power = Some(*p);
+                    }
+                    continue;
+                }
+                (&Subject::Channel(n), Quantity::BatteryCycles) => self.cycles_reported.push(n),
+                (Subject::Lamp(_), Quantity::LampHours)
+                | (Subject::Device, Quantity::FilterHours)
+                | (Subject::Channel(_), Quantity::BatteryPercent | Quantity::BatteryBars) => {}
+                _ => continue,
+            }
+            if let Some(v) = reading.value.as_f64() {
+                self.numbers.push((point.clone(), v));
+            }
+        }
+    }
+
+    fn number(&self, point: &Point) -> Option<f64> {
+        self.numbers
+            .binary_search_by(|(p, _)| p.cmp(point))
+            .ok()
+            .map(|i| self.numbers[i].1)
+    }
+}
+
 /// Counter changes between two published states of one device. Pure: the rules in one place.
 ///
 /// - `lamp.<n>.hours` → total `lamp.<n>.hours`; `filter.hours` → total `filter.hours`.
@@ -862,13 +915,16 @@ pub const BATTERY_CYCLE_RISE_PERCENT: f64 = 50.0;
 ///   `tx.<n>.battery_cycles`; otherwise `ch.<n>.battery_percent` (or `battery_bars` × 20)
 ///   rising by at least [`BATTERY_CYCLE_RISE_PERCENT`] → `tx.<n>.battery_cycles` + 1.
 pub fn counter_updates(prev: Option<&DeviceState>, next: &DeviceState) -> Vec<CounterUpdate> {
-    let num = |s: &DeviceState, p: &Point| s.value(p).and_then(Value::as_f64);
+    let prev = prev.map(CounterInputs::of);
+    input_updates(prev.as_ref(), &CounterInputs::of(next))
+}
+
+/// [`counter_updates`] on what the counters read of the two states.
+pub fn input_updates(prev: Option<&CounterInputs>, next: &CounterInputs) -> Vec<CounterUpdate> {
     let mut out = Vec::new();
-    for (point, reading) in &next.readings {
-        let Some(v) = reading.value.as_f64() else {
-            continue;
-        };
-        let prev_v = prev.and_then(|p| num(p, point));
+    for (point, v) in &next.numbers {
+        let v = *v;
+        let prev_v = prev.and_then(|p| p.number(point));
         if prev_v == Some(v) {
             continue;
         }
@@ -886,10 +942,7 @@ pub fn counter_updates(prev: Option<&DeviceState>, next: &DeviceState) -> Vec<Co
                 value: v,
             }),
             (&Subject::Channel(n), level @ (Quantity::BatteryPercent | Quantity::BatteryBars)) => {
-                if next
-                    .reading(&Point::channel(n, Quantity::BatteryCycles))
-                    .is_some()
-                {
+                if next.cycles_reported.contains(&n) {
                     continue;
                 }
                 let scale = if level == Quantity::BatteryBars {
@@ -909,14 +962,7 @@ pub fn counter_updates(prev: Option<&DeviceState>, next: &DeviceState) -> Vec<Co
             _ => {}
         }
     }
-    let power = |s: &DeviceState| {
-        s.reading(&Point::device(Quantity::Power))
-            .and_then(|r| match &r.value {
-                Value::Power(p) => Some(*p),
-                _ => None,
-            })
-    };
-    if let (Some(from), Some(to)) = (prev.and_then(power), power(next)) {
+    if let (Some(from), Some(to)) = (prev.and_then(|p| p.power), next.power) {
         let was_off = matches!(
             from,
             PowerState::Off | PowerState::CoolingDown | PowerState::Abnormal
@@ -940,18 +986,29 @@ pub async fn feed_counters(
     clock: Clock,
     cancel: CancellationToken,
 ) {
-    let mut prev: Option<DeviceState> = None;
+    let device = rx.borrow().id.clone();
+    let mut prev: Option<CounterInputs> = None;
+    let mut next = CounterInputs::default();
     loop {
-        let next = rx.borrow_and_update().clone();
-        let updates = counter_updates(prev.as_ref(), &next);
-        if !updates.is_empty() {
-            let send = handle.counters(next.id.clone(), clock.now(), updates);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = send => if r.is_err() { return },
+        // Under the borrow only what the counters read: most changes (meters, freshness)
+        // touch none of it and end at the comparison.
+        next.read(&rx.borrow_and_update());
+        if prev.as_ref() != Some(&next) {
+            let updates = input_updates(prev.as_ref(), &next);
+            if !updates.is_empty() {
+                // Boxed: a queued write holds a whole writer request, and an inline one would
+                // size this task (one per device, idle nearly always) for its rare send.
+                let send = Box::pin(handle.counters(device.clone(), clock.now(), updates));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = send => if r.is_err() { return },
+                }
             }
         }
-        prev = Some(next);
+        match &mut prev {
+            Some(p) => std::mem::swap(p, &mut next),
+            None => prev = Some(std::mem::take(&mut next)),
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
@@ -1072,6 +1129,40 @@ mod tests {
                 value: 42.0
             }]
         );
+    }
+
+    #[test]
+    fn counter_inputs_keep_only_what_the_counters_read() {
+        let level = |db: f64| {
+            state(&[
+                (Point::lamp(1, Quantity::LampHours), Value::Int(100)),
+                (Point::device(Quantity::Power), Value::Power(PowerState::On)),
+                (
+                    Point::new(Subject::zone("main"), Quantity::LevelDb),
+                    Value::Float(db),
+                ),
+                (Point::channel(1, Quantity::BatteryCycles), Value::Unknown),
+            ])
+        };
+        // A meter moving changes the state but nothing a counter reads: the feed stops at the
+        // comparison and sends nothing.
+        let (a, b) = (
+            CounterInputs::of(&level(-20.0)),
+            CounterInputs::of(&level(-3.0)),
+        );
+        assert_eq!(a, b);
+        assert_eq!(
+            a.numbers,
+            vec![(Point::lamp(1, Quantity::LampHours), 100.0)]
+        );
+        assert_eq!(a.power, Some(PowerState::On));
+        // A reported cycle counter without a number still says "the device counts them".
+        assert_eq!(a.cycles_reported, vec![1]);
+        // Refilling keeps no stale value of the previous state.
+        let mut c = CounterInputs::of(&level(-20.0));
+        c.read(&state(&[]));
+        assert_eq!(c, CounterInputs::default());
+        assert!(input_updates(Some(&a), &b).is_empty());
     }
 
     #[test]

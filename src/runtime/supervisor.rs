@@ -6,7 +6,7 @@
 //! its map: a caller keeps what it was given for as long as it needs, and a removed device's
 //! handle simply stops answering (its commands come back unreachable).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,12 @@ impl DeviceHandle {
 
     pub fn state(&self) -> DeviceState {
         self.state.borrow().clone()
+    }
+
+    /// Read what `read` needs of the current state without copying the whole of it; the
+    /// state's writer waits while `read` runs, so keep it short and never await in it.
+    pub fn with_state<R>(&self, read: impl FnOnce(&DeviceState) -> R) -> R {
+        read(&self.state.borrow())
     }
 
     pub fn watch(&self) -> watch::Receiver<DeviceState> {
@@ -271,7 +277,7 @@ pub type DriverFactory = Box<dyn Fn() -> Box<dyn Driver> + Send + Sync>;
 
 /// All device actors of the daemon.
 pub struct Fleet {
-    devices: std::sync::RwLock<BTreeMap<DeviceId, Running>>,
+    devices: std::sync::RwLock<Members>,
     events: EventBus,
     clock: Clock,
     tracker: TaskTracker,
@@ -280,6 +286,53 @@ pub struct Fleet {
     /// Bumped when a device is added or removed: whoever watches every device's state (the
     /// API's list snapshots) re-reads the set.
     membership: std::sync::atomic::AtomicU64,
+}
+
+/// The running devices by id, and the same devices by room: asking for one room's devices
+/// must not walk the building (the scheduler asks for every room on every pass).
+#[derive(Default)]
+struct Members {
+    by_id: BTreeMap<DeviceId, Running>,
+    by_room: BTreeMap<RoomId, BTreeSet<DeviceId>>,
+}
+
+impl Members {
+    fn insert(&mut self, id: DeviceId, running: Running) -> Option<Running> {
+        let room = running.handle.room.clone();
+        let replaced = self.by_id.insert(id.clone(), running);
+        if let Some(old) = &replaced {
+            self.unindex(&old.handle.room, &id);
+        }
+        self.by_room.entry(room).or_default().insert(id);
+        replaced
+    }
+
+    fn remove(&mut self, id: &DeviceId) -> Option<Running> {
+        let running = self.by_id.remove(id)?;
+        self.unindex(&running.handle.room, id);
+        Some(running)
+    }
+
+    fn unindex(&mut self, room: &RoomId, id: &DeviceId) {
+        if let Some(ids) = self.by_room.get_mut(room) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_room.remove(room);
+            }
+        }
+    }
+
+    /// The handles of `room` that pass `keep`, in id order.
+    fn room(&self, room: &RoomId, keep: impl Fn(&DeviceHandle) -> bool) -> Vec<DeviceHandle> {
+        self.by_room.get(room).map_or_else(Vec::new, |ids| {
+            ids.iter()
+                .filter_map(|id| self.by_id.get(id))
+                .map(|r| &r.handle)
+                .filter(|h| keep(h))
+                .cloned()
+                .collect()
+        })
+    }
 }
 
 /// One device the fleet runs: its handle, the token that stops just this device, and the
@@ -298,7 +351,7 @@ impl Fleet {
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            devices: std::sync::RwLock::new(BTreeMap::new()),
+            devices: std::sync::RwLock::new(Members::default()),
             events,
             clock,
             tracker,
@@ -308,13 +361,13 @@ impl Fleet {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<DeviceId, Running>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Members> {
         // A panic while the lock was held left the map itself whole (inserts and removes are
         // single calls), so the poison is not worth a second panic.
         self.devices.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DeviceId, Running>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Members> {
         self.devices.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -545,45 +598,44 @@ impl Fleet {
 
     pub fn get(&self, id: &str) -> Option<DeviceHandle> {
         self.read()
+            .by_id
             .get(&DeviceId::new(id))
             .map(|r| r.handle.clone())
     }
 
     /// Every device's handle, in id order, as the fleet is now.
     pub fn handles(&self) -> impl Iterator<Item = DeviceHandle> {
-        let all: Vec<DeviceHandle> = self.read().values().map(|r| r.handle.clone()).collect();
+        let all: Vec<DeviceHandle> = self
+            .read()
+            .by_id
+            .values()
+            .map(|r| r.handle.clone())
+            .collect();
         all.into_iter()
     }
 
     /// Every room with at least one device, in order.
     pub fn rooms(&self) -> Vec<RoomId> {
-        let rooms: std::collections::BTreeSet<RoomId> = self
-            .read()
-            .values()
-            .map(|r| r.handle.room.clone())
-            .collect();
-        rooms.into_iter().collect()
+        self.read().by_room.keys().cloned().collect()
     }
 
     /// The devices of `room`, in id order.
     pub fn room(&self, room: &RoomId) -> Vec<DeviceHandle> {
-        self.handles().filter(|h| &h.room == room).collect()
+        self.read().room(room, |_| true)
     }
 
     /// The devices of `room` that can do `capability` ("the room's projectors": `Power` and
     /// `Lamp`; "its mic receivers": `Battery`).
     pub fn in_room_with(&self, room: &RoomId, capability: Capability) -> Vec<DeviceHandle> {
-        self.handles()
-            .filter(|h| &h.room == room && h.can(capability))
-            .collect()
+        self.read().room(room, |h| h.can(capability))
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().by_id.is_empty()
     }
 }
 

@@ -109,18 +109,26 @@ impl Scheduler {
         self.done.insert(d);
     }
 
-    /// Each room with air conditioning: how long before a start to begin conditioning, from
-    /// its current temperature and its learnt rate.
-    fn refresh_leads(&mut self) {
+    /// Each room that a booking in `bookings` wants conditioned: how long before its start to
+    /// begin, from the room's current temperature and its learnt rate. Only those rooms: the
+    /// plan reads a room's lead for a booking that needs HVAC and for nothing else, and a
+    /// building of hundreds of rooms is asked on every pass.
+    fn refresh_leads(&mut self, bookings: &[Booking]) {
         let target = self.selftest.setpoint_c;
+        let rooms: std::collections::BTreeSet<&RoomId> = bookings
+            .iter()
+            .filter(|b| b.needs.hvac)
+            .map(|b| &b.room)
+            .filter(|id| self.rooms.iter().any(|r| &r.id == *id))
+            .collect();
         let mut leads = std::collections::HashMap::new();
-        for room in &self.rooms {
-            for h in self.fleet.in_room_with(&room.id, Capability::Temperature) {
-                let s = h.state();
-                let Some(t) = s
-                    .value(&crate::model::Point::device(Quantity::Temperature))
-                    .and_then(|v| v.as_f64())
-                else {
+        for room in rooms {
+            for h in self.fleet.in_room_with(room, Capability::Temperature) {
+                let temperature = h.with_state(|s| {
+                    s.value(&crate::model::Point::device(Quantity::Temperature))
+                        .and_then(|v| v.as_f64())
+                });
+                let Some(t) = temperature else {
                     continue;
                 };
                 let Some(profile_rate) = h
@@ -135,7 +143,7 @@ impl Scheduler {
                     super::thermal::rate_or(&hist.temperatures(&h.id), profile_rate)
                 };
                 let lead = super::thermal::precondition_lead(t, target, rate);
-                leads.insert(room.id.clone(), lead.max(self.plan.precondition_lead));
+                leads.insert(room.clone(), lead.max(self.plan.precondition_lead));
             }
         }
         self.plan.precondition_leads = leads;
@@ -145,10 +153,10 @@ impl Scheduler {
         let mut changes = self.book.subscribe();
         let mut snapshots: BTreeMap<BookingId, RoomSnapshot> = BTreeMap::new();
         loop {
-            self.refresh_leads();
             let now = self.clock.now();
             let horizon = now - chrono::Duration::hours(26);
             let bookings = self.book.between(horizon, DateTime::<Utc>::MAX_UTC);
+            self.refresh_leads(&bookings);
             let due = plan::due(&bookings, &self.plan, self.tz, &|k| self.is_done(k), now);
             for job in &due.missed {
                 tracing::warn!(job = %job.key(), "a job was missed while the daemon was down");

@@ -674,5 +674,29 @@ async fn the_fleet_answers_rooms_and_devices_by_capability() {
         "biamp-tesira-telnet"
     );
     assert!(h.can(Capability::Level) && !h.can(Capability::Power));
+
+    // The fleet answers rooms from an index kept with its membership: a removed device leaves
+    // its room, a room without devices leaves the list, and a device started again in another
+    // room (a reload moving it) is found there and only there.
+    assert!(fleet.remove_device(&"proj-302".into()).await);
+    assert!(fleet.remove_device(&"hvac-302".into()).await);
+    assert_eq!(fleet.rooms(), vec![r301.clone()]);
+    assert!(fleet.room(&RoomId::new("r302")).is_empty());
+    assert!(fleet.remove_device(&"proj-301".into()).await);
+    let moved = DeviceSpec::new(
+        "proj-301",
+        "r303",
+        crate::support::profile("generic-pjlink"),
+        LinkSpec::Tcp(TcpSpec::new("127.0.0.1", 9)),
+    );
+    fleet.add_device(moved).unwrap();
+    assert_eq!(ids(fleet.room(&r301)), ["dsp-301", "mics-301"]);
+    assert!(fleet.in_room_with(&r301, Capability::Lamp).is_empty());
+    assert_eq!(
+        ids(fleet.in_room_with(&RoomId::new("r303"), Capability::Lamp)),
+        ["proj-301"]
+    );
+    assert_eq!(fleet.rooms(), vec![r301, RoomId::new("r303")]);
+    assert_eq!(fleet.len(), 3);
     cancel.cancel();
 }

@@ -403,6 +403,13 @@ async fn preconditioning_starts_at_the_planned_instant_and_the_room_is_comfortab
         "conditioning began at {at}, start {}",
         b.start
     );
+    // The room's own lead, not the default 30 minutes: 28 → 23 °C at the profile's
+    // 0.1 °C/min is 50 minutes, computed for the room because its booking needs HVAC.
+    assert!(
+        b.start - at > chrono::Duration::minutes(30),
+        "conditioning began at {at}, start {}: the room's lead was not used",
+        b.start
+    );
     d.shutdown("test").await;
     pump.cancel();
 }
