@@ -343,7 +343,16 @@ impl RoomViews {
             for room in &layout.rooms {
                 let handles = handles.remove(&room.id).unwrap_or_default();
                 // Watched before they are read: a change in between is seen twice, not lost.
-                let devices = handles.iter().map(|h| (h.id.clone(), h.watch())).collect();
+                // A handle's receiver is a clone that may remember an older version: marked
+                // seen here, or every room would count as moved at the next rebuild.
+                let devices = handles
+                    .iter()
+                    .map(|h| {
+                        let mut rx = h.watch();
+                        rx.mark_unchanged();
+                        (h.id.clone(), rx)
+                    })
+                    .collect();
                 let booked = bookings.remove(&room.id).unwrap_or_default();
                 let view = room_view_of(st, room, &handles, booked, now);
                 let slot = Slot {
@@ -410,11 +419,17 @@ impl RoomViews {
             }
         }
         let valid_until = self.rooms.values().filter_map(|s| s.valid_until).min();
-        let list = self.fragments.assemble_changed(entries, |r| {
-            for d in &mut r.devices {
-                d.blank_contact();
-            }
-        })?;
+        let list = self
+            .fragments
+            .assemble_changed(entries, |r| {
+                for d in &mut r.devices {
+                    d.blank_contact();
+                }
+            })
+            .inspect_err(|_| {
+                // The fragments may be half taken apart: the next rebuild starts afresh.
+                self.made_for = None;
+            })?;
         Ok(Built::assembled(list, valid_until).with_views_built(built))
     }
 }

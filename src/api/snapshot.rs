@@ -11,6 +11,16 @@
 //! is never older than a change a client could have seen through another route. It must not
 //! serve a body across a change.
 //!
+//! The rooms list rebuilds incrementally ([`super::rooms::RoomViews`]): it keeps each room's
+//! view with what it was built from and builds again only the views of the rooms whose
+//! inputs moved (a device's state channel, the bookings or verdicts once the book's counter
+//! moved, protection once the board's did, a booking starting or ending); the others have
+//! only their devices' quietly stamped contact instants re-read. A rebuild therefore costs
+//! one pass of atomic checks and read locks over the fleet, the changed rooms' views and the
+//! concatenation of the kept fragments, not 500 views, so it stays on the requesting worker
+//! under the list's lock: the requests waiting meanwhile wait that long, and the freshness
+//! rule above holds unchanged (every request still checks the sources first).
+//!
 //! The devices and rooms lists are assembled from [`Fragments`]: each entry's JSON is kept
 //! with the view it was made from and re-serialised only when that view changes, so a rebuild
 //! after one device's poll serialises one entry, not the list. Their ETags are weak: they
@@ -738,5 +748,28 @@ mod tests {
         assert_ne!(a.etag(), b.etag(), "another step of the grid");
         assert_eq!(grid_step(t), grid_step(t + chrono::Duration::seconds(28)));
         assert_eq!(grid_end(t), t + chrono::Duration::seconds(29));
+    }
+
+    #[test]
+    fn an_entry_known_unchanged_reuses_its_bytes_and_one_never_kept_is_an_error() {
+        let mut f = Fragments::default();
+        let list = entries([1, 2, 3], ["ok"; 3]);
+        let a = f.assemble(list.clone(), blank).unwrap();
+        assert_eq!(a.serialised(), 3);
+        let kept = f.kept["d1"].json.as_ptr();
+        // d1 given as unchanged (None) while its view moved: the caller vouched, so its
+        // bytes are reused as they are; d2's new view is serialised.
+        let moved = entries([1, 9, 9], ["ok", "ok", "faulted"]);
+        let changed = moved
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| (k.clone(), (i != 1).then(|| v.clone())));
+        let b = f.assemble_changed(changed, blank).unwrap();
+        assert_eq!(b.serialised(), 1, "d0 equal, d1 vouched for, d2 new");
+        assert_eq!(f.kept["d1"].json.as_ptr(), kept);
+        let want = [&list[0].1, &list[1].1, &moved[2].1];
+        assert_eq!(b.json, serde_json::to_vec(&want).unwrap());
+        let unknown = f.assemble_changed([("d9".to_owned(), None)], blank);
+        assert!(unknown.is_err());
     }
 }
