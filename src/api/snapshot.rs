@@ -11,6 +11,16 @@
 //! is never older than a change a client could have seen through another route. It must not
 //! serve a body across a change.
 //!
+//! The rooms list rebuilds incrementally ([`super::rooms::RoomViews`]): it keeps each room's
+//! view with what it was built from and builds again only the views of the rooms whose
+//! inputs moved (a device's state channel, the bookings or verdicts once the book's counter
+//! moved, protection once the board's did, a booking starting or ending); the others have
+//! only their devices' quietly stamped contact instants re-read. A rebuild therefore costs
+//! one pass of atomic checks and read locks over the fleet, the changed rooms' views and the
+//! concatenation of the kept fragments, not 500 views, so it stays on the requesting worker
+//! under the list's lock: the requests waiting meanwhile wait that long, and the freshness
+//! rule above holds unchanged (every request still checks the sources first).
+//!
 //! The devices and rooms lists are assembled from [`Fragments`]: each entry's JSON is kept
 //! with the view it was made from and re-serialised only when that view changes, so a rebuild
 //! after one device's poll serialises one entry, not the list. Their ETags are weak: they
@@ -44,6 +54,10 @@ const QUIET_STAMPS_MAX_AGE: chrono::Duration = chrono::Duration::seconds(1);
 pub const REBUILDS: &str = "avwarden_api_snapshot_rebuilds_total";
 pub const BUILD_SECONDS: &str = "avwarden_api_snapshot_build_seconds_total";
 pub const WAIT_SECONDS: &str = "avwarden_api_snapshot_wait_seconds_total";
+/// Entries whose view a rebuild built again because something it is built from moved (the
+/// rooms list: a device's state, the bookings or verdicts, the protection, the time), per
+/// list: a rebuild after one device's change builds one room, not every room.
+pub const VIEWS_BUILT: &str = "avwarden_api_snapshot_views_built_total";
 
 /// The grid contact instants are judged on, in seconds of wall time: the devices and rooms
 /// lists' weak ETags cover everything else they show exactly, and their contact instants
@@ -272,22 +286,23 @@ impl Sources {
     }
 }
 
-struct Cache<T> {
+struct Cache<K> {
     sources: Sources,
     /// Set for the lists that show quietly stamped instants ([`QUIET_STAMPS_MAX_AGE`]).
     max_age: Option<chrono::Duration>,
     bodies: HashMap<String, Arc<Snapshot>>,
-    /// The list's entries as last serialised, for the next rebuild to reuse.
-    fragments: Fragments<T>,
+    /// What the list's builder keeps for the next rebuild to reuse (its entries as last
+    /// serialised, the views they were made from).
+    kept: K,
 }
 
-impl<T> Cache<T> {
+impl<K: Default> Cache<K> {
     fn new(sources: Sources, max_age: Option<chrono::Duration>) -> Mutex<Self> {
         Mutex::new(Self {
             sources,
             max_age,
             bodies: HashMap::new(),
-            fragments: Fragments::default(),
+            kept: K::default(),
         })
     }
 }
@@ -298,6 +313,8 @@ pub struct Built {
     pub json: Vec<u8>,
     pub valid_until: Option<DateTime<Utc>>,
     semantic: Option<u64>,
+    /// How many entries' views this build made again ([`VIEWS_BUILT`]).
+    pub views_built: usize,
 }
 
 impl Built {
@@ -309,6 +326,7 @@ impl Built {
             json: serialise(value)?,
             valid_until,
             semantic: None,
+            views_built: 0,
         })
     }
 
@@ -318,7 +336,15 @@ impl Built {
             json: list.json,
             valid_until,
             semantic: Some(list.semantic),
+            views_built: list.serialised,
         }
+    }
+
+    /// The count of entries whose views this build made again, when the builder knows it
+    /// better than the count of entries serialised (which contact instants move too).
+    pub fn with_views_built(mut self, n: usize) -> Self {
+        self.views_built = n;
+        self
     }
 }
 
@@ -360,6 +386,15 @@ impl<T> Default for Fragments<T> {
 pub struct Assembled {
     json: Vec<u8>,
     semantic: u64,
+    /// How many entries were serialised again (the others' bytes were reused).
+    serialised: usize,
+}
+
+impl Assembled {
+    /// How many entries were serialised again (the others' bytes were reused).
+    pub fn serialised(&self) -> usize {
+        self.serialised
+    }
 }
 
 impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
@@ -373,14 +408,29 @@ impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
         entries: impl IntoIterator<Item = (String, T)>,
         blank: impl Fn(&mut T),
     ) -> Result<Assembled, ApiError> {
+        self.assemble_changed(entries.into_iter().map(|(k, v)| (k, Some(v))), blank)
+    }
+
+    /// [`Fragments::assemble`] where an entry without a view (None) is known unchanged by
+    /// the caller: its kept bytes are reused without comparing views. An entry without a
+    /// view and without kept bytes is an error (the caller's bookkeeping is wrong), never a
+    /// silently missing entry.
+    pub fn assemble_changed(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, Option<T>)>,
+        blank: impl Fn(&mut T),
+    ) -> Result<Assembled, ApiError> {
         let mut kept = HashMap::with_capacity(self.kept.len());
         let mut json = Vec::with_capacity(self.kept.values().map(|f| f.json.len() + 1).sum());
         let mut semantic = std::collections::hash_map::DefaultHasher::new();
+        let mut serialised = 0;
         json.push(b'[');
         for (key, view) in entries {
-            let fragment = match self.kept.remove(&key) {
-                Some(f) if f.view == view => f,
-                _ => {
+            let fragment = match (self.kept.remove(&key), view) {
+                (Some(f), None) => f,
+                (Some(f), Some(view)) if f.view == view => f,
+                (_, Some(view)) => {
+                    serialised += 1;
                     let mut blanked = view.clone();
                     blank(&mut blanked);
                     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -390,6 +440,13 @@ impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
                         semantic: h.finish(),
                         view,
                     }
+                }
+                (None, None) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("the list entry {key:?} was neither kept nor built"),
+                    ))
                 }
             };
             if json.len() > 1 {
@@ -405,6 +462,7 @@ impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
         Ok(Assembled {
             json,
             semantic: semantic.finish(),
+            serialised,
         })
     }
 }
@@ -412,8 +470,8 @@ impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
 /// The three lists' snapshots. One per router; cheap to share.
 pub struct Snapshots {
     metrics: crate::metrics::Metrics,
-    devices: Mutex<Cache<super::DeviceSummary>>,
-    rooms: Mutex<Cache<super::rooms::RoomView>>,
+    devices: Mutex<Cache<Fragments<super::DeviceSummary>>>,
+    rooms: Mutex<Cache<super::rooms::RoomViews>>,
     board: Mutex<Cache<()>>,
 }
 
@@ -469,10 +527,7 @@ impl Snapshots {
     pub async fn rooms(
         &self,
         now: DateTime<Utc>,
-        build: impl FnOnce(
-            DateTime<Utc>,
-            &mut Fragments<super::rooms::RoomView>,
-        ) -> Result<Built, ApiError>,
+        build: impl FnOnce(DateTime<Utc>, &mut super::rooms::RoomViews) -> Result<Built, ApiError>,
     ) -> Result<Arc<Snapshot>, ApiError> {
         self.get(&self.rooms, "rooms", "", now, build).await
     }
@@ -490,13 +545,13 @@ impl Snapshots {
 
     /// The body of the list in `cache` for query `key`: the kept one while nothing it shows
     /// changed, else one built by `build` (once, whoever else is waiting).
-    async fn get<T>(
+    async fn get<K>(
         &self,
-        cache: &Mutex<Cache<T>>,
+        cache: &Mutex<Cache<K>>,
         name: &'static str,
         key: &str,
         now: DateTime<Utc>,
-        build: impl FnOnce(DateTime<Utc>, &mut Fragments<T>) -> Result<Built, ApiError>,
+        build: impl FnOnce(DateTime<Utc>, &mut K) -> Result<Built, ApiError>,
     ) -> Result<Arc<Snapshot>, ApiError> {
         let asked = tokio::time::Instant::now();
         let mut c = cache.lock().await;
@@ -513,7 +568,7 @@ impl Snapshots {
             c.sources.mark_seen();
             c.sources.valid_until = c.max_age.map(|a| now + a);
         }
-        let built = build(now, &mut c.fragments)?;
+        let built = build(now, &mut c.kept)?;
         let body = Arc::new(match built.semantic {
             // The weak validator steps with the contact grid: a 304 then vouches for contact
             // instants at most one grid step old (see `CONTACT_GRID`).
@@ -522,6 +577,10 @@ impl Snapshots {
         });
         let grid_ends = built.semantic.map(|_| grid_end(now));
         self.metrics.inc_labeled_static(REBUILDS, "list", name);
+        if built.views_built > 0 {
+            self.metrics
+                .add_labeled(VIEWS_BUILT, "list", name, built.views_built as f64);
+        }
         self.metrics
             .add_labeled(BUILD_SECONDS, "list", name, locked.elapsed().as_secs_f64());
         if c.bodies.len() < MAX_KEYS {
@@ -689,5 +748,28 @@ mod tests {
         assert_ne!(a.etag(), b.etag(), "another step of the grid");
         assert_eq!(grid_step(t), grid_step(t + chrono::Duration::seconds(28)));
         assert_eq!(grid_end(t), t + chrono::Duration::seconds(29));
+    }
+
+    #[test]
+    fn an_entry_known_unchanged_reuses_its_bytes_and_one_never_kept_is_an_error() {
+        let mut f = Fragments::default();
+        let list = entries([1, 2, 3], ["ok"; 3]);
+        let a = f.assemble(list.clone(), blank).unwrap();
+        assert_eq!(a.serialised(), 3);
+        let kept = f.kept["d1"].json.as_ptr();
+        // d1 given as unchanged (None) while its view moved: the caller vouched, so its
+        // bytes are reused as they are; d2's new view is serialised.
+        let moved = entries([1, 9, 9], ["ok", "ok", "faulted"]);
+        let changed = moved
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| (k.clone(), (i != 1).then(|| v.clone())));
+        let b = f.assemble_changed(changed, blank).unwrap();
+        assert_eq!(b.serialised(), 1, "d0 equal, d1 vouched for, d2 new");
+        assert_eq!(f.kept["d1"].json.as_ptr(), kept);
+        let want = [&list[0].1, &list[1].1, &moved[2].1];
+        assert_eq!(b.json, serde_json::to_vec(&want).unwrap());
+        let unknown = f.assemble_changed([("d9".to_owned(), None)], blank);
+        assert!(unknown.is_err());
     }
 }

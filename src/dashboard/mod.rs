@@ -140,10 +140,10 @@ async fn board_page(State(st): State<ApiState>, caller: Caller) -> Response {
     }
     let z = zone(&st);
     let layout = st.layout.get();
-    let tiles: String = layout
-        .rooms
+    // The fleet and the book grouped by room once, not scanned once per tile.
+    let tiles: String = rooms::room_views(&st, &layout.rooms, st.clock.now())
         .iter()
-        .map(|r| render::room_article(&st, &rooms::room_view(&st, r, st.clock.now()), z))
+        .map(|(view, devices)| render::room_article_of(&st, view, devices, z))
         .collect();
     let body = format!(
         r#"<section aria-labelledby="alerts-h" class="panel">

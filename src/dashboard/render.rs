@@ -181,6 +181,17 @@ fn booking_line(b: &BookingView, zone: Zone) -> String {
 
 /// A room's tile: its readiness now, the booking running and the next, its devices.
 pub fn room_tile(st: &ApiState, room: &RoomView, zone: Zone) -> String {
+    room_tile_of(st, room, &st.fleet.room(&room.id), zone)
+}
+
+/// [`room_tile`] with the room's devices given (the index page groups the fleet by room
+/// once rather than scanning it per tile).
+fn room_tile_of(
+    st: &ApiState,
+    room: &RoomView,
+    devices: &[crate::runtime::DeviceHandle],
+    zone: Zone,
+) -> String {
     let now = st.clock.now();
     let m = room_mark(room.state);
     let mut out = format!(
@@ -212,7 +223,7 @@ pub fn room_tile(st: &ApiState, room: &RoomView, zone: Zone) -> String {
         );
     }
     out.push_str(r#"<ul class="devices">"#);
-    for h in st.fleet.room(&room.id) {
+    for h in devices {
         out.push_str(&device_line(&h.state(), room, now, zone));
     }
     out.push_str("</ul>");
@@ -221,9 +232,19 @@ pub fn room_tile(st: &ApiState, room: &RoomView, zone: Zone) -> String {
 
 /// The tile wrapped as the grid holds it, with what live updates re-fetch.
 pub fn room_article(st: &ApiState, room: &RoomView, zone: Zone) -> String {
+    room_article_of(st, room, &st.fleet.room(&room.id), zone)
+}
+
+/// [`room_article`] with the room's devices given, as [`room_tile_of`].
+pub fn room_article_of(
+    st: &ApiState,
+    room: &RoomView,
+    devices: &[crate::runtime::DeviceHandle],
+    zone: Zone,
+) -> String {
     format!(
         r#"<article class="tile {cls}" id="room-{id}" data-room="{id}" data-fragment="/rooms/{href}/tile" aria-label="Room {name}">{}</article>"#,
-        room_tile(st, room, zone),
+        room_tile_of(st, room, devices, zone),
         cls = room_mark(room.state).class,
         id = esc(room.id.as_str()),
         href = seg(room.id.as_str()),

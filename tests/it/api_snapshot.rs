@@ -27,6 +27,11 @@ struct Site {
 
 /// Three rooms, a projector each, reached over loopback on simulators this test holds.
 async fn site(dir: &std::path::Path) -> Site {
+    site_with(dir, "").await
+}
+
+/// [`site`] with `device` added to each device's table (e.g. its poll interval).
+async fn site_with(dir: &std::path::Path, device: &str) -> Site {
     let cancel = CancellationToken::new();
     spawn_settle_pump(cancel.clone());
     let mut sims = Vec::new();
@@ -47,7 +52,7 @@ async fn site(dir: &std::path::Path) -> Site {
         text.push_str(&format!(
             "[[rooms]]\nid = \"r{i}\"\nname = \"Room {i}\"\ncapacity = 10\n\
              [[devices]]\nid = \"p{i}\"\nroom = \"r{i}\"\nprofile = \"generic-pjlink\"\n\
-             link = {{ host = \"127.0.0.1\", port = {} }}\n",
+             link = {{ host = \"127.0.0.1\", port = {} }}\n{device}\n",
             sim.addr().port()
         ));
         sims.push(sim);
@@ -502,5 +507,135 @@ async fn contact_instants_moving_within_the_grid_keep_the_weak_etag() {
         let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(at).unwrap();
         assert!(now - at <= chrono::Duration::seconds(31), "{at} at {now}");
     }
+    s.stop().await;
+}
+
+/// Which of `watches` moved since last asked (their indices).
+fn moved(watches: &mut [tokio::sync::watch::Receiver<avwarden::model::DeviceState>]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, w) in watches.iter_mut().enumerate() {
+        if w.has_changed().unwrap_or(true) {
+            w.mark_unchanged();
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The rooms list's count of room views built (`/metrics`).
+async fn views_built(d: &Daemon) -> f64 {
+    let text = String::from_utf8(get(d, "/metrics", &[]).await.body).unwrap();
+    let key = format!("{}{{list=\"rooms\"}}", avwarden::api::snapshot::VIEWS_BUILT);
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_device_changing_rebuilds_only_its_rooms_view_and_a_booking_only_its_room() {
+    let dir = tempfile::tempdir().unwrap();
+    // Polled once an hour: between the requests below nothing moves but what the test moves.
+    let s = site_with(dir.path(), "poll_interval_secs = 3600").await;
+    let d = &s.d;
+    // The sessions opened at start-up settle (a projector closes an idle connection).
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let first = get(d, "/api/v1/rooms", &[]).await;
+    assert_eq!(first.status, 200);
+    let m = views_built(d).await;
+    assert!(m >= 3.0, "the first list builds every room: {m}");
+    // Watched from here: a device the list finds moved at a later rebuild moved after this,
+    // so these see it too; the list may build those rooms' views, and no others.
+    let mut watches: Vec<_> = (1..=3)
+        .map(|i| {
+            let mut w = d.fleet.get(&format!("p{i}")).unwrap().watch();
+            w.mark_unchanged();
+            w
+        })
+        .collect();
+    let m0 = views_built(d).await;
+    get(d, "/api/v1/rooms", &[]).await;
+    let quiet = moved(&mut watches);
+    assert!(
+        views_built(d).await - m0 <= quiet.len() as f64,
+        "only rooms whose devices moved: {quiet:?}"
+    );
+    let m0 = views_built(d).await;
+
+    // p2's lamp fails; a refresh reads it now rather than in an hour.
+    s.sims[1].set_error_status(ErrorStatus {
+        lamp: ErrorLevel::Error,
+        ..ErrorStatus::default()
+    });
+    let (status, body) = api(
+        d,
+        reqwest::Method::POST,
+        "/api/v1/devices/p2/commands",
+        serde_json::json!({"command": "refresh"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let h = d.fleet.get("p2").unwrap();
+    wait_state(&mut h.watch(), MINUTE, "a lamp fault", |s| {
+        !s.faults.is_empty()
+    })
+    .await;
+    let list = get(d, "/api/v1/rooms", &[]).await.json();
+    let moved = moved(&mut watches);
+    let built = views_built(d).await - m0;
+    assert!(moved.contains(&1), "p2 moved");
+    assert!(
+        built >= 1.0 && built <= moved.len() as f64,
+        "r2's view and those of rooms whose devices moved, no others: {built} of {moved:?}"
+    );
+    assert!(list[1]["devices"][0]["faults"].as_u64().unwrap() >= 1);
+    // Each room as its own route shows it (the others' entries reused as they were).
+    for i in 1..=3 {
+        let (status, room) = api(
+            d,
+            reqwest::Method::GET,
+            &format!("/api/v1/rooms/r{i}"),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            without_contacts(&list[i - 1]),
+            without_contacts(&room),
+            "r{i}"
+        );
+    }
+
+    // A booking of r3: the book moved, every room's bookings are looked at, r3's alone built.
+    let m1 = views_built(d).await;
+    let start = d.clock.now() + chrono::Duration::minutes(10);
+    let (status, body) = api(
+        d,
+        reqwest::Method::POST,
+        "/api/v1/bookings",
+        serde_json::json!({
+            "room": "r3", "title": "Weekly sync", "start": start,
+            "end": start + chrono::Duration::minutes(30), "attendees": 4,
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let booked = get(d, "/api/v1/rooms", &[]).await.json();
+    assert_eq!(booked[2]["next_booking"]["title"], "Weekly sync");
+    assert_eq!(views_built(d).await, m1 + 1.0, "r3's view alone is built");
+
+    // Time alone: the meeting starts and the next list shows it running, r1 and r2 untouched
+    // (r3's self-test before the start may have built r3 again meanwhile).
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    let m2 = views_built(d).await;
+    let running = get(d, "/api/v1/rooms", &[]).await.json();
+    assert_eq!(running[2]["current_booking"]["title"], "Weekly sync");
+    assert_eq!(running[2]["next_booking"], Value::Null);
+    let m3 = views_built(d).await;
+    assert!(m3 - m2 <= 1.0, "one room's view at most: {m2} -> {m3}");
+    assert_eq!(
+        without_contacts(&running[0]),
+        without_contacts(&list[0]),
+        "r1 unchanged"
+    );
     s.stop().await;
 }
