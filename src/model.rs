@@ -493,6 +493,26 @@ impl Health {
         busy: bool,
         faults: &[Fault],
     ) -> Health {
+        Health::from_flags(
+            contacted,
+            reachable,
+            link_failed,
+            busy,
+            faults.iter().any(|f| f.severity == Severity::Fault),
+            !faults.is_empty(),
+        )
+    }
+
+    /// [`Health::derive`] from what it needs of the faults: whether one is a fault and
+    /// whether there is any.
+    fn from_flags(
+        contacted: bool,
+        reachable: bool,
+        link_failed: bool,
+        busy: bool,
+        faulted: bool,
+        any_fault: bool,
+    ) -> Health {
         if !reachable {
             // Before the first session completes the device is unknown, not unreachable,
             // unless an attempt to reach it has already failed.
@@ -502,11 +522,11 @@ impl Health {
                 Health::Unknown
             };
         }
-        if faults.iter().any(|f| f.severity == Severity::Fault) {
+        if faulted {
             Health::Faulted
         } else if busy {
             Health::Busy
-        } else if !faults.is_empty() {
+        } else if any_fault {
             Health::Degraded
         } else {
             Health::Ok
@@ -788,14 +808,18 @@ impl DeviceState {
 
     /// Recompute health from the facts; returns the previous health when it changed.
     pub fn refresh_health(&mut self, now: DateTime<Utc>) -> Option<Health> {
-        let faults: Vec<Fault> = self.faults.iter().map(|a| a.fault.clone()).collect();
+        // Called on every state update (every meter sample): the faults are looked at where
+        // they lie, not copied (issue 15.2).
         let link_failed = !self.link.up && self.link.last_error.is_some();
-        let h = Health::derive(
+        let h = Health::from_flags(
             self.contacted,
             self.reachable,
             link_failed,
             self.busy,
-            &faults,
+            self.faults
+                .iter()
+                .any(|a| a.fault.severity == Severity::Fault),
+            !self.faults.is_empty(),
         );
         if h != self.health {
             let prev = self.health;

@@ -51,7 +51,38 @@ pub enum Message {
     /// `< REP ERR >`: bad format or out-of-range value (protocols.md §2.2).
     Err,
     /// `< SAMPLE x ALL f1 f2 … >`: metering; the fields after `ALL`, laid out per family.
-    Sample { channel: u8, fields: Vec<String> },
+    Sample { channel: u8, fields: SampleFields },
+}
+
+/// The fields of a `SAMPLE` after `ALL`, kept as received and split when read: a sample costs
+/// one allocation, not one per field (issue 15.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SampleFields(String);
+
+impl SampleFields {
+    /// Fields from words (a simulator's sample); whitespace inside a word would split it.
+    pub fn new<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> Self {
+        let mut text = String::new();
+        for w in words {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(w.as_ref());
+        }
+        Self(text)
+    }
+
+    pub fn iter(&self) -> std::str::SplitAsciiWhitespace<'_> {
+        self.0.split_ascii_whitespace()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
 }
 
 impl Message {
@@ -120,7 +151,7 @@ impl fmt::Display for Message {
             Message::Err => f.write_str("< REP ERR >"),
             Message::Sample { channel, fields } => {
                 write!(f, "< SAMPLE {channel} ALL")?;
-                for x in fields {
+                for x in fields.iter() {
                     write!(f, " {x}")?;
                 }
                 f.write_str(" >")
@@ -237,7 +268,19 @@ pub fn parse_frame(inner: &[u8]) -> Result<Message, ProtocolError> {
     {
         return Err(bad("missing or invalid parameter name"));
     }
-    let value = value.trim().to_owned();
+    let value = value.trim();
+    // A sample is the stream's common case: its parameter is checked, not kept.
+    if verb == "SAMPLE" {
+        let channel = channel.ok_or_else(|| bad("SAMPLE without channel"))?;
+        if param != "ALL" {
+            return Err(bad("SAMPLE is not ALL"));
+        }
+        return Ok(Message::Sample {
+            channel,
+            fields: SampleFields(value.to_owned()),
+        });
+    }
+    let value = value.to_owned();
     let param = param.to_owned();
     match verb {
         "REP" if channel.is_none() && param == "ERR" && value.is_empty() => Ok(Message::Err),
@@ -252,16 +295,6 @@ pub fn parse_frame(inner: &[u8]) -> Result<Message, ProtocolError> {
             param,
             value,
         }),
-        "SAMPLE" => {
-            let channel = channel.ok_or_else(|| bad("SAMPLE without channel"))?;
-            if param != "ALL" {
-                return Err(bad("SAMPLE is not ALL"));
-            }
-            Ok(Message::Sample {
-                channel,
-                fields: value.split_ascii_whitespace().map(str::to_owned).collect(),
-            })
-        }
         _ => Err(bad("unknown message type")),
     }
 }
@@ -422,23 +455,23 @@ impl SampleField {
 
 /// Meter values of one sample, converted to dBm / dBFS.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Meters {
+pub struct Meters<'a> {
     pub rf_dbm: Option<f64>,
     /// Peak where the family reports one, else its only audio level: what clips.
     pub audio_dbfs: Option<f64>,
     pub audio_rms_dbfs: Option<f64>,
-    pub antenna: Option<String>,
+    pub antenna: Option<&'a str>,
 }
 
 /// Convert a sample's fields with a family's layout and offsets (protocols.md §2.3 SAMPLE
 /// layouts: ULX-D RF −128 / audio −50; Axient Digital and SLX-D −120 for both). Extra trailing
 /// fields (Quadversity antenna groups) are ignored; missing ones are an error.
-pub fn parse_sample(
-    fields: &[String],
+pub fn parse_sample<'a>(
+    fields: &'a SampleFields,
     layout: &[SampleField],
     rf_offset_db: f64,
     audio_offset_db: f64,
-) -> Result<Meters, ProtocolError> {
+) -> Result<Meters<'a>, ProtocolError> {
     if fields.len() < layout.len() {
         return Err(ProtocolError::malformed(format!(
             "sample has {} fields, layout needs {}",
@@ -456,7 +489,7 @@ pub fn parse_sample(
         let num = || number(f).map(f64::from);
         match kind {
             SampleField::Skip => {}
-            SampleField::Antenna => m.antenna = Some(f.clone()),
+            SampleField::Antenna => m.antenna = Some(f),
             SampleField::Rf => m.rf_dbm = Some(num()? + rf_offset_db),
             SampleField::Rssi => {
                 let v = num()? + rf_offset_db;
@@ -646,7 +679,7 @@ mod tests {
         let m = parse_sample(&fields, &ULXD, -128.0, -50.0).expect("sample");
         assert_eq!(m.rf_dbm, Some(-30.0));
         assert_eq!(m.audio_dbfs, Some(-10.0));
-        assert_eq!(m.antenna.as_deref(), Some("AX"));
+        assert_eq!(m.antenna, Some("AX"));
     }
 
     // vector 7

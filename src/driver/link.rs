@@ -31,6 +31,13 @@ pub const DEFAULT_MAX_BUFFER: usize = 16 * 1024;
 /// stream is taken for a flood and its session ends like an oversized frame.
 const UNFRAMED_FACTOR: usize = 4;
 
+/// Reads [`Link::try_frame`] makes at most for one frame before saying nothing is ready.
+const TRY_READS: usize = 4;
+
+/// Frames a driver's `listen` applies at most after the one it waited for, before it hands
+/// the turn back to the runtime (a command may be waiting).
+pub const DRAIN_FRAMES: usize = 64;
+
 /// Any byte stream a driver can talk over: serial port, TCP socket, or an in-memory duplex in
 /// unit tests.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -322,60 +329,124 @@ impl Link {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match decoder.decode(&mut self.rx) {
-                Ok(Some(frame)) => {
-                    self.unframed = 0;
-                    return Ok(frame);
-                }
-                Ok(None) => {}
-                // The decoder's own frame limit: the same flood, the same end.
-                Err(e @ ProtocolError::Oversized { .. }) => {
-                    self.disconnect();
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-            let flood = self.unframed > self.max_buffer.saturating_mul(UNFRAMED_FACTOR);
-            if self.rx.len() > self.max_buffer || flood {
-                let n = self.rx.len().max(self.unframed);
-                self.unframed = 0;
-                self.rx.clear();
-                // A stream past the limit without a frame is a peer that may never stop
-                // sending: reading on costs a core (issue 16.4). The session ends here, so a
-                // driver that counts the error and reads on finds the link closed.
-                self.disconnect();
-                return Err(ProtocolError::Oversized {
-                    limit: self.max_buffer,
-                    got: n,
-                }
-                .into());
+            if let Some(frame) = self.buffered_frame(decoder)? {
+                return Ok(frame);
             }
             let stream = self.stream.as_mut().ok_or(LinkError::Closed)?;
             self.rx.reserve(512);
-            let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut self.rx)).await;
-            match read {
-                Err(_) => {
-                    return Err(DriverError::Timeout {
-                        waited_ms: timeout.as_millis() as u64,
-                    })
-                }
-                Ok(Ok(0)) => {
-                    // Peer closed. A decoder may still hold a final frame without terminator.
-                    if let Some(frame) = decoder.decode_eof(&mut self.rx)? {
-                        self.stream = None;
-                        return Ok(frame);
+            // What the socket holds already is read without a timer: arming and cancelling
+            // one per read is a timer-wheel entry per frame (issue 15.1).
+            let read = match stream.read_buf(&mut self.rx).now_or_never() {
+                Some(read) => read,
+                None => {
+                    let stream = self.stream.as_mut().ok_or(LinkError::Closed)?;
+                    match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.rx)).await {
+                        Ok(read) => read,
+                        Err(_) => {
+                            return Err(DriverError::Timeout {
+                                waited_ms: timeout.as_millis() as u64,
+                            })
+                        }
                     }
-                    self.disconnect();
-                    return Err(LinkError::Closed.into());
                 }
-                Ok(Ok(n)) => {
-                    self.bytes_in += n as u64;
-                    self.unframed = self.unframed.saturating_add(n);
+            };
+            if let Some(frame) = self.took(decoder, read)? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// A frame already buffered or completed by what the stream holds ready now, without
+    /// waiting; `None` when nothing complete is there. A driver that heard one push drains the
+    /// rest of the same read with it, instead of going back through the runtime's select once
+    /// per frame (issue 15.2). Errors as [`Link::read_frame`]; a datagram link has no stream
+    /// to drain and gives `None`.
+    pub fn try_frame<D>(&mut self, decoder: &mut D) -> Result<Option<D::Item>, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
+        // Bounded: a peer that never stops sending cannot hold the driver here.
+        for _ in 0..TRY_READS {
+            if let Some(frame) = self.buffered_frame(decoder)? {
+                return Ok(Some(frame));
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Ok(None);
+            };
+            self.rx.reserve(512);
+            let Some(read) = stream.read_buf(&mut self.rx).now_or_never() else {
+                return Ok(None);
+            };
+            if let Some(frame) = self.took(decoder, read)? {
+                return Ok(Some(frame));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next complete frame in the buffer, or the end of a peer that floods it.
+    fn buffered_frame<D>(&mut self, decoder: &mut D) -> Result<Option<D::Item>, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
+        match decoder.decode(&mut self.rx) {
+            Ok(Some(frame)) => {
+                self.unframed = 0;
+                return Ok(Some(frame));
+            }
+            Ok(None) => {}
+            // The decoder's own frame limit: the same flood, the same end.
+            Err(e @ ProtocolError::Oversized { .. }) => {
+                self.disconnect();
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let flood = self.unframed > self.max_buffer.saturating_mul(UNFRAMED_FACTOR);
+        if self.rx.len() > self.max_buffer || flood {
+            let n = self.rx.len().max(self.unframed);
+            self.unframed = 0;
+            self.rx.clear();
+            // A stream past the limit without a frame is a peer that may never stop
+            // sending: reading on costs a core (issue 16.4). The session ends here, so a
+            // driver that counts the error and reads on finds the link closed.
+            self.disconnect();
+            return Err(ProtocolError::Oversized {
+                limit: self.max_buffer,
+                got: n,
+            }
+            .into());
+        }
+        Ok(None)
+    }
+
+    /// Account for one read from the stream; a final frame when the peer closed after it.
+    fn took<D>(
+        &mut self,
+        decoder: &mut D,
+        read: std::io::Result<usize>,
+    ) -> Result<Option<D::Item>, DriverError>
+    where
+        D: Decoder<Error = ProtocolError>,
+    {
+        match read {
+            Ok(0) => {
+                // Peer closed. A decoder may still hold a final frame without terminator.
+                if let Some(frame) = decoder.decode_eof(&mut self.rx)? {
+                    self.stream = None;
+                    return Ok(Some(frame));
                 }
-                Ok(Err(e)) => {
-                    self.disconnect();
-                    return Err(LinkError::Io(e).into());
-                }
+                self.disconnect();
+                Err(LinkError::Closed.into())
+            }
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                self.unframed = self.unframed.saturating_add(n);
+                Ok(None)
+            }
+            Err(e) => {
+                self.disconnect();
+                Err(LinkError::Io(e).into())
             }
         }
     }
@@ -808,6 +879,62 @@ mod tests {
             0,
             "a stale frame is not bad input"
         );
+    }
+
+    /// Issue 15.2: frames that arrive in one read are all handed out, in order, without
+    /// waiting; a partial frame at the end stays buffered until its rest comes.
+    #[tokio::test(start_paused = true)]
+    async fn frames_of_one_read_are_drained_in_order_and_a_partial_one_is_kept() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        peer.write_all(b"a=1\nb=2\nc=3\nd=").await.unwrap();
+        let first = link.read_frame(&mut Lines, Duration::from_secs(1)).await;
+        assert_eq!(first.unwrap(), "a=1");
+        let mut rest = Vec::new();
+        while let Some(frame) = link.try_frame(&mut Lines).unwrap() {
+            rest.push(frame);
+        }
+        assert_eq!(rest, ["b=2", "c=3"]);
+        assert_eq!(link.pending_input(), b"d=", "the partial frame is kept");
+        peer.write_all(b"4\ne=5\n").await.unwrap();
+        assert_eq!(link.try_frame(&mut Lines).unwrap().as_deref(), Some("d=4"));
+        assert_eq!(link.try_frame(&mut Lines).unwrap().as_deref(), Some("e=5"));
+        assert_eq!(link.try_frame(&mut Lines).unwrap(), None, "nothing ready");
+        assert_eq!(link.bytes_in(), 20);
+        // Nothing ready is not an error: the link stays open and waits as before.
+        assert!(link.is_open());
+        peer.write_all(b"f=6\n").await.unwrap();
+        let next = link.read_frame(&mut Lines, Duration::from_secs(1)).await;
+        assert_eq!(next.unwrap(), "f=6");
+    }
+
+    /// A peer that closes after its last frames: the frames come out, then the close.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_at_a_closed_peer_with_the_frames_before_it() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        peer.write_all(b"a=1\nb=2\n").await.unwrap();
+        drop(peer);
+        assert_eq!(link.try_frame(&mut Lines).unwrap().as_deref(), Some("a=1"));
+        assert_eq!(link.try_frame(&mut Lines).unwrap().as_deref(), Some("b=2"));
+        let end = link.try_frame(&mut Lines);
+        assert!(
+            matches!(end, Err(DriverError::Link(LinkError::Closed))),
+            "{end:?}"
+        );
+        assert!(!link.is_open());
+    }
+
+    /// Bad input met while draining is reported like a read's, and the frames after it
+    /// still come out.
+    #[tokio::test(start_paused = true)]
+    async fn bad_input_in_a_drain_is_reported_and_the_drain_goes_on() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut link = Link::over(ours);
+        peer.write_all(b"!x\nb=2\n").await.unwrap();
+        let bad = link.try_frame(&mut Lines);
+        assert!(matches!(bad, Err(DriverError::Protocol(_))), "{bad:?}");
+        assert_eq!(link.try_frame(&mut Lines).unwrap().as_deref(), Some("b=2"));
     }
 
     #[tokio::test(start_paused = true)]

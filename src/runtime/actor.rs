@@ -322,7 +322,7 @@ impl Actor {
                     // Lag against the schedule, before the command gap: the gap is pacing the
                     // device asked for, the rest is this actor or the runtime being late.
                     self.lags.observe(Instant::now().saturating_duration_since(due));
-                    tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+                    pace(*last_io + self.cfg.command_gap).await;
                     let started = Instant::now();
                     let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
                     *last_io = Instant::now();
@@ -448,7 +448,7 @@ impl Actor {
             return self.run_command(link, req, last_io, paced).await;
         }
         if paced {
-            tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+            pace(*last_io + self.cfg.command_gap).await;
         }
         self.obs.take_applied();
         let res = self.poll_cycle(link, priority, last_io).await;
@@ -480,7 +480,7 @@ impl Actor {
             return Ok(());
         };
         if paced {
-            tokio::time::sleep_until(*last_io + self.cfg.command_gap).await;
+            pace(*last_io + self.cfg.command_gap).await;
         }
         self.obs.take_applied();
         let res = self.driver.execute(link, &mut self.obs, command).await;
@@ -564,6 +564,16 @@ impl Actor {
             },
             ok,
         });
+    }
+}
+
+/// Wait until `until` (the command gap's end). A gap that has passed already, as it has for
+/// every poll of a device polled less often than its gap, costs no timer: a `Sleep` is
+/// registered with the timer wheel and removed again even when its instant is past
+/// (issue 15.1).
+async fn pace(until: Instant) {
+    if Instant::now() < until {
+        tokio::time::sleep_until(until).await;
     }
 }
 

@@ -650,7 +650,13 @@ impl ShureSim {
         let mut out = Vec::new();
         for n in 1..=st.channels.len() as u8 {
             let fields = st.sample_fields(n, now);
-            out.extend(Message::Sample { channel: n, fields }.encode());
+            out.extend(
+                Message::Sample {
+                    channel: n,
+                    fields: shure::SampleFields::new(fields),
+                }
+                .encode(),
+            );
             st.stats.samples += 1;
         }
         out

@@ -597,6 +597,14 @@ impl Driver for QsysDriver {
             match link.read_frame(&mut self.dec, due - now).await {
                 Ok(msg) => {
                     self.apply(obs, &msg);
+                    // The rest of the same read in this turn, not one select round each
+                    // (issue 15.2).
+                    for _ in 0..crate::driver::link::DRAIN_FRAMES {
+                        match link.try_frame(&mut self.dec)? {
+                            Some(msg) => self.apply(obs, &msg),
+                            None => break,
+                        }
+                    }
                     return Ok(());
                 }
                 Err(DriverError::Timeout { .. }) => continue,

@@ -544,6 +544,55 @@ impl TesiraDriver {
         obs.faults(MAPPING_SOURCE, self.mapping.current());
         Ok(())
     }
+
+    /// Apply one frame heard between exchanges: a publish, a late answer, a telnet
+    /// negotiation to answer, or the banner of a restarted session.
+    async fn heard(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        frame: TtpFrame,
+    ) -> Result<Heard, DriverError> {
+        let line = match frame {
+            TtpFrame::Telnet(c) => {
+                self.answer_telnet(link, c).await?;
+                return Ok(Heard::Applied);
+            }
+            TtpFrame::Line(l) => l,
+        };
+        let parsed = match parse_line(&line) {
+            Ok(p) => p,
+            Err(p) => {
+                if line.starts_with('+') {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                return Err(p.into());
+            }
+        };
+        match parsed {
+            TtpLine::Publish { token, value } => self.publish(obs, &token, &value),
+            TtpLine::Banner => {
+                self.session_restarted(obs);
+                return Ok(Heard::Banner);
+            }
+            TtpLine::Ok(_) | TtpLine::Err(_) => {
+                // The late answer to a command whose exchange was cancelled.
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+            TtpLine::Text(t) => {
+                tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+            }
+        }
+        Ok(Heard::Applied)
+    }
+}
+
+/// What [`TesiraDriver::heard`] made of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Applied,
+    /// The session restarted: subscriptions must be made again before reading on.
+    Banner,
 }
 
 #[async_trait]
@@ -699,34 +748,18 @@ impl Driver for TesiraDriver {
                 Err(DriverError::Timeout { .. }) => continue,
                 other => other?,
             };
-            let line = match frame {
-                TtpFrame::Telnet(c) => {
-                    self.answer_telnet(link, c).await?;
-                    return Ok(());
-                }
-                TtpFrame::Line(l) => l,
-            };
-            let parsed = match parse_line(&line) {
-                Ok(p) => p,
-                Err(p) => {
-                    if line.starts_with('+') {
-                        self.outstanding = self.outstanding.saturating_sub(1);
-                    }
-                    return Err(p.into());
-                }
-            };
-            match parsed {
-                TtpLine::Publish { token, value } => self.publish(obs, &token, &value),
-                TtpLine::Banner => {
-                    self.session_restarted(obs);
-                    continue;
-                }
-                TtpLine::Ok(_) | TtpLine::Err(_) => {
-                    // The late answer to a command whose exchange was cancelled.
-                    self.outstanding = self.outstanding.saturating_sub(1);
-                }
-                TtpLine::Text(t) => {
-                    tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
+            if self.heard(link, obs, frame).await? == Heard::Banner {
+                continue;
+            }
+            // The rest of the same read (every subscribed level of a publish period) in this
+            // turn, not one select round each (issue 15.2). A banner ends the drain: the next
+            // call subscribes again first.
+            for _ in 0..crate::driver::link::DRAIN_FRAMES {
+                let Some(frame) = link.try_frame(&mut self.dec)? else {
+                    break;
+                };
+                if self.heard(link, obs, frame).await? == Heard::Banner {
+                    break;
                 }
             }
             return Ok(());

@@ -871,9 +871,22 @@ impl Driver for ShureDriver {
         loop {
             match link.read_frame(&mut self.codec, self.cfg.silence).await {
                 Ok(frame) => {
-                    self.last_rx = Instant::now();
                     self.apply(obs, &frame);
-                    return Ok(());
+                    // The rest of the same read (a sample per channel arrives together) is
+                    // applied in this turn, not one select round each (issue 15.2).
+                    let mut drained = Ok(());
+                    for _ in 0..crate::driver::link::DRAIN_FRAMES {
+                        match link.try_frame(&mut self.codec) {
+                            Ok(Some(frame)) => self.apply(obs, &frame),
+                            Ok(None) => break,
+                            Err(e) => {
+                                drained = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    self.last_rx = Instant::now();
+                    return drained;
                 }
                 // Nothing to hear is not an error; the comms monitor judges the silence.
                 Err(DriverError::Timeout { .. }) => continue,
