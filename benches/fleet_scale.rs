@@ -348,19 +348,8 @@ async fn run_size(rooms: usize, s: &Settings, bin: &Path, perf: bool) -> Result<
     // Keep reading so the simulator never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
 
-    let log = std::fs::File::create(dir.path().join("daemon.log"))
-        .map_err(|e| format!("daemon log: {e}"))?;
     let started = Instant::now();
-    let daemon = Proc {
-        child: Command::new(bin)
-            .args(["--log", "warn", "run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn daemon: {e}"))?,
-        name: "daemon",
-    };
+    let daemon = spawn_daemon(bin, &config, dir.path())?;
     let ok_series = "avwarden_devices{health=\"ok\"}";
     let mut all_ok_after = None;
     while started.elapsed() < s.warmup {
@@ -433,25 +422,30 @@ async fn run_size(rooms: usize, s: &Settings, bin: &Path, perf: bool) -> Result<
 
 /// `VmRSS` of the same daemon with no devices (no rooms, no simulator), once its API answers
 /// and a few seconds more: the base the marginal figure per device is measured above.
+/// `avwarden run` on `config`, its log (warnings and worse) in `dir/daemon.log`.
+fn spawn_daemon(bin: &Path, config: &Path, dir: &Path) -> Result<Proc, String> {
+    let log =
+        std::fs::File::create(dir.join("daemon.log")).map_err(|e| format!("daemon log: {e}"))?;
+    Ok(Proc {
+        child: Command::new(bin)
+            .args(["--log", "warn", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn daemon: {e}"))?,
+        name: "daemon",
+    })
+}
+
 async fn baseline_rss_kib(s: &Settings, bin: &Path) -> Result<u64, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let api = free_port().map_err(|e| format!("free port: {e}"))?;
     let config = dir.path().join("site.toml");
     std::fs::write(&config, site_toml(0, dir.path(), api, s))
         .map_err(|e| format!("write config: {e}"))?;
-    let log = std::fs::File::create(dir.path().join("daemon.log"))
-        .map_err(|e| format!("daemon log: {e}"))?;
     let started = Instant::now();
-    let daemon = Proc {
-        child: Command::new(bin)
-            .args(["--log", "warn", "run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn daemon: {e}"))?,
-        name: "daemon",
-    };
+    let daemon = spawn_daemon(bin, &config, dir.path())?;
     while http_get(api, "/metrics").is_none() {
         if started.elapsed() > s.warmup {
             return Err("the empty daemon never answered".into());

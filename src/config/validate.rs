@@ -743,32 +743,16 @@ fn validate_mqtt(
             return None;
         }
     };
-    let password = match (&settings.password_env, &settings.password_file) {
-        (Some(var), _) => match env.get(var) {
-            Some(v) => Some(Secret::new(v)),
-            None => {
-                pr.at_path(
-                    &[k("mqtt"), k("password_env")],
-                    format!("environment variable {var} is not set"),
-                );
-                return None;
-            }
-        },
-        (None, Some(file)) => {
-            let path = resolve(base, &file.display().to_string());
-            match std::fs::read_to_string(&path) {
-                Ok(s) => Some(Secret::new(s.lines().next().unwrap_or("").to_owned())),
-                Err(e) => {
-                    pr.at_path(
-                        &[k("mqtt"), k("password_file")],
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    return None;
-                }
-            }
-        }
-        (None, None) => None,
-    };
+    let password = broker_password(
+        (
+            settings.password_env.as_ref(),
+            settings.password_file.as_ref(),
+        ),
+        "mqtt",
+        base,
+        env,
+        pr,
+    )?;
     Some(super::MqttConfig { settings, password })
 }
 
@@ -816,36 +800,57 @@ fn validate_aggregate(
             return None;
         }
     };
-    let password = match (&settings.password_env, &settings.password_file) {
+    let password = broker_password(
+        (
+            settings.password_env.as_ref(),
+            settings.password_file.as_ref(),
+        ),
+        "aggregate",
+        base,
+        env,
+        pr,
+    )?;
+    Some(crate::aggregate::AggregateConfig { settings, password })
+}
+
+/// A room or device id: well formed, present, unique.
+/// A broker password named by `password_env` (wins) or `password_file` (its first line) of the
+/// `[section]` table; `Err` when it is named but cannot be read (the problem is recorded).
+fn broker_password(
+    (var, file): (Option<&String>, Option<&PathBuf>),
+    section: &str,
+    base: &Path,
+    env: &Env,
+    pr: &mut Problems<'_>,
+) -> Option<Option<Secret>> {
+    match (var, file) {
         (Some(var), _) => match env.get(var) {
-            Some(v) => Some(Secret::new(v)),
+            Some(v) => Some(Some(Secret::new(v))),
             None => {
                 pr.at_path(
-                    &[k("aggregate"), k("password_env")],
+                    &[k(section), k("password_env")],
                     format!("environment variable {var} is not set"),
                 );
-                return None;
+                None
             }
         },
         (None, Some(file)) => {
             let path = resolve(base, &file.display().to_string());
             match std::fs::read_to_string(&path) {
-                Ok(s) => Some(Secret::new(s.lines().next().unwrap_or("").to_owned())),
+                Ok(s) => Some(Some(Secret::new(s.lines().next().unwrap_or("").to_owned()))),
                 Err(e) => {
                     pr.at_path(
-                        &[k("aggregate"), k("password_file")],
+                        &[k(section), k("password_file")],
                         format!("cannot read {}: {e}", path.display()),
                     );
-                    return None;
+                    None
                 }
             }
         }
-        (None, None) => None,
-    };
-    Some(crate::aggregate::AggregateConfig { settings, password })
+        (None, None) => Some(None),
+    }
 }
 
-/// A room or device id: well formed, present, unique.
 fn validate_id(
     what: &str,
     id: Option<&String>,
