@@ -1030,8 +1030,12 @@ async fn a_locked_store_never_holds_the_start_and_catches_up_once_free() {
 
     // Degraded is alive: the systemd watchdog keeps being fed (issue 13.4), since a restart
     // would not unlock the store.
+    // The window the shipped unit gives a probe (WatchdogSec=30s: fed every 15 s, a probe gets
+    // half of that). It must exceed SQLite's 5 s busy timeout, which a write to the locked
+    // store spends before the writer answers the ping queued behind it: with a 5 s window
+    // this test failed under load (the writer answered just after it).
     let failed =
-        avwarden::watchdog::failing(&daemon.liveness_probes(), Duration::from_secs(5)).await;
+        avwarden::watchdog::failing(&daemon.liveness_probes(), Duration::from_millis(7_500)).await;
     assert!(
         failed.is_empty(),
         "a locked store is degraded, not hung: {failed:?}"
