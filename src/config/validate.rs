@@ -1422,6 +1422,34 @@ const MIN_TOKEN_LEN: usize = 16;
 
 /// `[[api.tokens]]`: each a unique name, a known role and exactly one source; the token is
 /// read, checked for length and kept only as its SHA-256.
+/// The required `name` of the table at `at`: an id, not yet in `names` (a `what` name).
+fn unique_name(
+    name: Option<&str>,
+    at: &[Seg],
+    what: &str,
+    names: &mut HashSet<String>,
+    pr: &mut Problems<'_>,
+) -> Option<String> {
+    match name {
+        None => {
+            pr.at_path(at, "missing key name");
+            None
+        }
+        Some(n) if !is_id(n) => {
+            pr.at_path(
+                &p(at, &[k("name")]),
+                format!("{n:?} is not a name (letters, digits, '-' and '_', up to 64)"),
+            );
+            None
+        }
+        Some(n) if !names.insert(n.to_owned()) => {
+            pr.at_path(&p(at, &[k("name")]), format!("duplicate {what} name {n:?}"));
+            None
+        }
+        Some(n) => Some(n.to_owned()),
+    }
+}
+
 fn validate_tokens(
     raw: Option<&[super::raw::RawToken]>,
     base: &Path,
@@ -1432,24 +1460,7 @@ fn validate_tokens(
     let mut names = HashSet::new();
     for (i, t) in raw.unwrap_or_default().iter().enumerate() {
         let at = [k("api"), k("tokens"), Seg::Index(i)];
-        let name = match t.name.as_deref() {
-            None => {
-                pr.at_path(&at, "missing key name");
-                None
-            }
-            Some(n) if !is_id(n) => {
-                pr.at_path(
-                    &p(&at, &[k("name")]),
-                    format!("{n:?} is not a name (letters, digits, '-' and '_', up to 64)"),
-                );
-                None
-            }
-            Some(n) if !names.insert(n.to_owned()) => {
-                pr.at_path(&p(&at, &[k("name")]), format!("duplicate token name {n:?}"));
-                None
-            }
-            Some(n) => Some(n.to_owned()),
-        };
+        let name = unique_name(t.name.as_deref(), &at, "token", &mut names, pr);
         let role = match t.role.as_deref() {
             None => {
                 pr.at_path(&at, "missing key role (viewer, technician or admin)");
@@ -1635,27 +1646,7 @@ fn validate_notify(
     let mut names = HashSet::new();
     for (i, w) in n.webhook.iter().enumerate() {
         let at = [k("notify"), k("webhook"), Seg::Index(i)];
-        let name = match w.name.as_deref() {
-            None => {
-                pr.at_path(&at, "missing key name");
-                None
-            }
-            Some(s) if !is_id(s) => {
-                pr.at_path(
-                    &p(&at, &[k("name")]),
-                    format!("{s:?} is not a name (letters, digits, '-' and '_', up to 64)"),
-                );
-                None
-            }
-            Some(s) if !names.insert(s.to_owned()) => {
-                pr.at_path(
-                    &p(&at, &[k("name")]),
-                    format!("duplicate webhook name {s:?}"),
-                );
-                None
-            }
-            Some(s) => Some(s.to_owned()),
-        };
+        let name = unique_name(w.name.as_deref(), &at, "webhook", &mut names, pr);
         let url = match w.url.as_deref() {
             None => {
                 pr.at_path(&at, "missing key url");

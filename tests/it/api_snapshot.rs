@@ -66,6 +66,12 @@ async fn site_with(dir: &std::path::Path, device: &str) -> Site {
 }
 
 impl Site {
+    /// Waits until projector `i`'s state (0-based: device `p{i + 1}`) carries a fault.
+    async fn until_faulted(&self, i: usize) {
+        let h = self.d.fleet.get(&format!("p{}", i + 1)).unwrap();
+        wait_state(&mut h.watch(), MINUTE, "a fault", |s| !s.faults.is_empty()).await;
+    }
+
     async fn stop(self) {
         self.d.shutdown("test done").await;
         self.cancel.cancel();
@@ -270,11 +276,7 @@ async fn a_change_seen_through_another_route_is_in_the_next_list() {
         lamp: ErrorLevel::Error,
         ..ErrorStatus::default()
     });
-    let h = d.fleet.get("p2").unwrap();
-    wait_state(&mut h.watch(), MINUTE, "a lamp fault", |s| {
-        !s.faults.is_empty()
-    })
-    .await;
+    s.until_faulted(1).await;
     let (status, one) = api(d, reqwest::Method::GET, "/api/v1/devices/p2", Value::Null).await;
     assert_eq!(status, 200);
     assert!(!one["faults"].as_array().unwrap().is_empty());
@@ -378,11 +380,7 @@ async fn concurrent_requests_during_a_rebuild_get_one_consistent_body() {
         fan: ErrorLevel::Error,
         ..ErrorStatus::default()
     });
-    let h = d.fleet.get("p1").unwrap();
-    wait_state(&mut h.watch(), MINUTE, "a fan fault", |s| {
-        !s.faults.is_empty()
-    })
-    .await;
+    s.until_faulted(0).await;
     // Many requests find the list changed at once; each body is whole and matches its ETag.
     let answers = futures::future::join_all((0..24).map(|i| {
         let enc = if i % 2 == 0 { "gzip" } else { "identity" };
@@ -574,11 +572,7 @@ async fn one_device_changing_rebuilds_only_its_rooms_view_and_a_booking_only_its
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let h = d.fleet.get("p2").unwrap();
-    wait_state(&mut h.watch(), MINUTE, "a lamp fault", |s| {
-        !s.faults.is_empty()
-    })
-    .await;
+    s.until_faulted(1).await;
     let list = get(d, "/api/v1/rooms", &[]).await.json();
     let moved = moved(&mut watches);
     let built = views_built(d).await - m0;

@@ -939,17 +939,7 @@ async fn start_with_store(db: &std::path::Path, n: usize) -> Daemon {
         &Env::fixed(&[]),
     )
     .expect("config validates");
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        avwarden::clock::Clock::system(),
-    )
-    .await
-    .expect("daemon starts")
+    crate::support::start_daemon_on(cfg, avwarden::clock::Clock::system()).await
 }
 
 /// Issue 13.4: the systemd watchdog is fed from the daemon's health, not a free-running

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use avwarden::app::{Daemon, StartOptions};
+use avwarden::app::Daemon;
 use avwarden::config::{parse_site, Env};
 use avwarden::sim::shure::{Family, ShureSim, ShureSimConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -90,17 +90,7 @@ link = {{ host = "127.0.0.1", port = {port} }}
         &Env::fixed(&[("TECH_TOKEN", TECH), ("ADMIN_TOKEN", ADMIN)]),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    Daemon::start(
-        cfg,
-        StartOptions {
-            with_simulators: false,
-            api_bind: Some("127.0.0.1:0".parse().unwrap()),
-            demo_bookings: false,
-        },
-        avwarden::clock::Clock::system(),
-    )
-    .await
-    .expect("daemon starts")
+    crate::support::start_daemon_on(cfg, avwarden::clock::Clock::system()).await
 }
 
 /// The script's next word, with what it said before it.

@@ -301,6 +301,14 @@ pub async fn api(
 /// A daemon for `cfg` on the test clock, its API on a free loopback port, no simulators of
 /// its own (the test holds them) and no demo bookings.
 pub async fn start_daemon(cfg: avwarden::config::SiteConfig) -> avwarden::app::Daemon {
+    start_daemon_on(cfg, clock()).await
+}
+
+/// [`start_daemon`] on `clock` (e.g. the wall clock, for a test that runs in real time).
+pub async fn start_daemon_on(
+    cfg: avwarden::config::SiteConfig,
+    clock: Clock,
+) -> avwarden::app::Daemon {
     avwarden::app::Daemon::start(
         cfg,
         avwarden::app::StartOptions {
@@ -308,7 +316,7 @@ pub async fn start_daemon(cfg: avwarden::config::SiteConfig) -> avwarden::app::D
             api_bind: Some("127.0.0.1:0".parse().unwrap()),
             demo_bookings: false,
         },
-        clock(),
+        clock,
     )
     .await
     .expect("daemon starts")
