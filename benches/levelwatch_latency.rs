@@ -18,8 +18,8 @@
 //! that the daemon wrote; it is charged to the frame that decided it (the level watch's
 //! probe, `levelwatch::start_probed`, names it), or, for a cut the probe did not see (sent
 //! after waiting behind its zone's previous command), to the newest frame of its zone read
-//! before it was written. The probe also stamps the stages in between: the level watch took
-//! the frame's batch, decided, handed the command to the priority lane. Simulators run on
+//! before it was written. The probe also stamps the stages in between: the level watch's tap got
+//! the frame's level, decided, handed the command to the priority lane. Simulators run on
 //! their own runtime (threads `avw-sim`) in this process, the daemon side on another
 //! (`avw-daemon`, one worker per core like `main`), so the daemon's CPU is read per thread
 //! from `/proc/self/task`.
@@ -304,9 +304,9 @@ impl RunResult {
             self.cuts.len() - staged.len()
         );
         for (i, stage) in [
-            "frame read → level watch took its batch (meter hub)",
-            "batch taken → cut decided (controller, the batch before it)",
-            "decided → on the priority lane (the level watch task)",
+            "frame read → the level watch's tap (in the driver's call)",
+            "tap → cut decided (controller)",
+            "decided → on the priority lane (from the tap)",
             "handed → write completed (queue, actor, driver, socket)",
         ]
         .iter()
@@ -651,7 +651,7 @@ struct Cut {
     shared: bool,
     /// Among them a read (`get`).
     behind_read: bool,
-    /// Frame → batch taken → decided → handed to the lane → written, in µs, when the probe
+    /// Frame → tap → decided → handed to the lane → written, in µs, when the probe
     /// saw the cut decided by a frame.
     stages: Option<[f64; 4]>,
 }

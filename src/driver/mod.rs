@@ -133,6 +133,14 @@ pub trait Driver: Send {
         false
     }
 
+    /// Whether a priority command may be written while `command` waits for its answer (the
+    /// command then runs again after it): as [`Driver::poll_step_can_be_overtaken`], true
+    /// only for a read whose dropped answer the driver skips.
+    fn command_can_be_overtaken(&self, command: &DeviceCommand) -> bool {
+        let _ = command;
+        false
+    }
+
     /// Carry out one command.
     async fn execute(
         &mut self,

@@ -487,6 +487,8 @@ impl Observer {
         let dbfs = crate::model::round_to(dbfs, 1);
         let at = self.now();
         self.board.set(subject, MeterLevel { dbfs, at });
+        // Before the stream: a cut decided here is on the lane before any consumer wakes.
+        self.board.tap(subject, dbfs, at);
         self.meter_alive(subject, at);
         self.events
             .meters()

@@ -1,17 +1,20 @@
-//! The level watch's task: feeds the [`Controller`] of each DSP with meter frames (from the
-//! meter stream) and the levels the device reports (from its state `watch`), ticks it so
-//! blindness is noticed, and carries out its actions: gain and mute commands on the device's
-//! priority lane, typed events, the over-limit counter, and the snapshot the API shows.
+//! The level watch's task and taps: feed the [`Controller`] of each DSP with its meter levels
+//! (through the device's meter tap, in the driver's own call that read them, so a cut is on
+//! the device's priority lane before its actor looks at the lane again) and the levels the
+//! device reports (from its state `watch`), tick it so blindness is noticed, and carry out
+//! its actions: gain and mute commands on the device's priority lane, typed events, the
+//! over-limit counter, and the snapshot the API shows.
 //!
 //! It owns the command coalescing (per zone or mic at most one command in flight; a newer
 //! target replaces a waiting one, so a cut never queues behind stale cuts) and nothing else:
-//! every decision is the controller's. It must not decide from meters itself, block, or send
-//! anything except through [`DeviceHandle`]s.
+//! every decision is the controller's. It must not decide from meters itself, block (a tap
+//! runs inside a device's actor: only a short lock and non-blocking sends), or send anything
+//! except through [`DeviceHandle`]s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +28,6 @@ use super::controller::{Action, Controller, Input, MicSpec, ZoneSpec, ZoneView};
 use crate::clock::Clock;
 use crate::driver::dsp::zones::{self, LevelRange, Protect, Role};
 use crate::events::{EventBus, EventKind};
-use crate::meter::stream::MeterSample;
 use crate::model::{DeviceCommand, DeviceId, DeviceState, Point, Quantity, Subject, Value};
 use crate::profile::{DeviceKind, DriverKind, Profile};
 use crate::records::{CounterUpdate, LogbookHandle};
@@ -192,12 +194,12 @@ pub struct CutStamp {
     /// The instant of the input that decided it: a meter frame's `MeterSample.at`, or the
     /// tick's or the state's instant.
     pub input_at: DateTime<Utc>,
-    /// When the level watch took the meter batch that frame came in (`None`: not a frame).
+    /// When the frame's level reached the level watch's tap (`None`: not a frame).
     pub taken_at: Option<DateTime<Utc>>,
-    /// When the controller's action was carried out (the rest of the batch before it counts).
+    /// When the controller's action was carried out.
     pub decided_at: DateTime<Utc>,
-    /// When the command was put on the device's priority lane (by the level watch's own
-    /// task, right after the decision).
+    /// When the command was put on the device's priority lane (by the tap, right after the
+    /// decision).
     pub handed_at: DateTime<Utc>,
 }
 
@@ -212,13 +214,50 @@ impl std::fmt::Debug for CutProbe {
     }
 }
 
+/// What every protected device's [`Core`] shares: where its events, records and command
+/// outcomes go.
+struct Ctx {
+    events: EventBus,
+    logbook: Option<LogbookHandle>,
+    clock: Clock,
+    board: ProtectionBoard,
+    tasks: TaskTracker,
+    probe: Option<CutProbe>,
+    /// A command put on a lane, for the task to wait for its outcome.
+    replies: mpsc::UnboundedSender<Reply>,
+    cancel: CancellationToken,
+}
+
+/// One protected device's decisions and the commands they have out. Stepped under its lock
+/// by the device's own driver for each meter level it reads (the tap, [`Core::sample`]) and
+/// by the watch's task for ticks, reported levels and command outcomes.
+struct Core {
+    /// Its place in the task's list (replies name it).
+    d: usize,
+    handle: DeviceHandle,
+    ctl: Controller,
+    /// Where each metered subject of the device goes (looked up by reference).
+    index: HashMap<Subject, Channel>,
+    in_flight: HashMap<Key, DeviceCommand>,
+    waiting: HashMap<Key, DeviceCommand>,
+    actions: Vec<Action>,
+    /// When the level being decided reached the level watch (for the probe only).
+    taken_at: Option<DateTime<Utc>>,
+    /// The level command `act` is about to send, for the probe.
+    stamp: Option<CutStamp>,
+}
+
 struct Device {
+    core: Arc<Mutex<Core>>,
     handle: DeviceHandle,
     state: tokio::sync::watch::Receiver<DeviceState>,
     meters_on_change: bool,
-    ctl: Controller,
-    in_flight: HashMap<Key, DeviceCommand>,
-    waiting: HashMap<Key, DeviceCommand>,
+}
+
+impl Device {
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Start the level watch on `tasks`; it runs until `cancel`. Returns the board the API reads.
@@ -259,35 +298,64 @@ pub fn start_probed(
         .flat_map(|d| d.zones.iter().map(|z| z.meter_period))
         .min()
         .unwrap_or(DEFAULT_METER_PERIOD);
-    let mut watch = Watch {
-        devices: devices
-            .into_iter()
-            .map(|d| Device {
-                state: d.handle.watch(),
-                meters_on_change: d.meters_on_change,
-                ctl: Controller::new(d.zones, d.mics, now),
-                handle: d.handle,
-                in_flight: HashMap::new(),
-                waiting: HashMap::new(),
-            })
-            .collect(),
-        index: HashMap::new(),
-        events: events.clone(),
+    let (replies, new_replies) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        events,
         logbook,
         clock,
         board: board.clone(),
         tasks: tasks.clone(),
-        actions: Vec::new(),
         probe,
-        taken_at: None,
-        stamp: None,
-    };
-    watch.build_index();
-    for (i, d) in watch.devices.iter().enumerate() {
-        watch.board.publish(&d.handle.id, &watch.devices[i].ctl);
+        replies,
+        cancel: cancel.clone(),
+    });
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(d, w)| {
+            let ctl = Controller::new(w.zones, w.mics, now);
+            let mut index = HashMap::new();
+            for (i, z) in ctl.zones.iter().enumerate() {
+                index.insert(Subject::zone(&z.spec.id), Channel::Zone(i));
+            }
+            for (i, m) in ctl.mics.iter().enumerate() {
+                index.insert(Subject::input(&m.spec.id), Channel::Mic(i));
+            }
+            let core = Core {
+                d,
+                handle: w.handle.clone(),
+                ctl,
+                index,
+                in_flight: HashMap::new(),
+                waiting: HashMap::new(),
+                actions: Vec::new(),
+                taken_at: None,
+                stamp: None,
+            };
+            Device {
+                core: Arc::new(Mutex::new(core)),
+                state: w.handle.watch(),
+                handle: w.handle,
+                meters_on_change: w.meters_on_change,
+            }
+        })
+        .collect();
+    for dev in &devices {
+        ctx.board.publish(&dev.handle.id, &dev.core().ctl);
+        // The device's levels are decided in its driver's call that read them: no task hop
+        // and no meter-stream consumer between a frame and its cut (issue 10).
+        let (core, tap_ctx) = (dev.core.clone(), ctx.clone());
+        dev.handle
+            .meters()
+            .set_tap(Some(Arc::new(move |subject: &Subject, dbfs, at| {
+                if tap_ctx.cancel.is_cancelled() {
+                    return;
+                }
+                let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                core.sample(&tap_ctx, subject, dbfs, at);
+            })));
     }
-    let meters = events.meters().subscribe("levelwatch");
-    tasks.spawn(watch.run(meters, state_rx, period, cancel));
+    tasks.spawn(run(devices, ctx, new_replies, state_rx, period, cancel));
     board
 }
 
@@ -317,24 +385,6 @@ enum Channel {
     Mic(usize),
 }
 
-struct Watch {
-    devices: Vec<Device>,
-    /// A metered subject's device and channel, looked up by reference (no key built per
-    /// sample).
-    index: HashMap<DeviceId, HashMap<Subject, (usize, Channel)>>,
-    events: EventBus,
-    logbook: Option<LogbookHandle>,
-    clock: Clock,
-    board: ProtectionBoard,
-    tasks: TaskTracker,
-    actions: Vec<Action>,
-    probe: Option<CutProbe>,
-    /// While a meter batch is decided, when it was taken (for the probe only).
-    taken_at: Option<DateTime<Utc>>,
-    /// The level command `act` is about to send, for the probe.
-    stamp: Option<CutStamp>,
-}
-
 type Done = (usize, Key, CommandOutcome);
 
 /// The outcome of a command on a device's priority lane, named by its device and key.
@@ -361,120 +411,103 @@ type Replies = FuturesUnordered<Reply>;
 /// What woke the level watch's task.
 enum Wake {
     Cancelled,
-    Meters,
-    /// Boxed: the state is large and comes rarely, meters often.
+    Sent(Reply),
+    /// Boxed: the state is large and comes rarely.
     State(usize, Box<DeviceState>),
     Done(Done),
     Tick,
 }
 
-impl Watch {
-    fn build_index(&mut self) {
-        for (d, dev) in self.devices.iter().enumerate() {
-            for (i, z) in dev.ctl.zones.iter().enumerate() {
-                self.index
-                    .entry(dev.handle.id.clone())
-                    .or_default()
-                    .insert(Subject::zone(&z.spec.id), (d, Channel::Zone(i)));
-            }
-            for (i, m) in dev.ctl.mics.iter().enumerate() {
-                self.index
-                    .entry(dev.handle.id.clone())
-                    .or_default()
-                    .insert(Subject::input(&m.spec.id), (d, Channel::Mic(i)));
-            }
-        }
-    }
-
-    async fn run(
-        mut self,
-        mut meters: crate::meter::stream::MeterReceiver,
-        mut states: mpsc::Receiver<(usize, DeviceState)>,
-        period: Duration,
-        cancel: CancellationToken,
-    ) {
-        let mut replies = Replies::new();
-        let mut batch = Vec::new();
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let wake = tokio::select! {
-                _ = cancel.cancelled() => Wake::Cancelled,
-                () = meters.recv_into(&mut batch) => Wake::Meters,
-                Some((d, state)) = states.recv() => Wake::State(d, Box::new(state)),
-                Some(done) = replies.next(), if !replies.is_empty() => Wake::Done(done),
-                _ = tick.tick() => Wake::Tick,
-            };
-            match wake {
-                Wake::Cancelled => return,
-                Wake::Meters => self.meters(&batch, &mut replies),
-                Wake::State(d, state) => self.state(d, &state, &mut replies),
-                Wake::Done((d, key, outcome)) => self.done(d, key, outcome, &mut replies),
-                Wake::Tick => {
-                    let now = self.clock.now();
-                    for d in 0..self.devices.len() {
-                        self.hold_steady_meters(d, now, &mut replies);
-                        self.step(d, Input::Tick, now, &mut replies);
-                        self.retry_waiting(d, &mut replies);
-                        self.board
-                            .publish(&self.devices[d].handle.id, &self.devices[d].ctl);
+/// The task: ticks (blindness, restores, held levels of change-only meters), reported levels,
+/// and the outcomes of the commands the cores sent. Meter levels never pass through it.
+async fn run(
+    devices: Vec<Device>,
+    ctx: Arc<Ctx>,
+    mut sent: mpsc::UnboundedReceiver<Reply>,
+    mut states: mpsc::Receiver<(usize, DeviceState)>,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    let mut replies = Replies::new();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wake = tokio::select! {
+            _ = cancel.cancelled() => Wake::Cancelled,
+            Some(reply) = sent.recv() => Wake::Sent(reply),
+            Some((d, state)) = states.recv() => Wake::State(d, Box::new(state)),
+            Some(done) = replies.next(), if !replies.is_empty() => Wake::Done(done),
+            _ = tick.tick() => Wake::Tick,
+        };
+        match wake {
+            Wake::Cancelled => break,
+            Wake::Sent(reply) => replies.push(reply),
+            Wake::State(d, state) => devices[d].core().state(&ctx, &state),
+            Wake::Done((d, key, outcome)) => devices[d].core().done(&ctx, key, outcome),
+            Wake::Tick => {
+                for dev in &devices {
+                    let reachable = dev.meters_on_change && dev.state.borrow().reachable;
+                    let mut core = dev.core();
+                    let now = ctx.clock.now();
+                    if reachable {
+                        core.hold_steady_meters(&ctx, now);
                     }
+                    core.step(&ctx, Input::Tick, now);
+                    core.retry_waiting(&ctx);
+                    ctx.board.publish(&core.handle.id, &core.ctl);
                 }
             }
         }
     }
+    // The taps hold the cores, the cores the devices' handles: end the cycle.
+    for dev in &devices {
+        dev.handle.meters().set_tap(None);
+    }
+}
 
-    fn meters(&mut self, batch: &[MeterSample], done: &mut Replies) {
-        if self.probe.is_some() {
-            self.taken_at = Some(self.clock.now());
+impl Core {
+    /// A level the device's driver has just read (the tap): decided at once, in its call.
+    fn sample(&mut self, ctx: &Ctx, subject: &Subject, dbfs: f64, at: DateTime<Utc>) {
+        let Some(&ch) = self.index.get(subject) else {
+            return;
+        };
+        let input = match ch {
+            Channel::Zone(zone) => Input::ZoneMeter { zone, dbfs },
+            Channel::Mic(mic) => Input::MicMeter { mic, dbfs },
+        };
+        if ctx.probe.is_some() {
+            self.taken_at = Some(ctx.clock.now());
         }
-        for s in batch {
-            let found = self
-                .index
-                .get(s.device.as_ref())
-                .and_then(|m| m.get(&s.subject));
-            let Some(&(d, ch)) = found else {
-                continue;
-            };
-            let input = match ch {
-                Channel::Zone(zone) => Input::ZoneMeter { zone, dbfs: s.dbfs },
-                Channel::Mic(mic) => Input::MicMeter { mic, dbfs: s.dbfs },
-            };
-            // The frame's own instant: a batch that waited is judged by when it was measured.
-            self.step(d, input, s.at, done);
-        }
+        // The frame's own instant.
+        self.step(ctx, input, at);
         self.taken_at = None;
     }
 
     /// A change-only device that is reachable: each protected zone's and mic's last level,
     /// again, when no frame came for a meter period.
-    fn hold_steady_meters(&mut self, d: usize, now: DateTime<Utc>, done: &mut Replies) {
-        let dev = &self.devices[d];
-        if !dev.meters_on_change || !dev.state.borrow().reachable {
-            return;
-        }
+    fn hold_steady_meters(&mut self, ctx: &Ctx, now: DateTime<Utc>) {
+        let board = self.handle.meters();
         let due = |subject: Subject, period: Duration| {
-            let level = dev.handle.meters().get(&subject)?;
+            let level = board.get(&subject)?;
             let period = chrono::TimeDelta::from_std(period).ok()?;
             (now - level.at >= period).then_some(level.dbfs)
         };
-        let zones = dev.ctl.zones.iter().enumerate().filter_map(|(zone, z)| {
+        let zones = self.ctl.zones.iter().enumerate().filter_map(|(zone, z)| {
             due(Subject::zone(&z.spec.id), z.spec.meter_period)
                 .map(|dbfs| Input::ZoneMeter { zone, dbfs })
         });
-        let mics = dev.ctl.mics.iter().enumerate().filter_map(|(mic, m)| {
+        let mics = self.ctl.mics.iter().enumerate().filter_map(|(mic, m)| {
             due(Subject::input(&m.spec.id), m.spec.meter_period)
                 .map(|dbfs| Input::MicMeter { mic, dbfs })
         });
         let held: Vec<Input> = zones.chain(mics).collect();
         for input in held {
-            self.step(d, input, now, done);
+            self.step(ctx, input, now);
         }
     }
 
-    fn state(&mut self, d: usize, state: &DeviceState, done: &mut Replies) {
-        let now = self.clock.now();
-        let ctl = &self.devices[d].ctl;
+    fn state(&mut self, ctx: &Ctx, state: &DeviceState) {
+        let now = ctx.clock.now();
         let mut inputs = Vec::new();
         let read = |subject: Subject, q: Quantity| {
             state
@@ -482,7 +515,7 @@ impl Watch {
                 .get(&Point::new(subject, q))
                 .map(|r| r.value.clone())
         };
-        for (zone, z) in ctl.zones.iter().enumerate() {
+        for (zone, z) in self.ctl.zones.iter().enumerate() {
             let s = Subject::zone(&z.spec.id);
             if let Some(Value::Float(db)) = read(s.clone(), Quantity::LevelDb) {
                 inputs.push(Input::ZoneLevel { zone, db });
@@ -491,7 +524,7 @@ impl Watch {
                 inputs.push(Input::ZoneMuted { zone, on });
             }
         }
-        for (mic, m) in ctl.mics.iter().enumerate() {
+        for (mic, m) in self.ctl.mics.iter().enumerate() {
             // A DSP mic input's fader is its gain (`input.ID.gain_db`).
             let s = Subject::input(&m.spec.id);
             if let Some(Value::Float(db)) = read(s.clone(), Quantity::GainDb) {
@@ -502,40 +535,37 @@ impl Watch {
             }
         }
         for input in inputs {
-            self.step(d, input, now, done);
+            self.step(ctx, input, now);
         }
-        self.board
-            .publish(&self.devices[d].handle.id, &self.devices[d].ctl);
+        ctx.board.publish(&self.handle.id, &self.ctl);
     }
 
-    fn step(&mut self, d: usize, input: Input, now: DateTime<Utc>, done: &mut Replies) {
+    fn step(&mut self, ctx: &Ctx, input: Input, now: DateTime<Utc>) {
         let mut actions = std::mem::take(&mut self.actions);
-        self.devices[d].ctl.step(input, now, &mut actions);
+        self.ctl.step(input, now, &mut actions);
         let acted = !actions.is_empty();
         for a in actions.drain(..) {
-            self.act(d, a, now, done);
+            self.act(ctx, a, now);
         }
         self.actions = actions;
         if acted {
-            self.board
-                .publish(&self.devices[d].handle.id, &self.devices[d].ctl);
+            ctx.board.publish(&self.handle.id, &self.ctl);
         }
     }
 
-    fn act(&mut self, d: usize, action: Action, now: DateTime<Utc>, done: &mut Replies) {
-        let dev = &self.devices[d];
-        let device = dev.handle.id.clone();
-        let room = dev.handle.room.clone();
-        let zone_id = |z: usize| dev.ctl.zones[z].spec.id.clone();
-        let mic_id = |m: usize| dev.ctl.mics[m].spec.id.clone();
+    fn act(&mut self, ctx: &Ctx, action: Action, now: DateTime<Utc>) {
+        let device = self.handle.id.clone();
+        let room = self.handle.room.clone();
+        let zone_id = |z: usize| self.ctl.zones[z].spec.id.clone();
+        let mic_id = |m: usize| self.ctl.mics[m].spec.id.clone();
         let kind = match action {
             Action::SetLevel { zone, db } => {
                 let cmd = DeviceCommand::SetLevel {
                     zone: zone_id(zone),
                     db,
                 };
-                if self.probe.is_some() {
-                    let decided_at = self.clock.now();
+                if ctx.probe.is_some() {
+                    let decided_at = ctx.clock.now();
                     self.stamp = Some(CutStamp {
                         device,
                         zone: zone_id(zone),
@@ -546,21 +576,21 @@ impl Watch {
                         handed_at: decided_at,
                     });
                 }
-                return self.send(d, Key::ZoneLevel(zone), cmd, done);
+                return self.send(ctx, Key::ZoneLevel(zone), cmd);
             }
             Action::SetZoneMute { zone, on } => {
                 let cmd = DeviceCommand::SetZoneMute {
                     zone: zone_id(zone),
                     on,
                 };
-                return self.send(d, Key::ZoneMute(zone), cmd, done);
+                return self.send(ctx, Key::ZoneMute(zone), cmd);
             }
             Action::SetGain { mic, db } => {
                 let cmd = DeviceCommand::SetGain {
-                    channel: dev.ctl.mics[mic].spec.number,
+                    channel: self.ctl.mics[mic].spec.number,
                     db,
                 };
-                return self.send(d, Key::MicGain(mic), cmd, done);
+                return self.send(ctx, Key::MicGain(mic), cmd);
             }
             Action::Engaged {
                 zone,
@@ -593,11 +623,11 @@ impl Watch {
                 max_reduction_db,
                 over_limit,
             } => {
-                if let Some(logbook) = self.logbook.clone() {
+                if let Some(logbook) = ctx.logbook.clone() {
                     let update =
                         CounterUpdate::zone_over_limit(&zone_id(zone), over_limit.as_secs_f64());
                     let device = device.clone();
-                    self.tasks.spawn(async move {
+                    ctx.tasks.spawn(async move {
                         if let Err(e) = logbook.counters(device.clone(), now, vec![update]).await {
                             tracing::warn!(%device, error = %e, "zone over-limit time not recorded");
                         }
@@ -622,7 +652,7 @@ impl Watch {
                 let cmd = DeviceCommand::ReadZoneLevel {
                     zone: zone_id(zone),
                 };
-                return self.send(d, Key::CheckLevel(zone), cmd, done);
+                return self.send(ctx, Key::CheckLevel(zone), cmd);
             }
             Action::ManualChange { zone, level_db } => EventKind::ZoneLevelSetByPerson {
                 device,
@@ -669,76 +699,76 @@ impl Watch {
                 zone: zone_id(zone),
             },
         };
-        self.events.emit(now, kind);
+        ctx.events.emit(now, kind);
     }
 
     /// Send at once when nothing is in flight for `key`; otherwise wait, replacing any older
     /// waiting target (only the newest matters).
-    fn send(&mut self, d: usize, key: Key, cmd: DeviceCommand, done: &mut Replies) {
+    fn send(&mut self, ctx: &Ctx, key: Key, cmd: DeviceCommand) {
         let stamp = self.stamp.take();
-        let dev = &mut self.devices[d];
-        if dev.in_flight.contains_key(&key) {
-            dev.waiting.insert(key, cmd);
+        if self.in_flight.contains_key(&key) {
+            self.waiting.insert(key, cmd);
             return;
         }
-        // Onto the lane from this task: no task hop between the decision and the lane.
-        match dev.handle.priority_send(cmd.clone()) {
+        // Onto the lane from the deciding call: from a tap that is the device's own actor,
+        // which looks at the lane as soon as its driver's read returns.
+        match self.handle.priority_send(cmd.clone()) {
             Ok(rx) => {
-                if let Some((probe, mut stamp)) = self.probe.as_ref().zip(stamp) {
-                    stamp.handed_at = self.clock.now();
+                if let Some((probe, mut stamp)) = ctx.probe.as_ref().zip(stamp) {
+                    stamp.handed_at = ctx.clock.now();
                     (probe.0)(stamp);
                 }
-                dev.in_flight.insert(key, cmd);
-                done.push(Reply { d, key, rx });
+                self.in_flight.insert(key, cmd);
+                // The task is gone only when the watch ends; the command stands anyway.
+                let _ = ctx.replies.send(Reply { d: self.d, key, rx });
             }
             // The target still stands; it goes again on the next tick (the lane is full now).
             Err(CommandOutcome::QueueFull) => {
-                dev.waiting.insert(key, cmd);
+                self.waiting.insert(key, cmd);
             }
             Err(other) => {
-                tracing::warn!(device = %dev.handle.id, command = cmd.name(), outcome = %other, "protection command not carried out");
+                tracing::warn!(device = %self.handle.id, command = cmd.name(), outcome = %other, "protection command not carried out");
             }
         }
     }
 
-    fn done(&mut self, d: usize, key: Key, outcome: CommandOutcome, done: &mut Replies) {
-        let dev = &mut self.devices[d];
-        let Some(sent) = dev.in_flight.remove(&key) else {
+    fn done(&mut self, ctx: &Ctx, key: Key, outcome: CommandOutcome) {
+        let Some(sent) = self.in_flight.remove(&key) else {
             return;
         };
         match outcome {
             // What the read found, at once: the restore step waits for it, and an unchanged
             // state does not wake the state `watch`.
             CommandOutcome::Done { .. } if matches!(key, Key::CheckLevel(_)) => {
-                let state = dev.handle.state();
-                self.state(d, &state, done);
+                let state = self.handle.state();
+                self.state(ctx, &state);
             }
             CommandOutcome::Done { .. } => {}
             // The lane was full: the target still stands unless a newer one waits; it goes
             // again on the next tick, not at once (the lane would still be full).
             CommandOutcome::QueueFull => {
-                dev.waiting.entry(key).or_insert(sent);
+                self.waiting.entry(key).or_insert(sent);
                 return;
             }
             other => {
-                tracing::warn!(device = %dev.handle.id, command = sent.name(), outcome = %other, "protection command not carried out");
+                tracing::warn!(device = %self.handle.id, command = sent.name(), outcome = %other, "protection command not carried out");
             }
         }
-        if let Some(next) = self.devices[d].waiting.remove(&key) {
-            self.send(d, key, next, done);
+        if let Some(next) = self.waiting.remove(&key) {
+            self.send(ctx, key, next);
         }
     }
 
-    fn retry_waiting(&mut self, d: usize, done: &mut Replies) {
-        let keys: Vec<Key> = self.devices[d]
+    fn retry_waiting(&mut self, ctx: &Ctx) {
+        let keys: Vec<Key> = self
             .waiting
             .keys()
-            .filter(|k| !self.devices[d].in_flight.contains_key(k))
+            .filter(|k| !self.in_flight.contains_key(k))
             .copied()
             .collect();
         for key in keys {
-            if let Some(cmd) = self.devices[d].waiting.remove(&key) {
-                self.send(d, key, cmd, done);
+            if let Some(cmd) = self.waiting.remove(&key) {
+                self.send(ctx, key, cmd);
             }
         }
     }

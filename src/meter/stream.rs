@@ -247,13 +247,39 @@ pub struct MeterLevel {
     pub at: DateTime<Utc>,
 }
 
+/// Told each level a device's driver reads, in the driver's own call, before the sample goes
+/// on the meter stream: the level watch decides a cut there, so the cut is on the device's
+/// priority lane before its actor looks at the lane again (issue 10).
+pub type MeterTap = Arc<dyn Fn(&Subject, f64, DateTime<Utc>) + Send + Sync>;
+
 /// The latest level per subject of one device. Cheap to clone (shared).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MeterBoard {
     levels: Arc<Mutex<BTreeMap<Subject, Option<MeterLevel>>>>,
+    tap: Arc<RwLock<Option<MeterTap>>>,
+}
+
+impl std::fmt::Debug for MeterBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeterBoard")
+            .field("levels", &self.levels)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MeterBoard {
+    /// Install (or remove) the tap told every level of this device.
+    pub fn set_tap(&self, tap: Option<MeterTap>) {
+        *self.tap.write().unwrap_or_else(|p| p.into_inner()) = tap;
+    }
+
+    /// Tell the tap, when there is one, a level just read.
+    pub fn tap(&self, subject: &Subject, dbfs: f64, at: DateTime<Utc>) {
+        if let Some(tap) = &*self.tap.read().unwrap_or_else(|p| p.into_inner()) {
+            tap(subject, dbfs, at);
+        }
+    }
+
     /// Record a level.
     pub fn set(&self, subject: &Subject, level: MeterLevel) {
         let mut m = self.levels.lock().unwrap_or_else(|p| p.into_inner());

@@ -445,7 +445,9 @@ impl Actor {
         if req.order != Order::Command(DeviceCommand::Refresh)
             || !self.driver.refresh_is_poll_cycle()
         {
-            return self.run_command(link, req, last_io, paced).await;
+            return self
+                .run_command(link, req, last_io, paced, Some(priority))
+                .await;
         }
         if paced {
             pace(*last_io + self.cfg.command_gap).await;
@@ -463,13 +465,17 @@ impl Actor {
 
     /// Carry out one command and answer its caller. `paced` commands keep `command_gap` from
     /// the previous exchange (many devices drop commands that arrive back to back); a priority
-    /// command does not wait for it.
+    /// command does not wait for it. A read the driver lets be overtaken
+    /// ([`Driver::command_can_be_overtaken`]) gives way to a command arriving on `priority`
+    /// while it waits for its answer, and is repeated after it (issue 10: a gain cut does not
+    /// wait behind the level read the level watch asked for before a restore step).
     async fn run_command(
         &mut self,
         link: &mut Link,
         req: CommandRequest,
         last_io: &mut Instant,
         paced: bool,
+        mut priority: Option<&mut mpsc::Receiver<CommandRequest>>,
     ) -> Result<(), DriverError> {
         let Order::Command(command) = &req.order else {
             // The handle sends reconnects on the normal queue only, where they are taken
@@ -483,7 +489,29 @@ impl Actor {
             pace(*last_io + self.cfg.command_gap).await;
         }
         self.obs.take_applied();
-        let res = self.driver.execute(link, &mut self.obs, command).await;
+        let res = loop {
+            let overtake = match priority.as_deref_mut() {
+                Some(lane) if self.driver.command_can_be_overtaken(command) => lane,
+                _ => break self.driver.execute(link, &mut self.obs, command).await,
+            };
+            let next = tokio::select! {
+                biased;
+                res = self.driver.execute(link, &mut self.obs, command) => Ok(res),
+                Some(cut) = overtake.recv() => Err(cut),
+            };
+            let cut = match next {
+                Ok(res) => break res,
+                Err(cut) => cut,
+            };
+            // Its own failure is its caller's news; a link that failed under it ends this
+            // command too.
+            match Box::pin(self.run_command(link, cut, last_io, false, None)).await {
+                Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout { .. }) => {
+                    break Err(e)
+                }
+                _ => {}
+            }
+        };
         *last_io = Instant::now();
         self.report_command(command, &res);
         let applied = self.obs.take_applied();
@@ -505,7 +533,10 @@ impl Actor {
             while let Ok(req) = priority.try_recv() {
                 // The command's own failure is its caller's news; only a link that failed
                 // under it ends the cycle.
-                match self.run_command(link, req, last_io, false).await {
+                match self
+                    .run_command(link, req, last_io, false, Some(priority))
+                    .await
+                {
                     Err(e) if e.is_link_failure() || matches!(e, DriverError::Timeout { .. }) => {
                         return Err(e)
                     }
@@ -523,7 +554,10 @@ impl Actor {
                 match next {
                     Ok(step) => step?,
                     Err(req) => {
-                        match self.run_command(link, req, last_io, false).await {
+                        match self
+                            .run_command(link, req, last_io, false, Some(priority))
+                            .await
+                        {
                             Err(e)
                                 if e.is_link_failure()
                                     || matches!(e, DriverError::Timeout { .. }) =>

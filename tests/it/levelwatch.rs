@@ -10,7 +10,7 @@ use std::time::Duration;
 use avwarden::events::EventKind;
 use avwarden::levelwatch::controller::Mode;
 use avwarden::levelwatch::{ProtectionBoard, WatchedDevice};
-use avwarden::model::{DeviceId, Health};
+use avwarden::model::{DeviceId, Health, Subject};
 use avwarden::runtime::DeviceSpec;
 use avwarden::sim::meter_script::MeterScript;
 use avwarden::sim::qsys::{self, QsysSim, QsysSimConfig};
@@ -420,6 +420,44 @@ async fn telnet_ramp_into_overload_is_trimmed_then_restored() {
 #[tokio::test]
 async fn serial_115200_ramp_into_overload_is_trimmed_then_restored() {
     ramp_is_trimmed_then_restored(true).await;
+}
+
+/// Issue 10's latency: a level is decided in the driver's own call that read it (the device's
+/// meter tap), not after a hop through the meter stream to the level watch's task. Told
+/// through the tap from this test's thread, an overload is judged before this test awaits
+/// anything, and the cut then reaches the DSP.
+#[tokio::test(start_paused = true)]
+async fn a_level_read_is_decided_in_the_call_that_read_it() {
+    let s = setup(false).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while main_zone(&s.board).set_level_db.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the zone's level is known");
+    let set = main_zone(&s.board).set_level_db.unwrap();
+    let clock = support::clock();
+    let zone = Subject::zone("main");
+    // More frames at full scale than any peak count asks for, 50 ms apart, all told at once.
+    let start = clock.now();
+    for frame in 0..20 {
+        let at = start + chrono::TimeDelta::milliseconds(50 * frame);
+        s.rig.handle.meters().tap(&zone, 6.0, at);
+    }
+    let view = main_zone(&s.board);
+    assert!(
+        view.reduction_db > 0.0,
+        "no cut decided in the tap's call: {view:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.sim.level("Level1", 1).is_none_or(|db| db >= set) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cut reached the DSP");
+    s.rig.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -1289,6 +1289,74 @@ async fn a_zone_level_read_is_one_exchange() {
     cancel.cancel();
 }
 
+#[tokio::test]
+async fn a_cut_overtakes_the_level_read_on_the_priority_lane_in_flight() {
+    // Pins issue 10's tail: a cut that came while the level watch's pre-restore read of
+    // another zone waited for its answer was written only after that answer.
+    let cancel = CancellationToken::new();
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
+    assert!(sim.set_level("Zones", 1, -12.0));
+    let issued = sim.received_total();
+    sim.hold_answers(true);
+    let h = rig.handle.clone();
+    let read = crate::support::spawn(async move {
+        h.priority_command(DeviceCommand::ReadZoneLevel { zone: "z1".into() })
+            .await
+    });
+    let has = |sim: &TesiraSim, line: &str| {
+        let lines = sim.received();
+        let first = sim.received_total() - lines.len() as u64;
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| first + *i as u64 >= issued)
+            .filter(|(_, l)| l.as_str() == line)
+            .count()
+    };
+    while has(&sim, "Zones get level 1") == 0 {
+        let n = sim.received_total();
+        sim.wait_received(n + 1).await;
+    }
+    let h = rig.handle.clone();
+    let cut = crate::support::spawn(async move {
+        h.priority_command(DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db: -30.0,
+        })
+        .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while has(&sim, "Zones set level 16 -30") == 0 {
+            let n = sim.received_total();
+            sim.wait_received(n + 1).await;
+        }
+    })
+    .await
+    .expect("the cut is written while the level read waits for its answer");
+    assert!(
+        !read.is_finished(),
+        "the read was over (answered or given up) before the cut was written"
+    );
+    sim.hold_answers(false);
+    let outcome = cut.await.unwrap();
+    assert!(outcome.is_done(), "{outcome:?}");
+    let read = read.await.unwrap();
+    assert!(read.is_done(), "{read:?}");
+    let level = |zone: &str| {
+        rig.handle
+            .state()
+            .readings
+            .get(&Point::new(Subject::zone(zone), Quantity::LevelDb))
+            .map(|r| r.value.clone())
+    };
+    assert_eq!(level("z16"), Some(Value::Float(-30.0)));
+    // The overtaken read was asked again and answered.
+    assert_eq!(level("z1"), Some(Value::Float(-12.0)));
+    assert_eq!(has(&sim, "Zones get level 1"), 2);
+    rig.shutdown().await;
+    cancel.cancel();
+}
+
 /// Issue 10 (a cut waited for the poll read in flight, p99 ≈ 10 ms in the latency benchmark):
 /// TTP answers in order, so a priority command is written while a poll read still waits for
 /// its answer; the read's answer, when it comes, is skipped (not taken for the cut's), the

@@ -615,6 +615,12 @@ impl Driver for TesiraDriver {
         self.poll_cursor > 0
     }
 
+    /// A zone's level read before a restore step (one control read, answered in order and
+    /// skipped by `exchange` when dropped) gives way to a cut.
+    fn command_can_be_overtaken(&self, command: &DeviceCommand) -> bool {
+        matches!(command, DeviceCommand::ReadZoneLevel { .. })
+    }
+
     fn fresh(&self) -> Option<Box<dyn Driver>> {
         Some(Box::new(self.clone()))
     }
