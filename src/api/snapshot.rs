@@ -286,24 +286,38 @@ impl Sources {
     }
 }
 
-struct Cache<K> {
+struct Cache {
     sources: Sources,
     /// Set for the lists that show quietly stamped instants ([`QUIET_STAMPS_MAX_AGE`]).
     max_age: Option<chrono::Duration>,
     bodies: HashMap<String, Arc<Snapshot>>,
-    /// What the list's builder keeps for the next rebuild to reuse (its entries as last
-    /// serialised, the views they were made from).
-    kept: K,
+    /// The bodies from before the last change, answered while their rebuild is under way.
+    previous: HashMap<String, Arc<Snapshot>>,
 }
 
-impl<K: Default> Cache<K> {
-    fn new(sources: Sources, max_age: Option<chrono::Duration>) -> Mutex<Self> {
-        Mutex::new(Self {
-            sources,
-            max_age,
-            bodies: HashMap::new(),
-            kept: K::default(),
-        })
+/// One list: its bodies behind a lock held only to look and to store, and its builder's
+/// state behind another, held for a rebuild. A request that finds the list changed while
+/// another request rebuilds it is answered the body from before the change at once instead
+/// of waiting the rebuild's milliseconds (issue 15.3's tail): a list is never more than one
+/// rebuild behind the present.
+struct List<K> {
+    cache: Mutex<Cache>,
+    /// What the list's builder keeps for the next rebuild to reuse (its entries as last
+    /// serialised, the views they were made from).
+    kept: Mutex<K>,
+}
+
+impl<K: Default> List<K> {
+    fn new(sources: Sources, max_age: Option<chrono::Duration>) -> Self {
+        Self {
+            cache: Mutex::new(Cache {
+                sources,
+                max_age,
+                bodies: HashMap::new(),
+                previous: HashMap::new(),
+            }),
+            kept: Mutex::new(K::default()),
+        }
     }
 }
 
@@ -470,9 +484,9 @@ impl<T: serde::Serialize + PartialEq + Clone> Fragments<T> {
 /// The three lists' snapshots. One per router; cheap to share.
 pub struct Snapshots {
     metrics: crate::metrics::Metrics,
-    devices: Mutex<Cache<Fragments<super::DeviceSummary>>>,
-    rooms: Mutex<Cache<super::rooms::RoomViews>>,
-    board: Mutex<Cache<()>>,
+    devices: List<Fragments<super::DeviceSummary>>,
+    rooms: List<super::rooms::RoomViews>,
+    board: List<()>,
 }
 
 impl Snapshots {
@@ -492,11 +506,11 @@ impl Snapshots {
         };
         Self {
             metrics: st.metrics.clone(),
-            devices: Cache::new(
+            devices: List::new(
                 sources(devices(), None, None, fleet(), None),
                 Some(QUIET_STAMPS_MAX_AGE),
             ),
-            rooms: Cache::new(
+            rooms: List::new(
                 sources(
                     devices(),
                     book(),
@@ -506,7 +520,7 @@ impl Snapshots {
                 ),
                 Some(QUIET_STAMPS_MAX_AGE),
             ),
-            board: Cache::new(sources(Vec::new(), book(), None, None, None), None),
+            board: List::new(sources(Vec::new(), book(), None, None, None), None),
         }
     }
 
@@ -543,32 +557,54 @@ impl Snapshots {
             .await
     }
 
-    /// The body of the list in `cache` for query `key`: the kept one while nothing it shows
-    /// changed, else one built by `build` (once, whoever else is waiting).
+    /// The body of `list` for query `key`: the kept one while nothing it shows changed, else
+    /// one built by `build` (once, whoever else is asking: they get the body from before the
+    /// change meanwhile, or wait when there is none).
     async fn get<K>(
         &self,
-        cache: &Mutex<Cache<K>>,
+        list: &List<K>,
         name: &'static str,
         key: &str,
         now: DateTime<Utc>,
         build: impl FnOnce(DateTime<Utc>, &mut K) -> Result<Built, ApiError>,
     ) -> Result<Arc<Snapshot>, ApiError> {
         let asked = tokio::time::Instant::now();
-        let mut c = cache.lock().await;
-        let locked = tokio::time::Instant::now();
-        self.metrics
-            .add_labeled(WAIT_SECONDS, "list", name, (locked - asked).as_secs_f64());
-        if c.sources.changed(now) {
-            c.bodies.clear();
-        }
-        if let Some(body) = c.bodies.get(key) {
-            return Ok(body.clone());
-        }
-        if c.bodies.is_empty() {
-            c.sources.mark_seen();
-            c.sources.valid_until = c.max_age.map(|a| now + a);
-        }
-        let built = build(now, &mut c.kept)?;
+        let mut kept = loop {
+            let mut c = list.cache.lock().await;
+            if c.sources.changed(now) && !c.bodies.is_empty() {
+                c.previous = std::mem::take(&mut c.bodies);
+            }
+            if let Some(body) = c.bodies.get(key) {
+                let body = body.clone();
+                drop(c);
+                self.waited(name, asked);
+                return Ok(body);
+            }
+            match list.kept.try_lock() {
+                Ok(kept) => {
+                    if c.bodies.is_empty() {
+                        // Before the build reads the present: a change during it marks the
+                        // new body changed again rather than being lost.
+                        c.sources.mark_seen();
+                        c.sources.valid_until = c.max_age.map(|a| now + a);
+                    }
+                    break kept;
+                }
+                Err(_) => {
+                    if let Some(body) = c.previous.get(key) {
+                        let body = body.clone();
+                        drop(c);
+                        self.waited(name, asked);
+                        return Ok(body);
+                    }
+                    drop(c);
+                    // Nothing from before to answer with: wait for the rebuild, look again.
+                    drop(list.kept.lock().await);
+                }
+            }
+        };
+        let locked = self.waited(name, asked);
+        let built = build(now, &mut kept)?;
         let body = Arc::new(match built.semantic {
             // The weak validator steps with the contact grid: a 304 then vouches for contact
             // instants at most one grid step old (see `CONTACT_GRID`).
@@ -583,6 +619,7 @@ impl Snapshots {
         }
         self.metrics
             .add_labeled(BUILD_SECONDS, "list", name, locked.elapsed().as_secs_f64());
+        let mut c = list.cache.lock().await;
         if c.bodies.len() < MAX_KEYS {
             c.bodies.insert(key.to_owned(), body.clone());
             c.sources.valid_until = [c.sources.valid_until, built.valid_until, grid_ends]
@@ -591,6 +628,14 @@ impl Snapshots {
                 .min();
         }
         Ok(body)
+    }
+
+    /// Count the time since `asked` as waiting for the list; the instant it ended.
+    fn waited(&self, name: &'static str, asked: tokio::time::Instant) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        self.metrics
+            .add_labeled(WAIT_SECONDS, "list", name, (now - asked).as_secs_f64());
+        now
     }
 }
 
@@ -609,6 +654,72 @@ fn grid_end(now: DateTime<Utc>) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list watching only a book counter, and that counter's sender.
+    fn book_list() -> (Snapshots, watch::Sender<u64>) {
+        let (tx, rx) = watch::channel(0u64);
+        let sources = |book| Sources {
+            devices: Vec::new(),
+            book,
+            protection: None,
+            fleet: None,
+            layout: None,
+            valid_until: None,
+        };
+        let snapshots = Snapshots {
+            metrics: crate::metrics::Metrics::new(),
+            devices: List::new(sources(None), None),
+            rooms: List::new(sources(None), None),
+            board: List::new(sources(Some(rx)), None),
+        };
+        (snapshots, tx)
+    }
+
+    /// Pins issue 15.3's tail: every request that came while a list was rebuilt waited for
+    /// the rebuild's milliseconds. Now the body from before the change answers them, and the
+    /// next request after the rebuild gets the new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_during_a_rebuild_gets_the_body_before_the_change_without_waiting() {
+        let (snapshots, book) = book_list();
+        let snapshots = Arc::new(snapshots);
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let body = |n: u64| Built::of(&serde_json::json!({ "book": n }), None);
+        let first = snapshots.board("", now, |_| body(0)).await.unwrap();
+        book.send_replace(1);
+        // A rebuild that holds until the second request has been answered.
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let rebuilding = {
+            let snapshots = snapshots.clone();
+            tasks.spawn(async move {
+                snapshots
+                    .board("", now, move |_| {
+                        let _ = entered_tx.send(());
+                        let _ = release_rx.recv();
+                        body(1)
+                    })
+                    .await
+            })
+        };
+        entered_rx.await.unwrap();
+        let during = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            snapshots.board("", now, |_| panic!("a second rebuild at the same time")),
+        )
+        .await
+        .expect("answered while the rebuild holds")
+        .unwrap();
+        assert_eq!(during.json(), first.json(), "the body from before the change");
+        release_tx.send(()).unwrap();
+        let rebuilt = rebuilding.await.unwrap().unwrap();
+        assert_eq!(&rebuilt.json()[..], br#"{"book":1}"#);
+        let after = snapshots
+            .board("", now, |_| panic!("built again with nothing changed"))
+            .await
+            .unwrap();
+        assert_eq!(after.json(), rebuilt.json());
+    }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
