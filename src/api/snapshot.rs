@@ -710,7 +710,11 @@ mod tests {
         .await
         .expect("answered while the rebuild holds")
         .unwrap();
-        assert_eq!(during.json(), first.json(), "the body from before the change");
+        assert_eq!(
+            during.json(),
+            first.json(),
+            "the body from before the change"
+        );
         release_tx.send(()).unwrap();
         let rebuilt = rebuilding.await.unwrap().unwrap();
         assert_eq!(&rebuilt.json()[..], br#"{"book":1}"#);

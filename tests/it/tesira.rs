@@ -1289,6 +1289,49 @@ async fn a_zone_level_read_is_one_exchange() {
     cancel.cancel();
 }
 
+/// How many times the DSP received `line` after its first `issued` lines.
+fn received_since(sim: &TesiraSim, issued: u64, line: &str) -> usize {
+    let lines = sim.received();
+    let first = sim.received_total() - lines.len() as u64;
+    lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| first + i as u64 >= issued && l == line)
+        .count()
+}
+
+/// Once the DSP holding its answers has received `read` (after its first `issued` lines), a
+/// cut of zone 16 on the priority lane, returned once the DSP has received it too (it would
+/// wait forever otherwise: the bound only keeps a failure from hanging the suite).
+async fn cut_while_read_waits(
+    sim: &TesiraSim,
+    rig: &Rig,
+    issued: u64,
+    read: &str,
+) -> tokio::task::JoinHandle<CommandOutcome> {
+    while received_since(sim, issued, read) == 0 {
+        let n = sim.received_total();
+        sim.wait_received(n + 1).await;
+    }
+    let h = rig.handle.clone();
+    let cut = crate::support::spawn(async move {
+        h.priority_command(DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db: -30.0,
+        })
+        .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while received_since(sim, issued, "Zones set level 16 -30") == 0 {
+            let n = sim.received_total();
+            sim.wait_received(n + 1).await;
+        }
+    })
+    .await
+    .expect("the cut is written while the read in flight waits for its answer");
+    cut
+}
+
 #[tokio::test]
 async fn a_cut_overtakes_the_level_read_on_the_priority_lane_in_flight() {
     // Pins issue 10's tail: a cut that came while the level watch's pre-restore read of
@@ -1303,36 +1346,7 @@ async fn a_cut_overtakes_the_level_read_on_the_priority_lane_in_flight() {
         h.priority_command(DeviceCommand::ReadZoneLevel { zone: "z1".into() })
             .await
     });
-    let has = |sim: &TesiraSim, line: &str| {
-        let lines = sim.received();
-        let first = sim.received_total() - lines.len() as u64;
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| first + *i as u64 >= issued)
-            .filter(|(_, l)| l.as_str() == line)
-            .count()
-    };
-    while has(&sim, "Zones get level 1") == 0 {
-        let n = sim.received_total();
-        sim.wait_received(n + 1).await;
-    }
-    let h = rig.handle.clone();
-    let cut = crate::support::spawn(async move {
-        h.priority_command(DeviceCommand::SetLevel {
-            zone: "z16".into(),
-            db: -30.0,
-        })
-        .await
-    });
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while has(&sim, "Zones set level 16 -30") == 0 {
-            let n = sim.received_total();
-            sim.wait_received(n + 1).await;
-        }
-    })
-    .await
-    .expect("the cut is written while the level read waits for its answer");
+    let cut = cut_while_read_waits(&sim, &rig, issued, "Zones get level 1").await;
     assert!(
         !read.is_finished(),
         "the read was over (answered or given up) before the cut was written"
@@ -1342,19 +1356,20 @@ async fn a_cut_overtakes_the_level_read_on_the_priority_lane_in_flight() {
     assert!(outcome.is_done(), "{outcome:?}");
     let read = read.await.unwrap();
     assert!(read.is_done(), "{read:?}");
-    let level = |zone: &str| {
-        rig.handle
-            .state()
-            .readings
-            .get(&Point::new(Subject::zone(zone), Quantity::LevelDb))
-            .map(|r| r.value.clone())
-    };
-    assert_eq!(level("z16"), Some(Value::Float(-30.0)));
+    assert_eq!(zone_level(&rig, "z16"), Some(Value::Float(-30.0)));
     // The overtaken read was asked again and answered.
-    assert_eq!(level("z1"), Some(Value::Float(-12.0)));
-    assert_eq!(has(&sim, "Zones get level 1"), 2);
+    assert_eq!(zone_level(&rig, "z1"), Some(Value::Float(-12.0)));
+    assert_eq!(received_since(&sim, issued, "Zones get level 1"), 2);
     rig.shutdown().await;
     cancel.cancel();
+}
+
+fn zone_level(rig: &Rig, zone: &str) -> Option<Value> {
+    rig.handle
+        .state()
+        .readings
+        .get(&Point::new(Subject::zone(zone), Quantity::LevelDb))
+        .map(|r| r.value.clone())
 }
 
 /// Issue 10 (a cut waited for the poll read in flight, p99 ≈ 10 ms in the latency benchmark):
@@ -1372,39 +1387,11 @@ async fn a_priority_command_overtakes_the_poll_read_in_flight() {
     sim.hold_answers(true);
     let h = rig.handle.clone();
     let refresh = crate::support::spawn(async move { h.command(DeviceCommand::Refresh).await });
-    let has = |sim: &TesiraSim, line: &str| {
-        let lines = sim.received();
-        let first = sim.received_total() - lines.len() as u64;
-        lines
-            .iter()
-            .enumerate()
-            .any(|(i, l)| first + i as u64 >= issued && l == line)
-    };
     // The refresh's first read is in flight: received, unanswered.
-    while !has(&sim, "Zones get level 1") {
-        let n = sim.received_total();
-        sim.wait_received(n + 1).await;
-    }
-    let h = rig.handle.clone();
-    let cut = crate::support::spawn(async move {
-        h.priority_command(DeviceCommand::SetLevel {
-            zone: "z16".into(),
-            db: -30.0,
-        })
-        .await
-    });
-    // Written while the read still waits for its answer (it would wait forever otherwise:
-    // the bound only keeps a failure from hanging the suite).
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !has(&sim, "Zones set level 16 -30") {
-            let n = sim.received_total();
-            sim.wait_received(n + 1).await;
-        }
-    })
-    .await
-    .expect("the cut is written while the read in flight waits for its answer");
-    assert!(
-        !has(&sim, "Zones get level 2"),
+    let cut = cut_while_read_waits(&sim, &rig, issued, "Zones get level 1").await;
+    assert_eq!(
+        received_since(&sim, issued, "Zones get level 2"),
+        0,
         "the poll went on before the cut"
     );
     sim.hold_answers(false);
@@ -1412,18 +1399,11 @@ async fn a_priority_command_overtakes_the_poll_read_in_flight() {
     // Zone 1's `+OK "value":-12` came first and is not the cut's answer: taken for it, the
     // cut's read-back would have got the set's bare `+OK` and failed.
     assert!(outcome.is_done(), "{outcome:?}");
-    let level = |zone: &str| {
-        rig.handle
-            .state()
-            .readings
-            .get(&Point::new(Subject::zone(zone), Quantity::LevelDb))
-            .map(|r| r.value.clone())
-    };
-    assert_eq!(level("z16"), Some(Value::Float(-30.0)));
+    assert_eq!(zone_level(&rig, "z16"), Some(Value::Float(-30.0)));
     let refreshed = refresh.await.unwrap();
     assert!(refreshed.is_done(), "{refreshed:?}");
     // The overtaken read was repeated: zone 1's level is known, and every zone was read.
-    assert_eq!(level("z1"), Some(Value::Float(-12.0)));
+    assert_eq!(zone_level(&rig, "z1"), Some(Value::Float(-12.0)));
     let lines = sim.received();
     let reads = lines
         .iter()
