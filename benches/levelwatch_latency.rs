@@ -485,14 +485,15 @@ async fn measure(
         spec.on_write = Some(WriteHook(Arc::new(move |bytes: &[u8]| {
             // Stamped before anything else is done with the bytes.
             let at = clock.now();
-            let line = String::from_utf8_lossy(bytes);
-            let w = Written {
+            // A cut's write carries its read-back too: one entry a line.
+            let text = String::from_utf8_lossy(bytes);
+            let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+            sink.extend(text.lines().map(|line| Written {
                 dsp,
                 at,
-                set: parse_set_level(&line),
+                set: parse_set_level(line),
                 read: line.split_whitespace().nth(1) == Some("get"),
-            };
-            sink.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+            }));
         })));
         let handle = fleet.spawn_device(spec).map_err(|e| e.to_string())?;
         let w = WatchedDevice::from_settings(handle, &profile, &settings)

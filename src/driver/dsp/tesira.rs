@@ -241,21 +241,45 @@ impl TesiraDriver {
         obs: &mut Observer,
         cmd: &str,
     ) -> Result<Answer, DriverError> {
+        self.send_commands(link, cmd, 1).await?;
+        self.answer(link, obs, cmd, 1).await
+    }
+
+    /// Write `n` commands (`lines`, each ending its line) in one write. TTP answers in order
+    /// (protocols.md §4.1), so their answers are the last `n` of `outstanding`.
+    async fn send_commands(
+        &mut self,
+        link: &mut Link,
+        lines: &str,
+        n: usize,
+    ) -> Result<(), DriverError> {
         if self.torn {
             // The next line would be glued to the torn one: start a new session instead.
             self.torn = false;
             link.disconnect();
             return Err(DriverError::Link(crate::driver::LinkError::Closed));
         }
-        self.outstanding += 1;
+        self.outstanding += n;
         // Written apart from the answer's wait, so an exchange dropped while it waits (a
         // priority command overtaking a poll read) has its line whole on the wire; its answer
         // is then one of the `outstanding` the next exchange skips.
         self.torn = true;
-        let sent = link.send(cmd.as_bytes()).await;
+        let sent = link.send(lines.as_bytes()).await;
         self.torn = false;
-        sent?;
-        let echo = cmd.trim_end();
+        sent
+    }
+
+    /// Wait for the answer of the oldest of our last `ours` commands (`sent` is what they
+    /// wrote: their echoes are not news), skipping the answers of older ones and handling
+    /// everything else that arrives meanwhile (negotiation, echo, publishes, a banner).
+    async fn answer(
+        &mut self,
+        link: &mut Link,
+        obs: &mut Observer,
+        sent: &str,
+        ours: usize,
+    ) -> Result<Answer, DriverError> {
+        let echo = sent.lines().next().unwrap_or_default().to_owned();
         let mut restarted = false;
         // The reply loop borrows the decoder; what it needs of the rest is borrowed apart.
         let (map, alignment, tokens) = (&self.map, &self.alignment, &self.tokens);
@@ -281,13 +305,13 @@ impl TesiraDriver {
                         // command is lost and so are our subscriptions.
                         restarted = true;
                         return Step::End(DriverError::Busy {
-                            command: echo.to_owned(),
+                            command: echo.clone(),
                             reason: "the DSP restarted its control session".to_owned(),
                             ready_in: None,
                         });
                     }
                     Ok(TtpLine::Text(t)) => {
-                        if t != echo {
+                        if !sent.lines().any(|l| l == t) {
                             tracing::debug!(device = %obs.device(), line = %t, "ignored TTP line");
                         }
                         return Step::Skip;
@@ -298,20 +322,20 @@ impl TesiraDriver {
                         }
                         // A broken reply is still a reply: it answers the oldest command.
                         obs.bad_input(&p);
-                        if *outstanding > 1 {
+                        if *outstanding > ours {
                             *outstanding -= 1;
                             return Step::Skip;
                         }
-                        *outstanding = 0;
+                        *outstanding = outstanding.saturating_sub(1);
                         return Step::End(DriverError::Protocol(p));
                     }
                 };
-                if *outstanding > 1 {
+                if *outstanding > ours {
                     // The answer to a command a cancelled listen sent; ours is still to come.
                     *outstanding -= 1;
                     return Step::Skip;
                 }
-                *outstanding = 0;
+                *outstanding = outstanding.saturating_sub(1);
                 Step::Done(answer)
             })
             .await;
@@ -415,6 +439,12 @@ impl TesiraDriver {
         let answer = self
             .exchange(link, obs, &ttp::get(&a.tag, &a.attribute, &[a.index]))
             .await?;
+        self.apply_read(obs, idx, f, answer);
+        Ok(())
+    }
+
+    /// What a `get` of channel `idx`'s `f` answered: a reading, or why not.
+    fn apply_read(&mut self, obs: &mut Observer, idx: usize, f: Function, answer: Answer) {
         let ch = &self.map.channels[idx];
         match answer {
             Answer::Ok(Some(v)) => {
@@ -442,7 +472,6 @@ impl TesiraDriver {
                 self.mapping.failed(ch, f, &e);
             }
         }
-        Ok(())
     }
 
     async fn read_levels(
@@ -532,17 +561,31 @@ impl TesiraDriver {
             SetTo::Db(db) => TtpArg::Number(db),
             SetTo::On(on) => TtpArg::Bool(on),
         };
-        match self
-            .exchange(link, obs, &ttp::set(&a.tag, &a.attribute, &[a.index], arg))
-            .await?
-        {
-            Answer::Ok(_) => {}
-            Answer::Err(e) => return Err(refused(command, e)),
-        }
-        // Read back: the DSP may have clamped the value.
-        self.read_value(link, obs, idx, f).await?;
+        let set = ttp::set(&a.tag, &a.attribute, &[a.index], arg);
+        // Read back: the DSP may have clamped the value. The read goes in the same write as
+        // the set: TTP answers in order, so the command costs one round trip, not two, and a
+        // cut queued behind this one waits half as long (issue 10).
+        let Some(back) = self.map.channels[idx].address(f).cloned() else {
+            return match self.exchange(link, obs, &set).await? {
+                Answer::Ok(_) => Ok(()),
+                Answer::Err(e) => Err(refused(command, e)),
+            };
+        };
+        let get = ttp::get(&back.tag, &back.attribute, &[back.index]);
+        self.send_commands(link, &format!("{set}{get}"), 2).await?;
+        // A set that failed to answer leaves its read's answer outstanding: the next
+        // exchange skips it.
+        let answered = self.answer(link, obs, &set, 2).await?;
+        // A refused set still reads back what the control holds.
+        let read = self
+            .answer(link, obs, &get, 1)
+            .await
+            .map(|answer| self.apply_read(obs, idx, f, answer));
         obs.faults(MAPPING_SOURCE, self.mapping.current());
-        Ok(())
+        match answered {
+            Answer::Ok(_) => read,
+            Answer::Err(e) => Err(refused(command, e)),
+        }
     }
 
     /// Apply one frame heard between exchanges: a publish, a late answer, a telnet
