@@ -176,6 +176,8 @@ impl Daemon {
             mqtt.as_ref(),
             &devices_service,
         )?;
+        // The devices are most of the heap: their service gives its free pages back too.
+        crate::heap::spawn_trimmer(devices_service.tasks(), devices_service.cancel());
         services.push(devices_service);
         let archive = Service::new("archive");
         start_archive(&devices, &fleet, &logbook, clock, &archive);

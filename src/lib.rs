@@ -16,6 +16,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod driver;
 pub mod events;
+pub mod heap;
 pub mod levelwatch;
 pub mod meter;
 pub mod metrics;

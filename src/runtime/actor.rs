@@ -43,8 +43,8 @@ pub enum Lane {
 
 /// The actor's two command queues (kept by the supervisor across actor restarts).
 pub(super) struct Queues {
-    pub normal: mpsc::Receiver<CommandRequest>,
-    pub priority: mpsc::Receiver<CommandRequest>,
+    pub normal: mpsc::Receiver<Box<CommandRequest>>,
+    pub priority: mpsc::Receiver<Box<CommandRequest>>,
 }
 
 /// Everything an actor needs besides its driver.
@@ -134,9 +134,9 @@ impl Actor {
                             None => break,
                         },
                         req = commands.normal.recv() => match req {
-                            Some(CommandRequest { order: Order::Reconnect, reply }) => {
+                            Some(req) if req.order == Order::Reconnect => {
                                 // Asked for: try now instead of at the end of the backoff.
-                                reconnecting.push(reply);
+                                reconnecting.push(req.reply);
                                 conn = Conn::Disconnected { retry_at: Instant::now() };
                             }
                             Some(req) => { let _ = req.reply.send(CommandOutcome::Unreachable); }
@@ -437,8 +437,8 @@ impl Actor {
     async fn serve(
         &mut self,
         link: &mut Link,
-        req: CommandRequest,
-        priority: &mut mpsc::Receiver<CommandRequest>,
+        req: Box<CommandRequest>,
+        priority: &mut mpsc::Receiver<Box<CommandRequest>>,
         last_io: &mut Instant,
         paced: bool,
     ) -> Result<(), DriverError> {
@@ -472,10 +472,10 @@ impl Actor {
     async fn run_command(
         &mut self,
         link: &mut Link,
-        req: CommandRequest,
+        req: Box<CommandRequest>,
         last_io: &mut Instant,
         paced: bool,
-        mut priority: Option<&mut mpsc::Receiver<CommandRequest>>,
+        mut priority: Option<&mut mpsc::Receiver<Box<CommandRequest>>>,
     ) -> Result<(), DriverError> {
         let Order::Command(command) = &req.order else {
             // The handle sends reconnects on the normal queue only, where they are taken
@@ -526,7 +526,7 @@ impl Actor {
     async fn poll_cycle(
         &mut self,
         link: &mut Link,
-        priority: &mut mpsc::Receiver<CommandRequest>,
+        priority: &mut mpsc::Receiver<Box<CommandRequest>>,
         last_io: &mut Instant,
     ) -> Result<(), DriverError> {
         loop {

@@ -60,8 +60,8 @@ pub struct DeviceHandle {
     /// can do.
     pub profile: Option<Arc<Profile>>,
     state: watch::Receiver<DeviceState>,
-    commands: mpsc::Sender<CommandRequest>,
-    priority: mpsc::Sender<CommandRequest>,
+    commands: mpsc::Sender<Box<CommandRequest>>,
+    priority: mpsc::Sender<Box<CommandRequest>>,
     meters: MeterBoard,
 }
 
@@ -124,10 +124,10 @@ impl DeviceHandle {
         let (tx, rx) = oneshot::channel();
         if self
             .commands
-            .send(CommandRequest {
+            .send(Box::new(CommandRequest {
                 order: Order::Command(command),
                 reply: tx,
-            })
+            }))
             .await
             .is_err()
         {
@@ -142,10 +142,10 @@ impl DeviceHandle {
     /// commands already waiting, so none of them is cut off.
     pub async fn reconnect(&self) -> CommandOutcome {
         let (tx, rx) = oneshot::channel();
-        let req = CommandRequest {
+        let req = Box::new(CommandRequest {
             order: Order::Reconnect,
             reply: tx,
-        };
+        });
         if self.commands.send(req).await.is_err() {
             return CommandOutcome::Stopped;
         }
@@ -177,10 +177,10 @@ impl DeviceHandle {
         command: DeviceCommand,
     ) -> Result<oneshot::Receiver<CommandOutcome>, CommandOutcome> {
         let (tx, rx) = oneshot::channel();
-        let req = CommandRequest {
+        let req = Box::new(CommandRequest {
             order: Order::Command(command),
             reply: tx,
-        };
+        });
         match self.priority.try_send(req) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => Err(CommandOutcome::QueueFull),
@@ -190,14 +190,14 @@ impl DeviceHandle {
 
     async fn enqueue(
         &self,
-        queue: &mpsc::Sender<CommandRequest>,
+        queue: &mpsc::Sender<Box<CommandRequest>>,
         command: DeviceCommand,
     ) -> CommandOutcome {
         let (tx, rx) = oneshot::channel();
-        let req = CommandRequest {
+        let req = Box::new(CommandRequest {
             order: Order::Command(command),
             reply: tx,
-        };
+        });
         match queue.try_send(req) {
             Ok(()) => rx.await.unwrap_or(CommandOutcome::Stopped),
             Err(mpsc::error::TrySendError::Full(_)) => CommandOutcome::QueueFull,
@@ -399,6 +399,9 @@ impl Fleet {
         let room = initial.room.clone();
         let (state_tx, state_rx) = watch::channel(initial);
         let state_tx = Arc::new(state_tx);
+        // Requests queue boxed: tokio's `mpsc` allocates its first block of 32 slots with the
+        // channel, and every device has two that stay empty nearly always; a slot the size of
+        // a pointer instead of a whole request is 2.5 KiB less a device (issue 15.4).
         let (cmd_tx, normal) = mpsc::channel(queue_depth.max(1));
         let (priority_tx, priority) = mpsc::channel(PRIORITY_DEPTH);
         let cmd_rx = Arc::new(Mutex::new(Queues { normal, priority }));
