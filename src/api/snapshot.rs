@@ -40,7 +40,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Mutex};
 
 use super::{ApiError, ApiState};
-use crate::model::DeviceState;
 
 /// The runtime stamps a device's `last_contact` on every frame without telling the state's
 /// watchers (so a streaming receiver does not wake them per frame): the lists that show it
@@ -222,12 +221,12 @@ pub fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// What a list's bodies were built from, to tell whether they still show the present.
 struct Sources {
-    devices: Vec<watch::Receiver<DeviceState>>,
     book: Option<watch::Receiver<u64>>,
     protection: Option<(crate::levelwatch::ProtectionBoard, u64)>,
-    /// The fleet whose devices `devices` watches, and its membership when they were taken: a
-    /// device added or removed by a reload changes the list.
-    fleet: Option<(Arc<crate::runtime::Fleet>, u64)>,
+    /// The fleet whose devices the list shows, with its membership (a device added or removed
+    /// by a reload changes the list) and its count of state changes when last seen: one load
+    /// each, where asking every device's `watch` was a cache miss per device per request.
+    fleet: Option<(Arc<crate::runtime::Fleet>, Seen)>,
     /// The room layout and its generation (the rooms list).
     layout: Option<(super::rooms::LiveLayout, u64)>,
     /// The first instant at which time alone changes a body (None: never).
@@ -236,11 +235,9 @@ struct Sources {
 
 impl Sources {
     fn changed(&self, now: DateTime<Utc>) -> bool {
-        // A closed channel counts as changed once: its last state is read by the rebuild,
-        // which then stops watching it.
-        self.devices
-            .iter()
-            .any(|rx| rx.has_changed().unwrap_or(true))
+        self.fleet
+            .as_ref()
+            .is_some_and(|(fleet, seen)| Seen::of(fleet) != *seen)
             || self
                 .book
                 .as_ref()
@@ -249,10 +246,6 @@ impl Sources {
                 .protection
                 .as_ref()
                 .is_some_and(|(board, seen)| board.changes() != *seen)
-            || self
-                .fleet
-                .as_ref()
-                .is_some_and(|(fleet, seen)| fleet.membership() != *seen)
             || self
                 .layout
                 .as_ref()
@@ -264,18 +257,11 @@ impl Sources {
     /// then marks the new bodies changed again rather than being lost.
     fn mark_seen(&mut self) {
         if let Some((fleet, seen)) = &mut self.fleet {
-            if fleet.membership() != *seen {
-                *seen = fleet.membership();
-                self.devices = fleet.handles().map(|h| h.watch()).collect();
-            }
+            *seen = Seen::of(fleet);
         }
         if let Some((layout, seen)) = &mut self.layout {
             *seen = layout.generation();
         }
-        for rx in &mut self.devices {
-            rx.mark_unchanged();
-        }
-        self.devices.retain(|rx| rx.has_changed().is_ok());
         if let Some(rx) = &mut self.book {
             rx.mark_unchanged();
         }
@@ -283,6 +269,22 @@ impl Sources {
             *seen = board.changes();
         }
         self.valid_until = None;
+    }
+}
+
+/// A fleet's membership and count of state changes, as a list last saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    membership: u64,
+    changes: u64,
+}
+
+impl Seen {
+    fn of(fleet: &crate::runtime::Fleet) -> Self {
+        Seen {
+            membership: fleet.membership(),
+            changes: fleet.state_changes(),
+        }
     }
 }
 
@@ -493,11 +495,9 @@ impl Snapshots {
     /// Watching what each list shows in `st`: the devices list its devices' states; the rooms
     /// list those, the book and the protection board; the board the book.
     pub fn new(st: &ApiState) -> Self {
-        let devices = || st.fleet.handles().map(|h| h.watch()).collect::<Vec<_>>();
         let book = || st.schedule.as_ref().map(|s| s.book.subscribe());
-        let fleet = || Some((st.fleet.clone(), st.fleet.membership()));
-        let sources = |devices, book, protection, fleet, layout| Sources {
-            devices,
+        let fleet = || Some((st.fleet.clone(), Seen::of(&st.fleet)));
+        let sources = |book, protection, fleet, layout| Sources {
             book,
             protection,
             fleet,
@@ -507,12 +507,11 @@ impl Snapshots {
         Self {
             metrics: st.metrics.clone(),
             devices: List::new(
-                sources(devices(), None, None, fleet(), None),
+                sources(None, None, fleet(), None),
                 Some(QUIET_STAMPS_MAX_AGE),
             ),
             rooms: List::new(
                 sources(
-                    devices(),
                     book(),
                     st.protection.as_ref().map(|b| (b.clone(), b.changes())),
                     fleet(),
@@ -520,7 +519,7 @@ impl Snapshots {
                 ),
                 Some(QUIET_STAMPS_MAX_AGE),
             ),
-            board: List::new(sources(Vec::new(), book(), None, None, None), None),
+            board: List::new(sources(book(), None, None, None), None),
         }
     }
 
@@ -659,7 +658,6 @@ mod tests {
     fn book_list() -> (Snapshots, watch::Sender<u64>) {
         let (tx, rx) = watch::channel(0u64);
         let sources = |book| Sources {
-            devices: Vec::new(),
             book,
             protection: None,
             fleet: None,

@@ -23,7 +23,7 @@ pub use link::{
     Connection, Link, LinkError, LinkFacts, Reply, Step, TopicError, TopicFeed, TopicMessage,
     Topics, WriteHook,
 };
-pub use observer::{Applied, Observation, Observer};
+pub use observer::{Applied, Observation, Observer, StateChanges};
 
 /// Why a driver step did not complete. The runtime decides from [`DriverError::is_link_failure`]
 /// whether the link is gone ("could not talk to the device") or the device merely said no.

@@ -59,6 +59,25 @@ pub struct Observer {
     comms: Option<CommsPolicy>,
     /// Instants were stamped quietly since the last [`Observer::flush`].
     stamped: bool,
+    /// The fleet's count of state changes, counted on every wake of this device's watchers.
+    changes: StateChanges,
+}
+
+/// A count of the wakes of every device state in a fleet: one load tells a reader (the API's
+/// list snapshots) whether any device's state changed since it last looked, where asking each
+/// device's `watch` is a cache miss per device per request (issue 15.3). Counted after the
+/// state it announces is in place, so a reader that saw the count sees that state.
+#[derive(Debug, Clone, Default)]
+pub struct StateChanges(Arc<std::sync::atomic::AtomicU64>);
+
+impl StateChanges {
+    pub fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The fault source for meters that stopped arriving.
@@ -162,6 +181,7 @@ impl Observer {
             board: MeterBoard::default(),
             comms: None,
             stamped: false,
+            changes: StateChanges::default(),
         }
     }
 
@@ -506,6 +526,12 @@ impl Observer {
         self
     }
 
+    /// Count this device's state changes in its fleet's [`StateChanges`].
+    pub fn with_changes(mut self, changes: StateChanges) -> Self {
+        self.changes = changes;
+        self
+    }
+
     /// Count undecodable input; the first of a burst is logged, the rest only counted.
     pub fn bad_input(&mut self, err: &ProtocolError) {
         let oversized = matches!(err, ProtocolError::Oversized { .. });
@@ -563,6 +589,9 @@ impl Observer {
         });
         // Whatever was stamped quietly is seen with this wake.
         self.stamped &= !woke;
+        if woke {
+            self.changes.bump();
+        }
         if let Some((from, to)) = changed {
             self.emit(EventKind::HealthChanged {
                 device: self.device.clone(),
@@ -619,6 +648,26 @@ mod tests {
         let bus = EventBus::new(Metrics::new());
         let events = bus.subscribe();
         (Observer::new(clock, Arc::new(tx), bus), events)
+    }
+
+    #[test]
+    fn the_fleet_change_count_follows_wakes_not_quiet_stamps() {
+        let (obs, _events) = observer();
+        let changes = StateChanges::default();
+        let mut obs = obs.with_changes(changes.clone());
+        let before = changes.count();
+        obs.contact();
+        obs.flush();
+        assert_eq!(
+            changes.count(),
+            before,
+            "a contact instant is stamped quietly"
+        );
+        obs.reading(
+            Point::new(Subject::Device, crate::model::Quantity::Temperature),
+            Value::Float(22.0),
+        );
+        assert!(changes.count() > before, "a new reading woke the watchers");
     }
 
     fn names(rx: &mut crate::events::EventSink) -> Vec<String> {

@@ -19,7 +19,7 @@ use super::actor::Queues;
 use super::actor::{Actor, ActorConfig, CommandRequest, Order};
 use super::CommandOutcome;
 use crate::clock::Clock;
-use crate::driver::{Driver, Observer};
+use crate::driver::{Driver, Observer, StateChanges};
 use crate::events::{EventBus, EventKind};
 use crate::meter::stream::MeterBoard;
 use crate::model::{
@@ -286,6 +286,8 @@ pub struct Fleet {
     /// Bumped when a device is added or removed: whoever watches every device's state (the
     /// API's list snapshots) re-reads the set.
     membership: std::sync::atomic::AtomicU64,
+    /// Counted on every wake of any device's state (see [`StateChanges`]).
+    changes: StateChanges,
 }
 
 /// The running devices by id, and the same devices by room: asking for one room's devices
@@ -358,6 +360,7 @@ impl Fleet {
             cancel,
             budget: RestartBudget::default(),
             membership: Default::default(),
+            changes: StateChanges::default(),
         }
     }
 
@@ -436,6 +439,7 @@ impl Fleet {
         let events = self.events.clone();
         let clock = self.clock;
         let budget = self.budget;
+        let changes = self.changes.clone();
         let tracker = self.tracker.clone();
         self.tracker.spawn(async move {
             // Dropped when this supervisor ends, whichever way: tells `remove_device` it is gone.
@@ -443,7 +447,8 @@ impl Fleet {
             let mut crashes: Vec<Instant> = Vec::new();
             loop {
                 let obs = Observer::new(clock, state_tx.clone(), events.clone())
-                    .with_board(board.clone());
+                    .with_board(board.clone())
+                    .with_changes(changes.clone());
                 let actor = Actor::new(
                     cfg.clone(),
                     make_driver(),
@@ -476,6 +481,7 @@ impl Fleet {
                     s.link.last_error = Some(format!("actor crashed: {reason}"));
                     s.refresh_health(clock.now());
                 });
+                changes.bump();
                 if restarts > budget.max_restarts {
                     events.emit(
                         clock.now(),
@@ -499,6 +505,7 @@ impl Fleet {
                         });
                         s.refresh_health(now);
                     });
+                    changes.bump();
                     // Keep refusing commands so callers do not hang.
                     let mut guard = cmd_rx.lock().await;
                     let q = &mut *guard;
@@ -597,6 +604,12 @@ impl Fleet {
     /// Changes whenever a device is added or removed.
     pub fn membership(&self) -> u64 {
         self.membership.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Changes whenever any device's state wakes its watchers: one load instead of asking
+    /// every device's `watch` whether it changed.
+    pub fn state_changes(&self) -> u64 {
+        self.changes.count()
     }
 
     pub fn get(&self, id: &str) -> Option<DeviceHandle> {
