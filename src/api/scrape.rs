@@ -35,6 +35,32 @@ const HEALTHS: [Health; 6] = [
     Health::Unreachable,
 ];
 
+/// One sample of `family` per numeric reading that `pick` names, labelled with its device,
+/// its room and `label` = the name `pick` gave (a receiver channel, a lamp).
+fn per_reading(
+    out: &mut Exposition,
+    devices: &[(crate::runtime::DeviceHandle, Option<DeviceKind>)],
+    family: &str,
+    label: &str,
+    pick: impl Fn(&crate::model::Point) -> Option<String>,
+) {
+    for (h, _) in devices {
+        h.with_state(|s| {
+            for (p, r) in &s.readings {
+                let (Some(name), Some(v)) = (pick(p), r.value.as_f64()) else {
+                    continue;
+                };
+                let labels = [
+                    ("device", h.id.as_str()),
+                    ("room", h.room.as_str()),
+                    (label, name.as_str()),
+                ];
+                out.sample(family, &labels, v);
+            }
+        });
+    }
+}
+
 /// The whole `/metrics` text.
 pub fn render(st: &ApiState) -> String {
     let now = st.clock.now();
@@ -96,47 +122,32 @@ pub fn render(st: &ApiState) -> String {
         "gauge",
         "Run time left on a wireless mic transmitter's battery, per receiver channel.",
     );
-    for (h, _) in &devices {
-        h.with_state(|s| {
-            for (p, r) in &s.readings {
-                let (Subject::Channel(ch), Quantity::BatteryMinutes) = (&p.subject, p.quantity)
-                else {
-                    continue;
-                };
-                let Some(v) = r.value.as_f64() else { continue };
-                let ch = ch.to_string();
-                let labels = [
-                    ("device", h.id.as_str()),
-                    ("room", h.room.as_str()),
-                    ("channel", ch.as_str()),
-                ];
-                out.sample("avwarden_mic_battery_minutes", &labels, v);
-            }
-        });
-    }
+    per_reading(
+        &mut out,
+        &devices,
+        "avwarden_mic_battery_minutes",
+        "channel",
+        |p| match (&p.subject, p.quantity) {
+            (Subject::Channel(ch), Quantity::BatteryMinutes) => Some(ch.to_string()),
+            _ => None,
+        },
+    );
 
     out.family(
         "avwarden_projector_lamp_hours",
         "gauge",
         "Hours a projector's lamp has run, per lamp.",
     );
-    for (h, _) in &devices {
-        h.with_state(|s| {
-            for (p, r) in &s.readings {
-                let (Subject::Lamp(n), Quantity::LampHours) = (&p.subject, p.quantity) else {
-                    continue;
-                };
-                let Some(v) = r.value.as_f64() else { continue };
-                let lamp = n.to_string();
-                let labels = [
-                    ("device", h.id.as_str()),
-                    ("room", h.room.as_str()),
-                    ("lamp", lamp.as_str()),
-                ];
-                out.sample("avwarden_projector_lamp_hours", &labels, v);
-            }
-        });
-    }
+    per_reading(
+        &mut out,
+        &devices,
+        "avwarden_projector_lamp_hours",
+        "lamp",
+        |p| match (&p.subject, p.quantity) {
+            (Subject::Lamp(n), Quantity::LampHours) => Some(n.to_string()),
+            _ => None,
+        },
+    );
 
     out.family(
         "avwarden_room_temperature_celsius",

@@ -1300,35 +1300,58 @@ fn received_since(sim: &TesiraSim, issued: u64, line: &str) -> usize {
         .count()
 }
 
+/// Sixteen zones at 115200 baud (no scheduled poll), zone 1 at -12 dB, the DSP holding every
+/// answer from now on; how many lines it had received before.
+async fn holding_answers(cancel: &CancellationToken) -> (TesiraSim, Rig, u64) {
+    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), cancel).await;
+    assert!(sim.set_level("Zones", 1, -12.0));
+    let issued = sim.received_total();
+    sim.hold_answers(true);
+    (sim, rig, issued)
+}
+
+/// Return once the DSP has received `line` after its first `issued` lines (it would wait
+/// forever otherwise: the bound only keeps a failure from hanging the suite).
+async fn until_received(sim: &TesiraSim, issued: u64, line: &str, failure: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while received_since(sim, issued, line) == 0 {
+            let n = sim.received_total();
+            sim.wait_received(n + 1).await;
+        }
+    })
+    .await
+    .expect(failure);
+}
+
+/// A cut of zone 16 to -30 dB on the priority lane.
+fn spawn_cut(rig: &Rig) -> tokio::task::JoinHandle<CommandOutcome> {
+    let h = rig.handle.clone();
+    crate::support::spawn(async move {
+        h.priority_command(DeviceCommand::SetLevel {
+            zone: "z16".into(),
+            db: -30.0,
+        })
+        .await
+    })
+}
+
 /// Once the DSP holding its answers has received `read` (after its first `issued` lines), a
-/// cut of zone 16 on the priority lane, returned once the DSP has received it too (it would
-/// wait forever otherwise: the bound only keeps a failure from hanging the suite).
+/// cut of zone 16 on the priority lane, returned once the DSP has received it too.
 async fn cut_while_read_waits(
     sim: &TesiraSim,
     rig: &Rig,
     issued: u64,
     read: &str,
 ) -> tokio::task::JoinHandle<CommandOutcome> {
-    while received_since(sim, issued, read) == 0 {
-        let n = sim.received_total();
-        sim.wait_received(n + 1).await;
-    }
-    let h = rig.handle.clone();
-    let cut = crate::support::spawn(async move {
-        h.priority_command(DeviceCommand::SetLevel {
-            zone: "z16".into(),
-            db: -30.0,
-        })
-        .await
-    });
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while received_since(sim, issued, "Zones set level 16 -30") == 0 {
-            let n = sim.received_total();
-            sim.wait_received(n + 1).await;
-        }
-    })
-    .await
-    .expect("the cut is written while the read in flight waits for its answer");
+    until_received(sim, issued, read, "the read is written").await;
+    let cut = spawn_cut(rig);
+    until_received(
+        sim,
+        issued,
+        "Zones set level 16 -30",
+        "the cut is written while the read in flight waits for its answer",
+    )
+    .await;
     cut
 }
 
@@ -1337,10 +1360,7 @@ async fn a_cut_overtakes_the_level_read_on_the_priority_lane_in_flight() {
     // Pins issue 10's tail: a cut that came while the level watch's pre-restore read of
     // another zone waited for its answer was written only after that answer.
     let cancel = CancellationToken::new();
-    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
-    assert!(sim.set_level("Zones", 1, -12.0));
-    let issued = sim.received_total();
-    sim.hold_answers(true);
+    let (sim, rig, issued) = holding_answers(&cancel).await;
     let h = rig.handle.clone();
     let read = crate::support::spawn(async move {
         h.priority_command(DeviceCommand::ReadZoneLevel { zone: "z1".into() })
@@ -1381,10 +1401,7 @@ fn zone_level(rig: &Rig, zone: &str) -> Option<Value> {
 async fn a_priority_command_overtakes_the_poll_read_in_flight() {
     let cancel = CancellationToken::new();
     // No scheduled poll during the test: every "Zones get" is the refresh's.
-    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
-    assert!(sim.set_level("Zones", 1, -12.0));
-    let issued = sim.received_total();
-    sim.hold_answers(true);
+    let (sim, rig, issued) = holding_answers(&cancel).await;
     let h = rig.handle.clone();
     let refresh = crate::support::spawn(async move { h.command(DeviceCommand::Refresh).await });
     // The refresh's first read is in flight: received, unanswered.
@@ -1421,32 +1438,21 @@ async fn a_priority_command_overtakes_the_poll_read_in_flight() {
 #[tokio::test]
 async fn a_set_and_its_read_back_are_written_together_and_answered_in_order() {
     let cancel = CancellationToken::new();
-    let (sim, rig) = sixteen_zones_at_115200(Duration::from_secs(3600), &cancel).await;
-    let issued = sim.received_total();
-    sim.hold_answers(true);
-    let h = rig.handle.clone();
-    let cut = crate::support::spawn(async move {
-        h.priority_command(DeviceCommand::SetLevel {
-            zone: "z16".into(),
-            db: -30.0,
-        })
-        .await
-    });
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while received_since(&sim, issued, "Zones get level 16") == 0 {
-            let n = sim.received_total();
-            sim.wait_received(n + 1).await;
-        }
-    })
-    .await
-    .expect("the read-back is written before the set is answered");
+    let (sim, rig, issued) = holding_answers(&cancel).await;
+    let cut = spawn_cut(&rig);
+    until_received(
+        &sim,
+        issued,
+        "Zones get level 16",
+        "the read-back is written before the set is answered",
+    )
+    .await;
     assert_eq!(received_since(&sim, issued, "Zones set level 16 -30"), 1);
     sim.hold_answers(false);
     let outcome = cut.await.unwrap();
     assert!(outcome.is_done(), "{outcome:?}");
     assert_eq!(zone_level(&rig, "z16"), Some(Value::Float(-30.0)));
     // The next exchange is not confused by the pair: a read of another zone answers its own.
-    assert!(sim.set_level("Zones", 1, -12.0));
     let read = rig
         .handle
         .priority_command(DeviceCommand::ReadZoneLevel { zone: "z1".into() })
