@@ -17,7 +17,13 @@
 //! `AVWARDEN_BENCH_POLL_DEVICES` (200), `AVWARDEN_BENCH_POLL_SECS` (window, 30),
 //! `AVWARDEN_BENCH_POLL_WARMUP_SECS` (10), `AVWARDEN_BENCH_POLL_PEERS`
 //! (`floor,asyncio,aiopjlink`; empty for the daemon alone; `floor` is a bare tokio loop doing
-//! the same three exchanges, this binary re-run as a child: the cost of the work itself), `AVWARDEN_BENCH_POLL_PERF` (a file: `perf record -g` of the
+//! the same three exchanges, this binary re-run as a child: the cost of the work itself;
+//! `floor-ct` is the same loop on one current-thread runtime per core, each on its own thread,
+//! the sessions spread round-robin: the cost of the work without a wake crossing threads;
+//! `floor-spread` and `floor-ct-spread` are the same two with the projectors' polls spread
+//! evenly over the second instead of all in the same instant, so a wake-up serves one
+//! exchange, not dozens),
+//! `AVWARDEN_BENCH_POLL_PERF` (a file: `perf record -g` of the
 //! daemon over the window into it), `AVWARDEN_BENCH_POLL_BASELINE_EXE` (another `avwarden`
 //! binary, e.g. a build of the code before a change, measured first in the same run).
 
@@ -69,10 +75,19 @@ struct Row {
 
 /// Set (to the ports file) in the child that runs the floor poller.
 const FLOOR_VAR: &str = "AVWARDEN_BENCH_POLL_FLOOR_PORTS";
+/// Set (to anything) with [`FLOOR_VAR`] for the floor on current-thread runtimes, one per core.
+const FLOOR_CT_VAR: &str = "AVWARDEN_BENCH_POLL_FLOOR_CT";
+/// Set (to anything) with [`FLOOR_VAR`] to spread the floor's polls evenly over the period
+/// instead of polling every projector in the same instant.
+const FLOOR_SPREAD_VAR: &str = "AVWARDEN_BENCH_POLL_FLOOR_SPREAD";
 
 fn main() -> ExitCode {
     if let Some(ports) = std::env::var_os(FLOOR_VAR) {
-        return floor::run(Path::new(&ports));
+        return floor::run(
+            Path::new(&ports),
+            std::env::var_os(FLOOR_CT_VAR).is_some(),
+            std::env::var_os(FLOOR_SPREAD_VAR).is_some(),
+        );
     }
     if !std::env::args().any(|a| a == "--bench") {
         return ExitCode::SUCCESS;
@@ -145,11 +160,27 @@ fn run(p: &Params) -> Result<(), String> {
     )?);
     for peer in &p.peers {
         let (label, mut cmd) = match peer.as_str() {
-            "floor" => {
+            "floor" | "floor-ct" | "floor-spread" | "floor-ct-spread" => {
                 let me = std::env::current_exe().map_err(|e| e.to_string())?;
                 let mut c = Command::new(me);
                 c.env(FLOOR_VAR, dir.join("ports"));
-                ("floor: bare tokio loop, kept sessions", c)
+                let ct = peer.starts_with("floor-ct");
+                let spread = peer.ends_with("-spread");
+                if ct {
+                    c.env(FLOOR_CT_VAR, "1");
+                }
+                if spread {
+                    c.env(FLOOR_SPREAD_VAR, "1");
+                }
+                let label = match (ct, spread) {
+                    (false, false) => "floor: bare tokio loop, kept sessions",
+                    (true, false) => {
+                        "floor-ct: bare tokio loop, one current-thread runtime per core"
+                    }
+                    (false, true) => "floor-spread: floor, polls spread over the second",
+                    (true, true) => "floor-ct-spread: floor-ct, polls spread over the second",
+                };
+                (label, c)
             }
             "asyncio" | "aiopjlink" => {
                 let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -556,7 +587,7 @@ mod floor {
 
     const QUERIES: [&[u8]; 3] = [b"%1POWR ?\r", b"%1ERST ?\r", b"%1LAMP ?\r"];
 
-    pub fn run(ports: &Path) -> ExitCode {
+    pub fn run(ports: &Path, per_core: bool, spread: bool) -> ExitCode {
         let Ok(text) = std::fs::read_to_string(ports) else {
             return ExitCode::FAILURE;
         };
@@ -564,26 +595,77 @@ mod floor {
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect();
-        let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        else {
+        let polls = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        // Each session's first poll: at once, or (spread) its share of the period later.
+        let n = ports.len().max(1) as u32;
+        let mut ports: Vec<(u16, Duration)> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let offset = if spread {
+                    Duration::from_secs(1) * i as u32 / n
+                } else {
+                    Duration::ZERO
+                };
+                (port, offset)
+            })
+            .collect();
+        // `floor`: every session on one multi-thread runtime, like the daemon. `floor-ct`: one
+        // current-thread runtime per core, each driven by a thread of its own, the sessions
+        // dealt round-robin; the main thread's runtime only counts.
+        let rt = if per_core {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut shares: Vec<Vec<(u16, Duration)>> = vec![Vec::new(); cores];
+            for (i, port) in std::mem::take(&mut ports).into_iter().enumerate() {
+                shares[i % cores].push(port);
+            }
+            for (i, share) in shares.into_iter().enumerate() {
+                let (polls, errors) = (polls.clone(), errors.clone());
+                let started = std::thread::Builder::new()
+                    .name(format!("floor-ct-{i}"))
+                    .spawn(move || {
+                        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        else {
+                            return;
+                        };
+                        rt.block_on(async {
+                            let tasks = TaskTracker::new();
+                            for (port, offset) in share {
+                                tasks.spawn(keep_polling(
+                                    port,
+                                    offset,
+                                    polls.clone(),
+                                    errors.clone(),
+                                ));
+                            }
+                            // Runs until the process exits (SIGTERM on the main thread).
+                            std::future::pending::<()>().await
+                        })
+                    });
+                if started.is_err() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        };
+        let Ok(rt) = rt else {
             return ExitCode::FAILURE;
         };
         rt.block_on(async {
-            let polls = Arc::new(AtomicU64::new(0));
-            let errors = Arc::new(AtomicU64::new(0));
             let tasks = TaskTracker::new();
-            for port in ports {
-                let (polls, errors) = (polls.clone(), errors.clone());
-                tasks.spawn(async move {
-                    loop {
-                        if session(port, &polls).await.is_err() {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                });
+            if !per_core {
+                for (port, offset) in ports {
+                    tasks.spawn(keep_polling(port, offset, polls.clone(), errors.clone()));
+                }
             }
             let (Ok(mut usr1), Ok(mut term)) = (
                 signal(SignalKind::user_defined1()),
@@ -603,6 +685,23 @@ mod floor {
                 }
             }
         })
+    }
+
+    /// One kept session to `port`, first polled after `offset`, reopened a second after it
+    /// fails.
+    async fn keep_polling(
+        port: u16,
+        offset: Duration,
+        polls: Arc<AtomicU64>,
+        errors: Arc<AtomicU64>,
+    ) {
+        tokio::time::sleep(offset).await;
+        loop {
+            if session(port, &polls).await.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 
     async fn session(port: u16, polls: &AtomicU64) -> std::io::Result<()> {
