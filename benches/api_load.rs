@@ -226,9 +226,16 @@ impl Baseline {
         }
     }
 
+    /// nginx is told to stop (SIGTERM: its master ends its workers, then itself). A SIGKILL
+    /// ended the master alone and left its workers running, listening and polling, through
+    /// every later run of the bench and whatever was measured after it.
     fn stop(self) {
         if let Baseline::Nginx { mut child, .. } = self {
-            let _ = child.kill();
+            use nix::sys::signal::{kill, Signal};
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            if kill(pid, Signal::SIGTERM).is_err() {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
     }
