@@ -75,8 +75,31 @@ impl StateChanges {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub fn bump(&self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// Change a device's state through its `watch`, counted when its watchers are woken
+    /// (`f` says so): every writer of a fleet's device states goes through here, so the count
+    /// misses none.
+    pub fn send_if_modified(
+        &self,
+        state: &watch::Sender<DeviceState>,
+        f: impl FnOnce(&mut DeviceState) -> bool,
+    ) -> bool {
+        let woke = state.send_if_modified(f);
+        if woke {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        woke
+    }
+
+    /// [`StateChanges::send_if_modified`] for a change the watchers always see.
+    pub fn send_modify(
+        &self,
+        state: &watch::Sender<DeviceState>,
+        f: impl FnOnce(&mut DeviceState),
+    ) {
+        self.send_if_modified(state, |s| {
+            f(s);
+            true
+        });
     }
 }
 
@@ -579,7 +602,7 @@ impl Observer {
     fn update_quietly(&mut self, f: impl FnOnce(&mut DeviceState) -> bool) {
         let now = self.now();
         let mut changed = None;
-        let woke = self.state.send_if_modified(|s| {
+        let woke = self.changes.send_if_modified(&self.state, |s| {
             let wake = f(s);
             if let Some(prev) = s.refresh_health(now) {
                 changed = Some((prev, s.health));
@@ -589,9 +612,6 @@ impl Observer {
         });
         // Whatever was stamped quietly is seen with this wake.
         self.stamped &= !woke;
-        if woke {
-            self.changes.bump();
-        }
         if let Some((from, to)) = changed {
             self.emit(EventKind::HealthChanged {
                 device: self.device.clone(),

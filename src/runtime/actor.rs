@@ -23,6 +23,15 @@ pub struct CommandRequest {
     pub reply: oneshot::Sender<CommandOutcome>,
 }
 
+impl CommandRequest {
+    /// A request for `order`, boxed as the queues hold it (see `Fleet::spawn_with`), and
+    /// where its outcome will come.
+    pub fn boxed(order: Order) -> (Box<Self>, oneshot::Receiver<CommandOutcome>) {
+        let (reply, outcome) = oneshot::channel();
+        (Box::new(CommandRequest { order, reply }), outcome)
+    }
+}
+
 /// A command for the device, or one for the actor itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Order {

@@ -121,16 +121,8 @@ impl DeviceHandle {
     /// Queue a command, waiting for room in the device's queue if need be, and wait for its
     /// outcome: done (with what it left on the device, when the driver knows it) or why not.
     pub async fn command(&self, command: DeviceCommand) -> CommandOutcome {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .commands
-            .send(Box::new(CommandRequest {
-                order: Order::Command(command),
-                reply: tx,
-            }))
-            .await
-            .is_err()
-        {
+        let (req, rx) = CommandRequest::boxed(Order::Command(command));
+        if self.commands.send(req).await.is_err() {
             return CommandOutcome::Stopped;
         }
         rx.await.unwrap_or(CommandOutcome::Stopped)
@@ -141,11 +133,7 @@ impl DeviceHandle {
     /// the device again; unreachable (or why not) when it could not start. Queued behind the
     /// commands already waiting, so none of them is cut off.
     pub async fn reconnect(&self) -> CommandOutcome {
-        let (tx, rx) = oneshot::channel();
-        let req = Box::new(CommandRequest {
-            order: Order::Reconnect,
-            reply: tx,
-        });
+        let (req, rx) = CommandRequest::boxed(Order::Reconnect);
         if self.commands.send(req).await.is_err() {
             return CommandOutcome::Stopped;
         }
@@ -176,11 +164,7 @@ impl DeviceHandle {
         &self,
         command: DeviceCommand,
     ) -> Result<oneshot::Receiver<CommandOutcome>, CommandOutcome> {
-        let (tx, rx) = oneshot::channel();
-        let req = Box::new(CommandRequest {
-            order: Order::Command(command),
-            reply: tx,
-        });
+        let (req, rx) = CommandRequest::boxed(Order::Command(command));
         match self.priority.try_send(req) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => Err(CommandOutcome::QueueFull),
@@ -193,11 +177,7 @@ impl DeviceHandle {
         queue: &mpsc::Sender<Box<CommandRequest>>,
         command: DeviceCommand,
     ) -> CommandOutcome {
-        let (tx, rx) = oneshot::channel();
-        let req = Box::new(CommandRequest {
-            order: Order::Command(command),
-            reply: tx,
-        });
+        let (req, rx) = CommandRequest::boxed(Order::Command(command));
         match queue.try_send(req) {
             Ok(()) => rx.await.unwrap_or(CommandOutcome::Stopped),
             Err(mpsc::error::TrySendError::Full(_)) => CommandOutcome::QueueFull,
@@ -475,13 +455,12 @@ impl Fleet {
                 };
                 let restarts = crashes.len() as u32;
                 // Whatever the crashed actor knew is no longer being kept up to date.
-                state_tx.send_modify(|s| {
+                changes.send_modify(&state_tx, |s| {
                     s.reachable = false;
                     s.link.up = false;
                     s.link.last_error = Some(format!("actor crashed: {reason}"));
                     s.refresh_health(clock.now());
                 });
-                changes.bump();
                 if restarts > budget.max_restarts {
                     events.emit(
                         clock.now(),
@@ -492,7 +471,7 @@ impl Fleet {
                         },
                     );
                     let now = clock.now();
-                    state_tx.send_modify(|s| {
+                    changes.send_modify(&state_tx, |s| {
                         s.faults.push(crate::model::ActiveFault {
                             fault: Fault::new(
                                 "actor_crashed",
@@ -505,7 +484,6 @@ impl Fleet {
                         });
                         s.refresh_health(now);
                     });
-                    changes.bump();
                     // Keep refusing commands so callers do not hang.
                     let mut guard = cmd_rx.lock().await;
                     let q = &mut *guard;

@@ -279,7 +279,7 @@ impl TesiraDriver {
         sent: &str,
         ours: usize,
     ) -> Result<Answer, DriverError> {
-        let echo = sent.lines().next().unwrap_or_default().to_owned();
+        let echo = sent.lines().next().unwrap_or_default();
         let mut restarted = false;
         // The reply loop borrows the decoder; what it needs of the rest is borrowed apart.
         let (map, alignment, tokens) = (&self.map, &self.alignment, &self.tokens);
@@ -305,7 +305,7 @@ impl TesiraDriver {
                         // command is lost and so are our subscriptions.
                         restarted = true;
                         return Step::End(DriverError::Busy {
-                            command: echo.clone(),
+                            command: echo.to_owned(),
                             reason: "the DSP restarted its control session".to_owned(),
                             ready_in: None,
                         });
@@ -572,10 +572,11 @@ impl TesiraDriver {
             };
         };
         let get = ttp::get(&back.tag, &back.attribute, &[back.index]);
-        self.send_commands(link, &format!("{set}{get}"), 2).await?;
+        let both = format!("{set}{get}");
+        self.send_commands(link, &both, 2).await?;
         // A set that failed to answer leaves its read's answer outstanding: the next
-        // exchange skips it.
-        let answered = self.answer(link, obs, &set, 2).await?;
+        // exchange skips it. Both echoes may come before the set's answer.
+        let answered = self.answer(link, obs, &both, 2).await?;
         // A refused set still reads back what the control holds.
         let read = self
             .answer(link, obs, &get, 1)
