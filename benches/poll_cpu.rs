@@ -1,8 +1,8 @@
 //! CPU per poll against Python pollers (issue 15.1): 200 PJLink projector simulators in one
 //! process (`avwarden simulate`), polled in turn, for the same window, by (a) the real
 //! `avwarden run` daemon, (b) a persistent Python asyncio poller and (c) an aiopjlink2 poller
-//! (`benches/peers/`). Each poller's CPU is read from `/proc/<pid>/stat` (utime + stime over
-//! the window) and divided by the polls it made: the daemon's from its
+//! (`benches/peers/`). Each poller's CPU is its threads' run time over the window, from
+//! `/proc/<pid>/task/*/schedstat` (nanoseconds), divided by the polls it made: the daemon's from its
 //! `avwarden_poll_duration_seconds_count{family="pjlink"}` on `/metrics`, the peers' from the
 //! count they print at exit. Prints a Markdown table for `docs/benchmarks.md`.
 //!
@@ -25,7 +25,10 @@
 //! exchange, not dozens),
 //! `AVWARDEN_BENCH_POLL_PERF` (a file: `perf record -g` of the
 //! daemon over the window into it), `AVWARDEN_BENCH_POLL_BASELINE_EXE` (another `avwarden`
-//! binary, e.g. a build of the code before a change, measured first in the same run).
+//! binary, e.g. a build of the code before a change, measured first in the same run),
+//! `AVWARDEN_BENCH_POLL_RECONNECT` (set: each daemon measured a second time after the
+//! simulators restarted under it, every session dropped and reconnected after its own
+//! backoff — the phases a long-running daemon's polls have, not the start's).
 
 #[path = "common/proc.rs"]
 mod proc;
@@ -51,6 +54,9 @@ struct Params {
     perf: Option<PathBuf>,
     /// Another `avwarden` binary (a build of the code before a change) measured first.
     baseline_exe: Option<PathBuf>,
+    /// Measure each daemon a second time after every session dropped and reconnected (the
+    /// simulators restarted under it), as a long-running daemon's sessions do.
+    reconnect: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -65,7 +71,8 @@ struct Row {
     poller: String,
     cpu_secs: f64,
     polls: f64,
-    /// Exchanges per poll: the Python pollers' three; the daemon's three (baseline: five,
+    /// Exchanges per poll: the Python pollers' three; the daemon's three (a baseline before
+    /// 26d4dbb: five, `AVWARDEN_BENCH_POLL_BASELINE_QUERIES=5`,
     /// INPT and AVMT refused in standby every time) plus identity's four every 30th poll.
     queries_per_poll: f64,
     rss_mib: f64,
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
             .collect(),
         perf: std::env::var_os("AVWARDEN_BENCH_POLL_PERF").map(PathBuf::from),
         baseline_exe: std::env::var_os("AVWARDEN_BENCH_POLL_BASELINE_EXE").map(PathBuf::from),
+        reconnect: std::env::var_os("AVWARDEN_BENCH_POLL_RECONNECT").is_some(),
     };
     match run(&p) {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,35 +136,29 @@ fn run(p: &Params) -> Result<(), String> {
         p.devices,
         p.window.as_secs()
     );
-    let mut sim = Guard(
-        Command::new(exe)
-            .args(["simulate", "--config"])
-            .arg(dir.join("sim.toml"))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("avwarden simulate: {e}"))?,
-    );
-    wait_listening(sim_ports, &mut sim.0)?;
+    let mut sim = Sims::start(exe, dir.join("sim.toml"), sim_ports.to_vec())?;
 
     let mut rows = Vec::new();
     if let Some(before) = &p.baseline_exe {
         let before = before.to_str().ok_or("baseline path is not UTF-8")?;
-        rows.push(measure_daemon(
+        rows.extend(measure_daemon(
             p,
             &dir,
             before,
             *api_port,
             "avwarden daemon, baseline build",
-            5.0 + IDENTITY,
+            env_or("AVWARDEN_BENCH_POLL_BASELINE_QUERIES", 3.0) + IDENTITY,
+            &mut sim,
         )?);
     }
-    rows.push(measure_daemon(
+    rows.extend(measure_daemon(
         p,
         &dir,
         exe,
         *api_port,
         "avwarden daemon",
         3.0 + IDENTITY,
+        &mut sim,
     )?);
     for peer in &p.peers {
         let (label, mut cmd) = match peer.as_str() {
@@ -202,7 +204,7 @@ fn run(p: &Params) -> Result<(), String> {
         };
         rows.push(measure_peer(p, &mut cmd, label)?);
     }
-    sim.stop();
+    sim.guard.stop();
     print_table(p, &rows);
     Ok(())
 }
@@ -287,6 +289,46 @@ fn wait_listening(ports: &[u16], child: &mut Child) -> Result<(), String> {
     Err("simulators did not start listening within 30 s".into())
 }
 
+/// The simulators' process, restartable: every session the poller holds ends, and the poller
+/// reconnects on its own schedule.
+struct Sims {
+    guard: Guard,
+    exe: String,
+    config: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Sims {
+    fn start(exe: &str, config: PathBuf, ports: Vec<u16>) -> Result<Self, String> {
+        let guard = Self::spawn(exe, &config, &ports)?;
+        Ok(Self {
+            guard,
+            exe: exe.to_owned(),
+            config,
+            ports,
+        })
+    }
+
+    fn spawn(exe: &str, config: &Path, ports: &[u16]) -> Result<Guard, String> {
+        let mut sim = Guard(
+            Command::new(exe)
+                .args(["simulate", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("avwarden simulate: {e}"))?,
+        );
+        wait_listening(ports, &mut sim.0)?;
+        Ok(sim)
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
+        self.guard.stop();
+        self.guard = Self::spawn(&self.exe, &self.config, &self.ports)?;
+        Ok(())
+    }
+}
+
 /// A child killed when dropped, so an error path leaves nothing running.
 struct Guard(Child);
 
@@ -332,8 +374,30 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// utime + stime of a whole process, in seconds (threads included).
+/// The CPU time a whole process has run, in seconds: the sum of its threads' run time in
+/// nanoseconds from `/proc/<pid>/task/*/schedstat` (the scheduler's own account), or, where
+/// that is missing, utime + stime from `/proc/<pid>/stat` in clock ticks (10 ms each: ±1 tick
+/// is ±9 % of a 20 s window at 1 % of a core, the noise that hid the differences measured
+/// before). A thread that exits inside the window takes its time with it; the pollers here
+/// keep theirs.
 fn process_cpu_secs(pid: u32) -> Result<f64, String> {
+    match schedstat_secs(pid) {
+        Some(s) => Ok(s),
+        None => stat_cpu_secs(pid),
+    }
+}
+
+fn schedstat_secs(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// utime + stime of a whole process, in seconds (threads included).
+fn stat_cpu_secs(pid: u32) -> Result<f64, String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     let rest = text
@@ -388,7 +452,8 @@ fn measure_daemon(
     api_port: u16,
     label: &str,
     queries_per_poll: f64,
-) -> Result<Row, String> {
+    sims: &mut Sims,
+) -> Result<Vec<Row>, String> {
     let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
     let mut daemon = Guard(
         Command::new(exe)
@@ -423,29 +488,38 @@ fn measure_daemon(
         )),
         None => None,
     };
-    let polls0 = daemon_polls(api_port)?;
-    let cpu0 = process_cpu_secs(pid)?;
-    pause(p.window);
-    let cpu1 = process_cpu_secs(pid)?;
-    let polls1 = daemon_polls(api_port)?;
-    let load = loadavg();
-    let rss = rss_mib(pid);
+    let window = |label: String| -> Result<Row, String> {
+        let polls0 = daemon_polls(api_port)?;
+        let cpu0 = process_cpu_secs(pid)?;
+        pause(p.window);
+        let cpu1 = process_cpu_secs(pid)?;
+        let polls1 = daemon_polls(api_port)?;
+        Ok(Row {
+            poller: label,
+            cpu_secs: cpu1 - cpu0,
+            polls: polls1 - polls0,
+            queries_per_poll,
+            rss_mib: rss_mib(pid),
+            errors: 0,
+            load: loadavg(),
+        })
+    };
+    let mut rows = vec![window(label.into())?];
     if let Some(perf) = &mut perf {
         let _ = Command::new("kill")
             .args(["-INT", &perf.0.id().to_string()])
             .status();
         let _ = perf.0.wait();
     }
+    if p.reconnect {
+        // Every session ends; the daemon reconnects each after its own dithered backoff, so
+        // the sessions start again at instants spread over a second or two.
+        sims.restart()?;
+        pause(p.warmup);
+        rows.push(window(format!("{label}, after every session reconnected"))?);
+    }
     daemon.stop();
-    Ok(Row {
-        poller: label.into(),
-        cpu_secs: cpu1 - cpu0,
-        polls: polls1 - polls0,
-        queries_per_poll,
-        rss_mib: rss,
-        errors: 0,
-        load,
-    })
+    Ok(rows)
 }
 
 /// The Python of the bench's own venv, made (with the peers' packages) when missing.

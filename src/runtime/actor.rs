@@ -295,15 +295,14 @@ impl Actor {
         last_io: &mut Instant,
         reconnecting: &mut Vec<oneshot::Sender<CommandOutcome>>,
     ) -> Conn {
-        let mut ticker = tokio::time::interval_at(
-            Instant::now() + self.cfg.poll_interval,
-            self.cfg.poll_interval,
-        );
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Polls fall on the fleet's shared grid, whenever this session started, and stay on
+        // it: a poll that overran its interval skips to the next grid point instead of
+        // shifting every later one (issue 15.1: devices polled in the same instant share the
+        // runtime's wake-ups).
+        let mut ticker = grid_ticker(self.obs.now(), self.cfg.poll_interval);
         // Meters that stop arriving, and a device gone silent, are noticed between polls (a
         // poll may be 30 s away).
-        let mut meter_check = tokio::time::interval(METER_CHECK);
-        meter_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut meter_check = grid_ticker(self.obs.now(), METER_CHECK);
         let policy = self.obs.take_comms().unwrap_or(self.cfg.comms);
         // Readings are no longer current once the device is slow to answer.
         self.obs.quiet_after(policy.warn_after);
@@ -327,19 +326,25 @@ impl Actor {
                     }
                     Some(self.serve(link, req, &mut commands.priority, last_io, true).await)
                 }
+                // A tick that fell while the previous poll or a command still ran is dropped:
+                // the next poll keeps to the grid instead of following that one at once.
                 due = ticker.tick() => {
-                    // Lag against the schedule, before the command gap: the gap is pacing the
-                    // device asked for, the rest is this actor or the runtime being late.
-                    self.lags.observe(Instant::now().saturating_duration_since(due));
-                    pace(*last_io + self.cfg.command_gap).await;
-                    let started = Instant::now();
-                    let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
-                    *last_io = Instant::now();
-                    // A failed poll's time is its timeout, not the device's latency.
-                    if res.is_ok() {
-                        self.polls.observe(last_io.duration_since(started));
+                    if *last_io > due {
+                        None
+                    } else {
+                        // Lag against the schedule, before the command gap: the gap is pacing the
+                        // device asked for, the rest is this actor or the runtime being late.
+                        self.lags.observe(Instant::now().saturating_duration_since(due));
+                        pace(*last_io + self.cfg.command_gap).await;
+                        let started = Instant::now();
+                        let res = self.poll_cycle(link, &mut commands.priority, last_io).await;
+                        *last_io = Instant::now();
+                        // A failed poll's time is its timeout, not the device's latency.
+                        if res.is_ok() {
+                            self.polls.observe(last_io.duration_since(started));
+                        }
+                        Some(res)
                     }
-                    Some(res)
                 }
                 // A device polled at least this often is judged at every poll; without meters
                 // the check would only add a wake-up per second (issue 15.1).
@@ -618,6 +623,15 @@ async fn pace(until: Instant) {
     if Instant::now() < until {
         tokio::time::sleep_until(until).await;
     }
+}
+
+/// A ticker of `period` on the shared grid ([`super::phase`]): its first tick between half a
+/// period and one and a half from `now`, its missed ticks skipped so it stays on the grid.
+fn grid_ticker(now: chrono::DateTime<chrono::Utc>, period: Duration) -> tokio::time::Interval {
+    let first = Instant::now() + super::phase::first_tick_in(now, period);
+    let mut ticker = tokio::time::interval_at(first, period.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    ticker
 }
 
 /// The fault source and code of the comms monitor's warning stage.

@@ -8,6 +8,7 @@
 mod actor;
 pub mod comms;
 pub mod link;
+pub mod phase;
 mod supervisor;
 
 pub use actor::{ActorConfig, CommandRequest, Lane, Order};

@@ -158,8 +158,18 @@ fn spawn_ping_every(
     panics: Arc<AtomicU32>,
     poll_interval: Duration,
 ) {
+    spawn_ping_named(fleet, "dev1", addr, panics, poll_interval);
+}
+
+fn spawn_ping_named(
+    fleet: &mut Fleet,
+    id: &str,
+    addr: std::net::SocketAddr,
+    panics: Arc<AtomicU32>,
+    poll_interval: Duration,
+) {
     let initial = DeviceState::new(
-        "dev1".into(),
+        id.into(),
         "r1".into(),
         ProfileId::new("ping"),
         "tcp".into(),
@@ -476,6 +486,70 @@ async fn commands_get_through_when_polls_take_longer_than_the_interval() {
     );
     cancel.cancel();
     stop.cancel();
+}
+
+/// Devices whose sessions start at different instants poll in the same instants, on the
+/// wall clock's grid of their interval, and stay there when a poll overruns it (issue 15.1:
+/// polls spread over the second cost a wake-up per exchange; aligned, one wake-up serves
+/// them all). Before, each ticker ran from its own connect, 370 ms apart here, and a late
+/// poll moved every later one.
+#[tokio::test(start_paused = true)]
+async fn devices_started_apart_poll_in_the_same_instants() {
+    let stop = CancellationToken::new();
+    let logs: Vec<Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>> =
+        (0..2).map(|_| Arc::default()).collect();
+    let cancel = CancellationToken::new();
+    let clock = clock();
+    let mut fleet = Fleet::new(bus(), clock, TaskTracker::new(), cancel.clone());
+    let started = tokio::time::Instant::now();
+    let mut rxs = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(370)).await;
+        }
+        // The second device takes 0.7 s to answer: each of its polls overruns the interval.
+        let delay = Duration::from_millis(700 * i as u64);
+        let addr = ping_server_logged(stop.clone(), delay, log.clone()).await;
+        let id = format!("dev{i}");
+        spawn_ping_named(
+            &mut fleet,
+            &id,
+            addr,
+            Arc::new(AtomicU32::new(0)),
+            Duration::from_millis(500),
+        );
+        rxs.push(fleet.get(&id).unwrap().watch());
+    }
+    for rx in &mut rxs {
+        wait_state(rx, Duration::from_secs(30), "six pongs", |s| {
+            s.reading(&PONGS).and_then(|r| r.value.as_f64()) >= Some(6.0)
+        })
+        .await;
+    }
+    cancel.cancel();
+    stop.cancel();
+    // The wall clock's half seconds, in tokio time: the clock started on a whole second.
+    let second = |at: tokio::time::Instant| {
+        let ms = at.duration_since(started).as_millis();
+        assert!(
+            ms % 500 <= 5 || ms % 500 >= 495,
+            "a poll at {ms} ms is off the grid of half seconds"
+        );
+        (ms + 250) / 500
+    };
+    let polls = |i: usize| -> Vec<u128> {
+        // The first PING is the session's full read, at its connect.
+        logs[i].lock().unwrap()[1..]
+            .iter()
+            .map(|t| second(*t))
+            .collect()
+    };
+    let (a, b) = (polls(0), polls(1));
+    assert!(a.len() >= 5 && b.len() >= 5, "{a:?} {b:?}");
+    assert!(
+        b.iter().all(|t| a.contains(t)),
+        "the later device polls at other instants: {a:?} vs {b:?}"
+    );
 }
 
 /// Pacing: every exchange with the device keeps `command_gap` (100 ms here) from the previous
