@@ -59,6 +59,11 @@ pub struct Observer {
     comms: Option<CommsPolicy>,
     /// Instants were stamped quietly since the last [`Observer::flush`].
     stamped: bool,
+    /// A metered reading changed its value since the watchers were last woken.
+    metered_changed: bool,
+    /// When the watchers were last woken: metered values reach them at most once per
+    /// [`METERED_STATE_EVERY`].
+    woken_at: Option<tokio::time::Instant>,
     /// The fleet's count of state changes, counted on every wake of this device's watchers.
     changes: StateChanges,
 }
@@ -102,6 +107,9 @@ impl StateChanges {
         });
     }
 }
+
+/// How often at most a metered reading's new value wakes the state's watchers.
+pub const METERED_STATE_EVERY: Duration = Duration::from_secs(1);
 
 /// The fault source for meters that stopped arriving.
 pub const METERING_SOURCE: &str = "metering";
@@ -204,6 +212,8 @@ impl Observer {
             board: MeterBoard::default(),
             comms: None,
             stamped: false,
+            metered_changed: false,
+            woken_at: None,
             changes: StateChanges::default(),
         }
     }
@@ -212,7 +222,11 @@ impl Observer {
     /// (readings re-read with the same value, faults confirmed). The runtime calls this after
     /// each poll, command or input it handled.
     pub fn flush(&mut self) {
-        if std::mem::take(&mut self.stamped) {
+        let metered_due = self.metered_changed
+            && self
+                .woken_at
+                .is_none_or(|t| self.clock.instant().duration_since(t) >= METERED_STATE_EVERY);
+        if self.stamped || metered_due {
             self.update(|_| {});
         }
     }
@@ -261,15 +275,23 @@ impl Observer {
     }
 
     /// A reading refreshed at meter rate (a receiver's RF level): its instant is stamped on
-    /// every sample, but the watchers are woken only when its value changes.
+    /// every sample and its value kept current in the state, but the watchers are woken for a
+    /// new value at most once per [`METERED_STATE_EVERY`] (by [`Observer::flush`]), not ten
+    /// times a second: the meter stream carries every sample, the state a recent one (issue
+    /// 15.2). A point's first value wakes them at once.
     pub fn metered_reading(&mut self, point: Point, value: Value) {
         let value = value.rounded_for(point.unit());
         let now = self.now();
+        let mut changed = false;
         self.update_quietly(|s| {
             s.last_contact = Some(now);
             match s.readings.get_mut(&point) {
-                Some(r) if r.value == value && r.metered => {
+                Some(r) if r.metered => {
                     r.observed_at = now;
+                    if r.value != value {
+                        r.value = value;
+                        changed = true;
+                    }
                     false
                 }
                 _ => {
@@ -279,6 +301,7 @@ impl Observer {
                 }
             }
         });
+        self.metered_changed |= changed;
     }
 
     /// The command under way left `point` at `value` (read back, or as the device rounded it).
@@ -611,7 +634,11 @@ impl Observer {
             wake
         });
         // Whatever was stamped quietly is seen with this wake.
-        self.stamped &= !woke;
+        if woke {
+            self.stamped = false;
+            self.metered_changed = false;
+            self.woken_at = Some(self.clock.instant());
+        }
         if let Some((from, to)) = changed {
             self.emit(EventKind::HealthChanged {
                 device: self.device.clone(),
@@ -688,6 +715,54 @@ mod tests {
             Value::Float(22.0),
         );
         assert!(changes.count() > before, "a new reading woke the watchers");
+    }
+
+    /// Issue 15.2: a receiver's RF level changing on every sample (ten a second) woke every
+    /// watcher of its state (the counter feed, the history, the API's room slots) on every
+    /// sample. Its value is current in the state at once; the watchers hear of it at most
+    /// once a second, at the flush after the second is up.
+    #[tokio::test(start_paused = true)]
+    async fn a_metered_value_wakes_the_watchers_at_most_once_a_second() {
+        let (obs, _events) = observer();
+        let changes = StateChanges::default();
+        let mut obs = obs.with_changes(changes.clone());
+        let mut rx = obs.state.subscribe();
+        let rf = Point::channel(1, crate::model::Quantity::RfDbm);
+        obs.metered_reading(rf.clone(), Value::Float(-45.0));
+        obs.flush();
+        assert!(
+            rx.has_changed().unwrap(),
+            "a point's first value is seen at once"
+        );
+        rx.mark_unchanged();
+        let woken = changes.count();
+        for i in 0..9 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            obs.metered_reading(rf.clone(), Value::Float(-44.0 - f64::from(i)));
+            obs.flush();
+            let value = obs.state.borrow().reading(&rf).map(|r| r.value.clone());
+            assert_eq!(
+                value,
+                Some(Value::Float(-44.0 - f64::from(i))),
+                "kept current"
+            );
+        }
+        assert!(
+            !rx.has_changed().unwrap(),
+            "nine new values in 0.9 s woke no one"
+        );
+        assert_eq!(changes.count(), woken);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        obs.metered_reading(rf.clone(), Value::Float(-30.0));
+        obs.flush();
+        assert!(rx.has_changed().unwrap(), "the second is up: one wake");
+        assert_eq!(changes.count(), woken + 1);
+        rx.mark_unchanged();
+        // The same value again changes nothing to publish.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        obs.metered_reading(rf, Value::Float(-30.0));
+        obs.flush();
+        assert!(!rx.has_changed().unwrap());
     }
 
     fn names(rx: &mut crate::events::EventSink) -> Vec<String> {
