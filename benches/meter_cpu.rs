@@ -32,7 +32,10 @@
 //! `AVWARDEN_BENCH_METER_WARMUP_SECS` (8), `AVWARDEN_BENCH_METER_ROUNDS` (2),
 //! `AVWARDEN_BENCH_METER_PERF` (a directory: after the rounds, each poller once more with
 //! `perf record -F 2999 -g -p <pid>` over `AVWARDEN_BENCH_METER_PERF_SECS` (10) into
-//! `<dir>/floor.data` and `<dir>/daemon.data`; those rows are printed apart).
+//! `<dir>/floor.data` and `<dir>/daemon.data`; those rows are printed apart),
+//! `AVWARDEN_BENCH_METER_SYSCALLS` (1: the window is waited out under `perf stat` counting the
+//! poller's `recvfrom` and `epoll_wait` calls, for the samples a read carries; 0: not counted;
+//! a failed `perf stat` only leaves the columns empty).
 
 #[path = "common/proc.rs"]
 mod proc;
@@ -135,6 +138,8 @@ struct Params {
     rounds: usize,
     perf: Option<PathBuf>,
     perf_window: Duration,
+    /// Count the poller's `recvfrom` and `epoll_wait` calls over the window (`perf stat`).
+    syscalls: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -150,6 +155,8 @@ struct Row {
     secs: f64,
     cpu_ns: u64,
     samples: f64,
+    /// `recvfrom` and `epoll_wait` calls over the window, when counted.
+    syscalls: Option<(u64, u64)>,
     rss_mib: f64,
     errors: u64,
     load: String,
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
         rounds: env_or("AVWARDEN_BENCH_METER_ROUNDS", 2usize),
         perf: std::env::var_os("AVWARDEN_BENCH_METER_PERF").map(PathBuf::from),
         perf_window: Duration::from_secs_f64(env_or("AVWARDEN_BENCH_METER_PERF_SECS", 10.0)),
+        syscalls: env_or("AVWARDEN_BENCH_METER_SYSCALLS", 1u8) != 0,
     };
     match run(&p) {
         Ok(()) => ExitCode::SUCCESS,
@@ -390,6 +398,12 @@ fn pause(d: Duration) {
     std::thread::sleep(d);
 }
 
+/// The window's real length (a `perf stat` around it starts and ends a little late).
+#[allow(clippy::disallowed_methods)]
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 /// Run time of every thread of `pid` so far, in ns: the first field of each
 /// `/proc/<pid>/task/<tid>/schedstat`. A thread that exits inside a window takes its time
 /// with it (the daemon's blocking-pool threads live 10 s idle; none is started by metering).
@@ -434,6 +448,46 @@ fn stop_perf(perf: Option<Guard>) {
         signal(perf.0.id(), "-INT");
         let _ = perf.0.wait();
     }
+}
+
+/// Wait out the window; with `p.syscalls`, under `perf stat` counting `pid`'s `recvfrom` and
+/// `epoll_wait` calls (tracepoint counts: no sampling), returned. Without `perf`, a plain wait.
+fn wait_window(p: &Params, pid: u32, window: Duration) -> Option<(u64, u64)> {
+    if !p.syscalls {
+        pause(window);
+        return None;
+    }
+    const EVENTS: [&str; 2] = [
+        "syscalls:sys_enter_recvfrom",
+        "syscalls:sys_enter_epoll_wait",
+    ];
+    let out = std::env::temp_dir().join(format!("meter_cpu-stat-{pid}.csv"));
+    let ran = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", &EVENTS.join(","), "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&out)
+        .arg("--")
+        .arg("sleep")
+        .arg(format!("{:.3}", window.as_secs_f64()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ran {
+        eprintln!("meter_cpu: perf stat failed; syscalls not counted");
+        pause(window);
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let count = |event: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.get(2) == Some(&event)).then(|| f.first()?.parse().ok())?
+        })
+    };
+    Some((count(EVENTS[0])?, count(EVENTS[1])?))
 }
 
 /// The meter samples the daemon has published so far, from its `/metrics`.
@@ -490,18 +544,21 @@ fn measure_daemon(
     let perf = perf.map(|out| start_perf(pid, &out)).transpose()?;
     let samples0 = daemon_samples(api_port)?;
     let cpu0 = task_run_ns(pid)?;
-    pause(window);
+    let started = now();
+    let syscalls = wait_window(p, pid, window);
     let cpu1 = task_run_ns(pid)?;
     let samples1 = daemon_samples(api_port)?;
+    let secs = started.elapsed().as_secs_f64();
     let load = loadavg();
     let rss = rss_mib(pid);
     stop_perf(perf);
     daemon.stop();
     Ok(Row {
         poller: "avwarden daemon".into(),
-        secs: window.as_secs_f64(),
+        secs,
         cpu_ns: cpu1.saturating_sub(cpu0),
         samples: samples1 - samples0,
+        syscalls,
         rss_mib: rss,
         errors: 0,
         load,
@@ -531,18 +588,21 @@ fn measure_floor(
     let perf = perf.map(|out| start_perf(pid, &out)).transpose()?;
     let (samples0, _) = floor_counts(pid, &mut out)?;
     let cpu0 = task_run_ns(pid)?;
-    pause(window);
+    let started = now();
+    let syscalls = wait_window(p, pid, window);
     let cpu1 = task_run_ns(pid)?;
     let (samples1, errors) = floor_counts(pid, &mut out)?;
+    let secs = started.elapsed().as_secs_f64();
     let load = loadavg();
     let rss = rss_mib(pid);
     stop_perf(perf);
     child.stop();
     Ok(Row {
         poller: "floor: bare tokio reader".into(),
-        secs: window.as_secs_f64(),
+        secs,
         cpu_ns: cpu1.saturating_sub(cpu0),
         samples: samples1 - samples0,
+        syscalls,
         rss_mib: rss,
         errors,
         load,
@@ -578,11 +638,23 @@ fn print_row_progress(r: &Row) {
 }
 
 fn print_table(rows: &[Row]) {
-    println!("| poller | samples/s | CPU (% of a core) | µs per sample | RSS (MiB) | errors | load avg (1/5/15 min) |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("| poller | samples/s | CPU (% of a core) | µs per sample | reads/s | samples per read | µs per read | epoll_wait/s | RSS (MiB) | errors | load avg (1/5/15 min) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
+        let (reads, polls, per_read, us_per_read) = match r.syscalls {
+            Some((reads, polls)) => {
+                let reads_f = (reads as f64).max(1.0);
+                (
+                    format!("{:.0}", reads as f64 / r.secs),
+                    format!("{:.0}", polls as f64 / r.secs),
+                    format!("{:.2}", r.samples / reads_f),
+                    format!("{:.1}", r.cpu_ns as f64 / 1e3 / reads_f),
+                )
+            }
+            None => Default::default(),
+        };
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {reads} | {per_read} | {us_per_read} | {polls} | {:.1} | {} | {} |",
             r.poller,
             r.samples / r.secs,
             r.cpu_ns as f64 / 1e7 / r.secs,
@@ -727,7 +799,8 @@ mod floor {
 
     /// Telnet: every option the DSP asks for refused (`DO` → `WONT`, `WILL` → `DONT`) until the
     /// TTP banner; then the driver's `SESSION set verbose true` and its two subscriptions (the
-    /// fleet bench's zone and mic meters), then only reads, counting publish lines.
+    /// fleet bench's zone and mic meters), each awaiting its `+OK`; then only
+    /// reads, counting publish lines.
     async fn tesira(port: u16, samples: &AtomicU64) -> std::io::Result<()> {
         const BANNER: &[u8] = b"Welcome to the Tesira Text Protocol Server";
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -767,11 +840,32 @@ mod floor {
                 break;
             }
         }
-        s.write_all(b"SESSION set verbose true\n").await?;
-        s.write_all(format!("OutMeter subscribe level 1 zone-main {METER_MS}\n").as_bytes())
-            .await?;
-        s.write_all(format!("MicMeter subscribe level 1 mic-lectern {METER_MS}\n").as_bytes())
-            .await?;
+        // One command at a time, each after the last one's answer, as the driver's exchanges
+        // go. The simulator times each subscription from its arrival and merges two whose
+        // publishes fall due in the same turn, for good; so how often a device's two meters
+        // share a write depends on this timing (sent in one write: always; 5 ms apart: almost
+        // never; like this: about as often as for the daemon). The table's samples per read
+        // says what each poller got.
+        for cmd in [
+            "SESSION set verbose true\n".to_owned(),
+            format!("OutMeter subscribe level 1 zone-main {METER_MS}\n"),
+            format!("MicMeter subscribe level 1 mic-lectern {METER_MS}\n"),
+        ] {
+            s.write_all(cmd.as_bytes()).await?;
+            let (mut ok, mut err) = (Counter::new(b"+OK"), Counter::new(b"-ERR"));
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                if err.feed(&buf[..n]) > 0 {
+                    return Err(std::io::Error::other(format!("refused: {cmd}")));
+                }
+                if ok.feed(&buf[..n]) > 0 {
+                    break;
+                }
+            }
+        }
         count(
             &mut s,
             &mut buf,
