@@ -404,24 +404,26 @@ fn now() -> tokio::time::Instant {
     tokio::time::Instant::now()
 }
 
-/// Run time of every thread of `pid` so far, in ns: the first field of each
-/// `/proc/<pid>/task/<tid>/schedstat`. A thread that exits inside a window takes its time
-/// with it (the daemon's blocking-pool threads live 10 s idle; none is started by metering).
-fn task_run_ns(pid: u32) -> Result<u64, String> {
-    let dir = format!("/proc/{pid}/task");
-    let mut total = 0;
-    for e in std::fs::read_dir(&dir)
-        .map_err(|e| format!("{dir}: {e}"))?
-        .flatten()
-    {
-        let text = std::fs::read_to_string(e.path().join("schedstat")).unwrap_or_default();
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+/// Run time of every thread of `pid` so far ([`proc::thread_run_ns`]).
+fn task_run_ns(pid: u32) -> Result<RunTimes, String> {
+    proc::thread_run_ns(pid)
+        .map(RunTimes)
+        .ok_or_else(|| format!("/proc/{pid}/task/*/schedstat: unreadable"))
+}
+
+/// Each thread's run time at one instant; `later - earlier` is the window's, in ns, counted
+/// per thread ([`proc::run_secs_between`]).
+struct RunTimes(std::collections::BTreeMap<u32, u64>);
+
+impl std::ops::Sub for RunTimes {
+    type Output = u64;
+    fn sub(self, earlier: RunTimes) -> u64 {
+        secs_to_ns(proc::run_secs_between(&earlier.0, &self.0))
     }
-    Ok(total)
+}
+
+fn secs_to_ns(secs: f64) -> u64 {
+    (secs * 1e9).round() as u64
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -556,7 +558,7 @@ fn measure_daemon(
     Ok(Row {
         poller: "avwarden daemon".into(),
         secs,
-        cpu_ns: cpu1.saturating_sub(cpu0),
+        cpu_ns: cpu1 - cpu0,
         samples: samples1 - samples0,
         syscalls,
         rss_mib: rss,
@@ -600,7 +602,7 @@ fn measure_floor(
     Ok(Row {
         poller: "floor: bare tokio reader".into(),
         secs,
-        cpu_ns: cpu1.saturating_sub(cpu0),
+        cpu_ns: cpu1 - cpu0,
         samples: samples1 - samples0,
         syscalls,
         rss_mib: rss,

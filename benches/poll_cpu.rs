@@ -374,26 +374,31 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// The CPU time a whole process has run, in seconds: the sum of its threads' run time in
-/// nanoseconds from `/proc/<pid>/task/*/schedstat` (the scheduler's own account), or, where
-/// that is missing, utime + stime from `/proc/<pid>/stat` in clock ticks (10 ms each: ±1 tick
-/// is ±9 % of a 20 s window at 1 % of a core, the noise that hid the differences measured
-/// before). A thread that exits inside the window takes its time with it; the pollers here
-/// keep theirs.
-fn process_cpu_secs(pid: u32) -> Result<f64, String> {
-    match schedstat_secs(pid) {
-        Some(s) => Ok(s),
-        None => stat_cpu_secs(pid),
+/// Where a process's CPU time stood at one instant: each thread's run time in ns from
+/// `/proc/<pid>/task/*/schedstat` (the scheduler's own account), or, where that is missing,
+/// utime + stime from `/proc/<pid>/stat` in clock ticks (10 ms each: ±1 tick is ±9 % of a 20 s
+/// window at 1 % of a core, the noise that hid the differences measured before).
+enum CpuMark {
+    Threads(std::collections::BTreeMap<u32, u64>),
+    Ticks(f64),
+}
+
+fn cpu_mark(pid: u32) -> Result<CpuMark, String> {
+    match proc::thread_run_ns(pid) {
+        Some(t) => Ok(CpuMark::Threads(t)),
+        None => stat_cpu_secs(pid).map(CpuMark::Ticks),
     }
 }
 
-fn schedstat_secs(pid: u32) -> Option<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(ns as f64 / 1e9)
+/// CPU seconds `pid` ran since `mark`, counted per thread ([`proc::run_secs_between`]).
+fn cpu_since(pid: u32, mark: &CpuMark) -> Result<f64, String> {
+    Ok(match mark {
+        CpuMark::Threads(before) => {
+            let after = proc::thread_run_ns(pid).ok_or("schedstat gone")?;
+            proc::run_secs_between(before, &after)
+        }
+        CpuMark::Ticks(before) => stat_cpu_secs(pid)? - before,
+    })
 }
 
 /// utime + stime of a whole process, in seconds (threads included).
@@ -490,13 +495,13 @@ fn measure_daemon(
     };
     let window = |label: String| -> Result<Row, String> {
         let polls0 = daemon_polls(api_port)?;
-        let cpu0 = process_cpu_secs(pid)?;
+        let cpu0 = cpu_mark(pid)?;
         pause(p.window);
-        let cpu1 = process_cpu_secs(pid)?;
+        let cpu = cpu_since(pid, &cpu0)?;
         let polls1 = daemon_polls(api_port)?;
         Ok(Row {
             poller: label,
-            cpu_secs: cpu1 - cpu0,
+            cpu_secs: cpu,
             polls: polls1 - polls0,
             queries_per_poll,
             rss_mib: rss_mib(pid),
@@ -582,16 +587,16 @@ fn measure_peer(p: &Params, cmd: &mut Command, name: &str) -> Result<Row, String
     }
     pause(p.warmup);
     let (polls0, _) = peer_counts(pid, &mut out, name)?;
-    let cpu0 = process_cpu_secs(pid)?;
+    let cpu0 = cpu_mark(pid)?;
     pause(p.window);
-    let cpu1 = process_cpu_secs(pid)?;
+    let cpu = cpu_since(pid, &cpu0)?;
     let (polls1, errors) = peer_counts(pid, &mut out, name)?;
     let load = loadavg();
     let rss = rss_mib(pid);
     child.stop();
     Ok(Row {
         poller: name.into(),
-        cpu_secs: cpu1 - cpu0,
+        cpu_secs: cpu,
         polls: polls1 - polls0,
         queries_per_poll: 3.0,
         rss_mib: rss,

@@ -127,3 +127,40 @@ pub fn pid_status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Run time of each thread of `pid` so far, in ns, by thread id: the first field of every
+/// `/proc/<pid>/task/<tid>/schedstat` (the scheduler's own account, not 10 ms clock ticks).
+/// `None` where the kernel keeps no schedstat.
+pub fn thread_run_ns(pid: u32) -> Option<std::collections::BTreeMap<u32, u64>> {
+    let mut threads = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread gone between the listing and the read counts as gone.
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        threads.insert(tid, text.split_whitespace().next()?.parse().ok()?);
+    }
+    Some(threads)
+}
+
+/// The run time between two [`thread_run_ns`] snapshots, in seconds: each thread's own
+/// difference, a thread started in between counted whole. A thread that ended in between
+/// takes its window's share with it (an idle blocking-pool thread's, about nothing); a plain
+/// difference of the two sums would also take away everything it ran *before* the window,
+/// which after a reconnect storm's DNS lookups made a poll look half its cost.
+pub fn run_secs_between(
+    before: &std::collections::BTreeMap<u32, u64>,
+    after: &std::collections::BTreeMap<u32, u64>,
+) -> f64 {
+    let ns: u64 = after
+        .iter()
+        .map(|(tid, a)| a.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
+    ns as f64 / 1e9
+}
