@@ -415,9 +415,55 @@ async fn run_size(rooms: usize, s: &Settings, bin: &Path, perf: bool) -> Result<
         zones_guarded,
         load,
     };
+    if row.ok_end < devices as f64 {
+        report_not_ok(api);
+    }
     daemon.stop();
     sim.stop();
     Ok(row)
+}
+
+/// Which devices were not `ok` at the end of the window: counts by profile and health, and
+/// the faults of a few, on stderr (the table stays clean).
+fn report_not_ok(api: SocketAddr) {
+    let Some(list) = http_get(api, "/api/v1/devices")
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return;
+    };
+    let items = list
+        .get("items")
+        .or(Some(&list))
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let field =
+        |d: &serde_json::Value, k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let not_ok: Vec<_> = items
+        .iter()
+        .filter(|d| field(d, "health").as_deref() != Some("ok"))
+        .collect();
+    let mut by: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for d in &not_ok {
+        let key = (
+            field(d, "profile").unwrap_or_default(),
+            field(d, "health").unwrap_or_default(),
+        );
+        *by.entry(key).or_default() += 1;
+    }
+    eprintln!("not ok at the end: {by:?}");
+    for d in not_ok.iter().take(3) {
+        let Some(id) = field(d, "id") else { continue };
+        if let Some(detail) = http_get(api, &format!("/api/v1/devices/{id}")) {
+            let faults = serde_json::from_str::<serde_json::Value>(&detail)
+                .ok()
+                .and_then(|v| v.get("faults").cloned());
+            eprintln!(
+                "  {id}: {}",
+                faults.map(|f| f.to_string()).unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// `VmRSS` of the same daemon with no devices (no rooms, no simulator), once its API answers

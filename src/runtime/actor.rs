@@ -90,6 +90,8 @@ pub(super) struct Actor {
     polls: Arc<crate::metrics::Histogram>,
     /// `avwarden_poll_lag_seconds` of the family: how late each poll started.
     lags: Arc<crate::metrics::Histogram>,
+    /// How many devices the fleet runs, read at each session start for the poll grid's phases.
+    fleet_size: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Actor {
@@ -110,7 +112,15 @@ impl Actor {
             cancel,
             polls,
             lags,
+            fleet_size: Arc::default(),
         }
+    }
+
+    /// Share the fleet's device count (the poll grid's phases follow it); alone, an actor is
+    /// a fleet of one.
+    pub(super) fn with_fleet_size(mut self, size: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.fleet_size = size;
+        self
     }
 
     pub(super) async fn run(mut self) {
@@ -299,10 +309,16 @@ impl Actor {
         // it: a poll that overran its interval skips to the next grid point instead of
         // shifting every later one (issue 15.1: devices polled in the same instant share the
         // runtime's wake-ups).
-        let mut ticker = grid_ticker(self.obs.now(), self.cfg.poll_interval);
+        let slots =
+            super::phase::slots_for(self.fleet_size.load(std::sync::atomic::Ordering::Relaxed));
+        let slot = (
+            super::phase::slot_of(self.obs.device().as_str(), slots),
+            slots,
+        );
+        let mut ticker = grid_ticker(self.obs.now(), self.cfg.poll_interval, slot);
         // Meters that stop arriving, and a device gone silent, are noticed between polls (a
         // poll may be 30 s away).
-        let mut meter_check = grid_ticker(self.obs.now(), METER_CHECK);
+        let mut meter_check = grid_ticker(self.obs.now(), METER_CHECK, slot);
         let policy = self.obs.take_comms().unwrap_or(self.cfg.comms);
         // Readings are no longer current once the device is slow to answer.
         self.obs.quiet_after(policy.warn_after);
@@ -625,10 +641,14 @@ async fn pace(until: Instant) {
     }
 }
 
-/// A ticker of `period` on the shared grid ([`super::phase`]): its first tick between half a
-/// period and one and a half from `now`, its missed ticks skipped so it stays on the grid.
-fn grid_ticker(now: chrono::DateTime<chrono::Utc>, period: Duration) -> tokio::time::Interval {
-    let first = Instant::now() + super::phase::first_tick_in(now, period);
+/// A ticker of `period` on the shared grid in phase `slot` of `slots` ([`super::phase`]): its first tick
+/// at the grid's next point after `now`, its missed ticks skipped so it stays on the grid.
+fn grid_ticker(
+    now: chrono::DateTime<chrono::Utc>,
+    period: Duration,
+    (slot, slots): (u32, u32),
+) -> tokio::time::Interval {
+    let first = Instant::now() + super::phase::first_tick_in(now, period, slot, slots);
     let mut ticker = tokio::time::interval_at(first, period.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     ticker

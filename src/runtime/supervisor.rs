@@ -268,6 +268,9 @@ pub struct Fleet {
     membership: std::sync::atomic::AtomicU64,
     /// Counted on every wake of any device's state (see [`StateChanges`]).
     changes: StateChanges,
+    /// How many devices run: an actor cuts its poll grid into phases by it
+    /// ([`super::phase::slots_for`]).
+    size: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The running devices by id, and the same devices by room: asking for one room's devices
@@ -340,6 +343,7 @@ impl Fleet {
             cancel,
             budget: RestartBudget::default(),
             membership: Default::default(),
+            size: Default::default(),
             changes: StateChanges::default(),
         }
     }
@@ -411,6 +415,8 @@ impl Fleet {
         // After the insert: whoever sees the new membership finds the device.
         self.membership
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.size
+            .store(self.len(), std::sync::atomic::Ordering::Relaxed);
         if let Some(old) = replaced {
             // Callers remove a device before starting it again; never leave one running unseen.
             old.stop.cancel();
@@ -420,6 +426,7 @@ impl Fleet {
         let clock = self.clock;
         let budget = self.budget;
         let changes = self.changes.clone();
+        let size = self.size.clone();
         let tracker = self.tracker.clone();
         self.tracker.spawn(async move {
             // Dropped when this supervisor ends, whichever way: tells `remove_device` it is gone.
@@ -435,7 +442,8 @@ impl Fleet {
                     obs,
                     cmd_rx.clone(),
                     cancel.child_token(),
-                );
+                )
+                .with_fleet_size(size.clone());
                 // The actor runs as its own task so that a panic is caught here as a JoinError.
                 let res = tracker.spawn(actor.run()).await;
                 let reason = match res {
@@ -574,6 +582,8 @@ impl Fleet {
         };
         self.membership
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.size
+            .store(self.len(), std::sync::atomic::Ordering::Relaxed);
         running.stop.cancel();
         let _ = running.done.await;
         true

@@ -492,9 +492,12 @@ async fn commands_get_through_when_polls_take_longer_than_the_interval() {
 /// wall clock's grid of their interval, and stay there when a poll overruns it (issue 15.1:
 /// polls spread over the second cost a wake-up per exchange; aligned, one wake-up serves
 /// them all). Before, each ticker ran from its own connect, 370 ms apart here, and a late
-/// poll moved every later one.
+/// poll moved every later one. A fleet of two has one phase: both poll on the interval's
+/// multiples since the epoch.
 #[tokio::test(start_paused = true)]
 async fn devices_started_apart_poll_in_the_same_instants() {
+    let interval = Duration::from_millis(800);
+    let ids = ["dev0", "dev1"];
     let stop = CancellationToken::new();
     let logs: Vec<Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>> =
         (0..2).map(|_| Arc::default()).collect();
@@ -503,22 +506,15 @@ async fn devices_started_apart_poll_in_the_same_instants() {
     let mut fleet = Fleet::new(bus(), clock, TaskTracker::new(), cancel.clone());
     let started = tokio::time::Instant::now();
     let mut rxs = Vec::new();
-    for (i, log) in logs.iter().enumerate() {
+    for (i, (log, id)) in logs.iter().zip(&ids).enumerate() {
         if i == 1 {
             tokio::time::sleep(Duration::from_millis(370)).await;
         }
-        // The second device takes 0.7 s to answer: each of its polls overruns the interval.
-        let delay = Duration::from_millis(700 * i as u64);
+        // The second device takes 0.9 s to answer: each of its polls overruns the interval.
+        let delay = Duration::from_millis(900 * i as u64);
         let addr = ping_server_logged(stop.clone(), delay, log.clone()).await;
-        let id = format!("dev{i}");
-        spawn_ping_named(
-            &mut fleet,
-            &id,
-            addr,
-            Arc::new(AtomicU32::new(0)),
-            Duration::from_millis(500),
-        );
-        rxs.push(fleet.get(&id).unwrap().watch());
+        spawn_ping_named(&mut fleet, id, addr, Arc::new(AtomicU32::new(0)), interval);
+        rxs.push(fleet.get(id).unwrap().watch());
     }
     for rx in &mut rxs {
         wait_state(rx, Duration::from_secs(30), "six pongs", |s| {
@@ -528,20 +524,24 @@ async fn devices_started_apart_poll_in_the_same_instants() {
     }
     cancel.cancel();
     stop.cancel();
-    // The wall clock's half seconds, in tokio time: the clock started on a whole second.
-    let second = |at: tokio::time::Instant| {
+    // The grid in tokio time: the clock started on a whole second, a multiple of 800 ms
+    // since the epoch.
+    let period = interval.as_millis();
+    let phase = 0;
+    let tick = |at: tokio::time::Instant| {
         let ms = at.duration_since(started).as_millis();
+        let off = (ms + period - phase) % period;
         assert!(
-            ms % 500 <= 5 || ms % 500 >= 495,
-            "a poll at {ms} ms is off the grid of half seconds"
+            off <= 5 || off >= period - 5,
+            "a poll at {ms} ms is off the grid ({phase} ms into every {period} ms)"
         );
-        (ms + 250) / 500
+        (ms + period / 2 - phase) / period
     };
     let polls = |i: usize| -> Vec<u128> {
         // The first PING is the session's full read, at its connect.
         logs[i].lock().unwrap()[1..]
             .iter()
-            .map(|t| second(*t))
+            .map(|t| tick(*t))
             .collect()
     };
     let (a, b) = (polls(0), polls(1));
