@@ -40,11 +40,13 @@
 #[path = "common/proc.rs"]
 mod proc;
 use proc::{loadavg, pid_status_kib, print_machine};
+#[path = "common/site.rs"]
+mod site;
+use site::{env_or, free_ports, pause, wait_listening, Guard};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 /// Every meter's period, for the daemon's drivers and the simulators.
@@ -140,13 +142,6 @@ struct Params {
     perf_window: Duration,
     /// Count the poller's `recvfrom` and `epoll_wait` calls over the window (`perf stat`).
     syscalls: bool,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
 }
 
 /// One poller's figures over one window.
@@ -281,19 +276,6 @@ fn run(p: &Params) -> Result<(), String> {
     Ok(())
 }
 
-/// Ports free now on 127.0.0.1 (the listeners close before the simulators bind them).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bind: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("local_addr: {e}"))
-}
-
 /// `sim.toml` (every device simulated), `daemon.toml` (the same devices, received) and `ports`
 /// for the floor.
 fn write_sites(kind: Kind, dir: &Path, api_port: u16, sim_ports: &[u16]) -> Result<(), String> {
@@ -301,86 +283,7 @@ fn write_sites(kind: Kind, dir: &Path, api_port: u16, sim_ports: &[u16]) -> Resu
     for (i, port) in sim_ports.iter().enumerate() {
         devices.push_str(&kind.device(i, *port));
     }
-    let mut rooms = String::new();
-    for r in 0..sim_ports.len().div_ceil(4) {
-        rooms.push_str(&format!(
-            "\n[[rooms]]\nid = \"r{r}\"\nname = \"Room {r}\"\ncapacity = 10\n"
-        ));
-    }
-    let head = |storage: &str| {
-        format!(
-            "[site]\nname = \"meter_cpu\"\ntime_zone = \"UTC\"\n\n[api]\nbind = \"127.0.0.1:{api_port}\"\n\n\
-             [storage]\npath = \"{storage}\"\n"
-        )
-    };
-    let write = |name: &str, text: String| {
-        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
-    };
-    let db = dir.join("daemon.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    write(
-        "sim.toml",
-        format!(
-            "{}{rooms}{}",
-            head(&dir.join("sim.db").display().to_string()),
-            devices.replace("SIMULATED", "simulated = true")
-        ),
-    )?;
-    write(
-        "daemon.toml",
-        format!(
-            "{}{rooms}{}",
-            head(&db.display().to_string()),
-            devices.replace("SIMULATED\n", "")
-        ),
-    )?;
-    let ports: Vec<String> = sim_ports.iter().map(u16::to_string).collect();
-    write("ports", ports.join(" "))
-}
-
-fn wait_listening(ports: &[u16], child: &mut Child) -> Result<(), String> {
-    for _ in 0..300 {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("simulators exited: {status}"));
-        }
-        if ports
-            .iter()
-            .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
-        {
-            return Ok(());
-        }
-        pause(Duration::from_millis(100));
-    }
-    Err("simulators did not start listening within 30 s".into())
-}
-
-/// A child killed when dropped, so an error path leaves nothing running.
-struct Guard(Child);
-
-impl Guard {
-    /// SIGTERM, then wait; SIGKILL if it is still there after 10 s.
-    fn stop(&mut self) {
-        signal(self.0.id(), "-TERM");
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            pause(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    site::write_sites(dir, "meter_cpu", api_port, sim_ports, &devices)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -389,13 +292,6 @@ fn signal(pid: u32, sig: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// The bench's main thread waits (no async runtime here: it only starts processes and reads
-/// `/proc`, and a blocked thread of its own disturbs nothing it measures).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
 }
 
 /// The window's real length (a `perf stat` around it starts and ends a little late).
@@ -494,24 +390,7 @@ fn wait_window(p: &Params, pid: u32, window: Duration) -> Option<(u64, u64)> {
 
 /// The meter samples the daemon has published so far, from its `/metrics`.
 fn daemon_samples(api_port: u16) -> Result<f64, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", api_port)).map_err(|e| format!("api: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("api: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("api: {e}"))?;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix("avwarden_meter_samples_total ")?
-                .trim()
-                .parse()
-                .ok()
-        })
+    site::metric(api_port, "avwarden_meter_samples_total")?
         .ok_or_else(|| "no avwarden_meter_samples_total on /metrics".to_owned())
 }
 
@@ -523,26 +402,9 @@ fn measure_daemon(
     exe: &str,
     api_port: u16,
 ) -> Result<Row, String> {
-    let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
-    let mut daemon = Guard(
-        Command::new(exe)
-            .args(["run", "--config"])
-            .arg(dir.join("daemon.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("avwarden run: {e}"))?,
-    );
-    let pid = daemon.0.id();
     // Every session open, its full read done and metering on before the window starts.
-    pause(p.warmup);
-    if let Ok(Some(status)) = daemon.0.try_wait() {
-        return Err(format!(
-            "daemon exited: {status}; see {}",
-            dir.join("daemon.log").display()
-        ));
-    }
+    let mut daemon = site::start_daemon(exe, dir, p.warmup)?;
+    let pid = daemon.0.id();
     let perf = perf.map(|out| start_perf(pid, &out)).transpose()?;
     let samples0 = daemon_samples(api_port)?;
     let cpu0 = task_run_ns(pid)?;
@@ -680,7 +542,6 @@ mod floor {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-    use tokio::signal::unix::{signal, SignalKind};
     use tokio_util::task::TaskTracker;
 
     use super::{Kind, METER_MS};
@@ -706,23 +567,7 @@ mod floor {
             for port in ports {
                 tasks.spawn(keep_reading(kind, port, samples.clone(), errors.clone()));
             }
-            let (Ok(mut usr1), Ok(mut term)) = (
-                signal(SignalKind::user_defined1()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return ExitCode::FAILURE;
-            };
-            println!("ready");
-            loop {
-                tokio::select! {
-                    _ = usr1.recv() => println!(
-                        "samples {} errors {}",
-                        samples.load(Ordering::Relaxed),
-                        errors.load(Ordering::Relaxed)
-                    ),
-                    _ = term.recv() => return ExitCode::SUCCESS,
-                }
-            }
+            super::site::report_counts("samples", &samples, &errors).await
         })
     }
 

@@ -33,11 +33,13 @@
 #[path = "common/proc.rs"]
 mod proc;
 use proc::{loadavg, print_machine};
+#[path = "common/site.rs"]
+mod site;
+use site::{env_or, free_ports, pause, wait_listening, Guard};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 /// Seconds between two polls of one projector, for every poller.
@@ -57,13 +59,6 @@ struct Params {
     /// Measure each daemon a second time after every session dropped and reconnected (the
     /// simulators restarted under it), as a long-running daemon's sessions do.
     reconnect: bool,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// One poller's figures over the window.
@@ -209,19 +204,6 @@ fn run(p: &Params) -> Result<(), String> {
     Ok(())
 }
 
-/// Ports free now on 127.0.0.1 (the listeners close before the simulators bind them).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bind: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("local_addr: {e}"))
-}
-
 /// `sim.toml` (every projector simulated) and `daemon.toml` (the same projectors, polled), and
 /// `ports` for the Python pollers.
 fn write_sites(dir: &Path, api_port: u16, sim_ports: &[u16]) -> Result<(), String> {
@@ -234,59 +216,7 @@ fn write_sites(dir: &Path, api_port: u16, sim_ports: &[u16]) -> Result<(), Strin
             i / 4
         ));
     }
-    let mut rooms = String::new();
-    for r in 0..sim_ports.len().div_ceil(4) {
-        rooms.push_str(&format!(
-            "\n[[rooms]]\nid = \"r{r}\"\nname = \"Room {r}\"\ncapacity = 10\n"
-        ));
-    }
-    let head = |storage: &str| {
-        format!(
-            "[site]\nname = \"poll_cpu\"\ntime_zone = \"UTC\"\n\n[api]\nbind = \"127.0.0.1:{api_port}\"\n\n\
-             [storage]\npath = \"{storage}\"\n"
-        )
-    };
-    let write = |name: &str, text: String| {
-        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
-    };
-    let db = dir.join("daemon.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    write(
-        "sim.toml",
-        format!(
-            "{}{rooms}{}",
-            head(&dir.join("sim.db").display().to_string()),
-            devices.replace("SIMULATED", "simulated = true")
-        ),
-    )?;
-    write(
-        "daemon.toml",
-        format!(
-            "{}{rooms}{}",
-            head(&db.display().to_string()),
-            devices.replace("SIMULATED\n", "")
-        ),
-    )?;
-    let ports: Vec<String> = sim_ports.iter().map(u16::to_string).collect();
-    write("ports", ports.join(" "))
-}
-
-fn wait_listening(ports: &[u16], child: &mut Child) -> Result<(), String> {
-    for _ in 0..300 {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("simulators exited: {status}"));
-        }
-        if ports
-            .iter()
-            .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
-        {
-            return Ok(());
-        }
-        pause(Duration::from_millis(100));
-    }
-    Err("simulators did not start listening within 30 s".into())
+    site::write_sites(dir, "poll_cpu", api_port, sim_ports, &devices)
 }
 
 /// The simulators' process, restartable: every session the poller holds ends, and the poller
@@ -327,42 +257,6 @@ impl Sims {
         self.guard = Self::spawn(&self.exe, &self.config, &self.ports)?;
         Ok(())
     }
-}
-
-/// A child killed when dropped, so an error path leaves nothing running.
-struct Guard(Child);
-
-impl Guard {
-    /// SIGTERM, then wait; SIGKILL if it is still there after 10 s.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            pause(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// The bench's main thread waits (no async runtime here: it only starts processes and reads
-/// `/proc`, and a blocked thread of its own disturbs nothing it measures).
-#[allow(clippy::disallowed_methods)]
-fn pause(d: Duration) {
-    std::thread::sleep(d);
 }
 
 fn clock_ticks() -> f64 {
@@ -429,25 +323,11 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// The daemon's completed PJLink polls so far, from its `/metrics`.
 fn daemon_polls(api_port: u16) -> Result<f64, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", api_port)).map_err(|e| format!("api: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("api: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("api: {e}"))?;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix("avwarden_poll_duration_seconds_count{family=\"pjlink\"} ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| "no pjlink poll count on /metrics yet".to_owned())
+    site::metric(
+        api_port,
+        "avwarden_poll_duration_seconds_count{family=\"pjlink\"}",
+    )?
+    .ok_or_else(|| "no pjlink poll count on /metrics yet".to_owned())
 }
 
 fn measure_daemon(
@@ -459,26 +339,9 @@ fn measure_daemon(
     queries_per_poll: f64,
     sims: &mut Sims,
 ) -> Result<Vec<Row>, String> {
-    let log = std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
-    let mut daemon = Guard(
-        Command::new(exe)
-            .args(["run", "--config"])
-            .arg(dir.join("daemon.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("avwarden run: {e}"))?,
-    );
-    let pid = daemon.0.id();
     // Every session open and its full read done before the window starts.
-    pause(p.warmup);
-    if let Ok(Some(status)) = daemon.0.try_wait() {
-        return Err(format!(
-            "daemon exited: {status}; see {}",
-            dir.join("daemon.log").display()
-        ));
-    }
+    let mut daemon = site::start_daemon(exe, dir, p.warmup)?;
+    let pid = daemon.0.id();
     let mut perf = match &p.perf {
         Some(out) => Some(Guard(
             Command::new("perf")
@@ -661,7 +524,6 @@ mod floor {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-    use tokio::signal::unix::{signal, SignalKind};
     use tokio_util::task::TaskTracker;
 
     const QUERIES: [&[u8]; 3] = [b"%1POWR ?\r", b"%1ERST ?\r", b"%1LAMP ?\r"];
@@ -746,23 +608,7 @@ mod floor {
                     tasks.spawn(keep_polling(port, offset, polls.clone(), errors.clone()));
                 }
             }
-            let (Ok(mut usr1), Ok(mut term)) = (
-                signal(SignalKind::user_defined1()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return ExitCode::FAILURE;
-            };
-            println!("ready");
-            loop {
-                tokio::select! {
-                    _ = usr1.recv() => println!(
-                        "polls {} errors {}",
-                        polls.load(Ordering::Relaxed),
-                        errors.load(Ordering::Relaxed)
-                    ),
-                    _ = term.recv() => return ExitCode::SUCCESS,
-                }
-            }
+            super::site::report_counts("polls", &polls, &errors).await
         })
     }
 
