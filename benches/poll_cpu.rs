@@ -2,9 +2,9 @@
 //! process (`avwarden simulate`), polled in turn, for the same window, by (a) the real
 //! `avwarden run` daemon, (b) a persistent Python asyncio poller and (c) an aiopjlink2 poller
 //! (`benches/peers/`). Each poller's CPU is its threads' run time over the window, from
-//! `/proc/<pid>/task/*/schedstat` (nanoseconds), divided by the polls it made: the daemon's from its
-//! `avwarden_poll_duration_seconds_count{family="pjlink"}` on `/metrics`, the peers' from the
-//! count they print at exit. Prints a Markdown table for `docs/benchmarks.md`.
+//! `/proc/<pid>/task/*/schedstat` (nanoseconds), divided by the polls it made: the daemon's from
+//! its `avwarden_poll_duration_seconds_count{family="pjlink"}` on `/metrics`, the peers' from
+//! the count they print on SIGUSR1. Prints a Markdown table for `docs/benchmarks.md`.
 //!
 //! What is polled: a Class 1 projector in standby. The daemon's poll of it is POWR, ERST and
 //! LAMP (INPT and AVMT answer ERR3 in standby, protocols.md §1.6, so the driver does not ask

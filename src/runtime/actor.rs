@@ -641,8 +641,9 @@ async fn pace(until: Instant) {
     }
 }
 
-/// A ticker of `period` on the shared grid in phase `slot` of `slots` ([`super::phase`]): its first tick
-/// at the grid's next point after `now`, its missed ticks skipped so it stays on the grid.
+/// A ticker of `period` on the shared grid in phase `slot` of `slots` ([`super::phase`]): its
+/// first tick at the grid's next point after `now`, its missed ticks skipped so it stays on
+/// the grid.
 fn grid_ticker(
     now: chrono::DateTime<chrono::Utc>,
     period: Duration,

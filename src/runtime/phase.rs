@@ -50,10 +50,10 @@ pub fn slot_of(id: &str, slots: u32) -> u32 {
 
 /// How long after `now` the first tick of a `period` ticker in phase `slot` of `slots` falls:
 /// the next point of the grid (a multiple of `period` since the Unix epoch, plus `slot` of
-/// `slots` parts of it), so never more than one period away. Not later: the comms policy warns after one
-/// period and a reply timeout of silence, and a first poll 1½ periods after the session's
-/// full read raised `comms_slow` on every start of a device polled every 15 s. A `period`
-/// under a millisecond has no grid worth keeping: one period.
+/// `slots` parts of it), so never more than one period away. Not later: the comms policy
+/// warns after one period and a reply timeout of silence, and a first poll 1½ periods after
+/// the session's full read raised `comms_slow` on every start of a device polled every 15 s.
+/// A `period` under a millisecond has no grid worth keeping: one period.
 pub fn first_tick_in(now: DateTime<Utc>, period: Duration, slot: u32, slots: u32) -> Duration {
     let period_ns = period.as_nanos();
     if period_ns < 1_000_000 {
