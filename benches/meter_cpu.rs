@@ -42,9 +42,8 @@ mod proc;
 use proc::{loadavg, pid_status_kib, print_machine};
 #[path = "common/site.rs"]
 mod site;
-use site::{env_or, free_ports, pause, wait_listening, Guard};
+use site::{env_or, pause, Guard, Sims};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -183,21 +182,12 @@ fn main() -> ExitCode {
         perf_window: Duration::from_secs_f64(env_or("AVWARDEN_BENCH_METER_PERF_SECS", 10.0)),
         syscalls: env_or("AVWARDEN_BENCH_METER_SYSCALLS", 1u8) != 0,
     };
-    match run(&p) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meter_cpu: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    site::exit_code("meter_cpu", run(&p))
 }
 
 fn run(p: &Params) -> Result<(), String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/meter_cpu");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ports = free_ports(p.devices + 1)?;
-    let (api_port, sim_ports) = ports.split_first().ok_or("no ports")?;
-    write_sites(p.kind, &dir, *api_port, sim_ports)?;
+    let (dir, api_port, sim_ports) = site::prepare("meter_cpu", p.devices)?;
+    write_sites(p.kind, &dir, api_port, &sim_ports)?;
     let exe = env!("CARGO_BIN_EXE_avwarden");
 
     print_machine();
@@ -210,16 +200,8 @@ fn run(p: &Params) -> Result<(), String> {
         p.warmup.as_secs_f64(),
         p.rounds
     );
-    let mut sim = Guard(
-        Command::new(exe)
-            .args(["simulate", "--config"])
-            .arg(dir.join("sim.toml"))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("avwarden simulate: {e}"))?,
-    );
-    wait_listening(sim_ports, &mut sim.0)?;
-    let sim_pid = sim.0.id();
+    let mut sim = Sims::start(exe, dir.join("sim.toml"), sim_ports)?;
+    let sim_pid = sim.pid();
 
     let floor = |window: Duration, perf: Option<PathBuf>| -> Result<Row, String> {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -231,7 +213,7 @@ fn run(p: &Params) -> Result<(), String> {
         measure_floor(p, window, perf, &mut c)
     };
     let daemon = |window: Duration, perf: Option<PathBuf>| {
-        measure_daemon(p, window, perf, &dir, exe, *api_port)
+        measure_daemon(p, window, perf, &dir, exe, api_port)
     };
 
     let mut rows = Vec::new();
@@ -286,14 +268,6 @@ fn write_sites(kind: Kind, dir: &Path, api_port: u16, sim_ports: &[u16]) -> Resu
     site::write_sites(dir, "meter_cpu", api_port, sim_ports, &devices)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 /// The window's real length (a `perf stat` around it starts and ends a little late).
 #[allow(clippy::disallowed_methods)]
 fn now() -> tokio::time::Instant {
@@ -326,26 +300,9 @@ fn rss_mib(pid: u32) -> f64 {
     pid_status_kib(pid, "VmRSS") as f64 / 1024.0
 }
 
-/// `perf record -F 2999 -g` of `pid` into `out`, stopped (SIGINT) by [`stop_perf`].
+/// `perf record -F 2999 -g` of `pid` into `out`, stopped by [`site::perf_stop`].
 fn start_perf(pid: u32, out: &Path) -> Result<Guard, String> {
-    Ok(Guard(
-        Command::new("perf")
-            .args(["record", "-F", "2999", "-g", "-p"])
-            .arg(pid.to_string())
-            .arg("-o")
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("perf: {e}"))?,
-    ))
-}
-
-fn stop_perf(perf: Option<Guard>) {
-    if let Some(mut perf) = perf {
-        signal(perf.0.id(), "-INT");
-        let _ = perf.0.wait();
-    }
+    site::perf_record(pid, out, &["-F", "2999", "-g"])
 }
 
 /// Wait out the window; with `p.syscalls`, under `perf stat` counting `pid`'s `recvfrom` and
@@ -415,7 +372,7 @@ fn measure_daemon(
     let secs = started.elapsed().as_secs_f64();
     let load = loadavg();
     let rss = rss_mib(pid);
-    stop_perf(perf);
+    site::perf_stop(perf);
     daemon.stop();
     Ok(Row {
         poller: "avwarden daemon".into(),
@@ -435,32 +392,20 @@ fn measure_floor(
     perf: Option<PathBuf>,
     cmd: &mut Command,
 ) -> Result<Row, String> {
-    let name = "floor";
-    let mut child = Guard(
-        cmd.stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{name}: {e}"))?,
-    );
-    let pid = child.0.id();
-    let mut out = BufReader::new(child.0.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    if line.trim() != "ready" {
-        return Err(format!("{name}: {line:?}"));
-    }
-    pause(p.warmup);
+    let mut floor = site::Peer::start(cmd, "floor", p.warmup)?;
+    let pid = floor.pid();
     let perf = perf.map(|out| start_perf(pid, &out)).transpose()?;
-    let (samples0, _) = floor_counts(pid, &mut out)?;
+    let (samples0, _) = floor.counts("samples")?;
     let cpu0 = task_run_ns(pid)?;
     let started = now();
     let syscalls = wait_window(p, pid, window);
     let cpu1 = task_run_ns(pid)?;
-    let (samples1, errors) = floor_counts(pid, &mut out)?;
+    let (samples1, errors) = floor.counts("samples")?;
     let secs = started.elapsed().as_secs_f64();
     let load = loadavg();
     let rss = rss_mib(pid);
-    stop_perf(perf);
-    child.stop();
+    site::perf_stop(perf);
+    floor.stop();
     Ok(Row {
         poller: "floor: bare tokio reader".into(),
         secs,
@@ -474,23 +419,6 @@ fn measure_floor(
 }
 
 /// The floor's sample and error counts since it started (it prints them on SIGUSR1).
-fn floor_counts(
-    pid: u32,
-    out: &mut BufReader<std::process::ChildStdout>,
-) -> Result<(f64, u64), String> {
-    signal(pid, "-USR1");
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next()) {
-        (Some("samples"), Some(n), Some("errors"), Some(e)) => Ok((
-            n.parse::<f64>().map_err(|e| e.to_string())?,
-            e.parse::<u64>().map_err(|e| e.to_string())?,
-        )),
-        _ => Err(format!("floor: no sample count: {line:?}")),
-    }
-}
-
 fn print_row_progress(r: &Row) {
     eprintln!(
         "{}: {:.0} samples/s, {:.2} µs a sample, load {}",
@@ -547,13 +475,9 @@ mod floor {
     use super::{Kind, METER_MS};
 
     pub fn run(kind: Kind, ports: &Path) -> ExitCode {
-        let Ok(text) = std::fs::read_to_string(ports) else {
+        let Some(ports) = crate::site::read_ports(ports) else {
             return ExitCode::FAILURE;
         };
-        let ports: Vec<u16> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
         let samples = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let Ok(rt) = tokio::runtime::Builder::new_multi_thread()

@@ -35,11 +35,10 @@ mod proc;
 use proc::{loadavg, print_machine};
 #[path = "common/site.rs"]
 mod site;
-use site::{env_or, free_ports, pause, wait_listening, Guard};
+use site::{env_or, pause, Sims};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 /// Seconds between two polls of one projector, for every poller.
@@ -108,21 +107,12 @@ fn main() -> ExitCode {
         baseline_exe: std::env::var_os("AVWARDEN_BENCH_POLL_BASELINE_EXE").map(PathBuf::from),
         reconnect: std::env::var_os("AVWARDEN_BENCH_POLL_RECONNECT").is_some(),
     };
-    match run(&p) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("poll_cpu: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    site::exit_code("poll_cpu", run(&p))
 }
 
 fn run(p: &Params) -> Result<(), String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/poll_cpu");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ports = free_ports(p.devices + 1)?;
-    let (api_port, sim_ports) = ports.split_first().ok_or("no ports")?;
-    write_sites(&dir, *api_port, sim_ports)?;
+    let (dir, api_port, sim_ports) = site::prepare("poll_cpu", p.devices)?;
+    write_sites(&dir, api_port, &sim_ports)?;
     let exe = env!("CARGO_BIN_EXE_avwarden");
 
     print_machine();
@@ -131,7 +121,7 @@ fn run(p: &Params) -> Result<(), String> {
         p.devices,
         p.window.as_secs()
     );
-    let mut sim = Sims::start(exe, dir.join("sim.toml"), sim_ports.to_vec())?;
+    let mut sim = Sims::start(exe, dir.join("sim.toml"), sim_ports)?;
 
     let mut rows = Vec::new();
     if let Some(before) = &p.baseline_exe {
@@ -140,7 +130,7 @@ fn run(p: &Params) -> Result<(), String> {
             p,
             &dir,
             before,
-            *api_port,
+            api_port,
             "avwarden daemon, baseline build",
             env_or("AVWARDEN_BENCH_POLL_BASELINE_QUERIES", 3.0) + IDENTITY,
             &mut sim,
@@ -150,7 +140,7 @@ fn run(p: &Params) -> Result<(), String> {
         p,
         &dir,
         exe,
-        *api_port,
+        api_port,
         "avwarden daemon",
         3.0 + IDENTITY,
         &mut sim,
@@ -199,7 +189,7 @@ fn run(p: &Params) -> Result<(), String> {
         };
         rows.push(measure_peer(p, &mut cmd, label)?);
     }
-    sim.guard.stop();
+    sim.stop();
     print_table(p, &rows);
     Ok(())
 }
@@ -217,46 +207,6 @@ fn write_sites(dir: &Path, api_port: u16, sim_ports: &[u16]) -> Result<(), Strin
         ));
     }
     site::write_sites(dir, "poll_cpu", api_port, sim_ports, &devices)
-}
-
-/// The simulators' process, restartable: every session the poller holds ends, and the poller
-/// reconnects on its own schedule.
-struct Sims {
-    guard: Guard,
-    exe: String,
-    config: PathBuf,
-    ports: Vec<u16>,
-}
-
-impl Sims {
-    fn start(exe: &str, config: PathBuf, ports: Vec<u16>) -> Result<Self, String> {
-        let guard = Self::spawn(exe, &config, &ports)?;
-        Ok(Self {
-            guard,
-            exe: exe.to_owned(),
-            config,
-            ports,
-        })
-    }
-
-    fn spawn(exe: &str, config: &Path, ports: &[u16]) -> Result<Guard, String> {
-        let mut sim = Guard(
-            Command::new(exe)
-                .args(["simulate", "--config"])
-                .arg(config)
-                .stdout(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("avwarden simulate: {e}"))?,
-        );
-        wait_listening(ports, &mut sim.0)?;
-        Ok(sim)
-    }
-
-    fn restart(&mut self) -> Result<(), String> {
-        self.guard.stop();
-        self.guard = Self::spawn(&self.exe, &self.config, &self.ports)?;
-        Ok(())
-    }
 }
 
 fn clock_ticks() -> f64 {
@@ -342,20 +292,11 @@ fn measure_daemon(
     // Every session open and its full read done before the window starts.
     let mut daemon = site::start_daemon(exe, dir, p.warmup)?;
     let pid = daemon.0.id();
-    let mut perf = match &p.perf {
-        Some(out) => Some(Guard(
-            Command::new("perf")
-                .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-p"])
-                .arg(pid.to_string())
-                .arg("-o")
-                .arg(out)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("perf: {e}"))?,
-        )),
-        None => None,
-    };
+    let perf = p
+        .perf
+        .as_deref()
+        .map(|out| site::perf_record(pid, out, &["-F", "999", "--call-graph", "dwarf,16384"]))
+        .transpose()?;
     let window = |label: String| -> Result<Row, String> {
         let polls0 = daemon_polls(api_port)?;
         let cpu0 = cpu_mark(pid)?;
@@ -373,12 +314,7 @@ fn measure_daemon(
         })
     };
     let mut rows = vec![window(label.into())?];
-    if let Some(perf) = &mut perf {
-        let _ = Command::new("kill")
-            .args(["-INT", &perf.0.id().to_string()])
-            .status();
-        let _ = perf.0.wait();
-    }
+    site::perf_stop(perf);
     if p.reconnect {
         // Every session ends; the daemon reconnects each after its own dithered backoff, so
         // the sessions start again at instants spread over a second or two.
@@ -436,27 +372,16 @@ fn venv(dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn measure_peer(p: &Params, cmd: &mut Command, name: &str) -> Result<Row, String> {
-    let mut child = Guard(
-        cmd.stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{name}: {e}"))?,
-    );
-    let pid = child.0.id();
-    let mut out = BufReader::new(child.0.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    if line.trim() != "ready" {
-        return Err(format!("{name}: {line:?}"));
-    }
-    pause(p.warmup);
-    let (polls0, _) = peer_counts(pid, &mut out, name)?;
+    let mut peer = site::Peer::start(cmd, name, p.warmup)?;
+    let pid = peer.pid();
+    let (polls0, _) = peer.counts("polls")?;
     let cpu0 = cpu_mark(pid)?;
     pause(p.window);
     let cpu = cpu_since(pid, &cpu0)?;
-    let (polls1, errors) = peer_counts(pid, &mut out, name)?;
+    let (polls1, errors) = peer.counts("polls")?;
     let load = loadavg();
     let rss = rss_mib(pid);
-    child.stop();
+    peer.stop();
     Ok(Row {
         poller: name.into(),
         cpu_secs: cpu,
@@ -469,26 +394,6 @@ fn measure_peer(p: &Params, cmd: &mut Command, name: &str) -> Result<Row, String
 }
 
 /// A peer's poll and error counts since it started (it prints them on SIGUSR1).
-fn peer_counts(
-    pid: u32,
-    out: &mut BufReader<std::process::ChildStdout>,
-    name: &str,
-) -> Result<(f64, u64), String> {
-    let _ = Command::new("kill")
-        .args(["-USR1", &pid.to_string()])
-        .status();
-    let mut line = String::new();
-    out.read_line(&mut line).map_err(|e| e.to_string())?;
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next()) {
-        (Some("polls"), Some(n), Some("errors"), Some(e)) => Ok((
-            n.parse::<f64>().map_err(|e| e.to_string())?,
-            e.parse::<u64>().map_err(|e| e.to_string())?,
-        )),
-        _ => Err(format!("{name}: no poll count: {line:?}")),
-    }
-}
-
 fn print_table(p: &Params, rows: &[Row]) {
     let secs = p.window.as_secs_f64();
     println!();
@@ -529,13 +434,9 @@ mod floor {
     const QUERIES: [&[u8]; 3] = [b"%1POWR ?\r", b"%1ERST ?\r", b"%1LAMP ?\r"];
 
     pub fn run(ports: &Path, per_core: bool, spread: bool) -> ExitCode {
-        let Ok(text) = std::fs::read_to_string(ports) else {
+        let Some(ports) = crate::site::read_ports(ports) else {
             return ExitCode::FAILURE;
         };
-        let ports: Vec<u16> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
         let polls = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         // Each session's first poll: at once, or (spread) its share of the period later.

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,6 +26,18 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("local_addr: {e}"))
+}
+
+/// The bench's own directory (`target/<name>`, made) and free loopback ports: the daemon's
+/// API's, then one for each of `devices` simulators.
+pub fn prepare(name: &str, devices: usize) -> Result<(PathBuf, u16, Vec<u16>), String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut ports = free_ports(devices + 1)?;
+    let api_port = ports.remove(0);
+    Ok((dir, api_port, ports))
 }
 
 /// `sim.toml` (every device of `devices` simulated: its `SIMULATED` line becomes
@@ -77,6 +89,16 @@ pub fn write_sites(
     )?;
     let ports: Vec<String> = sim_ports.iter().map(u16::to_string).collect();
     write("ports", ports.join(" "))
+}
+
+/// The simulators' ports from the `ports` file [`write_sites`] wrote, for a child poller.
+pub fn read_ports(path: &Path) -> Option<Vec<u16>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    )
 }
 
 pub fn wait_listening(ports: &[u16], child: &mut Child) -> Result<(), String> {
@@ -205,4 +227,151 @@ pub fn metric(api_port: u16, series: &str) -> Result<Option<f64>, String> {
             .parse()
             .ok()
     }))
+}
+
+/// The simulators' process, restartable: every session the poller holds ends, and the poller
+/// reconnects on its own schedule.
+pub struct Sims {
+    pub guard: Guard,
+    exe: String,
+    config: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Sims {
+    pub fn start(exe: &str, config: PathBuf, ports: Vec<u16>) -> Result<Self, String> {
+        let guard = Self::spawn(exe, &config, &ports)?;
+        Ok(Self {
+            guard,
+            exe: exe.to_owned(),
+            config,
+            ports,
+        })
+    }
+
+    fn spawn(exe: &str, config: &Path, ports: &[u16]) -> Result<Guard, String> {
+        let mut sim = Guard(
+            Command::new(exe)
+                .args(["simulate", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("avwarden simulate: {e}"))?,
+        );
+        wait_listening(ports, &mut sim.0)?;
+        Ok(sim)
+    }
+
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.guard.stop();
+        self.guard = Self::spawn(&self.exe, &self.config, &self.ports)?;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.0.id()
+    }
+
+    pub fn stop(&mut self) {
+        self.guard.stop();
+    }
+}
+
+/// A poller started as a child that speaks the counts protocol ([`report_counts`]): started,
+/// "ready" read, given `warmup`; its counts asked for with SIGUSR1.
+pub struct Peer {
+    child: Guard,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    name: String,
+}
+
+impl Peer {
+    pub fn start(cmd: &mut Command, name: &str, warmup: Duration) -> Result<Self, String> {
+        use std::io::BufRead;
+        let mut child = Guard(
+            cmd.stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+        let mut out = std::io::BufReader::new(child.0.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            return Err(format!("{name}: {line:?}"));
+        }
+        pause(warmup);
+        Ok(Self {
+            child,
+            out,
+            name: name.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Its `what` count and its errors so far (`<what> <n> errors <m>`).
+    pub fn counts(&mut self, what: &str) -> Result<(f64, u64), String> {
+        use std::io::BufRead;
+        let _ = Command::new("kill")
+            .args(["-USR1", &self.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let mut line = String::new();
+        self.out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some(w), Some(n), Some("errors"), Some(e)) if w == what => Ok((
+                n.parse::<f64>().map_err(|e| e.to_string())?,
+                e.parse::<u64>().map_err(|e| e.to_string())?,
+            )),
+            _ => Err(format!("{}: no {what} count: {line:?}", self.name)),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.child.stop();
+    }
+}
+
+/// A bench's exit: success, or its error on stderr under its name.
+pub fn exit_code(bench: &str, res: Result<(), String>) -> std::process::ExitCode {
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{bench}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `perf record <options> -p <pid> -o <out>`, running until [`perf_stop`].
+pub fn perf_record(pid: u32, out: &Path, options: &[&str]) -> Result<Guard, String> {
+    Ok(Guard(
+        Command::new("perf")
+            .arg("record")
+            .args(options)
+            .arg("-p")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("perf: {e}"))?,
+    ))
+}
+
+/// End a [`perf_record`] the way perf writes its file whole: SIGINT, then wait.
+pub fn perf_stop(perf: Option<Guard>) {
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.0.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = perf.0.wait();
+    }
 }
